@@ -1,0 +1,28 @@
+"""What every Hydra subcommand shares: where the configs are, progress on stderr, and one way
+to end on bad input (a clear line, exit 2) or on Ctrl-C (records kept, exit 130)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from scheduler.errors import WorkloadError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+T = TypeVar("T")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def guarded(name: str, run_dir: Path, work: Callable[[], T]) -> T:
+    try:
+        return work()
+    except (WorkloadError, ValueError) as error:
+        say(f"batchlab {name}: error: {error}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        say(f"batchlab {name}: interrupted; the records of every finished schedule are in {run_dir} "
+            f"(summary.json says complete: false; steps flushed so far are under parts/)")
+        sys.exit(130)

@@ -1,0 +1,92 @@
+"""Run directories: the resolved config, requests.parquet, steps.parquet and summary.json.
+
+Each schedule's records are written as soon as that schedule finishes, into
+``parts/<schedule>/``; the combined files are rebuilt after every schedule, so an interrupted
+run keeps every finished schedule (and the steps flushed so far of the one that was running).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from reports.metrics import summarize
+
+REQUEST_COLUMNS = ("req_id", "arrival_s", "prompt_len", "output_len", "first_scheduled_s", "first_token_s",
+                   "finish_s", "num_cached_tokens", "num_prompt_tokens_computed", "num_preemptions")
+
+
+def requests_frame(scheduler, schedule: str) -> pd.DataFrame:
+    rows = [(s.req_id, s.arrival_s, s.prompt_len, s.output_len, s.first_scheduled_s, s.first_token_s,
+             s.finish_s, s.num_cached_tokens, s.num_prompt_tokens_computed, s.num_preemptions)
+            for s in scheduler.states.values() if s.request is not None]
+    frame = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS)).sort_values("req_id", kind="stable")
+    frame.insert(0, "schedule", schedule)
+    return frame.reset_index(drop=True)
+
+
+def finite_json(value):
+    """``value`` with NaN and infinities (nested in dicts and lists too) as None, for JSON."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, profile: str, provenance: dict,
+             kv_blocks: int, block_size: int, kv_bytes_per_block: int | None = None) -> dict:
+    """What a run directory's summary.json says about where its numbers came from."""
+    from batchlab import __version__
+
+    return {"batchlab_version": __version__, "mode": mode, "workload": workload.name,
+            "workload_source": workload.source, "workload_notes": list(workload.notes),
+            "num_requests": len(workload), "model": model.name, "hardware": hardware,
+            "profile_kind": profile_kind, "profile": profile, "profile_provenance": provenance,
+            "kv_capacity_blocks": kv_blocks, "block_size": block_size,
+            "kv_bytes_per_block": kv_bytes_per_block or model.kv_bytes_per_token * block_size}
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path, meta: dict) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = meta
+        self.summaries: dict[str, dict] = {}
+
+    def step_dir(self, schedule: str) -> Path:
+        return self.run_dir / "parts" / schedule / "steps"
+
+    def add(self, schedule: str, requests: pd.DataFrame, steps: pd.DataFrame, extra: dict) -> dict:
+        part = self.run_dir / "parts" / schedule
+        part.mkdir(parents=True, exist_ok=True)
+        requests.to_parquet(part / "requests.parquet", index=False)
+        steps = steps.copy()
+        steps.insert(0, "schedule", schedule)
+        if self.step_dir(schedule).exists():
+            shutil.rmtree(self.step_dir(schedule))
+        steps.to_parquet(part / "steps.parquet", index=False)
+        summary = summarize(requests, steps)
+        summary.update(extra)
+        self.summaries[schedule] = summary
+        self.write(complete=False)
+        return summary
+
+    def write(self, complete: bool) -> None:
+        names = list(self.summaries)
+        if names:
+            pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "requests.parquet") for n in names]).to_parquet(
+                self.run_dir / "requests.parquet", index=False)
+            pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "steps.parquet") for n in names]).to_parquet(
+                self.run_dir / "steps.parquet", index=False)
+        summary = dict(self.meta)
+        summary["complete"] = complete
+        summary["schedules"] = finite_json(self.summaries)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if complete and (self.run_dir / "parts").exists():
+            shutil.rmtree(self.run_dir / "parts")

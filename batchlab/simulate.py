@@ -1,0 +1,79 @@
+"""``batchlab simulate``: every schedule of the config on the same workload, a comparison
+table on stdout, run records in the Hydra run directory."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig, OmegaConf
+
+from scheduler import schedule_config
+from scheduler.model_spec import model_spec
+
+from .command import CONF_DIR, guarded, say
+from .records import RunWriter, requests_frame, run_meta
+from .table import comparison_table
+
+
+def build_setup(cfg: DictConfig, base_dir: str):
+    """Workload, model, hardware, cost model and KV capacity from a composed config."""
+    from sim.cost_model import CostModel
+    from sim.hardware import hardware_spec, kv_capacity_blocks
+    from sim.profile import Profile
+    from sim.roofline import build_roofline_profile
+    from traces.build import build_workload
+
+    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    hardware = hardware_spec(cfg.hardware.preset, **OmegaConf.to_container(cfg.hardware.overrides, resolve=True))
+    if cfg.profile:
+        from sim.profile_check import check_profile_matches
+        profile = Profile.load(Path(base_dir) / cfg.profile)
+        check_profile_matches(profile, model)
+    else:
+        profile = build_roofline_profile(model, hardware)
+    block_size = int(cfg.schedule.block_size)
+    return workload, model, hardware, CostModel(profile, model), kv_capacity_blocks(model, hardware, block_size)
+
+
+def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
+    from sim.simulator import simulate
+
+    workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
+    overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
+    configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    writer = RunWriter(run_dir, run_meta(
+        workload, model, mode="simulated", hardware=hardware.name, profile_kind=cost.profile.kind,
+        profile=cost.profile.label, provenance=cost.profile.provenance, kv_blocks=kv_blocks,
+        block_size=int(cfg.schedule.block_size)))
+    say(f"workload {workload.describe()}")
+    say(f"model {model.name} on {hardware.name}, {kv_blocks:,} KV blocks of {cfg.schedule.block_size} tokens, "
+         f"profile: {cost.profile.label}")
+    progress = say if cfg.progress else None
+    for config in configs:
+        started = time.perf_counter()
+        outcome = simulate(workload, config, cost, kv_blocks, int(cfg.schedule.block_size),
+                           bool(cfg.schedule.fast_forward), writer.step_dir(config.name), progress)
+        summary = writer.add(config.name, requests_frame(outcome.scheduler, config.name),
+                             outcome.steps.all_steps(),
+                             {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
+                              "num_events": outcome.num_events})
+        say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
+             f"({summary['num_steps']:,} steps, {outcome.num_events:,} events)")
+    writer.write(complete=True)
+    return writer.summaries
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="simulate")
+def simulate_main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summaries = guarded("simulate", run_dir, lambda: run_simulation(cfg, run_dir, get_original_cwd()))
+    print(comparison_table(summaries))
+    if cfg.report:
+        from reports.build import build_report
+        print(f"report: {build_report([run_dir], run_dir)}")
+    print(f"run records: {run_dir}")

@@ -1,0 +1,149 @@
+"""``batchlab profile`` and ``batchlab validate``: measure the engine, predict it, report the error."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig, OmegaConf
+
+from scheduler import schedule_config
+from scheduler.model_spec import model_spec
+
+from .command import CONF_DIR, guarded, say
+from .records import RunWriter, finite_json, requests_frame, run_meta
+from .run import device_memory, load_weights
+
+
+def _runner(cfg: DictConfig, model, kv_blocks: int, weights):
+    import torch
+
+    from engine.runner import ModelRunner
+
+    block_size = cfg.schedule.block_size if "schedule" in cfg else cfg.block_size
+    return ModelRunner(model, kv_blocks, int(block_size), cfg.device, getattr(torch, cfg.dtype), cfg.backend, weights)
+
+
+def measure_profile(cfg: DictConfig, out: Path) -> Path:
+    from engine.profiler import profile_engine
+
+    device_memory(cfg.device)
+    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    runner = _runner(cfg, model, 20_000, load_weights(cfg, model, get_original_cwd()))
+    return profile_engine(runner, out, cfg.dtype, cfg.backend, int(cfg.repeats), say)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="profile")
+def profile_main(cfg: DictConfig) -> None:
+    out = Path(get_original_cwd()) / cfg.out
+    path = guarded("profile", out, lambda: measure_profile(cfg, out))
+    print(f"profile: {path}")
+
+
+def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
+    from engine.loop import run_engine
+    from reports.validation import compare_runs, ranking, scatter, step_errors
+    from sim.cost_model import CostModel
+    from sim.profile import Profile
+    from sim.profile_check import check_profile_matches
+    from sim.simulator import simulate
+    from traces.build import build_workload
+
+    device_memory(cfg.device)
+    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
+               for n in cfg.schedule.names]
+    kv_blocks, block_size = int(cfg.kv_blocks), int(cfg.schedule.block_size)
+    if cfg.profile:
+        profile_dir = Path(base_dir) / cfg.profile
+    else:
+        say("measuring a profile first (batchlab profile)")
+        profile_dir = measure_profile(cfg, run_dir / "profile")
+    profile = Profile.load(profile_dir)
+    weights = load_weights(cfg, model, base_dir)
+    check_profile_matches(profile, model, cfg.dtype)
+    cost = CostModel(profile, model)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    offline = workload.is_offline
+    device = profile.provenance.get("device", cfg.device)
+    meta = dict(hardware=device, profile_kind=profile.kind, profile=profile.label, provenance=profile.provenance,
+                kv_blocks=kv_blocks, block_size=block_size)
+    writers = {mode: RunWriter(run_dir / mode, run_meta(workload, model, mode=mode, **meta))
+               for mode in ("simulated", "measured")}
+    result = {"workload": workload.name, "offline": offline, "profile": str(profile_dir), "device": device,
+              "schedules": {}}
+    points = {}
+    for config in configs:
+        plans = []
+        simulated = simulate(workload, config, cost, kv_blocks, block_size, fast_forward=False,
+                             on_plan=lambda p: plans.append((p.step, tuple((c.req_id, c.start, c.num_tokens)
+                                                                           for c in p.chunks))))
+        measured = [run_engine(workload, config, _runner(cfg, model, kv_blocks, weights), kv_blocks, block_size,
+                               keep_plans=True) for _ in range(2 if cfg.noise_floor else 1)]
+        sim_steps, meas_steps = simulated.steps.all_steps(), measured[0].steps.all_steps()
+        sim_requests = requests_frame(simulated.scheduler, config.name)
+        meas_requests = requests_frame(measured[0].scheduler, config.name)
+        writers["simulated"].add(config.name, sim_requests, sim_steps, {"profile_kind": profile.kind})
+        writers["measured"].add(config.name, meas_requests, meas_steps, {"profile_kind": "measured"})
+        entry = compare_runs(sim_requests, sim_steps, meas_requests, meas_steps)
+        if offline:
+            entry["plans_identical"] = plans == measured[0].plans
+            if entry["plans_identical"]:
+                entry["step_error"] = step_errors(sim_steps["duration_s"], meas_steps["duration_s"])
+                points[config.name] = (sim_steps["duration_s"].to_numpy(), meas_steps["duration_s"].to_numpy())
+        if len(measured) == 2:
+            again = measured[1].steps.all_steps()
+            entry["noise_makespan"] = abs(measured[1].makespan_s - measured[0].makespan_s) / measured[0].makespan_s
+            if offline and measured[1].plans == measured[0].plans:
+                entry["noise_step_error"] = step_errors(again["duration_s"], meas_steps["duration_s"])
+        result["schedules"][config.name] = entry
+        say(f"{config.name}: makespan predicted {entry['makespan_s_predicted']:.3f} s, measured "
+             f"{entry['makespan_s_measured']:.3f} s (error {entry['makespan_s_error']:.1%})"
+             + (f", per-step MAPE {entry['step_error']['mape']:.1%}" if "step_error" in entry else "")
+             + (f", noise floor MAPE {entry['noise_step_error']['mape']:.1%}" if "noise_step_error" in entry else ""))
+    for writer in writers.values():
+        writer.write(complete=True)
+    predicted_rank = ranking({n: e["makespan_s_predicted"] for n, e in result["schedules"].items()})
+    measured_rank = ranking({n: e["makespan_s_measured"] for n, e in result["schedules"].items()})
+    result.update({"ranking_predicted": predicted_rank, "ranking_measured": measured_rank,
+                   "same_ranking": predicted_rank == measured_rank})
+    if points:
+        scatter(points, run_dir / "validation_scatter.png")
+    (run_dir / "validation.json").write_text(json.dumps(finite_json(result), indent=2))
+    return result
+
+
+def validation_table(result: dict) -> str:
+    lines = ["schedule        plans same  step MAPE  step APE p90  noise MAPE  makespan pred  makespan meas  error  noise",
+             "--------------  ----------  ---------  ------------  ----------  -------------  -------------  -----  -----"]
+    pct = lambda v: "-" if v is None or v != v else f"{v:.1%}"
+    for name, e in result["schedules"].items():
+        step, noise = e.get("step_error", {}), e.get("noise_step_error", {})
+        lines.append(f"{name:<14}  {str(e.get('plans_identical', '-')):>10}  {pct(step.get('mape')):>9}  "
+                     f"{pct(step.get('ape_p90')):>12}  {pct(noise.get('mape')):>10}  {e['makespan_s_predicted']:>13.3f}  "
+                     f"{e['makespan_s_measured']:>13.3f}  {pct(e['makespan_s_error']):>5}  {pct(e.get('noise_makespan')):>5}")
+    lines.append(f"ranking predicted: {result['ranking_predicted']}; measured: {result['ranking_measured']}; "
+                 f"same: {result['same_ranking']}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="validate")
+def validate_main(cfg: DictConfig) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = guarded("validate", run_dir, lambda: run_validation(cfg, run_dir, get_original_cwd()))
+    table = validation_table(result)
+    print(table)
+    (run_dir / "validation.md").write_text("# batchlab validation\n\n```\n" + table + "\n```\n\n"
+                                           + ("![predicted vs measured](validation_scatter.png)\n"
+                                              if (run_dir / "validation_scatter.png").exists() else ""))
+    if cfg.report:
+        from reports.build import build_report
+        build_report([run_dir / "simulated", run_dir / "measured"], run_dir)
+        print(f"report: {run_dir / 'report.html'}")
+    print(f"validation: {run_dir / 'validation.json'}")

@@ -1,0 +1,96 @@
+"""GPU kernel benchmarks (issue 6), with ``triton.testing.do_bench``. Needs a CUDA device; on a
+machine without one it says so and exits. Writes ``benchmarks/results/kernels-<device>-<date>.json``.
+
+1. Paged decode attention as a fraction of the measured HBM copy bandwidth (goal >= 70 %):
+   bf16, Llama-3.1-8B attention shape (32 query heads, 8 kv heads, head dim 128), 64 sequences
+   of 4096 tokens, block size 16, random block tables.
+2. Shared-prefix attention vs per-request paged decode attention: prefix 2048, suffix 128,
+   16 requests per prefix, 8 prefixes (goal >= 5x; FlashInfer reports up to 31x for cascade).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes/s of a device-to-device copy of 2 GiB (read + write counted)."""
+    from triton.testing import do_bench
+
+    source = torch.empty(1 << 30, dtype=torch.float16, device=device)
+    target = torch.empty_like(source)
+    milliseconds = do_bench(lambda: target.copy_(source))
+    return 2 * source.numel() * source.element_size() / (milliseconds / 1e3)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("bench_kernels: no CUDA device here; the GPU figures need a machine with one")
+        return 0
+    import triton
+    from triton.testing import do_bench
+
+    from kernels.paged_decode import paged_decode_attention
+    from kernels.shared_prefix import shared_prefix_decode_attention
+
+    device, dtype = "cuda", torch.bfloat16
+    heads, kv_heads, head_dim, block_size = 32, 8, 128, 16
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "python": platform.python_version(), "date": date.today().isoformat()}
+    copy_bw = copy_bandwidth(device)
+    results["hbm_copy_bandwidth_gb_s"] = copy_bw / 1e9
+
+    seqs, context = 64, 4096
+    blocks_per_seq = context // block_size
+    num_blocks = seqs * blocks_per_seq
+    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
+    value = torch.randn_like(key)
+    tables = torch.randperm(num_blocks, device=device).view(seqs, blocks_per_seq).to(torch.int32)
+    contexts = torch.full((seqs,), context, dtype=torch.int32, device=device)
+    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype)
+    decode_ms = do_bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5))
+    kv_bytes = 2 * seqs * context * kv_heads * head_dim * 2
+    results["paged_decode"] = {"seqs": seqs, "context": context, "ms": decode_ms,
+                               "bandwidth_gb_s": kv_bytes / (decode_ms / 1e3) / 1e9,
+                               "fraction_of_copy_bandwidth": kv_bytes / (decode_ms / 1e3) / copy_bw}
+
+    prefix, suffix, per_group, groups = 2048, 128, 16, 8
+    seqs = per_group * groups
+    prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
+    num_blocks = groups * prefix_blocks + seqs * suffix_blocks
+    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
+    value = torch.randn_like(key)
+    order = torch.randperm(num_blocks, device=device).to(torch.int32)
+    tables = torch.empty((seqs, prefix_blocks + suffix_blocks), dtype=torch.int32, device=device)
+    for g in range(groups):
+        shared = order[g * prefix_blocks:(g + 1) * prefix_blocks]
+        for m in range(per_group):
+            s = g * per_group + m
+            own = order[groups * prefix_blocks + s * suffix_blocks: groups * prefix_blocks + (s + 1) * suffix_blocks]
+            tables[s] = torch.cat([shared, own])
+    contexts = torch.full((seqs,), prefix + suffix, dtype=torch.int32, device=device)
+    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype)
+    group_list = [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]
+    per_request_ms = do_bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5))
+    shared_ms = do_bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
+                                                                head_dim ** -0.5))
+    results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
+                                "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
+                                "speedup": per_request_ms / shared_ms}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    name = results["device"].replace(" ", "-")
+    path = out / f"kernels-{name}-{results['date']}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""batchlab: conf (see ../shared/DESIGN.md)."""

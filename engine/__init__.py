@@ -1,0 +1,1 @@
+"""batchlab: engine (see ../shared/DESIGN.md)."""

@@ -1,0 +1,90 @@
+"""The attention backend interface and its torch reference implementation.
+
+A backend receives one packed varlen batch: the queries of every chunk, back to back, and for
+each chunk its query range, its context length after the step and its block table. The new
+keys and values are already in the paged cache (the runner stores them first), so a chunk can
+read blocks written in the same step by another chunk (same-step prefix hits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scheduler.errors import ConfigError
+
+
+@dataclass
+class AttentionMetadata:
+    query_starts: list[int]        # offset of each chunk's first query in the packed batch
+    query_lens: list[int]
+    context_lens: list[int]        # tokens of context after this step, the chunk's own included
+    block_tables: list[torch.Tensor]
+    shared_prefix_groups: tuple = ()  # (prefix_len, prefix_block_ids, chunk indices)
+    scale: float = 1.0
+
+
+class AttentionBackend:
+    """Attention plus the elementwise work around it; the torch versions here serve any device."""
+
+    name = "abstract"
+
+    def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata) -> torch.Tensor:
+        """``query`` [tokens, heads, head_dim] -> output [tokens, heads, head_dim]."""
+        raise NotImplementedError
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        def rotate(x):
+            half = x.shape[-1] // 2
+            return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+        return rotate(q), rotate(k)
+
+    def store_kv(self, cache, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        cache.store(layer, slots, key, value)
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Reference: gathers each chunk's context from the paged cache and runs causal softmax
+    attention in fp32. Works on CPU and GPU; the oracle for the Triton kernels."""
+
+    name = "torch"
+
+    def forward(self, layer, query, cache, meta):
+        output = torch.empty_like(query)
+        block_size = cache.block_size
+        heads = query.shape[1]
+        for start, q_len, ctx_len, table in zip(meta.query_starts, meta.query_lens, meta.context_lens,
+                                                meta.block_tables):
+            blocks = table[: (ctx_len + block_size - 1) // block_size]
+            keys = cache.key[layer][blocks].flatten(0, 1)[:ctx_len]     # [ctx, kv heads, d]
+            values = cache.value[layer][blocks].flatten(0, 1)[:ctx_len]
+            group = heads // keys.shape[1]
+            keys = keys.repeat_interleave(group, dim=1).float()
+            values = values.repeat_interleave(group, dim=1).float()
+            q = query[start:start + q_len].float()
+            scores = torch.einsum("qhd,khd->hqk", q, keys) * meta.scale
+            positions = torch.arange(ctx_len - q_len, ctx_len, device=query.device)
+            mask = torch.arange(ctx_len, device=query.device)[None, :] > positions[:, None]
+            scores.masked_fill_(mask[None], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            output[start:start + q_len] = torch.einsum("hqk,khd->qhd", probs, values).to(query.dtype)
+        return output
+
+
+BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttentionBackend}
+
+
+def make_backend(name: str) -> AttentionBackend:
+    if name == "triton" and "triton" not in BACKENDS:
+        try:
+            import kernels.backend  # noqa: F401  (registers "triton")
+        except ImportError as error:
+            raise ConfigError(f"attention backend 'triton' is not available: {error}") from None
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name]()

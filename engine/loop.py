@@ -1,0 +1,89 @@
+"""The engine loop: DESIGN.md's ``schedule -> execute -> update`` on the wall clock.
+
+Offline (every request at t=0) the plans are exactly the simulator's for the same workload and
+schedule. Online replay sleeps until the next arrival when idle. Records use the same columns
+as the simulator's, with measured durations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from scheduler import Scheduler, ScheduleConfig
+from traces.step_log import StepLog
+from traces.workload import Workload
+
+from .model import ENGINE_KERNELS
+from .runner import ModelRunner
+
+KERNELS = ENGINE_KERNELS + ("overhead", "scheduler")
+
+
+@dataclass
+class EngineOutcome:
+    schedule: str
+    scheduler: Scheduler
+    steps: StepLog
+    makespan_s: float
+    plans: list = field(default_factory=list)  # (step, ((req_id, start, num_tokens), ...)) per step
+
+
+def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, num_kv_blocks: int,
+               block_size: int = 16, online: bool | None = None, step_dir: Path | None = None,
+               progress: Callable[[str], None] | None = None, keep_plans: bool = False) -> EngineOutcome:
+    scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
+    requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
+    online = (not workload.is_offline) if online is None else online
+    for request in requests:  # every request checked against the KV capacity before any work
+        scheduler.check_fits(request)
+        runner.add_request(request)
+    log = StepLog(KERNELS, step_dir)
+    plans = []
+    index, total = 0, len(requests)
+    started = time.perf_counter()
+    last_report = started
+    while True:
+        now = time.perf_counter() - started
+        while index < total and (not online or requests[index].arrival_s <= now):
+            scheduler.add(requests[index])
+            index += 1
+        if not scheduler.has_unfinished:
+            if index >= total:
+                break
+            time.sleep(max(requests[index].arrival_s - now, 0.0))
+            continue
+        waiting = scheduler.num_waiting
+        step_started = time.perf_counter()
+        plan = scheduler.schedule(now)
+        if plan.is_empty:
+            time.sleep(0.001)
+            continue
+        for chunk in plan.chunks:
+            if chunk.req_id < 0 and chunk.req_id not in runner.prefixes:
+                runner.add_prefix(chunk.req_id, scheduler.states[chunk.req_id].prompt)
+        kv_used = scheduler.kv.num_used_blocks
+        scheduled = time.perf_counter()
+        result = runner.execute(plan)
+        executed = time.perf_counter()
+        scheduler.update(plan, result, executed - started)
+        # a step spans the whole iteration, scheduling included, so that steps tile the timeline
+        end = time.perf_counter()
+        kernels = dict(result.kernel_s)
+        kernels["scheduler"] = (scheduled - step_started) + (end - executed)
+        prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
+        tokens = plan.num_tokens
+        log.add_step({"step": plan.step, "start_s": step_started - started, "duration_s": end - step_started,
+                      "num_tokens": tokens, "num_prefill_tokens": prefill, "num_decode_tokens": tokens - prefill,
+                      "num_requests": len(plan.chunks), "num_sampled": len(result.sampled_tokens),
+                      "kv_blocks_used": kv_used, "num_waiting": waiting, "num_preempted": len(plan.preempted)},
+                     kernels)
+        if keep_plans:
+            plans.append((plan.step, tuple((c.req_id, c.start, c.num_tokens) for c in plan.chunks)))
+        if progress is not None and time.perf_counter() - last_report > 2.0:
+            last_report = time.perf_counter()
+            progress(f"{config.name}: step {plan.step:,}, {end - started:,.1f} s, "
+                     f"{scheduler.num_finished:,}/{total:,} requests finished")
+    makespan = max((s.finish_s for s in scheduler.states.values() if s.request is not None and s.finish_s), default=0.0)
+    return EngineOutcome(config.name, scheduler, log, makespan, plans)

@@ -1,0 +1,174 @@
+"""``batchlab profile``: the engine's per-kernel costs on this device, measured over shape grids.
+
+Each grid point is a synthetic ``BatchPlan`` executed by the engine's own ``ModelRunner`` (the
+code path real runs take), after warm-up, several times; the median of each kernel category is
+kept, and the spread (p90/median) recorded. The directory written is the profile format
+``sim.profile.Profile.load`` reads (``profile.json`` + ``tables.npz``); the kernel names and
+axes below are that format's, and the round-trip is tested.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from scheduler import BatchPlan, Request, ScheduledChunk
+
+from .runner import ModelRunner
+
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+QUERIES = (1, 4, 16, 64, 256, 1024)
+CONTEXTS = (16, 64, 256, 1024, 2048, 4096)
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+SAMPLED = (0, 1, 4, 16, 64, 128)
+
+
+GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": BATCHES, "sampled": SAMPLED}
+
+
+class Profiler:
+    def __init__(self, runner: ModelRunner, warmup: int = 2, repeats: int = 5, grids: dict | None = None) -> None:
+        self.grids = {**GRIDS, **(grids or {})}
+        self.runner = runner
+        self.warmup = warmup
+        self.repeats = repeats
+        self.layers = runner.spec.num_layers
+        self.spread: list[float] = []
+        self._next_id = 10_000_000
+
+    def _plan(self, chunks: list[tuple[int, int, bool]]) -> BatchPlan:
+        """Chunks of (context after the step, query tokens, samples); every request gets a fresh
+        id and a one-segment prompt one token longer than its context."""
+        block_size = self.runner.block_size
+        capacity = self.runner.cache.num_blocks
+        made = []
+        next_block = 0
+        for context, queries, samples in chunks:
+            self._next_id += 1
+            request = Request(self._next_id, 0.0, ((self._next_id, context + 1),), 1)
+            self.runner.add_request(request)
+            count = -(-context // block_size)
+            # distinct blocks per request, as in real runs: shared ones would stay hot in the CPU
+            # caches and make attention look cheaper than it is (wrapping only past the capacity)
+            blocks = tuple((next_block + i) % capacity for i in range(count))
+            next_block = (next_block + count) % capacity
+            made.append(ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, context + 1))
+        return BatchPlan(0, tuple(made))
+
+    def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
+        plan = self._plan(chunks)
+        runs = []
+        for index in range(self.warmup + self.repeats):
+            result = self.runner.execute(plan)
+            if index >= self.warmup:
+                runs.append({**result.kernel_s, "total": result.duration_s})
+        for request_id in (c.req_id for c in plan.chunks):
+            self.runner.outputs.pop(request_id, None)
+            self.runner.requests.pop(request_id, None)
+        totals = sorted(r["total"] for r in runs)
+        self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
+        return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+    def scheduler_seconds(self, batch: int, steps: int = 50) -> float:
+        """Median schedule + update time of ``batch`` running decodes (the engine loop's own
+        cost per step, outside ``execute``)."""
+        from scheduler import Scheduler, StepResult, schedule_config
+
+        scheduler = Scheduler(schedule_config("fcfs", max_num_seqs=None), 4 * batch * (steps + 64) // 16 + 64, 16)
+        for index in range(batch):
+            scheduler.add(Request(index, 0.0, ((index, 32),), steps + 8))
+        plan = scheduler.schedule(0.0)
+        scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+        samples = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            plan = scheduler.schedule(0.0)
+            scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    def _elementwise(self, m: dict) -> float:
+        return (m["norms"] + m["rope_kv_store"]) / self.layers
+
+    def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
+        say = progress or (lambda _: None)
+        L = self.layers
+        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED = (self.grids[k] for k in GRIDS)
+        tables: dict[str, tuple] = {}
+        per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
+        say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
+        for tokens in TOKENS:
+            m = self.measure([(tokens, tokens, False)])
+            for name in ("linear_qkv", "linear_o", "mlp"):
+                per_tokens[name].append(m[name] / L)
+            per_tokens["elementwise"].append(self._elementwise(m))
+        for name, values in per_tokens.items():
+            tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array(values))
+        say(f"profiling prefill attention over {len(QUERIES)}x{len(CONTEXTS)} shapes")
+        prefill = np.zeros((len(QUERIES), len(CONTEXTS)))
+        for i, queries in enumerate(QUERIES):
+            for j, context in enumerate(CONTEXTS):
+                prefill[i, j] = self.measure([(max(context, queries), queries, False)])["attention"] / L
+        tables["attn_prefill"] = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)), prefill)
+        say(f"profiling decode attention and step overhead over {len(BATCHES)}x{len(CONTEXTS)} shapes")
+        decode = np.zeros((len(BATCHES), len(CONTEXTS)))
+        overhead = []
+        for i, batch in enumerate(BATCHES):
+            for j, context in enumerate(CONTEXTS):
+                m = self.measure([(context, 1, True)] * batch)
+                decode[i, j] = m["attention"] / L
+                if j == 0:
+                    overhead.append(m["overhead"])
+        tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
+        scheduling = [self.scheduler_seconds(batch) for batch in BATCHES]
+        tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), np.array(overhead) + np.array(scheduling))
+        say("profiling LM head and sampling")
+        lm = [0.0]
+        for sampled in SAMPLED[1:]:
+            m = self.measure([(16, 1, True)] * sampled)
+            lm.append(m["lm_head_sampling"])
+        tables["lm_head_sampling"] = (("sampled",), (np.array(SAMPLED, float),), np.array(lm))
+        # this backend has no shared-prefix kernel: a group's decodes read their prefix as
+        # ordinary decode attention, which the profile says (prefix_aware_attention: false)
+        tables["attn_shared_prefix"] = (("queries", "prefix_len"), (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
+                                        np.zeros((2, 2)))
+        return tables
+
+
+def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, dtype: str,
+                  provenance: dict) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, (axes, grids, values) in tables.items():
+        arrays[f"{name}.values"] = values
+        for axis, grid in zip(axes, grids):
+            arrays[f"{name}.grid.{axis}"] = grid
+    np.savez(directory / "tables.npz", **arrays)
+    meta = {"kind": "measured", "model": model, "dtype": dtype, "provenance": provenance,
+            "axes": {name: list(axes) for name, (axes, _, _) in tables.items()}}
+    (directory / "profile.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backend: str, repeats: int = 5,
+                   progress: Callable[[str], None] | None = None, grids: dict | None = None) -> Path:
+    started = time.perf_counter()
+    profiler = Profiler(runner, repeats=repeats, grids=grids)
+    tables = profiler.run(progress)
+    device = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    provenance = {"device": device, "backend": backend, "dtype": dtype, "torch": torch.__version__,
+                  "python": platform.python_version(), "date": date.today().isoformat(),
+                  "model_config": {k: getattr(runner.spec, k) for k in runner.spec.__dataclass_fields__},
+                  "repeats": repeats, "statistic": "median",
+                  "spread_p90_over_median_max": max(profiler.spread), "spread_p90_over_median_median":
+                  statistics.median(profiler.spread), "prefix_aware_attention": False,
+                  "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)}
+    return write_profile(directory, tables, runner.spec.name, dtype, provenance)

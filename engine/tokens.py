@@ -1,0 +1,42 @@
+"""Token ids for segment-chain prompts, materialised only for what runs.
+
+Token ``i`` of segment ``s`` is a fixed hash of ``(s, i)``, so two prompts that share a segment
+share its tokens, and a prompt's tokens never need to exist as a whole list.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.prompt import Prompt
+
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def segment_tokens(segment_id: int, offsets: np.ndarray, vocab_size: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        seed = _mix(np.array([segment_id & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+        values = _mix(offsets.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + seed)
+    return (values % np.uint64(vocab_size)).astype(np.int64)
+
+
+def prompt_tokens(prompt: Prompt, start: int, end: int, vocab_size: int) -> np.ndarray:
+    """Token ids of prompt positions ``[start, end)``."""
+    pieces = []
+    seg_start = 0
+    for segment_id, length in prompt:
+        seg_end = seg_start + length
+        if seg_end > start and seg_start < end:
+            low, high = max(start, seg_start) - seg_start, min(end, seg_end) - seg_start
+            pieces.append(segment_tokens(segment_id, np.arange(low, high), vocab_size))
+        if seg_end >= end:
+            break
+        seg_start = seg_end
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,120 @@
+"""Model weights: seeded random (the default: no downloads) or Hugging Face safetensors."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scheduler.errors import ConfigError
+from scheduler.model_spec import ModelSpec
+
+
+@dataclass
+class LayerWeights:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+
+
+@dataclass
+class Weights:
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Hugging Face Llama names, for loading the same weights into transformers."""
+        state = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm,
+                 "lm_head.weight": self.lm_head}
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
+                          p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o,
+                          p + "mlp.gate_proj.weight": layer.gate, p + "mlp.up_proj.weight": layer.up,
+                          p + "mlp.down_proj.weight": layer.down, p + "input_layernorm.weight": layer.input_norm,
+                          p + "post_attention_layernorm.weight": layer.post_norm})
+        return state
+
+
+def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    h, d, I = spec.hidden_size, spec.head_dim, spec.intermediate_size
+    return {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
+            "o": (h, spec.num_heads * d), "gate": (I, h), "up": (I, h), "down": (h, I),
+            "input_norm": (h,), "post_norm": (h,)}
+
+
+def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> Weights:
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape, std=0.02):
+        return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
+
+    def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests
+        return (1.0 + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype, device=device)
+
+    layers = []
+    for _ in range(spec.num_layers):
+        shapes = _shapes(spec)
+        tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) == 2}
+        layers.append(LayerWeights(**tensors, input_norm=norm(spec.hidden_size), post_norm=norm(spec.hidden_size)))
+    embed = normal(spec.vocab_size, spec.hidden_size, std=0.5)
+    lm_head = embed if spec.tie_embeddings else normal(spec.vocab_size, spec.hidden_size, std=0.5)
+    return Weights(embed, layers, norm(spec.hidden_size), lm_head)
+
+
+def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu") -> Weights:
+    """Weights from a local directory in Hugging Face layout (``*.safetensors``, with or without
+    ``model.safetensors.index.json``). Every problem is reported before any weight is used."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"weights directory {directory} does not exist")
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+        missing_files = [f for f in files if not (directory / f).exists()]
+        if missing_files:
+            raise ConfigError(f"weights directory {directory}: missing {', '.join(missing_files)} "
+                              f"(named in model.safetensors.index.json)")
+    else:
+        files = sorted(p.name for p in directory.glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"weights directory {directory}: no *.safetensors file")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(str(directory / name), framework="pt") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+
+    def take(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if key not in tensors:
+            raise ConfigError(f"weights directory {directory}: tensor {key!r} not found")
+        tensor = tensors[key]
+        if tuple(tensor.shape) != shape:
+            raise ConfigError(f"weights directory {directory}: {key} has shape {tuple(tensor.shape)}; "
+                              f"the model config expects {shape}")
+        return tensor.to(dtype=dtype, device=device)
+
+    shapes = _shapes(spec)
+    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+             "input_norm": "input_layernorm", "post_norm": "post_attention_layernorm"}
+    layers = [LayerWeights(**{field: take(f"model.layers.{i}.{hf}.weight", shapes[field])
+                              for field, hf in names.items()}) for i in range(spec.num_layers)]
+    embed = take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
+    lm_head = embed if spec.tie_embeddings and "lm_head.weight" not in tensors else \
+        take("lm_head.weight", (spec.vocab_size, spec.hidden_size))
+    return Weights(embed, layers, take("model.norm.weight", (spec.hidden_size,)), lm_head)

@@ -1,0 +1,1 @@
+"""batchlab: kernels (see ../shared/DESIGN.md)."""

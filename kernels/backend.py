@@ -1,0 +1,76 @@
+"""The Triton attention backend for the engine (CUDA devices; the interpreter on CPU in tests).
+
+Decode chunks go through the fused shared-prefix kernel when the plan names groups of them that
+read the same prefix blocks, else through split-KV paged decode; prefill chunks (any length,
+after cached or shared prefixes) through the varlen paged prefill kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.attention import BACKENDS, AttentionBackend
+
+from .paged_decode import paged_decode_attention
+from .kv_store import store_kv
+from .paged_prefill import paged_prefill_attention
+from .rmsnorm import rms_norm
+from .rope import apply_rope_
+from .shared_prefix import shared_prefix_decode_attention
+
+
+def _table(tables: list[torch.Tensor], device) -> torch.Tensor:
+    width = max((len(t) for t in tables), default=1)
+    out = torch.zeros((len(tables), max(width, 1)), dtype=torch.int32, device=device)
+    for row, table in enumerate(tables):
+        out[row, : len(table)] = table.to(torch.int32)
+    return out
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def rms_norm(self, x, weight, eps):
+        return rms_norm(x.contiguous(), weight, eps)
+
+    def rope(self, q, k, positions, cos, sin, theta):
+        return apply_rope_(q.contiguous(), positions, theta), apply_rope_(k.contiguous(), positions, theta)
+
+    def store_kv(self, cache, layer, slots, key, value):
+        store_kv(key.contiguous(), value.contiguous(), cache.key[layer], cache.value[layer], slots)
+
+    def forward(self, layer, query, cache, meta):
+        output = torch.empty_like(query)
+        key, value = cache.key[layer], cache.value[layer]
+        device = query.device
+        decode = [i for i, q_len in enumerate(meta.query_lens) if q_len == 1]
+        prefill = [i for i, q_len in enumerate(meta.query_lens) if q_len > 1]
+        if decode:
+            rows = torch.tensor([meta.query_starts[i] for i in decode], device=device)
+            tables = _table([meta.block_tables[i] for i in decode], device)
+            contexts = torch.tensor([meta.context_lens[i] for i in decode], dtype=torch.int32, device=device)
+            position = {chunk: row for row, chunk in enumerate(decode)}
+            groups = []
+            for group in meta.shared_prefix_groups:
+                members = [position[i] for i in group[2] if i in position]
+                if len(members) >= 2:
+                    groups.append((group[0], members))
+            queries = query[rows].contiguous()
+            if groups:
+                result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale)
+            else:
+                result = paged_decode_attention(queries, key, value, tables, contexts, meta.scale)
+            output[rows] = result
+        if prefill:
+            starts = [meta.query_starts[i] for i in prefill]
+            lens = [meta.query_lens[i] for i in prefill]
+            index = torch.cat([torch.arange(s, s + n, device=device) for s, n in zip(starts, lens)])
+            packed_starts = torch.tensor([sum(lens[:k]) for k in range(len(lens))], dtype=torch.int32, device=device)
+            result = paged_prefill_attention(
+                query[index].contiguous(), key, value, _table([meta.block_tables[i] for i in prefill], device),
+                packed_starts, torch.tensor(lens, dtype=torch.int32, device=device),
+                torch.tensor([meta.context_lens[i] for i in prefill], dtype=torch.int32, device=device), meta.scale)
+            output[index] = result
+        return output
+
+
+BACKENDS["triton"] = TritonAttentionBackend

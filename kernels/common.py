@@ -1,0 +1,92 @@
+"""Pieces shared by the attention kernels: the online-softmax loop over paged KV blocks, and the
+exact log-sum-exp merge of partial attentions (kept in fp32)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dot(a, b, DOT_PRECISION: tl.constexpr):
+    """``tl.dot``; under Triton's interpreter with bf16/fp16 operands, in fp32 instead (Triton
+    3.9's interpreter returns garbage for low-precision dots; on a GPU they run as written)."""
+    if DOT_PRECISION == "interpreter":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def attend_blocks(q, k_base, v_base, table_ptr, first_block, end_token, positions, stride_kb, stride_ks,
+                  BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, CAUSAL: tl.constexpr):
+    """Attention of the rows ``q`` [BLOCK_M, HEAD_DIM] (fp32, pre-scaled by log2(e)/sqrt(d))
+    over tokens [first_block * BLOCK_SIZE, end_token) of one kv head, read through a block
+    table; with ``CAUSAL``, row r sees only tokens at or before ``positions[r]``. Returns
+    (unnormalised output, running max, running sum) of a base-2 softmax."""
+    offs = tl.arange(0, BLOCK_SIZE)
+    dims = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    last_block = tl.cdiv(end_token, BLOCK_SIZE)
+    for block in range(first_block, last_block):
+        physical = tl.load(table_ptr + block).to(tl.int64)
+        tokens = block * BLOCK_SIZE + offs
+        valid = tokens < end_token
+        address = physical * stride_kb + offs[:, None] * stride_ks + dims[None, :]
+        k = tl.load(k_base + address, mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + address, mask=valid[:, None], other=0.0)
+        s = dot(q.to(k.dtype), tl.trans(k), DOT_PRECISION)
+        if CAUSAL:
+            s = tl.where(valid[None, :] & (tokens[None, :] <= positions[:, None]), s, float("-inf"))
+        else:
+            s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _merge_kernel(parts_ptr, lse_ptr, out_ptr, num_parts, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p])."""
+    row = tl.program_id(0).to(tl.int64)
+    p = tl.arange(0, BLOCK_P)
+    dims = tl.arange(0, HEAD_DIM)
+    lse = tl.load(lse_ptr + row * num_parts + p, mask=p < num_parts, other=float("-inf"))
+    top = tl.max(lse, 0)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp2(lse - top)
+    parts = tl.load(parts_ptr + row * num_parts * HEAD_DIM + p[:, None] * HEAD_DIM + dims[None, :],
+                    mask=p[:, None] < num_parts, other=0.0)
+    total = tl.sum(weight, 0)
+    merged = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptr + row * HEAD_DIM + dims, merged.to(out_ptr.dtype.element_ty))
+
+
+def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``parts`` [rows, P, D] fp32, ``lse`` [rows, P] fp32 (base 2) -> ``out`` [rows, D]."""
+    rows, num_parts, head_dim = parts.shape
+    assert lse.shape == (rows, num_parts) and parts.dtype == lse.dtype == torch.float32
+    assert parts.is_contiguous() and lse.is_contiguous() and out.is_contiguous() and out.shape == (rows, head_dim)
+    _merge_kernel[(rows,)](parts, lse, out, num_parts, HEAD_DIM=head_dim,
+                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2))
+    return out
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 in, fp32 products (no TF32 shortcuts): the fp32 tests hold kernels to 1e-5."""
+    if dtype == torch.float32:
+        return "ieee"
+    return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "tf32"
+
+
+LOG2E = tl.constexpr(1.4426950408889634)  # a Triton constexpr: globals in kernels must be

@@ -1,0 +1,69 @@
+"""Compiles every kernel for a GPU target (default sm_90, Hopper) without running anything, so a
+kernel that would not build is caught on a machine with no GPU. Run in a process where
+TRITON_INTERPRET is unset: ``python -m kernels.compile_check [arch]``."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
+    from .common import _merge_kernel
+    from .paged_decode import _paged_decode_kernel
+    from .paged_prefill import _paged_prefill_kernel
+    from .shared_prefix import _shared_prefix_kernel
+
+    ptr, precision = f"*{dtype}", "ieee" if dtype == "fp32" else "tf32"
+    i32, f32, c = "i32", "fp32", "constexpr"
+    attention = {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "DOT_PRECISION": precision}
+    return [
+        (_paged_decode_kernel,
+         {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "parts_ptr": "*fp32",
+          "lse_ptr": "*fp32", "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32,
+          "blocks_per_split": i32, "num_splits": i32, "scale": f32, "GROUP": c, "BLOCK_G": c, "HEAD_DIM": c,
+          "BLOCK_SIZE": c, "DOT_PRECISION": c},
+         {**attention, "BLOCK_G": 16}),
+        (_shared_prefix_kernel,
+         {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "skip_ptr": "*i32",
+          "group_rows_ptr": "*i32", "group_size_ptr": "*i32", "group_prefix_ptr": "*i32", "group_seq_ptr": "*i32",
+          "parts_ptr": "*fp32", "lse_ptr": "*fp32", "num_groups": i32, "kv_heads": i32, "heads": i32,
+          "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32, "stride_g": i32,
+          "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c},
+         {**attention, "BLOCK_G": 16, "BLOCK_M": 64}),
+        (_paged_prefill_kernel,
+         {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
+          "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
+          "stride_kh": i32, "stride_t": i32, "scale": f32, "GROUP": c, "BLOCK_M": c, "HEAD_DIM": c,
+          "BLOCK_SIZE": c, "DOT_PRECISION": c},
+         {**attention, "BLOCK_M": 64}),
+        (_merge_kernel,
+         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "num_parts": i32, "HEAD_DIM": c, "BLOCK_P": c},
+         {"HEAD_DIM": 128, "BLOCK_P": 4}),
+    ]
+
+
+def main(arch: int = 90) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("compile_check: unset TRITON_INTERPRET first (interpreted kernels cannot be compiled)")
+        return 2
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    for dtype in ("bf16", "fp32"):
+        for kernel, signature, constants in signatures(dtype):
+            started = time.perf_counter()
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants), target=target)
+            size = len(compiled.asm.get("cubin", b""))
+            if not size:
+                print(f"FAILED {kernel.__name__} {dtype}: no cubin")
+                return 1
+            print(f"ok {kernel.__name__:<24} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))

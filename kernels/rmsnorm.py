@@ -1,0 +1,51 @@
+"""RMSNorm, optionally fused with the residual add before it (``x + residual`` is both normed
+and returned as the new residual), computed in fp32 like Hugging Face's ``LlamaRMSNorm``."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr, hidden, eps,
+                    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    x = tl.load(x_ptr + row * hidden + cols, mask=mask, other=0.0)
+    dtype = x.dtype
+    # arithmetic in fp32, rounded once per stored value: what torch's bf16/fp16 ops give too
+    if HAS_RESIDUAL:
+        x = (x.to(tl.float32) + tl.load(residual_ptr + row * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+             ).to(dtype)
+        tl.store(new_residual_ptr + row * hidden + cols, x, mask=mask)
+    x32 = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, 0) / hidden + eps)
+    normed = (x32 * rstd).to(dtype, fp_downcast_rounding="rtne").to(tl.float32)  # HF rounds here too
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * hidden + cols, (weight * normed).to(dtype, fp_downcast_rounding="rtne"), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """``x`` [tokens, hidden] -> normed, or (normed, x + residual) when ``residual`` is given."""
+    if x.dim() != 2 or weight.shape != (x.shape[1],) or not x.is_contiguous():
+        raise ValueError(f"expected contiguous x [tokens, hidden] and weight [hidden], got {tuple(x.shape)}, "
+                         f"{tuple(weight.shape)}")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+        raise ValueError("residual must be contiguous and shaped and typed like x")
+    out = torch.empty_like(x)
+    new_residual = torch.empty_like(x) if residual is not None else out
+    if x.shape[0]:
+        _rmsnorm_kernel[(x.shape[0],)](x, residual if residual is not None else x, weight, out, new_residual,
+                                       x.shape[1], eps, HAS_RESIDUAL=residual is not None,
+                                       BLOCK=triton.next_power_of_2(x.shape[1]))
+    return (out, new_residual) if residual is not None else out
+
+
+def rms_norm_reference(x, weight, eps, residual=None):
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    normed = weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (normed, x) if residual is not None else normed

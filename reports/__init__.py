@@ -1,0 +1,1 @@
+"""batchlab: reports (see ../shared/DESIGN.md)."""

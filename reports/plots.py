@@ -1,0 +1,110 @@
+"""The report's plots (matplotlib, no display needed). Each function writes one PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .metrics import request_latencies  # noqa: E402
+
+MAX_POINTS = 4000  # per series: a million-step run is thinned for drawing, not for numbers
+
+
+def _series_name(run: str, schedule: str, multi_run: bool) -> str:
+    return f"{run}: {schedule}" if multi_run else schedule
+
+
+def _thin(frame: pd.DataFrame) -> pd.DataFrame:
+    if len(frame) <= MAX_POINTS:
+        return frame
+    return frame.iloc[np.linspace(0, len(frame) - 1, MAX_POINTS).astype(int)]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def throughput_bars(table: pd.DataFrame, path: Path) -> Path:
+    multi = table["run"].nunique() > 1
+    labels = [_series_name(r, s, multi) for r, s in zip(table["run"], table["schedule"])]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(labels) + 1.5))
+    bars = ax.barh(labels, table["throughput_tokens_per_s"], color="tab:blue")
+    for bar, speedup in zip(bars, table["speedup_vs_fcfs"]):
+        if speedup == speedup:
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {speedup:.2f}x", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput (prompt + output tokens / s)")
+    ax.set_title("Throughput per schedule (speedup over fcfs)")
+    return _save(fig, path)
+
+
+def latency_cdfs(groups: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, requests in groups:
+        latencies = request_latencies(requests)
+        for ax, column, scale in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), (1, 1000, 1)):
+            values = np.sort(latencies[column].dropna().to_numpy() * scale)
+            if len(values):
+                ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
+    for ax, title in zip(axes, ("TTFT (s)", "TPOT (ms)", "end-to-end latency (s)")):
+        ax.set_xlabel(title)
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Latency CDFs")
+    return _save(fig, path)
+
+
+def step_series(groups: list[tuple[str, pd.DataFrame]], column: str, ylabel: str, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for name, steps in groups:
+        thinned = _thin(steps)
+        ax.plot(thinned["start_s"], thinned[column], label=name, linewidth=0.8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def prefill_bars(table: pd.DataFrame, path: Path) -> Path:
+    multi = table["run"].nunique() > 1
+    labels = [_series_name(r, s, multi) for r, s in zip(table["run"], table["schedule"])]
+    y = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    ax.barh(y - 0.2, table["prefill_tokens_logical"], height=0.4, label="logical", color="tab:gray")
+    ax.barh(y + 0.2, table["prefill_tokens_computed"], height=0.4, label="computed", color="tab:green")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("prefill tokens")
+    ax.set_title("Prefill tokens: logical vs computed")
+    ax.legend()
+    return _save(fig, path)
+
+
+def request_lifetimes(groups: list[tuple[str, pd.DataFrame]], path: Path, sample: int = 40) -> Path:
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.2 * len(groups) + 1), squeeze=False)
+    for ax, (name, requests) in zip(axes[:, 0], groups):
+        picked = requests.sort_values("req_id")
+        if len(picked) > sample:
+            picked = picked.iloc[np.linspace(0, len(picked) - 1, sample).astype(int)]
+        rows = np.arange(len(picked))
+        ax.hlines(rows, picked["arrival_s"], picked["first_token_s"], color="tab:orange", linewidth=3,
+                  label="arrival to first token")
+        ax.hlines(rows, picked["first_token_s"], picked["finish_s"], color="tab:blue", linewidth=3,
+                  label="first token to finish")
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_yticks([])
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(f"Request lifetimes (a sample of up to {sample} per schedule)")
+    return _save(fig, path)

@@ -1,0 +1,79 @@
+"""Comparison tables: one row per (run, schedule), read from the records alone."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .metrics import summarize
+from .run_records import RunRecords
+
+# column -> (summary key, heading, whether larger is better, format)
+COLUMNS = (
+    ("makespan_s", "makespan (s)", False, "{:,.1f}"),
+    ("throughput_tokens_per_s", "throughput (tok/s)", True, "{:,.0f}"),
+    ("speedup_vs_fcfs", "vs fcfs", True, "{:.2f}x"),
+    ("prefill_token_saving", "prefill saved", True, "{:.3f}"),
+    ("ttft_s_p50", "TTFT p50 (s)", False, "{:,.2f}"),
+    ("ttft_s_p99", "TTFT p99 (s)", False, "{:,.2f}"),
+    ("tpot_ms_p50", "TPOT p50 (ms)", False, "{:,.1f}"),
+    ("tpot_ms_p99", "TPOT p99 (ms)", False, "{:,.1f}"),
+    ("peak_kv_gb", "peak KV (GB)", False, "{:,.2f}"),
+    ("num_preemptions", "preemptions", False, "{:,}"),
+)
+
+
+def comparison_frame(runs: list[RunRecords]) -> pd.DataFrame:
+    """Metrics recomputed from each run's requests and steps (not copied from summary.json)."""
+    rows = []
+    for run in runs:
+        kv_bytes_per_block = run.summary.get("kv_bytes_per_block")
+        for schedule in run.schedules():
+            requests = run.requests[run.requests["schedule"] == schedule]
+            steps = run.steps[run.steps["schedule"] == schedule]
+            metrics = summarize(requests, steps)
+            row = {"run": run.path.name, "schedule": schedule, "mode": run.summary.get("mode", "simulated"),
+                   "hardware": run.summary.get("hardware"), "profile_kind": run.summary.get("profile_kind"), **metrics}
+            row["tpot_ms_p50"] = metrics["tpot_s_p50"] * 1000
+            row["tpot_ms_p99"] = metrics["tpot_s_p99"] * 1000
+            row["peak_kv_gb"] = (metrics["peak_kv_blocks"] * kv_bytes_per_block / 1e9
+                                 if kv_bytes_per_block else float("nan"))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    speedups = []
+    for _, row in frame.iterrows():
+        same_run = frame[(frame["run"] == row["run"]) & (frame["schedule"] == "fcfs")]
+        base = same_run["throughput_tokens_per_s"].iloc[0] if len(same_run) else float("nan")
+        speedups.append(row["throughput_tokens_per_s"] / base if base == base and base else float("nan"))
+    frame["speedup_vs_fcfs"] = speedups
+    return frame
+
+
+def best_rows(frame: pd.DataFrame) -> dict[str, set[int]]:
+    """Row positions holding the best value of each column (ties all marked)."""
+    best = {}
+    for key, _, larger, _ in COLUMNS:
+        values = frame[key].astype(float)
+        finite = values[values.apply(lambda v: not math.isnan(v))]
+        if finite.empty:
+            best[key] = set()
+            continue
+        target = finite.max() if larger else finite.min()
+        best[key] = {i for i, v in enumerate(values) if v == target}
+    return best
+
+
+def formatted_rows(frame: pd.DataFrame, marker: str = "**") -> list[list[str]]:
+    """Heading row plus one row per schedule; the best value of each column wrapped in ``marker``."""
+    best = best_rows(frame)
+    multi_run = frame["run"].nunique() > 1
+    header = (["run"] if multi_run else []) + ["schedule"] + [heading for _, heading, _, _ in COLUMNS]
+    rows = [header]
+    for position, (_, row) in enumerate(frame.iterrows()):
+        cells = ([row["run"]] if multi_run else []) + [row["schedule"]]
+        for key, _, _, fmt in COLUMNS:
+            value = row[key]
+            text = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+            cells.append(f"{marker}{text}{marker}" if position in best[key] and text != "-" else text)
+        rows.append(cells)
+    return rows

@@ -1,0 +1,58 @@
+"""Prediction errors: simulated records against measured records of the same plans."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .metrics import summarize
+
+
+def step_errors(predicted: pd.Series, measured: pd.Series) -> dict:
+    """Absolute percentage error per step (offline: the plans are the same, step for step)."""
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(predicted) != len(measured):
+        raise ValueError(f"{len(predicted)} predicted steps but {len(measured)} measured: not the same plans")
+    ape = np.abs(predicted - measured) / measured
+    return {"steps": int(len(ape)), "ape_median": float(np.median(ape)), "ape_p90": float(np.percentile(ape, 90)),
+            "mape": float(np.mean(ape))}
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / measured if measured else float("nan")
+
+
+def compare_runs(pred_requests, pred_steps, meas_requests, meas_steps) -> dict:
+    """Makespan, throughput and latency-percentile errors of one schedule."""
+    pred, meas = summarize(pred_requests, pred_steps), summarize(meas_requests, meas_steps)
+    keys = ("makespan_s", "throughput_tokens_per_s", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99")
+    out = {f"{k}_predicted": pred[k] for k in keys}
+    out.update({f"{k}_measured": meas[k] for k in keys})
+    out.update({f"{k}_error": relative_error(pred[k], meas[k]) for k in keys})
+    return out
+
+
+def ranking(values: dict[str, float]) -> list[str]:
+    """Schedules from fastest to slowest makespan."""
+    return sorted(values, key=values.__getitem__)
+
+
+def scatter(points: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    top = 0.0
+    for name, (predicted, measured) in points.items():
+        ax.scatter(np.asarray(measured) * 1e3, np.asarray(predicted) * 1e3, s=8, label=name, alpha=0.7)
+        top = max(top, float(np.max(measured)) * 1e3, float(np.max(predicted)) * 1e3)
+    ax.plot([0, top], [0, top], color="black", linewidth=0.8, label="prediction = measurement")
+    ax.set_xlabel("measured step time (ms)")
+    ax.set_ylabel("predicted step time (ms)")
+    ax.set_title("Predicted vs measured step time")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,81 @@
+"""Schedules as compositions: an ordering policy, a budget, and KV accounting.
+
+Defaults follow the BatchLLM paper's baseline settings (vLLM v0.6.4 with chunked prefill:
+``max_num_batched_tokens=2048``, ``max_num_seqs=256``; REFERENCES.md §1.6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .errors import ConfigError
+from .kv_blocks import CACHING_MODES
+
+ORDERS = ("fcfs", "decode_ratio", "lpm")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    name: str
+    order: str = "fcfs"                 # fcfs | decode_ratio | lpm
+    grouping: bool = False              # global prefix groups (BatchLLM §4.2-4.3.1); members
+                                        # share their group's prefix blocks, whatever ``caching``
+    caching: str = "lru"                # lru | off (see kv_blocks.py)
+    max_num_batched_tokens: int = 2048  # token budget per step (chunked prefill)
+    max_num_seqs: int | None = 256      # request-count cap; None: no cap
+    kv_threshold: float | None = None   # memory-centric: admit only below this KV fraction
+    enable_chunked_prefill: bool = True
+    use_output_lengths: bool = False    # may the policy read output lengths?
+    prefix_aware_attention: bool = False  # report shared-prefix groups for the kernel
+    lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ConfigError(f"schedule {self.name!r}: unknown order {self.order!r}; expected one of {ORDERS}")
+        if self.caching not in CACHING_MODES:
+            raise ConfigError(
+                f"schedule {self.name!r}: unknown caching {self.caching!r}; expected one of {CACHING_MODES}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"schedule {self.name!r}: max_num_batched_tokens must be >= 1")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ConfigError(f"schedule {self.name!r}: max_num_seqs must be >= 1 or None")
+        if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
+            raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
+
+
+SCHEDULES: dict[str, ScheduleConfig] = {
+    # vLLM-like: arrival order, LRU automatic prefix caching, chunked prefill.
+    "fcfs": ScheduleConfig("fcfs"),
+    # BatchLLM groups, prefix computed once and held only for the group's lifetime.
+    "prefix_grouped": ScheduleConfig("prefix_grouped", grouping=True, caching="off",
+                                     prefix_aware_attention=True),
+    # BatchLLM Eq. 3: requests by decode ratio (shortest prompt first when outputs are unknown).
+    "decode_first": ScheduleConfig("decode_first", order="decode_ratio"),
+    # BatchLLM: groups, ordered by Eq. 4, memory-centric token batching (no request cap).
+    "batchllm": ScheduleConfig("batchllm", order="decode_ratio", grouping=True, caching="off",
+                               max_num_seqs=None, kv_threshold=0.9, prefix_aware_attention=True),
+    # SGLang-like: longest prefix match against the cache first.
+    "lpm": ScheduleConfig("lpm", order="lpm"),
+}
+
+
+def from_presets(kind: str, presets: dict, name: str, overrides: dict):
+    """``presets[name]`` with the non-None ``overrides`` applied; a ConfigError naming the
+    choices for an unknown name, or the field for an unknown option."""
+    if name not in presets:
+        raise ConfigError(f"unknown {kind} {name!r}; expected one of {sorted(presets)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return replace(presets[name], **overrides)
+    except TypeError as error:
+        raise ConfigError(f"{kind} {name!r}: {error}") from None
+
+
+def schedule_config(name: str, **overrides: object) -> ScheduleConfig:
+    """A preset by name, with fields overridden (``None`` values leave the preset's)."""
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+    known = {f.name for f in fields(ScheduleConfig)} - {"name"}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"schedule {name!r}: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    return replace(SCHEDULES[name], **overrides)

@@ -1,0 +1,80 @@
+"""A prefix group while it is scheduled: its prefix (a prefill-only request) and its members."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .contract import SharedPrefixGroup
+from .grouping import group_requests
+from .request import RequestState
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+
+class GroupState:
+    __slots__ = ("group_id", "prefix", "members", "num_unfinished", "holder_blocks",
+                 "started", "prefix_done", "arrival_s", "prefill_tokens", "output_tokens")
+
+    def __init__(self, group_id: int, prefix_len: int, members: list[RequestState]) -> None:
+        self.group_id = group_id
+        self.members = members
+        representative = members[0]
+        self.prefix = RequestState(-(group_id + 1), None, representative.prompt, prefix_len,
+                                   0, min(m.arrival_s for m in members), group=self)
+        self.num_unfinished = len(members)
+        self.holder_blocks: list[int] = []
+        self.started = False
+        self.prefix_done = False
+        self.arrival_s = self.prefix.arrival_s
+        self.prefill_tokens = prefix_len + sum(m.prompt_len - prefix_len for m in members)
+        self.output_tokens = sum(m.output_len for m in members)
+        for member in members:
+            member.group = self
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix.prompt_len
+
+
+def regroup_waiting(scheduler: "Scheduler") -> None:
+    """Groups new arrivals together with every waiting request not in a started group. Deferred
+    while the arrivals are few against a long queue, so the cost stays amortised linear."""
+    waiting = scheduler.waiting
+    if not scheduler._ungrouped:
+        return
+    if waiting.peek() is not None and len(scheduler._ungrouped) * 10 < waiting.ordered_requests:
+        return
+    pending: list[RequestState] = []
+    for unit in waiting.take_ordered():
+        if isinstance(unit, GroupState):
+            pending.extend(unit.members)
+            for member in unit.members:
+                member.group = None
+        else:
+            pending.append(unit)
+    pending.extend(scheduler._ungrouped)
+    scheduler._ungrouped = []
+    pending.sort(key=lambda s: (s.arrival_s, s.req_id))
+    grouping = group_requests([s.request for s in pending], scheduler.block_size)
+    for group in grouping.groups:
+        state = GroupState(scheduler._num_groups, group.prefix_len, [scheduler.states[i] for i in group.member_ids])
+        scheduler._num_groups += 1
+        scheduler.states[state.prefix.req_id] = state.prefix
+        waiting.push(state)
+    for req_id in grouping.plain_ids:
+        waiting.push(scheduler.states[req_id])
+
+
+def shared_prefix_groups(scheduler: "Scheduler", scheduled: list[RequestState]) -> tuple[SharedPrefixGroup, ...]:
+    """Groups with at least two members among ``scheduled`` whose prefix is done and held."""
+    by_group: dict[int, list[int]] = {}
+    for state in scheduled:
+        group = state.group
+        if group is not None and group.prefix_done and state.request is not None:
+            by_group.setdefault(group.group_id, []).append(state.req_id)
+    result = []
+    for group_id, req_ids in by_group.items():
+        if len(req_ids) >= 2:
+            group = scheduler._active_groups[group_id]
+            result.append(SharedPrefixGroup(group.prefix_len, tuple(group.holder_blocks), tuple(req_ids)))
+    return tuple(result)

@@ -1,0 +1,85 @@
+"""Global prefix identification: prefix-sharing groups for a set of requests (BatchLLM §4.2).
+
+After MaximizeReuse each first-level node is a group ``(shared prefix, distinct suffixes)``.
+Engine-side rules from the BatchLLM prototype: a group with one member, or whose prefix is
+shorter than one KV block, becomes plain requests; a prefix is cut to whole KV blocks and its
+tail moves into every suffix. One rule of ours: the prefix is also cut so that every member
+keeps at least one token of its own (its last prompt token must be computed to sample from),
+which is what makes a prompt that is a strict prefix of another work.
+"""
+from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from .prefix_tree import build_tree, first_level_groups, maximize_reuse
+from .request import Request
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixGroup:
+    prefix_len: int               # tokens, a whole number of KV blocks
+    member_ids: tuple[int, ...]   # request ids, in workload order
+
+
+@dataclass(frozen=True, slots=True)
+class Grouping:
+    groups: tuple[PrefixGroup, ...]
+    plain_ids: tuple[int, ...]
+    logical_prefill_tokens: int
+    computed_prefill_tokens: int
+
+    @property
+    def saving(self) -> float:
+        """``1 - computed prefill tokens / logical prefill tokens`` (BatchLLM Eq. 2)."""
+        if self.logical_prefill_tokens == 0:
+            return 0.0
+        return 1.0 - self.computed_prefill_tokens / self.logical_prefill_tokens
+
+    @property
+    def share_degrees(self) -> list[int]:
+        return [len(group.member_ids) for group in self.groups]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The tree is acyclic, and the cyclic collector scanning its ~10^5 fresh nodes over and
+    over doubled the grouping time of 100,000 requests."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def group_requests(requests: Sequence[Request], block_size: int = 16) -> Grouping:
+    with _gc_paused():
+        return _group(requests, block_size)
+
+
+def _group(requests: Sequence[Request], block_size: int) -> Grouping:
+    root = build_tree([request.prompt for request in requests], [request.prompt_len for request in requests])
+    maximize_reuse(root)
+    groups: list[PrefixGroup] = []
+    plain: list[int] = []
+    logical = 0
+    computed = 0
+    for prefix_len, members in first_level_groups(root):
+        lengths = [requests[i].prompt_len for i in members]
+        logical += sum(lengths)
+        usable = min(prefix_len, min(lengths) - 1)
+        cut = (usable // block_size) * block_size
+        if len(members) < 2 or cut < block_size:
+            plain.extend(requests[i].req_id for i in members)
+            computed += sum(lengths)
+            continue
+        groups.append(PrefixGroup(cut, tuple(requests[i].req_id for i in members)))
+        computed += cut + sum(lengths) - cut * len(members)
+    position = {request.req_id: index for index, request in enumerate(requests)}
+    groups.sort(key=lambda group: position[group.member_ids[0]])
+    plain.sort(key=position.__getitem__)
+    return Grouping(tuple(groups), tuple(plain), logical, computed)

@@ -1,0 +1,91 @@
+"""Model dimensions: a value object shared by the simulator and the engine.
+
+It lives in ``scheduler/`` because both halves may import this package and neither may import
+the other; the scheduler itself only needs ``kv_bytes_per_token`` (KV capacity in blocks).
+Preset dimensions are those of the models' published Hugging Face ``config.json`` files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position: int = 131072
+    activation_bytes: int = 2       # bf16 activations and KV cache
+    weight_bytes: float = 2.0       # bytes per parameter (0.5 for 4-bit weights)
+
+    def __post_init__(self) -> None:
+        for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+                           "intermediate_size", "vocab_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {self.name!r}: {field_name} is {value!r}; expected an integer >= 1")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
+                              f"num_kv_heads {self.num_kv_heads}")
+
+    @property
+    def num_params(self) -> int:
+        h, d = self.hidden_size, self.head_dim
+        attention = h * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
+        mlp = 3 * h * self.intermediate_size
+        per_layer = attention + mlp + 2 * h
+        embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * per_layer + embeddings + h
+
+    @property
+    def weight_bytes_total(self) -> float:
+        return self.num_params * self.weight_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
+
+    @classmethod
+    def from_hf_config(cls, config: dict, name: str = "hf-model") -> "ModelSpec":
+        """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout)."""
+        try:
+            heads = config["num_attention_heads"]
+            rope = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+            return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
+                       num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
+                       head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                       intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+                       tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(rope),
+                       rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+                       max_position=int(config.get("max_position_embeddings", 131072)))
+        except KeyError as error:
+            raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
+
+
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0),
+    "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, max_position=4096),
+    "qwen2.5-7b": ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, rope_theta=1000000.0,
+                            rms_norm_eps=1e-6, max_position=32768),
+    "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, rope_theta=1000000.0,
+                             rms_norm_eps=1e-6, max_position=32768),
+    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0),
+    # small enough for the CPU engine and tests; same architecture
+    "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
+}
+
+
+def model_spec(name: str, **overrides: object) -> ModelSpec:
+    from .config import from_presets
+
+    return from_presets("model", MODEL_PRESETS, name, overrides)

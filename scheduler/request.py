@@ -1,0 +1,91 @@
+"""Requests: the immutable description from the workload and the scheduler's mutable progress.
+
+DESIGN.md lists progress and timestamps on ``Request``. They change every step, so they live
+in ``RequestState``, owned by the scheduler; ``Request`` stays a frozen value object that
+workloads, executors and records can share freely.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import WorkloadError
+from .prompt import Prompt, validate_prompt
+
+if TYPE_CHECKING:
+    from .group_state import GroupState
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    req_id: int
+    arrival_s: float
+    prompt: Prompt
+    output_len: int
+    prompt_len: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"request {self.req_id}"
+        if not isinstance(self.req_id, int) or self.req_id < 0:
+            raise WorkloadError(f"{where}: req_id must be a non-negative integer")
+        object.__setattr__(self, "prompt_len", validate_prompt(self.prompt, where))
+        if not isinstance(self.output_len, int) or self.output_len <= 0:
+            raise WorkloadError(f"{where}: output_len is {self.output_len!r}; expected an integer >= 1")
+        if not (self.arrival_s >= 0.0):  # also rejects NaN
+            raise WorkloadError(f"{where}: arrival_s is {self.arrival_s!r}; expected a time >= 0")
+
+
+class RequestState:
+    """Progress of one request (or of a group's prefix, computed as a prefill-only request).
+
+    One progress rule: ``num_computed_tokens`` catches up with ``num_tokens`` (prompt plus
+    tokens sampled so far). When it does, a token is sampled. The last sampled token is never
+    fed back, so a finished request has computed ``prompt_len + output_len - 1`` tokens.
+    """
+
+    __slots__ = (
+        "req_id", "request", "prompt", "prompt_len", "output_len", "arrival_s",
+        "num_computed_tokens", "num_output_tokens", "num_tokens", "output_token_ids",
+        "block_table", "block_keys", "num_keys", "num_registered_blocks", "group", "admit_seq",
+        "first_scheduled_s", "first_token_s", "finish_s",
+        "num_preemptions", "num_cached_tokens", "num_prompt_tokens_computed",
+    )
+
+    def __init__(self, req_id: int, request: Request | None, prompt: Prompt, prompt_len: int,
+                 output_len: int, arrival_s: float, group: "GroupState | None" = None) -> None:
+        self.req_id = req_id
+        self.request = request
+        self.prompt = prompt
+        self.prompt_len = prompt_len
+        self.output_len = output_len
+        self.arrival_s = arrival_s
+        self.num_computed_tokens = 0
+        self.num_output_tokens = 0
+        self.num_tokens = prompt_len          # prompt + tokens sampled so far
+        self.output_token_ids: list[int] = []
+        self.block_table: list[int] = []
+        self.block_keys: list[int] | None = None
+        self.num_keys = 0                     # len(block_keys) once computed
+        self.num_registered_blocks = 0
+        self.group = group
+        self.admit_seq = -1
+        self.first_scheduled_s: float | None = None
+        self.first_token_s: float | None = None
+        self.finish_s: float | None = None
+        self.num_preemptions = 0
+        self.num_cached_tokens = 0          # prefix-cache hits at first admission
+        self.num_prompt_tokens_computed = 0  # prompt tokens computed, recomputation included
+
+    @classmethod
+    def of(cls, request: Request) -> "RequestState":
+        return cls(request.req_id, request, request.prompt, request.prompt_len,
+                   request.output_len, request.arrival_s)
+
+    @property
+    def is_prefix(self) -> bool:
+        """A group's shared prefix, computed once and sampled never."""
+        return self.request is None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_s is not None

@@ -1,0 +1,398 @@
+"""The scheduler: decides each step's batch, knows nothing of clocks, devices or SimPy.
+
+Per step (Sarathi-style fill under one token budget): running decodes, then running partial
+prefills, then new admissions from the waiting queue. A running request that cannot get a KV
+block preempts (recompute) the most recently admitted request not yet scheduled this step.
+"""
+from __future__ import annotations
+
+from .config import ScheduleConfig
+from .contract import BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk
+from .errors import SchedulerStuck, WorkloadError
+from .group_state import GroupState, regroup_waiting, shared_prefix_groups
+from .kv_blocks import BlockManager
+from .prompt import ChainIndex
+from .request import Request, RequestState
+from .stats import SchedulerStats
+from .stretch import apply_decode_stretch, find_decode_stretch
+from .waiting import Unit, WaitingQueue
+
+
+class Scheduler:
+    def __init__(self, config: ScheduleConfig, num_kv_blocks: int, block_size: int = 16,
+                 emit_block_ids: bool = True) -> None:
+        self.config = config
+        self.block_size = block_size
+        self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
+        self.emit_block_ids = emit_block_ids
+        self.chains = ChainIndex()
+        self.states: dict[int, RequestState] = {}       # every request and group prefix
+        self.running: dict[int, RequestState] = {}      # in admission order
+        self.waiting = WaitingQueue(config)
+        self.stats = SchedulerStats()
+        self.step = 0
+        self._ungrouped: list[RequestState] = []
+        self._active_groups: dict[int, GroupState] = {}  # started, in start order
+        self._num_groups = 0
+        self._admit_counter = 0
+        self._finished_last_update: tuple[int, ...] = ()
+        self._num_unfinished = 0
+        self._num_added = 0
+        threshold = config.kv_threshold
+        self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)
+
+    # --- workload in -----------------------------------------------------------------------
+    def check_fits(self, request: Request) -> None:
+        """Raises when ``request`` could never run: more KV blocks than the whole cache holds.
+        Drivers call it for a whole workload before doing any work."""
+        need = self.kv.blocks_for(request.prompt_len + request.output_len - 1)
+        if need > self.kv.num_blocks:
+            raise WorkloadError(
+                f"request {request.req_id}: needs {need} KV blocks ({request.prompt_len} prompt + "
+                f"{request.output_len} output tokens, block size {self.block_size}) but the KV cache "
+                f"holds only {self.kv.num_blocks} blocks")
+
+    def add(self, request: Request) -> None:
+        if request.req_id in self.states:
+            raise WorkloadError(f"request {request.req_id}: id added twice")
+        self.check_fits(request)
+        state = RequestState.of(request)
+        self.states[request.req_id] = state
+        self._num_unfinished += 1
+        self._num_added += 1
+        self.stats.logical_prefill_tokens += request.prompt_len
+        if self.config.grouping:
+            self._ungrouped.append(state)
+        else:
+            self.waiting.push(state)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self._num_unfinished > 0
+
+    @property
+    def num_finished(self) -> int:
+        return self._num_added - self._num_unfinished
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self._ungrouped)
+
+    # --- grouping (online: regroup what waits, amortised) ------------------------------------
+    def _maybe_regroup(self) -> None:
+        regroup_waiting(self)
+
+    # --- one step -------------------------------------------------------------------------
+    def schedule(self, now: float) -> BatchPlan:
+        cfg = self.config
+        if cfg.grouping:
+            self._maybe_regroup()
+        if cfg.order == "lpm":
+            self.waiting.resort_lpm(self._cached_tokens_of)
+        tokens_left = cfg.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        scheduled: set[int] = set()
+        preempted: list[int] = []
+
+        size = self.block_size
+        emit = self.emit_block_ids
+        running = self.running
+        partial: list[RequestState] = []
+        # decodes first (in admission order), then partial prefills; the decode path is
+        # inlined: it runs for every running request of every step
+        for state in list(running.values()):
+            computed = state.num_computed_tokens
+            if state.num_tokens - computed != 1 or computed < state.prompt_len:
+                partial.append(state)
+                continue
+            if tokens_left <= 0:
+                break
+            req_id = state.req_id
+            if preempted and req_id not in running:
+                continue  # preempted earlier in this step
+            end = computed + 1
+            if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
+                if not self._grow(state, end, scheduled, preempted):
+                    continue
+            chunks.append(new_chunk(req_id, computed, 1, tuple(state.block_table) if emit else (), True,
+                                    state.prompt_len))
+            scheduled.add(req_id)
+            tokens_left -= 1
+        for state in partial:
+            if tokens_left <= 0:
+                break
+            count = min(state.num_tokens - state.num_computed_tokens, tokens_left)
+            tokens_left -= self._schedule_running(state, count, chunks, scheduled, preempted, size, emit)
+
+        if not preempted or not chunks:  # vLLM admits nothing in a step that preempted;
+            tokens_left = self._admit(now, tokens_left, chunks)  # an empty step helps no one
+            if not chunks and self.num_waiting and not self.running:
+                self._break_deadlock(now, tokens_left, chunks)
+
+        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
+        plan = BatchPlan(self.step, tuple(chunks), groups, tuple(preempted), self._finished_last_update)
+        self._finished_last_update = ()
+        self.step += 1
+        return plan
+
+    def _schedule_running(self, state: RequestState, count: int, chunks: list, scheduled: set[int],
+                          preempted: list[int], size: int, emit: bool) -> int:
+        """Schedules ``count`` more tokens of a running request; returns the tokens taken."""
+        req_id = state.req_id
+        if req_id not in self.running:
+            return 0  # preempted earlier in this step
+        start = state.num_computed_tokens
+        end = start + count
+        # Fast path: most decodes need neither a new block nor a key registration.
+        if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
+            if not self._grow(state, end, scheduled, preempted):
+                return 0
+        chunks.append(new_chunk(req_id, start, count, tuple(state.block_table) if emit else (),
+                                end == state.num_tokens and state.request is not None, state.prompt_len))
+        scheduled.add(req_id)
+        return count
+
+    def _admit(self, now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
+        max_seqs = self.config.max_num_seqs
+        waiting = self.waiting
+        while tokens_left > 0:
+            unit = waiting.peek()
+            if unit is None or (max_seqs is not None and len(self.running) >= max_seqs):
+                break
+            state = unit.prefix if isinstance(unit, GroupState) else unit
+            count = self._try_admit(state, now, tokens_left)
+            if not count:
+                break
+            waiting.pop()
+            if isinstance(unit, GroupState):
+                unit.started = True
+                self._active_groups[unit.group_id] = unit
+            chunks.append(self._chunk(state, count))
+            tokens_left -= count
+        return tokens_left
+
+    def _admission(self, state: RequestState, tokens_left: int):
+        """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
+        new blocks), or None when it does not fit. Changes nothing."""
+        kv = self.kv
+        size = self.block_size
+        num_tokens = state.num_tokens
+        group = state.group
+        if group is not None and group.prefix_done and state.request is not None:
+            hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
+        elif kv.caching != "off":
+            keys = self._keys(state)
+            hits = kv.lookup(keys, min(len(keys), (num_tokens - 1) // size))
+        else:
+            hits = []
+        computed = len(hits) * size
+        count = num_tokens - computed
+        if not self.config.enable_chunked_prefill and count > tokens_left:
+            return None
+        count = min(count, tokens_left)
+        need = kv.blocks_for(computed + count) - len(hits)
+        free_after = kv.num_free_after_touch(hits) if hits else kv.num_free_blocks
+        if need > free_after:
+            return None
+        threshold = self._kv_threshold_blocks
+        if threshold is not None and self.running and kv.num_blocks - free_after + need > threshold:
+            return None
+        return hits, computed, count, need
+
+    def _try_admit(self, state: RequestState, now: float, tokens_left: int) -> int:
+        """Admits ``state`` with what is already there; returns its first chunk size, or 0."""
+        admission = self._admission(state, tokens_left)
+        if admission is None:
+            return 0
+        hits, computed, count, need = admission
+        self.kv.touch(hits)
+        state.block_table = hits + self.kv.allocate(need)
+        state.num_computed_tokens = computed
+        state.num_registered_blocks = len(hits)
+        self._register(state, computed + count)
+        if state.first_scheduled_s is None:
+            state.first_scheduled_s = now
+            state.num_cached_tokens = computed
+        self._admit_counter += 1
+        state.admit_seq = self._admit_counter
+        self.running[state.req_id] = state
+        return count
+
+    def _grow(self, state: RequestState, end: int, scheduled: set[int], preempted: list[int]) -> bool:
+        """Blocks for ``end`` tokens. While short, preempt (recompute) the newest running request
+        not yet scheduled this step; failing that an idle group's prefix; failing that ``state``."""
+        need = self.kv.blocks_for(end) - len(state.block_table)
+        while need > 0:
+            blocks = self.kv.allocate(need)
+            if blocks is not None:
+                state.block_table.extend(blocks)
+                break
+            victim = next(s for s in reversed(self.running.values()) if s.req_id not in scheduled)
+            if victim is state and self._preempt_idle_group():
+                continue
+            self._preempt(victim)
+            preempted.append(victim.req_id)
+            if victim is state:
+                return False
+        self._register(state, end)
+        return True
+
+    def _preempt(self, state: RequestState) -> None:
+        del self.running[state.req_id]
+        self.kv.release(state.block_table)
+        state.block_table = []
+        state.num_registered_blocks = 0
+        state.num_computed_tokens = 0
+        state.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.push_front(state)
+
+    def _preempt_idle_group(self) -> bool:
+        """Drops the held prefix of the newest group none of whose members runs; the prefix is
+        recomputed later and its members wait for it again. False if there is no such group."""
+        for group in reversed(self._active_groups.values()):
+            if group.prefix_done and not any(m.req_id in self.running for m in group.members):
+                break
+        else:
+            return False
+        self.kv.release(group.holder_blocks)
+        group.holder_blocks = []
+        group.prefix_done = False
+        group.started = False
+        del self._active_groups[group.group_id]
+        self.waiting.remove_front_where(lambda unit: getattr(unit, "group", None) is group)
+        prefix = group.prefix
+        prefix.num_computed_tokens = 0
+        prefix.num_registered_blocks = 0
+        prefix.num_preemptions += 1
+        self.stats.num_group_preemptions += 1
+        # back into the ordered queue, not the front: pushed to the front it would be admitted
+        # again at once, ahead of the blocked work it was dropped for (a livelock)
+        self.waiting.push(group)
+        return True
+
+    def _break_deadlock(self, now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
+        """Nothing runs, yet the head of the queue does not fit: idle group prefixes hold the
+        memory. Preempt them, newest first, until something fits."""
+        while not chunks:
+            if not self._preempt_idle_group():
+                raise SchedulerStuck(
+                    f"step {self.step}: {self.num_waiting} requests wait, none runs, and the head "
+                    f"of the queue does not fit in {self.kv.num_free_blocks} free KV blocks")
+            self._admit(now, tokens_left, chunks)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _keys(self, state: RequestState) -> list[int]:
+        keys = state.block_keys
+        if keys is None:
+            keys = self.chains.full_block_keys(state.prompt, self.block_size)
+            limit = state.prompt_len // self.block_size  # a group prefix is a truncated prompt
+            if len(keys) > limit:
+                del keys[limit:]
+            state.block_keys = keys
+            state.num_keys = len(keys)
+        return keys
+
+    def _cached_tokens_of(self, unit: Unit) -> int:
+        state = unit.prefix if isinstance(unit, GroupState) else unit
+        keys = self._keys(state)
+        return len(self.kv.lookup(keys, len(keys))) * self.block_size
+
+    def _register(self, state: RequestState, end: int) -> None:
+        # Members of grouped schedules share through their group, not the cache.
+        if self.kv.caching == "off" or (self.config.grouping and state.request is not None):
+            return
+        keys = self._keys(state)
+        upto = min(end // self.block_size, len(keys))
+        if upto > state.num_registered_blocks:
+            self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
+            state.num_registered_blocks = upto
+
+    def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
+        start = state.num_computed_tokens
+        samples = start + count == state.num_tokens and state.request is not None
+        blocks = tuple(state.block_table) if self.emit_block_ids else ()
+        return new_chunk(state.req_id, start, count, blocks, samples, state.prompt_len)
+
+    def _shared_prefix_groups(self, chunks: list[ScheduledChunk]) -> tuple[SharedPrefixGroup, ...]:
+        states = self.states
+        return shared_prefix_groups(self, [states[chunk.req_id] for chunk in chunks])
+
+    def _shared_prefix_groups_of(self, scheduled: list[RequestState]) -> tuple[SharedPrefixGroup, ...]:
+        return shared_prefix_groups(self, scheduled)
+
+    # --- decode stretches (the simulator's fast-forward) ---------------------------------------
+    def decode_stretch(self, max_steps: int = 4096):
+        """The coming steps that are certain to be decode-only with nothing else changing (see
+        ``stretch.py``), or None. Valid until the next ``schedule``/``add``/``advance_decodes``."""
+        return find_decode_stretch(self, max_steps)
+
+    def advance_decodes(self, stretch, num_steps: int, end_times) -> None:
+        """Applies ``num_steps`` steps of ``stretch`` at once; ``end_times[j]`` ends step j."""
+        apply_decode_stretch(self, stretch, num_steps, end_times)
+
+    # --- results in ---------------------------------------------------------------------------
+    def update(self, plan: BatchPlan, result: StepResult, now: float) -> None:
+        finished: list[int] = []
+        sampled = result.sampled_tokens
+        stats = self.stats
+        states = self.states
+        computed_tokens = computed_prefill = 0
+        for chunk in plan.chunks:
+            state = states[chunk.req_id]
+            start = chunk.start
+            if state.num_computed_tokens != start:
+                raise AssertionError(f"step {plan.step}: request {chunk.req_id} chunk starts at "
+                                     f"{start}, but {state.num_computed_tokens} tokens are computed")
+            count = chunk.num_tokens
+            end = start + count
+            state.num_computed_tokens = end
+            computed_tokens += count
+            prompt_len = state.prompt_len
+            if start < prompt_len:
+                prompt_part = (end if end < prompt_len else prompt_len) - start
+                state.num_prompt_tokens_computed += prompt_part
+                computed_prefill += prompt_part
+            if end != state.num_tokens:
+                continue
+            if state.request is None:
+                self._prefix_done(state)
+                continue
+            state.num_output_tokens += 1
+            state.num_tokens = end + 1
+            if sampled:
+                token = sampled.get(state.req_id)
+                if token is not None:
+                    state.output_token_ids.append(token)
+            if state.first_token_s is None:
+                state.first_token_s = now
+            if state.num_output_tokens >= state.output_len:
+                self._finish(state, now)
+                finished.append(state.req_id)
+        stats.computed_tokens += computed_tokens
+        stats.computed_prefill_tokens += computed_prefill
+        self._finished_last_update = tuple(finished)
+
+    def _prefix_done(self, prefix: RequestState) -> None:
+        group = prefix.group
+        del self.running[prefix.req_id]
+        group.holder_blocks = prefix.block_table
+        prefix.block_table = []
+        group.prefix_done = True
+        self.waiting.ready([m for m in group.members if not m.finished])
+
+    def _finish(self, state: RequestState, now: float) -> None:
+        del self.running[state.req_id]
+        self.kv.release(state.block_table)
+        state.block_table = []
+        state.block_keys = None  # a million finished requests' keys were gigabytes
+        state.num_keys = 0
+        state.finish_s = now
+        self._num_unfinished -= 1
+        group = state.group
+        if group is not None:
+            group.num_unfinished -= 1
+            if group.num_unfinished == 0:
+                self.kv.release(group.holder_blocks)
+                group.holder_blocks = []
+                self._active_groups.pop(group.group_id, None)

@@ -1,0 +1,19 @@
+"""Counters the scheduler keeps for run summaries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    logical_prefill_tokens: int = 0    # sum of prompt lengths of added requests
+    computed_prefill_tokens: int = 0   # prompt tokens computed (group prefixes and recompute included)
+    computed_tokens: int = 0           # every token computed, prompt and output
+    num_preemptions: int = 0
+    num_group_preemptions: int = 0   # group prefixes dropped and recomputed
+
+    @property
+    def prefill_token_saving(self) -> float:
+        if self.logical_prefill_tokens == 0:
+            return 0.0
+        return 1.0 - self.computed_prefill_tokens / self.logical_prefill_tokens

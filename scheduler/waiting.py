@@ -1,0 +1,94 @@
+"""The waiting queue: units (requests, or not-yet-started prefix groups) in policy order.
+
+Preempted requests go to the very front (vLLM); the members of a group whose prefix just
+finished go ahead of everything not yet started (the BatchLLM prototype), in group order. Admission only ever looks at
+the head (it stops at the first unit that does not fit), so the ordered part is a heap.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Callable, Union
+
+from .config import ScheduleConfig
+from .group_state import GroupState
+from .request import RequestState
+
+Unit = Union[RequestState, GroupState]
+
+
+def _size(unit: Unit) -> int:
+    return len(unit.members) if isinstance(unit, GroupState) else 1
+
+
+class WaitingQueue:
+    def __init__(self, config: ScheduleConfig) -> None:
+        self.config = config
+        self.front: deque[Unit] = deque()
+        self._heap: list[list] = []  # [primary, arrival_s, seq, unit]
+        self._seq = 0
+        self._lpm_sorted = False
+        self.ordered_requests = 0  # requests inside the ordered part (a group counts its members)
+
+    def __len__(self) -> int:
+        return len(self.front) + len(self._heap)
+
+    def _primary(self, unit: Unit) -> float:
+        if self.config.order != "decode_ratio":
+            return 0.0
+        aware = self.config.use_output_lengths
+        if isinstance(unit, GroupState):  # BatchLLM Eq. 4
+            return -(unit.output_tokens if aware else 1) / unit.prefill_tokens
+        return -(unit.output_len if aware else 1) / unit.prompt_len  # Eq. 3
+
+    def push(self, unit: Unit) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, [self._primary(unit), unit.arrival_s, self._seq, unit])
+        self.ordered_requests += _size(unit)
+
+    def push_front(self, unit: Unit) -> None:
+        self.front.appendleft(unit)
+
+    def ready(self, units: list[Unit]) -> None:
+        """Members of a group whose prefix is done: ahead of every unit not yet started, behind
+        the members of groups that finished their prefix earlier."""
+        self.front.extend(units)
+
+    def peek(self) -> Unit | None:
+        if self.front:
+            return self.front[0]
+        return self._heap[0][3] if self._heap else None
+
+    def pop(self) -> Unit:
+        if self.front:
+            return self.front.popleft()
+        unit = heapq.heappop(self._heap)[3]
+        self.ordered_requests -= _size(unit)
+        return unit
+
+    def take_ordered(self) -> list[Unit]:
+        """Removes and returns the ordered part (for regrouping), in queue order."""
+        units = [entry[3] for entry in sorted(self._heap)]
+        self._heap = []
+        self.ordered_requests = 0
+        return units
+
+    def remove_front_where(self, predicate: Callable[[Unit], bool]) -> list[Unit]:
+        kept, removed = deque(), []
+        for unit in self.front:
+            (removed if predicate(unit) else kept).append(unit)
+        self.front = kept
+        return removed
+
+    def resort_lpm(self, cached_tokens: Callable[[Unit], int]) -> None:
+        """SGLang LPM: longest cached prefix first, FCFS beyond ``lpm_fallback_queue``."""
+        if len(self._heap) <= self.config.lpm_fallback_queue:
+            for entry in self._heap:
+                entry[0] = -float(cached_tokens(entry[3]))
+            heapq.heapify(self._heap)
+            self._lpm_sorted = True
+        elif self._lpm_sorted:
+            for entry in self._heap:
+                entry[0] = 0.0
+            heapq.heapify(self._heap)
+            self._lpm_sorted = False

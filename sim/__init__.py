@@ -1,0 +1,1 @@
+"""batchlab: sim (see ../shared/DESIGN.md)."""

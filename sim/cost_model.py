@@ -1,0 +1,106 @@
+"""Predicts a step's time from its batch shape: the sum over kernels of profile lookups.
+
+The cost model sees shapes, never requests. A decode-only step is costed by ``decode_steps``,
+which also costs whole decode stretches at once; a single decode-only step goes through the
+same function, so fast-forwarded and step-by-step simulations agree to the last bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler import BatchPlan
+from scheduler.model_spec import ModelSpec
+
+from .profile import LAYER_KERNELS, Profile
+
+KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
+
+
+class CostModel:
+    def __init__(self, profile: Profile, model: ModelSpec) -> None:
+        self.profile = profile
+        self.model = model
+        self.layers = model.num_layers
+        self._t = profile.tables
+        # a measured backend without a shared-prefix kernel reads prefixes as ordinary decodes
+        self.prefix_aware = bool(profile.provenance.get("prefix_aware_attention", True))
+
+    def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
+        layer = layer + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"]
+        return layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"]
+
+    def decode_steps(self, batch: int, context_sums: np.ndarray, shared: tuple[tuple[int, int], ...],
+                     shared_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Costs of decode-only steps of ``batch`` requests whose contexts (after the step) sum
+        to each of ``context_sums``. ``shared``: (decoding members, prefix length) per group
+        read by a shared-prefix kernel; ``shared_tokens``: the prefix tokens they cover."""
+        t = self._t
+        steps = np.asarray(context_sums, dtype=float)
+        ones = np.ones_like(steps)
+        per_step = lambda value: ones * value
+        parts = {
+            "linear_qkv": per_step(t["linear_qkv"](batch)),
+            "linear_o": per_step(t["linear_o"](batch)),
+            "mlp": per_step(t["mlp"](batch)),
+            "elementwise": per_step(t["elementwise"](batch)),
+            "attn_prefill": ones * 0.0,
+            "attn_decode": t["attn_decode"](batch, (steps - shared_tokens) / batch),
+            "attn_shared_prefix": per_step(sum(float(t["attn_shared_prefix"](m, p)) for m, p in shared)),
+            "lm_head_sampling": per_step(t["lm_head_sampling"](batch)),
+            "step_overhead": per_step(t["step_overhead"](batch)),
+        }
+        return self._total(parts), parts
+
+    def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
+        """(predicted seconds, seconds per kernel, (tokens, prefill tokens, sampled tokens))."""
+        chunks = plan.chunks
+        decode_ids = set()
+        decode_context = 0
+        prefills = []
+        tokens = sampled = 0
+        for chunk in chunks:
+            count = chunk.num_tokens
+            tokens += count
+            sampled += chunk.samples
+            if count == 1 and chunk.start >= chunk.prompt_len:
+                decode_ids.add(chunk.req_id)
+                decode_context += chunk.start + 1
+            else:
+                prefills.append(chunk)
+        shared, shared_tokens = self.shared_decode_groups(plan, decode_ids) if self.prefix_aware else ((), 0)
+        batch = len(decode_ids)
+        if not prefills:
+            total, parts = self.decode_steps(batch, np.array([decode_context]), shared, shared_tokens)
+            return float(total[0]), {k: float(v[0]) for k, v in parts.items()}, (tokens, 0, sampled)
+        t = self._t
+        prefill = t["attn_prefill"].scalar
+        shared_prefix = t["attn_shared_prefix"].scalar
+        parts = {
+            "linear_qkv": t["linear_qkv"].scalar(tokens),
+            "linear_o": t["linear_o"].scalar(tokens),
+            "mlp": t["mlp"].scalar(tokens),
+            "elementwise": t["elementwise"].scalar(tokens),
+            "attn_prefill": sum(prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills),
+            "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
+            "attn_shared_prefix": sum(shared_prefix(m, p) for m, p in shared),
+            "lm_head_sampling": t["lm_head_sampling"].scalar(sampled),
+            "step_overhead": t["step_overhead"].scalar(len(chunks)),
+        }
+        layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
+                 + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
+        total = layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"]
+        return total, parts, (tokens, tokens - batch, sampled)
+
+    @staticmethod
+    def shared_decode_groups(plan: BatchPlan, decode_ids: set[int]) -> tuple[tuple[tuple[int, int], ...], int]:
+        """Groups whose decoding members read their prefix through the shared-prefix kernel
+        (at least two decoding members; a lone member is an ordinary decode)."""
+        shared = []
+        covered = 0
+        for group in plan.shared_prefix_groups:
+            members = sum(1 for r in group.req_ids if r in decode_ids)
+            if members >= 2:
+                shared.append((members, group.prefix_len))
+                covered += members * group.prefix_len
+        return tuple(shared), covered

@@ -1,0 +1,176 @@
+"""Profiles: per-kernel time tables over shape grids, interpolated.
+
+A profile is what the cost model reads; where it came from (measured on a device by
+``batchlab profile``, or generated from a roofline) is recorded in ``kind`` and ``provenance``
+and reported with every result. Lookups interpolate linearly between grid points and
+extrapolate linearly past the last one (below the first point the first value holds).
+"""
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scheduler.errors import ConfigError
+
+# kernel name -> axis names. Layer kernels are per layer; the rest per step.
+KERNEL_AXES: dict[str, tuple[str, ...]] = {
+    "linear_qkv": ("tokens",),
+    "linear_o": ("tokens",),
+    "mlp": ("tokens",),
+    "elementwise": ("tokens",),              # norms, RoPE, residual adds, KV-cache store
+    "attn_prefill": ("query_tokens", "context"),
+    "attn_decode": ("batch", "mean_context"),
+    "attn_shared_prefix": ("queries", "prefix_len"),
+    "lm_head_sampling": ("sampled",),
+    "step_overhead": ("requests",),
+}
+LAYER_KERNELS = ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
+                 "attn_shared_prefix")
+PROFILE_KINDS = ("measured", "roofline", "constant")
+
+
+def _interp_axis(grid: np.ndarray, x: np.ndarray):
+    index = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, max(len(grid) - 2, 0))
+    if len(grid) == 1:
+        return index, np.zeros_like(x, dtype=float)
+    low, high = grid[index], grid[index + 1]
+    weight = np.maximum((x - low) / (high - low), 0.0)
+    return index, weight
+
+
+def _scalar_axis(grid: list[float], x: float) -> tuple[int, float]:
+    index = min(max(bisect_right(grid, x) - 1, 0), max(len(grid) - 2, 0))
+    if len(grid) == 1:
+        return index, 0.0
+    low = grid[index]
+    return index, max((x - low) / (grid[index + 1] - low), 0.0)
+
+
+@dataclass(frozen=True)
+class Table:
+    axes: tuple[str, ...]
+    grids: tuple[np.ndarray, ...]
+    values: np.ndarray  # seconds, shape = grid lengths
+
+    def __post_init__(self) -> None:
+        if len(self.axes) != len(self.grids) or self.values.shape != tuple(len(g) for g in self.grids):
+            raise ConfigError(f"profile table {self.axes}: grid shapes {[len(g) for g in self.grids]} "
+                              f"do not match values {self.values.shape}")
+        for axis, grid in zip(self.axes, self.grids):
+            if len(grid) == 0 or np.any(np.diff(grid) <= 0):
+                raise ConfigError(f"profile table axis {axis!r}: grid must be non-empty and increasing")
+
+    def scalar(self, *coords: float) -> float:
+        """The same interpolation for one point, in plain Python (no numpy call overhead)."""
+        lists = self._lists()
+        if len(coords) == 1:
+            (grid,), values = lists
+            if len(grid) == 1:
+                return values[0]
+            i, w = _scalar_axis(grid, coords[0])
+            return values[i] + w * (values[i + 1] - values[i])
+        (grid_a, grid_b), values = lists
+        i, wi = _scalar_axis(grid_a, coords[0])
+        j, wj = _scalar_axis(grid_b, coords[1])
+        i1 = min(i + 1, len(grid_a) - 1)
+        j1 = min(j + 1, len(grid_b) - 1)
+        row, row1 = values[i], values[i1]
+        low = row[j] + wj * (row[j1] - row[j])
+        high = row1[j] + wj * (row1[j1] - row1[j])
+        return low + wi * (high - low)
+
+    def _lists(self):
+        cached = self.__dict__.get("_cached_lists")
+        if cached is None:
+            cached = (tuple(g.tolist() for g in self.grids), self.values.tolist())
+            object.__setattr__(self, "_cached_lists", cached)
+        return cached
+
+    def __call__(self, *coords) -> np.ndarray:
+        """Vectorised lookup; each coordinate is a scalar or an array (broadcast together)."""
+        points = np.broadcast_arrays(*[np.asarray(c, dtype=float) for c in coords])
+        if len(points) == 1:
+            index, weight = _interp_axis(self.grids[0], points[0])
+            v = self.values
+            if len(v) == 1:
+                return np.broadcast_to(v[0], points[0].shape).astype(float)
+            return v[index] + weight * (v[index + 1] - v[index])
+        (i, wi), (j, wj) = (_interp_axis(self.grids[0], points[0]), _interp_axis(self.grids[1], points[1]))
+        v = self.values
+        i1 = np.minimum(i + 1, v.shape[0] - 1)
+        j1 = np.minimum(j + 1, v.shape[1] - 1)
+        low = v[i, j] + wj * (v[i, j1] - v[i, j])
+        high = v[i1, j] + wj * (v[i1, j1] - v[i1, j])
+        return low + wi * (high - low)
+
+
+@dataclass(frozen=True)
+class Profile:
+    kind: str                        # measured | roofline | constant
+    model: str                       # model preset or config name the profile is for
+    dtype: str
+    tables: dict[str, Table]
+    provenance: dict = field(default_factory=dict)  # device, backend, versions, date, source
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROFILE_KINDS:
+            raise ConfigError(f"profile kind {self.kind!r}; expected one of {PROFILE_KINDS}")
+        missing = set(KERNEL_AXES) - set(self.tables)
+        if missing:
+            raise ConfigError(f"profile for {self.model!r} lacks kernel table(s) {sorted(missing)}")
+        for name, table in self.tables.items():
+            if name in KERNEL_AXES and table.axes != KERNEL_AXES[name]:
+                raise ConfigError(f"profile table {name!r} has axes {table.axes}; expected {KERNEL_AXES[name]}")
+
+    @property
+    def label(self) -> str:
+        source = self.provenance.get("device") or self.provenance.get("hardware") or "?"
+        return f"{self.kind} ({source}, {self.model}, {self.dtype})"
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name, table in self.tables.items():
+            arrays[f"{name}.values"] = table.values
+            for axis, grid in zip(table.axes, table.grids):
+                arrays[f"{name}.grid.{axis}"] = grid
+        np.savez(directory / "tables.npz", **arrays)
+        meta = {"kind": self.kind, "model": self.model, "dtype": self.dtype, "provenance": self.provenance,
+                "axes": {name: list(table.axes) for name, table in self.tables.items()}}
+        (directory / "profile.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Profile":
+        directory = Path(directory)
+        for required in ("profile.json", "tables.npz"):
+            if not (directory / required).exists():
+                raise ConfigError(f"profile directory {directory}: missing {required}")
+        try:
+            meta = json.loads((directory / "profile.json").read_text())
+            tables = {}
+            with np.load(directory / "tables.npz") as arrays:
+                for name, axes in meta["axes"].items():
+                    try:
+                        tables[name] = Table(tuple(axes), tuple(arrays[f"{name}.grid.{a}"] for a in axes),
+                                             arrays[f"{name}.values"])
+                    except (ConfigError, KeyError) as error:
+                        raise ConfigError(f"profile directory {directory}: kernel {name!r}: {error}") from None
+            return cls(meta["kind"], meta["model"], meta["dtype"], tables, meta.get("provenance", {}))
+        except (json.JSONDecodeError, KeyError) as error:
+            raise ConfigError(f"profile directory {directory}: profile.json is malformed ({error})") from None
+
+
+def constant_profile(seconds_per_token: float = 0.0, step_s: float = 1.0, model: str = "any") -> Profile:
+    """For exact-timeline tests: every step costs ``step_s`` plus ``seconds_per_token`` per token
+    (charged through the per-layer ``elementwise`` kernel of a one-layer model)."""
+    zero = lambda axes: Table(axes, tuple(np.array([0.0, 1.0]) for _ in axes), np.zeros((2,) * len(axes)))
+    tables = {name: zero(axes) for name, axes in KERNEL_AXES.items()}
+    tables["elementwise"] = Table(("tokens",), (np.array([0.0, 1.0]),), np.array([0.0, seconds_per_token]))
+    tables["step_overhead"] = Table(("requests",), (np.array([0.0]),), np.array([step_s]))
+    return Profile("constant", model, "any", tables, {"hardware": "constant"})

@@ -1,0 +1,21 @@
+"""Refuses a profile measured for another model (or dtype) than the one simulated."""
+from __future__ import annotations
+
+from scheduler.errors import ConfigError
+from scheduler.model_spec import ModelSpec
+
+
+def check_profile_matches(profile, model: ModelSpec, dtype: str | None = None) -> None:
+    """A profile measured for another model, model configuration or dtype is refused."""
+    if profile.model != model.name:
+        raise ConfigError(f"profile is for model {profile.model!r} but the simulation is of {model.name!r}; "
+                          f"measure one with batchlab profile, or drop profile= to use the roofline")
+    measured_config = profile.provenance.get("model_config")
+    if measured_config:
+        differing = sorted(k for k, v in measured_config.items()
+                           if k in model.__dataclass_fields__ and getattr(model, k) != v)
+        if differing:
+            raise ConfigError(f"profile for {profile.model!r} was measured with a different model config "
+                              f"({', '.join(f'{k}: {measured_config[k]} there, {getattr(model, k)} here' for k in differing)})")
+    if dtype is not None and profile.dtype not in (dtype, "any"):
+        raise ConfigError(f"profile dtype {profile.dtype!r} does not match the requested {dtype!r}")

@@ -1,0 +1,66 @@
+"""An analytic roofline profile: each kernel costs max(FLOPs / achievable FLOP/s, bytes /
+achievable bandwidth) plus its launches, tabulated on the same grids a measured profile uses."""
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+
+from scheduler.model_spec import ModelSpec
+
+from .hardware import HardwareSpec
+from .profile import Profile, Table
+
+TOKENS = np.unique(np.round(np.geomspace(1, 1 << 18, 73))).astype(float)
+QUERIES = np.unique(np.round(np.geomspace(1, 1 << 16, 49))).astype(float)
+CONTEXTS = np.unique(np.round(np.geomspace(1, 1 << 21, 64))).astype(float)
+
+
+def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
+    flops_rate = hardware.peak_flops * hardware.compute_efficiency
+    bytes_rate = hardware.hbm_bandwidth * hardware.memory_efficiency
+    launch = hardware.kernel_launch_s
+
+    def roof(flops, nbytes, launches=1):
+        return np.maximum(flops / flops_rate, nbytes / bytes_rate) + launches * launch
+
+    h, d, I, V = model.hidden_size, model.head_dim, model.intermediate_size, model.vocab_size
+    nh, nkv = model.num_heads, model.num_kv_heads
+    act, wb = model.activation_bytes, model.weight_bytes
+    qkv = (nh + 2 * nkv) * d
+    T = TOKENS
+
+    def gemm(tokens, k, n):
+        return roof(2 * tokens * k * n, k * n * wb + tokens * (k + n) * act)
+
+    tables = {
+        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, qkv)),
+        "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h)),
+        # gate+up GEMM, down GEMM, SiLU-and-multiply
+        "mlp": Table(("tokens",), (T,), gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)),
+        # two RMSNorms, two residual adds, RoPE, KV-cache store
+        "elementwise": Table(("tokens",), (T,), roof(0, T * (10 * h + 4 * nkv * d) * act, launches=5)),
+    }
+    q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
+    past = np.maximum(c - q, 0)
+    tables["attn_prefill"] = Table(("query_tokens", "context"), (QUERIES, CONTEXTS), roof(
+        4 * nh * d * (q * past + q * (q + 1) / 2), (c * 2 * nkv * d + 2 * q * nh * d) * act))
+    tables["attn_decode"] = Table(("batch", "mean_context"), (QUERIES, CONTEXTS), roof(
+        4 * nh * d * q * c, (q * c * 2 * nkv * d + 2 * q * nh * d) * act))
+    # one read of the prefix KV serves all the group's queries (Hydragen / BatchLLM), plus the
+    # log-sum-exp merge of the prefix and per-request partial outputs
+    tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
+        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=2) + roof(0, 4 * q * nh * d * 4))
+    sampled = np.concatenate([[0.0], QUERIES])
+    lm = gemm(sampled, h, V) + roof(0, sampled * V * 4)
+    lm[0] = 0.0
+    tables["lm_head_sampling"] = Table(("sampled",), (sampled,), lm)
+    requests = np.array([0.0, 1.0, 65536.0])
+    tables["step_overhead"] = Table(("requests",), (requests,),
+                                    hardware.step_overhead_s + requests * hardware.step_overhead_per_request_s)
+    provenance = {"hardware": hardware.name, "generator": "batchlab roofline", "date": date.today().isoformat(),
+                  "peak_flops": hardware.peak_flops, "hbm_bandwidth": hardware.hbm_bandwidth,
+                  "compute_efficiency": hardware.compute_efficiency,
+                  "memory_efficiency": hardware.memory_efficiency}
+    dtype = "bf16" if model.activation_bytes == 2 else f"{model.activation_bytes}-byte"
+    return Profile("roofline", model.name, dtype, tables, provenance)

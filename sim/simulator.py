@@ -1,0 +1,146 @@
+"""The SimPy driver: an arrivals process and an engine-loop process running DESIGN.md's loop
+``plan = schedule(now); result = execute(plan); update(plan, result, now')`` with the cost
+model as the executor.
+
+Arrival rule: a request is schedulable in the first step that starts at or after its arrival
+time. The engine loop takes arrivals by time from the sorted workload (so the order of SimPy
+events at equal times cannot change a result); the arrivals process wakes an idle engine.
+The loop keeps its own clock, ``now + duration`` step after step, the same additions whether
+steps are simulated one by one or a decode stretch at a time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from scheduler import Scheduler, ScheduleConfig, StepResult
+from traces.workload import Workload
+
+from .cost_model import KERNELS, CostModel
+from traces.step_log import StepLog
+
+
+@dataclass
+class SimOutcome:
+    schedule: str
+    scheduler: Scheduler
+    steps: StepLog
+    makespan_s: float
+    wall_s: float
+    num_events: int
+    profile_label: str
+    profile_kind: str
+    extra: dict = field(default_factory=dict)
+
+
+def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv_blocks: int,
+             block_size: int = 16, fast_forward: bool = True, step_dir: Path | None = None,
+             progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0,
+             on_plan: Callable | None = None) -> SimOutcome:
+    """``on_plan`` sees every plan scheduled one by one (not the steps of a decode stretch)."""
+    started = time.perf_counter()
+    scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
+    requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
+    for request in requests:  # fail before simulating anything if one cannot ever fit
+        scheduler.check_fits(request)
+    log = StepLog(KERNELS, step_dir)
+    env = simpy.Environment()
+    state = {"next": 0, "clock": 0.0, "events": 0, "idle": None}
+    total = len(requests)
+
+    def arrivals():
+        for request in requests:
+            if request.arrival_s > env.now:
+                yield env.timeout(request.arrival_s - env.now)
+            idle = state["idle"]
+            if idle is not None and not idle.triggered:
+                idle.succeed()
+
+    def take_arrivals(now: float) -> None:
+        index = state["next"]
+        while index < total and requests[index].arrival_s <= now:
+            scheduler.add(requests[index])
+            index += 1
+        state["next"] = index
+
+    last_report = [time.perf_counter()]
+
+    def report(now: float) -> None:
+        if progress is None or time.perf_counter() - last_report[0] < progress_every_s:
+            return
+        last_report[0] = time.perf_counter()
+        progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
+                 f"{scheduler.num_finished:,}/{total:,} requests finished")
+
+    def engine():
+        now = 0.0
+        while True:
+            take_arrivals(now)
+            if not scheduler.has_unfinished:
+                if state["next"] >= total:
+                    break
+                state["idle"] = env.event()
+                yield state["idle"]
+                now = max(now, requests[state["next"]].arrival_s)
+                continue
+            state["events"] += 1
+            report(now)
+            stretch = scheduler.decode_stretch() if fast_forward else None
+            if stretch is not None and stretch.max_steps >= 2:
+                now = yield from run_stretch(stretch, now)
+                continue
+            waiting = scheduler.num_waiting
+            plan = scheduler.schedule(now)
+            if plan.is_empty:  # nothing fits until an arrival (cannot happen with work running)
+                if state["next"] >= total:
+                    raise RuntimeError(f"{config.name}: empty plan with nothing left to arrive")
+                state["idle"] = env.event()
+                yield state["idle"]
+                now = max(now, requests[state["next"]].arrival_s)
+                continue
+            if on_plan is not None:
+                on_plan(plan)
+            duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
+            log.add_step({"step": plan.step, "start_s": now, "duration_s": duration, "num_tokens": tokens,
+                          "num_prefill_tokens": prefill, "num_decode_tokens": tokens - prefill,
+                          "num_requests": len(plan.chunks), "num_sampled": sampled,
+                          "kv_blocks_used": scheduler.kv.num_used_blocks, "num_waiting": waiting,
+                          "num_preempted": len(plan.preempted)}, kernels)
+            end = now + duration
+            yield env.timeout(end - env.now)
+            scheduler.update(plan, StepResult(plan.step, duration, kernel_s=kernels), end)
+            now = end
+
+    def run_stretch(stretch, now: float):
+        shared, shared_tokens = (stretch.shared, stretch.shared_tokens) if cost.prefix_aware else ((), 0)
+        durations, kernels = cost.decode_steps(stretch.batch, stretch.context_sums, shared, shared_tokens)
+        ends = np.cumsum(np.concatenate([[now], durations]))[1:]
+        next_arrival = requests[state["next"]].arrival_s if state["next"] < total else math.inf
+        # step j >= 2 starts at ends[j-2]; it must start before the next arrival
+        count = 1 + int(np.searchsorted(ends[:stretch.max_steps - 1], next_arrival, side="left"))
+        starts = np.concatenate([[now], ends[:count - 1]])
+        first_step = scheduler.step
+        batch = stretch.batch
+        log.add_steps({"step": np.arange(first_step, first_step + count), "start_s": starts,
+                       "duration_s": durations[:count], "num_tokens": batch, "num_prefill_tokens": 0,
+                       "num_decode_tokens": batch, "num_requests": batch, "num_sampled": batch,
+                       "kv_blocks_used": stretch.kv_blocks_used[:count], "num_waiting": scheduler.num_waiting,
+                       "num_preempted": 0}, kernels, count)
+        end = float(ends[count - 1])
+        yield env.timeout(end - env.now)
+        scheduler.advance_decodes(stretch, count, ends)
+        return end
+
+    env.process(arrivals())
+    env.process(engine())
+    env.run()
+    makespan = max((s.finish_s for s in scheduler.states.values() if s.request is not None and s.finish_s),
+                   default=0.0)
+    return SimOutcome(config.name, scheduler, log, makespan, time.perf_counter() - started,
+                      state["events"], cost.profile.label, cost.profile.kind)

@@ -1,0 +1,84 @@
+"""``batchlab simulate`` as a user runs it: records written, table printed, clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("makespan_s", "throughput_tokens_per_s", "output_tokens_per_s", "prefill_tokens_logical",
+            "prefill_tokens_computed", "prefill_token_saving", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
+            "tpot_s_p99", "peak_kv_blocks", "num_steps", "num_preemptions", "profile_kind")
+
+
+def batchlab(*args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "batchlab.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_writes_records_and_prints_the_table(tmp_path):
+    run_dir = tmp_path / "run"
+    result = batchlab("simulate", "workload.params.num_requests=64", "workload.params.share_degree=4",
+                      "report=false", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    assert "prefix_grouped" in result.stdout and "vs fcfs" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["profile_kind"] == "roofline" and summary["hardware"] == "h100-sxm"
+    assert list(summary["schedules"]) == ["fcfs", "prefix_grouped", "decode_first", "batchllm"]
+    for name, entry in summary["schedules"].items():
+        assert set(REQUIRED) <= set(entry), name
+    requests = pd.read_parquet(run_dir / "requests.parquet")
+    steps = pd.read_parquet(run_dir / "steps.parquet")
+    assert len(requests) == 4 * 64
+    grouped = summary["schedules"]["prefix_grouped"]
+    assert grouped["num_steps"] == int((steps["schedule"] == "prefix_grouped").sum())
+    assert grouped["prefill_tokens_computed"] == int(steps.loc[steps["schedule"] == "prefix_grouped",
+                                                               "num_prefill_tokens"].sum())
+    assert "llama-3.1-8b" in (run_dir / "config.yaml").read_text()
+    assert not (run_dir / "parts").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["schedule.names=[fcfs,fifo]"], "unknown schedule 'fifo'"),
+    (["workload=file"], "needs a path"),
+    (["model=llama-3.1-70b"], "does not fit on 'h100-sxm'"),
+    (["+schedule.overrides.chunk=3"], "unknown option"),
+    (["workload.params.share_degree=0"], "share_degree is 0"),
+])
+def test_simulate_errors_are_one_clear_line(tmp_path, overrides, message):
+    result = batchlab("simulate", *overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_trace_file_is_named(tmp_path):
+    result = batchlab("simulate", "workload=file", "workload.path=nowhere.jsonl", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "nowhere.jsonl: no such file" in result.stderr
+
+
+def test_interrupt_keeps_finished_schedules(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a child of a background job inherits SIGINT as ignored: restore the default, as a terminal has
+    process = subprocess.Popen([sys.executable, "-m", "batchlab.cli", "simulate", "report=false",
+                                "schedule.names=[prefix_grouped,fcfs,decode_first]", f"hydra.run.dir={tmp_path}"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    summary = tmp_path / "summary.json"
+    deadline = time.time() + 120
+    while not summary.exists() and time.time() < deadline:  # prefix_grouped is done
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    data = json.loads(summary.read_text())
+    assert data["complete"] is False and list(data["schedules"]) == ["prefix_grouped"]
+    assert len(pd.read_parquet(tmp_path / "requests.parquet")) == 6400

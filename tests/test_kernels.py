@@ -1,0 +1,200 @@
+"""Triton kernels against their torch references (on CPU: Triton's interpreter, tiny shapes),
+outputs poisoned with NaN before each call; and every kernel compiled for sm_90 without a GPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from kernels.paged_decode import paged_decode_attention, paged_decode_reference  # noqa: E402
+from kernels.paged_prefill import paged_prefill_attention  # noqa: E402
+from kernels.shared_prefix import shared_prefix_decode_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+# Triton 3.9's interpreter casts fp32 to bf16 by truncation (compiled Triton and torch round to
+# nearest even): elementwise kernels that round twice may then be 2 bf16 ulps off. On a GPU the
+# 1e-2 above holds for them too.
+ELEMENTWISE_BF16 = 2e-2 if os.environ.get("TRITON_INTERPRET") == "1" else 1e-2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative_error(out, ref):
+    assert not torch.isnan(out).any(), "unwritten (poisoned) elements in the output"
+    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+def caches(num_blocks, block_size, kv_heads, head_dim, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    return (torch.randn(shape, generator=generator).to(DEVICE, dtype),
+            torch.randn(shape, generator=generator).to(DEVICE, dtype), generator)
+
+
+def random_tables(contexts, block_size, num_blocks, generator):
+    needed = [-(-c // block_size) for c in contexts]
+    physical = torch.randperm(num_blocks, generator=generator)[: sum(needed)]
+    table = torch.zeros((len(contexts), max(needed)), dtype=torch.int32)
+    offset = 0
+    for row, count in enumerate(needed):
+        table[row, :count] = physical[offset:offset + count]
+        offset += count
+    return table.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv_heads, contexts, per_split", [
+    (4, 2, [5, 33, 64], 2),     # ragged, split-KV with a partial last split
+    (2, 2, [1, 17], 32),        # no GQA, a one-token context, one split
+    (8, 2, [47], 1),            # GQA 4, every block its own split
+])
+def test_paged_decode_matches_reference(dtype, heads, kv_heads, contexts, per_split):
+    block_size, head_dim = 16, 16
+    key, value, generator = caches(24, block_size, kv_heads, head_dim, dtype, seed=len(contexts) + heads)
+    tables = random_tables(contexts, block_size, 24, generator)
+    context = torch.tensor(contexts, dtype=torch.int32, device=DEVICE)
+    query = torch.randn((len(contexts), heads, head_dim), generator=generator).to(DEVICE, dtype)
+    out = torch.full_like(query, float("nan"))
+    paged_decode_attention(query, key, value, tables, context, 0.3, blocks_per_split=per_split, out=out)
+    # the reference in fp32 from the same (bf16) inputs, not rounded to bf16 itself
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, context, 0.3)
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_prefill_matches_reference(dtype):
+    block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
+    key, value, generator = caches(24, block_size, kv_heads, head_dim, dtype, seed=7)
+    # chunks: a whole prompt; a chunk after 21 cached tokens; a 1-token chunk; 19 queries (2 tiles)
+    query_lens, contexts = [7, 12, 1, 19], [7, 33, 40, 19]
+    tables = random_tables(contexts, block_size, 24, generator)
+    starts = torch.tensor([sum(query_lens[:i]) for i in range(4)], dtype=torch.int32, device=DEVICE)
+    query = torch.randn((sum(query_lens), heads, head_dim), generator=generator).to(DEVICE, dtype)
+    # fill the cache at the queries' own positions too, as the engine does before attention
+    out = torch.full_like(query, float("nan"))
+    paged_prefill_attention(query, key, value, tables, starts, torch.tensor(query_lens, dtype=torch.int32,
+                            device=DEVICE), torch.tensor(contexts, dtype=torch.int32, device=DEVICE), 0.25, out=out)
+    ref = torch.empty_like(query, dtype=torch.float32)  # fp32 reference from the same inputs
+    for i, (q_len, ctx) in enumerate(zip(query_lens, contexts)):
+        blocks = tables[i, : -(-ctx // block_size)].long()
+        k = key[blocks].flatten(0, 1)[:ctx].float().repeat_interleave(heads // kv_heads, 1)
+        v = value[blocks].flatten(0, 1)[:ctx].float().repeat_interleave(heads // kv_heads, 1)
+        q = query[int(starts[i]): int(starts[i]) + q_len].float()
+        scores = torch.einsum("qhd,khd->hqk", q, k) * 0.25
+        positions = torch.arange(ctx - q_len, ctx, device=DEVICE)
+        scores.masked_fill_(torch.arange(ctx, device=DEVICE)[None, :] > positions[:, None], float("-inf"))
+        ref[int(starts[i]): int(starts[i]) + q_len] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prefix_matches_per_request_attention(dtype):
+    block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
+    key, value, generator = caches(30, block_size, kv_heads, head_dim, dtype, seed=11)
+    prefix = [7, 3]  # two shared blocks, 32 tokens
+    tables = torch.tensor([prefix + [1, 0, 0], prefix + [2, 0, 0], prefix + [4, 5, 6], [9, 8, 0, 0, 0],
+                           [12, 13, 14, 16, 0], [12, 13, 14, 15, 0]], dtype=torch.int32, device=DEVICE)
+    contexts = torch.tensor([40, 33, 77, 21, 55, 63], dtype=torch.int32, device=DEVICE)
+    query = torch.randn((6, heads, head_dim), generator=generator).to(DEVICE, dtype)
+    out = torch.full_like(query, float("nan"))
+    # two groups (prefix 32 and 48 tokens) and one request in no group
+    shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (48, [4, 5])], 0.25,
+                                   out=out)
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25)
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+    with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 3])], 0.25)
+
+
+def test_host_wrappers_check_their_inputs():
+    key, value, _ = caches(4, 16, 2, 16, torch.float32, seed=1)
+    query = torch.zeros((1, 4, 16), device=DEVICE)
+    table = torch.zeros((1, 1), dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="int32"):
+        paged_decode_attention(query, key, value, table, torch.ones(1, dtype=torch.int32, device=DEVICE), 1.0)
+    with pytest.raises(ValueError, match="not a multiple"):
+        paged_decode_attention(torch.zeros((1, 3, 16), device=DEVICE), key, value, table.int(),
+                               torch.ones(1, dtype=torch.int32, device=DEVICE), 1.0)
+
+
+def test_engine_with_triton_backend_gives_the_torch_backends_tokens():
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.weights import random_weights
+    from scheduler import schedule_config
+    from scheduler.model_spec import model_spec
+    from traces.synthetic import batchllm_microbenchmark
+
+    spec = model_spec("tiny", num_layers=1)
+    weights = random_weights(spec, seed=3)
+    workload = batchllm_microbenchmark(32, 5, 3, 3, 6, seed=2)
+    tokens = {}
+    for backend in ("torch", "triton"):
+        runner = ModelRunner(spec, 64, 16, weights=weights, backend=backend)
+        run_engine(workload, schedule_config("batchllm", max_num_batched_tokens=24), runner, 64, 16)
+        tokens[backend] = {r: tuple(t) for r, t in runner.outputs.items()}
+    assert tokens["triton"] == tokens["torch"]
+    assert all(len(t) == 3 for t in tokens["torch"].values())
+
+
+def test_kernels_compile_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_with_and_without_residual(dtype):
+    from kernels.rmsnorm import rms_norm, rms_norm_reference
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn((5, 48), generator=generator).to(DEVICE, dtype)  # non-power-of-two hidden
+    residual = torch.randn((5, 48), generator=generator).to(DEVICE, dtype)
+    weight = (1 + 0.1 * torch.randn(48, generator=generator)).to(DEVICE, dtype)
+    tolerance = ELEMENTWISE_BF16 if dtype == torch.bfloat16 else TOLERANCE[dtype]
+    assert relative_error(rms_norm(x, weight, 1e-5), rms_norm_reference(x, weight, 1e-5)) <= tolerance
+    normed, new_residual = rms_norm(x, weight, 1e-5, residual)
+    ref_normed, ref_residual = rms_norm_reference(x, weight, 1e-5, residual)
+    assert relative_error(normed, ref_normed) <= tolerance
+    if dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") != "1":
+        assert torch.equal(new_residual, ref_residual)  # one rounding of the same sum: bit-equal
+    else:
+        assert relative_error(new_residual, ref_residual) <= ELEMENTWISE_BF16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_matches_the_engines_torch_rope(dtype):
+    from engine.attention import TorchAttentionBackend
+    from engine.model import rope_tables
+    from kernels.rope import apply_rope_
+    from scheduler.model_spec import model_spec
+
+    spec = model_spec("tiny", rope_theta=500000.0)
+    generator = torch.Generator().manual_seed(6)
+    q = torch.randn((7, 4, 16), generator=generator).to(DEVICE, dtype)
+    positions = torch.tensor([0, 1, 5, 100, 1023, 3, 2047], device=DEVICE)
+    cos, sin = rope_tables(spec, positions, torch.float32)
+    ref, _ = TorchAttentionBackend().rope(q.float(), q.float(), positions, cos, sin, spec.rope_theta)
+    out = apply_rope_(q.clone(), positions, spec.rope_theta)
+    assert relative_error(out, ref) <= (2e-5 if dtype == torch.float32 else ELEMENTWISE_BF16)
+
+
+def test_kv_store_writes_exactly_the_slots():
+    from kernels.kv_store import store_kv
+
+    key_cache = torch.full((4, 16, 2, 8), float("nan"), device=DEVICE)
+    value_cache = torch.full_like(key_cache, float("nan"))
+    key, value = torch.randn((5, 2, 8), device=DEVICE), torch.randn((5, 2, 8), device=DEVICE)
+    slots = torch.tensor([3, 17, 18, 63, 40], device=DEVICE)
+    store_kv(key, value, key_cache, value_cache, slots)
+    flat_k, flat_v = key_cache.view(-1, 2, 8), value_cache.view(-1, 2, 8)
+    assert torch.equal(flat_k[slots], key) and torch.equal(flat_v[slots], value)
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[slots.cpu()] = False
+    assert torch.isnan(flat_k[untouched.to(DEVICE)]).all()

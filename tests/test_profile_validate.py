@@ -1,0 +1,106 @@
+"""Profiles round-trip from the engine to the simulator; stale profiles are refused; a tiny
+validation's numbers match its records."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine.profiler import profile_engine
+from engine.runner import ModelRunner
+from scheduler.errors import ConfigError
+from scheduler.model_spec import model_spec
+from sim.cost_model import CostModel
+from sim.profile import KERNEL_AXES, Profile
+from sim.profile_check import check_profile_matches
+
+from test_cli_simulate import batchlab
+
+SMALL_GRIDS = {"tokens": (1, 8, 64), "queries": (1, 8), "contexts": (16, 64), "batches": (1, 4), "sampled": (0, 1, 4)}
+
+
+@pytest.fixture(scope="module")
+def profile_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    runner = ModelRunner(model_spec("tiny"), 256, 16)
+    return profile_engine(runner, tmp_path_factory.mktemp("profile"), "float32", "torch", repeats=1, grids=SMALL_GRIDS)
+
+
+def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
+    profile = Profile.load(profile_dir)
+    assert profile.kind == "measured" and profile.model == "tiny" and profile.dtype == "float32"
+    assert set(KERNEL_AXES) <= set(profile.tables)
+    for name, table in profile.tables.items():
+        assert table.axes == KERNEL_AXES[name]
+    assert profile.tables["linear_qkv"].grids[0].tolist() == [1.0, 8.0, 64.0]
+    assert np.all(profile.tables["mlp"].values > 0) and np.all(profile.tables["attn_decode"].values > 0)
+    provenance = profile.provenance
+    assert provenance["backend"] == "torch" and provenance["torch"] == torch.__version__
+    assert provenance["spread_p90_over_median_max"] >= 1.0 and provenance["prefix_aware_attention"] is False
+    profile.save(tmp_path / "copy")
+    again = Profile.load(tmp_path / "copy")
+    for name in profile.tables:
+        assert np.array_equal(again.tables[name].values, profile.tables[name].values)
+    cost = CostModel(profile, model_spec("tiny"))
+    assert cost.prefix_aware is False
+
+
+def test_mismatched_profiles_are_refused(profile_dir):
+    profile = Profile.load(profile_dir)
+    check_profile_matches(profile, model_spec("tiny"), "float32")
+    with pytest.raises(ConfigError, match="profile is for model 'tiny' but the simulation is of 'llama-3.1-8b'"):
+        check_profile_matches(profile, model_spec("llama-3.1-8b"))
+    with pytest.raises(ConfigError, match="different model config .*num_layers: 2 there, 3 here"):
+        check_profile_matches(profile, model_spec("tiny", num_layers=3))
+    with pytest.raises(ConfigError, match="profile dtype 'float32' does not match the requested 'bfloat16'"):
+        check_profile_matches(profile, model_spec("tiny"), "bfloat16")
+    meta = json.loads((profile_dir / "profile.json").read_text())
+    (profile_dir / "tables.npz").rename(profile_dir / "moved.npz")
+    try:
+        with pytest.raises(ConfigError, match="missing tables.npz"):
+            Profile.load(profile_dir)
+    finally:
+        (profile_dir / "moved.npz").rename(profile_dir / "tables.npz")
+    assert meta["kind"] == "measured"
+
+
+def test_validation_numbers_match_the_records(profile_dir, tmp_path):
+    result = batchlab("validate", f"profile={profile_dir}", "workload.params.num_requests=16",
+                      "workload.params.share_degree=4", "workload.params.prefix_len=64",
+                      "workload.params.output_len=4", "schedule.names=[fcfs,batchllm]", "noise_floor=true",
+                      "report=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    assert validation["offline"] and set(validation["schedules"]) == {"fcfs", "batchllm"}
+    predicted = pd.read_parquet(tmp_path / "simulated" / "steps.parquet")
+    measured = pd.read_parquet(tmp_path / "measured" / "steps.parquet")
+    for name, entry in validation["schedules"].items():
+        assert entry["plans_identical"] is True
+        p = predicted[predicted["schedule"] == name]["duration_s"].to_numpy()
+        m = measured[measured["schedule"] == name]["duration_s"].to_numpy()
+        ape = np.abs(p - m) / m
+        assert entry["step_error"]["mape"] == pytest.approx(ape.mean(), rel=1e-9)
+        assert entry["step_error"]["ape_p90"] == pytest.approx(np.percentile(ape, 90), rel=1e-9)
+        requests = pd.read_parquet(tmp_path / "measured" / "requests.parquet")
+        mine = requests[requests["schedule"] == name]
+        assert entry["makespan_s_measured"] == pytest.approx(mine["finish_s"].max() - mine["arrival_s"].min())
+        assert "noise_step_error" in entry
+    assert (tmp_path / "validation_scatter.png").exists()
+    assert validation["ranking_measured"] == sorted(validation["schedules"],
+                                                    key=lambda n: validation["schedules"][n]["makespan_s_measured"])
+
+
+def test_damaged_profile_names_the_directory_and_kernel(profile_dir, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(profile_dir, damaged)
+    arrays = dict(np.load(damaged / "tables.npz"))
+    arrays["mlp.values"] = arrays["mlp.values"][:-1]  # one value short of the grid
+    np.savez(damaged / "tables.npz", **arrays)
+    with pytest.raises(ConfigError, match=r"damaged: kernel 'mlp': .*do not match values"):
+        Profile.load(damaged)
+    (damaged / "profile.json").write_text("{")
+    with pytest.raises(ConfigError, match="profile.json is malformed"):
+        Profile.load(damaged)

@@ -1,0 +1,103 @@
+"""Reports built from small real run directories: numbers match the records, the HTML renders."""
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.build import build_report
+from reports.run_records import RunRecordError, load_run
+from reports.tables import comparison_frame, formatted_rows
+
+from test_cli_simulate import batchlab
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    made = {}
+    for name, extra in (("h100", []), ("a100", ["hardware=a100-80gb"]),
+                        ("other", ["workload.params.share_degree=8"])):
+        result = batchlab("simulate", "workload.params.num_requests=96", "workload.params.share_degree=4",
+                          "schedule.names=[fcfs,batchllm]", "report=false", *extra, f"hydra.run.dir={base / name}")
+        assert result.returncode == 0, result.stderr
+        made[name] = base / name
+    return made
+
+
+def test_table_numbers_match_the_records(runs, tmp_path):
+    run = load_run(runs["h100"])
+    table = comparison_frame([run])
+    requests = pd.read_parquet(runs["h100"] / "requests.parquet")
+    steps = pd.read_parquet(runs["h100"] / "steps.parquet")
+    for _, row in table.iterrows():
+        mine = requests[requests["schedule"] == row["schedule"]]
+        makespan = mine["finish_s"].max() - mine["arrival_s"].min()
+        assert row["makespan_s"] == pytest.approx(makespan, rel=1e-12)
+        tokens = mine["prompt_len"].sum() + mine["output_len"].sum()
+        assert row["throughput_tokens_per_s"] == pytest.approx(tokens / makespan, rel=1e-12)
+        ttft = (mine["first_token_s"] - mine["arrival_s"]).to_numpy()
+        assert row["ttft_s_p99"] == pytest.approx(np.percentile(ttft, 99), rel=1e-12)
+        assert row["peak_kv_blocks"] == steps[steps["schedule"] == row["schedule"]]["kv_blocks_used"].max()
+        assert row["makespan_s"] == pytest.approx(run.summary["schedules"][row["schedule"]]["makespan_s"], rel=1e-12)
+    fcfs = table.set_index("schedule").loc["fcfs", "throughput_tokens_per_s"]
+    batchllm = table.set_index("schedule").loc["batchllm"]
+    assert batchllm["speedup_vs_fcfs"] == pytest.approx(batchllm["throughput_tokens_per_s"] / fcfs)
+    rows = formatted_rows(table)
+    best_makespan = min(range(1, len(rows)), key=lambda i: table.iloc[i - 1]["makespan_s"])
+    assert rows[best_makespan][1].startswith("**")
+
+
+def test_report_files_and_cross_run_comparison(runs, tmp_path):
+    page = build_report([runs["h100"], runs["a100"]], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "h100-sxm" in md and "a100-80gb" in md and "roofline" in md
+    assert md.count("## Workload") == 1  # same workload: one comparison
+    html = page.read_text()
+    assert "data:image/png;base64," in html and 'src="w1_' not in html  # self-contained
+    assert len(list(tmp_path.glob("w1_*.png"))) == 6
+    events = json.loads((tmp_path / "timeline.json").read_text())["traceEvents"]
+    steps = [e for e in events if e.get("cat") == "step"]
+    records = pd.concat([load_run(runs["h100"]).steps, load_run(runs["a100"]).steps])
+    assert len(steps) == len(records)
+    assert {e["ph"] for e in events if e.get("cat") == "request"} >= {"b", "e"}
+
+
+def test_different_workloads_are_not_compared(runs, tmp_path):
+    build_report([runs["h100"], runs["other"]], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "different workloads" in md and md.count("## Workload") == 2
+
+
+def test_partial_run_directory_names_the_missing_file(runs, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(runs["h100"], partial)
+    (partial / "steps.parquet").unlink()
+    with pytest.raises(RunRecordError, match=r"partial: missing steps\.parquet"):
+        load_run(partial)
+    (partial / "steps.parquet").write_text("not parquet")
+    with pytest.raises(RunRecordError, match=r"steps\.parquet: unreadable"):
+        load_run(partial)
+    result = batchlab("report", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_html_renders_non_blank_in_headless_chromium(runs, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it); cannot render the HTML")
+    page = build_report([runs["h100"]], tmp_path)
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[0] > 1000
+    # a blank page is one colour; the report has tables, bars and curves
+    assert pixels.std() > 0.05
+    assert (pixels < 0.5).mean() > 0.01  # dark pixels: text and plot lines

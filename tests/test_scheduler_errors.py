@@ -1,0 +1,53 @@
+import pytest
+
+from scheduler import ConfigError, Request, Scheduler, WorkloadError, schedule_config
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ((), "prompt is empty"),
+    (((1, 0),), "segment 0 has length 0"),
+    (((1, -3),), "segment 0 has length -3"),
+    (((1, 2), (2,)), "segment 1"),
+    ([(1, 2)], "prompt is empty"),
+])
+def test_bad_prompts_name_the_request(prompt, message):
+    with pytest.raises(WorkloadError, match=f"request 7: .*{message}"):
+        Request(7, 0.0, prompt, 1)
+
+
+@pytest.mark.parametrize("output_len", [0, -1])
+def test_bad_output_length(output_len):
+    with pytest.raises(WorkloadError, match="request 3: output_len"):
+        Request(3, 0.0, ((1, 4),), output_len)
+
+
+def test_negative_arrival():
+    with pytest.raises(WorkloadError, match="request 3: arrival_s"):
+        Request(3, -1.0, ((1, 4),), 1)
+
+
+def test_request_larger_than_kv_capacity_names_request_and_limit():
+    scheduler = Scheduler(schedule_config("fcfs"), num_kv_blocks=4, block_size=16)
+    with pytest.raises(WorkloadError, match=r"request 9: needs 5 KV blocks .* holds only 4 blocks"):
+        scheduler.add(Request(9, 0.0, ((1, 60),), 10))
+
+
+def test_duplicate_request_id():
+    scheduler = Scheduler(schedule_config("fcfs"), num_kv_blocks=4)
+    scheduler.add(Request(1, 0.0, ((1, 4),), 1))
+    with pytest.raises(WorkloadError, match="request 1: id added twice"):
+        scheduler.add(Request(1, 0.0, ((1, 4),), 1))
+
+
+def test_unknown_schedule_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown schedule 'fifo'; expected one of \['batchllm'"):
+        schedule_config("fifo")
+
+
+def test_unknown_option_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown option"):
+        schedule_config("fcfs", chunk=3)
+    with pytest.raises(ConfigError, match="kv_threshold"):
+        schedule_config("batchllm", kv_threshold=1.5)
+    with pytest.raises(ConfigError, match="positive integer"):
+        Scheduler(schedule_config("fcfs"), num_kv_blocks=0)

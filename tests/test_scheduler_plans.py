@@ -1,0 +1,142 @@
+"""Exact plans for tiny hand-written workloads, one per schedule (expected values worked by hand)."""
+from scheduler import Request, Scheduler, schedule_config
+from fake_executor import chunk_triples, run_to_completion
+
+
+def make(name, requests, blocks=32, block_size=2, budget=4, **overrides):
+    scheduler = Scheduler(schedule_config(name, max_num_batched_tokens=budget, **overrides), blocks, block_size)
+    for request in requests:
+        scheduler.add(request)
+    return scheduler
+
+
+def test_fcfs_chunked_prefill_and_prefix_hit():
+    a = Request(0, 0.0, ((1, 4),), 2)
+    b = Request(1, 0.0, ((1, 4), (2, 2)), 1)  # shares a's first two blocks
+    s = make("fcfs", [a, b])
+    plans = run_to_completion(s)
+    assert [chunk_triples(p) for p in plans] == [
+        [(0, 0, 4)],
+        [(0, 4, 1), (1, 4, 2)],  # a decodes first; b hits 4 cached tokens
+    ]
+    assert s.states[1].num_cached_tokens == 4
+    assert s.stats.computed_prefill_tokens == 6 and s.stats.logical_prefill_tokens == 10
+
+
+def test_prefix_grouped_prefix_once_then_members_together():
+    a = Request(0, 0.0, ((1, 4), (2, 2)), 1)
+    b = Request(1, 0.0, ((1, 4), (3, 2)), 2)
+    c = Request(2, 0.0, ((9, 3),), 1)
+    s = make("prefix_grouped", [a, b, c])
+    plans = run_to_completion(s)
+    assert [chunk_triples(p) for p in plans] == [
+        [(-1, 0, 4)],                 # the group's prefix, a prefill-only request
+        [(0, 4, 2), (1, 4, 2)],       # members start after it, reading its blocks
+        [(1, 6, 1), (2, 0, 3)],       # decode first, then the plain request
+    ]
+    groups = plans[1].shared_prefix_groups
+    assert len(groups) == 1 and groups[0].req_ids == (0, 1) and groups[0].prefix_len == 4
+    assert plans[1].chunks[0].block_ids[:2] == groups[0].prefix_block_ids
+    assert plans[1].chunks[1].block_ids[:2] == groups[0].prefix_block_ids
+    assert s.stats.computed_prefill_tokens == 11 and s.kv.num_used_blocks == 0
+
+
+def test_decode_first_orders_shortest_prompt_first_and_decodes_lead():
+    a = Request(0, 0.0, ((1, 6),), 1)
+    b = Request(1, 0.0, ((2, 2),), 3)
+    c = Request(2, 0.0, ((3, 4),), 1)
+    plans = run_to_completion(make("decode_first", [a, b, c]))
+    assert [chunk_triples(p) for p in plans] == [
+        [(1, 0, 2), (2, 0, 2)],
+        [(1, 2, 1), (2, 2, 2), (0, 0, 1)],
+        [(1, 3, 1), (0, 1, 3)],
+        [(0, 4, 2)],
+    ]
+
+
+def test_decode_first_output_aware_variant_reads_output_lengths():
+    a = Request(0, 0.0, ((1, 4),), 8)   # R = 8/4
+    b = Request(1, 0.0, ((2, 2),), 1)   # R = 1/2
+    plans = run_to_completion(make("decode_first", [a, b], use_output_lengths=True))
+    assert chunk_triples(plans[0]) == [(0, 0, 4)]
+    blind = run_to_completion(make("decode_first", [a, b]))
+    assert chunk_triples(blind[0]) == [(1, 0, 2), (0, 0, 2)]
+
+
+def test_lpm_prefers_the_longest_cached_prefix():
+    a = Request(0, 0.0, ((1, 4),), 1)
+    b = Request(1, 0.0, ((2, 4),), 1)
+    c = Request(2, 0.0, ((1, 4), (5, 2)), 1)
+    plans = run_to_completion(make("lpm", [a, b, c]))
+    assert [chunk_triples(p) for p in plans] == [
+        [(0, 0, 4)],
+        [(2, 4, 2), (1, 0, 2)],   # c matches a's two cached blocks, so it goes before b
+        [(1, 2, 2)],
+    ]
+    fcfs = run_to_completion(make("fcfs", [a, b, c]))
+    assert chunk_triples(fcfs[1]) == [(1, 0, 4)]
+
+
+def test_batchllm_orders_groups_by_eq4_and_queues_ready_members():
+    reqs = [
+        Request(0, 0.0, ((1, 8), (2, 2)), 1), Request(1, 0.0, ((1, 8), (3, 2)), 1),  # 12 prefill tokens
+        Request(2, 0.0, ((4, 2), (5, 2)), 1), Request(3, 0.0, ((4, 2), (6, 2)), 1),  # 6 prefill tokens
+    ]
+    plans = run_to_completion(make("batchllm", reqs))
+    assert [chunk_triples(p) for p in plans] == [
+        [(-2, 0, 2), (-1, 0, 2)],   # the smaller group first (R_group = 1/6 > 1/12)
+        [(-1, 2, 4)],
+        [(-1, 6, 2), (2, 2, 2)],
+        [(3, 2, 2), (0, 8, 2)],     # ready members in the order their prefixes finished
+        [(1, 8, 2)],
+    ]
+    grouped = run_to_completion(make("prefix_grouped", reqs))
+    assert chunk_triples(grouped[0]) == [(-1, 0, 4)]
+
+
+def test_preemption_recomputes_the_newest_and_reuses_its_cached_block():
+    a = Request(0, 0.0, ((1, 3),), 4)
+    b = Request(1, 0.0, ((2, 3),), 4)
+    s = make("fcfs", [a, b], blocks=4, budget=8)
+    plans = run_to_completion(s)
+    assert [chunk_triples(p) for p in plans] == [
+        [(0, 0, 3), (1, 0, 3)],
+        [(0, 3, 1), (1, 3, 1)],
+        [(0, 4, 1)],
+        [(0, 5, 1)],
+        [(1, 2, 3)],   # b recomputes prompt and its two outputs, after a 2-token cache hit
+        [(1, 5, 1)],
+    ]
+    assert plans[2].preempted == (1,)
+    assert s.stats.num_preemptions == 1 and s.kv.num_used_blocks == 0
+
+
+def test_request_count_cap_and_kv_threshold_limit_admission():
+    reqs = [Request(i, 0.0, ((i + 1, 2),), 2) for i in range(4)]
+    capped = make("fcfs", reqs, budget=64, max_num_seqs=2)
+    assert [c.req_id for c in capped.schedule(0.0).chunks] == [0, 1]
+    # memory-centric: 8 blocks, threshold 0.25 -> admission stops above 2 blocks in use
+    memory = make("batchllm", reqs, blocks=8, budget=64, kv_threshold=0.25)
+    assert [c.req_id for c in memory.schedule(0.0).chunks] == [0, 1]
+    unlimited = make("batchllm", reqs, blocks=8, budget=64, kv_threshold=None)
+    assert [c.req_id for c in unlimited.schedule(0.0).chunks] == [0, 1, 2, 3]
+
+
+def test_finished_and_step_numbers_flow_into_the_next_plan():
+    s = make("fcfs", [Request(0, 0.0, ((1, 2),), 1), Request(1, 0.0, ((2, 2),), 2)])
+    plans = run_to_completion(s)
+    assert [p.step for p in plans] == [0, 1]
+    assert plans[1].finished == (0,)
+
+
+def test_idle_groups_holding_memory_do_not_livelock():
+    # two groups' prefixes held while a member cannot fit: the newest group is preempted and
+    # must wait behind the blocked member, not be re-admitted ahead of it (a livelock once)
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
+    for name in ("prefix_grouped", "batchllm"):
+        scheduler = make(name, list(workload.requests), blocks=5, block_size=16, budget=64)
+        plans = run_to_completion(scheduler, max_steps=2000)
+        assert scheduler.stats.num_group_preemptions > 0 and scheduler.kv.num_used_blocks == 0
+        assert len({c.req_id for p in plans for c in p.chunks if c.req_id >= 0}) == 18

@@ -1,0 +1,85 @@
+"""Exact timelines on tiny workloads with a constant-cost profile, and fast-forward equality."""
+import pandas as pd
+import pytest
+
+from batchlab.records import requests_frame
+from scheduler import Request, schedule_config
+from scheduler.model_spec import model_spec
+from sim.cost_model import CostModel
+from sim.profile import constant_profile
+from sim.simulator import simulate
+from traces.arrivals import with_arrivals
+from traces.synthetic import batchllm_microbenchmark, prefix_tree_workload, system_prompt_workload
+from traces.workload import Workload
+
+ONE_LAYER = model_spec("tiny", num_layers=1)
+
+
+def constant_cost(step_s=1.0, per_token=0.0):
+    return CostModel(constant_profile(per_token, step_s, "tiny"), ONE_LAYER)
+
+
+def test_exact_timeline_offline():
+    # budget 4, block 2: a (4 prompt, 2 out) and b (2 prompt, 1 out); one second per step
+    workload = Workload("t", (Request(0, 0.0, ((1, 4),), 2), Request(1, 0.0, ((2, 2),), 1)))
+    out = simulate(workload, schedule_config("fcfs", max_num_batched_tokens=4), constant_cost(), 32, 2,
+                   fast_forward=False)
+    steps = out.steps.all_steps()
+    assert steps["start_s"].tolist() == [0.0, 1.0]
+    assert steps["num_tokens"].tolist() == [4, 3]          # a's prompt; then a's decode + b's prompt
+    assert steps["num_prefill_tokens"].tolist() == [4, 2]
+    a, b = out.scheduler.states[0], out.scheduler.states[1]
+    assert (a.first_token_s, a.finish_s) == (1.0, 2.0)
+    assert (b.first_scheduled_s, b.first_token_s, b.finish_s) == (1.0, 2.0, 2.0)
+    assert out.makespan_s == 2.0
+
+
+def test_exact_timeline_with_arrivals_and_idle_gap():
+    # per-token cost 0.25 s plus 1 s per step; b arrives while the engine is idle
+    workload = Workload("t", (Request(0, 0.0, ((1, 2),), 1), Request(1, 5.0, ((2, 4),), 2)))
+    out = simulate(workload, schedule_config("fcfs"), constant_cost(1.0, 0.25), 32, 2, fast_forward=False)
+    steps = out.steps.all_steps()
+    assert steps["start_s"].tolist() == [0.0, 5.0, 7.0]
+    assert steps["duration_s"].tolist() == [1.5, 2.0, 1.25]
+    b = out.scheduler.states[1]
+    assert (b.first_scheduled_s, b.first_token_s, b.finish_s) == (5.0, 7.0, 8.25)
+
+
+def test_arrival_during_a_step_waits_for_the_next_step():
+    workload = Workload("t", (Request(0, 0.0, ((1, 2),), 3), Request(1, 0.5, ((2, 2),), 1)))
+    out = simulate(workload, schedule_config("fcfs"), constant_cost(), 32, 2, fast_forward=False)
+    assert out.scheduler.states[1].first_scheduled_s == 1.0
+
+
+def _records(outcome, name):
+    return requests_frame(outcome.scheduler, name), outcome.steps.all_steps()
+
+
+WORKLOADS = {
+    "micro-offline": lambda: batchllm_microbenchmark(400, 40, 30, 4, 96, seed=1),
+    "system-poisson": lambda: with_arrivals(system_prompt_workload(4, 300, 10, 80, 5, 60, 150, seed=2),
+                                            "poisson", rate=20.0, seed=3),
+    "tree-gamma": lambda: with_arrivals(prefix_tree_workload((3, 2), (200, 60), 20, 3, 40, seed=4),
+                                        "gamma", rate=50.0, cv=3.0, seed=5),
+}
+
+
+@pytest.mark.parametrize("workload_name", sorted(WORKLOADS))
+@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm"])
+def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    workload = WORKLOADS[workload_name]()
+    # a small KV cache so that allocation limits and preemption cut stretches too
+    config = schedule_config(schedule, max_num_batched_tokens=256)
+    slow = simulate(workload, config, cost, 220, 16, fast_forward=False)
+    fast = simulate(workload, config, cost, 220, 16, fast_forward=True)
+    assert fast.num_events < slow.num_events  # the stretches were really used
+    slow_requests, slow_steps = _records(slow, schedule)
+    fast_requests, fast_steps = _records(fast, schedule)
+    pd.testing.assert_frame_equal(slow_requests, fast_requests, check_exact=True)
+    pd.testing.assert_frame_equal(slow_steps, fast_steps, check_exact=True)
+    assert slow.scheduler.stats == fast.scheduler.stats

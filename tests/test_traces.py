@@ -1,0 +1,119 @@
+"""Loaders on the real traces (skipped when ../shared is absent) and on malformed files."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from scheduler import ConfigError
+from traces.arrivals import with_arrivals
+from traces.build import build_workload
+from traces.errors import TraceError
+from traces.loaders import load_azure, load_length_csv, load_mooncake
+from traces.native import load_jsonl, load_parquet, save_jsonl, save_parquet
+from traces.synthetic import prefix_tree_workload, system_prompt_workload
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
+needs_traces = pytest.mark.skipif(not SHARED.exists(), reason=f"real traces not found at {SHARED}")
+
+
+@needs_traces
+def test_mooncake_conversation_trace():
+    workload = load_mooncake(SHARED / "mooncake" / "conversation_trace.jsonl")
+    assert len(workload) == 12_031
+    assert workload.prompt_tokens == 144_793_823  # the trace's 145M prompt tokens
+    first = workload.requests[0]
+    assert first.prompt_len == 6758 and len(first.prompt) == math.ceil(6758 / 512)
+    assert first.prompt[-1][1] == 6758 - 13 * 512  # the partial last block
+    assert workload.requests[1].prompt[0] == first.prompt[0]  # both start with block id 0
+
+
+@needs_traces
+def test_azure_and_length_traces():
+    conv = load_azure(SHARED / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv")
+    assert len(conv) == 19_366 and conv.requests[0].arrival_s == 0.0
+    assert conv.requests[1].arrival_s == pytest.approx(50.9951690 - 46.6805900, abs=1e-6)
+    assert 3400 < conv.requests[-1].arrival_s < 3600
+    sharegpt = load_length_csv(SHARED / "sarathi-sharegpt" / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
+    assert len(sharegpt) == 30_731 and sharegpt.is_offline
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = {"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", r"bad\.jsonl:2: malformed JSON"),
+    (json.dumps({**GOOD, "hash_ids": [1]}), r"bad\.jsonl:2: 1 hash_ids for input_length 600; expected ceil\(600/512\) = 2"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "output_length"}), r"bad\.jsonl:2: missing field 'output_length'"),
+    (json.dumps({**GOOD, "output_length": -3}), r"bad\.jsonl:2: field 'output_length' is -3; expected an integer >= 1"),
+    (json.dumps({**GOOD, "timestamp": "soon"}), r"bad\.jsonl:2: field 'timestamp'"),
+])
+def test_mooncake_errors_name_file_and_line(tmp_path, line, message):
+    path = write(tmp_path, "bad.jsonl", json.dumps(GOOD) + "\n" + line + "\n")
+    with pytest.raises(TraceError, match=message):
+        load_mooncake(path)
+
+
+def test_unsorted_timestamps_are_sorted_with_a_warning(tmp_path):
+    rows = [{**GOOD, "timestamp": 2000}, {**GOOD, "timestamp": 500, "input_length": 10, "hash_ids": [7]}]
+    path = write(tmp_path, "t.jsonl", "\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match="not sorted"):
+        workload = load_mooncake(path)
+    assert [r.prompt_len for r in workload.requests] == [10, 600]
+    assert [r.arrival_s for r in workload.requests] == [0.0, 1.5]
+    assert "not sorted" in workload.notes[0]
+
+
+def test_azure_and_length_errors(tmp_path):
+    bad_time = write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,5,5\n")
+    with pytest.raises(TraceError, match=r"a\.csv:2: TIMESTAMP 'yesterday'"):
+        load_azure(bad_time)
+    missing = write(tmp_path, "b.csv", "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.6805900,5\n")
+    with pytest.raises(TraceError, match=r"b\.csv:1: missing column\(s\) \['GeneratedTokens'\]"):
+        load_azure(missing)
+    zero = write(tmp_path, "c.csv", "num_prefill_tokens,num_decode_tokens\n5,5\n7,0\n")
+    with pytest.raises(TraceError, match=r"c\.csv:3: field 'num_decode_tokens' is 0"):
+        load_length_csv(zero)
+    with pytest.raises(TraceError, match="no such file"):
+        load_mooncake(tmp_path / "absent.jsonl")
+
+
+def test_native_formats_round_trip(tmp_path):
+    workload = with_arrivals(prefix_tree_workload((2, 3), (50, 20), 7, 2, 9), "poisson", rate=3.0, seed=1)
+    save_jsonl(workload, tmp_path / "w.jsonl")
+    save_parquet(workload, tmp_path / "w.parquet")
+    assert load_jsonl(tmp_path / "w.jsonl").requests == workload.requests
+    assert load_parquet(tmp_path / "w.parquet").requests == workload.requests
+
+
+def test_native_jsonl_errors(tmp_path):
+    path = write(tmp_path, "w.jsonl", '{"req_id": 0, "arrival_s": 0, "prompt": [[1, 0]], "output_len": 1}\n')
+    with pytest.raises(TraceError, match=r"w\.jsonl:1: request 0: segment 0 has length 0"):
+        load_jsonl(path)
+
+
+def test_arrival_processes():
+    base = system_prompt_workload(num_requests=2000, seed=0)
+    poisson = with_arrivals(base, "poisson", rate=10.0, seed=0)
+    gaps = [b.arrival_s - a.arrival_s for a, b in zip(poisson.requests, poisson.requests[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.1, rel=0.1)
+    bursty = with_arrivals(base, "gamma", rate=10.0, cv=4.0, seed=0)
+    bursty_gaps = [b.arrival_s - a.arrival_s for a, b in zip(bursty.requests, bursty.requests[1:])]
+    cv = (sum((g - 0.1) ** 2 for g in bursty_gaps) / len(bursty_gaps)) ** 0.5 / 0.1
+    assert cv > 2.5
+    scaled = with_arrivals(poisson, "trace", scale=2.0)
+    assert scaled.requests[-1].arrival_s == pytest.approx(2 * poisson.requests[-1].arrival_s)
+
+
+def test_build_workload_from_config_mapping():
+    workload = build_workload({"kind": "batchllm_microbenchmark", "params": {"num_requests": 32, "share_degree": 4},
+                               "arrivals": {"process": "offline"}, "limit": 10})
+    assert len(workload) == 10 and workload.is_offline
+    with pytest.raises(ConfigError, match="unknown workload kind 'nope'"):
+        build_workload({"kind": "nope"})

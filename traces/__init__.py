@@ -1,0 +1,1 @@
+"""batchlab: traces (see ../shared/DESIGN.md)."""

@@ -1,0 +1,46 @@
+"""Arrival processes: offline (all at t=0), Poisson, gamma (bursty), or the trace's own times,
+each with a time scale (``scale=2`` stretches the trace to twice its length)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from scheduler.errors import ConfigError
+
+from .workload import Workload
+
+PROCESSES = ("offline", "trace", "poisson", "gamma")
+
+
+def with_arrivals(workload: Workload, process: str = "trace", rate: float | None = None,
+                  cv: float = 1.0, scale: float = 1.0, seed: int = 0) -> Workload:
+    """``rate`` in requests/s (poisson, gamma); ``cv`` the gamma inter-arrival coefficient of
+    variation (1 is Poisson, larger is burstier)."""
+    if process not in PROCESSES:
+        raise ConfigError(f"unknown arrival process {process!r}; expected one of {PROCESSES}")
+    if not scale > 0:
+        raise ConfigError(f"arrival time scale is {scale}; expected > 0")
+    count = len(workload.requests)
+    if process == "offline":
+        times = np.zeros(count)
+    elif process == "trace":
+        times = np.array([r.arrival_s for r in workload.requests], dtype=float)
+    else:
+        if rate is None or not rate > 0:
+            raise ConfigError(f"arrival process {process!r} needs rate > 0 (requests per second), got {rate!r}")
+        if not cv > 0:
+            raise ConfigError(f"gamma arrivals need cv > 0, got {cv}")
+        rng = np.random.default_rng(seed)
+        if process == "poisson":
+            gaps = rng.exponential(1.0 / rate, count)
+        else:  # gamma with mean 1/rate and coefficient of variation cv
+            shape = 1.0 / (cv * cv)
+            gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
+        times = np.concatenate([[0.0], np.cumsum(gaps)[:-1]]) if count else gaps
+    times = times * scale
+    requests = tuple(replace(r, arrival_s=float(t)) for r, t in zip(workload.requests, times))
+    order = sorted(range(count), key=lambda i: (requests[i].arrival_s, i))
+    if order != list(range(count)):
+        requests = tuple(requests[i] for i in order)
+    return replace(workload, requests=requests)
