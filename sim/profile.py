@@ -3,7 +3,9 @@
 A profile is what the cost model reads; where it came from (measured on a device by
 ``batchlab profile``, or generated from a roofline) is recorded in ``kind`` and ``provenance``
 and reported with every result. Lookups interpolate linearly between grid points and
-extrapolate linearly past the last one (below the first point the first value holds).
+extrapolate linearly past the last one (below the first point the first value holds). A
+cost never shrinks by extrapolation: where the last segment slopes down (measurement noise),
+the last value holds instead, so a lookup is never below the smallest value in its table.
 """
 from __future__ import annotations
 
@@ -42,6 +44,16 @@ def _interp_axis(grid: np.ndarray, x: np.ndarray):
     return index, weight
 
 
+def _lerp(a: float, b: float, w: float) -> float:
+    if w > 1.0 and b < a:  # no downward extrapolation past the grid
+        return b
+    return a + w * (b - a)
+
+
+def _lerp_array(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.where((w > 1.0) & (b < a), b, a + w * (b - a))
+
+
 def _scalar_axis(grid: list[float], x: float) -> tuple[int, float]:
     index = min(max(bisect_right(grid, x) - 1, 0), max(len(grid) - 2, 0))
     if len(grid) == 1:
@@ -63,6 +75,8 @@ class Table:
         for axis, grid in zip(self.axes, self.grids):
             if len(grid) == 0 or np.any(np.diff(grid) <= 0):
                 raise ConfigError(f"profile table axis {axis!r}: grid must be non-empty and increasing")
+        if not np.all(np.isfinite(self.values)) or np.any(self.values < 0):
+            raise ConfigError(f"profile table {self.axes}: times must be finite and non-negative seconds")
 
     def scalar(self, *coords: float) -> float:
         """The same interpolation for one point, in plain Python (no numpy call overhead)."""
@@ -72,16 +86,14 @@ class Table:
             if len(grid) == 1:
                 return values[0]
             i, w = _scalar_axis(grid, coords[0])
-            return values[i] + w * (values[i + 1] - values[i])
+            return _lerp(values[i], values[i + 1], w)
         (grid_a, grid_b), values = lists
         i, wi = _scalar_axis(grid_a, coords[0])
         j, wj = _scalar_axis(grid_b, coords[1])
         i1 = min(i + 1, len(grid_a) - 1)
         j1 = min(j + 1, len(grid_b) - 1)
         row, row1 = values[i], values[i1]
-        low = row[j] + wj * (row[j1] - row[j])
-        high = row1[j] + wj * (row1[j1] - row1[j])
-        return low + wi * (high - low)
+        return _lerp(_lerp(row[j], row[j1], wj), _lerp(row1[j], row1[j1], wj), wi)
 
     def _lists(self):
         cached = self.__dict__.get("_cached_lists")
@@ -98,14 +110,12 @@ class Table:
             v = self.values
             if len(v) == 1:
                 return np.broadcast_to(v[0], points[0].shape).astype(float)
-            return v[index] + weight * (v[index + 1] - v[index])
+            return _lerp_array(v[index], v[index + 1], weight)
         (i, wi), (j, wj) = (_interp_axis(self.grids[0], points[0]), _interp_axis(self.grids[1], points[1]))
         v = self.values
         i1 = np.minimum(i + 1, v.shape[0] - 1)
         j1 = np.minimum(j + 1, v.shape[1] - 1)
-        low = v[i, j] + wj * (v[i, j1] - v[i, j])
-        high = v[i1, j] + wj * (v[i1, j1] - v[i1, j])
-        return low + wi * (high - low)
+        return _lerp_array(_lerp_array(v[i, j], v[i, j1], wj), _lerp_array(v[i1, j], v[i1, j1], wj), wi)
 
 
 @dataclass(frozen=True)

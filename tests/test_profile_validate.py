@@ -104,3 +104,24 @@ def test_damaged_profile_names_the_directory_and_kernel(profile_dir, tmp_path):
     (damaged / "profile.json").write_text("{")
     with pytest.raises(ConfigError, match="profile.json is malformed"):
         Profile.load(damaged)
+
+
+def test_noisy_tables_never_extrapolate_below_their_values():
+    """A measured table whose last segment slopes down (noise) must not predict a negative
+    time past the grid: CI once failed with SimPy's 'Negative delay' from exactly that."""
+    from sim.profile import Table
+
+    line = Table(("tokens",), (np.array([1.0, 2.0]),), np.array([5e-3, 1e-3]))
+    far = 1000.0
+    assert line.scalar(far) == pytest.approx(1e-3)
+    assert float(line(far)) == pytest.approx(1e-3)
+    assert line.scalar(1.5) == pytest.approx(3e-3)           # interpolation is unchanged
+    rising = Table(("tokens",), (np.array([1.0, 2.0]),), np.array([1e-3, 2e-3]))
+    assert rising.scalar(4.0) == pytest.approx(4e-3)          # upward extrapolation is kept
+    grid = Table(("batch", "mean_context"), (np.array([1.0, 4.0]), np.array([16.0, 64.0])),
+                 np.array([[2e-3, 1e-3], [1e-3, 5e-4]]))
+    points = [(b, c) for b in (1, 3, 100, 10_000) for c in (1, 40, 500, 10_000)]
+    for b, c in points:
+        assert grid.scalar(b, c) >= 5e-4 and float(grid(b, c)) == pytest.approx(grid.scalar(b, c))
+    with pytest.raises(ConfigError, match="non-negative"):
+        Table(("tokens",), (np.array([1.0, 2.0]),), np.array([1e-3, -1e-3]))
