@@ -1,8 +1,9 @@
 """Predicts a step's time from its batch shape: the sum over kernels of profile lookups.
 
-The cost model sees shapes, never requests. A decode-only step is costed by ``decode_steps``,
-which also costs whole decode stretches at once; a single decode-only step goes through the
-same function, so fast-forwarded and step-by-step simulations agree to the last bit.
+The cost model sees shapes, never requests. ``decode_steps`` costs whole decode stretches at
+once with numpy; a single step is costed with plain floats through the same lookups and the
+same order of additions (IEEE doubles either way), so fast-forwarded and step-by-step
+simulations agree to the last bit (tests/test_sim_timeline.py holds them to it).
 """
 from __future__ import annotations
 
@@ -70,10 +71,23 @@ class CostModel:
                 prefills.append(chunk)
         shared, shared_tokens = self.shared_decode_groups(plan, decode_ids) if self.prefix_aware else ((), 0)
         batch = len(decode_ids)
-        if not prefills:
-            total, parts = self.decode_steps(batch, np.array([decode_context]), shared, shared_tokens)
-            return float(total[0]), {k: float(v[0]) for k, v in parts.items()}, (tokens, 0, sampled)
         t = self._t
+        if not prefills:  # decode_steps' arithmetic for one step, without numpy's per-call cost
+            shared_prefix = t["attn_shared_prefix"].scalar
+            parts = {
+                "linear_qkv": t["linear_qkv"].scalar(batch),
+                "linear_o": t["linear_o"].scalar(batch),
+                "mlp": t["mlp"].scalar(batch),
+                "elementwise": t["elementwise"].scalar(batch),
+                "attn_prefill": 0.0,
+                "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch),
+                "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
+                "lm_head_sampling": t["lm_head_sampling"].scalar(batch),
+                "step_overhead": t["step_overhead"].scalar(batch),
+            }
+            layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
+                     + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
+            return layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"], parts, (tokens, 0, sampled)
         prefill = t["attn_prefill"].scalar
         shared_prefix = t["attn_shared_prefix"].scalar
         parts = {
