@@ -44,7 +44,7 @@ def profile_main(cfg: DictConfig) -> None:
 
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.loop import run_engine
-    from reports.validation import compare_runs, ranking, scatter, step_errors
+    from reports.validation import compare_runs, discordant_pairs, ranking, scatter, step_errors
     from sim.cost_model import CostModel
     from sim.profile import Profile
     from sim.profile_check import check_profile_matches
@@ -108,8 +108,15 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         writer.write(complete=True)
     predicted_rank = ranking({n: e["makespan_s_predicted"] for n, e in result["schedules"].items()})
     measured_rank = ranking({n: e["makespan_s_measured"] for n, e in result["schedules"].items()})
+    separated, discordant = discordant_pairs(
+        {n: e["makespan_s_predicted"] for n, e in result["schedules"].items()},
+        {n: e["makespan_s_measured"] for n, e in result["schedules"].items()},
+        {n: e.get("noise_makespan") for n, e in result["schedules"].items()})
     result.update({"ranking_predicted": predicted_rank, "ranking_measured": measured_rank,
-                   "same_ranking": predicted_rank == measured_rank})
+                   "same_ranking": predicted_rank == measured_rank,
+                   "pairs_separated_beyond_noise": [list(p) for p in separated],
+                   "pairs_discordant": [list(p) for p in discordant],
+                   "same_ranking_beyond_noise": not discordant})
     if points:
         scatter(points, run_dir / "validation_scatter.png")
     (run_dir / "validation.json").write_text(json.dumps(finite_json(result), indent=2))
@@ -127,6 +134,9 @@ def validation_table(result: dict) -> str:
                      f"{e['makespan_s_measured']:>13.3f}  {pct(e['makespan_s_error']):>5}  {pct(e.get('noise_makespan')):>5}")
     lines.append(f"ranking predicted: {result['ranking_predicted']}; measured: {result['ranking_measured']}; "
                  f"same: {result['same_ranking']}")
+    separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]
+    lines.append(f"pairs the engine separates beyond its noise floor: {len(separated)}, ordered the other way "
+                 f"by the simulator: {len(discordant)}" + (f" {discordant}" if discordant else ""))
     return "\n".join(lines)
 
 

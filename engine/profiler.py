@@ -45,21 +45,28 @@ class Profiler:
 
     def _plan(self, chunks: list[tuple[int, int, bool]]) -> BatchPlan:
         """Chunks of (context after the step, query tokens, samples); every request gets a fresh
-        id and a one-segment prompt one token longer than its context."""
+        id. A one-token sampling chunk is a real decode: its prompt ends before it and its input
+        is a token already generated, as in a run (a prompt token would cost a hash each step
+        and make the per-request overhead look about three times what runs see). Anything
+        else is a prompt chunk of a one-segment prompt one token longer than its context."""
         block_size = self.runner.block_size
         capacity = self.runner.cache.num_blocks
         made = []
         next_block = 0
         for context, queries, samples in chunks:
             self._next_id += 1
-            request = Request(self._next_id, 0.0, ((self._next_id, context + 1),), 1)
+            decode = queries == 1 and samples and context >= 2
+            prompt_len = context - 1 if decode else context + 1
+            request = Request(self._next_id, 0.0, ((self._next_id, prompt_len),), 1)
             self.runner.add_request(request)
+            if decode:
+                self.runner.outputs[request.req_id].append(self._next_id % self.runner.spec.vocab_size)
             count = -(-context // block_size)
             # distinct blocks per request, as in real runs: shared ones would stay hot in the CPU
             # caches and make attention look cheaper than it is (wrapping only past the capacity)
             blocks = tuple((next_block + i) % capacity for i in range(count))
             next_block = (next_block + count) % capacity
-            made.append(ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, context + 1))
+            made.append(ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, prompt_len))
         return BatchPlan(0, tuple(made))
 
     def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
@@ -113,9 +120,18 @@ class Profiler:
             tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array(values))
         say(f"profiling prefill attention over {len(QUERIES)}x{len(CONTEXTS)} shapes")
         prefill = np.zeros((len(QUERIES), len(CONTEXTS)))
-        for i, queries in enumerate(QUERIES):
-            for j, context in enumerate(CONTEXTS):
-                prefill[i, j] = self.measure([(max(context, queries), queries, False)])["attention"] / L
+        for j, context in enumerate(CONTEXTS):
+            valid = 0  # the last row with queries <= context: a chunk cannot have more
+            for i, queries in enumerate(QUERIES):
+                if queries <= context:
+                    prefill[i, j] = self.measure([(context, queries, False)])["attention"] / L
+                    valid = i
+                else:
+                    # no such chunk exists, but bilinear interpolation reads the cell: extend
+                    # the column linearly in queries (each query reads the whole context).
+                    # Filling it with a (queries, queries) chunk's time, as before, made
+                    # chunks near the diagonal cost up to twice what they measure.
+                    prefill[i, j] = prefill[valid, j] * queries / QUERIES[valid]
         tables["attn_prefill"] = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)), prefill)
         say(f"profiling decode attention and step overhead over {len(BATCHES)}x{len(CONTEXTS)} shapes")
         decode = np.zeros((len(BATCHES), len(CONTEXTS)))

@@ -36,6 +36,26 @@ def ranking(values: dict[str, float]) -> list[str]:
     return sorted(values, key=values.__getitem__)
 
 
+def discordant_pairs(predicted: dict[str, float], measured: dict[str, float],
+                     noise: dict[str, float | None]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Pairs of schedules the engine tells apart and the simulator orders the other way.
+
+    A pair counts as told apart when their measured makespans differ by more than the noise
+    floor (the larger relative run-to-run difference of the two; 0 where none was measured):
+    below it the measured order is a coin toss. Returns (separated pairs, discordant ones),
+    each pair written (measured faster, measured slower)."""
+    names = sorted(measured, key=measured.__getitem__)
+    separated, discordant = [], []
+    for i, fast in enumerate(names):
+        for slow in names[i + 1:]:
+            floor = max(noise.get(fast) or 0.0, noise.get(slow) or 0.0)
+            if measured[slow] - measured[fast] > floor * measured[fast]:
+                separated.append((fast, slow))
+                if predicted[fast] > predicted[slow]:
+                    discordant.append((fast, slow))
+    return separated, discordant
+
+
 def scatter(points: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
     import matplotlib
 

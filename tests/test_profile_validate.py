@@ -125,3 +125,22 @@ def test_noisy_tables_never_extrapolate_below_their_values():
         assert grid.scalar(b, c) >= 5e-4 and float(grid(b, c)) == pytest.approx(grid.scalar(b, c))
     with pytest.raises(ConfigError, match="non-negative"):
         Table(("tokens",), (np.array([1.0, 2.0]),), np.array([1e-3, -1e-3]))
+
+
+def test_ranking_is_judged_only_where_the_engine_separates_schedules():
+    from reports.validation import discordant_pairs
+
+    measured = {"fcfs": 1.90, "decode_first": 1.88, "batchllm": 0.94, "prefix_grouped": 0.93}
+    noise = {"fcfs": 0.03, "decode_first": 0.03, "batchllm": 0.02, "prefix_grouped": 0.02}
+    # the simulator swaps the two pairs the engine cannot tell apart: no discordance
+    predicted = {"fcfs": 1.88, "decode_first": 1.89, "batchllm": 0.89, "prefix_grouped": 0.91}
+    separated, discordant = discordant_pairs(predicted, measured, noise)
+    assert len(separated) == 4 and ("prefix_grouped", "decode_first") in separated
+    assert discordant == []
+    # ... but swapping a grouped schedule with fcfs is a real disagreement
+    wrong = {**predicted, "batchllm": 2.0}
+    _, discordant = discordant_pairs(wrong, measured, noise)
+    assert discordant == [("batchllm", "decode_first"), ("batchllm", "fcfs")]
+    # without a noise floor every difference counts
+    separated, discordant = discordant_pairs(predicted, measured, {})
+    assert len(separated) == 6 and set(discordant) == {("prefix_grouped", "batchllm"), ("decode_first", "fcfs")}
