@@ -54,7 +54,11 @@ class CostModel:
         return self._total(parts), parts
 
     def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
-        """(predicted seconds, seconds per kernel, (tokens, prefill tokens, sampled tokens))."""
+        """(predicted seconds, seconds per kernel, (tokens, prefill tokens, sampled tokens)).
+
+        A decode-only step goes through here too, with plain floats: its lookups and additions
+        are decode_steps' own, in the same order (a decode-only step has tokens = sampled =
+        requests = batch), so the two agree to the last bit."""
         chunks = plan.chunks
         decode_ids = set()
         decode_context = 0
@@ -72,22 +76,6 @@ class CostModel:
         shared, shared_tokens = self.shared_decode_groups(plan, decode_ids) if self.prefix_aware else ((), 0)
         batch = len(decode_ids)
         t = self._t
-        if not prefills:  # decode_steps' arithmetic for one step, without numpy's per-call cost
-            shared_prefix = t["attn_shared_prefix"].scalar
-            parts = {
-                "linear_qkv": t["linear_qkv"].scalar(batch),
-                "linear_o": t["linear_o"].scalar(batch),
-                "mlp": t["mlp"].scalar(batch),
-                "elementwise": t["elementwise"].scalar(batch),
-                "attn_prefill": 0.0,
-                "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch),
-                "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
-                "lm_head_sampling": t["lm_head_sampling"].scalar(batch),
-                "step_overhead": t["step_overhead"].scalar(batch),
-            }
-            layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
-                     + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
-            return layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"], parts, (tokens, 0, sampled)
         prefill = t["attn_prefill"].scalar
         shared_prefix = t["attn_shared_prefix"].scalar
         parts = {
@@ -95,9 +83,9 @@ class CostModel:
             "linear_o": t["linear_o"].scalar(tokens),
             "mlp": t["mlp"].scalar(tokens),
             "elementwise": t["elementwise"].scalar(tokens),
-            "attn_prefill": sum(prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills),
+            "attn_prefill": sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0),
             "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
-            "attn_shared_prefix": sum(shared_prefix(m, p) for m, p in shared),
+            "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
             "lm_head_sampling": t["lm_head_sampling"].scalar(sampled),
             "step_overhead": t["step_overhead"].scalar(len(chunks)),
         }
