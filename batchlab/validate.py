@@ -106,12 +106,12 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
              + (f", noise floor MAPE {entry['noise_step_error']['mape']:.1%}" if "noise_step_error" in entry else ""))
     for writer in writers.values():
         writer.write(complete=True)
-    predicted_rank = ranking({n: e["makespan_s_predicted"] for n, e in result["schedules"].items()})
-    measured_rank = ranking({n: e["makespan_s_measured"] for n, e in result["schedules"].items()})
-    separated, discordant = discordant_pairs(
-        {n: e["makespan_s_predicted"] for n, e in result["schedules"].items()},
-        {n: e["makespan_s_measured"] for n, e in result["schedules"].items()},
-        {n: e.get("noise_makespan") for n, e in result["schedules"].items()})
+    schedules = result["schedules"]
+    predicted = {n: e["makespan_s_predicted"] for n, e in schedules.items()}
+    measured = {n: e["makespan_s_measured"] for n, e in schedules.items()}
+    predicted_rank, measured_rank = ranking(predicted), ranking(measured)
+    separated, discordant = discordant_pairs(predicted, measured,
+                                             {n: e.get("noise_makespan") for n, e in schedules.items()})
     result.update({"ranking_predicted": predicted_rank, "ranking_measured": measured_rank,
                    "same_ranking": predicted_rank == measured_rank,
                    "pairs_separated_beyond_noise": [list(p) for p in separated],

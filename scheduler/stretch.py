@@ -55,15 +55,15 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
 
 
 def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch | None:
-    running = scheduler.running
-    if not running or len(running) > scheduler.config.max_num_batched_tokens:
+    by_id = scheduler.running
+    if not by_id or len(by_id) > scheduler.config.max_num_batched_tokens:
         return None
     # newest first: a request still in prefill is most often the last one admitted, and this
     # runs before every step
-    for state in reversed(running.values()):
+    for state in reversed(by_id.values()):
         if state.request is None or state.num_tokens - state.num_computed_tokens != 1:
             return None
-    running = list(running.values())
+    running = list(by_id.values())
     if not _admission_blocked(scheduler, len(running)):
         return None
     limit = min(max_steps, min(s.output_len - s.num_output_tokens for s in running))

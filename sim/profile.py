@@ -75,8 +75,12 @@ class Table:
         for axis, grid in zip(self.axes, self.grids):
             if len(grid) == 0 or np.any(np.diff(grid) <= 0):
                 raise ConfigError(f"profile table axis {axis!r}: grid must be non-empty and increasing")
-        if not np.all(np.isfinite(self.values)) or np.any(self.values < 0):
-            raise ConfigError(f"profile table {self.axes}: times must be finite and non-negative seconds")
+        bad = ~np.isfinite(self.values) | (self.values < 0)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            at = ", ".join(f"{axis}={grid[i]:g}" for axis, grid, i in zip(self.axes, self.grids, where))
+            raise ConfigError(f"profile table {self.axes}: time at {at} is {float(self.values[where])!r}; "
+                              f"expected finite, non-negative seconds")
 
     def scalar(self, *coords: float) -> float:
         """The same interpolation for one point, in plain Python (no numpy call overhead)."""

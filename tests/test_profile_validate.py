@@ -123,7 +123,7 @@ def test_noisy_tables_never_extrapolate_below_their_values():
     points = [(b, c) for b in (1, 3, 100, 10_000) for c in (1, 40, 500, 10_000)]
     for b, c in points:
         assert grid.scalar(b, c) >= 5e-4 and float(grid(b, c)) == pytest.approx(grid.scalar(b, c))
-    with pytest.raises(ConfigError, match="non-negative"):
+    with pytest.raises(ConfigError, match=r"time at tokens=2 is -0\.001; expected finite, non-negative"):
         Table(("tokens",), (np.array([1.0, 2.0]),), np.array([1e-3, -1e-3]))
 
 
@@ -144,3 +144,29 @@ def test_ranking_is_judged_only_where_the_engine_separates_schedules():
     # without a noise floor every difference counts
     separated, discordant = discordant_pairs(predicted, measured, {})
     assert len(separated) == 6 and set(discordant) == {("prefix_grouped", "batchllm"), ("decode_first", "fcfs")}
+
+
+def test_profiler_measures_decodes_as_decodes():
+    """A one-token sampling chunk must read an already generated token, as in a run: profiled
+    as a prompt token it cost a hash per request and tripled the step overhead."""
+    from engine.profiler import Profiler
+
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    plan = Profiler(runner)._plan([(40, 1, True), (40, 8, False)])
+    decode, prefill = plan.chunks
+    assert decode.is_decode and decode.end == 40 and len(runner.outputs[decode.req_id]) == 1
+    assert not prefill.is_decode and prefill.end == 40 and prefill.prompt_len == 41
+    result = runner.execute(plan)
+    assert set(result.sampled_tokens) == {decode.req_id}
+
+
+def test_impossible_prefill_cells_extend_their_column_linearly(tmp_path):
+    """Cells with more queries than context hold no real chunk; bilinear interpolation still
+    reads them, so they must continue the column, not repeat a (queries, queries) chunk."""
+    torch.set_num_threads(1)
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    grids = {**SMALL_GRIDS, "queries": (1, 8, 32), "contexts": (16, 64)}
+    profile = Profile.load(profile_engine(runner, tmp_path, "float32", "torch", repeats=1, grids=grids))
+    values = profile.tables["attn_prefill"].values   # rows: queries 1, 8, 32; columns: context 16, 64
+    assert values[2, 0] == pytest.approx(values[1, 0] * 32 / 8)  # 32 queries cannot fit 16 tokens
+    assert values[2, 1] > 0 and values[2, 1] != pytest.approx(values[1, 1] * 4)  # 32 in 64: measured
