@@ -60,25 +60,75 @@ class SharedPrefixGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeBatch:
+    """The steady decodes of a step, compactly: one token for each of ``req_ids``.
+
+    Request ``req_ids[i]`` computes token ``offsets[i] + step`` (its start; its context after
+    the step is one more) and samples from it; ``prompt_lens[i]`` is its prompt length;
+    ``block_ids[i]`` its block table (empty when the scheduler emits no block ids).
+    ``context_sum`` is the sum of the contexts after the step. The scheduler hands running
+    decodes over in this form so that a step costs it O(changes), not O(running requests);
+    ``BatchPlan.chunks`` turns them into ordinary ``ScheduledChunk``s for executors that want them.
+    """
+    step: int
+    req_ids: tuple[int, ...] = ()
+    offsets: tuple[int, ...] = ()
+    prompt_lens: tuple[int, ...] = ()
+    block_ids: tuple[tuple[int, ...], ...] = ()
+    context_sum: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.req_ids)
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        step = self.step
+        return tuple(offset + step for offset in self.offsets)
+
+    def chunks(self) -> tuple[ScheduledChunk, ...]:
+        blocks = self.block_ids or ((),) * len(self.req_ids)
+        return tuple(new_chunk(r, s, 1, b, True, p)
+                     for r, s, b, p in zip(self.req_ids, self.starts, blocks, self.prompt_lens))
+
+
+NO_DECODES = DecodeBatch(-1)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchPlan:
     """Everything an executor needs for one step.
 
+    The step computes ``decodes`` (steady decodes, in admission order) and then
+    ``listed`` (every other chunk: decodes the scheduler handled one by one, partial
+    prefills, admissions). ``chunks`` is the whole step as ``ScheduledChunk``s in that order.
     ``preempted``: requests whose KV was dropped in this step (they recompute later).
     ``finished``: requests that finished in the previous update (an executor may drop state).
     """
     step: int
-    chunks: tuple[ScheduledChunk, ...]
+    listed: tuple[ScheduledChunk, ...]
     shared_prefix_groups: tuple[SharedPrefixGroup, ...] = ()
     preempted: tuple[int, ...] = ()
     finished: tuple[int, ...] = ()
+    decodes: DecodeBatch = NO_DECODES
+
+    @property
+    def chunks(self) -> tuple[ScheduledChunk, ...]:
+        if not self.decodes.req_ids:
+            return self.listed
+        return self.decodes.chunks() + self.listed
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.listed) + len(self.decodes.req_ids)
 
     @property
     def num_tokens(self) -> int:
-        return sum(chunk.num_tokens for chunk in self.chunks)
+        return sum(chunk.num_tokens for chunk in self.listed) + len(self.decodes.req_ids)
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks
+        return not self.listed and not self.decodes.req_ids
 
 
 @dataclass(frozen=True, slots=True)

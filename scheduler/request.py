@@ -48,7 +48,7 @@ class RequestState:
         "num_computed_tokens", "num_output_tokens", "num_tokens", "output_token_ids",
         "block_table", "block_keys", "num_keys", "num_registered_blocks", "group", "admit_seq",
         "first_scheduled_s", "first_token_s", "finish_s",
-        "num_preemptions", "num_cached_tokens", "num_prompt_tokens_computed",
+        "num_preemptions", "num_cached_tokens", "num_prompt_tokens_computed", "cohort_offset",
     )
 
     def __init__(self, req_id: int, request: Request | None, prompt: Prompt, prompt_len: int,
@@ -75,6 +75,9 @@ class RequestState:
         self.num_preemptions = 0
         self.num_cached_tokens = 0          # prefix-cache hits at first admission
         self.num_prompt_tokens_computed = 0  # prompt tokens computed, recomputation included
+        # set while in the scheduler's decode cohort (cohort.py), whose members' token counters
+        # are brought up to date lazily
+        self.cohort_offset: int | None = None
 
     @classmethod
     def of(cls, request: Request) -> "RequestState":

@@ -3,11 +3,17 @@
 Per step (Sarathi-style fill under one token budget): running decodes, then running partial
 prefills, then new admissions from the waiting queue. A running request that cannot get a KV
 block preempts (recompute) the most recently admitted request not yet scheduled this step.
+
+Running decodes live in a decode cohort (cohort.py) that advances them all at once, so a step
+costs O(what changes). When a step cannot be taken that way (a decode's block does not fit,
+more decodes than the token budget), the cohort is dissolved and the step is scheduled one
+request at a time; both ways give the same plans, allocations and releases, in the same order.
 """
 from __future__ import annotations
 
 from .config import ScheduleConfig
-from .contract import BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk
+from .cohort import DecodeCohort
+from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk
 from .errors import SchedulerStuck, WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
 from .kv_blocks import BlockManager
@@ -20,14 +26,19 @@ from .waiting import Unit, WaitingQueue
 
 class Scheduler:
     def __init__(self, config: ScheduleConfig, num_kv_blocks: int, block_size: int = 16,
-                 emit_block_ids: bool = True) -> None:
+                 emit_block_ids: bool = True, lazy_decodes: bool = True) -> None:
+        """``lazy_decodes=False`` schedules every step one request at a time (the reference the
+        decode cohort is tested against; same plans, slower)."""
         self.config = config
         self.block_size = block_size
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
         self.emit_block_ids = emit_block_ids
+        self.lazy_decodes = lazy_decodes
         self.chains = ChainIndex()
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
+        self.cohort = DecodeCohort(block_size)          # running requests in steady decode
+        self._others: dict[int, RequestState] = {}      # the rest of running, in admission order
         self.waiting = WaitingQueue(config)
         self.stats = SchedulerStats()
         self.step = 0
@@ -93,13 +104,73 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         scheduled: set[int] = set()
         preempted: list[int] = []
+        size = self.block_size
+        emit = self.emit_block_ids
+        step = self.step
+        cohort = self.cohort
+        steady = self.lazy_decodes and self._join_decodes() and len(cohort) <= tokens_left
+        due = cohort.due.get(step) if steady else None
+        if due is not None and len(due) > self.kv.num_free_blocks:
+            steady = False  # someone gets preempted: done one request at a time
+        if steady:
+            due = cohort.take_due(step)
+            if due:
+                for state, block in zip(due, self.kv.allocate(len(due))):
+                    state.block_table.append(block)
+            tokens_left -= len(cohort)
+            partial = list(self._others.values())
+        else:
+            if cohort.states:
+                cohort.dissolve(step)
+                self._others = dict(self.running)
+            partial = self._schedule_decodes_one_by_one(chunks, scheduled, preempted)
+            tokens_left -= len(chunks)
+        for state in partial:
+            if tokens_left <= 0:
+                break
+            count = min(state.num_tokens - state.num_computed_tokens, tokens_left)
+            tokens_left -= self._schedule_running(state, count, chunks, scheduled, preempted, size, emit)
 
+        # vLLM admits nothing in a step that preempted; an empty step helps no one
+        if not preempted or not (chunks or cohort.ids):
+            tokens_left = self._admit(now, tokens_left, chunks)
+            if not chunks and self.num_waiting and not self.running:
+                self._break_deadlock(now, tokens_left, chunks)
+
+        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
+        decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
+        plan = BatchPlan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes)
+        self._finished_last_update = ()
+        self.step += 1
+        return plan
+
+    def _join_decodes(self) -> bool:
+        """Moves running requests that are in steady decode into the cohort. False if one cannot
+        join (its decode would register cache keys): then this step is scheduled one by one."""
+        joining = []
+        ok = True
+        for state in self._others.values():
+            computed = state.num_computed_tokens
+            if state.num_tokens - computed != 1 or computed < state.prompt_len or state.request is None:
+                continue
+            if (state.num_registered_blocks < state.num_keys and self.kv.caching != "off"
+                    and not self.config.grouping):
+                ok = False
+                continue
+            joining.append(state)
+        for state in joining:
+            del self._others[state.req_id]
+            self.cohort.join(state, self.step)
+        return ok
+
+    def _schedule_decodes_one_by_one(self, chunks: list, scheduled: set[int], preempted: list[int]) -> list:
+        """The decodes of a step that the cohort cannot take, request by request in admission
+        order (a decode short of a block preempts); returns the running partial prefills."""
+        tokens_left = self.config.max_num_batched_tokens
         size = self.block_size
         emit = self.emit_block_ids
         running = self.running
         partial: list[RequestState] = []
-        # decodes first (in admission order), then partial prefills; the decode path is
-        # inlined: it runs for every running request of every step
         for state in list(running.values()):
             computed = state.num_computed_tokens
             if state.num_tokens - computed != 1 or computed < state.prompt_len:
@@ -118,22 +189,7 @@ class Scheduler:
                                     state.prompt_len))
             scheduled.add(req_id)
             tokens_left -= 1
-        for state in partial:
-            if tokens_left <= 0:
-                break
-            count = min(state.num_tokens - state.num_computed_tokens, tokens_left)
-            tokens_left -= self._schedule_running(state, count, chunks, scheduled, preempted, size, emit)
-
-        if not preempted or not chunks:  # vLLM admits nothing in a step that preempted;
-            tokens_left = self._admit(now, tokens_left, chunks)  # an empty step helps no one
-            if not chunks and self.num_waiting and not self.running:
-                self._break_deadlock(now, tokens_left, chunks)
-
-        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
-        plan = BatchPlan(self.step, tuple(chunks), groups, tuple(preempted), self._finished_last_update)
-        self._finished_last_update = ()
-        self.step += 1
-        return plan
+        return partial
 
     def _schedule_running(self, state: RequestState, count: int, chunks: list, scheduled: set[int],
                           preempted: list[int], size: int, emit: bool) -> int:
@@ -216,6 +272,7 @@ class Scheduler:
         self._admit_counter += 1
         state.admit_seq = self._admit_counter
         self.running[state.req_id] = state
+        self._others[state.req_id] = state
         return count
 
     def _grow(self, state: RequestState, end: int, scheduled: set[int], preempted: list[int]) -> bool:
@@ -227,7 +284,9 @@ class Scheduler:
             if blocks is not None:
                 state.block_table.extend(blocks)
                 break
-            victim = next(s for s in reversed(self.running.values()) if s.req_id not in scheduled)
+            # cohort members are all scheduled (the cohort exists only in steps where they all fit)
+            victim = next(s for s in reversed(self.running.values())
+                          if s.req_id not in scheduled and s.cohort_offset is None)
             if victim is state and self._preempt_idle_group():
                 continue
             self._preempt(victim)
@@ -238,7 +297,7 @@ class Scheduler:
         return True
 
     def _preempt(self, state: RequestState) -> None:
-        del self.running[state.req_id]
+        self._leave_running(state)
         self.kv.release(state.block_table)
         state.block_table = []
         state.num_registered_blocks = 0
@@ -316,7 +375,7 @@ class Scheduler:
 
     def _shared_prefix_groups(self, chunks: list[ScheduledChunk]) -> tuple[SharedPrefixGroup, ...]:
         states = self.states
-        return shared_prefix_groups(self, [states[chunk.req_id] for chunk in chunks])
+        return shared_prefix_groups(self, self.cohort.states + [states[chunk.req_id] for chunk in chunks])
 
     def _shared_prefix_groups_of(self, scheduled: list[RequestState]) -> tuple[SharedPrefixGroup, ...]:
         return shared_prefix_groups(self, scheduled)
@@ -338,7 +397,18 @@ class Scheduler:
         stats = self.stats
         states = self.states
         computed_tokens = computed_prefill = 0
-        for chunk in plan.chunks:
+        decodes = plan.decodes.req_ids
+        if decodes:  # the cohort's decodes: only finishes need work
+            computed_tokens = len(decodes)
+            if sampled:
+                for req_id in decodes:
+                    token = sampled.get(req_id)
+                    if token is not None:
+                        states[req_id].output_token_ids.append(token)
+            for state in self.cohort.take_ends(plan.step):
+                self._finish(state, now)
+                finished.append(state.req_id)
+        for chunk in plan.listed:
             state = states[chunk.req_id]
             start = chunk.start
             if state.num_computed_tokens != start:
@@ -375,14 +445,26 @@ class Scheduler:
 
     def _prefix_done(self, prefix: RequestState) -> None:
         group = prefix.group
-        del self.running[prefix.req_id]
+        self._leave_running(prefix)
         group.holder_blocks = prefix.block_table
         prefix.block_table = []
         group.prefix_done = True
         self.waiting.ready([m for m in group.members if not m.finished])
 
-    def _finish(self, state: RequestState, now: float) -> None:
+    def _leave_running(self, state: RequestState) -> None:
         del self.running[state.req_id]
+        if state.cohort_offset is not None:
+            self.cohort.leave(state, self.step)
+        else:
+            del self._others[state.req_id]
+
+    def sync(self) -> None:
+        """Brings every running request's token counters up to date (the decode cohort keeps
+        them lazily); for callers that inspect ``states`` between steps."""
+        self.cohort.sync_all(self.step)
+
+    def _finish(self, state: RequestState, now: float) -> None:
+        self._leave_running(state)
         self.kv.release(state.block_table)
         state.block_table = []
         state.block_keys = None  # a million finished requests' keys were gigabytes

@@ -55,21 +55,20 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
 
 
 def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch | None:
-    by_id = scheduler.running
-    if not by_id or len(by_id) > scheduler.config.max_num_batched_tokens:
+    # every running request must be a cohort member (steady decode); joining changes nothing
+    if not scheduler.lazy_decodes or not scheduler._join_decodes() or scheduler._others:
         return None
-    # newest first: a request still in prefill is most often the last one admitted, and this
-    # runs before every step
-    for state in reversed(by_id.values()):
-        if state.request is None or state.num_tokens - state.num_computed_tokens != 1:
-            return None
-    running = list(by_id.values())
-    if not _admission_blocked(scheduler, len(running)):
+    cohort = scheduler.cohort
+    batch = len(cohort)
+    if not batch or batch > scheduler.config.max_num_batched_tokens:
         return None
-    limit = min(max_steps, min(s.output_len - s.num_output_tokens for s in running))
+    if not _admission_blocked(scheduler, batch):
+        return None
+    step = scheduler.step
+    limit = min(max_steps, min(cohort.ends) - step + 1)
     size = scheduler.block_size
-    computed = np.array([s.num_computed_tokens for s in running], dtype=np.int64)
-    capacity = np.array([len(s.block_table) for s in running], dtype=np.int64) * size
+    computed = np.array(cohort.offsets, dtype=np.int64) + step
+    capacity = np.array([len(s.block_table) for s in cohort.states], dtype=np.int64) * size
     first = capacity - computed + 1  # the step whose decode needs the first new block
     steps = np.arange(1, limit + 1, dtype=np.int64)
     allocated = np.clip((steps[:, None] - first[None, :]) // size + 1, 0, None).sum(axis=1)
@@ -77,18 +76,21 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     if fits < 1:
         return None
     steps, allocated = steps[:fits], allocated[:fits]
-    chunks_groups = scheduler._shared_prefix_groups_of(running) if scheduler.config.prefix_aware_attention else ()
-    shared = tuple((len(g.req_ids), g.prefix_len) for g in chunks_groups)
+    groups = scheduler._shared_prefix_groups_of(cohort.states) if scheduler.config.prefix_aware_attention else ()
+    shared = tuple((len(g.req_ids), g.prefix_len) for g in groups)
     shared_tokens = sum(m * p for m, p in shared)
-    base = int(computed.sum())
-    return DecodeStretch(fits, tuple(s.req_id for s in running), base + steps * len(running), shared,
+    base = cohort.offset_sum + batch * step
+    return DecodeStretch(fits, tuple(cohort.ids), base + steps * batch, shared,
                          shared_tokens, scheduler.kv.num_used_blocks + allocated, first)
 
 
 def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_steps: int, end_times) -> None:
     if not 1 <= num_steps <= stretch.max_steps:
         raise ValueError(f"num_steps {num_steps} outside 1..{stretch.max_steps}")
-    states = [scheduler.states[r] for r in stretch.req_ids]
+    cohort = scheduler.cohort
+    states = cohort.states
+    if tuple(cohort.ids) != stretch.req_ids or scheduler._others:
+        raise AssertionError("decode stretch applied after the running requests changed")
     size = scheduler.block_size
     # the new blocks, in the order step-by-step scheduling would have taken them
     events = []
@@ -96,21 +98,19 @@ def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_ste
         events.extend((step, index) for step in range(first, num_steps + 1, size))
     events.sort()
     kv = scheduler.kv
-    for _, index in events:
-        blocks = kv.allocate(1)
-        if blocks is None:
-            raise AssertionError("decode stretch ran out of KV blocks it had counted as free")
-        states[index].block_table.extend(blocks)
-    for state in states:
-        state.num_computed_tokens += num_steps
-        state.num_output_tokens += num_steps
-        state.num_tokens += num_steps
+    blocks = kv.allocate(len(events))
+    if blocks is None:
+        raise AssertionError("decode stretch ran out of KV blocks it had counted as free")
+    for (_, index), block in zip(events, blocks):
+        states[index].block_table.append(block)
+    last = scheduler.step + num_steps - 1
     scheduler.stats.computed_tokens += num_steps * len(states)
-    scheduler.step += num_steps
+    scheduler.step += num_steps  # the members' counters follow lazily
+    if events:
+        cohort.rebucket_due()
     finished = []
     end = float(end_times[num_steps - 1])
-    for state in states:
-        if state.num_output_tokens >= state.output_len:
-            scheduler._finish(state, end)
-            finished.append(state.req_id)
+    for state in cohort.take_ends(last):
+        scheduler._finish(state, end)
+        finished.append(state.req_id)
     scheduler._finished_last_update = tuple(finished)

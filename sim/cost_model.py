@@ -59,22 +59,27 @@ class CostModel:
         A decode-only step goes through here too, with plain floats: its lookups and additions
         are decode_steps' own, in the same order (a decode-only step has tokens = sampled =
         requests = batch), so the two agree to the last bit."""
-        chunks = plan.chunks
-        decode_ids = set()
-        decode_context = 0
+        decodes = plan.decodes
+        batch = tokens = sampled = len(decodes.req_ids)  # the steady decodes, in aggregate
+        decode_context = decodes.context_sum
+        listed_decodes = []
         prefills = []
-        tokens = sampled = 0
-        for chunk in chunks:
+        for chunk in plan.listed:
             count = chunk.num_tokens
             tokens += count
             sampled += chunk.samples
             if count == 1 and chunk.start >= chunk.prompt_len:
-                decode_ids.add(chunk.req_id)
+                listed_decodes.append(chunk.req_id)
                 decode_context += chunk.start + 1
             else:
                 prefills.append(chunk)
-        shared, shared_tokens = self.shared_decode_groups(plan, decode_ids) if self.prefix_aware else ((), 0)
-        batch = len(decode_ids)
+        batch += len(listed_decodes)
+        if self.prefix_aware and plan.shared_prefix_groups:
+            decode_ids = set(decodes.req_ids)
+            decode_ids.update(listed_decodes)
+            shared, shared_tokens = self.shared_decode_groups(plan, decode_ids)
+        else:
+            shared, shared_tokens = (), 0
         t = self._t
         prefill = t["attn_prefill"].scalar
         shared_prefix = t["attn_shared_prefix"].scalar
@@ -87,7 +92,7 @@ class CostModel:
             "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
             "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
             "lm_head_sampling": t["lm_head_sampling"].scalar(sampled),
-            "step_overhead": t["step_overhead"].scalar(len(chunks)),
+            "step_overhead": t["step_overhead"].scalar(plan.num_requests),
         }
         layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
                  + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])

@@ -109,7 +109,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_step({"step": plan.step, "start_s": now, "duration_s": duration, "num_tokens": tokens,
                           "num_prefill_tokens": prefill, "num_decode_tokens": tokens - prefill,
-                          "num_requests": len(plan.chunks), "num_sampled": sampled,
+                          "num_requests": plan.num_requests, "num_sampled": sampled,
                           "kv_blocks_used": scheduler.kv.num_used_blocks, "num_waiting": waiting,
                           "num_preempted": len(plan.preempted)}, kernels)
             end = now + duration

@@ -94,3 +94,43 @@ def test_group_prefix_computed_once_without_preemption(requests, name, budget):
     assert scheduler.stats.computed_prefill_tokens == grouping.computed_prefill_tokens
     prefixes = [s for s in scheduler.states.values() if s.is_prefix and s.group.started]
     assert sorted(p.num_prompt_tokens_computed for p in prefixes) == sorted(g.prefix_len for g in grouping.groups)
+
+
+def _plans(scheduler: Scheduler, requests: list[Request], sample: bool) -> list[tuple]:
+    """Every plan in full (chunks with block ids, groups, preemptions, finishes) and the final
+    per-request records, driving ``scheduler`` online with sampled tokens when ``sample``."""
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    seen, now = [], 0.0
+    for _ in range(5000):
+        while pending and pending[0].arrival_s <= now:
+            scheduler.add(pending.pop(0))
+        if not scheduler.has_unfinished and not pending:
+            break
+        plan = scheduler.schedule(now)
+        seen.append((plan.step, plan.chunks, plan.shared_prefix_groups, plan.preempted, plan.finished,
+                     scheduler.kv.num_used_blocks, scheduler.kv.num_cached_free_blocks))
+        if plan.is_empty:
+            now = pending[0].arrival_s
+            continue
+        now += 1.0
+        tokens = {c.req_id: c.req_id * 7 + c.end for c in plan.chunks if c.samples} if sample else {}
+        scheduler.update(plan, StepResult(plan.step, 1.0, tokens), now)
+    else:
+        raise AssertionError("did not finish in 5000 steps")
+    records = sorted((s.req_id, s.num_computed_tokens, s.num_output_tokens, s.num_tokens, s.finish_s,
+                      s.num_preemptions, s.num_prompt_tokens_computed, tuple(s.output_token_ids))
+                     for s in scheduler.states.values())
+    return seen + [records, scheduler.stats]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]),
+       st.booleans())
+def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_blocks, budget, sample):
+    """The lazy decode cohort is an optimisation only: plans (block ids included), preemptions,
+    finishes, KV usage and every request's counters are those of one-by-one scheduling."""
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
+    config = schedule_config(name, max_num_batched_tokens=budget)
+    lazy = _plans(Scheduler(config, need + spare_blocks, BLOCK), requests, sample)
+    eager = _plans(Scheduler(config, need + spare_blocks, BLOCK, lazy_decodes=False), requests, sample)
+    assert lazy == eager

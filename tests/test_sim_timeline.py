@@ -83,3 +83,24 @@ def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
     pd.testing.assert_frame_equal(slow_requests, fast_requests, check_exact=True)
     pd.testing.assert_frame_equal(slow_steps, fast_steps, check_exact=True)
     assert slow.scheduler.stats == fast.scheduler.stats
+
+
+def test_stretch_does_not_take_a_last_one_token_prefill_chunk_for_a_decode():
+    # budget 8: step 0 admits a (4 tokens) and 4 of b's 12; step 1 decodes a and computes 7 more
+    # of b; step 2 computes b's last prompt token (a 1-token prefill chunk, not a decode) while
+    # a decodes, with nothing waiting: a stretch must not start there
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    workload = Workload("t", (Request(0, 0.0, ((1, 4),), 20), Request(1, 0.0, ((2, 12),), 20)))
+    config = schedule_config("fcfs", max_num_batched_tokens=8)
+    slow = simulate(workload, config, cost, 64, 16, fast_forward=False)
+    fast = simulate(workload, config, cost, 64, 16, fast_forward=True)
+    assert fast.num_events < slow.num_events
+    steps = slow.steps.all_steps()
+    assert steps["num_prefill_tokens"].tolist()[:3] == [8, 7, 1]
+    for a, b in zip(_records(slow, "fcfs"), _records(fast, "fcfs")):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert slow.scheduler.stats == fast.scheduler.stats

@@ -1,0 +1,136 @@
+"""The decode cohort: running requests in steady decode, advanced lazily.
+
+A request decoding in a step computes one token at position ``offset + step`` for a fixed
+``offset``, as long as it keeps decoding. So the cohort stores the offset, not the counters,
+and a step costs O(what changes): the members that need a new KV block this step (bucketed
+by step, from the block table's length) and those that finish (bucketed by step, from prompt
+plus output length). ``num_computed_tokens``, ``num_output_tokens`` and ``num_tokens`` of a
+member are brought up to date (``sync``) when it leaves, when the scheduler falls back to
+handling requests one by one, or when someone asks (``Scheduler.sync``).
+
+Members are kept in admission order, the order in which the scheduler would have listed
+their decodes one by one: allocations, releases and plans come out in the same order.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from .contract import DecodeBatch
+from .request import RequestState
+
+
+class DecodeCohort:
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.states: list[RequestState] = []    # admission order
+        self.ids: list[int] = []
+        self.offsets: list[int] = []
+        self.prompt_lens: list[int] = []
+        self.seqs: list[int] = []               # admission sequence numbers, ascending
+        self.offset_sum = 0
+        self.due: dict[int, list[RequestState]] = {}   # step -> members needing a block in it
+        self.ends: dict[int, list[RequestState]] = {}  # step -> members finishing in its update
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # --- where a member's events fall --------------------------------------------------------
+    def due_step(self, state: RequestState) -> int:
+        """The step whose decode writes the first position past the block table."""
+        return len(state.block_table) * self.block_size - state.cohort_offset
+
+    @staticmethod
+    def end_step(state: RequestState) -> int:
+        """The step whose update samples the last token (its decode reads position p + o - 2)."""
+        return state.prompt_len + state.output_len - 2 - state.cohort_offset
+
+    # --- membership ---------------------------------------------------------------------------
+    def join(self, state: RequestState, step: int) -> None:
+        """``state`` decodes from ``step`` on (its counters are current for ``step``)."""
+        offset = state.num_computed_tokens - step
+        state.cohort_offset = offset
+        seq = state.admit_seq
+        if not self.seqs or seq > self.seqs[-1]:
+            self.states.append(state)
+            self.ids.append(state.req_id)
+            self.offsets.append(offset)
+            self.prompt_lens.append(state.prompt_len)
+            self.seqs.append(seq)
+        else:
+            index = bisect_left(self.seqs, seq)
+            self.states.insert(index, state)
+            self.ids.insert(index, state.req_id)
+            self.offsets.insert(index, offset)
+            self.prompt_lens.insert(index, state.prompt_len)
+            self.seqs.insert(index, seq)
+        self.offset_sum += offset
+        self.due.setdefault(self.due_step(state), []).append(state)
+        self.ends.setdefault(self.end_step(state), []).append(state)
+
+    @staticmethod
+    def sync(state: RequestState, step: int) -> None:
+        """Brings a member's counters up to date for ``step`` (before it is scheduled)."""
+        computed = state.cohort_offset + step
+        delta = computed - state.num_computed_tokens
+        if delta:
+            state.num_computed_tokens = computed
+            state.num_output_tokens += delta
+            state.num_tokens += delta
+
+    def leave(self, state: RequestState, step: int) -> None:
+        self.sync(state, step)
+        index = self.states.index(state)
+        del self.states[index], self.ids[index], self.offsets[index], self.prompt_lens[index], self.seqs[index]
+        self.offset_sum -= state.cohort_offset
+        for buckets, key in ((self.due, self.due_step(state)), (self.ends, self.end_step(state))):
+            bucket = buckets[key]
+            bucket.remove(state)
+            if not bucket:
+                del buckets[key]
+        state.cohort_offset = None
+
+    def sync_all(self, step: int) -> None:
+        for state in self.states:
+            self.sync(state, step)
+
+    def dissolve(self, step: int) -> None:
+        """Every member back to one-by-one handling, counters current for ``step``."""
+        for state in self.states:
+            self.sync(state, step)
+            state.cohort_offset = None
+        self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
+        self.offset_sum = 0
+        self.due, self.ends = {}, {}
+
+    # --- one step -----------------------------------------------------------------------------
+    def take_due(self, step: int) -> list[RequestState]:
+        """The members needing a block in ``step``, in admission order, re-bucketed one block on
+        (the caller gives each its block)."""
+        due = self.due.pop(step, None)
+        if not due:
+            return []
+        if len(due) > 1:
+            due.sort(key=lambda s: s.admit_seq)
+        later = self.due.setdefault(step + self.block_size, [])
+        later.extend(due)
+        return due
+
+    def rebucket_due(self) -> None:
+        """Recomputes the due buckets from the block tables (after blocks were added in bulk)."""
+        self.due = {}
+        for state in self.states:
+            self.due.setdefault(self.due_step(state), []).append(state)
+
+    def take_ends(self, step: int) -> list[RequestState]:
+        ends = self.ends.get(step)
+        if not ends:
+            return []
+        if len(ends) > 1:
+            ends.sort(key=lambda s: s.admit_seq)
+        return list(ends)
+
+    def batch(self, step: int, emit_block_ids: bool) -> DecodeBatch:
+        count = len(self.ids)
+        blocks = tuple(tuple(s.block_table) for s in self.states) if emit_block_ids else ()
+        return DecodeBatch(step, tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens), blocks,
+                           self.offset_sum + count * (step + 1))
