@@ -15,6 +15,21 @@ from scheduler.model_spec import ModelSpec
 from .profile import LAYER_KERNELS, Profile
 
 KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
+DENSE = ("linear_qkv", "linear_o", "mlp", "elementwise")  # looked up by tokens in the step
+
+
+def _memo(lookup, limit: int = 1 << 16):
+    cache: dict = {}
+    get = cache.get
+
+    def remembered(key):
+        value = get(key)
+        if value is None:
+            value = lookup(key)
+            if len(cache) < limit:
+                cache[key] = value
+        return value
+    return remembered
 
 
 class CostModel:
@@ -25,6 +40,11 @@ class CostModel:
         self._t = profile.tables
         # a measured backend without a shared-prefix kernel reads prefixes as ordinary decodes
         self.prefix_aware = bool(profile.provenance.get("prefix_aware_attention", True))
+        # per-token-count lookups repeat endlessly over a run (counts are bounded by the token
+        # budget): remembered, they are the same floats without the interpolation
+        self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
+        self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
+        self._overhead = _memo(profile.tables["step_overhead"].scalar)
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -83,16 +103,17 @@ class CostModel:
         t = self._t
         prefill = t["attn_prefill"].scalar
         shared_prefix = t["attn_shared_prefix"].scalar
+        qkv, o, mlp, elementwise = self._dense(tokens)
         parts = {
-            "linear_qkv": t["linear_qkv"].scalar(tokens),
-            "linear_o": t["linear_o"].scalar(tokens),
-            "mlp": t["mlp"].scalar(tokens),
-            "elementwise": t["elementwise"].scalar(tokens),
+            "linear_qkv": qkv,
+            "linear_o": o,
+            "mlp": mlp,
+            "elementwise": elementwise,
             "attn_prefill": sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0),
             "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
             "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
-            "lm_head_sampling": t["lm_head_sampling"].scalar(sampled),
-            "step_overhead": t["step_overhead"].scalar(plan.num_requests),
+            "lm_head_sampling": self._sampling(sampled),
+            "step_overhead": self._overhead(plan.num_requests),
         }
         layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
                  + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
