@@ -10,7 +10,7 @@ Caching modes:
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 from .errors import ConfigError
 
@@ -33,21 +33,36 @@ class BlockManager:
         self._block_of: dict[int, int] = {}
         # Popped from the end: block 0 is handed out first.
         self._free_plain: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._free_cached: OrderedDict[int, None] = OrderedDict()
+        # The LRU queue of free blocks that keep a cached identity, oldest first. Taking a block
+        # out of the middle (a cache hit) leaves its entry behind, stale: an entry counts only if
+        # it is its block's last one (``_entries``) and the block is still free. Stale entries
+        # are skipped when evicting and dropped when they outnumber the live ones.
+        self._lru: deque[int] = deque()
+        self._entries = [0] * num_blocks  # entries of each block in ``_lru``
+        self._num_cached_free = 0
         self.num_evictions = 0
 
     # --- queries -----------------------------------------------------------------------
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free_plain) + len(self._free_cached)
+        return len(self._free_plain) + self._num_cached_free
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - len(self._free_plain) - len(self._free_cached)
+        return self.num_blocks - len(self._free_plain) - self._num_cached_free
 
     @property
     def num_cached_free_blocks(self) -> int:
-        return len(self._free_cached)
+        return self._num_cached_free
+
+    def cached_free_blocks(self) -> list[int]:
+        """The free blocks with a cached identity, in eviction order (oldest first)."""
+        ref = self._ref
+        seen: dict[int, None] = {}
+        for block in reversed(self._lru):
+            if block not in seen and ref[block] == 0:
+                seen[block] = None
+        return list(reversed(seen))
 
     def ref_count(self, block: int) -> int:
         return self._ref[block]
@@ -76,15 +91,14 @@ class BlockManager:
     # --- mutations -----------------------------------------------------------------------
     def touch(self, hits: list[int]) -> None:
         ref = self._ref
-        free_cached = self._free_cached
         for block in hits:
-            if ref[block] == 0:
-                del free_cached[block]
+            if ref[block] == 0:  # a free block found by identity is in the LRU queue
+                self._num_cached_free -= 1
             ref[block] += 1
 
     def allocate(self, count: int) -> list[int] | None:
         """``count`` fresh blocks with reference count 1, or None (nothing changed) if short."""
-        if count > len(self._free_plain) + len(self._free_cached):
+        if count > len(self._free_plain) + self._num_cached_free:
             return None
         ref = self._ref
         plain = self._free_plain
@@ -92,12 +106,20 @@ class BlockManager:
         taken = plain[len(plain) - from_plain:]
         del plain[len(plain) - from_plain:]
         taken.reverse()  # the same order as popping one at a time
-        while len(taken) < count:
-            block, _ = self._free_cached.popitem(last=False)
-            del self._block_of[self._key_of[block]]
-            self._key_of[block] = None
-            self.num_evictions += 1
-            taken.append(block)
+        if len(taken) < count:
+            lru, entries, key_of, block_of = self._lru, self._entries, self._key_of, self._block_of
+            evict = count - len(taken)
+            self._num_cached_free -= evict
+            self.num_evictions += evict
+            while evict:
+                block = lru.popleft()
+                entries[block] -= 1
+                if entries[block] or ref[block]:
+                    continue  # stale: the block was taken by a hit, or freed again later
+                del block_of[key_of[block]]
+                key_of[block] = None
+                taken.append(block)
+                evict -= 1
         for block in taken:
             ref[block] = 1
         return taken
@@ -126,7 +148,8 @@ class BlockManager:
 
     def release(self, blocks: list[int]) -> None:
         """Drops one reference from each block; blocks reaching zero are freed tail first."""
-        ref = self._ref
+        ref, key_of, entries, lru, plain = self._ref, self._key_of, self._entries, self._lru, self._free_plain
+        cached = 0
         for block in reversed(blocks):
             count = ref[block] - 1
             if count < 0:
@@ -134,7 +157,22 @@ class BlockManager:
             ref[block] = count
             if count:
                 continue
-            if self._key_of[block] is not None:
-                self._free_cached[block] = None
+            if key_of[block] is not None:
+                lru.append(block)
+                entries[block] += 1
+                cached += 1
             else:
-                self._free_plain.append(block)
+                plain.append(block)
+        self._num_cached_free += cached
+        if len(lru) > 2 * self._num_cached_free + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drops the stale entries of the LRU queue (amortised: it has doubled since the last)."""
+        live = self.cached_free_blocks()
+        entries = self._entries
+        for block in self._lru:
+            entries[block] = 0
+        for block in live:
+            entries[block] = 1
+        self._lru = deque(live)

@@ -1,0 +1,111 @@
+"""The block manager's LRU prefix cache against a plain reference model (an OrderedDict)."""
+from collections import OrderedDict
+
+from hypothesis import given, settings, strategies as st
+
+from scheduler import BlockManager
+
+
+class ReferenceLRU:
+    """vLLM-style caching as written down in kv_blocks.py's docstring, the slow obvious way."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.ref = [0] * num_blocks
+        self.key_of = [None] * num_blocks
+        self.block_of = {}
+        self.plain = list(range(num_blocks - 1, -1, -1))
+        self.cached = OrderedDict()
+
+    def lookup(self, keys):
+        hits = []
+        for key in keys:
+            if key not in self.block_of:
+                break
+            hits.append(self.block_of[key])
+        return hits
+
+    def touch(self, hits):
+        for block in hits:
+            if self.ref[block] == 0:
+                del self.cached[block]
+            self.ref[block] += 1
+
+    def allocate(self, count):
+        if count > len(self.plain) + len(self.cached):
+            return None
+        taken = []
+        for _ in range(count):
+            if self.plain:
+                block = self.plain.pop()
+            else:
+                block, _ = self.cached.popitem(last=False)
+                del self.block_of[self.key_of[block]]
+                self.key_of[block] = None
+            self.ref[block] = 1
+            taken.append(block)
+        return taken
+
+    def register(self, block, key):
+        if self.key_of[block] is None and key not in self.block_of:
+            self.block_of[key] = block
+            self.key_of[block] = key
+
+    def release(self, blocks):
+        for block in reversed(blocks):
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                if self.key_of[block] is not None:
+                    self.cached[block] = None
+                else:
+                    self.plain.append(block)
+
+
+operations = st.lists(st.tuples(st.sampled_from(["new", "hit", "free"]), st.integers(0, 7), st.integers(1, 6)),
+                      min_size=1, max_size=200)
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations, st.integers(4, 24))
+def test_lru_cache_matches_the_reference(ops, num_blocks):
+    kv, model = BlockManager(num_blocks, 4, "lru"), ReferenceLRU(num_blocks)
+    held = []  # block lists in use
+    for op, prefix, length in ops:
+        keys = [prefix * 100 + i for i in range(length)]  # prompts sharing leading keys
+        if op == "free" and held:
+            blocks = held.pop(prefix % len(held))
+            kv.release(blocks)
+            model.release(blocks)
+        elif op in ("new", "hit"):
+            hits = kv.lookup(keys, len(keys)) if op == "hit" else []
+            assert hits == (model.lookup(keys) if op == "hit" else [])
+            if kv.num_free_after_touch(hits) < length - len(hits):
+                continue
+            kv.touch(hits)
+            model.touch(hits)
+            fresh = kv.allocate(length - len(hits))
+            assert fresh == model.allocate(length - len(hits))
+            blocks = hits + fresh
+            kv.register_run(blocks, keys, 0, len(blocks))
+            for block, key in zip(blocks, keys):
+                model.register(block, key)
+            held.append(blocks)
+        assert kv.num_free_blocks == len(model.plain) + len(model.cached)
+        assert kv.cached_free_blocks() == list(model.cached)  # the same eviction order
+    for blocks in held:
+        kv.release(blocks)
+        model.release(blocks)
+    assert kv.num_used_blocks == 0 and kv.cached_free_blocks() == list(model.cached)
+
+
+def test_stale_queue_entries_are_compacted():
+    kv = BlockManager(8, 4, "lru")
+    blocks = kv.allocate(4)
+    kv.register_run(blocks, [1, 2, 3, 4], 0, 4)
+    kv.release(blocks)
+    for _ in range(5000):  # hit, use, free again: each round leaves stale entries behind
+        hits = kv.lookup([1, 2, 3, 4], 4)
+        kv.touch(hits)
+        kv.release(hits)
+    assert len(kv._lru) <= 2 * kv.num_cached_free_blocks + 1024 + 4
+    assert blocks == [0, 1, 2, 3] and kv.cached_free_blocks() == [3, 2, 1, 0]  # released tail first
+    assert kv.allocate(8) is not None and kv.num_evictions == 4
