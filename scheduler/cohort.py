@@ -30,6 +30,7 @@ class DecodeCohort:
         self.offset_sum = 0
         self.due: dict[int, list[RequestState]] = {}   # step -> members needing a block in it
         self.ends: dict[int, list[RequestState]] = {}  # step -> members finishing in its update
+        self._tables: dict[int, tuple[int, ...]] = {}  # block tables as last emitted, per member
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,6 +89,7 @@ class DecodeCohort:
             if not bucket:
                 del buckets[key]
         state.cohort_offset = None
+        self._tables.pop(state.req_id, None)
 
     def sync_all(self, step: int) -> None:
         for state in self.states:
@@ -100,7 +102,7 @@ class DecodeCohort:
             state.cohort_offset = None
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
         self.offset_sum = 0
-        self.due, self.ends = {}, {}
+        self.due, self.ends, self._tables = {}, {}, {}
 
     # --- one step -----------------------------------------------------------------------------
     def take_due(self, step: int) -> list[RequestState]:
@@ -113,11 +115,14 @@ class DecodeCohort:
             due.sort(key=lambda s: s.admit_seq)
         later = self.due.setdefault(step + self.block_size, [])
         later.extend(due)
+        tables = self._tables
+        for state in due:
+            tables.pop(state.req_id, None)
         return due
 
     def rebucket_due(self) -> None:
         """Recomputes the due buckets from the block tables (after blocks were added in bulk)."""
-        self.due = {}
+        self.due, self._tables = {}, {}
         for state in self.states:
             self.due.setdefault(self.due_step(state), []).append(state)
 
@@ -131,6 +136,17 @@ class DecodeCohort:
 
     def batch(self, step: int, emit_block_ids: bool) -> DecodeBatch:
         count = len(self.ids)
-        blocks = tuple(tuple(s.block_table) for s in self.states) if emit_block_ids else ()
+        blocks = self._block_tables() if emit_block_ids else ()
         return DecodeBatch(step, tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens), blocks,
                            self.offset_sum + count * (step + 1))
+
+    def _block_tables(self) -> tuple[tuple[int, ...], ...]:
+        """Each member's block table as a tuple, rebuilt only for members that got a block."""
+        tables = self._tables
+        out = []
+        for state in self.states:
+            table = tables.get(state.req_id)
+            if table is None:
+                table = tables[state.req_id] = tuple(state.block_table)
+            out.append(table)
+        return tuple(out)
