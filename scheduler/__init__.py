@@ -4,7 +4,7 @@ Arrows point here: ``sim/`` and ``engine/`` drive the same ``Scheduler`` through
 ``schedule(now) -> BatchPlan`` and ``update(plan, StepResult, now)``.
 """
 from .config import SCHEDULES, ScheduleConfig, schedule_config
-from .contract import BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult
+from .contract import BatchPlan, DecodeBatch, ScheduledChunk, SharedPrefixGroup, StepResult
 from .errors import ConfigError, SchedulerStuck, WorkloadError
 from .grouping import Grouping, PrefixGroup, group_requests
 from .kv_blocks import BlockManager
@@ -14,7 +14,7 @@ from .scheduler import Scheduler
 from .stats import SchedulerStats
 
 __all__ = [
-    "SCHEDULES", "ScheduleConfig", "schedule_config", "BatchPlan", "ScheduledChunk",
+    "SCHEDULES", "ScheduleConfig", "schedule_config", "BatchPlan", "DecodeBatch", "ScheduledChunk",
     "SharedPrefixGroup", "StepResult", "ConfigError", "SchedulerStuck", "WorkloadError",
     "Grouping", "PrefixGroup", "group_requests", "BlockManager", "ChainIndex", "Prompt",
     "Segment", "prompt_length", "validate_prompt", "Request", "RequestState", "Scheduler",
