@@ -12,6 +12,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scheduler import BatchPlan, Request, ScheduledChunk
+from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk
 
 from .runner import ModelRunner
 
@@ -51,7 +52,7 @@ class Profiler:
         else is a prompt chunk of a one-segment prompt one token longer than its context."""
         block_size = self.runner.block_size
         capacity = self.runner.cache.num_blocks
-        made = []
+        made, decodes = [], []
         next_block = 0
         for context, queries, samples in chunks:
             self._next_id += 1
@@ -66,14 +67,20 @@ class Profiler:
             # caches and make attention look cheaper than it is (wrapping only past the capacity)
             blocks = tuple((next_block + i) % capacity for i in range(count))
             next_block = (next_block + count) % capacity
-            made.append(ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, prompt_len))
-        return BatchPlan(0, tuple(made))
+            chunk = ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, prompt_len)
+            (decodes if decode else made).append(chunk)
+        # decodes in the scheduler's compact form, as runs hand them over (executors then build
+        # their chunks once per step, which a run pays too)
+        batch = DecodeBatch(0, tuple(c.req_id for c in decodes), tuple(c.start for c in decodes),
+                            tuple(c.prompt_len for c in decodes), tuple(c.block_ids for c in decodes),
+                            sum(c.end for c in decodes))
+        return BatchPlan(0, tuple(made), decodes=batch)
 
     def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
         plan = self._plan(chunks)
         runs = []
         for index in range(self.warmup + self.repeats):
-            result = self.runner.execute(plan)
+            result = self.runner.execute(replace(plan))  # a fresh plan: chunks built each time
             if index >= self.warmup:
                 runs.append({**result.kernel_s, "total": result.duration_s})
         for request_id in (c.req_id for c in plan.chunks):

@@ -111,12 +111,18 @@ class BatchPlan:
     preempted: tuple[int, ...] = ()
     finished: tuple[int, ...] = ()
     decodes: DecodeBatch = NO_DECODES
+    _all: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def chunks(self) -> tuple[ScheduledChunk, ...]:
+        """Every chunk of the step (built once per plan)."""
         if not self.decodes.req_ids:
             return self.listed
-        return self.decodes.chunks() + self.listed
+        chunks = self._all
+        if chunks is None:
+            chunks = self.decodes.chunks() + self.listed
+            object.__setattr__(self, "_all", chunks)
+        return chunks
 
     @property
     def num_requests(self) -> int:
