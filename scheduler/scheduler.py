@@ -14,9 +14,10 @@ from __future__ import annotations
 from .config import ScheduleConfig
 from .cohort import DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk
-from .errors import SchedulerStuck, WorkloadError
+from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
 from .kv_blocks import BlockManager
+from .preemption import break_deadlock, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
 from .request import Request, RequestState
 from .stats import SchedulerStats
@@ -123,7 +124,7 @@ class Scheduler:
             if cohort.states:
                 cohort.dissolve(step)
                 self._others = dict(self.running)
-            partial = self._schedule_decodes_one_by_one(chunks, scheduled, preempted)
+            partial = schedule_decodes_one_by_one(self, chunks, scheduled, preempted)
             tokens_left -= len(chunks)
         for state in partial:
             if tokens_left <= 0:
@@ -135,7 +136,7 @@ class Scheduler:
         if not preempted or not (chunks or cohort.ids):
             tokens_left = self._admit(now, tokens_left, chunks)
             if not chunks and self.num_waiting and not self.running:
-                self._break_deadlock(now, tokens_left, chunks)
+                break_deadlock(self, now, tokens_left, chunks)
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
@@ -163,34 +164,6 @@ class Scheduler:
             self.cohort.join(state, self.step)
         return ok
 
-    def _schedule_decodes_one_by_one(self, chunks: list, scheduled: set[int], preempted: list[int]) -> list:
-        """The decodes of a step that the cohort cannot take, request by request in admission
-        order (a decode short of a block preempts); returns the running partial prefills."""
-        tokens_left = self.config.max_num_batched_tokens
-        size = self.block_size
-        emit = self.emit_block_ids
-        running = self.running
-        partial: list[RequestState] = []
-        for state in list(running.values()):
-            computed = state.num_computed_tokens
-            if state.num_tokens - computed != 1 or computed < state.prompt_len:
-                partial.append(state)
-                continue
-            if tokens_left <= 0:
-                break
-            req_id = state.req_id
-            if preempted and req_id not in running:
-                continue  # preempted earlier in this step
-            end = computed + 1
-            if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
-                if not self._grow(state, end, scheduled, preempted):
-                    continue
-            chunks.append(new_chunk(req_id, computed, 1, tuple(state.block_table) if emit else (), True,
-                                    state.prompt_len))
-            scheduled.add(req_id)
-            tokens_left -= 1
-        return partial
-
     def _schedule_running(self, state: RequestState, count: int, chunks: list, scheduled: set[int],
                           preempted: list[int], size: int, emit: bool) -> int:
         """Schedules ``count`` more tokens of a running request; returns the tokens taken."""
@@ -201,7 +174,7 @@ class Scheduler:
         end = start + count
         # Fast path: most decodes need neither a new block nor a key registration.
         if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
-            if not self._grow(state, end, scheduled, preempted):
+            if not grow(self, state, end, scheduled, preempted):
                 return 0
         chunks.append(new_chunk(req_id, start, count, tuple(state.block_table) if emit else (),
                                 end == state.num_tokens and state.request is not None, state.prompt_len))
@@ -274,71 +247,6 @@ class Scheduler:
         self.running[state.req_id] = state
         self._others[state.req_id] = state
         return count
-
-    def _grow(self, state: RequestState, end: int, scheduled: set[int], preempted: list[int]) -> bool:
-        """Blocks for ``end`` tokens. While short, preempt (recompute) the newest running request
-        not yet scheduled this step; failing that an idle group's prefix; failing that ``state``."""
-        need = self.kv.blocks_for(end) - len(state.block_table)
-        while need > 0:
-            blocks = self.kv.allocate(need)
-            if blocks is not None:
-                state.block_table.extend(blocks)
-                break
-            # cohort members are all scheduled (the cohort exists only in steps where they all fit)
-            victim = next(s for s in reversed(self.running.values())
-                          if s.req_id not in scheduled and s.cohort_offset is None)
-            if victim is state and self._preempt_idle_group():
-                continue
-            self._preempt(victim)
-            preempted.append(victim.req_id)
-            if victim is state:
-                return False
-        self._register(state, end)
-        return True
-
-    def _preempt(self, state: RequestState) -> None:
-        self._leave_running(state)
-        self.kv.release(state.block_table)
-        state.block_table = []
-        state.num_registered_blocks = 0
-        state.num_computed_tokens = 0
-        state.num_preemptions += 1
-        self.stats.num_preemptions += 1
-        self.waiting.push_front(state)
-
-    def _preempt_idle_group(self) -> bool:
-        """Drops the held prefix of the newest group none of whose members runs; the prefix is
-        recomputed later and its members wait for it again. False if there is no such group."""
-        for group in reversed(self._active_groups.values()):
-            if group.prefix_done and not any(m.req_id in self.running for m in group.members):
-                break
-        else:
-            return False
-        self.kv.release(group.holder_blocks)
-        group.holder_blocks = []
-        group.prefix_done = False
-        group.started = False
-        del self._active_groups[group.group_id]
-        self.waiting.remove_front_where(lambda unit: getattr(unit, "group", None) is group)
-        prefix = group.prefix
-        prefix.num_computed_tokens = 0
-        prefix.num_registered_blocks = 0
-        prefix.num_preemptions += 1
-        self.stats.num_group_preemptions += 1
-        # back into the ordered queue, not the front: pushed to the front it would be admitted
-        # again at once, ahead of the blocked work it was dropped for (a livelock)
-        self.waiting.push(group)
-        return True
-
-    def _break_deadlock(self, now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
-        """Nothing runs, yet the head of the queue does not fit: idle group prefixes hold the
-        memory. Preempt them, newest first, until something fits."""
-        while not chunks:
-            if not self._preempt_idle_group():
-                raise SchedulerStuck(
-                    f"step {self.step}: {self.num_waiting} requests wait, none runs, and the head "
-                    f"of the queue does not fit in {self.kv.num_free_blocks} free KV blocks")
-            self._admit(now, tokens_left, chunks)
 
     # --- helpers ----------------------------------------------------------------------------
     def _keys(self, state: RequestState) -> list[int]:

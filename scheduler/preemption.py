@@ -1,0 +1,114 @@
+"""Steps that preempt: decodes scheduled one request at a time (a decode short of a KV block
+preempts, recompute, the newest running request not yet scheduled this step), idle group
+prefixes dropped, and a stuck queue unblocked. Functions of the ``Scheduler``, split out of
+scheduler.py; the cohort's steady steps never come here.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .contract import ScheduledChunk, new_chunk
+from .errors import SchedulerStuck
+from .request import RequestState
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+
+def schedule_decodes_one_by_one(scheduler: "Scheduler", chunks: list, scheduled: set[int],
+                                preempted: list[int]) -> list:
+    """The decodes of a step that the cohort cannot take, request by request in admission
+    order (a decode short of a block preempts); returns the running partial prefills."""
+    tokens_left = scheduler.config.max_num_batched_tokens
+    size = scheduler.block_size
+    emit = scheduler.emit_block_ids
+    running = scheduler.running
+    partial: list[RequestState] = []
+    for state in list(running.values()):
+        computed = state.num_computed_tokens
+        if state.num_tokens - computed != 1 or computed < state.prompt_len:
+            partial.append(state)
+            continue
+        if tokens_left <= 0:
+            break
+        req_id = state.req_id
+        if preempted and req_id not in running:
+            continue  # preempted earlier in this step
+        end = computed + 1
+        if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
+            if not grow(scheduler, state, end, scheduled, preempted):
+                continue
+        chunks.append(new_chunk(req_id, computed, 1, tuple(state.block_table) if emit else (), True,
+                                state.prompt_len))
+        scheduled.add(req_id)
+        tokens_left -= 1
+    return partial
+
+
+def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[int], preempted: list[int]) -> bool:
+    """Blocks for ``end`` tokens. While short, preempt (recompute) the newest running request
+    not yet scheduled this step; failing that an idle group's prefix; failing that ``state``."""
+    need = scheduler.kv.blocks_for(end) - len(state.block_table)
+    while need > 0:
+        blocks = scheduler.kv.allocate(need)
+        if blocks is not None:
+            state.block_table.extend(blocks)
+            break
+        # cohort members are all scheduled (the cohort exists only in steps where they all fit)
+        victim = next(s for s in reversed(scheduler.running.values())
+                      if s.req_id not in scheduled and s.cohort_offset is None)
+        if victim is state and preempt_idle_group(scheduler):
+            continue
+        preempt(scheduler, victim)
+        preempted.append(victim.req_id)
+        if victim is state:
+            return False
+    scheduler._register(state, end)
+    return True
+
+
+def preempt(scheduler: "Scheduler", state: RequestState) -> None:
+    scheduler._leave_running(state)
+    scheduler.kv.release(state.block_table)
+    state.block_table = []
+    state.num_registered_blocks = 0
+    state.num_computed_tokens = 0
+    state.num_preemptions += 1
+    scheduler.stats.num_preemptions += 1
+    scheduler.waiting.push_front(state)
+
+
+def preempt_idle_group(scheduler: "Scheduler") -> bool:
+    """Drops the held prefix of the newest group none of whose members runs; the prefix is
+    recomputed later and its members wait for it again. False if there is no such group."""
+    for group in reversed(scheduler._active_groups.values()):
+        if group.prefix_done and not any(m.req_id in scheduler.running for m in group.members):
+            break
+    else:
+        return False
+    scheduler.kv.release(group.holder_blocks)
+    group.holder_blocks = []
+    group.prefix_done = False
+    group.started = False
+    del scheduler._active_groups[group.group_id]
+    scheduler.waiting.remove_front_where(lambda unit: getattr(unit, "group", None) is group)
+    prefix = group.prefix
+    prefix.num_computed_tokens = 0
+    prefix.num_registered_blocks = 0
+    prefix.num_preemptions += 1
+    scheduler.stats.num_group_preemptions += 1
+    # back into the ordered queue, not the front: pushed to the front it would be admitted
+    # again at once, ahead of the blocked work it was dropped for (a livelock)
+    scheduler.waiting.push(group)
+    return True
+
+
+def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
+    """Nothing runs, yet the head of the queue does not fit: idle group prefixes hold the
+    memory. Preempt them, newest first, until something fits."""
+    while not chunks:
+        if not preempt_idle_group(scheduler):
+            raise SchedulerStuck(
+                f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and the head "
+                f"of the queue does not fit in {scheduler.kv.num_free_blocks} free KV blocks")
+        scheduler._admit(now, tokens_left, chunks)
