@@ -78,10 +78,6 @@ class DecodeBatch:
     context_sum: int = 0
 
     @property
-    def size(self) -> int:
-        return len(self.req_ids)
-
-    @property
     def starts(self) -> tuple[int, ...]:
         step = self.step
         return tuple(offset + step for offset in self.offsets)

@@ -110,8 +110,7 @@ class Scheduler:
         step = self.step
         cohort = self.cohort
         steady = self.lazy_decodes and self._join_decodes() and len(cohort) <= tokens_left
-        due = cohort.due.get(step) if steady else None
-        if due is not None and len(due) > self.kv.num_free_blocks:
+        if steady and len(cohort.due.get(step, ())) > self.kv.num_free_blocks:
             steady = False  # someone gets preempted: done one request at a time
         if steady:
             due = cohort.take_due(step)
@@ -368,7 +367,8 @@ class Scheduler:
 
     def sync(self) -> None:
         """Brings every running request's token counters up to date (the decode cohort keeps
-        them lazily); for callers that inspect ``states`` between steps."""
+        them lazily); for callers that inspect ``states`` between steps, i.e. after an
+        ``update`` and before the next ``schedule``."""
         self.cohort.sync_all(self.step)
 
     def _finish(self, state: RequestState, now: float) -> None:

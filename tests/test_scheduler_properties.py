@@ -20,22 +20,38 @@ def workloads(draw):
     return requests
 
 
+def online(scheduler: Scheduler, requests: list[Request], sample: bool = False):
+    """Drives ``scheduler`` online, one second per step, arrivals taken when due; yields each plan
+    (and what has not arrived yet) once it is executed and updated. ``sample``: the update gets
+    sampled tokens."""
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    now = 0.0
+    for _ in range(5000):
+        while pending and pending[0].arrival_s <= now:
+            scheduler.add(pending.pop(0))
+        if not scheduler.has_unfinished and not pending:
+            return
+        plan = scheduler.schedule(now)
+        if plan.is_empty:
+            yield plan, pending
+            now = pending[0].arrival_s
+            continue
+        now += 1.0
+        tokens = {c.req_id: c.req_id * 7 + c.end for c in plan.chunks if c.samples} if sample else {}
+        scheduler.update(plan, StepResult(plan.step, 1.0, tokens), now)
+        yield plan, pending
+    raise AssertionError("did not finish in 5000 steps")
+
+
 def drive(scheduler: Scheduler, requests: list[Request]):
     """Online loop with arrivals; checks per-step invariants; returns per-request token tallies."""
-    pending = sorted(requests, key=lambda r: r.arrival_s)
     computed = {r.req_id: 0 for r in requests}      # tokens computed by chunks
     skipped = {r.req_id: 0 for r in requests}       # tokens taken from a cache or the group prefix
     discarded = {r.req_id: 0 for r in requests}     # tokens thrown away by preemption
     progress = {r.req_id: 0 for r in requests}
     finished: list[int] = []
-    now = 0.0
     cfg = scheduler.config
-    for _ in range(5000):
-        while pending and pending[0].arrival_s <= now:
-            scheduler.add(pending.pop(0))
-        if not scheduler.has_unfinished and not pending:
-            break
-        plan = scheduler.schedule(now)
+    for plan, pending in online(scheduler, requests):
         for req_id in (r for r in plan.preempted if r >= 0):  # < 0: a group's prefix
             discarded[req_id] += progress[req_id]
             progress[req_id] = 0
@@ -54,13 +70,7 @@ def drive(scheduler: Scheduler, requests: list[Request]):
         finished.extend(plan.finished)
         if plan.is_empty:
             assert not scheduler.running and scheduler.num_waiting == 0 and pending
-            now = pending[0].arrival_s
-            continue
-        now += 1.0
-        scheduler.update(plan, StepResult(plan.step, 1.0), now)
-    else:
-        raise AssertionError("did not finish in 5000 steps")
-    finished.extend(scheduler.schedule(now).finished)
+    finished.extend(scheduler.schedule(0.0).finished)  # the last update's finishes
     return computed, skipped, discarded, finished
 
 
@@ -97,26 +107,15 @@ def test_group_prefix_computed_once_without_preemption(requests, name, budget):
 
 
 def _plans(scheduler: Scheduler, requests: list[Request], sample: bool) -> list[tuple]:
-    """Every plan in full (chunks with block ids, groups, preemptions, finishes) and the final
-    per-request records, driving ``scheduler`` online with sampled tokens when ``sample``."""
-    pending = sorted(requests, key=lambda r: r.arrival_s)
-    seen, now = [], 0.0
-    for _ in range(5000):
-        while pending and pending[0].arrival_s <= now:
-            scheduler.add(pending.pop(0))
-        if not scheduler.has_unfinished and not pending:
-            break
-        plan = scheduler.schedule(now)
+    """Every plan in full (chunks with block ids, groups, preemptions, finishes), the running
+    requests' counters after ``sync()`` at every step, and the final per-request records."""
+    seen = []
+    for plan, _ in online(scheduler, requests, sample):
+        scheduler.sync()
+        counters = [(s.req_id, s.num_computed_tokens, s.num_output_tokens, s.num_tokens)
+                    for s in scheduler.running.values()]
         seen.append((plan.step, plan.chunks, plan.shared_prefix_groups, plan.preempted, plan.finished,
-                     scheduler.kv.num_used_blocks, scheduler.kv.num_cached_free_blocks))
-        if plan.is_empty:
-            now = pending[0].arrival_s
-            continue
-        now += 1.0
-        tokens = {c.req_id: c.req_id * 7 + c.end for c in plan.chunks if c.samples} if sample else {}
-        scheduler.update(plan, StepResult(plan.step, 1.0, tokens), now)
-    else:
-        raise AssertionError("did not finish in 5000 steps")
+                     scheduler.kv.num_used_blocks, scheduler.kv.num_cached_free_blocks, counters))
     records = sorted((s.req_id, s.num_computed_tokens, s.num_output_tokens, s.num_tokens, s.finish_s,
                       s.num_preemptions, s.num_prompt_tokens_computed, tuple(s.output_token_ids))
                      for s in scheduler.states.values())
@@ -128,7 +127,8 @@ def _plans(scheduler: Scheduler, requests: list[Request], sample: bool) -> list[
        st.booleans())
 def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_blocks, budget, sample):
     """The lazy decode cohort is an optimisation only: plans (block ids included), preemptions,
-    finishes, KV usage and every request's counters are those of one-by-one scheduling."""
+    finishes, KV usage and every request's counters (brought up to date by ``sync``, step by
+    step) are those of one-by-one scheduling."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
     config = schedule_config(name, max_num_batched_tokens=budget)
     lazy = _plans(Scheduler(config, need + spare_blocks, BLOCK), requests, sample)
