@@ -51,9 +51,18 @@ class CostModel:
         layer = layer + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"]
         return layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"]
 
+    def _whole_step(self, parts: dict) -> dict:
+        """Profile tables hold one layer's time; records hold each kernel's time over the whole
+        step (all layers), as the engine measures it. Scaled after the total is summed, so the
+        total is computed exactly as before."""
+        layers = self.layers
+        for name in LAYER_KERNELS:
+            parts[name] = parts[name] * layers
+        return parts
+
     def decode_steps(self, batch: int, context_sums: np.ndarray, shared: tuple[tuple[int, int], ...],
                      shared_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Costs of decode-only steps of ``batch`` requests whose contexts (after the step) sum
+        """Costs (and seconds per kernel over each whole step) of decode-only steps of ``batch`` requests whose contexts (after the step) sum
         to each of ``context_sums``. ``shared``: (decoding members, prefix length) per group
         read by a shared-prefix kernel; ``shared_tokens``: the prefix tokens they cover."""
         t = self._t
@@ -71,10 +80,11 @@ class CostModel:
             "lm_head_sampling": per_step(t["lm_head_sampling"](batch)),
             "step_overhead": per_step(t["step_overhead"](batch)),
         }
-        return self._total(parts), parts
+        return self._total(parts), self._whole_step(parts)
 
     def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
-        """(predicted seconds, seconds per kernel, (tokens, prefill tokens, sampled tokens)).
+        """(predicted seconds, seconds per kernel over the whole step (all layers),
+        (tokens, prefill tokens, sampled tokens)).
 
         A decode-only step goes through here too, with plain floats: its lookups and additions
         are decode_steps' own, in the same order (a decode-only step has tokens = sampled =
@@ -118,7 +128,7 @@ class CostModel:
         layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
                  + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
         total = layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"]
-        return total, parts, (tokens, tokens - batch, sampled)
+        return total, self._whole_step(parts), (tokens, tokens - batch, sampled)
 
     @staticmethod
     def shared_decode_groups(plan: BatchPlan, decode_ids: set[int]) -> tuple[tuple[tuple[int, int], ...], int]:

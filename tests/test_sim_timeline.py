@@ -104,3 +104,22 @@ def test_stretch_does_not_take_a_last_one_token_prefill_chunk_for_a_decode():
     for a, b in zip(_records(slow, "fcfs"), _records(fast, "fcfs")):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert slow.scheduler.stats == fast.scheduler.stats
+
+
+def test_kernel_columns_are_whole_step_seconds_that_sum_to_the_duration():
+    # per-layer profile tables, 32 layers: the records carry each kernel over all layers, as
+    # the engine measures it, so the kernels of a step add up to its predicted duration
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    for fast_forward in (False, True):
+        out = simulate(WORKLOADS["micro-offline"](), schedule_config("batchllm", max_num_batched_tokens=256),
+                       cost, 220, 16, fast_forward=fast_forward)
+        steps = out.steps.all_steps()
+        kernels = [c for c in steps.columns if c.startswith("kernel_")]
+        assert {f"kernel_{k}_s" for k in ("mlp", "attn_prefill", "attn_decode", "step_overhead")} <= set(kernels)
+        summed = steps[kernels].sum(axis=1)
+        assert ((summed - steps["duration_s"]).abs() <= 1e-9 * steps["duration_s"]).all()
+        assert steps["kernel_mlp_s"].gt(0).all()
