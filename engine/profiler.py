@@ -193,5 +193,5 @@ def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backe
                   "repeats": repeats, "statistic": "median",
                   "spread_p90_over_median_max": max(profiler.spread), "spread_p90_over_median_median":
                   statistics.median(profiler.spread), "prefix_aware_attention": False,
-                  "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)}
+                  "threads": torch.get_num_threads(), "host_memory": runner.host_memory, "seconds": round(time.perf_counter() - started, 1)}
     return write_profile(directory, tables, runner.spec.name, dtype, provenance)

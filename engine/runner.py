@@ -16,6 +16,7 @@ from scheduler.model_spec import ModelSpec
 from scheduler.request import Request
 
 from .attention import AttentionMetadata, make_backend
+from .host_memory import keep_freed_memory
 from .kv_cache import PagedKVCache
 from .model import KernelTimer, LlamaModel
 from .tokens import prompt_tokens
@@ -29,6 +30,9 @@ class ModelRunner:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda requested but no CUDA device is available")
+        # CPU steps allocate and free large tensors; without this, glibc maps and unmaps them
+        # every step and the step times measure the allocator (engine/host_memory.py)
+        self.host_memory = keep_freed_memory() if self.device.type == "cpu" else "not applied (device memory)"
         self.spec = spec
         self.block_size = block_size
         self.model = LlamaModel(spec, weights or random_weights(spec, seed, dtype, self.device), make_backend(backend))
