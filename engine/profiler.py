@@ -90,6 +90,34 @@ class Profiler:
         self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
         return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
+    @staticmethod
+    def _prefill_overhead(tokens: tuple, host: list[float], one_decode: float) -> tuple:
+        """Host work a step pays per prompt token (token ids, positions, slots, block hashes)
+        beyond what a one-request decode step pays: a + c * tokens fitted by least squares to
+        the prompt steps' measured host time (a line, because single medians of microsecond
+        differences are noisy), never below zero."""
+        extra = np.array(host) - one_decode
+        a, c = (np.polyfit(np.array(tokens, float), extra, 1)[::-1] if len(tokens) >= 2 else (float(extra[0]), 0.0))
+        c = max(float(c), 0.0)
+        grid = np.array([0.0, 1.0, max(float(tokens[-1]), 2.0)])
+        return (("prefill_tokens",), (grid,), np.maximum(np.array([0.0, a + c, a + c * grid[-1]]), 0.0))
+
+    def scheduler_prefill_seconds(self, tokens: int, repeats: int = 5) -> float:
+        """Median schedule + update time of one fresh ``tokens``-token prompt (block hashing
+        and allocation grow with it)."""
+        from scheduler import Scheduler, StepResult, schedule_config
+
+        samples = []
+        for index in range(repeats):
+            config = schedule_config("fcfs", max_num_seqs=None, max_num_batched_tokens=max(tokens, 16))
+            scheduler = Scheduler(config, tokens // 16 + 8, 16)
+            scheduler.add(Request(index, 0.0, ((index, tokens),), 2))
+            started = time.perf_counter()
+            plan = scheduler.schedule(0.0)
+            scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
     def scheduler_seconds(self, batch: int, steps: int = 50) -> float:
         """Median schedule + update time of ``batch`` running decodes (the engine loop's own
         cost per step, outside ``execute``)."""
@@ -117,9 +145,11 @@ class Profiler:
         TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED = (self.grids[k] for k in GRIDS)
         tables: dict[str, tuple] = {}
         per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
+        prompt_host = []  # a one-request prompt step's host work: engine overhead + scheduler
         say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
         for tokens in TOKENS:
             m = self.measure([(tokens, tokens, False)])
+            prompt_host.append(m["overhead"] + self.scheduler_prefill_seconds(tokens))
             for name in ("linear_qkv", "linear_o", "mlp"):
                 per_tokens[name].append(m[name] / L)
             per_tokens["elementwise"].append(self._elementwise(m))
@@ -152,6 +182,7 @@ class Profiler:
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
         scheduling = [self.scheduler_seconds(batch) for batch in BATCHES]
         tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), np.array(overhead) + np.array(scheduling))
+        tables["prefill_overhead"] = self._prefill_overhead(TOKENS, prompt_host, overhead[0] + scheduling[0])
         say("profiling LM head and sampling")
         lm = [0.0]
         for sampled in SAMPLED[1:]:

@@ -45,6 +45,9 @@ class CostModel:
         self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
         self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
         self._overhead = _memo(profile.tables["step_overhead"].scalar)
+        # host work per prompt token (measured profiles); charged to step_overhead, absent = 0
+        prompt = profile.tables.get("prefill_overhead")
+        self._prefill_overhead = _memo(prompt.scalar) if prompt is not None else None
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -114,6 +117,9 @@ class CostModel:
         prefill = t["attn_prefill"].scalar
         shared_prefix = t["attn_shared_prefix"].scalar
         qkv, o, mlp, elementwise = self._dense(tokens)
+        overhead = self._overhead(plan.num_requests)
+        if self._prefill_overhead is not None and tokens > batch:
+            overhead = overhead + self._prefill_overhead(tokens - batch)
         parts = {
             "linear_qkv": qkv,
             "linear_o": o,
@@ -123,7 +129,7 @@ class CostModel:
             "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
             "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
             "lm_head_sampling": self._sampling(sampled),
-            "step_overhead": self._overhead(plan.num_requests),
+            "step_overhead": overhead,
         }
         layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
                  + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])

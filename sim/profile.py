@@ -30,6 +30,10 @@ KERNEL_AXES: dict[str, tuple[str, ...]] = {
     "lm_head_sampling": ("sampled",),
     "step_overhead": ("requests",),
 }
+# optional per-step tables; absent, they cost nothing (roofline and older measured profiles)
+OPTIONAL_KERNEL_AXES: dict[str, tuple[str, ...]] = {
+    "prefill_overhead": ("prefill_tokens",),  # host work growing with a step's prompt tokens
+}
 LAYER_KERNELS = ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
                  "attn_shared_prefix")
 PROFILE_KINDS = ("measured", "roofline", "constant")
@@ -137,8 +141,9 @@ class Profile:
         if missing:
             raise ConfigError(f"profile for {self.model!r} lacks kernel table(s) {sorted(missing)}")
         for name, table in self.tables.items():
-            if name in KERNEL_AXES and table.axes != KERNEL_AXES[name]:
-                raise ConfigError(f"profile table {name!r} has axes {table.axes}; expected {KERNEL_AXES[name]}")
+            expected = KERNEL_AXES.get(name) or OPTIONAL_KERNEL_AXES.get(name)
+            if expected is not None and table.axes != expected:
+                raise ConfigError(f"profile table {name!r} has axes {table.axes}; expected {expected}")
 
     @property
     def label(self) -> str:

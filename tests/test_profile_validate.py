@@ -12,7 +12,7 @@ from engine.runner import ModelRunner
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
-from sim.profile import KERNEL_AXES, Profile
+from sim.profile import KERNEL_AXES, OPTIONAL_KERNEL_AXES, Profile
 from sim.profile_check import check_profile_matches
 
 from test_cli_simulate import batchlab
@@ -32,7 +32,11 @@ def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
     assert profile.kind == "measured" and profile.model == "tiny" and profile.dtype == "float32"
     assert set(KERNEL_AXES) <= set(profile.tables)
     for name, table in profile.tables.items():
-        assert table.axes == KERNEL_AXES[name]
+        assert table.axes == {**KERNEL_AXES, **OPTIONAL_KERNEL_AXES}[name]
+    # host work per prompt token: zero at zero tokens, growing (a line fitted to measurements)
+    prompt = profile.tables["prefill_overhead"]
+    assert prompt.scalar(0) == 0.0 and prompt.scalar(64) >= prompt.scalar(8) >= 0.0
+    assert prompt.scalar(2048) > 0.0
     assert profile.tables["linear_qkv"].grids[0].tolist() == [1.0, 8.0, 64.0]
     assert np.all(profile.tables["mlp"].values > 0) and np.all(profile.tables["attn_decode"].values > 0)
     provenance = profile.provenance

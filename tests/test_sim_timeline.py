@@ -123,3 +123,23 @@ def test_kernel_columns_are_whole_step_seconds_that_sum_to_the_duration():
         summed = steps[kernels].sum(axis=1)
         assert ((summed - steps["duration_s"]).abs() <= 1e-9 * steps["duration_s"]).all()
         assert steps["kernel_mlp_s"].gt(0).all()
+
+
+def test_prefill_overhead_table_charges_prompt_tokens_only():
+    # an optional per-step table over the step's prompt tokens (0.1 s each here), charged to
+    # step_overhead; decode-only steps do not pay it
+    import numpy as np
+
+    from sim.profile import Profile, Table
+
+    base = constant_profile(0.0, 1.0, "tiny")
+    tables = {**base.tables, "prefill_overhead": Table(("prefill_tokens",), (np.array([0.0, 10.0]),),
+                                                       np.array([0.0, 1.0]))}
+    cost = CostModel(Profile("constant", "tiny", "any", tables, base.provenance), ONE_LAYER)
+    workload = Workload("t", (Request(0, 0.0, ((1, 4),), 3), Request(1, 0.0, ((2, 2),), 1)))
+    out = simulate(workload, schedule_config("fcfs", max_num_batched_tokens=4), cost, 32, 2, fast_forward=False)
+    steps = out.steps.all_steps()
+    # a's prompt (4 tokens); a's decode + b's prompt (2); a's last decode alone
+    assert steps["num_prefill_tokens"].tolist() == [4, 2, 0]
+    assert steps["duration_s"].tolist() == pytest.approx([1.4, 1.2, 1.0], abs=1e-12)
+    assert steps["kernel_step_overhead_s"].tolist() == pytest.approx([1.4, 1.2, 1.0], abs=1e-12)
