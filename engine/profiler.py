@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import statistics
 import time
 from dataclasses import replace
@@ -29,9 +30,12 @@ QUERIES = (1, 4, 16, 64, 256, 1024)
 CONTEXTS = (16, 64, 256, 1024, 2048, 4096)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 SAMPLED = (0, 1, 4, 16, 64, 128)
+PREFILL_CHUNKS = (1, 4, 16, 32)          # prompt chunks in a step ...
+PROMPT_TOKENS = (32, 128, 512, 1024, 2048)  # ... and their tokens, for the prompt host work
 
 
-GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": BATCHES, "sampled": SAMPLED}
+GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": BATCHES, "sampled": SAMPLED,
+         "prefill_chunks": PREFILL_CHUNKS, "prompt_tokens": PROMPT_TOKENS}
 
 
 class Profiler:
@@ -43,6 +47,7 @@ class Profiler:
         self.layers = runner.spec.num_layers
         self.spread: list[float] = []
         self._next_id = 10_000_000
+        self._rng = random.Random(0)
 
     def _plan(self, chunks: list[tuple[int, int, bool]]) -> BatchPlan:
         """Chunks of (context after the step, query tokens, samples); every request gets a fresh
@@ -77,41 +82,62 @@ class Profiler:
         return BatchPlan(0, tuple(made), decodes=batch)
 
     def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
-        plan = self._plan(chunks)
-        runs = []
-        for index in range(self.warmup + self.repeats):
-            result = self.runner.execute(replace(plan))  # a fresh plan: chunks built each time
-            if index >= self.warmup:
-                runs.append({**result.kernel_s, "total": result.duration_s})
-        for request_id in (c.req_id for c in plan.chunks):
-            self.runner.outputs.pop(request_id, None)
-            self.runner.requests.pop(request_id, None)
-        totals = sorted(r["total"] for r in runs)
-        self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
-        return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        return self.measure_many([chunks])[0]
 
-    @staticmethod
-    def _prefill_overhead(tokens: tuple, host: list[float], one_decode: float) -> tuple:
-        """Host work a step pays per prompt token (token ids, positions, slots, block hashes)
-        beyond what a one-request decode step pays: a + c * tokens fitted by least squares to
-        the prompt steps' measured host time (a line, because single medians of microsecond
-        differences are noisy), never below zero."""
-        extra = np.array(host) - one_decode
-        a, c = (np.polyfit(np.array(tokens, float), extra, 1)[::-1] if len(tokens) >= 2 else (float(extra[0]), 0.0))
-        c = max(float(c), 0.0)
-        grid = np.array([0.0, 1.0, max(float(tokens[-1]), 2.0)])
-        return (("prefill_tokens",), (grid,), np.maximum(np.array([0.0, a + c, a + c * grid[-1]]), 0.0))
+    def measure_many(self, cells: list[list[tuple[int, int, bool]]]) -> list[dict[str, float]]:
+        """Median kernel times of each cell's plan. All plans are warmed up, then each
+        repetition runs them in a fresh random order, so a measurement follows some other
+        shape as a step in a run follows other steps: one shape repeated back to back keeps
+        the CPU caches warm for it (a 10-decode step read 7 % faster so than after a
+        1024-token prefill), and a transient slowdown spreads over cells instead of
+        corrupting every repetition of one."""
+        plans = [self._plan(chunks) for chunks in cells]
+        for plan in plans:
+            for _ in range(self.warmup):
+                self.runner.execute(replace(plan))  # a fresh plan: chunks built each time
+        runs: list[list[dict]] = [[] for _ in plans]
+        order = list(range(len(plans)))
+        for _ in range(self.repeats):
+            self._rng.shuffle(order)
+            for index in order:
+                result = self.runner.execute(replace(plans[index]))
+                runs[index].append({**result.kernel_s, "total": result.duration_s})
+        for plan in plans:
+            for request_id in (c.req_id for c in plan.chunks):
+                self.runner.outputs.pop(request_id, None)
+                self.runner.requests.pop(request_id, None)
+        summaries = []
+        for cell in runs:
+            totals = sorted(r["total"] for r in cell)
+            self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
+            summaries.append({key: statistics.median(r[key] for r in cell) for key in cell[0]})
+        return summaries
 
-    def scheduler_prefill_seconds(self, tokens: int, repeats: int = 5) -> float:
-        """Median schedule + update time of one fresh ``tokens``-token prompt (block hashing
-        and allocation grow with it)."""
+    def _prefill_overhead(self, chunks: tuple, tokens: tuple, batches: tuple, decode_host: np.ndarray) -> tuple:
+        """Host work (engine overhead + scheduler) of a step of ``k`` prompt chunks holding
+        ``t`` tokens, beyond what ``k`` decodes cost (``step_overhead``): token ids, positions,
+        slots and block hashes grow with the tokens, and a prompt chunk costs more to set up
+        than a decode. Never below zero (noise)."""
+        cells = [(i, j) for i in range(len(chunks)) for j in range(len(tokens))]
+        plans = [[(max(tokens[j] // chunks[i], 1),) * 2 + (False,)] * chunks[i] for i, j in cells]
+        values = np.zeros((len(chunks), len(tokens)))
+        for (i, j), m in zip(cells, self.measure_many(plans)):
+            host = m["overhead"] + self.scheduler_prefill_seconds(chunks[i], tokens[j])
+            values[i, j] = max(host - float(np.interp(chunks[i], batches, decode_host)), 0.0)
+        return (("prefill_chunks", "prefill_tokens"), (np.array(chunks, float), np.array(tokens, float)), values)
+
+    def scheduler_prefill_seconds(self, chunks: int, tokens: int, repeats: int = 5) -> float:
+        """Median schedule + update time of ``chunks`` fresh prompts of ``tokens`` tokens in
+        all (block hashing and allocation grow with the tokens)."""
         from scheduler import Scheduler, StepResult, schedule_config
 
+        each = max(tokens // chunks, 1)
         samples = []
         for index in range(repeats):
-            config = schedule_config("fcfs", max_num_seqs=None, max_num_batched_tokens=max(tokens, 16))
-            scheduler = Scheduler(config, tokens // 16 + 8, 16)
-            scheduler.add(Request(index, 0.0, ((index, tokens),), 2))
+            config = schedule_config("fcfs", max_num_seqs=None, max_num_batched_tokens=max(each * chunks, 16))
+            scheduler = Scheduler(config, chunks * (each // 16 + 2) + 8, 16)
+            for request in range(chunks):
+                scheduler.add(Request(request, 0.0, ((index * chunks + request, each),), 2))
             started = time.perf_counter()
             plan = scheduler.schedule(0.0)
             scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
@@ -142,14 +168,11 @@ class Profiler:
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
         say = progress or (lambda _: None)
         L = self.layers
-        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED = (self.grids[k] for k in GRIDS)
+        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT = (self.grids[k] for k in GRIDS)
         tables: dict[str, tuple] = {}
         per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
-        prompt_host = []  # a one-request prompt step's host work: engine overhead + scheduler
         say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
-        for tokens in TOKENS:
-            m = self.measure([(tokens, tokens, False)])
-            prompt_host.append(m["overhead"] + self.scheduler_prefill_seconds(tokens))
+        for tokens, m in zip(TOKENS, self.measure_many([[(tokens, tokens, False)] for tokens in TOKENS])):
             for name in ("linear_qkv", "linear_o", "mlp"):
                 per_tokens[name].append(m[name] / L)
             per_tokens["elementwise"].append(self._elementwise(m))
@@ -157,11 +180,13 @@ class Profiler:
             tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array(values))
         say(f"profiling prefill attention over {len(QUERIES)}x{len(CONTEXTS)} shapes")
         prefill = np.zeros((len(QUERIES), len(CONTEXTS)))
+        cells = [(i, j) for j, context in enumerate(CONTEXTS) for i, queries in enumerate(QUERIES) if queries <= context]
+        for (i, j), m in zip(cells, self.measure_many([[(CONTEXTS[j], QUERIES[i], False)] for i, j in cells])):
+            prefill[i, j] = m["attention"] / L
         for j, context in enumerate(CONTEXTS):
             valid = 0  # the last row with queries <= context: a chunk cannot have more
             for i, queries in enumerate(QUERIES):
                 if queries <= context:
-                    prefill[i, j] = self.measure([(context, queries, False)])["attention"] / L
                     valid = i
                 else:
                     # no such chunk exists, but bilinear interpolation reads the cell: extend
@@ -173,21 +198,19 @@ class Profiler:
         say(f"profiling decode attention and step overhead over {len(BATCHES)}x{len(CONTEXTS)} shapes")
         decode = np.zeros((len(BATCHES), len(CONTEXTS)))
         overhead = []
-        for i, batch in enumerate(BATCHES):
-            for j, context in enumerate(CONTEXTS):
-                m = self.measure([(context, 1, True)] * batch)
-                decode[i, j] = m["attention"] / L
-                if j == 0:
-                    overhead.append(m["overhead"])
+        cells = [(i, j) for i in range(len(BATCHES)) for j in range(len(CONTEXTS))]
+        for (i, j), m in zip(cells, self.measure_many([[(CONTEXTS[j], 1, True)] * BATCHES[i] for i, j in cells])):
+            decode[i, j] = m["attention"] / L
+            if j == 0:
+                overhead.append(m["overhead"])
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
         scheduling = [self.scheduler_seconds(batch) for batch in BATCHES]
-        tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), np.array(overhead) + np.array(scheduling))
-        tables["prefill_overhead"] = self._prefill_overhead(TOKENS, prompt_host, overhead[0] + scheduling[0])
+        decode_host = np.array(overhead) + np.array(scheduling)
+        tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), decode_host)
+        say(f"profiling prompt steps' host work over {len(CHUNKS)}x{len(PROMPT)} shapes")
+        tables["prefill_overhead"] = self._prefill_overhead(CHUNKS, PROMPT, BATCHES, decode_host)
         say("profiling LM head and sampling")
-        lm = [0.0]
-        for sampled in SAMPLED[1:]:
-            m = self.measure([(16, 1, True)] * sampled)
-            lm.append(m["lm_head_sampling"])
+        lm = [0.0] + [m["lm_head_sampling"] for m in self.measure_many([[(16, 1, True)] * n for n in SAMPLED[1:]])]
         tables["lm_head_sampling"] = (("sampled",), (np.array(SAMPLED, float),), np.array(lm))
         # this backend has no shared-prefix kernel: a group's decodes read their prefix as
         # ordinary decode attention, which the profile says (prefix_aware_attention: false)

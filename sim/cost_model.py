@@ -45,9 +45,9 @@ class CostModel:
         self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
         self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
         self._overhead = _memo(profile.tables["step_overhead"].scalar)
-        # host work per prompt token (measured profiles); charged to step_overhead, absent = 0
+        # host work of prompt chunks (measured profiles); charged to step_overhead, absent = 0
         prompt = profile.tables.get("prefill_overhead")
-        self._prefill_overhead = _memo(prompt.scalar) if prompt is not None else None
+        self._prefill_overhead = _memo(lambda key: prompt.scalar(*key)) if prompt is not None else None
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -118,8 +118,8 @@ class CostModel:
         shared_prefix = t["attn_shared_prefix"].scalar
         qkv, o, mlp, elementwise = self._dense(tokens)
         overhead = self._overhead(plan.num_requests)
-        if self._prefill_overhead is not None and tokens > batch:
-            overhead = overhead + self._prefill_overhead(tokens - batch)
+        if self._prefill_overhead is not None and prefills:
+            overhead = overhead + self._prefill_overhead((len(prefills), tokens - batch))
         parts = {
             "linear_qkv": qkv,
             "linear_o": o,

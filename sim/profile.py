@@ -32,7 +32,8 @@ KERNEL_AXES: dict[str, tuple[str, ...]] = {
 }
 # optional per-step tables; absent, they cost nothing (roofline and older measured profiles)
 OPTIONAL_KERNEL_AXES: dict[str, tuple[str, ...]] = {
-    "prefill_overhead": ("prefill_tokens",),  # host work growing with a step's prompt tokens
+    # host work of a step's prompt chunks beyond what as many decodes cost (step_overhead)
+    "prefill_overhead": ("prefill_chunks", "prefill_tokens"),
 }
 LAYER_KERNELS = ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
                  "attn_shared_prefix")

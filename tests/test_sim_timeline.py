@@ -126,15 +126,16 @@ def test_kernel_columns_are_whole_step_seconds_that_sum_to_the_duration():
 
 
 def test_prefill_overhead_table_charges_prompt_tokens_only():
-    # an optional per-step table over the step's prompt tokens (0.1 s each here), charged to
+    # an optional per-step table over the step's prompt chunks and tokens (0.1 s a token here), charged to
     # step_overhead; decode-only steps do not pay it
     import numpy as np
 
     from sim.profile import Profile, Table
 
     base = constant_profile(0.0, 1.0, "tiny")
-    tables = {**base.tables, "prefill_overhead": Table(("prefill_tokens",), (np.array([0.0, 10.0]),),
-                                                       np.array([0.0, 1.0]))}
+    grids = (np.array([1.0, 4.0]), np.array([0.0, 10.0]))
+    tables = {**base.tables, "prefill_overhead": Table(("prefill_chunks", "prefill_tokens"), grids,
+                                                       np.array([[0.0, 1.0], [0.0, 1.0]]))}
     cost = CostModel(Profile("constant", "tiny", "any", tables, base.provenance), ONE_LAYER)
     workload = Workload("t", (Request(0, 0.0, ((1, 4),), 3), Request(1, 0.0, ((2, 2),), 1)))
     out = simulate(workload, schedule_config("fcfs", max_num_batched_tokens=4), cost, 32, 2, fast_forward=False)
