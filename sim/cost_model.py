@@ -65,9 +65,10 @@ class CostModel:
 
     def decode_steps(self, batch: int, context_sums: np.ndarray, shared: tuple[tuple[int, int], ...],
                      shared_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Costs (and seconds per kernel over each whole step) of decode-only steps of ``batch`` requests whose contexts (after the step) sum
-        to each of ``context_sums``. ``shared``: (decoding members, prefix length) per group
-        read by a shared-prefix kernel; ``shared_tokens``: the prefix tokens they cover."""
+        """Costs (and seconds per kernel over each whole step) of decode-only steps of ``batch``
+        requests whose contexts (after the step) sum to each of ``context_sums``. ``shared``:
+        (decoding members, prefix length) per group read by a shared-prefix kernel;
+        ``shared_tokens``: the prefix tokens they cover."""
         t = self._t
         steps = np.asarray(context_sums, dtype=float)
         ones = np.ones_like(steps)
