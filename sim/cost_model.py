@@ -121,21 +121,19 @@ class CostModel:
         overhead = self._overhead(plan.num_requests)
         if self._prefill_overhead is not None and prefills:
             overhead = overhead + self._prefill_overhead((len(prefills), tokens - batch))
-        parts = {
-            "linear_qkv": qkv,
-            "linear_o": o,
-            "mlp": mlp,
-            "elementwise": elementwise,
-            "attn_prefill": sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0),
-            "attn_decode": t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0,
-            "attn_shared_prefix": sum((shared_prefix(m, p) for m, p in shared), 0.0),
-            "lm_head_sampling": self._sampling(sampled),
-            "step_overhead": overhead,
+        attn_prefill = sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0)
+        attn_decode = t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
+        attn_shared = sum((shared_prefix(m, p) for m, p in shared), 0.0)
+        sampling = self._sampling(sampled)
+        layers = self.layers
+        total = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling + overhead
+        parts = {  # over the whole step, as _whole_step scales decode_steps' parts
+            "linear_qkv": qkv * layers, "linear_o": o * layers, "mlp": mlp * layers,
+            "elementwise": elementwise * layers, "attn_prefill": attn_prefill * layers,
+            "attn_decode": attn_decode * layers, "attn_shared_prefix": attn_shared * layers,
+            "lm_head_sampling": sampling, "step_overhead": overhead,
         }
-        layer = (parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
-                 + parts["attn_prefill"] + parts["attn_decode"] + parts["attn_shared_prefix"])
-        total = layer * self.layers + parts["lm_head_sampling"] + parts["step_overhead"]
-        return total, self._whole_step(parts), (tokens, tokens - batch, sampled)
+        return total, parts, (tokens, tokens - batch, sampled)
 
     @staticmethod
     def shared_decode_groups(plan: BatchPlan, decode_ids: set[int]) -> tuple[tuple[tuple[int, int], ...], int]:
