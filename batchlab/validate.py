@@ -31,7 +31,8 @@ def measure_profile(cfg: DictConfig, out: Path) -> Path:
 
     device_memory(cfg.device)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    runner = _runner(cfg, model, 20_000, load_weights(cfg, model, get_original_cwd()))
+    # the shapes are measured in a KV cache of the run's size (validate) or profile.yaml's
+    runner = _runner(cfg, model, int(cfg.kv_blocks), load_weights(cfg, model, get_original_cwd()))
     return profile_engine(runner, out, cfg.dtype, cfg.backend, int(cfg.repeats), say)
 
 
