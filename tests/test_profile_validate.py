@@ -176,3 +176,20 @@ def test_impossible_prefill_cells_extend_their_column_linearly(tmp_path):
     values = profile.tables["attn_prefill"].values   # rows: queries 1, 8, 32; columns: context 16, 64
     assert values[2, 0] == pytest.approx(values[1, 0] * 32 / 8)  # 32 queries cannot fit 16 tokens
     assert values[2, 1] > 0 and values[2, 1] != pytest.approx(values[1, 1] * 4)  # 32 in 64: measured
+
+
+def test_profiler_plans_scatter_distinct_blocks_over_the_cache():
+    # runs leave a request's blocks scattered over the cache; consecutive ones read faster on
+    # CPU, so the profiler must not hand out 0, 1, 2, ...
+    from engine.profiler import Profiler
+
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    plan = Profiler(runner)._plan([(64, 1, True)] * 4 + [(64, 64, False)])
+    tables = [c.block_ids for c in plan.chunks]
+    ids = [b for table in tables for b in table]
+    assert [len(t) for t in tables] == [4] * 5
+    assert len(set(ids)) == 20 and all(0 <= b < 64 for b in ids)
+    assert ids != sorted(ids)
+    # past the capacity blocks wrap, still within the cache
+    wrapped = Profiler(runner)._plan([(1024, 1, True)] * 2)
+    assert all(0 <= b < 64 for c in wrapped.chunks for b in c.block_ids)
