@@ -46,7 +46,7 @@ def profile_main(cfg: DictConfig) -> None:
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import keep_freed_memory
     from engine.loop import run_engine
-    from reports.validation import compare_runs, discordant_pairs, ranking, scatter, step_errors
+    from reports.validation import compare_runs, discordant_pairs, kernel_errors, ranking, scatter, step_errors
     from sim.cost_model import CostModel
     from sim.profile import Profile
     from sim.profile_check import check_profile_matches
@@ -96,6 +96,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             entry["plans_identical"] = plans == measured[0].plans
             if entry["plans_identical"]:
                 entry["step_error"] = step_errors(sim_steps["duration_s"], meas_steps["duration_s"])
+                entry["kernels"] = kernel_errors(sim_steps, meas_steps)
                 points[config.name] = (sim_steps["duration_s"].to_numpy(), meas_steps["duration_s"].to_numpy())
         if len(measured) == 2:
             again = measured[1].steps.all_steps()
@@ -147,12 +148,16 @@ def validation_table(result: dict) -> str:
 def validate_main(cfg: DictConfig) -> None:
     import torch
 
+    from reports.validation import kernel_table
+
     torch.set_num_threads(1)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = guarded("validate", run_dir, lambda: run_validation(cfg, run_dir, get_original_cwd()))
     table = validation_table(result)
     print(table)
+    kernels = "\n\n".join(kernel_table(n, e["kernels"]) for n, e in result["schedules"].items() if "kernels" in e)
     (run_dir / "validation.md").write_text("# batchlab validation\n\n```\n" + table + "\n```\n\n"
+                                           + (f"```\n{kernels}\n```\n\n" if kernels else "")
                                            + ("![predicted vs measured](validation_scatter.png)\n"
                                               if (run_dir / "validation_scatter.png").exists() else ""))
     if cfg.report:

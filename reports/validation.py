@@ -17,6 +17,39 @@ def step_errors(predicted: pd.Series, measured: pd.Series) -> dict:
             "mape": float(np.mean(ape))}
 
 
+# the simulator's kernels and the engine's, grouped where they name the same work
+KERNEL_GROUPS = {
+    "projections, MLP": (("linear_qkv", "linear_o", "mlp"), ("linear_qkv", "linear_o", "mlp")),
+    "norms, RoPE, KV store": (("elementwise",), ("norms", "rope_kv_store")),
+    "attention": (("attn_prefill", "attn_decode", "attn_shared_prefix"), ("attention",)),
+    "LM head, sampling": (("lm_head_sampling",), ("lm_head_sampling",)),
+    "host (overhead, scheduler)": (("step_overhead",), ("overhead", "scheduler")),
+}
+
+
+def kernel_errors(pred_steps: pd.DataFrame, meas_steps: pd.DataFrame) -> dict:
+    """Seconds per kernel group over the run, predicted and measured, in prompt steps (some
+    prefill) and decode-only steps apart: where the predictions miss. Same plans only."""
+    prompt = pred_steps["num_prefill_tokens"].to_numpy() > 0
+    column = lambda steps, names: sum(steps[f"kernel_{n}_s"].to_numpy() for n in names)
+    out = {}
+    for group, (simulated, engine) in KERNEL_GROUPS.items():
+        p, m = column(pred_steps, simulated), column(meas_steps, engine)
+        out[group] = {kind: {"predicted_s": float(p[mask].sum()), "measured_s": float(m[mask].sum())}
+                      for kind, mask in (("prompt_steps", prompt), ("decode_steps", ~prompt))}
+    return out
+
+
+def kernel_table(name: str, kernels: dict) -> str:
+    lines = [f"{name}: seconds per kernel over the run, predicted / measured (error)",
+             f"  {'kernels':<28}{'prompt steps':>28}{'decode-only steps':>28}"]
+    cell = lambda e: (f"{e['predicted_s']:.3f} / {e['measured_s']:.3f} "
+                      f"({(e['predicted_s'] - e['measured_s']) / e['measured_s']:+.0%})" if e["measured_s"] else "-")
+    for group, kinds in kernels.items():
+        lines.append(f"  {group:<28}{cell(kinds['prompt_steps']):>28}{cell(kinds['decode_steps']):>28}")
+    return "\n".join(lines)
+
+
 def relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured if measured else float("nan")
 

@@ -92,6 +92,15 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
         mine = requests[requests["schedule"] == name]
         assert entry["makespan_s_measured"] == pytest.approx(mine["finish_s"].max() - mine["arrival_s"].min())
         assert "noise_step_error" in entry
+        # the kernel groups cover every second of the steps, predicted and measured
+        kinds = [k for group in entry["kernels"].values() for k in group.values()]
+        assert sum(k["predicted_s"] for k in kinds) == pytest.approx(p.sum(), rel=1e-9)
+        assert sum(k["measured_s"] for k in kinds) == pytest.approx(m.sum(), rel=2e-2)
+        prompt_steps = predicted[predicted["schedule"] == name]["num_prefill_tokens"].to_numpy() > 0
+        attention = entry["kernels"]["attention"]["decode_steps"]["measured_s"]
+        assert attention == pytest.approx(measured[measured["schedule"] == name]["kernel_attention_s"]
+                                          .to_numpy()[~prompt_steps].sum())
+    assert "seconds per kernel over the run" in (tmp_path / "validation.md").read_text()
     assert (tmp_path / "validation_scatter.png").exists()
     assert validation["ranking_measured"] == sorted(validation["schedules"],
                                                     key=lambda n: validation["schedules"][n]["makespan_s_measured"])
