@@ -144,3 +144,29 @@ def test_prefill_overhead_table_charges_prompt_tokens_only():
     assert steps["num_prefill_tokens"].tolist() == [4, 2, 0]
     assert steps["duration_s"].tolist() == pytest.approx([1.4, 1.2, 1.0], abs=1e-12)
     assert steps["kernel_step_overhead_s"].tolist() == pytest.approx([1.4, 1.2, 1.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["fcfs", "batchllm"])
+def test_fast_forward_is_identical_with_the_prefill_overhead_table(schedule):
+    # measured profiles add prefill_overhead: prompt steps pay it, stretches (decode-only)
+    # must still equal step-by-step simulation bit for bit
+    import numpy as np
+
+    from sim.hardware import hardware_spec
+    from sim.profile import Profile, Table
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    base = build_roofline_profile(model, hardware_spec("a100-80gb"))
+    grids = (np.array([1.0, 8.0]), np.array([1.0, 512.0]))
+    tables = {**base.tables, "prefill_overhead": Table(("prefill_chunks", "prefill_tokens"), grids,
+                                                       np.array([[2e-5, 3e-4], [9e-5, 5e-4]]))}
+    cost = CostModel(Profile("measured", base.model, base.dtype, tables, {"device": "test"}), model)
+    workload = WORKLOADS["system-poisson"]()
+    config = schedule_config(schedule, max_num_batched_tokens=256)
+    slow = simulate(workload, config, cost, 220, 16, fast_forward=False)
+    fast = simulate(workload, config, cost, 220, 16, fast_forward=True)
+    assert fast.num_events < slow.num_events
+    pd.testing.assert_frame_equal(_records(slow, schedule)[1], _records(fast, schedule)[1], check_exact=True)
+    plain = simulate(workload, config, CostModel(base, model), 220, 16, fast_forward=True)
+    assert slow.makespan_s > plain.makespan_s  # the table was charged
