@@ -51,7 +51,7 @@ def load_weights(cfg: DictConfig, model, base_dir: str):
 def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import torch
 
-    from engine.host_memory import keep_freed_memory
+    from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from engine.runner import ModelRunner
     from traces.build import build_workload
@@ -75,7 +75,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     provenance = {"device": device_name, "backend": cfg.backend, "dtype": cfg.dtype, "torch": torch.__version__,
                   "weights": cfg.weights or f"random(seed={cfg.seed})",
-                  "host_memory": keep_freed_memory() if cfg.device == "cpu" else "not applied (device memory)"}
+                  "host_memory": host_memory_for(cfg.device)}
     writer = RunWriter(run_dir, run_meta(
         workload, model, mode="measured", hardware=device_name, profile_kind="measured",
         profile=f"measured on {device_name}", provenance=provenance, kv_blocks=int(cfg.kv_blocks),

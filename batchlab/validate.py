@@ -44,7 +44,7 @@ def profile_main(cfg: DictConfig) -> None:
 
 
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
-    from engine.host_memory import keep_freed_memory
+    from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from reports.validation import compare_runs, discordant_pairs, kernel_errors, ranking, scatter, step_errors
     from sim.cost_model import CostModel
@@ -76,7 +76,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     writers = {mode: RunWriter(run_dir / mode, run_meta(workload, model, mode=mode, **meta))
                for mode in ("simulated", "measured")}
     result = {"workload": workload.name, "offline": offline, "profile": str(profile_dir), "device": device,
-              "host_memory": keep_freed_memory() if cfg.device == "cpu" else "not applied (device memory)",
+              "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
     points = {}
     for config in configs:

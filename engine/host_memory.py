@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 _WANTED = (1 << 30, 32 << 20)   # 1 GiB; 32 MiB (glibc's largest dynamic threshold) if refused
 
-_state: dict = {}
+
+def for_device(device: str) -> str:
+    """``keep_freed_memory()`` where the tensors live in host memory (CPU runs); what was done,
+    for run records."""
+    return keep_freed_memory() if str(device).startswith("cpu") else "not applied (device memory)"
 
 
+@functools.cache
 def keep_freed_memory() -> str:
-    """Raise glibc's mmap and trim thresholds once per process. Returns what took effect
+    """Raise glibc's mmap and trim thresholds (once per process). Returns what took effect
     ("glibc mmap/trim threshold 1024 MiB", or why nothing did), for run records."""
-    if "result" in _state:
-        return _state["result"]
     result = "unchanged (not Linux/glibc)"
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
@@ -41,5 +45,4 @@ def keep_freed_memory() -> str:
                 result = "unchanged (mallopt refused)"
         except (OSError, AttributeError) as error:
             result = f"unchanged ({error})"
-    _state["result"] = result
     return result

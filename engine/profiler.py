@@ -124,7 +124,10 @@ class Profiler:
         slots and block hashes grow with the tokens, and a prompt chunk costs more to set up
         than a decode. Never below zero (noise)."""
         cells = [(i, j) for i in range(len(chunks)) for j in range(len(tokens))]
-        plans = [[(max(tokens[j] // chunks[i], 1),) * 2 + (False,)] * chunks[i] for i, j in cells]
+        plans = []
+        for i, j in cells:
+            each = max(tokens[j] // chunks[i], 1)  # whole fresh prompts: context = query tokens
+            plans.append([(each, each, False)] * chunks[i])
         values = np.zeros((len(chunks), len(tokens)))
         for (i, j), m in zip(cells, self.measure_many(plans)):
             host = m["overhead"] + self.scheduler_prefill_seconds(chunks[i], tokens[j])

@@ -16,7 +16,7 @@ from scheduler.model_spec import ModelSpec
 from scheduler.request import Request
 
 from .attention import AttentionMetadata, make_backend
-from .host_memory import keep_freed_memory
+from .host_memory import for_device as host_memory_for
 from .kv_cache import PagedKVCache
 from .model import KernelTimer, LlamaModel
 from .tokens import prompt_tokens
@@ -32,7 +32,7 @@ class ModelRunner:
             raise ConfigError("device=cuda requested but no CUDA device is available")
         # CPU steps allocate and free large tensors; without this, glibc maps and unmaps them
         # every step and the step times measure the allocator (engine/host_memory.py)
-        self.host_memory = keep_freed_memory() if self.device.type == "cpu" else "not applied (device memory)"
+        self.host_memory = host_memory_for(self.device.type)
         self.spec = spec
         self.block_size = block_size
         self.model = LlamaModel(spec, weights or random_weights(spec, seed, dtype, self.device), make_backend(backend))

@@ -126,8 +126,8 @@ def test_kernel_columns_are_whole_step_seconds_that_sum_to_the_duration():
 
 
 def test_prefill_overhead_table_charges_prompt_tokens_only():
-    # an optional per-step table over the step's prompt chunks and tokens (0.1 s a token here), charged to
-    # step_overhead; decode-only steps do not pay it
+    # an optional per-step table over the step's prompt chunks and tokens (0.1 s a token
+    # here), charged to step_overhead; decode-only steps do not pay it
     import numpy as np
 
     from sim.profile import Profile, Table
