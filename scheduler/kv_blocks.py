@@ -7,14 +7,32 @@ Caching modes:
   handed out before any cached block is evicted (vLLM pops the queue head regardless).
 - ``off``: blocks are never found by identity. Prefix-grouped schedules use this: a group's
   members share the prefix blocks their group holds, so sharing never depends on what LRU kept.
+
+Identities (keys) are small dense integers (``prompt.ChainIndex`` hands them out), so that
+key -> block is an array, not a dict. The state lives in numpy arrays: a request's hundreds
+of blocks (a Mooncake prompt averages 750) are looked up, allocated, registered and released
+in a few vectorised operations, while the one-block operations of decodes go through
+memoryviews of the same arrays (Python-int speed, no numpy scalar boxing). Both paths change
+the state identically; ``tests/test_kv_blocks.py`` holds them to a plain reference model.
 """
 from __future__ import annotations
 
-from collections import deque
+import numpy as np
 
 from .errors import ConfigError
 
 CACHING_MODES = ("lru", "off")
+
+# Operations on at most this many blocks run as Python loops over memoryviews; longer ones
+# as numpy operations (a numpy call costs microseconds, a loop step tens of nanoseconds).
+_SMALL = 24
+# Slack of the LRU queue's buffer over twice its live entries (stale entries are dropped when
+# it is used up).
+_SLACK = 1024
+
+
+def _as_index(items) -> np.ndarray:
+    return items if isinstance(items, np.ndarray) else np.array(items, dtype=np.int64)
 
 
 class BlockManager:
@@ -28,19 +46,30 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.caching = caching
-        self._ref = [0] * num_blocks
-        self._key_of: list[int | None] = [None] * num_blocks
-        self._block_of: dict[int, int] = {}
+        self._ref = np.zeros(num_blocks, dtype=np.int32)
+        self._key_of = np.full(num_blocks, -1, dtype=np.int64)   # -1: no cached identity
+        self._block_of = np.full(1024, -1, dtype=np.int32)       # by key; grows with the keys
         # Popped from the end: block 0 is handed out first.
         self._free_plain: list[int] = list(range(num_blocks - 1, -1, -1))
-        # The LRU queue of free blocks that keep a cached identity, oldest first. Taking a block
-        # out of the middle (a cache hit) leaves its entry behind, stale: an entry counts only if
-        # it is its block's last one (``_entries``) and the block is still free. Stale entries
-        # are skipped when evicting and dropped when they outnumber the live ones.
-        self._lru: deque[int] = deque()
-        self._entries = [0] * num_blocks  # entries of each block in ``_lru``
+        # The LRU queue of free blocks that keep a cached identity, oldest first, as a buffer
+        # with a head. Taking a block out of the middle (a cache hit) leaves its entry behind,
+        # stale: the entry at position p of block b counts only while ``_last_pos[b] == p`` (it
+        # is b's newest entry) and b is free. Stale entries are skipped when evicting and
+        # dropped when the buffer fills up.
+        self._lru = np.empty(max(_SLACK, 2 * num_blocks), dtype=np.int32)
+        self._head = 0
+        self._tail = 0
+        self._last_pos = np.full(num_blocks, -1, dtype=np.int64)
         self._num_cached_free = 0
         self.num_evictions = 0
+        self._views()
+
+    def _views(self) -> None:
+        self._ref_v = memoryview(self._ref)
+        self._key_of_v = memoryview(self._key_of)
+        self._block_of_v = memoryview(self._block_of)
+        self._lru_v = memoryview(self._lru)
+        self._last_pos_v = memoryview(self._last_pos)
 
     # --- queries -----------------------------------------------------------------------
     @property
@@ -55,101 +84,161 @@ class BlockManager:
     def num_cached_free_blocks(self) -> int:
         return self._num_cached_free
 
+    @property
+    def queue_length(self) -> int:
+        """Entries in the LRU queue, stale ones included (bounded by compaction)."""
+        return self._tail - self._head
+
+    def _live(self, begin: int, end: int) -> np.ndarray:
+        """Positions in [begin, end) of the queue whose entries count."""
+        window = self._lru[begin:end]
+        live = (self._last_pos[window] == np.arange(begin, end)) & (self._ref[window] == 0)
+        return np.flatnonzero(live) + begin
+
     def cached_free_blocks(self) -> list[int]:
         """The free blocks with a cached identity, in eviction order (oldest first)."""
-        ref = self._ref
-        seen: dict[int, None] = {}
-        for block in reversed(self._lru):
-            if block not in seen and ref[block] == 0:
-                seen[block] = None
-        return list(reversed(seen))
+        return self._lru[self._live(self._head, self._tail)].tolist()
 
     def ref_count(self, block: int) -> int:
-        return self._ref[block]
+        return self._ref_v[block]
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def lookup(self, keys: list[int], max_blocks: int) -> list[int]:
+    def lookup(self, keys, max_blocks: int) -> list[int]:
         """The cached blocks matching the leading ``keys`` (at most ``max_blocks``)."""
-        if self.caching == "off":
+        if self.caching == "off" or max_blocks <= 0 or len(keys) == 0:
             return []
-        block_of = self._block_of
-        hits: list[int] = []
-        for key in keys[:max_blocks]:
-            block = block_of.get(key)
-            if block is None:
-                break
-            hits.append(block)
-        return hits
+        keys = _as_index(keys[:max_blocks])
+        known = keys < len(self._block_of)
+        if not known.all():
+            keys = keys[:int(np.argmin(known))]
+        found = self._block_of[keys]
+        misses = np.flatnonzero(found < 0)
+        if len(misses):
+            found = found[:misses[0]]
+        return found.tolist()
 
     def num_free_after_touch(self, hits: list[int]) -> int:
         """Free blocks left once ``hits`` are taken out of the free queue."""
-        ref = self._ref
-        return self.num_free_blocks - sum(1 for block in hits if ref[block] == 0)
+        if len(hits) <= _SMALL:
+            ref = self._ref_v
+            return self.num_free_blocks - sum(1 for block in hits if ref[block] == 0)
+        return self.num_free_blocks - int(np.count_nonzero(self._ref[_as_index(hits)] == 0))
 
     # --- mutations -----------------------------------------------------------------------
     def touch(self, hits: list[int]) -> None:
-        ref = self._ref
-        for block in hits:
-            if ref[block] == 0:  # a free block found by identity is in the LRU queue
-                self._num_cached_free -= 1
-            ref[block] += 1
+        if len(hits) <= _SMALL:
+            ref = self._ref_v
+            for block in hits:
+                if ref[block] == 0:  # a free block found by identity is in the LRU queue
+                    self._num_cached_free -= 1
+                ref[block] += 1
+            return
+        index = _as_index(hits)
+        self._num_cached_free -= int(np.count_nonzero(self._ref[index] == 0))
+        self._ref[index] += 1  # blocks of one request are distinct
 
     def allocate(self, count: int) -> list[int] | None:
         """``count`` fresh blocks with reference count 1, or None (nothing changed) if short."""
         if count > len(self._free_plain) + self._num_cached_free:
             return None
-        ref = self._ref
         plain = self._free_plain
         from_plain = min(count, len(plain))
         taken = plain[len(plain) - from_plain:]
         del plain[len(plain) - from_plain:]
         taken.reverse()  # the same order as popping one at a time
-        if len(taken) < count:
-            lru, entries, key_of, block_of = self._lru, self._entries, self._key_of, self._block_of
-            evict = count - len(taken)
+        evict = count - from_plain
+        if evict:
             self._num_cached_free -= evict
             self.num_evictions += evict
-            while evict:
-                block = lru.popleft()
-                entries[block] -= 1
-                if entries[block] or ref[block]:
-                    continue  # stale: the block was taken by a hit, or freed again later
-                del block_of[key_of[block]]
-                key_of[block] = None
-                taken.append(block)
-                evict -= 1
-        for block in taken:
-            ref[block] = 1
+            taken.extend(self._evict_small(evict) if evict <= _SMALL else self._evict_many(evict))
+        if count <= _SMALL:
+            ref = self._ref_v
+            for block in taken:
+                ref[block] = 1
+        else:
+            self._ref[taken] = 1
         return taken
 
-    def register_run(self, blocks: list[int], keys: list[int], begin: int, end: int) -> None:
+    def _evict_small(self, count: int) -> list[int]:
+        lru, last_pos, ref, key_of, block_of = (self._lru_v, self._last_pos_v, self._ref_v,
+                                                self._key_of_v, self._block_of_v)
+        head = self._head
+        taken = []
+        while count:
+            block = lru[head]
+            if last_pos[block] == head and ref[block] == 0:
+                block_of[key_of[block]] = -1
+                key_of[block] = -1
+                taken.append(block)
+                count -= 1
+            head += 1
+        self._head = head
+        return taken
+
+    def _evict_many(self, count: int) -> list[int]:
+        parts = []
+        head = self._head
+        while count:
+            end = min(self._tail, head + 2 * count + 64)
+            live = self._live(head, end)
+            if len(live) >= count:
+                live = live[:count]
+                end = int(live[-1]) + 1
+            blocks = self._lru[live]
+            self._block_of[self._key_of[blocks]] = -1
+            self._key_of[blocks] = -1
+            parts.append(blocks)
+            count -= len(live)
+            head = end
+        self._head = head
+        return np.concatenate(parts).tolist() if len(parts) > 1 else parts[0].tolist()
+
+    def _fit_keys(self, top: int) -> None:
+        if top >= len(self._block_of):
+            grown = np.full(max(2 * len(self._block_of), top + 1), -1, dtype=np.int32)
+            grown[:len(self._block_of)] = self._block_of
+            self._block_of = grown
+            self._views()
+
+    def register_run(self, blocks: list[int], keys, begin: int, end: int) -> None:
         """``register(blocks[i], keys[i])`` for ``begin <= i < end``."""
-        if self.caching == "off":
+        if self.caching == "off" or end <= begin:
             return
-        key_of = self._key_of
-        block_of = self._block_of
-        for index in range(begin, end):
-            block = blocks[index]
-            if key_of[block] is None:
-                key = keys[index]
-                if key not in block_of:
-                    block_of[key] = block
-                    key_of[block] = key
+        if end - begin <= _SMALL:
+            for index in range(begin, end):
+                self.register(blocks[index], int(keys[index]))
+            return
+        keys = _as_index(keys[begin:end])
+        self._fit_keys(int(keys.max()))
+        blocks = np.array(blocks[begin:end], dtype=np.int64)
+        # blocks of one request are distinct, and so are its keys: no pair affects another
+        new = (self._key_of[blocks] < 0) & (self._block_of[keys] < 0)
+        self._block_of[keys[new]] = blocks[new]
+        self._key_of[blocks[new]] = keys[new]
 
     def register(self, block: int, key: int) -> None:
         """Makes a full, computed (or being computed this step) block findable by identity."""
-        if self.caching == "off" or self._key_of[block] is not None:
+        if self.caching == "off" or self._key_of_v[block] >= 0:
             return
-        if key not in self._block_of:  # a duplicate computed concurrently stays private
-            self._block_of[key] = block
-            self._key_of[block] = key
+        self._fit_keys(key)
+        if self._block_of_v[key] < 0:  # a duplicate computed concurrently stays private
+            self._block_of_v[key] = block
+            self._key_of_v[block] = key
 
     def release(self, blocks: list[int]) -> None:
         """Drops one reference from each block; blocks reaching zero are freed tail first."""
-        ref, key_of, entries, lru, plain = self._ref, self._key_of, self._entries, self._lru, self._free_plain
-        cached = 0
+        if len(blocks) <= _SMALL:
+            self._release_small(blocks)
+        else:
+            self._release_many(blocks)
+        if self._tail - self._head > 2 * self._num_cached_free + _SLACK:
+            self._compact()
+
+    def _release_small(self, blocks: list[int]) -> None:
+        ref, key_of, plain = self._ref_v, self._key_of_v, self._free_plain
+        cached = []
         for block in reversed(blocks):
             count = ref[block] - 1
             if count < 0:
@@ -157,22 +246,51 @@ class BlockManager:
             ref[block] = count
             if count:
                 continue
-            if key_of[block] is not None:
-                lru.append(block)
-                entries[block] += 1
-                cached += 1
+            if key_of[block] >= 0:
+                cached.append(block)
             else:
                 plain.append(block)
-        self._num_cached_free += cached
-        if len(lru) > 2 * self._num_cached_free + 1024:
-            self._compact()
+        if cached:
+            self._enqueue(cached)
 
-    def _compact(self) -> None:
-        """Drops the stale entries of the LRU queue (amortised: it has doubled since the last)."""
-        live = self.cached_free_blocks()
-        entries = self._entries
-        for block in self._lru:
-            entries[block] = 0
-        for block in live:
-            entries[block] = 1
-        self._lru = deque(live)
+    def _release_many(self, blocks: list[int]) -> None:
+        index = np.array(blocks[::-1], dtype=np.int64)
+        ref = self._ref
+        counts = ref[index] - 1  # blocks of one table are distinct
+        if (counts < 0).any():
+            raise AssertionError(f"KV block {int(index[np.argmax(counts < 0)])} freed more often than allocated")
+        ref[index] = counts
+        freed = index[counts == 0]
+        cached = self._key_of[freed] >= 0
+        self._free_plain.extend(freed[~cached].tolist())
+        if cached.any():
+            self._enqueue(freed[cached])
+
+    def _enqueue(self, blocks) -> None:
+        """Appends newly freed cached blocks to the LRU queue, oldest first."""
+        count = len(blocks)
+        if self._tail + count > len(self._lru):
+            self._compact(count)
+        tail = self._tail
+        if count <= _SMALL:
+            lru, last_pos = self._lru_v, self._last_pos_v
+            for offset, block in enumerate(blocks):
+                lru[tail + offset] = block
+                last_pos[block] = tail + offset
+        else:
+            self._lru[tail:tail + count] = blocks
+            self._last_pos[blocks] = np.arange(tail, tail + count)
+        self._tail = tail + count
+        self._num_cached_free += count
+
+    def _compact(self, room: int = 0) -> None:
+        """Drops the stale entries of the queue and moves it to the start of its buffer, with
+        ``room`` for more (amortised: the queue has doubled since the last compaction)."""
+        live = self._lru[self._live(self._head, self._tail)]
+        size = max(len(self._lru), 2 * (len(live) + room) + _SLACK)
+        if size > len(self._lru):
+            self._lru = np.empty(size, dtype=np.int32)
+        self._lru[:len(live)] = live
+        self._last_pos[live] = np.arange(len(live))
+        self._head, self._tail = 0, len(live)
+        self._views()

@@ -6,15 +6,14 @@ seen with two lengths is two different segments. Nothing here materialises token
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import WorkloadError
 
 Segment = tuple[int, int]
 Prompt = tuple[Segment, ...]
 
-# A block key packs (chain node, token offset inside the node's last segment) into one int;
-# offsets stay below 2**32 (a single segment of 4 billion tokens is rejected below).
-_OFFSET_BITS = 32
-MAX_SEGMENT_LEN = (1 << _OFFSET_BITS) - 1
+MAX_SEGMENT_LEN = (1 << 32) - 1
 
 
 def prompt_length(prompt: Prompt) -> int:
@@ -45,32 +44,45 @@ class ChainIndex:
     The identity of the block ending at token ``e`` is (the interned chain up to and including
     the segment holding token ``e - 1``, the offset of ``e`` in that segment): equal exactly
     when the first ``e`` tokens of two prompts are equal, given that equal segments are equal
-    token runs. One index is shared by everything that must agree on identities.
+    token runs. Identities are dense: each chain node, when first seen, gets consecutive keys
+    for the blocks ending inside its segment (where its segment starts, and so which blocks
+    end in it, is fixed by the chain). Keys therefore increase along a prompt, and key ->
+    block can be an array. One index is shared by everything that must agree on identities.
     """
 
-    def __init__(self) -> None:
-        self._nodes: dict[tuple[int, int, int], int] = {}
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._nodes: dict[tuple[int, int, int], tuple[int, int]] = {}  # -> (node, its first key)
+        self.num_keys = 0
 
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def full_block_keys(self, prompt: Prompt, block_size: int) -> list[int]:
-        """Identities of every block that lies wholly inside the prompt, in order."""
+    def full_block_keys(self, prompt: Prompt) -> np.ndarray:
+        """Identities of every block that lies wholly inside the prompt, in order (int64)."""
         nodes = self._nodes
-        keys: list[int] = []
+        size = self.block_size
+        firsts: list[int] = []
+        counts: list[int] = []
         node = 0
         seg_start = 0
         for segment_id, length in prompt:
             lookup = (node, segment_id, length)
-            child = nodes.get(lookup)
-            if child is None:
-                child = len(nodes) + 1
-                nodes[lookup] = child
-            node = child
             seg_end = seg_start + length
-            first_end = (seg_start // block_size + 1) * block_size
-            if first_end <= seg_end:
-                base = (node << _OFFSET_BITS) - seg_start
-                keys.extend([base + end for end in range(first_end, seg_end + 1, block_size)])
+            count = seg_end // size - seg_start // size  # blocks ending inside this segment
+            entry = nodes.get(lookup)
+            if entry is None:
+                entry = nodes[lookup] = (len(nodes) + 1, self.num_keys)
+                self.num_keys += count
+            node = entry[0]
+            if count:
+                firsts.append(entry[1])
+                counts.append(count)
             seg_start = seg_end
-        return keys
+        if len(firsts) == 1:
+            return np.arange(firsts[0], firsts[0] + counts[0], dtype=np.int64)
+        lengths = np.array(counts, dtype=np.int64)
+        total = int(lengths.sum())
+        # key i of the prompt = first key of its segment + its rank inside the segment
+        shift = np.array(firsts, dtype=np.int64) - (np.cumsum(lengths) - lengths)
+        return np.repeat(shift, lengths) + np.arange(total, dtype=np.int64)

@@ -64,7 +64,7 @@ class RequestState:
         self.num_tokens = prompt_len          # prompt + tokens sampled so far
         self.output_token_ids: list[int] = []
         self.block_table: list[int] = []
-        self.block_keys: list[int] | None = None
+        self.block_keys = None                # int64 array of its blocks' identities
         self.num_keys = 0                     # len(block_keys) once computed
         self.num_registered_blocks = 0
         self.group = group

@@ -35,7 +35,7 @@ class Scheduler:
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
-        self.chains = ChainIndex()
+        self.chains = ChainIndex(block_size)
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode
@@ -248,13 +248,13 @@ class Scheduler:
         return count
 
     # --- helpers ----------------------------------------------------------------------------
-    def _keys(self, state: RequestState) -> list[int]:
+    def _keys(self, state: RequestState):
         keys = state.block_keys
         if keys is None:
-            keys = self.chains.full_block_keys(state.prompt, self.block_size)
+            keys = self.chains.full_block_keys(state.prompt)
             limit = state.prompt_len // self.block_size  # a group prefix is a truncated prompt
             if len(keys) > limit:
-                del keys[limit:]
+                keys = keys[:limit]
             state.block_keys = keys
             state.num_keys = len(keys)
         return keys

@@ -1,9 +1,29 @@
 """The block manager's LRU prefix cache against a plain reference model (an OrderedDict)."""
 from collections import OrderedDict
 
+import contextlib
+
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from scheduler import BlockManager
+from scheduler import kv_blocks
+
+
+@contextlib.contextmanager
+def paths(small: int, slack: int):
+    """Forces the block manager's loop or numpy paths, and a tiny queue buffer (compactions)."""
+    saved = kv_blocks._SMALL, kv_blocks._SLACK
+    kv_blocks._SMALL, kv_blocks._SLACK = small, slack
+    try:
+        yield
+    finally:
+        kv_blocks._SMALL, kv_blocks._SLACK = saved
+
+
+# (small-operation threshold, queue slack): the defaults; every operation through numpy; every
+# operation through Python loops; both with a buffer that compacts all the time
+PATHS = [(kv_blocks._SMALL, kv_blocks._SLACK), (0, 1), (10**9, 1), (3, 0)]
 
 
 class ReferenceLRU:
@@ -15,6 +35,7 @@ class ReferenceLRU:
         self.block_of = {}
         self.plain = list(range(num_blocks - 1, -1, -1))
         self.cached = OrderedDict()
+        self.evictions = 0
 
     def lookup(self, keys):
         hits = []
@@ -39,6 +60,7 @@ class ReferenceLRU:
                 block = self.plain.pop()
             else:
                 block, _ = self.cached.popitem(last=False)
+                self.evictions += 1
                 del self.block_of[self.key_of[block]]
                 self.key_of[block] = None
             self.ref[block] = 1
@@ -60,13 +82,19 @@ class ReferenceLRU:
                     self.plain.append(block)
 
 
-operations = st.lists(st.tuples(st.sampled_from(["new", "hit", "free"]), st.integers(0, 7), st.integers(1, 6)),
+operations = st.lists(st.tuples(st.sampled_from(["new", "hit", "free"]), st.integers(0, 7), st.integers(1, 40)),
                       min_size=1, max_size=200)
 
 
-@settings(max_examples=200, deadline=None)
-@given(operations, st.integers(4, 24))
-def test_lru_cache_matches_the_reference(ops, num_blocks):
+@pytest.mark.parametrize("small,slack", PATHS)
+def test_lru_cache_matches_the_reference(small, slack):
+    with paths(small, slack):
+        check_against_reference()
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations, st.integers(4, 96))
+def check_against_reference(ops, num_blocks):
     kv, model = BlockManager(num_blocks, 4, "lru"), ReferenceLRU(num_blocks)
     held = []  # block lists in use
     for op, prefix, length in ops:
@@ -91,6 +119,8 @@ def test_lru_cache_matches_the_reference(ops, num_blocks):
             held.append(blocks)
         assert kv.num_free_blocks == len(model.plain) + len(model.cached)
         assert kv.cached_free_blocks() == list(model.cached)  # the same eviction order
+        assert [kv.ref_count(b) for b in range(num_blocks)] == model.ref
+        assert kv.num_evictions == model.evictions
     for blocks in held:
         kv.release(blocks)
         model.release(blocks)
@@ -106,6 +136,6 @@ def test_stale_queue_entries_are_compacted():
         hits = kv.lookup([1, 2, 3, 4], 4)
         kv.touch(hits)
         kv.release(hits)
-    assert len(kv._lru) <= 2 * kv.num_cached_free_blocks + 1024 + 4
+    assert kv.queue_length <= 2 * kv.num_cached_free_blocks + 1024 + 4
     assert blocks == [0, 1, 2, 3] and kv.cached_free_blocks() == [3, 2, 1, 0]  # released tail first
     assert kv.allocate(8) is not None and kv.num_evictions == 4
