@@ -23,9 +23,11 @@ from .errors import ConfigError
 
 CACHING_MODES = ("lru", "off")
 
-# Operations on at most this many blocks run as Python loops over memoryviews; longer ones
-# as numpy operations (a numpy call costs microseconds, a loop step tens of nanoseconds).
-_SMALL = 24
+# Operations on at most ``_SMALL * weight`` blocks run as Python loops over memoryviews,
+# longer ones as numpy operations: a numpy call costs microseconds, a loop step tens of
+# nanoseconds. The weights put each operation's switch near where the two cost the same on
+# this machine (benchmarks/bench_kv_blocks.py): register 1, release 2, allocate 3, lookup 4.
+_SMALL = 16
 # Slack of the LRU queue's buffer over twice its live entries (stale entries are dropped when
 # it is used up).
 _SLACK = 1024
@@ -109,6 +111,15 @@ class BlockManager:
         """The cached blocks matching the leading ``keys`` (at most ``max_blocks``)."""
         if self.caching == "off" or max_blocks <= 0 or len(keys) == 0:
             return []
+        if max_blocks <= 4 * _SMALL:
+            block_of, top = self._block_of_v, len(self._block_of)
+            hits = []
+            for key in keys[:max_blocks].tolist() if isinstance(keys, np.ndarray) else keys[:max_blocks]:
+                block = block_of[key] if key < top else -1
+                if block < 0:
+                    break
+                hits.append(block)
+            return hits
         keys = _as_index(keys[:max_blocks])
         known = keys < len(self._block_of)
         if not known.all():
@@ -152,8 +163,8 @@ class BlockManager:
         if evict:
             self._num_cached_free -= evict
             self.num_evictions += evict
-            taken.extend(self._evict_small(evict) if evict <= _SMALL else self._evict_many(evict))
-        if count <= _SMALL:
+            taken.extend(self._evict_small(evict) if evict <= 3 * _SMALL else self._evict_many(evict))
+        if count <= 3 * _SMALL:
             ref = self._ref_v
             for block in taken:
                 ref[block] = 1
@@ -229,7 +240,7 @@ class BlockManager:
 
     def release(self, blocks: list[int]) -> None:
         """Drops one reference from each block; blocks reaching zero are freed tail first."""
-        if len(blocks) <= _SMALL:
+        if len(blocks) <= 2 * _SMALL:
             self._release_small(blocks)
         else:
             self._release_many(blocks)
