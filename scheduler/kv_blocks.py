@@ -109,33 +109,41 @@ class BlockManager:
 
     def lookup(self, keys, max_blocks: int) -> list[int]:
         """The cached blocks matching the leading ``keys`` (at most ``max_blocks``)."""
+        return self.match(keys, max_blocks)[0]
+
+    def match(self, keys, max_blocks: int) -> tuple[list[int], int]:
+        """``lookup`` and ``num_free_among`` of its hits, in one pass."""
         if self.caching == "off" or max_blocks <= 0 or len(keys) == 0:
-            return []
+            return [], 0
         if max_blocks <= 4 * _SMALL:
-            block_of, top = self._block_of_v, len(self._block_of)
+            block_of, ref, top = self._block_of_v, self._ref_v, len(self._block_of)
             hits = []
+            free = 0
             for key in keys[:max_blocks].tolist() if isinstance(keys, np.ndarray) else keys[:max_blocks]:
                 block = block_of[key] if key < top else -1
                 if block < 0:
                     break
                 hits.append(block)
-            return hits
+                if ref[block] == 0:
+                    free += 1
+            return hits, free
         keys = _as_index(keys[:max_blocks])
-        known = keys < len(self._block_of)
-        if not known.all():
-            keys = keys[:int(np.argmin(known))]
+        if int(keys[-1]) >= len(self._block_of):  # keys increase along a prompt
+            known = keys < len(self._block_of)
+            keys = keys[:int(np.argmin(known))] if not known.all() else keys
         found = self._block_of[keys]
         misses = np.flatnonzero(found < 0)
         if len(misses):
             found = found[:misses[0]]
-        return found.tolist()
+        return found.tolist(), int(np.count_nonzero(self._ref[found] == 0))
 
-    def num_free_after_touch(self, hits: list[int]) -> int:
-        """Free blocks left once ``hits`` are taken out of the free queue."""
-        if len(hits) <= _SMALL:
+    def num_free_among(self, blocks: list[int]) -> int:
+        """How many of ``blocks`` are free (cached, in the LRU queue): taking them as hits
+        leaves ``num_free_blocks`` minus that many."""
+        if len(blocks) <= _SMALL:
             ref = self._ref_v
-            return self.num_free_blocks - sum(1 for block in hits if ref[block] == 0)
-        return self.num_free_blocks - int(np.count_nonzero(self._ref[_as_index(hits)] == 0))
+            return sum(1 for block in blocks if ref[block] == 0)
+        return int(np.count_nonzero(self._ref[_as_index(blocks)] == 0))
 
     # --- mutations -----------------------------------------------------------------------
     def touch(self, hits: list[int]) -> None:
@@ -189,22 +197,30 @@ class BlockManager:
         return taken
 
     def _evict_many(self, count: int) -> list[int]:
-        parts = []
         head = self._head
-        while count:
-            end = min(self._tail, head + 2 * count + 64)
-            live = self._live(head, end)
-            if len(live) >= count:
-                live = live[:count]
-                end = int(live[-1]) + 1
-            blocks = self._lru[live]
-            self._block_of[self._key_of[blocks]] = -1
-            self._key_of[blocks] = -1
-            parts.append(blocks)
-            count -= len(live)
-            head = end
+        # the queue holds the evictees, the other cached free blocks (``allocate`` has taken the
+        # evictees off ``_num_cached_free`` already) and ``stale`` dead entries
+        stale = self._tail - head - self._num_cached_free - count
+        if not stale:  # the evictees are the head of the queue
+            blocks = self._lru[head:head + count]
+            head += count
+        else:
+            parts = []
+            missing = count
+            while missing:
+                end = min(self._tail, head + missing + min(stale, missing + 64))
+                live = self._live(head, end)
+                if len(live) >= missing:
+                    live = live[:missing]
+                    end = int(live[-1]) + 1
+                parts.append(self._lru[live])
+                missing -= len(live)
+                head = end
+            blocks = np.concatenate(parts) if len(parts) > 1 else parts[0]
         self._head = head
-        return np.concatenate(parts).tolist() if len(parts) > 1 else parts[0].tolist()
+        self._block_of[self._key_of[blocks]] = -1
+        self._key_of[blocks] = -1
+        return blocks.tolist()
 
     def _fit_keys(self, top: int) -> None:
         if top >= len(self._block_of):
@@ -222,7 +238,7 @@ class BlockManager:
                 self.register(blocks[index], int(keys[index]))
             return
         keys = _as_index(keys[begin:end])
-        self._fit_keys(int(keys.max()))
+        self._fit_keys(int(keys[-1]))  # keys increase along a prompt; numpy bounds-checks the rest
         blocks = np.array(blocks[begin:end], dtype=np.int64)
         # blocks of one request are distinct, and so are its keys: no pair affects another
         new = (self._key_of[blocks] < 0) & (self._block_of[keys] < 0)

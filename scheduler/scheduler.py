@@ -208,18 +208,19 @@ class Scheduler:
         group = state.group
         if group is not None and group.prefix_done and state.request is not None:
             hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
+            free_hits = None
         elif kv.caching != "off":
             keys = self._keys(state)
-            hits = kv.lookup(keys, min(len(keys), (num_tokens - 1) // size))
+            hits, free_hits = kv.match(keys, min(len(keys), (num_tokens - 1) // size))
         else:
-            hits = []
+            hits, free_hits = [], 0
         computed = len(hits) * size
         count = num_tokens - computed
         if not self.config.enable_chunked_prefill and count > tokens_left:
             return None
         count = min(count, tokens_left)
         need = kv.blocks_for(computed + count) - len(hits)
-        free_after = kv.num_free_after_touch(hits) if hits else kv.num_free_blocks
+        free_after = kv.num_free_blocks - (kv.num_free_among(hits) if free_hits is None else free_hits)
         if need > free_after:
             return None
         threshold = self._kv_threshold_blocks

@@ -104,9 +104,10 @@ def check_against_reference(ops, num_blocks):
             kv.release(blocks)
             model.release(blocks)
         elif op in ("new", "hit"):
-            hits = kv.lookup(keys, len(keys)) if op == "hit" else []
+            hits, free_hits = kv.match(keys, len(keys)) if op == "hit" else ([], 0)
             assert hits == (model.lookup(keys) if op == "hit" else [])
-            if kv.num_free_after_touch(hits) < length - len(hits):
+            assert free_hits == kv.num_free_among(hits) == sum(model.ref[b] == 0 for b in hits)
+            if kv.num_free_blocks - free_hits < length - len(hits):
                 continue
             kv.touch(hits)
             model.touch(hits)
