@@ -23,6 +23,8 @@ from scheduler import Scheduler, ScheduleConfig, StepResult
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
+
+MAX_STRETCH = 4096  # steps one decode stretch may cover
 from traces.step_log import StepLog
 
 
@@ -51,7 +53,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         scheduler.check_fits(request)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
-    state = {"next": 0, "clock": 0.0, "events": 0, "idle": None}
+    state = {"next": 0, "clock": 0.0, "events": 0, "idle": None, "decode_s": None}
     total = len(requests)
 
     def arrivals():
@@ -78,6 +80,15 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
+    def horizon(now: float) -> int:
+        """How many steps a decode stretch looks ahead: past the next arrival it ends anyway.
+        An estimate from the last decode step's time (stretches get slower, not faster, as
+        contexts grow), with slack; one that falls short only splits a stretch in two."""
+        if state["next"] >= total or state["decode_s"] is None:
+            return MAX_STRETCH
+        steps = (requests[state["next"]].arrival_s - now) / state["decode_s"]
+        return int(min(MAX_STRETCH, 1.25 * steps + 8))
+
     def engine():
         now = 0.0
         while True:
@@ -91,7 +102,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 continue
             state["events"] += 1
             report(now)
-            stretch = scheduler.decode_stretch() if fast_forward else None
+            stretch = scheduler.decode_stretch(horizon(now)) if fast_forward else None
             if stretch is not None and stretch.max_steps >= 2:
                 now = yield from run_stretch(stretch, now)
                 continue
@@ -133,6 +144,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                        "kv_blocks_used": stretch.kv_blocks_used[:count], "num_waiting": scheduler.num_waiting,
                        "num_preempted": 0}, kernels, count)
         end = float(ends[count - 1])
+        state["decode_s"] = float(durations[0])
         yield env.timeout(end - env.now)
         scheduler.advance_decodes(stretch, count, ends)
         return end
