@@ -184,6 +184,13 @@ class BlockManager:
         lru, last_pos, ref, key_of, block_of = (self._lru_v, self._last_pos_v, self._ref_v,
                                                 self._key_of_v, self._block_of_v)
         head = self._head
+        if self._tail - head == self._num_cached_free + count:  # no stale entries: the head
+            taken = self._lru[head:head + count].tolist()
+            for block in taken:
+                block_of[key_of[block]] = -1
+                key_of[block] = -1
+            self._head = head + count
+            return taken
         taken = []
         while count:
             block = lru[head]
@@ -234,8 +241,13 @@ class BlockManager:
         if self.caching == "off" or end <= begin:
             return
         if end - begin <= _SMALL:
-            for index in range(begin, end):
-                self.register(blocks[index], int(keys[index]))
+            keys = keys[begin:end]
+            self._fit_keys(int(keys[-1]))  # keys increase along a prompt
+            key_of, block_of = self._key_of_v, self._block_of_v
+            for block, key in zip(blocks[begin:end], keys.tolist() if isinstance(keys, np.ndarray) else keys):
+                if key_of[block] < 0 and block_of[key] < 0:
+                    block_of[key] = block
+                    key_of[block] = key
             return
         keys = _as_index(keys[begin:end])
         self._fit_keys(int(keys[-1]))  # keys increase along a prompt; numpy bounds-checks the rest
