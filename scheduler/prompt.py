@@ -79,8 +79,11 @@ class ChainIndex:
                 firsts.append(entry[1])
                 counts.append(count)
             seg_start = seg_end
-        if len(firsts) == 1:
-            return np.arange(firsts[0], firsts[0] + counts[0], dtype=np.int64)
+        if len(firsts) <= 4:  # most prompts: a few numpy calls beat the general form's dozen
+            if len(firsts) == 1:
+                return np.arange(firsts[0], firsts[0] + counts[0], dtype=np.int64)
+            return np.concatenate([np.arange(first, first + count, dtype=np.int64)
+                                   for first, count in zip(firsts, counts)] or [np.empty(0, np.int64)])
         lengths = np.array(counts, dtype=np.int64)
         total = int(lengths.sum())
         # key i of the prompt = first key of its segment + its rank inside the segment

@@ -6,7 +6,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from scheduler import BlockManager
+from scheduler import BlockManager, ChainIndex
 from scheduler import kv_blocks
 
 
@@ -140,3 +140,26 @@ def test_stale_queue_entries_are_compacted():
     assert kv.queue_length <= 2 * kv.num_cached_free_blocks + 1024 + 4
     assert blocks == [0, 1, 2, 3] and kv.cached_free_blocks() == [3, 2, 1, 0]  # released tail first
     assert kv.allocate(8) is not None and kv.num_evictions == 4
+
+
+segment_chains = st.lists(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([1, 3, 4, 7, 16, 20])),
+                                   min_size=1, max_size=6), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(segment_chains, st.sampled_from([1, 4, 16]))
+def test_block_identities_are_equal_exactly_when_the_tokens_before_them_are(prompts, block_size):
+    """Dense keys from ChainIndex against token-level truth: a segment (id, length) is the
+    token run ((id, length, 0), ..., (id, length, length - 1))."""
+    chains = ChainIndex(block_size)
+    seen = {}  # the tokens up to a block's end -> its key
+    for segments in prompts:
+        prompt = tuple(segments)
+        tokens = [(sid, length, i) for sid, length in prompt for i in range(length)]
+        keys = chains.full_block_keys(prompt).tolist()
+        assert len(keys) == len(tokens) // block_size
+        assert keys == sorted(set(keys)) and all(k < chains.num_keys for k in keys)  # increasing, dense
+        for index, key in enumerate(keys):
+            before = tuple(tokens[:(index + 1) * block_size])
+            assert seen.setdefault(before, key) == key
+    assert len(set(seen.values())) == len(seen)  # different token prefixes, different keys
