@@ -130,11 +130,11 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens():
     from traces.synthetic import batchllm_microbenchmark
 
     spec = model_spec("tiny", num_layers=1)
-    weights = random_weights(spec, seed=3)
+    weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
     workload = batchllm_microbenchmark(32, 5, 3, 3, 6, seed=2)
     tokens = {}
-    for backend in ("torch", "triton"):
-        runner = ModelRunner(spec, 64, 16, weights=weights, backend=backend)
+    for backend in ("torch", "triton"):  # on CPU, Triton's interpreter; on a GPU, the kernels
+        runner = ModelRunner(spec, 64, 16, device=DEVICE, weights=weights, backend=backend)
         run_engine(workload, schedule_config("batchllm", max_num_batched_tokens=24), runner, 64, 16)
         tokens[backend] = {r: tuple(t) for r, t in runner.outputs.items()}
     assert tokens["triton"] == tokens["torch"]

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU work owed to issues 6 and 7, in stages that each fit one call of a lent GPU machine
+# (10 minutes a call, 30 minutes a session; the machine has PyTorch and Triton but no PyPI).
+#
+# On the development machine, once (pure-Python wheels of what the GPU image lacks):
+#   bash benchmarks/gpu_session.sh wheels
+# Then, each through the device tool with carry [".whl"], results under $OUT:
+#   bash benchmarks/gpu_session.sh kernels           # kernel tests on CUDA (Triton backend gives
+#                                                    # the torch backend's tokens), bench_kernels.py
+#   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
+#   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
+# MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
+# H100's 80 GB); extra arguments are Hydra overrides for the batchlab command. A dry run of the
+# last two stages on a CPU (PROFILE keeps it off the committed profile):
+#   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
+#   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
+# Commit what comes back: benchmarks/results/*.json, profiles/<model>-cuda-bfloat16-triton/,
+# and the validation figures in the README and the issue notes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:-}"
+shift || true
+MODEL="${MODEL:-llama-3.1-8b}"
+PY="${PYTHON:-python3}"  # the GPU image's python3 holds PyTorch
+DEVICE="${DEVICE:-cuda}" DTYPE="${DTYPE:-bfloat16}" BACKEND="${BACKEND:-triton}"  # cpu/float32/torch: a dry run
+OUT="${OUT:-/tmp/batchlab-gpu-out}"
+PROFILE="${PROFILE:-profiles/${MODEL}-${DEVICE}-${DTYPE}-${BACKEND}}"
+mkdir -p "$OUT"
+
+setup() {
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+  else
+    export PYTHONPATH="$PWD"
+  fi
+  export PYTHONUNBUFFERED=1
+  [ "$DEVICE" = cuda ] || return 0
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+  "$PY" -c "import torch, triton, simpy, hydra; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
+}
+
+case "$stage" in
+  wheels)
+    # .whl/ is in .gitignore: it travels only when a call carries it
+    python3 -m pip wheel -q --no-deps -w .whl simpy==4.1.2 hydra-core==1.3.8 omegaconf==2.3.1 \
+      antlr4-python3-runtime==4.9.3 hydra-joblib-launcher==1.2.0
+    ls -l .whl
+    ;;
+  kernels)
+    setup
+    set +e
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/kernel_tests.log"
+    "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    cp benchmarks/results/*.json "$OUT/" 2>/dev/null
+    ;;
+  profile)
+    setup
+    "$PY" -m batchlab.cli profile model="$MODEL" device="$DEVICE" dtype="$DTYPE" backend="$BACKEND" \
+      kv_blocks=8192 out="$PROFILE" "$@" 2>&1 | tee "$OUT/profile.log"
+    mkdir -p "$OUT/profile" && cp "$PROFILE"/* "$OUT/profile/"
+    ;;
+  validate)
+    setup
+    run_dir=/tmp/batchlab-validate
+    "$PY" -m batchlab.cli validate model="$MODEL" device="$DEVICE" dtype="$DTYPE" backend="$BACKEND" \
+      profile="$PROFILE" kv_blocks=2048 \
+      workload.params.prefix_len=2048 workload.params.distinct_len=128 workload.params.output_len=32 \
+      workload.params.share_degree=16 workload.params.num_requests=256 \
+      hydra.run.dir="$run_dir" "$@" 2>&1 | tee "$OUT/validate.log"
+    mkdir -p "$OUT/validate" && cp "$run_dir"/validation.* "$run_dir"/validation_scatter.png "$run_dir"/report.md "$OUT/validate/"
+    ;;
+  *)
+    echo "usage: bash benchmarks/gpu_session.sh wheels|kernels|profile|validate [hydra overrides]" >&2
+    exit 2
+    ;;
+esac
