@@ -13,7 +13,7 @@ from .errors import WorkloadError
 Segment = tuple[int, int]
 Prompt = tuple[Segment, ...]
 
-MAX_SEGMENT_LEN = (1 << 32) - 1
+MAX_SEGMENT_LEN = (1 << 32) - 1  # a sanity bound: no real segment comes near 4 billion tokens
 
 
 def prompt_length(prompt: Prompt) -> int:

@@ -23,9 +23,9 @@ from scheduler import Scheduler, ScheduleConfig, StepResult
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
+from traces.step_log import StepLog
 
 MAX_STRETCH = 4096  # steps one decode stretch may cover
-from traces.step_log import StepLog
 
 
 @dataclass

@@ -85,6 +85,27 @@ def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
     assert slow.scheduler.stats == fast.scheduler.stats
 
 
+def test_stretches_cut_short_by_the_horizon_change_nothing(monkeypatch):
+    """Stretches look ahead about as far as the next arrival, and at most MAX_STRETCH steps;
+    a look-ahead that falls short splits a stretch, which must not change a record."""
+    import sim.simulator
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    workload = WORKLOADS["system-poisson"]()
+    config = schedule_config("fcfs", max_num_batched_tokens=256)
+    slow = simulate(workload, config, cost, 220, 16, fast_forward=False)
+    default = simulate(workload, config, cost, 220, 16, fast_forward=True)
+    monkeypatch.setattr(sim.simulator, "MAX_STRETCH", 3)
+    short = simulate(workload, config, cost, 220, 16, fast_forward=True)
+    assert default.num_events < short.num_events < slow.num_events
+    for outcome in (default, short):
+        for expected, got in zip(_records(slow, "fcfs"), _records(outcome, "fcfs")):
+            pd.testing.assert_frame_equal(expected, got, check_exact=True)
+
+
 def test_stretch_does_not_take_a_last_one_token_prefill_chunk_for_a_decode():
     # budget 8: step 0 admits a (4 tokens) and 4 of b's 12; step 1 decodes a and computes 7 more
     # of b; step 2 computes b's last prompt token (a 1-token prefill chunk, not a decode) while
