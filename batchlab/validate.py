@@ -46,7 +46,8 @@ def profile_main(cfg: DictConfig) -> None:
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
-    from reports.validation import compare_runs, discordant_pairs, kernel_errors, ranking, scatter, step_errors
+    from reports.validation import (compare_runs, discordant_pairs, kernel_errors, ranking, run_noise, scatter,
+                                    step_errors)
     from sim.cost_model import CostModel
     from sim.profile import Profile
     from sim.profile_check import check_profile_matches
@@ -101,6 +102,8 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         if len(measured) == 2:
             again = measured[1].steps.all_steps()
             entry["noise_makespan"] = abs(measured[1].makespan_s - measured[0].makespan_s) / measured[0].makespan_s
+            entry["noise"] = run_noise(meas_requests, meas_steps, requests_frame(measured[1].scheduler, config.name),
+                                       again)
             if offline and measured[1].plans == measured[0].plans:
                 entry["noise_step_error"] = step_errors(again["duration_s"], meas_steps["duration_s"])
         result["schedules"][config.name] = entry
@@ -148,12 +151,14 @@ def validation_table(result: dict) -> str:
 def validate_main(cfg: DictConfig) -> None:
     import torch
 
-    from reports.validation import kernel_table
+    from reports.validation import kernel_table, latency_table
 
     torch.set_num_threads(1)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = guarded("validate", run_dir, lambda: run_validation(cfg, run_dir, get_original_cwd()))
     table = validation_table(result)
+    if not result["offline"]:  # arrivals: plans differ, latencies are what is compared
+        table += "\n\n" + latency_table(result["schedules"])
     print(table)
     kernels = "\n\n".join(kernel_table(n, e["kernels"]) for n, e in result["schedules"].items() if "kernels" in e)
     (run_dir / "validation.md").write_text("# batchlab validation\n\n```\n" + table + "\n```\n\n"

@@ -54,14 +54,40 @@ def relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured if measured else float("nan")
 
 
+COMPARED = ("makespan_s", "throughput_tokens_per_s", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99")
+
+
 def compare_runs(pred_requests, pred_steps, meas_requests, meas_steps) -> dict:
     """Makespan, throughput and latency-percentile errors of one schedule."""
     pred, meas = summarize(pred_requests, pred_steps), summarize(meas_requests, meas_steps)
-    keys = ("makespan_s", "throughput_tokens_per_s", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99")
-    out = {f"{k}_predicted": pred[k] for k in keys}
-    out.update({f"{k}_measured": meas[k] for k in keys})
-    out.update({f"{k}_error": relative_error(pred[k], meas[k]) for k in keys})
+    out = {f"{k}_predicted": pred[k] for k in COMPARED}
+    out.update({f"{k}_measured": meas[k] for k in COMPARED})
+    out.update({f"{k}_error": relative_error(pred[k], meas[k]) for k in COMPARED})
     return out
+
+
+def run_noise(first_requests, first_steps, again_requests, again_steps) -> dict:
+    """The same metrics' relative difference between two engine runs of one schedule: the
+    noise floor their prediction errors are to be read against."""
+    first, again = summarize(first_requests, first_steps), summarize(again_requests, again_steps)
+    return {k: relative_error(again[k], first[k]) for k in COMPARED}
+
+
+def latency_table(schedules: dict) -> str:
+    """Throughput and TTFT/TPOT percentiles, predicted / measured (error, noise floor): what an
+    online replay is judged by (its plans differ from the prediction's, so steps do not pair)."""
+    pct = lambda v: "-" if v is None or v != v else f"{v:.1%}"
+    ms = lambda v: "-" if v is None or v != v else f"{1e3 * v:.1f}"
+    columns = (("throughput_tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"), ("ttft_s_p50", "TTFT p50 ms", ms),
+               ("ttft_s_p99", "TTFT p99 ms", ms), ("tpot_s_p50", "TPOT p50 ms", ms), ("tpot_s_p99", "TPOT p99 ms", ms))
+    lines = ["predicted / measured (error, noise floor)",
+             f"{'schedule':<14}" + "".join(f"  {title:>30}" for _, title, _ in columns)]
+    for name, e in schedules.items():
+        noise = e.get("noise", {})
+        cells = [f"{fmt(e[f'{k}_predicted'])} / {fmt(e[f'{k}_measured'])} ({pct(e[f'{k}_error'])}, {pct(noise.get(k))})"
+                 for k, _, fmt in columns]
+        lines.append(f"{name:<14}" + "".join(f"  {c:>30}" for c in cells))
+    return "\n".join(lines)
 
 
 def ranking(values: dict[str, float]) -> list[str]:

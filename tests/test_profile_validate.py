@@ -106,6 +106,30 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
                                                     key=lambda n: validation["schedules"][n]["makespan_s_measured"])
 
 
+def test_online_validation_compares_latencies_with_their_noise_floor(profile_dir, tmp_path):
+    result = batchlab("validate", f"profile={profile_dir}", "workload.params.num_requests=16",
+                      "workload.params.share_degree=4", "workload.params.prefix_len=64",
+                      "workload.params.output_len=4", "workload.arrivals.process=poisson",
+                      "workload.arrivals.rate=400", "schedule.names=[fcfs]", "noise_floor=true",
+                      "report=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    entry = validation["schedules"]["fcfs"]
+    assert validation["offline"] is False and "step_error" not in entry  # online plans do not pair
+    for mode in ("simulated", "measured"):
+        requests = pd.read_parquet(tmp_path / mode / "requests.parquet")
+        ttft = requests["first_token_s"] - requests["arrival_s"]
+        key = "predicted" if mode == "simulated" else "measured"
+        assert entry[f"ttft_s_p50_{key}"] == pytest.approx(np.percentile(ttft, 50), rel=1e-9)
+        assert entry[f"ttft_s_p99_{key}"] == pytest.approx(np.percentile(ttft, 99), rel=1e-9)
+    error = abs(entry["ttft_s_p50_predicted"] - entry["ttft_s_p50_measured"]) / entry["ttft_s_p50_measured"]
+    assert entry["ttft_s_p50_error"] == pytest.approx(error)
+    assert set(entry["noise"]) >= {"ttft_s_p50", "tpot_s_p99", "throughput_tokens_per_s"}
+    assert all(v >= 0 for v in entry["noise"].values())
+    text = (tmp_path / "validation.md").read_text()
+    assert "TTFT p50 ms" in text and f"{1e3 * entry['ttft_s_p50_measured']:.1f}" in text
+
+
 def test_damaged_profile_names_the_directory_and_kernel(profile_dir, tmp_path):
     import shutil
 
