@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk
+from scheduler.config import SCHEDULES
 
 from .runner import ModelRunner
 
@@ -36,6 +37,13 @@ PROMPT_TOKENS = (32, 128, 512, 1024, 2048)  # ... and their tokens, for the prom
 
 GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": BATCHES, "sampled": SAMPLED,
          "prefill_chunks": PREFILL_CHUNKS, "prompt_tokens": PROMPT_TOKENS}
+
+
+def _sampled(plan: BatchPlan) -> dict[int, int]:
+    """A token for every request that samples in ``plan`` (what a run's update receives)."""
+    tokens = {r: 0 for r in plan.decodes.req_ids}
+    tokens.update((c.req_id, 0) for c in plan.listed if c.samples)
+    return tokens
 
 
 class Profiler:
@@ -154,31 +162,55 @@ class Profiler:
         self._forget(model_step)
         return statistics.median(samples)
 
-    def scheduler_seconds(self, batch: int, steps: int = 30) -> float:
-        """Median schedule + update time of ``batch`` running decodes (the engine loop's own
-        cost per step, outside ``execute``), each right after a model step of ``batch``
-        decodes, as in a run. Measured back to back, with the CPU caches holding nothing but
-        the scheduler, a 10-decode step read 6.6 us (13 us with its sampled tokens, which a
-        run's update appends); after model steps 41 us, where a validation run's fcfs decode
-        steps spent 64 us (with a waiting queue to try each step)."""
-        from scheduler import Scheduler, StepResult, schedule_config
+    def scheduler_seconds(self, batch: int, schedules: tuple[str, ...] = ("fcfs",),
+                          steps: int = 20) -> dict[str, list[float]]:
+        """Schedule + update times of ``batch`` running decodes under each of ``schedules``
+        (the engine loop's own cost per step, outside ``execute``), ``steps`` samples each. Each
+        sample follows a model step of ``batch`` decodes, as in a run, and the schedules take
+        turns in a fresh random order every round, so that a drift of the machine shows in all
+        of them alike (their differences are taken round by round). The requests come in
+        groups of 8 sharing a prefix, as in ``validate``'s workload, so that grouped schedules
+        find their shared-prefix groups. Measured back to back, with the CPU caches holding
+        nothing but the scheduler, a 10-decode fcfs step read 6.6 us (13 us with its sampled
+        tokens, which a run's update appends); after model steps 41 us, where a validation
+        run's fcfs decode steps spent 64 us (with a waiting queue to try each step)."""
+        from scheduler import StepResult
 
-        scheduler = Scheduler(schedule_config("fcfs", max_num_seqs=None), 4 * batch * (steps + 64) // 16 + 64, 16)
-        for index in range(batch):
-            scheduler.add(Request(index, 0.0, ((index, 32),), steps + 8))
-        plan = scheduler.schedule(0.0)
-        scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+        running = {name: self._steady_scheduler(batch, name, steps) for name in schedules}
         model_step = self._plan([(256, 1, True)] * batch)
-        samples = []
+        samples: dict[str, list[float]] = {name: [] for name in schedules}
+        order = list(schedules)
         for _ in range(steps):
-            self.runner.execute(replace(model_step))
-            started = time.perf_counter()
-            plan = scheduler.schedule(0.0)
-            # a run's update appends each sampled token to its request
-            scheduler.update(plan, StepResult(plan.step, 0.0, {r: 0 for r in plan.decodes.req_ids}), 0.0)
-            samples.append(time.perf_counter() - started)
+            self._rng.shuffle(order)
+            for name in order:
+                scheduler = running[name]
+                self.runner.execute(replace(model_step))
+                started = time.perf_counter()
+                plan = scheduler.schedule(0.0)
+                # a run's update appends each sampled token to its request
+                scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
+                samples[name].append(time.perf_counter() - started)
         self._forget(model_step)
-        return statistics.median(samples)
+        return samples
+
+    @staticmethod
+    def _steady_scheduler(batch: int, schedule: str, steps: int):
+        """A scheduler of ``schedule`` whose ``batch`` requests all decode, for ``steps`` more
+        steps at least."""
+        from scheduler import Scheduler, StepResult, schedule_config
+        from traces.synthetic import batchllm_microbenchmark
+
+        workload = batchllm_microbenchmark(32, 16, steps + 256, 8, batch, shuffle=False, seed=0)
+        scheduler = Scheduler(schedule_config(schedule, max_num_seqs=None, kv_threshold=None),
+                              batch * (steps + 320) // 16 + 2 * batch + 64, 16)
+        for request in workload.requests:
+            scheduler.add(request)
+        for _ in range(64):
+            plan = scheduler.schedule(0.0)
+            scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
+            if len(plan.decodes.req_ids) == batch and not plan.listed:
+                return scheduler
+        raise AssertionError(f"{schedule}: {batch} requests never reached steady decode")
 
     def _forget(self, plan: BatchPlan) -> None:
         """Drops a measured plan's requests from the runner."""
@@ -228,9 +260,18 @@ class Profiler:
             if j == 0:
                 overhead.append(m["overhead"])
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
-        scheduling = [self.scheduler_seconds(batch) for batch in BATCHES]
-        decode_host = np.array(overhead) + np.array(scheduling)
+        say(f"profiling the scheduler's own work per step, {len(SCHEDULES)} schedules x {len(BATCHES)} batches")
+        fcfs, extra = [], {name: [] for name in SCHEDULES if name != "fcfs"}
+        for batch in BATCHES:
+            samples = self.scheduler_seconds(batch, tuple(SCHEDULES))
+            fcfs.append(statistics.median(samples["fcfs"]))
+            for name in extra:  # the median of round-by-round differences; never below zero
+                extra[name].append(max(statistics.median(a - b for a, b in zip(samples[name], samples["fcfs"])), 0.0))
+        decode_host = np.array(overhead) + np.array(fcfs)
         tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), decode_host)
+        for name, seconds in extra.items():
+            # "schedule_overhead_<schedule>" (sim/profile.py): scheduler work beyond fcfs's
+            tables[f"schedule_overhead_{name}"] = (("requests",), (np.array(BATCHES, float),), np.array(seconds))
         say(f"profiling prompt steps' host work over {len(CHUNKS)}x{len(PROMPT)} shapes")
         tables["prefill_overhead"] = self._prefill_overhead(CHUNKS, PROMPT, BATCHES, decode_host)
         say("profiling LM head and sampling")

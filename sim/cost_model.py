@@ -12,7 +12,7 @@ import numpy as np
 from scheduler import BatchPlan
 from scheduler.model_spec import ModelSpec
 
-from .profile import LAYER_KERNELS, Profile
+from .profile import LAYER_KERNELS, SCHEDULE_OVERHEAD, Profile
 
 KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
 DENSE = ("linear_qkv", "linear_o", "mlp", "elementwise")  # looked up by tokens in the step
@@ -33,9 +33,12 @@ def _memo(lookup, limit: int = 1 << 16):
 
 
 class CostModel:
-    def __init__(self, profile: Profile, model: ModelSpec) -> None:
+    def __init__(self, profile: Profile, model: ModelSpec, schedule: str | None = None) -> None:
+        """``schedule``: the schedule whose steps are costed; its scheduler work beyond fcfs's
+        is charged to step_overhead where the profile measured it (``schedule_overhead_*``)."""
         self.profile = profile
         self.model = model
+        self.schedule = schedule
         self.layers = model.num_layers
         self._t = profile.tables
         # a measured backend without a shared-prefix kernel reads prefixes as ordinary decodes
@@ -44,7 +47,10 @@ class CostModel:
         # budget): remembered, they are the same floats without the interpolation
         self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
         self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
-        self._overhead = _memo(profile.tables["step_overhead"].scalar)
+        step = profile.tables["step_overhead"]
+        extra = profile.tables.get(f"{SCHEDULE_OVERHEAD}{schedule}") if schedule else None
+        self._schedule_extra = extra
+        self._overhead = _memo(step.scalar if extra is None else lambda n: step.scalar(n) + extra.scalar(n))
         # host work of prompt chunks (measured profiles); charged to step_overhead, absent = 0
         prompt = profile.tables.get("prefill_overhead")
         self._prefill_overhead = _memo(lambda key: prompt.scalar(*key)) if prompt is not None else None
@@ -82,9 +88,20 @@ class CostModel:
             "attn_decode": t["attn_decode"](batch, (steps - shared_tokens) / batch),
             "attn_shared_prefix": per_step(sum(float(t["attn_shared_prefix"](m, p)) for m, p in shared)),
             "lm_head_sampling": per_step(t["lm_head_sampling"](batch)),
-            "step_overhead": per_step(t["step_overhead"](batch)),
+            "step_overhead": per_step(self._decode_overhead(batch)),
         }
         return self._total(parts), self._whole_step(parts)
+
+    def _decode_overhead(self, batch: int):
+        """step_overhead(batch) and the schedule's extra, added as ``step`` adds them."""
+        base = self._t["step_overhead"](batch)
+        return base if self._schedule_extra is None else base + self._schedule_extra(batch)
+
+    def for_schedule(self, schedule: str) -> "CostModel":
+        """This cost model for ``schedule``'s steps (itself where nothing differs)."""
+        if f"{SCHEDULE_OVERHEAD}{schedule}" not in self.profile.tables:
+            return self if self._schedule_extra is None else CostModel(self.profile, self.model)
+        return self if schedule == self.schedule else CostModel(self.profile, self.model, schedule)
 
     def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
         """(predicted seconds, seconds per kernel over the whole step (all layers),

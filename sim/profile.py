@@ -35,6 +35,17 @@ OPTIONAL_KERNEL_AXES: dict[str, tuple[str, ...]] = {
     # host work of a step's prompt chunks beyond what as many decodes cost (step_overhead)
     "prefill_overhead": ("prefill_chunks", "prefill_tokens"),
 }
+# "schedule_overhead_<schedule>": that schedule's scheduler work per step beyond what
+# step_overhead holds (fcfs's), e.g. finding the shared-prefix groups of a step's decodes
+SCHEDULE_OVERHEAD = "schedule_overhead_"
+SCHEDULE_OVERHEAD_AXES = ("requests",)
+
+
+def table_axes(name: str) -> tuple[str, ...] | None:
+    """The axes a kernel table of this name must have (None: a name this version ignores)."""
+    if name.startswith(SCHEDULE_OVERHEAD):
+        return SCHEDULE_OVERHEAD_AXES
+    return KERNEL_AXES.get(name) or OPTIONAL_KERNEL_AXES.get(name)
 LAYER_KERNELS = ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
                  "attn_shared_prefix")
 PROFILE_KINDS = ("measured", "roofline", "constant")
@@ -142,7 +153,7 @@ class Profile:
         if missing:
             raise ConfigError(f"profile for {self.model!r} lacks kernel table(s) {sorted(missing)}")
         for name, table in self.tables.items():
-            expected = KERNEL_AXES.get(name) or OPTIONAL_KERNEL_AXES.get(name)
+            expected = table_axes(name)
             if expected is not None and table.axes != expected:
                 raise ConfigError(f"profile table {name!r} has axes {table.axes}; expected {expected}")
 

@@ -47,6 +47,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
              on_plan: Callable | None = None) -> SimOutcome:
     """``on_plan`` sees every plan scheduled one by one (not the steps of a decode stretch)."""
     started = time.perf_counter()
+    cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
     requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
     for request in requests:  # fail before simulating anything if one cannot ever fit

@@ -12,7 +12,8 @@ from engine.runner import ModelRunner
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
-from sim.profile import KERNEL_AXES, OPTIONAL_KERNEL_AXES, Profile
+from scheduler.config import SCHEDULES
+from sim.profile import KERNEL_AXES, Profile, table_axes
 from sim.profile_check import check_profile_matches
 
 from test_cli_simulate import batchlab
@@ -33,7 +34,12 @@ def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
     assert profile.kind == "measured" and profile.model == "tiny" and profile.dtype == "float32"
     assert set(KERNEL_AXES) <= set(profile.tables)
     for name, table in profile.tables.items():
-        assert table.axes == {**KERNEL_AXES, **OPTIONAL_KERNEL_AXES}[name]
+        assert table.axes == table_axes(name) is not None
+    # each schedule's scheduler work beyond fcfs's, on the decode batch grid, never negative
+    for name in SCHEDULES:
+        if name != "fcfs":
+            extra = profile.tables[f"schedule_overhead_{name}"]
+            assert extra.grids[0].tolist() == [1.0, 4.0] and extra.values.min() >= 0.0
     # prompt chunks' host work beyond as many decodes': measured on its own grid, positive
     # where a step holds many prompt tokens (token ids, positions, slots, block hashes)
     prompt = profile.tables["prefill_overhead"]

@@ -19,3 +19,13 @@ def test_scheduler_imports_only_stdlib_and_numpy():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not forbidden.match(line), f"{path.name}:{number}: {line}"
             assert not clock.search(line), f"{path.name}:{number}: reads a clock"
+
+
+def test_sim_and_engine_keep_apart():
+    """DESIGN.md: sim/ never imports torch or engine/; engine/ never imports simpy or sim/."""
+    rules = {"sim": r"torch|engine|kernels", "engine": r"simpy|sim"}
+    for package, names in rules.items():
+        forbidden = re.compile(rf"^\s*(import|from)\s+({names})\b")
+        for path in (ROOT / package).glob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                assert not forbidden.match(line), f"{package}/{path.name}:{number}: {line}"

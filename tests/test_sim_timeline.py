@@ -4,6 +4,7 @@ import pytest
 
 from batchlab.records import requests_frame
 from scheduler import Request, schedule_config
+from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
 from sim.profile import constant_profile
@@ -168,7 +169,7 @@ def test_prefill_overhead_table_charges_prompt_tokens_only():
 
 
 @pytest.mark.parametrize("schedule", ["fcfs", "batchllm"])
-def test_fast_forward_is_identical_with_the_prefill_overhead_table(schedule):
+def test_fast_forward_is_identical_with_the_optional_host_tables(schedule):
     # measured profiles add prefill_overhead: prompt steps pay it, stretches (decode-only)
     # must still equal step-by-step simulation bit for bit
     import numpy as np
@@ -181,7 +182,10 @@ def test_fast_forward_is_identical_with_the_prefill_overhead_table(schedule):
     base = build_roofline_profile(model, hardware_spec("a100-80gb"))
     grids = (np.array([1.0, 8.0]), np.array([1.0, 512.0]))
     tables = {**base.tables, "prefill_overhead": Table(("prefill_chunks", "prefill_tokens"), grids,
-                                                       np.array([[2e-5, 3e-4], [9e-5, 5e-4]]))}
+                                                       np.array([[2e-5, 3e-4], [9e-5, 5e-4]])),
+              # and the grouped schedule's own scheduler work, charged to every step of it
+              "schedule_overhead_batchllm": Table(("requests",), (np.array([1.0, 3.0, 64.0]),),
+                                                  np.array([1e-6, 7e-6, 3.3e-5]))}
     cost = CostModel(Profile("measured", base.model, base.dtype, tables, {"device": "test"}), model)
     workload = WORKLOADS["system-poisson"]()
     config = schedule_config(schedule, max_num_batched_tokens=256)
@@ -191,3 +195,27 @@ def test_fast_forward_is_identical_with_the_prefill_overhead_table(schedule):
     pd.testing.assert_frame_equal(_records(slow, schedule)[1], _records(fast, schedule)[1], check_exact=True)
     plain = simulate(workload, config, CostModel(base, model), 220, 16, fast_forward=True)
     assert slow.makespan_s > plain.makespan_s  # the table was charged
+
+
+def test_schedule_overhead_tables_charge_their_schedule_only():
+    # a measured profile's scheduler work of one schedule beyond fcfs's (0.5 s a step here,
+    # whatever the batch): its steps pay it, other schedules' do not
+    import numpy as np
+
+    from sim.profile import Profile, Table
+
+    base = constant_profile(0.0, 1.0, "tiny")
+    tables = {**base.tables,
+              "schedule_overhead_decode_first": Table(("requests",), (np.array([1.0]),), np.array([0.5]))}
+    cost = CostModel(Profile("constant", "tiny", "any", tables, base.provenance), ONE_LAYER)
+    workload = Workload("t", (Request(0, 0.0, ((1, 4),), 3), Request(1, 0.0, ((2, 2),), 1)))
+    steps = {}
+    for name in ("fcfs", "decode_first"):
+        out = simulate(workload, schedule_config(name, max_num_batched_tokens=4), cost, 32, 2, fast_forward=False)
+        steps[name] = out.steps.all_steps()
+    assert steps["fcfs"]["duration_s"].tolist() == pytest.approx([1.0] * len(steps["fcfs"]), abs=1e-12)
+    assert steps["decode_first"]["duration_s"].tolist() == pytest.approx([1.5] * len(steps["decode_first"]), abs=1e-12)
+    assert cost.for_schedule("fcfs") is cost and cost.for_schedule("decode_first").schedule == "decode_first"
+    with pytest.raises(ConfigError, match="schedule_overhead_lpm.*expected \\('requests',\\)"):
+        Profile("constant", "tiny", "any", {**base.tables, "schedule_overhead_lpm": Table(
+            ("batch",), (np.array([1.0]),), np.array([0.5]))}, base.provenance)
