@@ -237,7 +237,9 @@ class BlockManager:
             self._views()
 
     def register_run(self, blocks: list[int], keys, begin: int, end: int) -> None:
-        """``register(blocks[i], keys[i])`` for ``begin <= i < end``."""
+        """Makes ``blocks[i]`` (full, computed or being computed this step) findable by
+        ``keys[i]`` for ``begin <= i < end``; a block that has an identity keeps it, and a key
+        that names a block already keeps it (a duplicate computed concurrently stays private)."""
         if self.caching == "off" or end <= begin:
             return
         if end - begin <= _SMALL:
@@ -256,15 +258,6 @@ class BlockManager:
         new = (self._key_of[blocks] < 0) & (self._block_of[keys] < 0)
         self._block_of[keys[new]] = blocks[new]
         self._key_of[blocks[new]] = keys[new]
-
-    def register(self, block: int, key: int) -> None:
-        """Makes a full, computed (or being computed this step) block findable by identity."""
-        if self.caching == "off" or self._key_of_v[block] >= 0:
-            return
-        self._fit_keys(key)
-        if self._block_of_v[key] < 0:  # a duplicate computed concurrently stays private
-            self._block_of_v[key] = block
-            self._key_of_v[block] = key
 
     def release(self, blocks: list[int]) -> None:
         """Drops one reference from each block; blocks reaching zero are freed tail first."""
