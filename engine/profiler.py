@@ -157,7 +157,7 @@ class Profiler:
                 scheduler.add(Request(request, 0.0, ((index * chunks + request, each),), 2))
             started = time.perf_counter()
             plan = scheduler.schedule(0.0)
-            scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+            scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
             samples.append(time.perf_counter() - started)
         self._forget(model_step)
         return statistics.median(samples)
