@@ -99,9 +99,9 @@ class CostModel:
 
     def for_schedule(self, schedule: str) -> "CostModel":
         """This cost model for ``schedule``'s steps (itself where nothing differs)."""
-        if f"{SCHEDULE_OVERHEAD}{schedule}" not in self.profile.tables:
-            return self if self._schedule_extra is None else CostModel(self.profile, self.model)
-        return self if schedule == self.schedule else CostModel(self.profile, self.model, schedule)
+        wanted = schedule if f"{SCHEDULE_OVERHEAD}{schedule}" in self.profile.tables else None
+        have = self.schedule if self._schedule_extra is not None else None
+        return self if wanted == have else CostModel(self.profile, self.model, wanted)
 
     def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
         """(predicted seconds, seconds per kernel over the whole step (all layers),

@@ -46,6 +46,8 @@ def table_axes(name: str) -> tuple[str, ...] | None:
     if name.startswith(SCHEDULE_OVERHEAD):
         return SCHEDULE_OVERHEAD_AXES
     return KERNEL_AXES.get(name) or OPTIONAL_KERNEL_AXES.get(name)
+
+
 LAYER_KERNELS = ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
                  "attn_shared_prefix")
 PROFILE_KINDS = ("measured", "roofline", "constant")
