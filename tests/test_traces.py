@@ -117,3 +117,23 @@ def test_build_workload_from_config_mapping():
     assert len(workload) == 10 and workload.is_offline
     with pytest.raises(ConfigError, match="unknown workload kind 'nope'"):
         build_workload({"kind": "nope"})
+
+
+def test_step_log_flushes_parts_and_keeps_every_step(tmp_path):
+    """Steps are flushed to part files as a run goes (an interrupted run keeps them); reading
+    back gives every step in order, whether added one by one or a stretch at a time."""
+    import numpy as np
+
+    from traces.step_log import STEP_COLUMNS, StepLog
+
+    log = StepLog(("mlp", "attn"), tmp_path / "steps", flush_every=3)
+    for step in range(4):
+        log.add_step({name: step for name in STEP_COLUMNS}, {"mlp": 0.5 * step})
+    log.add_steps({name: np.arange(4, 9) if name == "step" else 1 for name in STEP_COLUMNS},
+                  {"mlp": np.full(5, 2.0), "attn": np.arange(5) / 10}, 5)
+    log.add_step({name: 9 for name in STEP_COLUMNS}, {"attn": 0.25})
+    assert len(list((tmp_path / "steps").glob("part-*.parquet"))) == 2  # after steps 0-3 and 4-8
+    steps = log.all_steps()
+    assert steps["step"].tolist() == list(range(10)) and log.num_steps == 10
+    assert steps["kernel_mlp_s"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0]
+    assert steps["kernel_attn_s"].tolist() == [0.0] * 4 + [0.0, 0.1, 0.2, 0.3, 0.4] + [0.25]

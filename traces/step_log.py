@@ -16,6 +16,9 @@ class StepLog:
     def __init__(self, kernels: tuple[str, ...], flush_dir: Path | None = None, flush_every: int = 200_000) -> None:
         self.kernels = tuple(kernels)
         self._columns: dict[str, list] = {name: [] for name in STEP_COLUMNS + tuple(f"kernel_{k}_s" for k in kernels)}
+        # the column lists themselves, for the per-step appends (flush empties them in place)
+        self._step_lists = [(name, self._columns[name]) for name in STEP_COLUMNS]
+        self._kernel_lists = [(name, self._columns[f"kernel_{name}_s"]) for name in self.kernels]
         self._flush_dir = flush_dir
         self._flush_every = flush_every
         self._buffered = 0
@@ -23,10 +26,10 @@ class StepLog:
         self.num_steps = 0
 
     def add_step(self, values: dict[str, float], kernels: dict[str, float]) -> None:
-        for name in STEP_COLUMNS:
-            self._columns[name].append(values[name])
-        for name in self.kernels:
-            self._columns[f"kernel_{name}_s"].append(kernels.get(name, 0.0))
+        for name, column in self._step_lists:
+            column.append(values[name])
+        for name, column in self._kernel_lists:
+            column.append(kernels.get(name, 0.0))
         self._after(1)
 
     def add_steps(self, values: dict[str, np.ndarray], kernels: dict[str, np.ndarray], count: int) -> None:
