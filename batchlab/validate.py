@@ -130,28 +130,11 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     return result
 
 
-def validation_table(result: dict) -> str:
-    lines = ["schedule        plans same  step MAPE  step APE p90  noise MAPE  makespan pred  makespan meas  error  noise",
-             "--------------  ----------  ---------  ------------  ----------  -------------  -------------  -----  -----"]
-    pct = lambda v: "-" if v is None or v != v else f"{v:.1%}"
-    for name, e in result["schedules"].items():
-        step, noise = e.get("step_error", {}), e.get("noise_step_error", {})
-        lines.append(f"{name:<14}  {str(e.get('plans_identical', '-')):>10}  {pct(step.get('mape')):>9}  "
-                     f"{pct(step.get('ape_p90')):>12}  {pct(noise.get('mape')):>10}  {e['makespan_s_predicted']:>13.3f}  "
-                     f"{e['makespan_s_measured']:>13.3f}  {pct(e['makespan_s_error']):>5}  {pct(e.get('noise_makespan')):>5}")
-    lines.append(f"ranking predicted: {result['ranking_predicted']}; measured: {result['ranking_measured']}; "
-                 f"same: {result['same_ranking']}")
-    separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]
-    lines.append(f"pairs the engine separates beyond its noise floor: {len(separated)}, ordered the other way "
-                 f"by the simulator: {len(discordant)}" + (f" {discordant}" if discordant else ""))
-    return "\n".join(lines)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="validate")
 def validate_main(cfg: DictConfig) -> None:
     import torch
 
-    from reports.validation import kernel_table, latency_table
+    from reports.validation import kernel_table, latency_table, validation_table
 
     torch.set_num_threads(1)
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -144,21 +144,17 @@ class Profiler:
         """Median schedule + update time of ``chunks`` fresh prompts of ``tokens`` tokens in
         all (block hashing and allocation grow with the tokens), each right after a model step
         (see ``scheduler_seconds``)."""
-        from scheduler import Scheduler, StepResult, schedule_config
+        from scheduler import Scheduler, schedule_config
 
         each = max(tokens // chunks, 1)
         model_step = self._plan([(256, 1, True)] * 16)
         samples = []
         for index in range(repeats):
-            self.runner.execute(replace(model_step))
             config = schedule_config("fcfs", max_num_seqs=None, max_num_batched_tokens=max(each * chunks, 16))
             scheduler = Scheduler(config, chunks * (each // 16 + 2) + 8, 16)
             for request in range(chunks):
                 scheduler.add(Request(request, 0.0, ((index * chunks + request, each),), 2))
-            started = time.perf_counter()
-            plan = scheduler.schedule(0.0)
-            scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
-            samples.append(time.perf_counter() - started)
+            samples.append(self._timed_scheduler_step(scheduler, model_step))
         self._forget(model_step)
         return statistics.median(samples)
 
@@ -174,8 +170,6 @@ class Profiler:
         nothing but the scheduler, a 10-decode fcfs step read 6.6 us (13 us with its sampled
         tokens, which a run's update appends); after model steps 41 us, where a validation
         run's fcfs decode steps spent 64 us (with a waiting queue to try each step)."""
-        from scheduler import StepResult
-
         running = {name: self._steady_scheduler(batch, name, steps) for name in schedules}
         model_step = self._plan([(256, 1, True)] * batch)
         samples: dict[str, list[float]] = {name: [] for name in schedules}
@@ -183,15 +177,21 @@ class Profiler:
         for _ in range(steps):
             self._rng.shuffle(order)
             for name in order:
-                scheduler = running[name]
-                self.runner.execute(replace(model_step))
-                started = time.perf_counter()
-                plan = scheduler.schedule(0.0)
-                # a run's update appends each sampled token to its request
-                scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
-                samples[name].append(time.perf_counter() - started)
+                samples[name].append(self._timed_scheduler_step(running[name], model_step))
         self._forget(model_step)
         return samples
+
+    def _timed_scheduler_step(self, scheduler, model_step: BatchPlan) -> float:
+        """Seconds of one schedule + update, right after a model step (as in a run, whose
+        scheduler finds the CPU caches full of the model's data); the update receives the
+        sampled tokens, which a run's update appends to their requests."""
+        from scheduler import StepResult
+
+        self.runner.execute(replace(model_step))
+        started = time.perf_counter()
+        plan = scheduler.schedule(0.0)
+        scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
+        return time.perf_counter() - started
 
     @staticmethod
     def _steady_scheduler(batch: int, schedule: str, steps: int):

@@ -40,6 +40,28 @@ def kernel_errors(pred_steps: pd.DataFrame, meas_steps: pd.DataFrame) -> dict:
     return out
 
 
+def _pct(value) -> str:
+    """A fraction as a percentage; "-" where there is none (None or NaN)."""
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
+def validation_table(result: dict) -> str:
+    """Per schedule: plans, step errors, makespans and their noise floors; then the ranking."""
+    lines = ["schedule        plans same  step MAPE  step APE p90  noise MAPE  makespan pred  makespan meas  error  noise",
+             "--------------  ----------  ---------  ------------  ----------  -------------  -------------  -----  -----"]
+    for name, e in result["schedules"].items():
+        step, noise = e.get("step_error", {}), e.get("noise_step_error", {})
+        lines.append(f"{name:<14}  {str(e.get('plans_identical', '-')):>10}  {_pct(step.get('mape')):>9}  "
+                     f"{_pct(step.get('ape_p90')):>12}  {_pct(noise.get('mape')):>10}  {e['makespan_s_predicted']:>13.3f}  "
+                     f"{e['makespan_s_measured']:>13.3f}  {_pct(e['makespan_s_error']):>5}  {_pct(e.get('noise_makespan')):>5}")
+    lines.append(f"ranking predicted: {result['ranking_predicted']}; measured: {result['ranking_measured']}; "
+                 f"same: {result['same_ranking']}")
+    separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]
+    lines.append(f"pairs the engine separates beyond its noise floor: {len(separated)}, ordered the other way "
+                 f"by the simulator: {len(discordant)}" + (f" {discordant}" if discordant else ""))
+    return "\n".join(lines)
+
+
 def kernel_table(name: str, kernels: dict) -> str:
     lines = [f"{name}: seconds per kernel over the run, predicted / measured (error)",
              f"  {'kernels':<28}{'prompt steps':>28}{'decode-only steps':>28}"]
@@ -76,7 +98,6 @@ def run_noise(first_requests, first_steps, again_requests, again_steps) -> dict:
 def latency_table(schedules: dict) -> str:
     """Throughput and TTFT/TPOT percentiles, predicted / measured (error, noise floor): what an
     online replay is judged by (its plans differ from the prediction's, so steps do not pair)."""
-    pct = lambda v: "-" if v is None or v != v else f"{v:.1%}"
     ms = lambda v: "-" if v is None or v != v else f"{1e3 * v:.1f}"
     columns = (("throughput_tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"), ("ttft_s_p50", "TTFT p50 ms", ms),
                ("ttft_s_p99", "TTFT p99 ms", ms), ("tpot_s_p50", "TPOT p50 ms", ms), ("tpot_s_p99", "TPOT p99 ms", ms))
@@ -84,7 +105,7 @@ def latency_table(schedules: dict) -> str:
              f"{'schedule':<14}" + "".join(f"  {title:>30}" for _, title, _ in columns)]
     for name, e in schedules.items():
         noise = e.get("noise", {})
-        cells = [f"{fmt(e[f'{k}_predicted'])} / {fmt(e[f'{k}_measured'])} ({pct(e[f'{k}_error'])}, {pct(noise.get(k))})"
+        cells = [f"{fmt(e[f'{k}_predicted'])} / {fmt(e[f'{k}_measured'])} ({_pct(e[f'{k}_error'])}, {_pct(noise.get(k))})"
                  for k, _, fmt in columns]
         lines.append(f"{name:<14}" + "".join(f"  {c:>30}" for c in cells))
     return "\n".join(lines)

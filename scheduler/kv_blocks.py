@@ -169,9 +169,14 @@ class BlockManager:
         taken.reverse()  # the same order as popping one at a time
         evict = count - from_plain
         if evict:
+            # the queue holds the evictees, the other cached free blocks and stale entries
+            no_stale = self._tail - self._head == self._num_cached_free
             self._num_cached_free -= evict
             self.num_evictions += evict
-            taken.extend(self._evict_small(evict) if evict <= 3 * _SMALL else self._evict_many(evict))
+            if no_stale:
+                taken.extend(self._evict_head(evict))
+            else:
+                taken.extend(self._evict_small(evict) if evict <= 3 * _SMALL else self._evict_many(evict))
         if count <= 3 * _SMALL:
             ref = self._ref_v
             for block in taken:
@@ -180,17 +185,29 @@ class BlockManager:
             self._ref[taken] = 1
         return taken
 
-    def _evict_small(self, count: int) -> list[int]:
-        lru, last_pos, ref, key_of, block_of = (self._lru_v, self._last_pos_v, self._ref_v,
-                                                self._key_of_v, self._block_of_v)
+    def _evict_head(self, count: int) -> list[int]:
+        """The ``count`` oldest entries, when the queue holds no stale ones."""
         head = self._head
-        if self._tail - head == self._num_cached_free + count:  # no stale entries: the head
+        self._head = head + count
+        if count <= 3 * _SMALL:
             taken = self._lru[head:head + count].tolist()
+            key_of, block_of = self._key_of_v, self._block_of_v
             for block in taken:
                 block_of[key_of[block]] = -1
                 key_of[block] = -1
-            self._head = head + count
             return taken
+        return self._forget_identities(self._lru[head:head + count])
+
+    def _forget_identities(self, blocks: np.ndarray) -> list[int]:
+        self._block_of[self._key_of[blocks]] = -1
+        self._key_of[blocks] = -1
+        return blocks.tolist()
+
+    def _evict_small(self, count: int) -> list[int]:
+        """The ``count`` oldest live entries, skipping stale ones, one at a time."""
+        lru, last_pos, ref, key_of, block_of = (self._lru_v, self._last_pos_v, self._ref_v,
+                                                self._key_of_v, self._block_of_v)
+        head = self._head
         taken = []
         while count:
             block = lru[head]
@@ -204,30 +221,23 @@ class BlockManager:
         return taken
 
     def _evict_many(self, count: int) -> list[int]:
+        """The ``count`` oldest live entries, skipping stale ones, a window at a time."""
         head = self._head
-        # the queue holds the evictees, the other cached free blocks (``allocate`` has taken the
-        # evictees off ``_num_cached_free`` already) and ``stale`` dead entries
+        # ``allocate`` has taken the evictees off ``_num_cached_free`` already
         stale = self._tail - head - self._num_cached_free - count
-        if not stale:  # the evictees are the head of the queue
-            blocks = self._lru[head:head + count]
-            head += count
-        else:
-            parts = []
-            missing = count
-            while missing:
-                end = min(self._tail, head + missing + min(stale, missing + 64))
-                live = self._live(head, end)
-                if len(live) >= missing:
-                    live = live[:missing]
-                    end = int(live[-1]) + 1
-                parts.append(self._lru[live])
-                missing -= len(live)
-                head = end
-            blocks = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        parts = []
+        missing = count
+        while missing:
+            end = min(self._tail, head + missing + min(stale, missing + 64))
+            live = self._live(head, end)
+            if len(live) >= missing:
+                live = live[:missing]
+                end = int(live[-1]) + 1
+            parts.append(self._lru[live])
+            missing -= len(live)
+            head = end
         self._head = head
-        self._block_of[self._key_of[blocks]] = -1
-        self._key_of[blocks] = -1
-        return blocks.tolist()
+        return self._forget_identities(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
     def _fit_keys(self, top: int) -> None:
         if top >= len(self._block_of):
