@@ -48,9 +48,13 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     tables["attn_decode"] = Table(("batch", "mean_context"), (QUERIES, CONTEXTS), roof(
         4 * nh * d * q * c, (q * c * 2 * nkv * d + 2 * q * nh * d) * act))
     # one read of the prefix KV serves all the group's queries (Hydragen / BatchLLM), plus the
-    # log-sum-exp merge of the prefix and per-request partial outputs
+    # log-sum-exp merge of the prefix and per-request partial outputs. No launch per group: one
+    # fused launch covers every group's prefix and every request's own blocks (BatchLLM §5,
+    # kernels/shared_prefix.py), and attn_decode already charges the step's one launch. Two
+    # launches per group and layer, as before, cost a step of 60 groups of 2 about 15 ms on an
+    # A100: more than reading each prefix twice.
     tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=2) + roof(0, 4 * q * nh * d * 4))
+        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0) + roof(0, 4 * q * nh * d * 4, launches=0))
     sampled = np.concatenate([[0.0], QUERIES])
     lm = gemm(sampled, h, V) + roof(0, sampled * V * 4)
     lm[0] = 0.0
