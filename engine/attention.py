@@ -28,6 +28,8 @@ class AttentionBackend:
     """Attention plus the elementwise work around it; the torch versions here serve any device."""
 
     name = "abstract"
+    # does forward() read a group's shared prefix once for all its members (plan.shared_prefix_groups)?
+    prefix_aware = False
 
     def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata) -> torch.Tensor:
         """``query`` [tokens, heads, head_dim] -> output [tokens, heads, head_dim]."""

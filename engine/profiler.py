@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk
+from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk, SharedPrefixGroup
 from scheduler.config import SCHEDULES
 
 from .runner import ModelRunner
@@ -33,10 +33,15 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 SAMPLED = (0, 1, 4, 16, 64, 128)
 PREFILL_CHUNKS = (1, 4, 16, 32)          # prompt chunks in a step ...
 PROMPT_TOKENS = (32, 128, 512, 1024, 2048)  # ... and their tokens, for the prompt host work
+GROUP_MEMBERS = (2, 4, 8, 16, 32)           # decoding members of a shared-prefix group ...
+PREFIX_LENS = (64, 256, 1024, 2048, 4096)   # ... and the prefix they share (prefix-aware backends)
+SHARED_GROUPS = 4   # groups in a measured step: 4 x 32 members = the decode grid's largest batch
+OWN_CONTEXT = 32    # each member's own tokens after the prefix
 
 
 GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": BATCHES, "sampled": SAMPLED,
-         "prefill_chunks": PREFILL_CHUNKS, "prompt_tokens": PROMPT_TOKENS}
+         "prefill_chunks": PREFILL_CHUNKS, "prompt_tokens": PROMPT_TOKENS, "group_members": GROUP_MEMBERS,
+         "prefix_lens": PREFIX_LENS}
 
 
 def _sampled(plan: BatchPlan) -> dict[int, int]:
@@ -57,6 +62,8 @@ class Profiler:
         self._next_id = 10_000_000
         self._rng = random.Random(0)
         self._block_rng = random.Random(1)
+        # a backend with a shared-prefix kernel gets that kernel measured (attn_shared_prefix)
+        self.prefix_aware = bool(getattr(runner.model.backend, "prefix_aware", False))
 
     def _plan(self, chunks: list[tuple[int, int, bool]]) -> BatchPlan:
         """Chunks of (context after the step, query tokens, samples); every request gets a fresh
@@ -94,17 +101,48 @@ class Profiler:
                             sum(c.end for c in decodes))
         return BatchPlan(0, tuple(made), decodes=batch)
 
+    def _shared_plan(self, groups: int, members: int, prefix: int, own: int) -> BatchPlan:
+        """A decode step of ``groups`` groups of ``members`` requests, each group sharing
+        ``prefix`` tokens (whole blocks) of KV blocks and each member holding ``own`` more, its
+        decode token last; the plan names the groups, so a prefix-aware backend reads each
+        prefix once. Blocks scattered over the cache, as in ``_plan``."""
+        block_size = self.runner.block_size
+        capacity = self.runner.cache.num_blocks
+        prefix_blocks, own_blocks = prefix // block_size, -(-own // block_size)
+        needed = groups * (prefix_blocks + members * own_blocks)
+        order = self._block_rng.sample(range(capacity), min(needed, capacity))
+        cursor = iter(range(needed))
+        take = lambda count: tuple(order[next(cursor) % len(order)] for _ in range(count))
+        chunks, shared = [], []
+        for _ in range(groups):
+            prefix_ids = take(prefix_blocks)
+            ids = []
+            for _ in range(members):
+                context = prefix_blocks * block_size + own
+                self._next_id += 1
+                request = Request(self._next_id, 0.0, ((self._next_id, context - 1),), 1)
+                self.runner.add_request(request)
+                self.runner.outputs[request.req_id].append(self._next_id % self.runner.spec.vocab_size)
+                chunks.append(ScheduledChunk(request.req_id, context - 1, 1, prefix_ids + take(own_blocks), True,
+                                             context - 1))
+                ids.append(request.req_id)
+            shared.append(SharedPrefixGroup(prefix_blocks * block_size, prefix_ids, tuple(ids)))
+        batch = DecodeBatch(0, tuple(c.req_id for c in chunks), tuple(c.start for c in chunks),
+                            tuple(c.prompt_len for c in chunks), tuple(c.block_ids for c in chunks),
+                            sum(c.end for c in chunks))
+        return BatchPlan(0, (), shared_prefix_groups=tuple(shared), decodes=batch)
+
     def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
         return self.measure_many([chunks])[0]
 
-    def measure_many(self, cells: list[list[tuple[int, int, bool]]]) -> list[dict[str, float]]:
-        """Median kernel times of each cell's plan. All plans are warmed up, then each
+    def measure_many(self, cells: list) -> list[dict[str, float]]:
+        """Median kernel times of each cell's plan (a list of chunks for ``_plan``, or a plan). All plans are warmed up, then each
         repetition runs them in a fresh random order, so a measurement follows some other
         shape as a step in a run follows other steps: one shape repeated back to back keeps
         the CPU caches warm for it (a 10-decode step read 7 % faster so than after a
         1024-token prefill), and a transient slowdown spreads over cells instead of
         corrupting every repetition of one."""
-        plans = [self._plan(chunks) for chunks in cells]
+        plans = [cell if isinstance(cell, BatchPlan) else self._plan(cell) for cell in cells]
         for plan in plans:
             for _ in range(self.warmup):
                 self.runner.execute(replace(plan))  # a fresh plan: chunks built each time
@@ -123,6 +161,26 @@ class Profiler:
             self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
             summaries.append({key: statistics.median(r[key] for r in cell) for key in cell[0]})
         return summaries
+
+    def _shared_prefix(self, members: tuple, prefixes: tuple) -> tuple:
+        """Per-layer seconds a shared-prefix group of ``m`` decoding members adds to a decode
+        step's attention over a ``p``-token prefix, the cost model's ``attn_shared_prefix``: a
+        step of SHARED_GROUPS such groups, less the same requests' own tokens read as plain
+        decodes (which the cost model charges as ``attn_decode``), per group. The fused kernel
+        is one launch for the whole step, so the groups share it. Never below zero (noise)."""
+        block_size = self.runner.block_size
+        prefixes = tuple(sorted({max(p - p % block_size, block_size) for p in prefixes}))
+        cells = [(i, j) for i in range(len(members)) for j in range(len(prefixes))]
+        plans = []
+        for i, j in cells:
+            plans.append(self._shared_plan(SHARED_GROUPS, members[i], prefixes[j], OWN_CONTEXT))
+            plans.append([(OWN_CONTEXT, 1, True)] * (SHARED_GROUPS * members[i]))
+        measured = self.measure_many(plans)
+        values = np.zeros((len(members), len(prefixes)))
+        for index, (i, j) in enumerate(cells):
+            grouped, own = measured[2 * index]["attention"], measured[2 * index + 1]["attention"]
+            values[i, j] = max((grouped - own) / self.layers / SHARED_GROUPS, 0.0)
+        return (("queries", "prefix_len"), (np.array(members, float), np.array(prefixes, float)), values)
 
     def _prefill_overhead(self, chunks: tuple, tokens: tuple, batches: tuple, decode_host: np.ndarray) -> tuple:
         """Host work (engine overhead + scheduler) of a step of ``k`` prompt chunks holding
@@ -224,7 +282,7 @@ class Profiler:
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
         say = progress or (lambda _: None)
         L = self.layers
-        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT = (self.grids[k] for k in GRIDS)
+        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT, MEMBERS, PREFIXES = (self.grids[k] for k in GRIDS)
         tables: dict[str, tuple] = {}
         per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
         say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
@@ -277,10 +335,14 @@ class Profiler:
         say("profiling LM head and sampling")
         lm = [0.0] + [m["lm_head_sampling"] for m in self.measure_many([[(16, 1, True)] * n for n in SAMPLED[1:]])]
         tables["lm_head_sampling"] = (("sampled",), (np.array(SAMPLED, float),), np.array(lm))
-        # this backend has no shared-prefix kernel: a group's decodes read their prefix as
-        # ordinary decode attention, which the profile says (prefix_aware_attention: false)
-        tables["attn_shared_prefix"] = (("queries", "prefix_len"), (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
-                                        np.zeros((2, 2)))
+        if self.prefix_aware:
+            say(f"profiling shared-prefix attention over {len(MEMBERS)}x{len(PREFIXES)} shapes")
+            tables["attn_shared_prefix"] = self._shared_prefix(MEMBERS, PREFIXES)
+        else:
+            # no shared-prefix kernel: a group's decodes read their prefix as ordinary decode
+            # attention, which the profile says (prefix_aware_attention: false)
+            tables["attn_shared_prefix"] = (("queries", "prefix_len"), (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
+                                            np.zeros((2, 2)))
         return tables
 
 
@@ -311,7 +373,7 @@ def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backe
                   "model_config": {k: getattr(runner.spec, k) for k in runner.spec.__dataclass_fields__},
                   "repeats": repeats, "statistic": "median",
                   "spread_p90_over_median_max": max(profiler.spread), "spread_p90_over_median_median":
-                  statistics.median(profiler.spread), "prefix_aware_attention": False,
+                  statistics.median(profiler.spread), "prefix_aware_attention": profiler.prefix_aware,
                   "threads": torch.get_num_threads(), "host_memory": runner.host_memory,
                   "kv_blocks": runner.cache.num_blocks, "block_layout": "scattered", "seconds": round(time.perf_counter() - started, 1)}
     return write_profile(directory, tables, runner.spec.name, dtype, provenance)

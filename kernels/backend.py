@@ -28,6 +28,7 @@ def _table(tables: list[torch.Tensor], device) -> torch.Tensor:
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    prefix_aware = True
 
     def rms_norm(self, x, weight, eps):
         return rms_norm(x.contiguous(), weight, eps)

@@ -258,3 +258,68 @@ def test_profiler_plans_scatter_distinct_blocks_over_the_cache():
     # past the capacity blocks wrap, still within the cache
     wrapped = Profiler(runner)._plan([(1024, 1, True)] * 2)
     assert all(0 <= b < 64 for c in wrapped.chunks for b in c.block_ids)
+
+
+def test_shared_prefix_cell_is_the_groups_excess_over_their_own_decodes(monkeypatch):
+    """attn_shared_prefix(m, p) = (attention of a step of G groups of m decodes sharing p
+    tokens - attention of the same requests' own tokens as plain decodes) / layers / G, the
+    cost model's split (attn_decode over own tokens + one term per group). Measurements
+    replaced by known values."""
+    from engine import profiler as profiler_module
+    from engine.profiler import OWN_CONTEXT, SHARED_GROUPS, Profiler
+
+    runner = ModelRunner(model_spec("tiny"), 256, 16)
+    profiler = Profiler(runner, repeats=1)
+    seen = []
+
+    def measure_many(cells):
+        seen.extend(cells)
+        out = []
+        for cell in cells:
+            if isinstance(cell, list):  # the members' own tokens as plain decodes
+                out.append({"attention": 1e-5 * len(cell)})
+            else:  # each group: 3e-6 per member plus 1e-8 per prefix token
+                out.append({"attention": 1e-5 * len(cell.decodes.req_ids)
+                            + sum(3e-6 * len(g.req_ids) + 1e-8 * g.prefix_len for g in cell.shared_prefix_groups)})
+        return out
+
+    monkeypatch.setattr(profiler, "measure_many", measure_many)
+    axes, grids, values = profiler._shared_prefix((2, 4), (40, 64))
+    assert axes == ("queries", "prefix_len") and [g.tolist() for g in grids] == [[2, 4], [32, 64]]  # whole blocks
+    layers = runner.spec.num_layers
+    expected = np.array([[3e-6 * m + 1e-8 * p for p in (32, 64)] for m in (2, 4)]) / layers
+    assert values == pytest.approx(expected, rel=1e-9)
+    grouped = seen[0]  # 2 members, prefix 32: SHARED_GROUPS groups, own decodes alongside
+    assert len(grouped.shared_prefix_groups) == SHARED_GROUPS and len(grouped.decodes.req_ids) == 2 * SHARED_GROUPS
+    assert seen[1] == [(OWN_CONTEXT, 1, True)] * (2 * SHARED_GROUPS)
+    tables = {c.req_id: c.block_ids for c in grouped.chunks}
+    prefixes = []
+    for group in grouped.shared_prefix_groups:
+        assert group.prefix_len == 32 and len(group.prefix_block_ids) == 2
+        for member in group.req_ids:  # every member reads its group's prefix blocks first
+            assert tables[member][:2] == group.prefix_block_ids and len(tables[member]) == 2 + 2
+            assert next(c for c in grouped.chunks if c.req_id == member).end == 32 + OWN_CONTEXT
+        prefixes.extend(group.prefix_block_ids)
+    assert len(set(prefixes)) == 2 * SHARED_GROUPS  # groups do not share blocks
+    assert profiler_module.SHARED_GROUPS * max(profiler_module.GROUP_MEMBERS) <= max(profiler_module.BATCHES)
+
+
+def test_prefix_aware_backends_get_their_shared_prefix_kernel_measured(profile_dir):
+    """A prefix-aware backend (Triton; on CPU its interpreter) gets its shared-prefix kernel
+    measured through the real engine; the torch backend has none, and its profile says so
+    (the simulator then costs a group's decodes as plain decodes)."""
+    pytest.importorskip("triton")
+    from engine.profiler import Profiler
+
+    torch.set_num_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runner = ModelRunner(model_spec("tiny", num_layers=1), 256, 16, device=device, backend="triton")
+    profiler = Profiler(runner, warmup=1, repeats=1)
+    assert profiler.prefix_aware
+    axes, grids, values = profiler._shared_prefix((2, 4), (32,))
+    assert values.shape == (2, 1) and np.isfinite(values).all() and (values >= 0).all()
+    assert not runner.requests  # the measured requests are dropped again
+    torch_profile = Profile.load(profile_dir)
+    assert torch_profile.provenance["prefix_aware_attention"] is False
+    assert not CostModel(torch_profile, model_spec("tiny")).prefix_aware
+    assert not torch_profile.tables["attn_shared_prefix"].values.any()
