@@ -7,7 +7,7 @@ read blocks written in the same step by another chunk (same-step prefix hits).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,8 @@ class AttentionMetadata:
     block_tables: list[torch.Tensor]
     shared_prefix_groups: tuple = ()  # (prefix_len, prefix_block_ids, chunk indices)
     scale: float = 1.0
+    # what a backend derives from the metadata once per step and reuses in every layer
+    backend_state: dict = field(default_factory=dict)
 
 
 class AttentionBackend:

@@ -15,7 +15,7 @@ from .kv_store import store_kv
 from .paged_prefill import paged_prefill_attention
 from .rmsnorm import rms_norm
 from .rope import apply_rope_
-from .shared_prefix import shared_prefix_decode_attention
+from .shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
 
 
 def _table(tables: list[torch.Tensor], device) -> torch.Tensor:
@@ -42,9 +42,34 @@ class TritonAttentionBackend(AttentionBackend):
     def forward(self, layer, query, cache, meta):
         output = torch.empty_like(query)
         key, value = cache.key[layer], cache.value[layer]
-        device = query.device
+        step = meta.backend_state.get("triton")
+        if step is None:  # the same for every layer: built once per step
+            step = meta.backend_state["triton"] = self._prepare(meta, query.device, cache.block_size)
+        decode, prefill = step
+        if decode is not None:
+            rows, tables, contexts, groups, layout, max_context = decode
+            queries = query[rows].contiguous()
+            if groups:
+                result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale,
+                                                        layout=layout)
+            else:
+                result = paged_decode_attention(queries, key, value, tables, contexts, meta.scale,
+                                                max_context=max_context)
+            output[rows] = result
+        if prefill is not None:
+            index, tables, starts, lens, contexts, max_query_len = prefill
+            output[index] = paged_prefill_attention(query[index].contiguous(), key, value, tables, starts, lens,
+                                                    contexts, meta.scale, max_query_len=max_query_len)
+        return output
+
+    @staticmethod
+    def _prepare(meta, device, block_size: int) -> tuple:
+        """Index tensors of a step's decode and prefill chunks and its shared-prefix layout, and
+        the lengths the kernels' grids need, from the host-side metadata: once per step, so
+        that no layer waits for the device."""
         decode = [i for i, q_len in enumerate(meta.query_lens) if q_len == 1]
         prefill = [i for i, q_len in enumerate(meta.query_lens) if q_len > 1]
+        decode_part = prefill_part = None
         if decode:
             rows = torch.tensor([meta.query_starts[i] for i in decode], device=device)
             tables = _table([meta.block_tables[i] for i in decode], device)
@@ -55,23 +80,20 @@ class TritonAttentionBackend(AttentionBackend):
                 members = [position[i] for i in group[2] if i in position]
                 if len(members) >= 2:
                     groups.append((group[0], members))
-            queries = query[rows].contiguous()
-            if groups:
-                result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale)
-            else:
-                result = paged_decode_attention(queries, key, value, tables, contexts, meta.scale)
-            output[rows] = result
+            layout = shared_prefix_layout(tables, contexts, groups, block_size) if groups else None
+            decode_part = (rows, tables, contexts, groups, layout, max(meta.context_lens[i] for i in decode))
         if prefill:
             starts = [meta.query_starts[i] for i in prefill]
             lens = [meta.query_lens[i] for i in prefill]
             index = torch.cat([torch.arange(s, s + n, device=device) for s, n in zip(starts, lens)])
             packed_starts = torch.tensor([sum(lens[:k]) for k in range(len(lens))], dtype=torch.int32, device=device)
-            result = paged_prefill_attention(
-                query[index].contiguous(), key, value, _table([meta.block_tables[i] for i in prefill], device),
-                packed_starts, torch.tensor(lens, dtype=torch.int32, device=device),
-                torch.tensor([meta.context_lens[i] for i in prefill], dtype=torch.int32, device=device), meta.scale)
-            output[index] = result
-        return output
+            context_lens = [meta.context_lens[i] for i in prefill]
+            if any(n > c for n, c in zip(lens, context_lens)):
+                raise ValueError("a chunk has more queries than context")
+            prefill_part = (index, _table([meta.block_tables[i] for i in prefill], device), packed_starts,
+                            torch.tensor(lens, dtype=torch.int32, device=device),
+                            torch.tensor(context_lens, dtype=torch.int32, device=device), max(lens))
+        return decode_part, prefill_part
 
 
 BACKENDS["triton"] = TritonAttentionBackend

@@ -38,9 +38,12 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, parts_ptr
 
 def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                           blocks_per_split: int = 32, out: torch.Tensor | None = None) -> torch.Tensor:
+                           blocks_per_split: int = 32, out: torch.Tensor | None = None,
+                           max_context: int | None = None) -> torch.Tensor:
     """``query`` [seqs, heads, d]; caches [blocks, block_size, kv_heads, d] (one layer);
-    ``block_tables`` [seqs, max_blocks] int32; ``context_lens`` [seqs] int32 -> [seqs, heads, d]."""
+    ``block_tables`` [seqs, max_blocks] int32; ``context_lens`` [seqs] int32 -> [seqs, heads, d].
+    ``max_context``: the largest context, if the caller knows it (read from ``context_lens``
+    otherwise, which waits for the device)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, cache_dim = key_cache.shape
     if cache_dim != head_dim or value_cache.shape != key_cache.shape:
@@ -56,7 +59,8 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
         raise ValueError("query, caches and block tables must be contiguous")
     if query.dtype != key_cache.dtype:
         raise ValueError(f"query dtype {query.dtype} differs from the cache's {key_cache.dtype}")
-    max_context = int(context_lens.max()) if seqs else 0
+    if max_context is None:
+        max_context = int(context_lens.max()) if seqs else 0
     num_splits = max(1, triton.cdiv(triton.cdiv(max_context, block_size), blocks_per_split))
     group = heads // kv_heads
     parts = torch.empty((seqs * heads, num_splits, head_dim), device=query.device, dtype=torch.float32)

@@ -41,9 +41,11 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_start_
 def paged_prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                             block_tables: torch.Tensor, query_starts: torch.Tensor, query_lens: torch.Tensor,
                             context_lens: torch.Tensor, scale: float, block_m: int = 16,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
+                            out: torch.Tensor | None = None, max_query_len: int | None = None) -> torch.Tensor:
     """``query`` [tokens, heads, d] packed; per chunk int32 ``query_starts``, ``query_lens``,
-    ``context_lens`` and a row of int32 ``block_tables`` -> output [tokens, heads, d]."""
+    ``context_lens`` and a row of int32 ``block_tables`` -> output [tokens, heads, d].
+    ``max_query_len``: the longest chunk, from a caller that has checked every chunk's queries
+    against its context on the host (both are read from the device otherwise, which waits)."""
     tokens, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     chunks = query_lens.shape[0]
@@ -53,15 +55,17 @@ def paged_prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_
                          ("query_lens", query_lens), ("context_lens", context_lens)):
         if tensor.dtype != torch.int32 or not tensor.is_contiguous() or tensor.shape[0] != chunks:
             raise ValueError(f"{name} must be contiguous int32 with one row per chunk")
-    if bool((query_lens > context_lens).any()):
-        raise ValueError("a chunk has more queries than context")
+    if max_query_len is None:
+        if bool((query_lens > context_lens).any()):
+            raise ValueError("a chunk has more queries than context")
+        max_query_len = int(query_lens.max()) if chunks else 0
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor shaped and typed like query")
     if chunks == 0:
         return out
-    tiles = triton.cdiv(int(query_lens.max()), block_m)
+    tiles = triton.cdiv(max_query_len, block_m)
     _paged_prefill_kernel[(chunks, heads, tiles)](
         query, key_cache, value_cache, out, block_tables, query_starts, query_lens, context_lens,
         query.stride(0), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),

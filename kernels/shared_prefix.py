@@ -9,6 +9,8 @@ distinct parts (horizontal fusion).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -69,46 +71,74 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
         _store_partial(acc, m_i, l_i, seq * heads + head, live, 1, parts_ptr, lse_ptr, HEAD_DIM)
 
 
+@dataclass(frozen=True)
+class SharedPrefixLayout:
+    """The groups of one step as the kernel reads them (the same for every layer)."""
+    num_groups: int
+    max_members: int
+    skip: torch.Tensor       # [seqs] int32: tokens of a sequence read through its group's prefix
+    rows: torch.Tensor       # [groups, max members] int32: the members' sequence indices
+    sizes: torch.Tensor      # [groups] int32
+    prefixes: torch.Tensor   # [groups] int32: prefix tokens
+    first_seq: torch.Tensor  # [groups] int32: a member whose table holds the prefix blocks
+
+
+def shared_prefix_layout(block_tables: torch.Tensor, context_lens: torch.Tensor,
+                         groups: list[tuple[int, list[int]]], block_size: int) -> SharedPrefixLayout:
+    """Checks that every member's table starts with its group's prefix blocks and that its
+    context goes past the prefix, and builds the kernel's group tensors: once per step, on the
+    host (one copy from the device and back), not once per layer."""
+    if block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
+        raise ValueError("block_tables and context_lens must be contiguous int32")
+    tables, contexts = block_tables.cpu(), context_lens.cpu().tolist()
+    seqs = len(contexts)
+    skip = [0] * seqs
+    max_members = max((len(m) for _, m in groups), default=1)
+    rows = torch.zeros((max(len(groups), 1), max_members), dtype=torch.int32)
+    sizes, prefixes, first_seq = ([0] * max(len(groups), 1) for _ in range(3))
+    for index, (prefix, members) in enumerate(groups):
+        if prefix % block_size or prefix <= 0:
+            raise ValueError(f"a shared prefix of {prefix} tokens is not a positive whole number of blocks")
+        first = tables[members[0], : prefix // block_size]
+        for member in members:
+            if contexts[member] <= prefix or not torch.equal(tables[member, : prefix // block_size], first):
+                raise ValueError(f"sequence {member} does not start with its group's prefix blocks")
+            skip[member] = prefix
+        rows[index, : len(members)] = torch.tensor(members, dtype=torch.int32)
+        sizes[index], prefixes[index], first_seq[index] = len(members), prefix, members[0]
+    device = block_tables.device
+    as_device = lambda values: torch.tensor(values, dtype=torch.int32).to(device)
+    return SharedPrefixLayout(len(groups), max_members, as_device(skip), rows.to(device), as_device(sizes),
+                              as_device(prefixes), as_device(first_seq))
+
+
 def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                                    block_tables: torch.Tensor, context_lens: torch.Tensor,
                                    groups: list[tuple[int, list[int]]], scale: float,
-                                   out: torch.Tensor | None = None) -> torch.Tensor:
+                                   out: torch.Tensor | None = None,
+                                   layout: SharedPrefixLayout | None = None) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
-    no group attend normally (their "distinct" part is their whole context)."""
+    no group attend normally (their "distinct" part is their whole context). ``layout``: the
+    step's ``shared_prefix_layout``, built once for all layers (built here otherwise)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
         raise ValueError("query, key and value shapes do not agree")
-    if block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
+    if layout is None:
+        layout = shared_prefix_layout(block_tables, context_lens, groups, block_size)
+    elif block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
         raise ValueError("block_tables and context_lens must be contiguous int32")
-    skip = torch.zeros(seqs, dtype=torch.int32, device=query.device)
-    for prefix, members in groups:
-        if prefix % block_size or prefix <= 0:
-            raise ValueError(f"a shared prefix of {prefix} tokens is not a positive whole number of blocks")
-        first = block_tables[members[0], : prefix // block_size]
-        for member in members:
-            if int(context_lens[member]) <= prefix or not torch.equal(block_tables[member, : prefix // block_size], first):
-                raise ValueError(f"sequence {member} does not start with its group's prefix blocks")
-            skip[member] = prefix
     group = heads // kv_heads
-    max_members = max((len(m) for _, m in groups), default=1)
-    rows = torch.zeros((max(len(groups), 1), max_members), dtype=torch.int32, device=query.device)
-    sizes = torch.zeros(max(len(groups), 1), dtype=torch.int32, device=query.device)
-    prefixes = torch.zeros_like(sizes)
-    first_seq = torch.zeros_like(sizes)
-    for index, (prefix, members) in enumerate(groups):
-        rows[index, : len(members)] = torch.tensor(members, dtype=torch.int32)
-        sizes[index], prefixes[index], first_seq[index] = len(members), prefix, members[0]
     parts = torch.zeros((seqs * heads, 2, head_dim), device=query.device, dtype=torch.float32)
     lse = torch.full((seqs * heads, 2), float("-inf"), device=query.device, dtype=torch.float32)
-    _shared_prefix_kernel[(len(groups) + seqs, kv_heads)](
-        query, key_cache, value_cache, block_tables, context_lens, skip, rows, sizes, prefixes, first_seq,
-        parts, lse, len(groups), kv_heads, heads, query.stride(0), key_cache.stride(0), key_cache.stride(1),
-        key_cache.stride(2), block_tables.stride(0), rows.stride(0), scale, GROUP=group,
-        BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_M=max(16, triton.next_power_of_2(max_members * group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        DOT_PRECISION=dot_precision(query.dtype))
+    _shared_prefix_kernel[(layout.num_groups + seqs, kv_heads)](
+        query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
+        layout.prefixes, layout.first_seq, parts, lse, layout.num_groups, kv_heads, heads, query.stride(0),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
+        scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
