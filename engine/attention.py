@@ -19,9 +19,12 @@ class AttentionMetadata:
     query_starts: list[int]        # offset of each chunk's first query in the packed batch
     query_lens: list[int]
     context_lens: list[int]        # tokens of context after this step, the chunk's own included
-    block_tables: list[torch.Tensor]
+    block_tables: list[torch.Tensor]  # on the device
     shared_prefix_groups: tuple = ()  # (prefix_len, prefix_block_ids, chunk indices)
     scale: float = 1.0
+    # the same block tables as host sequences (a backend that packs them builds one tensor
+    # and copies it once, instead of padding a device tensor row by row)
+    host_block_tables: list = field(default_factory=list)
     # what a backend derives from the metadata once per step and reuses in every layer
     backend_state: dict = field(default_factory=dict)
 

@@ -84,6 +84,7 @@ class ModelRunner:
             meta.query_lens.append(chunk.num_tokens)
             meta.context_lens.append(chunk.end)
             meta.block_tables.append(torch.as_tensor(table, device=self.device))
+            meta.host_block_tables.append(chunk.block_ids)
             offset += chunk.num_tokens
             if chunk.samples:
                 logit_rows.append(offset - 1)

@@ -6,6 +6,7 @@ after cached or shared prefixes) through the varlen paged prefill kernel.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.attention import BACKENDS, AttentionBackend
@@ -18,12 +19,14 @@ from .rope import apply_rope_
 from .shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
 
 
-def _table(tables: list[torch.Tensor], device) -> torch.Tensor:
+def _table(tables: list, device) -> torch.Tensor:
+    """Block tables (host sequences of block ids) padded into one int32 tensor on ``device``,
+    built on the host and copied once."""
     width = max((len(t) for t in tables), default=1)
-    out = torch.zeros((len(tables), max(width, 1)), dtype=torch.int32, device=device)
+    out = np.zeros((len(tables), max(width, 1)), dtype=np.int32)
     for row, table in enumerate(tables):
-        out[row, : len(table)] = table.to(torch.int32)
-    return out
+        out[row, : len(table)] = table
+    return torch.from_numpy(out).to(device)
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -72,7 +75,7 @@ class TritonAttentionBackend(AttentionBackend):
         decode_part = prefill_part = None
         if decode:
             rows = torch.tensor([meta.query_starts[i] for i in decode], device=device)
-            tables = _table([meta.block_tables[i] for i in decode], device)
+            tables = _table([meta.host_block_tables[i] for i in decode], device)
             contexts = torch.tensor([meta.context_lens[i] for i in decode], dtype=torch.int32, device=device)
             position = {chunk: row for row, chunk in enumerate(decode)}
             groups = []
@@ -85,12 +88,12 @@ class TritonAttentionBackend(AttentionBackend):
         if prefill:
             starts = [meta.query_starts[i] for i in prefill]
             lens = [meta.query_lens[i] for i in prefill]
-            index = torch.cat([torch.arange(s, s + n, device=device) for s, n in zip(starts, lens)])
+            index = torch.from_numpy(np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)])).to(device)
             packed_starts = torch.tensor([sum(lens[:k]) for k in range(len(lens))], dtype=torch.int32, device=device)
             context_lens = [meta.context_lens[i] for i in prefill]
             if any(n > c for n, c in zip(lens, context_lens)):
                 raise ValueError("a chunk has more queries than context")
-            prefill_part = (index, _table([meta.block_tables[i] for i in prefill], device), packed_starts,
+            prefill_part = (index, _table([meta.host_block_tables[i] for i in prefill], device), packed_starts,
                             torch.tensor(lens, dtype=torch.int32, device=device),
                             torch.tensor(context_lens, dtype=torch.int32, device=device), max(lens))
         return decode_part, prefill_part
