@@ -19,12 +19,11 @@ class AttentionMetadata:
     query_starts: list[int]        # offset of each chunk's first query in the packed batch
     query_lens: list[int]
     context_lens: list[int]        # tokens of context after this step, the chunk's own included
-    block_tables: list[torch.Tensor]  # on the device
+    # each chunk's block ids, on the host: a backend builds the device tensors it needs once
+    # per step (one packed copy for the Triton kernels, not one small copy per chunk)
+    block_tables: list
     shared_prefix_groups: tuple = ()  # (prefix_len, prefix_block_ids, chunk indices)
     scale: float = 1.0
-    # the same block tables as host sequences (a backend that packs them builds one tensor
-    # and copies it once, instead of padding a device tensor row by row)
-    host_block_tables: list = field(default_factory=list)
     # what a backend derives from the metadata once per step and reuses in every layer
     backend_state: dict = field(default_factory=dict)
 
@@ -65,8 +64,11 @@ class TorchAttentionBackend(AttentionBackend):
         output = torch.empty_like(query)
         block_size = cache.block_size
         heads = query.shape[1]
-        for start, q_len, ctx_len, table in zip(meta.query_starts, meta.query_lens, meta.context_lens,
-                                                meta.block_tables):
+        tables = meta.backend_state.get("torch")
+        if tables is None:  # the same for every layer
+            tables = meta.backend_state["torch"] = [torch.as_tensor(t, dtype=torch.long, device=query.device)
+                                                    for t in meta.block_tables]
+        for start, q_len, ctx_len, table in zip(meta.query_starts, meta.query_lens, meta.context_lens, tables):
             blocks = table[: (ctx_len + block_size - 1) // block_size]
             keys = cache.key[layer][blocks].flatten(0, 1)[:ctx_len]     # [ctx, kv heads, d]
             values = cache.value[layer][blocks].flatten(0, 1)[:ctx_len]

@@ -75,7 +75,7 @@ class TritonAttentionBackend(AttentionBackend):
         decode_part = prefill_part = None
         if decode:
             rows = torch.tensor([meta.query_starts[i] for i in decode], device=device)
-            tables = _table([meta.host_block_tables[i] for i in decode], device)
+            tables = _table([meta.block_tables[i] for i in decode], device)
             contexts = torch.tensor([meta.context_lens[i] for i in decode], dtype=torch.int32, device=device)
             position = {chunk: row for row, chunk in enumerate(decode)}
             groups = []
@@ -93,7 +93,7 @@ class TritonAttentionBackend(AttentionBackend):
             context_lens = [meta.context_lens[i] for i in prefill]
             if any(n > c for n, c in zip(lens, context_lens)):
                 raise ValueError("a chunk has more queries than context")
-            prefill_part = (index, _table([meta.host_block_tables[i] for i in prefill], device), packed_starts,
+            prefill_part = (index, _table([meta.block_tables[i] for i in prefill], device), packed_starts,
                             torch.tensor(lens, dtype=torch.int32, device=device),
                             torch.tensor(context_lens, dtype=torch.int32, device=device), max(lens))
         return decode_part, prefill_part

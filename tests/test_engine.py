@@ -138,3 +138,34 @@ def test_safetensors_round_trip(tmp_path):
               str(tmp_path / "model.safetensors"))
     loaded = load_safetensors(tmp_path, SPEC)
     assert torch.equal(loaded.layers[1].down, weights.layers[1].down) and torch.equal(loaded.lm_head, weights.embed)
+
+
+def test_gpu_kernel_timer_reads_cuda_events_once_the_step_is_done(monkeypatch):
+    """On a GPU the timer records CUDA events around each region and never synchronises in
+    between; ``times`` sums their intervals afterwards. Checked here with stand-in events."""
+    from engine.model import KernelTimer
+
+    clock = iter(range(100))
+    recorded = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = next(clock)  # milliseconds on the stream
+            recorded.append(self)
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: pytest.fail("synchronised inside a step"))
+    timer = KernelTimer(torch.device("cuda"))
+    for name in ("mlp", "attention", "mlp"):
+        with timer(name):
+            next(clock)  # the region's kernels take one tick on the stream
+    assert len(recorded) == 6
+    times = timer.times
+    assert times["mlp"] == pytest.approx(0.004) and times["attention"] == pytest.approx(0.002)
+    assert timer.times["mlp"] == pytest.approx(0.004)  # read twice: counted once
