@@ -58,6 +58,7 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.meta = meta
         self.summaries: dict[str, dict] = {}
+        self._combined: list[str] = []  # the schedules requests/steps.parquet hold now
 
     def step_dir(self, schedule: str) -> Path:
         return self.run_dir / "parts" / schedule / "steps"
@@ -79,11 +80,12 @@ class RunWriter:
 
     def write(self, complete: bool) -> None:
         names = list(self.summaries)
-        if names:
+        if names and names != self._combined:  # the combined files already hold these schedules
             pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "requests.parquet") for n in names]).to_parquet(
                 self.run_dir / "requests.parquet", index=False)
             pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "steps.parquet") for n in names]).to_parquet(
                 self.run_dir / "steps.parquet", index=False)
+            self._combined = names
         summary = dict(self.meta)
         summary["complete"] = complete
         summary["schedules"] = finite_json(self.summaries)
