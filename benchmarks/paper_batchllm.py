@@ -102,7 +102,8 @@ def main() -> None:
     presorted = summarize(requests_frame(outcome.scheduler, "fcfs"), outcome.steps.all_steps())
     headline = results[(models[0], 2000, 200, 16)]
     base = headline["fcfs"]["throughput_tokens_per_s"]
-    print(f"sorting only, {models[0]} 2000/200/16: fcfs on presorted requests {presorted['throughput_tokens_per_s'] / base:.2f}x, "
+    print(f"sorting only, {models[0]} 2000/200/16: fcfs on presorted requests "
+          f"{presorted['throughput_tokens_per_s'] / base:.2f}x, "
           f"batchllm {headline['batchllm']['throughput_tokens_per_s'] / base:.2f}x over fcfs on shuffled ones "
           f"(paper, setting unnamed: {13.02 / 6:.2f}x and {18 / 6:.2f}x)")
     for baseline, values in speedups.items():

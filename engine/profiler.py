@@ -136,9 +136,9 @@ class Profiler:
         return self.measure_many([chunks])[0]
 
     def measure_many(self, cells: list) -> list[dict[str, float]]:
-        """Median kernel times of each cell's plan (a list of chunks for ``_plan``, or a plan). All plans are warmed up, then each
-        repetition runs them in a fresh random order, so a measurement follows some other
-        shape as a step in a run follows other steps: one shape repeated back to back keeps
+        """Median kernel times of each cell's plan (a list of chunks for ``_plan``, or a plan).
+        All plans are warmed up, then each repetition runs them in a fresh random order, so a
+        measurement follows some other shape as a step in a run follows other steps: one shape repeated back to back keeps
         the CPU caches warm for it (a 10-decode step read 7 % faster so than after a
         1024-token prefill), and a transient slowdown spreads over cells instead of
         corrupting every repetition of one."""

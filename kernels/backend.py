@@ -83,7 +83,10 @@ class TritonAttentionBackend(AttentionBackend):
                 members = [position[i] for i in group[2] if i in position]
                 if len(members) >= 2:
                     groups.append((group[0], members))
-            layout = shared_prefix_layout(tables, contexts, groups, block_size) if groups else None
+            layout = None
+            if groups:
+                layout = shared_prefix_layout([meta.block_tables[i] for i in decode],
+                                              [meta.context_lens[i] for i in decode], groups, block_size, device)
             decode_part = (rows, tables, contexts, groups, layout, max(meta.context_lens[i] for i in decode))
         if prefill:
             starts = [meta.query_starts[i] for i in prefill]

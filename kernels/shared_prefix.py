@@ -83,32 +83,28 @@ class SharedPrefixLayout:
     first_seq: torch.Tensor  # [groups] int32: a member whose table holds the prefix blocks
 
 
-def shared_prefix_layout(block_tables: torch.Tensor, context_lens: torch.Tensor,
-                         groups: list[tuple[int, list[int]]], block_size: int) -> SharedPrefixLayout:
+def shared_prefix_layout(block_tables, context_lens, groups: list[tuple[int, list[int]]], block_size: int,
+                         device) -> SharedPrefixLayout:
     """Checks that every member's table starts with its group's prefix blocks and that its
-    context goes past the prefix, and builds the kernel's group tensors: once per step, on the
-    host (one copy from the device and back), not once per layer."""
-    if block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
-        raise ValueError("block_tables and context_lens must be contiguous int32")
-    tables, contexts = block_tables.cpu(), context_lens.cpu().tolist()
-    seqs = len(contexts)
-    skip = [0] * seqs
+    context goes past the prefix, and builds the kernel's group tensors. ``block_tables`` and
+    ``context_lens`` are host-side (a sequence of block-id sequences, one of ints): built once
+    per step from the plan, without waiting for the device, not once per layer."""
+    skip = [0] * len(context_lens)
     max_members = max((len(m) for _, m in groups), default=1)
-    rows = torch.zeros((max(len(groups), 1), max_members), dtype=torch.int32)
+    rows = [[0] * max_members for _ in range(max(len(groups), 1))]
     sizes, prefixes, first_seq = ([0] * max(len(groups), 1) for _ in range(3))
     for index, (prefix, members) in enumerate(groups):
         if prefix % block_size or prefix <= 0:
             raise ValueError(f"a shared prefix of {prefix} tokens is not a positive whole number of blocks")
-        first = tables[members[0], : prefix // block_size]
+        first = list(block_tables[members[0]][: prefix // block_size])
         for member in members:
-            if contexts[member] <= prefix or not torch.equal(tables[member, : prefix // block_size], first):
+            if context_lens[member] <= prefix or list(block_tables[member][: prefix // block_size]) != first:
                 raise ValueError(f"sequence {member} does not start with its group's prefix blocks")
             skip[member] = prefix
-        rows[index, : len(members)] = torch.tensor(members, dtype=torch.int32)
+        rows[index][: len(members)] = members
         sizes[index], prefixes[index], first_seq[index] = len(members), prefix, members[0]
-    device = block_tables.device
     as_device = lambda values: torch.tensor(values, dtype=torch.int32).to(device)
-    return SharedPrefixLayout(len(groups), max_members, as_device(skip), rows.to(device), as_device(sizes),
+    return SharedPrefixLayout(len(groups), max_members, as_device(skip), as_device(rows), as_device(sizes),
                               as_device(prefixes), as_device(first_seq))
 
 
@@ -125,10 +121,10 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
         raise ValueError("query, key and value shapes do not agree")
-    if layout is None:
-        layout = shared_prefix_layout(block_tables, context_lens, groups, block_size)
-    elif block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
+    if block_tables.dtype != torch.int32 or context_lens.dtype != torch.int32 or not block_tables.is_contiguous():
         raise ValueError("block_tables and context_lens must be contiguous int32")
+    if layout is None:
+        layout = shared_prefix_layout(block_tables.tolist(), context_lens.tolist(), groups, block_size, query.device)
     group = heads // kv_heads
     parts = torch.zeros((seqs * heads, 2, head_dim), device=query.device, dtype=torch.float32)
     lse = torch.full((seqs * heads, 2), float("-inf"), device=query.device, dtype=torch.float32)

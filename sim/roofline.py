@@ -54,7 +54,8 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     # launches per group and layer, as before, cost a step of 60 groups of 2 about 15 ms on an
     # A100: more than reading each prefix twice.
     tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0) + roof(0, 4 * q * nh * d * 4, launches=0))
+        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
+        + roof(0, 4 * q * nh * d * 4, launches=0))
     sampled = np.concatenate([[0.0], QUERIES])
     lm = gemm(sampled, h, V) + roof(0, sampled * V * 4)
     lm[0] = 0.0
