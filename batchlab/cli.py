@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -62,13 +63,24 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+# ``model.overrides``, ``hardware.overrides`` and ``schedule.overrides`` are open mappings
+# (any field of the preset, any schedule option): Hydra would only take a new key in them as
+# ``+key=value``, or ``++key=value`` where an experiment already set it. Users write the plain
+# form the configs' comments show; it is passed on as ``++``, which adds or replaces.
+FREE_FORM = re.compile(r"^(model|hardware|schedule)\.overrides\.[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def hydra_overrides(argv: list[str]) -> list[str]:
+    return ["++" + arg if FREE_FORM.match(arg) else arg for arg in argv]
+
+
 def _hydra(name: str, module: str, function: str):
     """A subcommand whose arguments are Hydra overrides (see conf/)."""
     def command(argv: list[str]) -> int:
         import importlib
 
         main = getattr(importlib.import_module(f"batchlab.{module}"), function)
-        sys.argv = [f"batchlab {name}"] + argv
+        sys.argv = [f"batchlab {name}"] + hydra_overrides(argv)
         main()
         return 0
     return command

@@ -82,3 +82,33 @@ def test_interrupt_keeps_finished_schedules(tmp_path):
     data = json.loads(summary.read_text())
     assert data["complete"] is False and list(data["schedules"]) == ["prefix_grouped"]
     assert len(pd.read_parquet(tmp_path / "requests.parquet")) == 6400
+
+
+def readme_commands():
+    """The ``batchlab simulate|run|profile|validate`` examples of README.md's code blocks."""
+    import re
+    import shlex
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        match = re.match(r"^ {4}(?:.*&& )?(?:\.venv/bin/)?batchlab (simulate|run|profile|validate)\b(.*)$", line)
+        if match and "--multirun" not in line:
+            yield number, match.group(1), shlex.split(match.group(2).split(" #")[0])
+
+
+@pytest.mark.parametrize("number, command, args", list(readme_commands()))
+def test_readme_examples_compose(number, command, args):
+    # every example a user may copy from the README must be a valid command line: Hydra
+    # composes it (groups, keys, experiments) as the CLI passes it on
+    from hydra import compose, initialize_config_dir
+
+    from batchlab.cli import hydra_overrides
+    from batchlab.command import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(command, overrides=hydra_overrides(args))
+    assert cfg is not None, f"README.md:{number}"
+
+
+def test_readme_has_examples_for_each_command():
+    assert {command for _, command, _ in readme_commands()} == {"simulate", "run", "profile", "validate"}
