@@ -48,9 +48,8 @@ class TritonAttentionBackend(AttentionBackend):
         step = meta.backend_state.get("triton")
         if step is None:  # the same for every layer: built once per step
             step = meta.backend_state["triton"] = self._prepare(meta, query.device, cache.block_size)
-        decode, prefill = step
-        if decode is not None:
-            rows, tables, contexts, groups, layout, max_context = decode
+        decodes, prefill = step
+        for rows, tables, contexts, groups, layout, max_context in decodes:
             queries = query[rows].contiguous()
             if groups:
                 result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale,
@@ -69,25 +68,38 @@ class TritonAttentionBackend(AttentionBackend):
     def _prepare(meta, device, block_size: int) -> tuple:
         """Index tensors of a step's decode and prefill chunks and its shared-prefix layout, and
         the lengths the kernels' grids need, from the host-side metadata: once per step, so
-        that no layer waits for the device."""
+        that no layer waits for the device. Decodes of groups with at least two decoding
+        members go to the fused shared-prefix kernel; the others to split-KV paged decode (the
+        fused kernel reads an ungrouped context in one program, slow for a long one)."""
         decode = [i for i, q_len in enumerate(meta.query_lens) if q_len == 1]
         prefill = [i for i, q_len in enumerate(meta.query_lens) if q_len > 1]
-        decode_part = prefill_part = None
-        if decode:
-            rows = torch.tensor([meta.query_starts[i] for i in decode], device=device)
-            tables = _table([meta.block_tables[i] for i in decode], device)
-            contexts = torch.tensor([meta.context_lens[i] for i in decode], dtype=torch.int32, device=device)
-            position = {chunk: row for row, chunk in enumerate(decode)}
-            groups = []
-            for group in meta.shared_prefix_groups:
-                members = [position[i] for i in group[2] if i in position]
-                if len(members) >= 2:
-                    groups.append((group[0], members))
+        decode_parts, prefill_part = [], None
+        is_decode = set(decode)
+        groups = []
+        for group in meta.shared_prefix_groups:
+            members = [i for i in group[2] if i in is_decode]
+            if len(members) >= 2:
+                groups.append((group[0], members))
+        grouped = [i for _, members in groups for i in members]
+        in_group = set(grouped)
+        plain = [i for i in decode if i not in in_group]
+
+        def launch(chunks, chunk_groups):
+            rows = torch.tensor([meta.query_starts[i] for i in chunks], device=device)
+            tables = _table([meta.block_tables[i] for i in chunks], device)
+            contexts = torch.tensor([meta.context_lens[i] for i in chunks], dtype=torch.int32, device=device)
+            position = {chunk: row for row, chunk in enumerate(chunks)}
+            local = [(prefix, [position[i] for i in members]) for prefix, members in chunk_groups]
             layout = None
-            if groups:
-                layout = shared_prefix_layout([meta.block_tables[i] for i in decode],
-                                              [meta.context_lens[i] for i in decode], groups, block_size, device)
-            decode_part = (rows, tables, contexts, groups, layout, max(meta.context_lens[i] for i in decode))
+            if local:
+                layout = shared_prefix_layout([meta.block_tables[i] for i in chunks],
+                                              [meta.context_lens[i] for i in chunks], local, block_size, device)
+            return rows, tables, contexts, local, layout, max(meta.context_lens[i] for i in chunks)
+
+        if grouped:
+            decode_parts.append(launch(grouped, groups))
+        if plain:
+            decode_parts.append(launch(plain, []))
         if prefill:
             starts = [meta.query_starts[i] for i in prefill]
             lens = [meta.query_lens[i] for i in prefill]
@@ -99,7 +111,7 @@ class TritonAttentionBackend(AttentionBackend):
             prefill_part = (index, _table([meta.block_tables[i] for i in prefill], device), packed_starts,
                             torch.tensor(lens, dtype=torch.int32, device=device),
                             torch.tensor(context_lens, dtype=torch.int32, device=device), max(lens))
-        return decode_part, prefill_part
+        return decode_parts, prefill_part
 
 
 BACKENDS["triton"] = TritonAttentionBackend

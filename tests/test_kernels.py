@@ -129,16 +129,35 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens():
     from scheduler.model_spec import model_spec
     from traces.synthetic import batchllm_microbenchmark
 
+    import kernels.backend as backend_module
+    from scheduler import Request
+    from traces.workload import Workload
+
     spec = model_spec("tiny", num_layers=1)
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
-    workload = batchllm_microbenchmark(32, 5, 3, 3, 6, seed=2)
+    # two groups of three sharing 32 tokens, and two ungrouped requests still decoding while the
+    # groups do: steps with shared-prefix decodes (fused kernel) beside plain ones (paged decode)
+    grouped = batchllm_microbenchmark(32, 5, 4, 3, 6, seed=2).requests
+    plain = tuple(Request(100 + i, 0.0, ((900 + i, 40),), 12) for i in range(2))
+    workload = Workload("grouped and plain", plain + grouped, "test")
+    launches = []
+    prepare = backend_module.TritonAttentionBackend._prepare
+
+    def recording(meta, device, block_size):
+        step = prepare(meta, device, block_size)
+        launches.append(tuple(bool(groups) for _, _, _, groups, _, _ in step[0]))
+        return step
+
     tokens = {}
     for backend in ("torch", "triton"):  # on CPU, Triton's interpreter; on a GPU, the kernels
         runner = ModelRunner(spec, 64, 16, device=DEVICE, weights=weights, backend=backend)
+        if backend == "triton":
+            runner.model.backend._prepare = recording
         run_engine(workload, schedule_config("batchllm", max_num_batched_tokens=24), runner, 64, 16)
         tokens[backend] = {r: tuple(t) for r, t in runner.outputs.items()}
     assert tokens["triton"] == tokens["torch"]
-    assert all(len(t) == 3 for t in tokens["torch"].values())
+    assert sorted(len(t) for t in tokens["torch"].values()) == [4] * 6 + [12] * 2
+    assert (True, False) in launches  # shared-prefix and plain decodes in one step
 
 
 def test_kernels_compile_for_sm90():
