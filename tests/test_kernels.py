@@ -217,3 +217,14 @@ def test_kv_store_writes_exactly_the_slots():
     untouched = torch.ones(64, dtype=torch.bool)
     untouched[slots.cpu()] = False
     assert torch.isnan(flat_k[untouched.to(DEVICE)]).all()
+
+
+def test_gpu_kernel_benchmark_dry_run():
+    # the benchmark a GPU session runs (benchmarks/bench_kernels.py), every call at tiny shapes
+    # in the interpreter, its shared-prefix result checked against per-request attention: a
+    # signature change breaks it here, not in scarce GPU time
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "benchmarks/bench_kernels.py", "--dry-run"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"speedup"' in result.stdout and '"fraction_of_copy_bandwidth"' in result.stdout
