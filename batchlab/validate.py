@@ -69,6 +69,11 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     weights = load_weights(cfg, model, base_dir)
     check_profile_matches(profile, model, cfg.dtype)
     cost = CostModel(profile, model)
+    roofline = None
+    if cfg.get("roofline"):  # how far the analytic profile of this GPU is from the measurement
+        from sim.hardware import hardware_spec
+        from sim.roofline import build_roofline_profile
+        roofline = CostModel(build_roofline_profile(model, hardware_spec(cfg.roofline)), model)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     offline = workload.is_offline
     device = profile.provenance.get("device", cfg.device)
@@ -76,7 +81,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 kv_blocks=kv_blocks, block_size=block_size)
     writers = {mode: RunWriter(run_dir / mode, run_meta(workload, model, mode=mode, **meta))
                for mode in ("simulated", "measured")}
-    result = {"workload": workload.name, "offline": offline, "profile": str(profile_dir), "device": device,
+    result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline, "profile": str(profile_dir), "device": device,
               "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
     points = {}
@@ -106,6 +111,9 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                                        again)
             if offline and measured[1].plans == measured[0].plans:
                 entry["noise_step_error"] = step_errors(again["duration_s"], meas_steps["duration_s"])
+        if roofline is not None:
+            entry["roofline"] = roofline_errors(workload, config, roofline, kv_blocks, block_size, plans,
+                                                meas_requests, meas_steps, offline)
         result["schedules"][config.name] = entry
         say(f"{config.name}: makespan predicted {entry['makespan_s_predicted']:.3f} s, measured "
              f"{entry['makespan_s_measured']:.3f} s (error {entry['makespan_s_error']:.1%})"
@@ -130,16 +138,36 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     return result
 
 
+def roofline_errors(workload, config, cost, kv_blocks: int, block_size: int, plans: list, meas_requests,
+                    meas_steps, offline: bool) -> dict:
+    """The same schedule predicted with a roofline profile, against the same measurement."""
+    from reports.validation import compare_runs, step_errors
+    from sim.simulator import simulate
+
+    roof_plans = []
+    outcome = simulate(workload, config, cost, kv_blocks, block_size, fast_forward=False,
+                       on_plan=lambda p: roof_plans.append((p.step, tuple((c.req_id, c.start, c.num_tokens)
+                                                                         for c in p.chunks))))
+    steps = outcome.steps.all_steps()
+    entry = compare_runs(requests_frame(outcome.scheduler, config.name), steps, meas_requests, meas_steps)
+    entry["profile"] = cost.profile.label
+    if offline and roof_plans == plans:
+        entry["step_error"] = step_errors(steps["duration_s"], meas_steps["duration_s"])
+    return entry
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="validate")
 def validate_main(cfg: DictConfig) -> None:
     import torch
 
-    from reports.validation import kernel_table, latency_table, validation_table
+    from reports.validation import kernel_table, latency_table, roofline_table, validation_table
 
     torch.set_num_threads(1)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = guarded("validate", run_dir, lambda: run_validation(cfg, run_dir, get_original_cwd()))
     table = validation_table(result)
+    if result.get("roofline"):
+        table += "\n\n" + roofline_table(result)
     if not result["offline"]:  # arrivals: plans differ, latencies are what is compared
         table += "\n\n" + latency_table(result["schedules"])
     print(table)

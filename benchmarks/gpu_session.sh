@@ -63,8 +63,11 @@ case "$stage" in
   validate)
     setup
     run_dir=/tmp/batchlab-validate
+    # the roofline of this GPU predicts the same runs too: how far the analytic profiles, which
+    # users take for GPUs they have not measured, are from a measurement
+    roofline="${ROOFLINE:-$("$PY" -c "import torch; print('h200' if torch.cuda.is_available() and 'H200' in torch.cuda.get_device_name() else 'h100-sxm')")}"
     "$PY" -m batchlab.cli validate model="$MODEL" device="$DEVICE" dtype="$DTYPE" backend="$BACKEND" \
-      profile="$PROFILE" kv_blocks=2048 \
+      profile="$PROFILE" kv_blocks=2048 roofline="$roofline" \
       workload.params.prefix_len=2048 workload.params.distinct_len=128 workload.params.output_len=32 \
       workload.params.share_degree=16 workload.params.num_requests=256 \
       hydra.run.dir="$run_dir" "$@" 2>&1 | tee "$OUT/validate.log"

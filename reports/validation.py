@@ -62,6 +62,21 @@ def validation_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def roofline_table(result: dict) -> str:
+    """The measured profile's errors beside those of the hardware's analytic roofline profile."""
+    lines = [f"the same runs predicted with the {result['roofline']} roofline profile instead of the measured one:",
+             "schedule        measured profile: step MAPE  makespan error   roofline: step MAPE  makespan pred  makespan error",
+             "--------------  ---------------------------  --------------   -------------------  -------------  --------------"]
+    for name, e in result["schedules"].items():
+        roof = e.get("roofline")
+        if roof is None:
+            continue
+        lines.append(f"{name:<14}  {_pct(e.get('step_error', {}).get('mape')):>27}  {_pct(e['makespan_s_error']):>14}   "
+                     f"{_pct(roof.get('step_error', {}).get('mape')):>19}  {roof['makespan_s_predicted']:>13.3f}  "
+                     f"{_pct(roof['makespan_s_error']):>14}")
+    return "\n".join(lines)
+
+
 def kernel_table(name: str, kernels: dict) -> str:
     lines = [f"{name}: seconds per kernel over the run, predicted / measured (error)",
              f"  {'kernels':<28}{'prompt steps':>28}{'decode-only steps':>28}"]

@@ -103,13 +103,31 @@ def test_mismatched_profiles_are_refused(profile_dir):
     assert meta["kind"] == "measured"
 
 
+def roofline_makespan(schedule: str) -> float:
+    """validate's default workload with the test's overrides, simulated with the H100 roofline."""
+    from reports.metrics import summarize
+    from batchlab.records import requests_frame
+    from scheduler import schedule_config
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+    from sim.simulator import simulate
+    from traces.synthetic import batchllm_microbenchmark
+
+    model = model_spec("tiny")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("h100-sxm")), model)
+    workload = batchllm_microbenchmark(64, 32, 4, 4, 16, shuffle=True, seed=0)
+    outcome = simulate(workload, schedule_config(schedule), cost, 256, 16)
+    return summarize(requests_frame(outcome.scheduler, schedule), outcome.steps.all_steps())["makespan_s"]
+
+
 def test_validation_numbers_match_the_records(profile_dir, tmp_path):
     result = batchlab("validate", f"profile={profile_dir}", "workload.params.num_requests=16",
                       "workload.params.share_degree=4", "workload.params.prefix_len=64",
                       "workload.params.output_len=4", "schedule.names=[fcfs,batchllm]", "noise_floor=true",
-                      "report=false", f"hydra.run.dir={tmp_path}")
+                      "roofline=h100-sxm", "report=false", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     validation = json.loads((tmp_path / "validation.json").read_text())
+    assert "h100-sxm roofline profile" in result.stdout
     assert validation["offline"] and set(validation["schedules"]) == {"fcfs", "batchllm"}
     predicted = pd.read_parquet(tmp_path / "simulated" / "steps.parquet")
     measured = pd.read_parquet(tmp_path / "measured" / "steps.parquet")
@@ -132,6 +150,12 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
         attention = entry["kernels"]["attention"]["decode_steps"]["measured_s"]
         assert attention == pytest.approx(measured[measured["schedule"] == name]["kernel_attention_s"]
                                           .to_numpy()[~prompt_steps].sum())
+        # the roofline's prediction of the same plans, against the same measurement
+        roof = entry["roofline"]
+        assert roof["makespan_s_predicted"] == pytest.approx(roofline_makespan(name))
+        assert roof["makespan_s_error"] == pytest.approx(
+            abs(roof["makespan_s_predicted"] - entry["makespan_s_measured"]) / entry["makespan_s_measured"])
+        assert roof["step_error"]["steps"] == len(m)
     assert "seconds per kernel over the run" in (tmp_path / "validation.md").read_text()
     assert (tmp_path / "validation_scatter.png").exists()
     assert validation["ranking_measured"] == sorted(validation["schedules"],
