@@ -138,10 +138,10 @@ class Profiler:
     def measure_many(self, cells: list) -> list[dict[str, float]]:
         """Median kernel times of each cell's plan (a list of chunks for ``_plan``, or a plan).
         All plans are warmed up, then each repetition runs them in a fresh random order, so a
-        measurement follows some other shape as a step in a run follows other steps: one shape repeated back to back keeps
-        the CPU caches warm for it (a 10-decode step read 7 % faster so than after a
-        1024-token prefill), and a transient slowdown spreads over cells instead of
-        corrupting every repetition of one."""
+        measurement follows some other shape as a step in a run follows other steps: one
+        shape repeated back to back keeps the CPU caches warm for it (a 10-decode step read
+        7 % faster so than after a 1024-token prefill), and a transient slowdown spreads over
+        cells instead of corrupting every repetition of one."""
         plans = [cell if isinstance(cell, BatchPlan) else self._plan(cell) for cell in cells]
         for plan in plans:
             for _ in range(self.warmup):
@@ -282,7 +282,8 @@ class Profiler:
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
         say = progress or (lambda _: None)
         L = self.layers
-        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT, MEMBERS, PREFIXES = (self.grids[k] for k in GRIDS)
+        (TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT, MEMBERS,
+         PREFIXES) = (self.grids[k] for k in GRIDS)
         tables: dict[str, tuple] = {}
         per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
         say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
