@@ -64,6 +64,10 @@ def from_presets(kind: str, presets: dict, name: str, overrides: dict):
     if name not in presets:
         raise ConfigError(f"unknown {kind} {name!r}; expected one of {sorted(presets)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(presets[name])} - {"name"}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"{kind} {name!r}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
     try:
         return replace(presets[name], **overrides)
     except TypeError as error:

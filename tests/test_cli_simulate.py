@@ -47,6 +47,8 @@ def test_simulate_writes_records_and_prints_the_table(tmp_path):
     (["workload=file"], "needs a path"),
     (["model=llama-3.1-70b"], "does not fit on 'h100-sxm'"),
     (["+schedule.overrides.chunk=3"], "unknown option"),
+    (["schedule.overrides.chunk=3"], "unknown option"),  # the plain form reaches the same check
+    (["model.overrides.num_layerz=3"], "unknown field(s) ['num_layerz']; expected some of"),
     (["workload.params.share_degree=0"], "share_degree is 0"),
 ])
 def test_simulate_errors_are_one_clear_line(tmp_path, overrides, message):
