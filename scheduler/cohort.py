@@ -31,6 +31,10 @@ class DecodeCohort:
         self.due: dict[int, list[RequestState]] = {}   # step -> members needing a block in it
         self.ends: dict[int, list[RequestState]] = {}  # step -> members finishing in its update
         self._tables: dict[int, tuple[int, ...]] = {}  # block tables as last emitted, per member
+        # members of prefix groups, by group id, each list in admission order: a step's
+        # shared-prefix groups come from here in O(groups), not O(members)
+        self.by_group: dict[int, list[RequestState]] = {}
+        self._group_ids: dict[int, tuple[int, ...]] = {}  # by_group's req ids, as last asked for
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,6 +71,13 @@ class DecodeCohort:
         self.offset_sum += offset
         self.due.setdefault(self.due_step(state), []).append(state)
         self.ends.setdefault(self.end_step(state), []).append(state)
+        if state.group is not None and state.request is not None:
+            members = self.by_group.setdefault(state.group.group_id, [])
+            if not members or seq > members[-1].admit_seq:
+                members.append(state)
+            else:
+                members.insert(bisect_left([m.admit_seq for m in members], seq), state)
+            self._group_ids.pop(state.group.group_id, None)
 
     @staticmethod
     def sync(state: RequestState, step: int) -> None:
@@ -90,6 +101,12 @@ class DecodeCohort:
                 del buckets[key]
         state.cohort_offset = None
         self._tables.pop(state.req_id, None)
+        if state.group is not None and state.request is not None:
+            members = self.by_group[state.group.group_id]
+            members.remove(state)
+            if not members:
+                del self.by_group[state.group.group_id]
+            self._group_ids.pop(state.group.group_id, None)
 
     def sync_all(self, step: int) -> None:
         for state in self.states:
@@ -102,7 +119,14 @@ class DecodeCohort:
             state.cohort_offset = None
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
         self.offset_sum = 0
-        self.due, self.ends, self._tables = {}, {}, {}
+        self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
+
+    def group_req_ids(self, group_id: int) -> tuple[int, ...]:
+        """The request ids of ``by_group[group_id]``, rebuilt only after the group changed."""
+        ids = self._group_ids.get(group_id)
+        if ids is None:
+            ids = self._group_ids[group_id] = tuple(m.req_id for m in self.by_group[group_id])
+        return ids
 
     # --- one step -----------------------------------------------------------------------------
     def take_due(self, step: int) -> list[RequestState]:

@@ -53,10 +53,14 @@ def new_chunk(req_id: int, start: int, num_tokens: int, block_ids: tuple[int, ..
 
 @dataclass(frozen=True, slots=True)
 class SharedPrefixGroup:
-    """Requests of this step that read the same prefix blocks (for a prefix-aware kernel)."""
+    """Requests of this step that read the same prefix blocks (for a prefix-aware kernel).
+    ``prefix_block_ids`` is empty when the scheduler emits no block ids (the simulator).
+    ``num_decoding``: how many of them decode in this step (the rest compute prompt tokens);
+    -1 where whoever built the group did not count (a cost model then counts)."""
     prefix_len: int
     prefix_block_ids: tuple[int, ...]
     req_ids: tuple[int, ...]
+    num_decoding: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from .grouping import group_requests
 from .request import RequestState
 
 if TYPE_CHECKING:
+    from .cohort import DecodeCohort
     from .scheduler import Scheduler
 
 
@@ -65,16 +66,33 @@ def regroup_waiting(scheduler: "Scheduler") -> None:
         waiting.push(scheduler.states[req_id])
 
 
-def shared_prefix_groups(scheduler: "Scheduler", scheduled: list[RequestState]) -> tuple[SharedPrefixGroup, ...]:
-    """Groups with at least two members among ``scheduled`` whose prefix is done and held."""
-    by_group: dict[int, list[int]] = {}
-    for state in scheduled:
+def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",
+                         others: list[tuple[RequestState, bool]] = ()) -> tuple[SharedPrefixGroup, ...]:
+    """Groups with at least two members scheduled in this step whose prefix is done and held:
+    the decode cohort's members (``DecodeCohort.by_group``, each group in admission order) and
+    ``others``, saying whether each decodes. A group's members come cohort first, then others,
+    and groups in the order their first member comes (as a pass over the cohort's members and
+    then the others would find them), each with the number that decode. O(groups) for the
+    cohort: its groups' id tuples are kept between steps."""
+    found = sorted((members[0].admit_seq, group_id) for group_id, members in cohort.by_group.items()
+                   if members[0].group.prefix_done)
+    by_group: dict[int, list] = {group_id: [cohort.group_req_ids(group_id), None] for _, group_id in found}
+    for state, decodes in others:
         group = state.group
         if group is not None and group.prefix_done and state.request is not None:
-            by_group.setdefault(group.group_id, []).append(state.req_id)
+            entry = by_group.get(group.group_id)
+            if entry is None:
+                entry = by_group[group.group_id] = [(), 0]
+            if entry[1] is None:  # cohort members (all decoding) first
+                entry[1] = len(entry[0])
+            entry[0] = entry[0] + (state.req_id,)
+            entry[1] += decodes
+    active = scheduler._active_groups
+    emit = scheduler.emit_block_ids  # block ids, like the chunks', only for an executor that reads them
     result = []
-    for group_id, req_ids in by_group.items():
+    for group_id, (req_ids, num_decoding) in by_group.items():
         if len(req_ids) >= 2:
-            group = scheduler._active_groups[group_id]
-            result.append(SharedPrefixGroup(group.prefix_len, tuple(group.holder_blocks), tuple(req_ids)))
+            group = active[group_id]
+            result.append(SharedPrefixGroup(group.prefix_len, tuple(group.holder_blocks) if emit else (), req_ids,
+                                            len(req_ids) if num_decoding is None else num_decoding))
     return tuple(result)

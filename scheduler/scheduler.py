@@ -283,10 +283,13 @@ class Scheduler:
 
     def _shared_prefix_groups(self, chunks: list[ScheduledChunk]) -> tuple[SharedPrefixGroup, ...]:
         states = self.states
-        return shared_prefix_groups(self, self.cohort.states + [states[chunk.req_id] for chunk in chunks])
+        # a listed chunk decodes when it is one token past the prompt (cost_model.py's test)
+        return shared_prefix_groups(self, self.cohort, [
+            (states[c.req_id], c.num_tokens == 1 and c.start >= c.prompt_len) for c in chunks])
 
-    def _shared_prefix_groups_of(self, scheduled: list[RequestState]) -> tuple[SharedPrefixGroup, ...]:
-        return shared_prefix_groups(self, scheduled)
+    def _cohort_shared_prefix_groups(self) -> tuple[SharedPrefixGroup, ...]:
+        """The shared-prefix groups of a step whose only chunks are the cohort's decodes."""
+        return shared_prefix_groups(self, self.cohort)
 
     # --- decode stretches (the simulator's fast-forward) ---------------------------------------
     def decode_stretch(self, max_steps: int = 4096):

@@ -54,6 +54,9 @@ class CostModel:
         # host work of prompt chunks (measured profiles); charged to step_overhead, absent = 0
         prompt = profile.tables.get("prefill_overhead")
         self._prefill_overhead = _memo(lambda key: prompt.scalar(*key)) if prompt is not None else None
+        # (members, prefix length) of shared-prefix groups repeat from step to step
+        shared = profile.tables["attn_shared_prefix"]
+        self._shared_prefix = _memo(lambda key: shared.scalar(*key))
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -86,7 +89,7 @@ class CostModel:
             "elementwise": per_step(t["elementwise"](batch)),
             "attn_prefill": ones * 0.0,
             "attn_decode": t["attn_decode"](batch, (steps - shared_tokens) / batch),
-            "attn_shared_prefix": per_step(sum(float(t["attn_shared_prefix"](m, p)) for m, p in shared)),
+            "attn_shared_prefix": per_step(sum(self._shared_prefix(group) for group in shared)),
             "lm_head_sampling": per_step(t["lm_head_sampling"](batch)),
             "step_overhead": per_step(self._decode_overhead(batch)),
         }
@@ -126,21 +129,19 @@ class CostModel:
                 prefills.append(chunk)
         batch += len(listed_decodes)
         if self.prefix_aware and plan.shared_prefix_groups:
-            decode_ids = set(decodes.req_ids)
-            decode_ids.update(listed_decodes)
-            shared, shared_tokens = self.shared_decode_groups(plan, decode_ids)
+            shared, shared_tokens = self.shared_decode_groups(plan, decodes.req_ids, listed_decodes)
         else:
             shared, shared_tokens = (), 0
         t = self._t
         prefill = t["attn_prefill"].scalar
-        shared_prefix = t["attn_shared_prefix"].scalar
+        shared_prefix = self._shared_prefix
         qkv, o, mlp, elementwise = self._dense(tokens)
         overhead = self._overhead(plan.num_requests)
         if self._prefill_overhead is not None and prefills:
             overhead = overhead + self._prefill_overhead((len(prefills), tokens - batch))
         attn_prefill = sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0)
         attn_decode = t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
-        attn_shared = sum((shared_prefix(m, p) for m, p in shared), 0.0)
+        attn_shared = sum((shared_prefix(group) for group in shared), 0.0)
         sampling = self._sampling(sampled)
         layers = self.layers
         total = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling + overhead
@@ -153,13 +154,18 @@ class CostModel:
         return total, parts, (tokens, tokens - batch, sampled)
 
     @staticmethod
-    def shared_decode_groups(plan: BatchPlan, decode_ids: set[int]) -> tuple[tuple[tuple[int, int], ...], int]:
+    def shared_decode_groups(plan: BatchPlan, steady_decodes, listed_decodes) -> tuple[tuple[tuple[int, int], ...], int]:
         """Groups whose decoding members read their prefix through the shared-prefix kernel
         (at least two decoding members; a lone member is an ordinary decode)."""
         shared = []
         covered = 0
+        decode_ids = None
         for group in plan.shared_prefix_groups:
-            members = sum(1 for r in group.req_ids if r in decode_ids)
+            members = group.num_decoding
+            if members < 0:  # not counted by whoever built the plan: count here
+                if decode_ids is None:
+                    decode_ids = set(steady_decodes).union(listed_decodes)
+                members = sum(1 for r in group.req_ids if r in decode_ids)
             if members >= 2:
                 shared.append((members, group.prefix_len))
                 covered += members * group.prefix_len

@@ -140,3 +140,29 @@ def test_idle_groups_holding_memory_do_not_livelock():
         plans = run_to_completion(scheduler, max_steps=2000)
         assert scheduler.stats.num_group_preemptions > 0 and scheduler.kv.num_used_blocks == 0
         assert len({c.req_id for p in plans for c in p.chunks if c.req_id >= 0}) == 18
+
+
+def test_shared_prefix_groups_count_their_decoding_members():
+    # a step's groups carry how many members decode in it (the simulator's cost model reads
+    # that instead of looking every member up); it must be the count a lookup gives, in steps
+    # where the cohort's decodes, one-by-one decodes and members' prompt chunks mix
+    from scheduler import StepResult
+    from traces.synthetic import batchllm_microbenchmark
+
+    for emit, lazy in ((True, True), (False, True), (True, False)):
+        scheduler = Scheduler(schedule_config("batchllm", max_num_batched_tokens=40), 80, 16,
+                              emit_block_ids=emit, lazy_decodes=lazy)
+        for request in batchllm_microbenchmark(48, 20, 12, 4, 24, seed=3).requests:
+            scheduler.add(request)
+        counted = prompts_in_groups = 0
+        while scheduler.has_unfinished:
+            plan = scheduler.schedule(0.0)
+            decoding = set(plan.decodes.req_ids) | {c.req_id for c in plan.listed
+                                                     if c.num_tokens == 1 and c.start >= c.prompt_len}
+            for group in plan.shared_prefix_groups:
+                assert group.num_decoding == sum(r in decoding for r in group.req_ids)
+                assert (len(group.prefix_block_ids) > 0) == emit
+                counted += 1
+                prompts_in_groups += group.num_decoding < len(group.req_ids)
+            scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
+        assert counted > 0 and prompts_in_groups > 0  # groups seen, some with prompt chunks in them
