@@ -76,23 +76,25 @@ def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",
     cohort: its groups' id tuples are kept between steps."""
     found = sorted((members[0].admit_seq, group_id) for group_id, members in cohort.by_group.items()
                    if members[0].group.prefix_done)
-    by_group: dict[int, list] = {group_id: [cohort.group_req_ids(group_id), None] for _, group_id in found}
+    entries: dict[int, list] = {}  # group id -> [cohort members' ids, others' ids, how many decode]
+    for _, group_id in found:
+        ids = cohort.group_req_ids(group_id)
+        entries[group_id] = [ids, [], len(ids)]  # cohort members all decode
     for state, decodes in others:
         group = state.group
         if group is not None and group.prefix_done and state.request is not None:
-            entry = by_group.get(group.group_id)
+            entry = entries.get(group.group_id)
             if entry is None:
-                entry = by_group[group.group_id] = [(), 0]
-            if entry[1] is None:  # cohort members (all decoding) first
-                entry[1] = len(entry[0])
-            entry[0] = entry[0] + (state.req_id,)
-            entry[1] += decodes
+                entry = entries[group.group_id] = [(), [], 0]
+            entry[1].append(state.req_id)
+            entry[2] += decodes
     active = scheduler._active_groups
     emit = scheduler.emit_block_ids  # block ids, like the chunks', only for an executor that reads them
     result = []
-    for group_id, (req_ids, num_decoding) in by_group.items():
+    for group_id, (cohort_ids, other_ids, num_decoding) in entries.items():
+        req_ids = cohort_ids + tuple(other_ids) if other_ids else cohort_ids
         if len(req_ids) >= 2:
             group = active[group_id]
             result.append(SharedPrefixGroup(group.prefix_len, tuple(group.holder_blocks) if emit else (), req_ids,
-                                            len(req_ids) if num_decoding is None else num_decoding))
+                                            num_decoding))
     return tuple(result)
