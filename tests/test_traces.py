@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import ConfigError
+from scheduler import ConfigError, WorkloadError
 from traces.arrivals import with_arrivals
 from traces.build import build_workload
 from traces.errors import TraceError
@@ -160,6 +160,14 @@ def test_arrival_processes():
     assert cv > 2.5
     scaled = with_arrivals(poisson, "trace", scale=2.0)
     assert scaled.requests[-1].arrival_s == pytest.approx(2 * poisson.requests[-1].arrival_s)
+    # re-timed requests are the same requests (prompt, lengths, ids), sorted by time, ties kept
+    # in workload order
+    assert sorted(r.req_id for r in bursty.requests) == list(range(2000))
+    for old, new in zip(base.requests, sorted(bursty.requests, key=lambda r: r.req_id)):
+        assert (new.prompt, new.output_len, new.prompt_len) == (old.prompt, old.output_len, old.prompt_len)
+    assert [r.req_id for r in with_arrivals(base, "offline").requests] == [r.req_id for r in base.requests]
+    with pytest.raises(WorkloadError, match="request 3: arrival_s is -1.0"):
+        base.requests[3].with_arrival(-1.0)
 
 
 def test_build_workload_from_config_mapping():

@@ -39,8 +39,8 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
             gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
         times = np.concatenate([[0.0], np.cumsum(gaps)[:-1]]) if count else gaps
     times = times * scale
-    requests = tuple(replace(r, arrival_s=float(t)) for r, t in zip(workload.requests, times))
-    order = sorted(range(count), key=lambda i: (requests[i].arrival_s, i))
-    if order != list(range(count)):
-        requests = tuple(requests[i] for i in order)
+    requests = tuple(r.with_arrival(t) for r, t in zip(workload.requests, times.tolist()))
+    order = np.argsort(times, kind="stable")  # by time, ties in workload order
+    if (order != np.arange(count)).any():
+        requests = tuple(requests[i] for i in order.tolist())
     return replace(workload, requests=requests)
