@@ -28,6 +28,11 @@ def requests_frame(scheduler, schedule: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def outcome_summary(outcome) -> dict:
+    """The summary.json entry (``reports.metrics.summarize``) of one simulated schedule."""
+    return summarize(requests_frame(outcome.scheduler, outcome.schedule), outcome.steps.all_steps())
+
+
 def finite_json(value):
     """``value`` with NaN and infinities (nested in dicts and lists too) as None, for JSON."""
     if isinstance(value, dict):

@@ -81,15 +81,14 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 kv_blocks=kv_blocks, block_size=block_size)
     writers = {mode: RunWriter(run_dir / mode, run_meta(workload, model, mode=mode, **meta))
                for mode in ("simulated", "measured")}
-    result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline, "profile": str(profile_dir), "device": device,
-              "host_memory": host_memory_for(cfg.device),
+    result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline,
+              "profile": str(profile_dir), "device": device, "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
     points = {}
     for config in configs:
         plans = []
         simulated = simulate(workload, config, cost, kv_blocks, block_size, fast_forward=False,
-                             on_plan=lambda p: plans.append((p.step, tuple((c.req_id, c.start, c.num_tokens)
-                                                                           for c in p.chunks))))
+                             on_plan=lambda p: plans.append(p.outline()))
         measured = [run_engine(workload, config, _runner(cfg, model, kv_blocks, weights), kv_blocks, block_size,
                                keep_plans=True) for _ in range(2 if cfg.noise_floor else 1)]
         sim_steps, meas_steps = simulated.steps.all_steps(), measured[0].steps.all_steps()
@@ -148,8 +147,7 @@ def roofline_errors(workload, config, cost, kv_blocks: int, block_size: int, pla
 
     roof_plans = []
     outcome = simulate(workload, config, cost, kv_blocks, block_size, fast_forward=False,
-                       on_plan=lambda p: roof_plans.append((p.step, tuple((c.req_id, c.start, c.num_tokens)
-                                                                         for c in p.chunks))))
+                       on_plan=lambda p: roof_plans.append(p.outline()))
     steps = outcome.steps.all_steps()
     entry = compare_runs(requests_frame(outcome.scheduler, config.name), steps, meas_requests, meas_steps)
     entry["profile"] = cost.profile.label

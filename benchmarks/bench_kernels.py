@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     # the largest context is known on the host, as in the engine (reading it costs a device sync)
     decode_ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
                                                         max_context=context))
-    kv_bytes = 2 * seqs * context * kv_heads * head_dim * 2
+    kv_bytes = 2 * seqs * context * kv_heads * head_dim * key.element_size()  # keys and values
     results["paged_decode"] = {"seqs": seqs, "context": context, "ms": decode_ms,
                                "bandwidth_gb_s": kv_bytes / (decode_ms / 1e3) / 1e9,
                                "fraction_of_copy_bandwidth": kv_bytes / (decode_ms / 1e3) / copy_bw}

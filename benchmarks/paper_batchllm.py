@@ -20,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchlab.records import requests_frame  # noqa: E402
-from reports.metrics import summarize  # noqa: E402
+from batchlab.records import outcome_summary  # noqa: E402
 from scheduler import schedule_config  # noqa: E402
 from scheduler.model_spec import model_spec  # noqa: E402
 from sim.cost_model import CostModel  # noqa: E402
@@ -63,7 +62,7 @@ def run_setting(model_name: str, prefix: int, distinct: int, share: int, shuffle
     result = {}
     for name in schedules:
         outcome = simulate(workload, schedule_config(name), cost, blocks, 16)
-        result[name] = summarize(requests_frame(outcome.scheduler, name), outcome.steps.all_steps())
+        result[name] = outcome_summary(outcome)
     return result
 
 
@@ -88,8 +87,7 @@ def hydragen() -> None:
         workload = batchllm_microbenchmark(prefix, 32, 256, 1024, 1024, shuffle=False, seed=0)
         for name, config in configs.items():
             outcome = simulate(workload, config, cost, blocks, 16)
-            rates[prefix, name] = summarize(requests_frame(outcome.scheduler, name),
-                                            outcome.steps.all_steps())["output_tokens_per_s"]
+            rates[prefix, name] = outcome_summary(outcome)["output_tokens_per_s"]
     print("Hydragen setting (approximated): batchllm over fcfs "
           f"{rates[1024, 'batchllm'] / rates[1024, 'fcfs']:.1f}x at prefix 1K (paper: over 3x), "
           f"{rates[16384, 'batchllm'] / rates[16384, 'fcfs']:.1f}x at 16K (over 30x); "

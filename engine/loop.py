@@ -80,7 +80,7 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
                       "kv_blocks_used": kv_used, "num_waiting": waiting, "num_preempted": len(plan.preempted)},
                      kernels)
         if keep_plans:
-            plans.append((plan.step, tuple((c.req_id, c.start, c.num_tokens) for c in plan.chunks)))
+            plans.append(plan.outline())
         if progress is not None and time.perf_counter() - last_report > 2.0:
             last_report = time.perf_counter()
             progress(f"{config.name}: step {plan.step:,}, {end - started:,.1f} s, "

@@ -72,34 +72,44 @@ class Profiler:
         and make the per-request overhead look about three times what runs see). Anything
         else is a prompt chunk of a one-segment prompt one token longer than its context."""
         block_size = self.runner.block_size
-        capacity = self.runner.cache.num_blocks
         made, decodes = [], []
         # distinct blocks per request, scattered over the whole cache as a run's allocator
         # leaves them (wrapping only past the capacity): shared blocks would stay hot in the
         # CPU caches, and consecutive ones read faster than runs do (10 decodes at context 544
         # in a 20,000-block cache: 3.35 ms consecutive, 4.18 ms scattered)
-        needed = sum(-(-context // block_size) for context, _, _ in chunks)
-        order = self._block_rng.sample(range(capacity), min(needed, capacity))
-        next_block = 0
+        take = self._scattered_blocks(sum(-(-context // block_size) for context, _, _ in chunks))
         for context, queries, samples in chunks:
-            self._next_id += 1
             decode = queries == 1 and samples and context >= 2
             prompt_len = context - 1 if decode else context + 1
-            request = Request(self._next_id, 0.0, ((self._next_id, prompt_len),), 1)
-            self.runner.add_request(request)
-            if decode:
-                self.runner.outputs[request.req_id].append(self._next_id % self.runner.spec.vocab_size)
-            count = -(-context // block_size)
-            blocks = tuple(order[(next_block + i) % len(order)] for i in range(count))
-            next_block += count
-            chunk = ScheduledChunk(request.req_id, context - queries, queries, blocks, samples, prompt_len)
+            req_id = self._new_request(prompt_len, decode)
+            chunk = ScheduledChunk(req_id, context - queries, queries, take(-(-context // block_size)), samples,
+                                   prompt_len)
             (decodes if decode else made).append(chunk)
-        # decodes in the scheduler's compact form, as runs hand them over (executors then build
-        # their chunks once per step, which a run pays too)
-        batch = DecodeBatch(0, tuple(c.req_id for c in decodes), tuple(c.start for c in decodes),
-                            tuple(c.prompt_len for c in decodes), tuple(c.block_ids for c in decodes),
-                            sum(c.end for c in decodes))
-        return BatchPlan(0, tuple(made), decodes=batch)
+        return BatchPlan(0, tuple(made), decodes=self._decode_batch(decodes))
+
+    def _scattered_blocks(self, needed: int):
+        """A function handing out ``count`` block ids at a time: ``needed`` distinct ones in a
+        random order over the whole cache (wrapping only past its capacity)."""
+        capacity = self.runner.cache.num_blocks
+        order = self._block_rng.sample(range(capacity), min(needed, capacity))
+        cursor = iter(range(needed))
+        return lambda count: tuple(order[next(cursor) % len(order)] for _ in range(count))
+
+    def _new_request(self, prompt_len: int, decode: bool) -> int:
+        """A fresh one-segment request in the runner; a decode's input token is one it generated."""
+        self._next_id += 1
+        self.runner.add_request(Request(self._next_id, 0.0, ((self._next_id, prompt_len),), 1))
+        if decode:
+            self.runner.outputs[self._next_id].append(self._next_id % self.runner.spec.vocab_size)
+        return self._next_id
+
+    @staticmethod
+    def _decode_batch(decodes: list[ScheduledChunk]) -> DecodeBatch:
+        """Decodes in the scheduler's compact form, as runs hand them over (executors then build
+        their chunks once per step, which a run pays too)."""
+        return DecodeBatch(0, tuple(c.req_id for c in decodes), tuple(c.start for c in decodes),
+                           tuple(c.prompt_len for c in decodes), tuple(c.block_ids for c in decodes),
+                           sum(c.end for c in decodes))
 
     def _shared_plan(self, groups: int, members: int, prefix: int, own: int) -> BatchPlan:
         """A decode step of ``groups`` groups of ``members`` requests, each group sharing
@@ -107,30 +117,19 @@ class Profiler:
         decode token last; the plan names the groups, so a prefix-aware backend reads each
         prefix once. Blocks scattered over the cache, as in ``_plan``."""
         block_size = self.runner.block_size
-        capacity = self.runner.cache.num_blocks
         prefix_blocks, own_blocks = prefix // block_size, -(-own // block_size)
-        needed = groups * (prefix_blocks + members * own_blocks)
-        order = self._block_rng.sample(range(capacity), min(needed, capacity))
-        cursor = iter(range(needed))
-        take = lambda count: tuple(order[next(cursor) % len(order)] for _ in range(count))
+        take = self._scattered_blocks(groups * (prefix_blocks + members * own_blocks))
+        context = prefix_blocks * block_size + own
         chunks, shared = [], []
         for _ in range(groups):
             prefix_ids = take(prefix_blocks)
             ids = []
             for _ in range(members):
-                context = prefix_blocks * block_size + own
-                self._next_id += 1
-                request = Request(self._next_id, 0.0, ((self._next_id, context - 1),), 1)
-                self.runner.add_request(request)
-                self.runner.outputs[request.req_id].append(self._next_id % self.runner.spec.vocab_size)
-                chunks.append(ScheduledChunk(request.req_id, context - 1, 1, prefix_ids + take(own_blocks), True,
-                                             context - 1))
-                ids.append(request.req_id)
+                req_id = self._new_request(context - 1, decode=True)
+                chunks.append(ScheduledChunk(req_id, context - 1, 1, prefix_ids + take(own_blocks), True, context - 1))
+                ids.append(req_id)
             shared.append(SharedPrefixGroup(prefix_blocks * block_size, prefix_ids, tuple(ids)))
-        batch = DecodeBatch(0, tuple(c.req_id for c in chunks), tuple(c.start for c in chunks),
-                            tuple(c.prompt_len for c in chunks), tuple(c.block_ids for c in chunks),
-                            sum(c.end for c in chunks))
-        return BatchPlan(0, (), shared_prefix_groups=tuple(shared), decodes=batch)
+        return BatchPlan(0, (), shared_prefix_groups=tuple(shared), decodes=self._decode_batch(chunks))
 
     def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
         return self.measure_many([chunks])[0]

@@ -106,8 +106,10 @@ class TritonAttentionBackend(AttentionBackend):
             index = torch.from_numpy(np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)])).to(device)
             packed_starts = torch.tensor([sum(lens[:k]) for k in range(len(lens))], dtype=torch.int32, device=device)
             context_lens = [meta.context_lens[i] for i in prefill]
-            if any(n > c for n, c in zip(lens, context_lens)):
-                raise ValueError("a chunk has more queries than context")
+            for chunk, queries, context in zip(prefill, lens, context_lens):
+                if queries > context:
+                    raise ValueError(f"chunk {chunk} of the step has {queries} query tokens but a context of "
+                                     f"{context}; expected queries <= context (they are its last tokens)")
             prefill_part = (index, _table([meta.block_tables[i] for i in prefill], device), packed_starts,
                             torch.tensor(lens, dtype=torch.int32, device=device),
                             torch.tensor(context_lens, dtype=torch.int32, device=device), max(lens))

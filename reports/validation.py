@@ -40,9 +40,14 @@ def kernel_errors(pred_steps: pd.DataFrame, meas_steps: pd.DataFrame) -> dict:
     return out
 
 
+def _shown(value, fmt: str) -> str:
+    """``value`` formatted; "-" where there is none (None or NaN)."""
+    return "-" if value is None or value != value else fmt.format(value)
+
+
 def _pct(value) -> str:
-    """A fraction as a percentage; "-" where there is none (None or NaN)."""
-    return "-" if value is None or value != value else f"{value:.1%}"
+    """A fraction as a percentage."""
+    return _shown(value, "{:.1%}")
 
 
 def validation_table(result: dict) -> str:
@@ -113,7 +118,7 @@ def run_noise(first_requests, first_steps, again_requests, again_steps) -> dict:
 def latency_table(schedules: dict) -> str:
     """Throughput and TTFT/TPOT percentiles, predicted / measured (error, noise floor): what an
     online replay is judged by (its plans differ from the prediction's, so steps do not pair)."""
-    ms = lambda v: "-" if v is None or v != v else f"{1e3 * v:.1f}"
+    ms = lambda v: _shown(v if v is None else 1e3 * v, "{:.1f}")
     columns = (("throughput_tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"), ("ttft_s_p50", "TTFT p50 ms", ms),
                ("ttft_s_p99", "TTFT p99 ms", ms), ("tpot_s_p50", "TPOT p50 ms", ms), ("tpot_s_p99", "TPOT p99 ms", ms))
     lines = ["predicted / measured (error, noise floor)",

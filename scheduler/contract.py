@@ -128,6 +128,11 @@ class BatchPlan:
     def num_requests(self) -> int:
         return len(self.listed) + len(self.decodes.req_ids)
 
+    def outline(self) -> tuple:
+        """(step, ((request, start, tokens), ...)): what two executions of a workload compare to
+        know they ran the same plans (block ids aside, which only an engine receives)."""
+        return self.step, tuple((c.req_id, c.start, c.num_tokens) for c in self.chunks)
+
     @property
     def num_tokens(self) -> int:
         return sum(chunk.num_tokens for chunk in self.listed) + len(self.decodes.req_ids)

@@ -6,7 +6,7 @@ workloads, executors and records can share freely.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from .errors import WorkloadError
@@ -40,10 +40,13 @@ class Request:
         if not (arrival_s >= 0.0):
             raise WorkloadError(f"request {self.req_id}: arrival_s is {arrival_s!r}; expected a time >= 0")
         copy = object.__new__(Request)
-        for name in ("req_id", "prompt", "output_len", "prompt_len"):
+        for name in _REQUEST_FIELDS:
             object.__setattr__(copy, name, getattr(self, name))
         object.__setattr__(copy, "arrival_s", arrival_s)
         return copy
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(Request) if f.name != "arrival_s")
 
 
 class RequestState:

@@ -54,7 +54,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         scheduler.check_fits(request)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
-    state = {"next": 0, "clock": 0.0, "events": 0, "idle": None, "decode_s": None}
+    state = {"next": 0, "events": 0, "idle": None, "decode_s": None}
     total = len(requests)
 
     def arrivals():

@@ -103,8 +103,7 @@ def test_engine_executes_exactly_the_simulators_plans(schedule):
     config = schedule_config(schedule, max_num_batched_tokens=48)
     simulated = []
     simulate(workload, config, CostModel(constant_profile(), model_spec("tiny", num_layers=1)), 40, 16,
-             fast_forward=False, on_plan=lambda p: simulated.append(
-                 (p.step, tuple((c.req_id, c.start, c.num_tokens) for c in p.chunks))))
+             fast_forward=False, on_plan=lambda p: simulated.append(p.outline()))
     runner = ModelRunner(SPEC, 40, 16)
     outcome = run_engine(workload, config, runner, 40, 16, keep_plans=True)
     assert outcome.plans == simulated

@@ -105,8 +105,7 @@ def test_mismatched_profiles_are_refused(profile_dir):
 
 def roofline_makespan(schedule: str) -> float:
     """validate's default workload with the test's overrides, simulated with the H100 roofline."""
-    from reports.metrics import summarize
-    from batchlab.records import requests_frame
+    from batchlab.records import outcome_summary
     from scheduler import schedule_config
     from sim.hardware import hardware_spec
     from sim.roofline import build_roofline_profile
@@ -117,7 +116,7 @@ def roofline_makespan(schedule: str) -> float:
     cost = CostModel(build_roofline_profile(model, hardware_spec("h100-sxm")), model)
     workload = batchllm_microbenchmark(64, 32, 4, 4, 16, shuffle=True, seed=0)
     outcome = simulate(workload, schedule_config(schedule), cost, 256, 16)
-    return summarize(requests_frame(outcome.scheduler, schedule), outcome.steps.all_steps())["makespan_s"]
+    return outcome_summary(outcome)["makespan_s"]
 
 
 def test_validation_numbers_match_the_records(profile_dir, tmp_path):

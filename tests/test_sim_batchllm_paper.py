@@ -4,8 +4,7 @@ caching and chunked prefill at 2,048 tokens is our fcfs). ``benchmarks/paper_bat
 prints the whole comparison; these hold the parts that must not drift."""
 import pytest
 
-from batchlab.records import requests_frame
-from reports.metrics import summarize
+from batchlab.records import outcome_summary
 from scheduler import schedule_config
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
@@ -27,7 +26,7 @@ def run(prefix: int, share: int, schedules=("fcfs", "batchllm")) -> dict:
     result = {}
     for name in schedules:
         outcome = simulate(workload, schedule_config(name), cost, blocks, 16)
-        result[name] = summarize(requests_frame(outcome.scheduler, name), outcome.steps.all_steps())
+        result[name] = outcome_summary(outcome)
     return result
 
 

@@ -60,8 +60,7 @@ def test_unbounded_lru_cache_reuses_everything_an_infinite_cache_would():
     # fcfs with a KV cache larger than the whole trace: every token whose prefix came before is
     # a cache hit (vLLM registers full blocks as they are computed, so even requests in flight
     # together share), and the simulator's saving is exactly the infinite-cache reuse
-    from batchlab.records import requests_frame
-    from reports.metrics import summarize
+    from batchlab.records import outcome_summary
     from scheduler import schedule_config
     from scheduler.model_spec import model_spec
     from sim.cost_model import CostModel
@@ -74,7 +73,7 @@ def test_unbounded_lru_cache_reuses_everything_an_infinite_cache_would():
     model = model_spec("llama-3.1-8b")
     cost = CostModel(build_roofline_profile(model, hardware_spec("h100-sxm")), model)
     outcome = simulate(workload, schedule_config("fcfs"), cost, workload.prompt_tokens // 16 + 200_000, 16)
-    summary = summarize(requests_frame(outcome.scheduler, "fcfs"), outcome.steps.all_steps())
+    summary = outcome_summary(outcome)
     assert summary["prefill_token_saving"] == pytest.approx(tokens, abs=1e-3)
     assert outcome.scheduler.kv.num_evictions == 0
 
