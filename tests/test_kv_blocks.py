@@ -1,13 +1,22 @@
-"""The block manager's LRU prefix cache against a plain reference model (an OrderedDict)."""
+"""The block manager's LRU prefix cache against a plain reference model (an OrderedDict): the
+Python manager on each of its paths, and its compiled twin (where it was built)."""
 from collections import OrderedDict
 
 import contextlib
+import os
+
+import numpy as np
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from scheduler import BlockManager, ChainIndex
 from scheduler import kv_blocks
+from scheduler.kv_blocks import PythonBlockManager
+
+NATIVE = kv_blocks.NativeBlockManager
+needs_native = pytest.mark.skipif(NATIVE is None, reason="the compiled block manager was not built "
+                                  "(no C compiler at install time, or BATCHLAB_PURE_PYTHON set)")
 
 
 @contextlib.contextmanager
@@ -89,23 +98,34 @@ operations = st.lists(st.tuples(st.sampled_from(["new", "hit", "free"]), st.inte
 @pytest.mark.parametrize("small,slack", PATHS)
 def test_lru_cache_matches_the_reference(small, slack):
     with paths(small, slack):
-        check_against_reference()
+        check_against_reference(PythonBlockManager)
+
+
+@needs_native
+def test_compiled_lru_cache_matches_the_reference():
+    check_against_reference(NATIVE)
+
+
+def test_the_compiled_manager_is_the_default_where_built():
+    assert BlockManager is (NATIVE or PythonBlockManager)
 
 
 @settings(max_examples=150, deadline=None)
-@given(operations, st.integers(4, 96))
-def check_against_reference(ops, num_blocks):
-    kv, model = BlockManager(num_blocks, 4, "lru"), ReferenceLRU(num_blocks)
+@given(ops=operations, num_blocks=st.integers(4, 96), keys_as_array=st.booleans())
+def check_against_reference(manager, ops, num_blocks, keys_as_array):
+    kv, model = manager(num_blocks, 4, "lru"), ReferenceLRU(num_blocks)
     held = []  # block lists in use
     for op, prefix, length in ops:
         keys = [prefix * 100 + i for i in range(length)]  # prompts sharing leading keys
+        if keys_as_array:  # as the scheduler passes them
+            keys = np.array(keys, dtype=np.int64)
         if op == "free" and held:
             blocks = held.pop(prefix % len(held))
             kv.release(blocks)
             model.release(blocks)
         elif op in ("new", "hit"):
             hits, free_hits = kv.match(keys, len(keys)) if op == "hit" else ([], 0)
-            assert hits == (model.lookup(keys) if op == "hit" else [])
+            assert hits == (model.lookup(keys.tolist() if keys_as_array else keys) if op == "hit" else [])
             assert free_hits == kv.num_free_among(hits) == sum(model.ref[b] == 0 for b in hits)
             if kv.num_free_blocks - free_hits < length - len(hits):
                 continue
@@ -116,7 +136,7 @@ def check_against_reference(ops, num_blocks):
             blocks = hits + fresh
             kv.register_run(blocks, keys, 0, len(blocks))
             for block, key in zip(blocks, keys):
-                model.register(block, key)
+                model.register(block, int(key))
             held.append(blocks)
         assert kv.num_free_blocks == len(model.plain) + len(model.cached)
         assert kv.cached_free_blocks() == list(model.cached)  # the same eviction order
@@ -128,8 +148,9 @@ def check_against_reference(ops, num_blocks):
     assert kv.num_used_blocks == 0 and kv.cached_free_blocks() == list(model.cached)
 
 
-def test_stale_queue_entries_are_compacted():
-    kv = BlockManager(8, 4, "lru")
+@pytest.mark.parametrize("manager", [PythonBlockManager, pytest.param(NATIVE, marks=needs_native)])
+def test_stale_queue_entries_are_compacted(manager):
+    kv = manager(8, 4, "lru")
     blocks = kv.allocate(4)
     kv.register_run(blocks, [1, 2, 3, 4], 0, 4)
     kv.release(blocks)
@@ -163,3 +184,35 @@ def test_block_identities_are_equal_exactly_when_the_tokens_before_them_are(prom
             before = tuple(tokens[:(index + 1) * block_size])
             assert seen.setdefault(before, key) == key
     assert len(set(seen.values())) == len(seen)  # different token prefixes, different keys
+
+
+@pytest.mark.parametrize("manager", [PythonBlockManager, pytest.param(NATIVE, marks=needs_native)])
+def test_misuse_is_refused_by_both_managers(manager):
+    kv = manager(4, 16, "lru")
+    blocks = kv.allocate(2)
+    kv.release(blocks)
+    with pytest.raises(AssertionError, match="freed more often than allocated"):
+        kv.release(blocks)
+    with pytest.raises(IndexError):
+        kv.release([7])
+    assert kv.allocate(5) is None and kv.num_free_blocks == 4  # short: nothing changed
+    with pytest.raises(kv_blocks.ConfigError, match="caching mode"):
+        manager(4, 16, "fifo")
+    with pytest.raises(kv_blocks.ConfigError, match="positive integer"):
+        manager(0, 16, "lru")
+
+
+@pytest.mark.parametrize("manager", [PythonBlockManager, pytest.param(NATIVE, marks=needs_native)])
+def test_caching_off_never_finds_a_block(manager):
+    kv = manager(8, 4, "off")
+    blocks = kv.allocate(3)
+    kv.register_run(blocks, np.arange(3, dtype=np.int64), 0, 3)
+    kv.release(blocks)
+    assert kv.lookup(np.arange(3, dtype=np.int64), 3) == [] and kv.num_cached_free_blocks == 0
+
+
+@pytest.mark.skipif(os.environ.get("BATCHLAB_REQUIRE_NATIVE", "") in ("", "0"),
+                    reason="set BATCHLAB_REQUIRE_NATIVE=1 to require the compiled block manager (CI does)")
+def test_the_compiled_manager_was_built():
+    assert NATIVE is not None, ("scheduler/_kv_native.pyx was not compiled: pip install printed why "
+                                "(a C compiler and the Python headers are needed)")
