@@ -1,5 +1,6 @@
-"""Prints the cost of the block manager's operations on n blocks, Python-loop path vs numpy
-path, to place the switch between them (``scheduler/kv_blocks.py``'s ``_SMALL`` weights).
+"""Prints the cost of the block manager's operations on n blocks: the Python manager's loop
+path vs its numpy path, to place the switch between them (``scheduler/kv_blocks.py``'s
+``_SMALL`` weights), and the compiled manager (``scheduler/_kv_native.pyx``) beside them.
 
 Run: python benchmarks/bench_kv_blocks.py. Each round allocates n blocks (evicting cached ones
 after the first rounds), registers their keys, looks them up and releases them.
@@ -11,14 +12,14 @@ import time
 import numpy as np
 
 from scheduler import kv_blocks
-from scheduler.kv_blocks import BlockManager
+from scheduler.kv_blocks import NativeBlockManager, PythonBlockManager
 
 
-def microseconds(small: int, n: int, rounds: int = 3000) -> list[float]:
+def microseconds(small: int, n: int, rounds: int = 3000, manager=PythonBlockManager) -> list[float]:
     saved = kv_blocks._SMALL
     kv_blocks._SMALL = small
     try:
-        kv = BlockManager(20_000, 16, "lru")
+        kv = manager(20_000, 16, "lru")
         totals = [0.0] * 4
         for r in range(rounds):
             keys = np.arange(r * n, (r + 1) * n, dtype=np.int64)
@@ -39,10 +40,13 @@ def microseconds(small: int, n: int, rounds: int = 3000) -> list[float]:
 
 
 def main() -> None:
-    print("blocks  | loop: allocate register lookup release (us) | numpy: allocate register lookup release (us)")
+    print("blocks  | loop: allocate register lookup release (us) | numpy: allocate register lookup release (us)"
+          " | compiled: allocate register lookup release (us)")
     for n in (4, 8, 16, 32, 48, 64, 128, 512):
         loop, vector = microseconds(10**9, n), microseconds(0, n)
-        print(f"{n:>6}  | " + " ".join(f"{x:8.1f}" for x in loop) + "        | " + " ".join(f"{x:8.1f}" for x in vector))
+        native = microseconds(0, n, manager=NativeBlockManager) if NativeBlockManager else None
+        print(f"{n:>6}  | " + " ".join(f"{x:8.1f}" for x in loop) + "        | " + " ".join(f"{x:8.1f}" for x in vector)
+              + "         | " + (" ".join(f"{x:8.2f}" for x in native) if native else "not built"))
 
 
 if __name__ == "__main__":
