@@ -86,10 +86,13 @@ class RunWriter:
     def write(self, complete: bool) -> None:
         names = list(self.summaries)
         if names and names != self._combined:  # the combined files already hold these schedules
-            pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "requests.parquet") for n in names]).to_parquet(
-                self.run_dir / "requests.parquet", index=False)
-            pd.concat([pd.read_parquet(self.run_dir / "parts" / n / "steps.parquet") for n in names]).to_parquet(
-                self.run_dir / "steps.parquet", index=False)
+            for kind in ("requests", "steps"):
+                parts = [self.run_dir / "parts" / n / f"{kind}.parquet" for n in names]
+                if len(parts) == 1:  # the part is the combined file
+                    shutil.copyfile(parts[0], self.run_dir / f"{kind}.parquet")
+                else:
+                    pd.concat([pd.read_parquet(p) for p in parts]).to_parquet(self.run_dir / f"{kind}.parquet",
+                                                                              index=False)
             self._combined = names
         summary = dict(self.meta)
         summary["complete"] = complete

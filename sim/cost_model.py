@@ -16,6 +16,7 @@ from .profile import LAYER_KERNELS, SCHEDULE_OVERHEAD, Profile
 
 KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
 DENSE = ("linear_qkv", "linear_o", "mlp", "elementwise")  # looked up by tokens in the step
+_FEW_STEPS = 32  # decode stretches up to this long are costed step by step (no numpy per kernel)
 
 
 def _memo(lookup, limit: int = 1 << 16):
@@ -47,6 +48,8 @@ class CostModel:
         # budget): remembered, they are the same floats without the interpolation
         self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
         self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
+        self._prefill_at = profile.tables["attn_prefill"].point_lookup()
+        self._decode_at = profile.tables["attn_decode"].point_lookup()
         step = profile.tables["step_overhead"]
         extra = profile.tables.get(f"{SCHEDULE_OVERHEAD}{schedule}") if schedule else None
         self._schedule_extra = extra
@@ -78,6 +81,8 @@ class CostModel:
         requests whose contexts (after the step) sum to each of ``context_sums``. ``shared``:
         (decoding members, prefix length) per group read by a shared-prefix kernel;
         ``shared_tokens``: the prefix tokens they cover."""
+        if len(context_sums) <= _FEW_STEPS:
+            return self._few_decode_steps(batch, context_sums, shared, shared_tokens)
         t = self._t
         steps = np.asarray(context_sums, dtype=float)
         ones = np.ones_like(steps)
@@ -94,6 +99,25 @@ class CostModel:
             "step_overhead": per_step(self._decode_overhead(batch)),
         }
         return self._total(parts), self._whole_step(parts)
+
+    def _few_decode_steps(self, batch: int, context_sums, shared, shared_tokens: int):
+        """``decode_steps`` for a short stretch, step by step in plain floats: ``step``'s
+        lookups and order of additions, which equal the vectorised ones bit for bit
+        (tests/test_profile_validate.py), without a dozen numpy calls for a few steps."""
+        qkv, o, mlp, elementwise = self._dense(batch)
+        dense = qkv + o + mlp + elementwise
+        attn_shared = sum((self._shared_prefix(group) for group in shared), 0.0)
+        sampling, overhead = self._sampling(batch), self._overhead(batch)
+        layers, decode_at = self.layers, self._decode_at
+        decodes = [decode_at(batch, (context - shared_tokens) / batch) for context in context_sums.tolist()]
+        totals = [(dense + 0.0 + d + attn_shared) * layers + sampling + overhead for d in decodes]
+        count = len(decodes)
+        full = lambda value: np.full(count, value)
+        parts = {"linear_qkv": full(qkv * layers), "linear_o": full(o * layers), "mlp": full(mlp * layers),
+                 "elementwise": full(elementwise * layers), "attn_prefill": full(0.0),
+                 "attn_decode": np.array(decodes) * layers, "attn_shared_prefix": full(attn_shared * layers),
+                 "lm_head_sampling": full(sampling), "step_overhead": full(overhead)}
+        return np.array(totals), parts
 
     def _decode_overhead(self, batch: int):
         """step_overhead(batch) and the schedule's extra, added as ``step`` adds them."""
@@ -132,15 +156,14 @@ class CostModel:
             shared, shared_tokens = self.shared_decode_groups(plan, decodes.req_ids, listed_decodes)
         else:
             shared, shared_tokens = (), 0
-        t = self._t
-        prefill = t["attn_prefill"].scalar
+        prefill = self._prefill_at
         shared_prefix = self._shared_prefix
         qkv, o, mlp, elementwise = self._dense(tokens)
         overhead = self._overhead(plan.num_requests)
         if self._prefill_overhead is not None and prefills:
             overhead = overhead + self._prefill_overhead((len(prefills), tokens - batch))
         attn_prefill = sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0)
-        attn_decode = t["attn_decode"].scalar(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
+        attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
         attn_shared = sum((shared_prefix(group) for group in shared), 0.0)
         sampling = self._sampling(sampled)
         layers = self.layers

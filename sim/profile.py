@@ -80,6 +80,52 @@ def _scalar_axis(grid: list[float], x: float) -> tuple[int, float]:
     return index, max((x - low) / (grid[index + 1] - low), 0.0)
 
 
+def _point_lookup(grids: tuple[list[float], ...], values: list):
+    if len(grids) == 1:
+        (grid,) = grids
+        if len(grid) == 1:
+            only = values[0]
+            return lambda x: only
+        return lambda x: _lerp_at(grid, values, x)
+    grid_a, grid_b = grids
+    if len(grid_a) == 1 or len(grid_b) == 1:
+        def general(x: float, y: float) -> float:
+            i, wi = _scalar_axis(grid_a, x)
+            j, wj = _scalar_axis(grid_b, y)
+            i1 = min(i + 1, len(grid_a) - 1)
+            j1 = min(j + 1, len(grid_b) - 1)
+            row, row1 = values[i], values[i1]
+            return _lerp(_lerp(row[j], row[j1], wj), _lerp(row1[j], row1[j1], wj), wi)
+        return general
+    last_a, last_b = len(grid_a) - 2, len(grid_b) - 2
+
+    def bilinear(x: float, y: float) -> float:
+        i = bisect_right(grid_a, x) - 1
+        i = 0 if i < 0 else (last_a if i > last_a else i)
+        low = grid_a[i]
+        wi = (x - low) / (grid_a[i + 1] - low)
+        if 0.0 > wi:  # max(wi, 0.0)
+            wi = 0.0
+        j = bisect_right(grid_b, y) - 1
+        j = 0 if j < 0 else (last_b if j > last_b else j)
+        low = grid_b[j]
+        wj = (y - low) / (grid_b[j + 1] - low)
+        if 0.0 > wj:
+            wj = 0.0
+        row, row1 = values[i], values[i + 1]
+        a, b = row[j], row[j + 1]
+        v = b if (wj > 1.0 and b < a) else a + wj * (b - a)
+        a, b = row1[j], row1[j + 1]
+        v1 = b if (wj > 1.0 and b < a) else a + wj * (b - a)
+        return v1 if (wi > 1.0 and v1 < v) else v + wi * (v1 - v)
+    return bilinear
+
+
+def _lerp_at(grid: list[float], values: list[float], x: float) -> float:
+    i, w = _scalar_axis(grid, x)
+    return _lerp(values[i], values[i + 1], w)
+
+
 @dataclass(frozen=True)
 class Table:
     axes: tuple[str, ...]
@@ -102,26 +148,16 @@ class Table:
 
     def scalar(self, *coords: float) -> float:
         """The same interpolation for one point, in plain Python (no numpy call overhead)."""
-        lists = self._lists()
-        if len(coords) == 1:
-            (grid,), values = lists
-            if len(grid) == 1:
-                return values[0]
-            i, w = _scalar_axis(grid, coords[0])
-            return _lerp(values[i], values[i + 1], w)
-        (grid_a, grid_b), values = lists
-        i, wi = _scalar_axis(grid_a, coords[0])
-        j, wj = _scalar_axis(grid_b, coords[1])
-        i1 = min(i + 1, len(grid_a) - 1)
-        j1 = min(j + 1, len(grid_b) - 1)
-        row, row1 = values[i], values[i1]
-        return _lerp(_lerp(row[j], row[j1], wj), _lerp(row1[j], row1[j1], wj), wi)
+        return self.point_lookup()(*coords)
 
-    def _lists(self):
-        cached = self.__dict__.get("_cached_lists")
+    def point_lookup(self):
+        """``scalar`` as a function of the coordinates, specialised to this table once (the
+        cost model calls it per step): the same arithmetic as ``_scalar_axis`` and ``_lerp``,
+        inlined, so the same floats."""
+        cached = self.__dict__.get("_point_lookup")
         if cached is None:
-            cached = (tuple(g.tolist() for g in self.grids), self.values.tolist())
-            object.__setattr__(self, "_cached_lists", cached)
+            cached = _point_lookup(tuple(g.tolist() for g in self.grids), self.values.tolist())
+            object.__setattr__(self, "_point_lookup", cached)
         return cached
 
     def __call__(self, *coords) -> np.ndarray:

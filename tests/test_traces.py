@@ -195,3 +195,27 @@ def test_step_log_flushes_parts_and_keeps_every_step(tmp_path):
     assert steps["step"].tolist() == list(range(10)) and log.num_steps == 10
     assert steps["kernel_mlp_s"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0]
     assert steps["kernel_attn_s"].tolist() == [0.0] * 4 + [0.0, 0.1, 0.2, 0.3, 0.4] + [0.25]
+    assert str(steps["num_tokens"].dtype) == "int64" and str(steps["start_s"].dtype) == "float64"
+
+
+def test_step_log_columns_keep_their_types():
+    """Counts are int64 and times float64, in the frame and in the flushed parts; a count column
+    refuses a fractional value instead of truncating it."""
+    import numpy as np
+
+    from traces.step_log import STEP_COLUMNS, StepLog
+
+    log = StepLog(("mlp",))
+    assert len(log.frame()) == 0
+    log.add_step({name: 3 for name in STEP_COLUMNS} | {"start_s": 1, "duration_s": 0.25}, {"mlp": 1e-3})
+    log.add_steps({name: np.array([4, 5]) for name in STEP_COLUMNS} | {"duration_s": np.array([0.5, 0.75])},
+                  {"mlp": np.array([2e-3, 3e-3])}, 2)
+    frame = log.frame()
+    assert frame["num_tokens"].tolist() == [3, 4, 5] and str(frame["num_tokens"].dtype) == "int64"
+    assert frame["start_s"].tolist() == [1.0, 4.0, 5.0] and frame["duration_s"].tolist() == [0.25, 0.5, 0.75]
+    with pytest.raises(TypeError):
+        log.add_step({name: 7 for name in STEP_COLUMNS} | {"num_tokens": 2.5}, {})
+    with pytest.raises(TypeError, match="'num_tokens' counts"):
+        log.add_steps({name: np.array([8]) for name in STEP_COLUMNS} | {"num_tokens": np.array([1.5])},
+                      {"mlp": np.zeros(1)}, 1)
+    assert log.frame().equals(frame) and log.num_steps == 3  # the refused steps left nothing behind

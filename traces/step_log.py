@@ -4,6 +4,7 @@ parts as the run goes, so an interrupted run keeps what it had done. Shared by t
 producer's own."""
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,18 @@ STEP_COLUMNS = ("step", "start_s", "duration_s", "num_tokens", "num_prefill_toke
                 "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted")
 
 
+_FLOAT_COLUMNS = ("start_s", "duration_s")  # the other step columns are counts
+
+
 class StepLog:
     def __init__(self, kernels: tuple[str, ...], flush_dir: Path | None = None, flush_every: int = 200_000) -> None:
         self.kernels = tuple(kernels)
-        self._columns: dict[str, list] = {name: [] for name in STEP_COLUMNS + tuple(f"kernel_{k}_s" for k in kernels)}
-        # the column lists themselves, for the per-step appends (flush empties them in place)
+        # typed arrays, not lists: 8 bytes a value instead of a Python object each (a
+        # million-request run logs millions of steps), and a frame is a copy of their buffers
+        self._columns: dict[str, array] = {
+            name: array("d" if name in _FLOAT_COLUMNS else "q") for name in STEP_COLUMNS}
+        self._columns.update({f"kernel_{k}_s": array("d") for k in kernels})
+        # the columns themselves, for the per-step appends (flush empties them in place)
         self._step_lists = [(name, self._columns[name]) for name in STEP_COLUMNS]
         self._kernel_lists = [(name, self._columns[f"kernel_{name}_s"]) for name in self.kernels]
         self._flush_dir = flush_dir
@@ -26,18 +34,32 @@ class StepLog:
         self.num_steps = 0
 
     def add_step(self, values: dict[str, float], kernels: dict[str, float]) -> None:
-        for name, column in self._step_lists:
-            column.append(values[name])
-        for name, column in self._kernel_lists:
-            column.append(kernels.get(name, 0.0))
+        """One step; a count column refuses a non-integer value (TypeError, nothing added)."""
+        try:
+            for name, column in self._step_lists:
+                column.append(values[name])
+            for name, column in self._kernel_lists:
+                column.append(kernels.get(name, 0.0))
+        except (TypeError, KeyError):
+            self._truncate()
+            raise
         self._after(1)
 
     def add_steps(self, values: dict[str, np.ndarray], kernels: dict[str, np.ndarray], count: int) -> None:
-        for name in STEP_COLUMNS:
-            self._columns[name].extend(np.broadcast_to(values[name], (count,)).tolist())
-        for name in self.kernels:
-            self._columns[f"kernel_{name}_s"].extend(np.broadcast_to(kernels[name][:count], (count,)).tolist())
+        try:
+            for name in STEP_COLUMNS:
+                _extend(name, self._columns[name], values[name], count)
+            for name in self.kernels:
+                _extend(name, self._columns[f"kernel_{name}_s"], kernels[name][:count], count)
+        except (TypeError, KeyError, ValueError):
+            self._truncate()
+            raise
         self._after(count)
+
+    def _truncate(self) -> None:
+        """Drops a half-added step from the columns that took it."""
+        for column in self._columns.values():
+            del column[self._buffered:]
 
     def _after(self, count: int) -> None:
         self.num_steps += count
@@ -48,7 +70,10 @@ class StepLog:
     def frame(self):
         import pandas as pd
 
-        return pd.DataFrame(self._columns)
+        if not self._buffered:  # no rows: the columns pandas makes of empty lists, as before
+            return pd.DataFrame({name: [] for name in self._columns})
+        return pd.DataFrame({name: np.frombuffer(values, dtype=np.float64 if values.typecode == "d" else np.int64).copy()
+                             for name, values in self._columns.items()})
 
     def all_steps(self):
         """Every step: the parts flushed so far and the buffer."""
@@ -69,4 +94,14 @@ class StepLog:
         self._parts += 1
         self._buffered = 0
         for values in self._columns.values():
-            values.clear()
+            del values[:]
+
+
+def _extend(name: str, column: array, values, count: int) -> None:
+    block = np.broadcast_to(values, (count,))
+    if column.typecode == "q":
+        if block.dtype.kind not in "iub":
+            raise TypeError(f"step column {name!r} counts; got {block.dtype} values")
+        column.frombytes(np.ascontiguousarray(block, dtype=np.int64).tobytes())
+    else:
+        column.frombytes(np.ascontiguousarray(block, dtype=np.float64).tobytes())
