@@ -5,6 +5,7 @@ producer's own."""
 from __future__ import annotations
 
 from array import array
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +99,14 @@ class StepLog:
 
 
 def _extend(name: str, column: array, values, count: int) -> None:
-    block = np.broadcast_to(values, (count,))
+    if not isinstance(values, np.ndarray):  # one value for every step (a count refuses a float)
+        column.extend(repeat(values, count))
+        return
+    if values.shape != (count,):
+        values = np.broadcast_to(values, (count,))
     if column.typecode == "q":
-        if block.dtype.kind not in "iub":
-            raise TypeError(f"step column {name!r} counts; got {block.dtype} values")
-        column.frombytes(np.ascontiguousarray(block, dtype=np.int64).tobytes())
+        if values.dtype.kind not in "iub":
+            raise TypeError(f"step column {name!r} counts; got {values.dtype} values")
+        column.frombytes(values.astype(np.int64, copy=False).tobytes())
     else:
-        column.frombytes(np.ascontiguousarray(block, dtype=np.float64).tobytes())
+        column.frombytes(values.astype(np.float64, copy=False).tobytes())
