@@ -158,6 +158,27 @@ cdef class BlockManager:
                 free += 1
         return hits, free
 
+    def match_count(self, keys, long long max_blocks):
+        """``match`` without listing the hits: (how many, how many of them are free)."""
+        if self._off or max_blocks <= 0 or len(keys) == 0:
+            return 0, 0
+        cdef const int64_t[::1] view = _int64(keys)
+        cdef Py_ssize_t count = min(<Py_ssize_t> max_blocks, view.shape[0])
+        cdef Py_ssize_t i
+        cdef int64_t key
+        cdef int block
+        cdef int free = 0
+        for i in range(count):
+            key = view[i]
+            if key < 0 or key >= self._keys_cap:
+                return i, free
+            block = self._block_of[key]
+            if block < 0:
+                return i, free
+            if self._ref[block] == 0:
+                free += 1
+        return count, free
+
     def num_free_among(self, blocks):
         """How many of ``blocks`` are free (cached, in the LRU queue)."""
         cdef int free = 0

@@ -146,6 +146,11 @@ class PythonBlockManager:
             found = found[:misses[0]]
         return found.tolist(), int(np.count_nonzero(self._ref[found] == 0))
 
+    def match_count(self, keys, max_blocks: int) -> tuple[int, int]:
+        """``match`` without listing the hits: (how many, how many of them are free)."""
+        hits, free = self.match(keys, max_blocks)
+        return len(hits), free
+
     def num_free_among(self, blocks: list[int]) -> int:
         """How many of ``blocks`` are free (cached, in the LRU queue): taking them as hits
         leaves ``num_free_blocks`` minus that many."""

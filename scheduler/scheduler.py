@@ -201,26 +201,30 @@ class Scheduler:
 
     def _admission(self, state: RequestState, tokens_left: int):
         """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
-        new blocks), or None when it does not fit. Changes nothing."""
+        new blocks), or None when it does not fit. Changes nothing. ``hits`` is None where they
+        are cache hits, counted but not listed (a blocked head is asked every step, and its
+        hundreds of hits are listed only when it is admitted: ``_cache_hits``)."""
         kv = self.kv
         size = self.block_size
         num_tokens = state.num_tokens
         group = state.group
         if group is not None and group.prefix_done and state.request is not None:
             hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
-            free_hits = None
+            num_hits = len(hits)
+            free_hits = kv.num_free_among(hits)
         elif kv.caching != "off":
             keys = self._keys(state)
-            hits, free_hits = kv.match(keys, min(len(keys), (num_tokens - 1) // size))
+            hits = None
+            num_hits, free_hits = kv.match_count(keys, min(len(keys), (num_tokens - 1) // size))
         else:
-            hits, free_hits = [], 0
-        computed = len(hits) * size
+            hits, num_hits, free_hits = [], 0, 0
+        computed = num_hits * size
         count = num_tokens - computed
         if not self.config.enable_chunked_prefill and count > tokens_left:
             return None
         count = min(count, tokens_left)
-        need = kv.blocks_for(computed + count) - len(hits)
-        free_after = kv.num_free_blocks - (kv.num_free_among(hits) if free_hits is None else free_hits)
+        need = kv.blocks_for(computed + count) - num_hits
+        free_after = kv.num_free_blocks - free_hits
         if need > free_after:
             return None
         threshold = self._kv_threshold_blocks
@@ -234,6 +238,8 @@ class Scheduler:
         if admission is None:
             return 0
         hits, computed, count, need = admission
+        if hits is None:  # the cache hits counted, listed now (nothing changed since)
+            hits = self.kv.lookup(self._keys(state), computed // self.block_size)
         self.kv.touch(hits)
         state.block_table = hits + self.kv.allocate(need)
         state.num_computed_tokens = computed

@@ -127,6 +127,9 @@ def check_against_reference(manager, ops, num_blocks, keys_as_array):
             hits, free_hits = kv.match(keys, len(keys)) if op == "hit" else ([], 0)
             assert hits == (model.lookup(keys.tolist() if keys_as_array else keys) if op == "hit" else [])
             assert free_hits == kv.num_free_among(hits) == sum(model.ref[b] == 0 for b in hits)
+            if op == "hit":
+                assert kv.match_count(keys, len(keys)) == (len(hits), free_hits)
+                assert kv.match_count(keys, 2) == (min(2, len(hits)), kv.num_free_among(hits[:2]))
             if kv.num_free_blocks - free_hits < length - len(hits):
                 continue
             kv.touch(hits)
