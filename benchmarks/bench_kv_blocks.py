@@ -1,6 +1,6 @@
 """Prints the cost of the block manager's operations on n blocks: the Python manager's loop
 path vs its numpy path, to place the switch between them (``scheduler/kv_blocks.py``'s
-``_SMALL`` weights), and the compiled manager (``scheduler/_kv_native.pyx``) beside them.
+``_SMALL`` weights), and the compiled manager (``scheduler/_native.pyx``) beside them.
 
 Run: python benchmarks/bench_kv_blocks.py. Each round allocates n blocks (evicting cached ones
 after the first rounds), registers their keys, looks them up and releases them.

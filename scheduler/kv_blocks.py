@@ -15,7 +15,7 @@ in a few vectorised operations, while the one-block operations of decodes go thr
 memoryviews of the same arrays (Python-int speed, no numpy scalar boxing). Both paths change
 the state identically; ``tests/test_kv_blocks.py`` holds them to a plain reference model.
 
-``BlockManager`` is the compiled twin of this class (``_kv_native.pyx``, built by
+``BlockManager`` is the compiled twin of this class (``_native.pyx``, built by
 ``pip install``) where it was built, and ``PythonBlockManager`` where not (no C compiler) or
 where ``BATCHLAB_PURE_PYTHON=1`` is set. The two give the same results operation for operation
 (the same reference-model tests run on both); the compiled one is 3-30x faster per operation,
@@ -356,7 +356,7 @@ def _native():
     if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from ._kv_native import BlockManager as native
+        from ._native import BlockManager as native
     except ImportError:  # not built (no C compiler at install time)
         return None
     return native

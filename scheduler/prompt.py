@@ -6,6 +6,8 @@ seen with two lengths is two different segments. Nothing here materialises token
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import WorkloadError
@@ -38,7 +40,7 @@ def validate_prompt(prompt: object, where: str) -> int:
     return total
 
 
-class ChainIndex:
+class PythonChainIndex:
     """Interns segment-chain prefixes, so that a KV block's identity is a small integer.
 
     The identity of the block ending at token ``e`` is (the interned chain up to and including
@@ -48,6 +50,9 @@ class ChainIndex:
     for the blocks ending inside its segment (where its segment starts, and so which blocks
     end in it, is fixed by the chain). Keys therefore increase along a prompt, and key ->
     block can be an array. One index is shared by everything that must agree on identities.
+
+    ``ChainIndex`` is its compiled twin (``_native.pyx``) where that was built, as for the
+    block manager (``kv_blocks.py``): the same keys in the same order.
     """
 
     def __init__(self, block_size: int) -> None:
@@ -89,3 +94,17 @@ class ChainIndex:
         # key i of the prompt = first key of its segment + its rank inside the segment
         shift = np.array(firsts, dtype=np.int64) - (np.cumsum(lengths) - lengths)
         return np.repeat(shift, lengths) + np.arange(total, dtype=np.int64)
+
+
+def _native():
+    if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from ._native import ChainIndex as native
+    except ImportError:  # not built (no C compiler at install time)
+        return None
+    return native
+
+
+NativeChainIndex = _native()
+ChainIndex = NativeChainIndex or PythonChainIndex

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from scheduler import BlockManager, ChainIndex
 from scheduler import kv_blocks
 from scheduler.kv_blocks import PythonBlockManager
+from scheduler.prompt import NativeChainIndex as NATIVE_CHAINS, PythonChainIndex
 
 NATIVE = kv_blocks.NativeBlockManager
 needs_native = pytest.mark.skipif(NATIVE is None, reason="the compiled block manager was not built "
@@ -170,12 +171,20 @@ segment_chains = st.lists(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(
                                    min_size=1, max_size=6), min_size=1, max_size=8)
 
 
+CHAIN_INDEXES = [PythonChainIndex, pytest.param(NATIVE_CHAINS, marks=needs_native)]
+
+
+@pytest.mark.parametrize("index", CHAIN_INDEXES)
+def test_block_identities_are_equal_exactly_when_the_tokens_before_them_are(index):
+    check_identities(index)
+
+
 @settings(max_examples=150, deadline=None)
-@given(segment_chains, st.sampled_from([1, 4, 16]))
-def test_block_identities_are_equal_exactly_when_the_tokens_before_them_are(prompts, block_size):
+@given(prompts=segment_chains, block_size=st.sampled_from([1, 4, 16]))
+def check_identities(index, prompts, block_size):
     """Dense keys from ChainIndex against token-level truth: a segment (id, length) is the
     token run ((id, length, 0), ..., (id, length, length - 1))."""
-    chains = ChainIndex(block_size)
+    chains = index(block_size)
     seen = {}  # the tokens up to a block's end -> its key
     for segments in prompts:
         prompt = tuple(segments)
@@ -217,5 +226,20 @@ def test_caching_off_never_finds_a_block(manager):
 @pytest.mark.skipif(os.environ.get("BATCHLAB_REQUIRE_NATIVE", "") in ("", "0"),
                     reason="set BATCHLAB_REQUIRE_NATIVE=1 to require the compiled block manager (CI does)")
 def test_the_compiled_manager_was_built():
-    assert NATIVE is not None, ("scheduler/_kv_native.pyx was not compiled: pip install printed why "
+    assert NATIVE is not None, ("scheduler/_native.pyx was not compiled: pip install printed why "
                                 "(a C compiler and the Python headers are needed)")
+
+
+@needs_native
+@settings(max_examples=100, deadline=None)
+@given(prompts=st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 40)), min_size=1, max_size=24),
+                        min_size=1, max_size=12), block_size=st.sampled_from([1, 3, 16]))
+def test_compiled_chain_index_hands_out_the_same_keys(prompts, block_size):
+    """The same keys in the same order (chains of up to 24 segments: past the compiled index's
+    16 on its stack), so a run's key space is the same with either."""
+    python, compiled = PythonChainIndex(block_size), NATIVE_CHAINS(block_size)
+    for segments in prompts:
+        expected = python.full_block_keys(tuple(segments))
+        got = compiled.full_block_keys(tuple(segments))
+        assert got.dtype == expected.dtype and got.tolist() == expected.tolist()
+        assert (compiled.num_keys, len(compiled)) == (python.num_keys, len(python))

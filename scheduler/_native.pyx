@@ -1,12 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The block manager of ``kv_blocks.py`` in compiled code: the same operations with the same
-results (reference counts, the blocks handed out, the eviction order), at C speed per block.
+"""Compiled twins of two scheduler data structures, for speed: the same operations with the
+same results, at C speed per block or segment. The Python classes are the specification and
+the fallback where this module was not built; tests hold each pair to the same answers, and
+the simulator's records are the same with either.
 
-``kv_blocks.BlockManager`` is the specification and the fallback where this module was not
-built; ``tests/test_kv_blocks.py`` holds both to one plain reference model, and the
-simulator's records are the same with either. Only the representation differs: the LRU queue
-of free cached blocks is a doubly linked list over block ids (a cache hit unlinks its block in
-O(1)) where the Python manager keeps a numpy buffer with stale entries.
+- ``BlockManager`` (``kv_blocks.PythonBlockManager``): reference counts, the blocks handed
+  out, the eviction order. Only the representation differs: the LRU queue of free cached
+  blocks is a doubly linked list over block ids (a cache hit unlinks its block in O(1)) where
+  the Python manager keeps a numpy buffer with stale entries.
+- ``ChainIndex`` (``prompt.PythonChainIndex``): the same dense block identities, in the same
+  order, written into the key array directly instead of through numpy calls per segment.
 """
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t
@@ -314,3 +317,72 @@ cdef object _int64(keys):
     if type(keys) is np.ndarray and keys.dtype == np.int64 and keys.flags.c_contiguous:
         return keys
     return np.ascontiguousarray(keys, dtype=np.int64)
+
+
+cdef class ChainIndex:
+    """Interns segment-chain prefixes; see ``prompt.PythonChainIndex``."""
+    cdef readonly int block_size
+    cdef readonly long long num_keys
+    cdef dict _nodes  # (node, segment_id, length) -> (node, its first key)
+
+    def __init__(self, int block_size):
+        self.block_size = block_size
+        self.num_keys = 0
+        self._nodes = {}
+
+    def __len__(self):
+        return len(self._nodes)
+
+    def full_block_keys(self, prompt):
+        """Identities of every block that lies wholly inside the prompt, in order (int64)."""
+        cdef dict nodes = self._nodes
+        cdef long long size = self.block_size
+        cdef Py_ssize_t n = len(prompt)
+        cdef Py_ssize_t i, used = 0
+        cdef long long seg_start = 0, seg_end, length, count, total = 0, node = 0, first, k
+        cdef int64_t[::1] out
+        # (first key, count) per segment with blocks ending in it; most prompts have few
+        cdef long long small_firsts[16]
+        cdef long long small_counts[16]
+        cdef long long* firsts = small_firsts
+        cdef long long* counts = small_counts
+        if n > 16:
+            firsts = <long long*> PyMem_Malloc(n * sizeof(long long))
+            counts = <long long*> PyMem_Malloc(n * sizeof(long long))
+            if firsts == NULL or counts == NULL:
+                PyMem_Free(firsts)
+                PyMem_Free(counts)
+                raise MemoryError()
+        try:
+            for i in range(n):
+                segment_id, segment_length = prompt[i]
+                length = segment_length
+                seg_end = seg_start + length
+                count = seg_end // size - seg_start // size  # blocks ending inside this segment
+                lookup = (node, segment_id, segment_length)
+                entry = nodes.get(lookup)
+                if entry is None:
+                    entry = (len(nodes) + 1, self.num_keys)
+                    nodes[lookup] = entry
+                    self.num_keys += count
+                node = entry[0]
+                if count:
+                    firsts[used] = entry[1]
+                    counts[used] = count
+                    used += 1
+                    total += count
+                seg_start = seg_end
+            keys = np.empty(total, dtype=np.int64)
+            if total:
+                out = keys
+                k = 0
+                for i in range(used):
+                    first = firsts[i]
+                    for count in range(counts[i]):
+                        out[k] = first + count
+                        k += 1
+            return keys
+        finally:
+            if n > 16:
+                PyMem_Free(firsts)
+                PyMem_Free(counts)
