@@ -38,6 +38,7 @@ cdef class BlockManager:
     cdef int _head
     cdef int _tail
     cdef int _num_cached_free
+    cdef tuple _ints  # the block ids as Python ints, made once: lists of them allocate nothing
 
     def __cinit__(self):
         self._ref = NULL
@@ -80,6 +81,7 @@ cdef class BlockManager:
             self._prev[i] = -1
             self._next[i] = -1
         self._num_plain = n
+        self._ints = tuple(range(n))
         cdef int64_t k
         for k in range(self._keys_cap):
             self._block_of[k] = -1
@@ -118,7 +120,7 @@ cdef class BlockManager:
         out = []
         cdef int block = self._head
         while block >= 0:
-            out.append(block)
+            out.append(self._ints[block])
             block = self._next[block]
         return out
 
@@ -156,7 +158,7 @@ cdef class BlockManager:
             block = self._block_of[key]
             if block < 0:
                 break
-            hits.append(block)
+            hits.append(self._ints[block])
             if self._ref[block] == 0:
                 free += 1
         return hits, free
@@ -186,7 +188,7 @@ cdef class BlockManager:
         """How many of ``blocks`` are free (cached, in the LRU queue)."""
         cdef int free = 0
         cdef long long block
-        for item in blocks:
+        for item in _as_list(blocks):
             block = item
             self._check(block)
             if self._ref[block] == 0:
@@ -220,7 +222,7 @@ cdef class BlockManager:
     # --- mutations -----------------------------------------------------------------------
     def touch(self, hits):
         cdef long long block
-        for item in hits:
+        for item in _as_list(hits):
             block = item
             self._check(block)
             if self._ref[block] == 0:  # a free block found by identity is in the LRU queue
@@ -247,7 +249,7 @@ cdef class BlockManager:
                 self._block_of[self._key_of[block]] = -1
                 self._key_of[block] = -1
             self._ref[block] = 1
-            taken.append(block)
+            taken.append(self._ints[block])
         return taken
 
     cdef int _fit_keys(self, int64_t top) except -1:
@@ -270,14 +272,15 @@ cdef class BlockManager:
         if self._off or end <= begin:
             return
         cdef const int64_t[::1] view = _int64(keys)
-        if end > view.shape[0] or end > len(blocks):
+        cdef list table = _as_list(blocks)
+        if end > view.shape[0] or end > len(table):
             raise IndexError(f"register_run: [{begin}, {end}) beyond {len(blocks)} blocks / "
                              f"{view.shape[0]} keys")
         cdef Py_ssize_t i
         cdef long long block
         cdef int64_t key
         for i in range(begin, end):
-            block = blocks[i]
+            block = table[i]
             self._check(block)
             key = view[i]
             if key < 0:
@@ -289,16 +292,17 @@ cdef class BlockManager:
 
     def release(self, blocks):
         """Drops one reference from each block; blocks reaching zero are freed tail first."""
-        cdef Py_ssize_t n = len(blocks)
+        cdef list table = _as_list(blocks)
+        cdef Py_ssize_t n = len(table)
         cdef Py_ssize_t i
         cdef long long block
         for i in range(n):  # all or nothing: check before changing anything
-            block = blocks[i]
+            block = table[i]
             self._check(block)
             if self._ref[block] <= 0:
                 raise AssertionError(f"KV block {block} freed more often than allocated")
         for i in range(n - 1, -1, -1):
-            block = blocks[i]
+            block = table[i]
             if self._ref[block] <= 0:  # listed twice in one call
                 raise AssertionError(f"KV block {block} freed more often than allocated")
             self._ref[block] -= 1
@@ -310,6 +314,11 @@ cdef class BlockManager:
             else:
                 self._plain[self._num_plain] = <int32_t> block
                 self._num_plain += 1
+
+
+cdef inline list _as_list(blocks):
+    """``blocks`` as a list (itself when it is one: indexed without the generic protocol)."""
+    return blocks if type(blocks) is list else list(blocks)
 
 
 cdef object _int64(keys):
