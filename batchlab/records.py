@@ -50,9 +50,9 @@ def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, pr
     from batchlab import __version__
     from scheduler.kv_blocks import BlockManager, NativeBlockManager
 
-    return {"batchlab_version": __version__, "mode": mode,
+    return {"batchlab_version": __version__, "mode": mode, "workload": workload.name,
             # the wall times depend on it (the records do not)
-            "kv_block_manager": "compiled" if BlockManager is NativeBlockManager else "python", "workload": workload.name,
+            "kv_block_manager": "compiled" if BlockManager is NativeBlockManager else "python",
             "workload_source": workload.source, "workload_notes": list(workload.notes),
             "num_requests": len(workload), "model": model.name, "hardware": hardware,
             "profile_kind": profile_kind, "profile": profile, "profile_provenance": provenance,

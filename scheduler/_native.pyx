@@ -18,8 +18,6 @@ import numpy as np
 
 from .errors import ConfigError
 
-CACHING_MODES = ("lru", "off")
-
 
 cdef class BlockManager:
     cdef readonly int num_blocks
@@ -49,12 +47,8 @@ cdef class BlockManager:
         self._next = NULL
 
     def __init__(self, num_blocks, block_size=16, caching="lru"):
-        if not isinstance(num_blocks, int) or num_blocks <= 0:
-            raise ConfigError(f"KV capacity is {num_blocks!r} blocks; expected a positive integer")
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ConfigError(f"block_size is {block_size!r}; expected a positive integer")
-        if caching not in CACHING_MODES:
-            raise ConfigError(f"unknown caching mode {caching!r}; expected one of {CACHING_MODES}")
+        from .kv_blocks import check_arguments  # here: kv_blocks imports this module
+        check_arguments(num_blocks, block_size, caching)
         if num_blocks >= 2 ** 31 - 1:
             raise ConfigError(f"KV capacity is {num_blocks} blocks; at most {2 ** 31 - 2} are supported")
         self.num_blocks = num_blocks
@@ -142,29 +136,17 @@ cdef class BlockManager:
 
     def match(self, keys, long long max_blocks):
         """``lookup`` and ``num_free_among`` of its hits, in one pass."""
-        if self._off or max_blocks <= 0 or len(keys) == 0:
-            return [], 0
-        cdef const int64_t[::1] view = _int64(keys)
-        cdef Py_ssize_t count = min(<Py_ssize_t> max_blocks, view.shape[0])
-        cdef Py_ssize_t i
-        cdef int64_t key
-        cdef int block
-        cdef int free = 0
         hits = []
-        for i in range(count):
-            key = view[i]
-            if key < 0 or key >= self._keys_cap:
-                break
-            block = self._block_of[key]
-            if block < 0:
-                break
-            hits.append(self._ints[block])
-            if self._ref[block] == 0:
-                free += 1
+        free = self._scan(keys, max_blocks, hits)[1]
         return hits, free
 
     def match_count(self, keys, long long max_blocks):
         """``match`` without listing the hits: (how many, how many of them are free)."""
+        return self._scan(keys, max_blocks, None)
+
+    cdef tuple _scan(self, keys, long long max_blocks, list hits):
+        """(leading keys with a cached block, how many of those blocks are free); the blocks
+        are appended to ``hits`` unless it is None."""
         if self._off or max_blocks <= 0 or len(keys) == 0:
             return 0, 0
         cdef const int64_t[::1] view = _int64(keys)
@@ -180,6 +162,8 @@ cdef class BlockManager:
             block = self._block_of[key]
             if block < 0:
                 return i, free
+            if hits is not None:
+                hits.append(self._ints[block])
             if self._ref[block] == 0:
                 free += 1
         return count, free

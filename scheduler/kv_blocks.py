@@ -24,10 +24,10 @@ the Mooncake replay in pure Python).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from ._compiled import compiled
 from .errors import ConfigError
 
 CACHING_MODES = ("lru", "off")
@@ -46,14 +46,19 @@ def _as_index(items) -> np.ndarray:
     return items if isinstance(items, np.ndarray) else np.array(items, dtype=np.int64)
 
 
+def check_arguments(num_blocks: int, block_size: int, caching: str) -> None:
+    """A block manager's arguments (both managers check them here)."""
+    if not isinstance(num_blocks, int) or num_blocks <= 0:
+        raise ConfigError(f"KV capacity is {num_blocks!r} blocks; expected a positive integer")
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ConfigError(f"block_size is {block_size!r}; expected a positive integer")
+    if caching not in CACHING_MODES:
+        raise ConfigError(f"unknown caching mode {caching!r}; expected one of {CACHING_MODES}")
+
+
 class PythonBlockManager:
     def __init__(self, num_blocks: int, block_size: int = 16, caching: str = "lru") -> None:
-        if not isinstance(num_blocks, int) or num_blocks <= 0:
-            raise ConfigError(f"KV capacity is {num_blocks!r} blocks; expected a positive integer")
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ConfigError(f"block_size is {block_size!r}; expected a positive integer")
-        if caching not in CACHING_MODES:
-            raise ConfigError(f"unknown caching mode {caching!r}; expected one of {CACHING_MODES}")
+        check_arguments(num_blocks, block_size, caching)
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.caching = caching
@@ -352,15 +357,5 @@ class PythonBlockManager:
         self._views()
 
 
-def _native():
-    if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from ._native import BlockManager as native
-    except ImportError:  # not built (no C compiler at install time)
-        return None
-    return native
-
-
-NativeBlockManager = _native()
+NativeBlockManager = compiled("BlockManager")
 BlockManager = NativeBlockManager or PythonBlockManager

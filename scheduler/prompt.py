@@ -6,10 +6,10 @@ seen with two lengths is two different segments. Nothing here materialises token
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from ._compiled import compiled
 from .errors import WorkloadError
 
 Segment = tuple[int, int]
@@ -96,15 +96,5 @@ class PythonChainIndex:
         return np.repeat(shift, lengths) + np.arange(total, dtype=np.int64)
 
 
-def _native():
-    if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from ._native import ChainIndex as native
-    except ImportError:  # not built (no C compiler at install time)
-        return None
-    return native
-
-
-NativeChainIndex = _native()
+NativeChainIndex = compiled("ChainIndex")
 ChainIndex = NativeChainIndex or PythonChainIndex

@@ -203,7 +203,7 @@ class Scheduler:
         """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
         new blocks), or None when it does not fit. Changes nothing. ``hits`` is None where they
         are cache hits, counted but not listed (a blocked head is asked every step, and its
-        hundreds of hits are listed only when it is admitted: ``_cache_hits``)."""
+        hundreds of hits are listed only when ``_try_admit`` admits it)."""
         kv = self.kv
         size = self.block_size
         num_tokens = state.num_tokens

@@ -1,0 +1,16 @@
+"""Which compiled twins (``_native.pyx``) to use: where the module was built and
+``BATCHLAB_PURE_PYTHON`` is unset (or 0), the compiled class; else None (the Python one serves)."""
+from __future__ import annotations
+
+import os
+
+
+def compiled(name: str):
+    """The compiled class ``name`` of ``scheduler._native``, or None."""
+    if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _native
+    except ImportError:  # not built (no C compiler at install time)
+        return None
+    return getattr(_native, name)
