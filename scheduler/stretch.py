@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from .request import RequestState
     from .scheduler import Scheduler
 
 
@@ -29,7 +30,9 @@ class DecodeStretch:
     shared: tuple[tuple[int, int], ...]     # (decoding members, prefix length) per shared group
     shared_tokens: int                      # prefix tokens read through the shared-prefix kernel
     kv_blocks_used: np.ndarray              # per step: blocks in use after its allocations
-    first_block_step: np.ndarray            # per request: first step needing a new block (1-based)
+    # (first step needing a new block, 1-based; the members it is first for), from the cohort's
+    # due buckets: members of a bucket need one every block_size steps from there
+    first_block_steps: tuple[tuple[int, tuple[RequestState, ...]], ...]
 
     @property
     def batch(self) -> int:
@@ -67,11 +70,13 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     step = scheduler.step
     limit = min(max_steps, min(cohort.ends) - step + 1)
     size = scheduler.block_size
-    computed = np.array(cohort.offsets, dtype=np.int64) + step
-    capacity = np.array([len(s.block_table) for s in cohort.states], dtype=np.int64) * size
-    first = capacity - computed + 1  # the step whose decode needs the first new block
+    # the cohort buckets its members by the step whose decode needs their next block: a few
+    # buckets (at most block_size), not one entry per member
+    buckets = tuple((due - step + 1, tuple(members)) for due, members in cohort.due.items())
+    first = np.array([f for f, _ in buckets], dtype=np.int64)
+    counts = np.array([len(m) for _, m in buckets], dtype=np.int64)
     steps = np.arange(1, limit + 1, dtype=np.int64)
-    allocated = np.clip((steps[:, None] - first[None, :]) // size + 1, 0, None).sum(axis=1)
+    allocated = (np.clip((steps[:, None] - first[None, :]) // size + 1, 0, None) * counts[None, :]).sum(axis=1)
     fits = int(np.searchsorted(allocated, scheduler.kv.num_free_blocks, side="right"))
     if fits < 1:
         return None
@@ -81,7 +86,7 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     shared_tokens = sum(m * p for m, p in shared)
     base = cohort.offset_sum + batch * step
     return DecodeStretch(fits, tuple(cohort.ids), base + steps * batch, shared,
-                         shared_tokens, scheduler.kv.num_used_blocks + allocated, first)
+                         shared_tokens, scheduler.kv.num_used_blocks + allocated, buckets)
 
 
 def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_steps: int, end_times) -> None:
@@ -93,16 +98,18 @@ def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_ste
         raise AssertionError("decode stretch applied after the running requests changed")
     size = scheduler.block_size
     # the new blocks, in the order step-by-step scheduling would have taken them
+    # (step, admission order: the cohort's order) as one by one scheduling takes them
     events = []
-    for index, first in enumerate(stretch.first_block_step.tolist()):
-        events.extend((step, index) for step in range(first, num_steps + 1, size))
-    events.sort()
+    for first, members in stretch.first_block_steps:
+        for state in members:
+            events.extend((step, state.admit_seq, state) for step in range(first, num_steps + 1, size))
+    events.sort(key=lambda event: (event[0], event[1]))
     kv = scheduler.kv
     blocks = kv.allocate(len(events))
     if blocks is None:
         raise AssertionError("decode stretch ran out of KV blocks it had counted as free")
-    for (_, index), block in zip(events, blocks):
-        states[index].block_table.append(block)
+    for (_, _, state), block in zip(events, blocks):
+        state.block_table.append(block)
     last = scheduler.step + num_steps - 1
     scheduler.stats.computed_tokens += num_steps * len(states)
     scheduler.step += num_steps  # the members' counters follow lazily

@@ -84,6 +84,10 @@ def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
     pd.testing.assert_frame_equal(slow_requests, fast_requests, check_exact=True)
     pd.testing.assert_frame_equal(slow_steps, fast_steps, check_exact=True)
     assert slow.scheduler.stats == fast.scheduler.stats
+    # the same blocks went to the same requests in the same order: the LRU queue they leave
+    # behind (released tail first, per request) is the same, and so are the evictions
+    assert slow.scheduler.kv.cached_free_blocks() == fast.scheduler.kv.cached_free_blocks()
+    assert slow.scheduler.kv.num_evictions == fast.scheduler.kv.num_evictions
 
 
 def test_stretches_cut_short_by_the_horizon_change_nothing(monkeypatch):
