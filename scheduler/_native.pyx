@@ -280,7 +280,9 @@ cdef class BlockManager:
         cdef Py_ssize_t n = len(table)
         cdef Py_ssize_t i
         cdef long long block
-        for i in range(n):  # all or nothing: check before changing anything
+        # a block freed more often than allocated changes nothing; one listed twice in a call
+        # (never done by the scheduler) is caught when its second entry is reached
+        for i in range(n):
             block = table[i]
             self._check(block)
             if self._ref[block] <= 0:

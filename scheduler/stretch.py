@@ -97,8 +97,8 @@ def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_ste
     if tuple(cohort.ids) != stretch.req_ids or scheduler._others:
         raise AssertionError("decode stretch applied after the running requests changed")
     size = scheduler.block_size
-    # the new blocks, in the order step-by-step scheduling would have taken them
-    # (step, admission order: the cohort's order) as one by one scheduling takes them
+    # the new blocks, in the order step-by-step scheduling would have taken them: by step, then
+    # admission order (the cohort's order)
     events = []
     for first, members in stretch.first_block_steps:
         for state in members:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from scheduler import BlockManager, ChainIndex
 from scheduler import kv_blocks
 from scheduler.kv_blocks import PythonBlockManager
 from scheduler.prompt import NativeChainIndex as NATIVE_CHAINS, PythonChainIndex
@@ -107,8 +106,24 @@ def test_compiled_lru_cache_matches_the_reference():
     check_against_reference(NATIVE)
 
 
-def test_the_compiled_manager_is_the_default_where_built():
-    assert BlockManager is (NATIVE or PythonBlockManager)
+@pytest.mark.parametrize("pure", ["", "0", "1"])
+def test_the_compiled_twins_serve_where_built_unless_pure_python_is_asked_for(pure):
+    """In a fresh interpreter: the compiled classes where the module was built and
+    BATCHLAB_PURE_PYTHON is unset or 0; the Python classes where it is 1 (or not built)."""
+    import subprocess
+    import sys
+
+    probe = ("from scheduler import BlockManager, ChainIndex; "
+             "print(BlockManager.__module__, ChainIndex.__module__)")
+    env = dict(os.environ, BATCHLAB_PURE_PYTHON=pure)
+    modules = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+    import importlib.util
+
+    built = importlib.util.find_spec("scheduler._native") is not None
+    compiled = built and pure != "1"
+    expected = ["scheduler._native"] * 2 if compiled else ["scheduler.kv_blocks", "scheduler.prompt"]
+    assert modules == expected
 
 
 @settings(max_examples=150, deadline=None)

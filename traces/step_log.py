@@ -12,8 +12,6 @@ import numpy as np
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_tokens", "num_prefill_tokens", "num_decode_tokens",
                 "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted")
-
-
 _FLOAT_COLUMNS = ("start_s", "duration_s")  # the other step columns are counts
 
 
