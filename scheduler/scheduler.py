@@ -299,8 +299,9 @@ class Scheduler:
 
     # --- decode stretches (the simulator's fast-forward) ---------------------------------------
     def decode_stretch(self, max_steps: int = 4096):
-        """The coming steps that are certain to be decode-only with nothing else changing (see
-        ``stretch.py``), or None. Valid until the next ``schedule``/``add``/``advance_decodes``."""
+        """The coming steps (at least two, at most ``max_steps``) that are certain to be
+        decode-only with nothing else changing (see ``stretch.py``), or None; one such step is
+        scheduled as usual. Valid until the next ``schedule``/``add``/``advance_decodes``."""
         return find_decode_stretch(self, max_steps)
 
     def advance_decodes(self, stretch, num_steps: int, end_times) -> None:

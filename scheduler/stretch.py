@@ -65,10 +65,12 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     batch = len(cohort)
     if not batch or batch > scheduler.config.max_num_batched_tokens:
         return None
-    if not _admission_blocked(scheduler, batch):
-        return None
     step = scheduler.step
     limit = min(max_steps, min(cohort.ends) - step + 1)
+    if limit < 2:  # a member finishes in this step's update: one step is no stretch
+        return None
+    if not _admission_blocked(scheduler, batch):
+        return None
     size = scheduler.block_size
     # the cohort buckets its members by the step whose decode needs their next block: a few
     # buckets (at most block_size), not one entry per member
@@ -78,7 +80,7 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     steps = np.arange(1, limit + 1, dtype=np.int64)
     allocated = (np.clip((steps[:, None] - first[None, :]) // size + 1, 0, None) * counts[None, :]).sum(axis=1)
     fits = int(np.searchsorted(allocated, scheduler.kv.num_free_blocks, side="right"))
-    if fits < 1:
+    if fits < 2:
         return None
     steps, allocated = steps[:fits], allocated[:fits]
     groups = scheduler._cohort_shared_prefix_groups() if scheduler.config.prefix_aware_attention else ()

@@ -10,8 +10,10 @@ steps are simulated one by one or a decode stretch at a time.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,21 @@ class SimOutcome:
     profile_label: str
     profile_kind: str
     extra: dict = field(default_factory=dict)
+
+
+@contextmanager
+def cyclic_gc_paused():
+    """Pauses Python's cyclic garbage collector (reference counting goes on). The event loop
+    makes no reference cycles (a test holds it to that), so the collector would find nothing,
+    yet its full passes walk every live object: a million requests' states, over and over
+    (100k requests: 6.2 -> 5.1 s). The previous setting is restored however the loop ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv_blocks: int,
@@ -88,6 +105,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         if state["next"] >= total or state["decode_s"] is None:
             return MAX_STRETCH
         steps = (requests[state["next"]].arrival_s - now) / state["decode_s"]
+        if steps < 1:  # the arrival most likely falls in the first step: no stretch to look for
+            return 1
         return int(min(MAX_STRETCH, 1.25 * steps + 8))
 
     def engine():
@@ -104,7 +123,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             state["events"] += 1
             report(now)
             stretch = scheduler.decode_stretch(horizon(now)) if fast_forward else None
-            if stretch is not None and stretch.max_steps >= 2:
+            if stretch is not None:
                 now = yield from run_stretch(stretch, now)
                 continue
             waiting = scheduler.num_waiting
@@ -152,7 +171,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
 
     env.process(arrivals())
     env.process(engine())
-    env.run()
+    with cyclic_gc_paused():
+        env.run()
     makespan = max((s.finish_s for s in scheduler.states.values() if s.request is not None and s.finish_s),
                    default=0.0)
     return SimOutcome(config.name, scheduler, log, makespan, time.perf_counter() - started,
