@@ -35,6 +35,8 @@ class DecodeCohort:
         # shared-prefix groups come from here in O(groups), not O(members)
         self.by_group: dict[int, list[RequestState]] = {}
         self._group_ids: dict[int, tuple[int, ...]] = {}  # by_group's req ids, as last asked for
+        self._group_order: list[int] | None = []  # by_group's ids by first member; None: stale
+        self.shared_groups: dict[int, object] = {}  # per group, its last SharedPrefixGroup (group_state.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,9 +76,14 @@ class DecodeCohort:
         if state.group is not None and state.request is not None:
             members = self.by_group.setdefault(state.group.group_id, [])
             if not members or seq > members[-1].admit_seq:
+                if not members:
+                    self._group_order = None
                 members.append(state)
             else:
-                members.insert(bisect_left([m.admit_seq for m in members], seq), state)
+                index = bisect_left([m.admit_seq for m in members], seq)
+                if index == 0:
+                    self._group_order = None
+                members.insert(index, state)
             self._group_ids.pop(state.group.group_id, None)
 
     @staticmethod
@@ -102,11 +109,15 @@ class DecodeCohort:
         state.cohort_offset = None
         self._tables.pop(state.req_id, None)
         if state.group is not None and state.request is not None:
-            members = self.by_group[state.group.group_id]
+            group_id = state.group.group_id
+            members = self.by_group[group_id]
+            if members[0] is state:
+                self._group_order = None
             members.remove(state)
             if not members:
-                del self.by_group[state.group.group_id]
-            self._group_ids.pop(state.group.group_id, None)
+                del self.by_group[group_id]
+                self.shared_groups.pop(group_id, None)
+            self._group_ids.pop(group_id, None)
 
     def sync_all(self, step: int) -> None:
         for state in self.states:
@@ -120,6 +131,16 @@ class DecodeCohort:
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
         self.offset_sum = 0
         self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
+        self._group_order, self.shared_groups = [], {}
+
+    def group_order(self) -> list[int]:
+        """``by_group``'s group ids by their first member's admission, re-sorted only after a
+        group came, went or got a new first member."""
+        order = self._group_order
+        if order is None:
+            order = self._group_order = [group_id for _, group_id in sorted(
+                (members[0].admit_seq, group_id) for group_id, members in self.by_group.items())]
+        return order
 
     def group_req_ids(self, group_id: int) -> tuple[int, ...]:
         """The request ids of ``by_group[group_id]``, rebuilt only after the group changed."""

@@ -63,6 +63,22 @@ class SharedPrefixGroup:
     num_decoding: int = -1
 
 
+_set_group_fields = tuple(getattr(SharedPrefixGroup, name).__set__
+                          for name in ("prefix_len", "prefix_block_ids", "req_ids", "num_decoding"))
+
+
+def new_shared_prefix_group(prefix_len: int, prefix_block_ids: tuple[int, ...], req_ids: tuple[int, ...],
+                            num_decoding: int) -> SharedPrefixGroup:
+    """The same frozen ``SharedPrefixGroup`` at half the cost of its generated ``__init__``."""
+    group = _new(SharedPrefixGroup)
+    a, b, c, d = _set_group_fields
+    a(group, prefix_len)
+    b(group, prefix_block_ids)
+    c(group, req_ids)
+    d(group, num_decoding)
+    return group
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeBatch:
     """The steady decodes of a step, compactly: one token for each of ``req_ids``.

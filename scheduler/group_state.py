@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .contract import SharedPrefixGroup
+from .contract import SharedPrefixGroup, new_shared_prefix_group
 from .grouping import group_requests
 from .request import RequestState
 
@@ -73,28 +73,40 @@ def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",
     ``others``, saying whether each decodes. A group's members come cohort first, then others,
     and groups in the order their first member comes (as a pass over the cohort's members and
     then the others would find them), each with the number that decode. O(groups) for the
-    cohort: its groups' id tuples are kept between steps."""
-    found = sorted((members[0].admit_seq, group_id) for group_id, members in cohort.by_group.items()
-                   if members[0].group.prefix_done)
-    entries: dict[int, list] = {}  # group id -> [cohort members' ids, others' ids, how many decode]
-    for _, group_id in found:
-        ids = cohort.group_req_ids(group_id)
-        entries[group_id] = [ids, [], len(ids)]  # cohort members all decode
+    cohort, with small constants: the groups' order and id tuples are kept between steps, and
+    so is the group object of a group whose members are all in the cohort and unchanged."""
+    joining: dict[int, list] = {}  # group id -> [others' ids, how many of them decode]
     for state, decodes in others:
         group = state.group
         if group is not None and group.prefix_done and state.request is not None:
-            entry = entries.get(group.group_id)
+            entry = joining.get(group.group_id)
             if entry is None:
-                entry = entries[group.group_id] = [(), [], 0]
-            entry[1].append(state.req_id)
-            entry[2] += decodes
+                entry = joining[group.group_id] = [[], 0]
+            entry[0].append(state.req_id)
+            entry[1] += decodes
     active = scheduler._active_groups
     emit = scheduler.emit_block_ids  # block ids, like the chunks', only for an executor that reads them
+    by_group = cohort.by_group
+    kept = cohort.shared_groups
     result = []
-    for group_id, (cohort_ids, other_ids, num_decoding) in entries.items():
-        req_ids = cohort_ids + tuple(other_ids) if other_ids else cohort_ids
-        if len(req_ids) >= 2:
-            group = active[group_id]
-            result.append(SharedPrefixGroup(group.prefix_len, tuple(group.holder_blocks) if emit else (), req_ids,
-                                            num_decoding))
+    for group_id in cohort.group_order():
+        if not by_group[group_id][0].group.prefix_done:
+            continue
+        ids = cohort.group_req_ids(group_id)  # cohort members all decode
+        entry = joining.pop(group_id, None) if joining else None
+        if entry is not None:
+            result.append(_group(active[group_id], ids + tuple(entry[0]), len(ids) + entry[1], emit))
+        elif len(ids) >= 2:
+            group = kept.get(group_id)
+            if group is None or group.req_ids is not ids:  # a new tuple: the members changed
+                group = kept[group_id] = _group(active[group_id], ids, len(ids), emit)
+            result.append(group)
+    for group_id, (other_ids, num_decoding) in joining.items():
+        if len(other_ids) >= 2:
+            result.append(_group(active[group_id], tuple(other_ids), num_decoding, emit))
     return tuple(result)
+
+
+def _group(group: GroupState, req_ids: tuple[int, ...], num_decoding: int, emit: bool) -> SharedPrefixGroup:
+    return new_shared_prefix_group(group.prefix_len, tuple(group.holder_blocks) if emit else (), req_ids,
+                                   num_decoding)

@@ -56,3 +56,26 @@ def test_microbenchmark_shape_reaches_the_analytic_optimum():
     assert len(grouping.groups) == groups and set(grouping.share_degrees) == {degree}
     expected = 1 - (groups * prefix + len(reqs) * distinct) / (len(reqs) * (prefix + distinct))
     assert abs(grouping.saving - expected) < 1e-12 and round(expected, 3) == 0.852
+
+
+def test_grouping_makes_no_reference_cycles():
+    """``group_requests`` pauses the cyclic collector (scheduler/gc_pause.py) while it builds
+    and walks its prefix tree; that is only sound if nothing it builds is left as cyclic
+    garbage, however many requests it groups."""
+    import gc
+
+    from traces.synthetic import prefix_tree_workload
+
+    left_behind = []
+    for per_leaf in (2, 8):
+        requests = prefix_tree_workload((4, 3), (64, 32), 16, per_leaf, 10, seed=3).requests
+        gc.collect()
+        gc.disable()
+        try:
+            grouping = group_requests(requests, 16)
+            assert not gc.isenabled()
+            left_behind.append(gc.collect())
+        finally:
+            gc.enable()
+        assert sum(len(g.member_ids) for g in grouping.groups) == len(requests) == 12 * per_leaf
+    assert left_behind == [0, 0]

@@ -134,3 +134,55 @@ def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_b
     lazy = _plans(Scheduler(config, need + spare_blocks, BLOCK), requests, sample)
     eager = _plans(Scheduler(config, need + spare_blocks, BLOCK, lazy_decodes=False), requests, sample)
     assert lazy == eager
+
+
+def test_many_shared_prefix_groups_at_once_equal_one_by_one_scheduling():
+    """Several prefix groups decode together while members finish and others join: the decode
+    cohort keeps the groups' order and group objects between steps, and must hand over exactly
+    what one-by-one scheduling builds (the random workloads above rarely have two groups of two
+    decoding at once)."""
+    # suffixes of 2 to 18 tokens under a budget of 16: a member admitted early with a long
+    # suffix joins the cohort after members admitted behind it
+    requests = [Request(i, 0.0 if i < 16 else 3.0 + i % 4, ((100 + i % 4, 12), (1000 + i, 2 + (5 * i) % 17)),
+                        3 + (7 * i) % 11) for i in range(28)]
+    config = schedule_config("batchllm", max_num_batched_tokens=16)
+    lazy = _plans(Scheduler(config, 400, BLOCK), requests, False)
+    eager = _plans(Scheduler(config, 400, BLOCK, lazy_decodes=False), requests, False)
+    assert max(sum(len(g.req_ids) >= 2 for g in plan[2]) for plan in lazy[:-2]) >= 3
+    assert lazy == eager
+
+
+def test_cohort_group_order_is_by_each_groups_first_member():
+    """``DecodeCohort.group_order`` is kept between steps; after members join and leave in any
+    order (ahead of a group's first member too, which the scheduler itself rarely does) it is
+    the order of the groups' first members' admissions."""
+    import random
+
+    from scheduler.cohort import DecodeCohort
+    from scheduler.group_state import GroupState
+    from scheduler.request import RequestState
+
+    rng = random.Random(7)
+    states = [RequestState.of(Request(i, 0.0, ((7, 4), (100 + i, 2)), 50)) for i in range(24)]
+    for group_id in range(4):
+        GroupState(group_id, 4, states[group_id::4])
+    for seq, state in enumerate(rng.sample(states, len(states))):
+        state.admit_seq = seq
+        state.num_computed_tokens = state.num_tokens = state.prompt_len
+        state.block_table = [seq]
+    cohort = DecodeCohort(BLOCK)
+    outside = list(states)
+    for step in range(200):
+        if outside and (not cohort.states or rng.random() < 0.55):
+            state = outside.pop(rng.randrange(len(outside)))
+            state.num_computed_tokens = state.num_tokens = state.prompt_len + step  # as if decoding all along
+            cohort.join(state, step)
+        else:
+            state = rng.choice(cohort.states)
+            cohort.leave(state, step)
+            outside.append(state)
+        expected = [g for _, g in sorted((min(m.admit_seq for m in members), g)
+                                         for g, members in cohort.by_group.items())]
+        assert cohort.group_order() == expected
+        assert all(list(cohort.group_req_ids(g)) == [m.req_id for m in sorted(members, key=lambda m: m.admit_seq)]
+                   for g, members in cohort.by_group.items())
