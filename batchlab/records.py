@@ -10,27 +10,44 @@ import json
 import math
 import shutil
 from pathlib import Path
-
-import pandas as pd
+import numpy as np
 
 from reports.metrics import summarize
+from traces.columns import read_parquet, write_parquet
 
 REQUEST_COLUMNS = ("req_id", "arrival_s", "prompt_len", "output_len", "first_scheduled_s", "first_token_s",
                    "finish_s", "num_cached_tokens", "num_prompt_tokens_computed", "num_preemptions")
+_TIME_COLUMNS = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
+
+def request_columns(scheduler, schedule: str) -> dict[str, np.ndarray]:
+    """The requests table of a finished (or interrupted) run, by request id: times in float64
+    (NaN where there is none yet), counts in int64, the schedule's name first."""
+    states = sorted((s for s in scheduler.states.values() if s.request is not None), key=lambda s: s.req_id)
+    columns: dict[str, np.ndarray] = {"schedule": np.full(len(states), schedule, dtype=object)}
+    for name in REQUEST_COLUMNS:
+        if name in _TIME_COLUMNS:
+            columns[name] = np.array([np.nan if v is None else v for v in (getattr(s, name) for s in states)],
+                                     dtype=np.float64)
+        else:
+            columns[name] = np.array([getattr(s, name) for s in states], dtype=np.int64)
+    return columns
 
 
-def requests_frame(scheduler, schedule: str) -> pd.DataFrame:
-    rows = [(s.req_id, s.arrival_s, s.prompt_len, s.output_len, s.first_scheduled_s, s.first_token_s,
-             s.finish_s, s.num_cached_tokens, s.num_prompt_tokens_computed, s.num_preemptions)
-            for s in scheduler.states.values() if s.request is not None]
-    frame = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS)).sort_values("req_id", kind="stable")
-    frame.insert(0, "schedule", schedule)
-    return frame.reset_index(drop=True)
+def requests_frame(scheduler, schedule: str):
+    """``request_columns`` as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(request_columns(scheduler, schedule))
 
 
 def outcome_summary(outcome) -> dict:
     """The summary.json entry (``reports.metrics.summarize``) of one simulated schedule."""
-    return summarize(requests_frame(outcome.scheduler, outcome.schedule), outcome.steps.all_steps())
+    return summarize(request_columns(outcome.scheduler, outcome.schedule), outcome.steps.columns())
+
+
+def _as_columns(table) -> dict[str, np.ndarray]:
+    """A pandas DataFrame or a mapping of arrays as a mapping of numpy arrays."""
+    return {name: np.asarray(table[name]) for name in (table.columns if hasattr(table, "columns") else table)}
 
 
 def finite_json(value):
@@ -71,15 +88,19 @@ class RunWriter:
     def step_dir(self, schedule: str) -> Path:
         return self.run_dir / "parts" / schedule / "steps"
 
-    def add(self, schedule: str, requests: pd.DataFrame, steps: pd.DataFrame, extra: dict) -> dict:
+    def add(self, schedule: str, requests, steps, extra: dict) -> dict:
+        """One finished schedule's records (tables as mappings of numpy arrays, or pandas
+        DataFrames): its part files, its summary, and the combined files rebuilt."""
         part = self.run_dir / "parts" / schedule
         part.mkdir(parents=True, exist_ok=True)
-        requests.to_parquet(part / "requests.parquet", index=False)
-        steps = steps.copy()
-        steps.insert(0, "schedule", schedule)
+        requests = _as_columns(requests)
+        write_parquet(requests, part / "requests.parquet")
+        steps = _as_columns(steps)
+        num_steps = len(next(iter(steps.values()))) if steps else 0
+        steps = {"schedule": np.full(num_steps, schedule, dtype=object), **steps}
         if self.step_dir(schedule).exists():
             shutil.rmtree(self.step_dir(schedule))
-        steps.to_parquet(part / "steps.parquet", index=False)
+        write_parquet(steps, part / "steps.parquet")
         summary = summarize(requests, steps)
         summary.update(extra)
         self.summaries[schedule] = summary
@@ -94,8 +115,12 @@ class RunWriter:
                 if len(parts) == 1:  # the part is the combined file
                     shutil.copyfile(parts[0], self.run_dir / f"{kind}.parquet")
                 else:
-                    pd.concat([pd.read_parquet(p) for p in parts]).to_parquet(self.run_dir / f"{kind}.parquet",
-                                                                              index=False)
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    tables = [read_parquet(p) for p in parts]
+                    pq.write_table(pa.concat_tables(tables, promote_options="default"),
+                                   self.run_dir / f"{kind}.parquet")
             self._combined = names
         summary = dict(self.meta)
         summary["complete"] = complete

@@ -16,7 +16,7 @@ from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 
 from .command import CONF_DIR, guarded, say
-from .records import RunWriter, requests_frame, run_meta
+from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -88,7 +88,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         started = time.perf_counter()
         outcome = run_engine(workload, config, runner, int(cfg.kv_blocks), block_size, cfg.online,
                              writer.step_dir(config.name), say if cfg.progress else None)
-        summary = writer.add(config.name, requests_frame(outcome.scheduler, config.name), outcome.steps.all_steps(),
+        summary = writer.add(config.name, request_columns(outcome.scheduler, config.name), outcome.steps.columns(),
                              {"profile_kind": "measured", "wall_s": time.perf_counter() - started})
         say(f"{config.name}: {summary['num_steps']:,} steps in {summary['makespan_s']:.2f} s, "
              f"{summary['throughput_tokens_per_s']:,.0f} tokens/s")

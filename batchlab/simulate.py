@@ -14,7 +14,7 @@ from scheduler import schedule_config
 from scheduler.model_spec import model_spec
 
 from .command import CONF_DIR, guarded, say
-from .records import RunWriter, requests_frame, run_meta
+from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
 
@@ -58,8 +58,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         started = time.perf_counter()
         outcome = simulate(workload, config, cost, kv_blocks, int(cfg.schedule.block_size),
                            bool(cfg.schedule.fast_forward), writer.step_dir(config.name), progress)
-        summary = writer.add(config.name, requests_frame(outcome.scheduler, config.name),
-                             outcome.steps.all_steps(),
+        summary = writer.add(config.name, request_columns(outcome.scheduler, config.name),
+                             outcome.steps.columns(),
                              {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
                               "num_events": outcome.num_events})
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "

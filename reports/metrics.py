@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 SUMMARY_KEYS = ("makespan_s", "throughput_tokens_per_s", "output_tokens_per_s", "prefill_tokens_logical",
                 "prefill_tokens_computed", "prefill_token_saving", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
@@ -10,31 +9,58 @@ SUMMARY_KEYS = ("makespan_s", "throughput_tokens_per_s", "output_tokens_per_s", 
                 "num_requests")
 
 
-def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
-    """TTFT, TPOT (per output token after the first) and end-to-end latency per request."""
-    out = pd.DataFrame({"req_id": requests["req_id"]})
-    out["ttft_s"] = requests["first_token_s"] - requests["arrival_s"]
-    decode_tokens = (requests["output_len"] - 1).where(requests["output_len"] > 1)
-    out["tpot_s"] = (requests["finish_s"] - requests["first_token_s"]) / decode_tokens
-    out["e2e_s"] = requests["finish_s"] - requests["arrival_s"]
-    return out
+def _column(table, name: str) -> np.ndarray:
+    """A column of a pandas DataFrame or of a mapping of numpy arrays (run records as written)."""
+    return np.asarray(table[name])
 
 
-def _percentile(values: pd.Series, q: float) -> float:
-    values = values.dropna().to_numpy()
+def _floats(table, name: str) -> np.ndarray:
+    """A time column as float64, a missing time (None, NaN) as NaN."""
+    values = _column(table, name)
+    if values.dtype == object:  # a column pandas left as objects: every value missing, say
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return values.astype(np.float64, copy=False)
+
+
+def latency_columns(requests) -> dict[str, np.ndarray]:
+    """TTFT, TPOT (per output token after the first) and end-to-end latency per request, NaN
+    where a request has none (no first token yet; one output token has no TPOT)."""
+    arrival, first, finish = (_floats(requests, name) for name in ("arrival_s", "first_token_s", "finish_s"))
+    output = _column(requests, "output_len")
+    decode_tokens = np.where(output > 1, output - 1, np.nan)
+    return {"ttft_s": first - arrival, "tpot_s": (finish - first) / decode_tokens, "e2e_s": finish - arrival}
+
+
+def request_latencies(requests):
+    """``latency_columns`` as a pandas DataFrame with the requests' ids."""
+    import pandas as pd
+
+    return pd.DataFrame({"req_id": _column(requests, "req_id"), **latency_columns(requests)})
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    values = values[~np.isnan(values)]
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def summarize(requests: pd.DataFrame, steps: pd.DataFrame) -> dict:
-    """One schedule's summary from its records. Makespan runs from the first arrival to the
-    last finish; throughput counts prompt and output tokens over it."""
-    latencies = request_latencies(requests)
-    start = float(requests["arrival_s"].min()) if len(requests) else 0.0
-    makespan = float(requests["finish_s"].max()) - start if len(requests) else 0.0
-    prompt = int(requests["prompt_len"].sum())
-    output = int(requests["output_len"].sum())
+def _finite_extreme(values: np.ndarray, pick) -> float:
+    values = values[~np.isnan(values)]  # as pandas' min and max skip NaN
+    return float(pick(values)) if len(values) else float("nan")
+
+
+def summarize(requests, steps) -> dict:
+    """One schedule's summary from its records (pandas DataFrames, or mappings of numpy
+    arrays). Makespan runs from the first arrival to the last finish; throughput counts prompt
+    and output tokens over it."""
+    latencies = latency_columns(requests)
+    num_requests = len(_column(requests, "req_id"))
+    num_steps = len(_column(steps, "num_prefill_tokens"))
+    start = _finite_extreme(_floats(requests, "arrival_s"), np.min) if num_requests else 0.0
+    makespan = _finite_extreme(_floats(requests, "finish_s"), np.max) - start if num_requests else 0.0
+    prompt = int(_column(requests, "prompt_len").sum())
+    output = int(_column(requests, "output_len").sum())
     # every token of a prefill chunk: group prefixes and recomputation after preemption included
-    computed = int(steps["num_prefill_tokens"].sum()) if len(steps) else 0
+    computed = int(_column(steps, "num_prefill_tokens").sum()) if num_steps else 0
     return {
         "makespan_s": makespan,
         "throughput_tokens_per_s": (prompt + output) / makespan if makespan > 0 else float("nan"),
@@ -45,8 +71,8 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame) -> dict:
         "ttft_s_p50": _percentile(latencies["ttft_s"], 50), "ttft_s_p99": _percentile(latencies["ttft_s"], 99),
         "tpot_s_p50": _percentile(latencies["tpot_s"], 50), "tpot_s_p99": _percentile(latencies["tpot_s"], 99),
         "e2e_s_p50": _percentile(latencies["e2e_s"], 50), "e2e_s_p99": _percentile(latencies["e2e_s"], 99),
-        "peak_kv_blocks": int(steps["kv_blocks_used"].max()) if len(steps) else 0,
-        "num_steps": int(len(steps)),
-        "num_preemptions": int(requests["num_preemptions"].sum()),
-        "num_requests": int(len(requests)),
+        "peak_kv_blocks": int(_column(steps, "kv_blocks_used").max()) if num_steps else 0,
+        "num_steps": num_steps,
+        "num_preemptions": int(_column(requests, "num_preemptions").sum()),
+        "num_requests": num_requests,
     }

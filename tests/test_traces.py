@@ -196,6 +196,10 @@ def test_step_log_flushes_parts_and_keeps_every_step(tmp_path):
     assert steps["kernel_mlp_s"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0]
     assert steps["kernel_attn_s"].tolist() == [0.0] * 4 + [0.0, 0.1, 0.2, 0.3, 0.4] + [0.25]
     assert str(steps["num_tokens"].dtype) == "int64" and str(steps["start_s"].dtype) == "float64"
+    columns = log.columns()  # the same steps without pandas, as the run records are written
+    assert list(columns) == list(steps.columns)
+    for name, values in columns.items():
+        assert values.dtype == steps[name].dtype and np.array_equal(values, steps[name].to_numpy()), name
 
 
 def test_step_log_columns_keep_their_types():
@@ -219,3 +223,38 @@ def test_step_log_columns_keep_their_types():
         log.add_steps({name: np.array([8]) for name in STEP_COLUMNS} | {"num_tokens": np.array([1.5])},
                       {"mlp": np.zeros(1)}, 1)
     assert log.frame().equals(frame) and log.num_steps == 3  # the refused steps left nothing behind
+
+
+def test_columns_written_without_pandas_read_back_as_pandas_writes_them(tmp_path):
+    """traces/columns.py writes run records through pyarrow's buffers; the files hold the types
+    and the missing values (NaN as null) that pandas' ``to_parquet`` writes, and read back
+    as the same frame."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from traces.columns import read_parquet_numeric, write_parquet
+
+    columns = {"schedule": np.array(["fcfs", "batchllm", "fcfs"], dtype=object),
+               "req_id": np.array([3, -1, 7]), "finish_s": np.array([1.5, np.nan, 2.25]),
+               "small": np.array([1, 2, 3], dtype=np.int32), "flag": np.array([True, False, True])}
+    write_parquet(columns, tmp_path / "ours.parquet")
+    frame = pd.DataFrame(columns)
+    frame.to_parquet(tmp_path / "pandas.parquet", index=False)
+    ours, theirs = pq.read_table(tmp_path / "ours.parquet"), pq.read_table(tmp_path / "pandas.parquet")
+    assert [(f.name, str(f.type)) for f in ours.schema][:3] == [(f.name, str(f.type)) for f in theirs.schema][:3]
+    assert ours.column("finish_s").null_count == theirs.column("finish_s").null_count == 1
+    expected = pd.read_parquet(tmp_path / "pandas.parquet").astype({"small": "int64", "flag": "int64"})
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ours.parquet"), expected, check_exact=True)
+    with pytest.raises(TypeError, match="'schedule': large_string"):
+        read_parquet_numeric(tmp_path / "ours.parquet")
+    write_parquet({"finish_s": columns["finish_s"]}, tmp_path / "missing.parquet")
+    with pytest.raises(TypeError, match="'finish_s': double with 1 nulls"):
+        read_parquet_numeric(tmp_path / "missing.parquet")
+    numeric = {name: columns[name] for name in ("req_id", "small")}
+    write_parquet(numeric, tmp_path / "numeric.parquet")
+    back = read_parquet_numeric(tmp_path / "numeric.parquet")
+    assert list(back) == ["req_id", "small"] and back["small"].dtype == np.int64
+    assert back["req_id"].tolist() == [3, -1, 7] and back["small"].tolist() == [1, 2, 3]
+    with pytest.raises(TypeError, match="'when'"):
+        write_parquet({"when": np.array(["2026-01-01"], dtype="datetime64[D]")}, tmp_path / "bad.parquet")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .columns import read_parquet_numeric, write_parquet
+
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_tokens", "num_prefill_tokens", "num_decode_tokens",
                 "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted")
 _FLOAT_COLUMNS = ("start_s", "duration_s")  # the other step columns are counts
@@ -66,30 +68,47 @@ class StepLog:
         if self._flush_dir is not None and self._buffered >= self._flush_every:
             self.flush()
 
+    def _buffer_columns(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(values, dtype=np.float64 if values.typecode == "d" else np.int64).copy()
+                for name, values in self._columns.items()}
+
     def frame(self):
+        """The buffered steps as a pandas DataFrame."""
         import pandas as pd
 
         if not self._buffered:  # no rows: the columns pandas makes of empty lists, as before
             return pd.DataFrame({name: [] for name in self._columns})
-        return pd.DataFrame({name: np.frombuffer(values, dtype=np.float64 if values.typecode == "d" else np.int64).copy()
-                             for name, values in self._columns.items()})
+        return pd.DataFrame(self._buffer_columns())
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every step (the parts flushed so far and the buffer), one numpy array per column:
+        what the run records are written from, without pandas."""
+        parts = [read_parquet_numeric(p) for p in self._parts_written()]
+        if not parts:
+            return self._buffer_columns()
+        buffered = self._buffer_columns()
+        return {name: np.concatenate([part[name] for part in parts] + [buffered[name]]) for name in self._columns}
 
     def all_steps(self):
-        """Every step: the parts flushed so far and the buffer."""
+        """Every step as a pandas DataFrame: the parts flushed so far and the buffer."""
         import pandas as pd
 
-        parts = sorted(self._flush_dir.glob("part-*.parquet")) if self._flush_dir and self._flush_dir.exists() else []
-        frames = [pd.read_parquet(p) for p in parts]
+        frames = [pd.read_parquet(p) for p in self._parts_written()]
         if self._buffered or not frames:
             frames.append(self.frame())
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _parts_written(self) -> list[Path]:
+        if self._flush_dir is None or not self._flush_dir.exists():
+            return []
+        return sorted(self._flush_dir.glob("part-*.parquet"))
 
     def flush(self) -> None:
         """Writes the buffered steps as one more part file and empties the buffer."""
         if self._flush_dir is None or self._buffered == 0:
             return
         self._flush_dir.mkdir(parents=True, exist_ok=True)
-        self.frame().to_parquet(self._flush_dir / f"part-{self._parts:05d}.parquet", index=False)
+        write_parquet(self._buffer_columns(), self._flush_dir / f"part-{self._parts:05d}.parquet")
         self._parts += 1
         self._buffered = 0
         for values in self._columns.values():
