@@ -237,7 +237,8 @@ def test_columns_written_without_pandas_read_back_as_pandas_writes_them(tmp_path
 
     columns = {"schedule": np.array(["fcfs", "batchllm", "fcfs"], dtype=object),
                "req_id": np.array([3, -1, 7]), "finish_s": np.array([1.5, np.nan, 2.25]),
-               "small": np.array([1, 2, 3], dtype=np.int32), "flag": np.array([True, False, True])}
+               "small": np.array([1, 2, 3], dtype=np.int32), "flag": np.array([True, False, True]),
+               "one": np.full(3, "décodé", dtype=object)}  # one value throughout: a shortcut
     write_parquet(columns, tmp_path / "ours.parquet")
     frame = pd.DataFrame(columns)
     frame.to_parquet(tmp_path / "pandas.parquet", index=False)

@@ -21,11 +21,16 @@ def _arrow_array(name: str, values: np.ndarray):
 
     count = len(values)
     if values.dtype == object:  # strings
-        encoded = [str(v).encode() for v in values.tolist()]
-        offsets = np.zeros(count + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        return pa.Array.from_buffers(pa.large_string(), count, [None, pa.py_buffer(offsets),
-                                                                pa.py_buffer(b"".join(encoded))])
+        texts = [str(v) for v in values.tolist()]
+        if count and texts.count(texts[0]) == count:  # one value throughout (a run's schedule)
+            one = texts[0].encode()
+            offsets, data = np.arange(count + 1, dtype=np.int64) * len(one), one * count
+        else:
+            encoded = [text.encode() for text in texts]
+            offsets = np.zeros(count + 1, dtype=np.int64)
+            np.cumsum([len(e) for e in encoded], out=offsets[1:])
+            data = b"".join(encoded)
+        return pa.Array.from_buffers(pa.large_string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     if values.dtype.kind == "f":
         values = np.ascontiguousarray(values, dtype=np.float64)
         missing = np.isnan(values)
@@ -42,7 +47,10 @@ def write_parquet(columns: Columns, path: Path) -> None:
     import pyarrow.parquet as pq
 
     arrays = [_arrow_array(name, np.asarray(values)) for name, values in columns.items()]
-    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
+    # dictionary pages for the strings only: trying them on every numeric column took half the
+    # time of writing a step table, for files 1 % smaller
+    strings = [name for name, array in zip(columns, arrays) if array.type == pa.large_string()]
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path, use_dictionary=strings)
 
 
 def _numpy_column(name: str, column) -> np.ndarray:
