@@ -23,7 +23,19 @@ def prompt_length(prompt: Prompt) -> int:
 
 
 def validate_prompt(prompt: object, where: str) -> int:
-    """Checks a segment chain and returns its length in tokens; ``where`` names the request."""
+    """Checks a segment chain and returns its length in tokens; ``where`` names the request.
+
+    The common case (a tuple of pairs of plain ints) is checked in C-level passes over the
+    segments; anything else goes through the loop below, which names what is wrong."""
+    if type(prompt) is tuple and prompt and set(map(type, prompt)) == {tuple} and set(map(len, prompt)) == {2}:
+        ids, lengths = zip(*prompt)
+        if (set(map(type, ids)) == {int} and set(map(type, lengths)) == {int}
+                and min(lengths) > 0 and max(lengths) <= MAX_SEGMENT_LEN):
+            return sum(lengths)
+    return _validate_segments(prompt, where)
+
+
+def _validate_segments(prompt: object, where: str) -> int:
     if not isinstance(prompt, tuple) or len(prompt) == 0:
         raise WorkloadError(f"{where}: prompt is empty; expected a non-empty tuple of (segment_id, length)")
     total = 0

@@ -51,3 +51,32 @@ def test_unknown_option_and_bad_values():
         schedule_config("batchllm", kv_threshold=1.5)
     with pytest.raises(ConfigError, match="positive integer"):
         Scheduler(schedule_config("fcfs"), num_kv_blocks=0)
+
+
+def _outcome(check, prompt):
+    try:
+        return check(prompt, "request 7")
+    except WorkloadError as error:
+        return str(error)
+
+
+def test_prompt_check_fast_path_agrees_with_the_segment_loop():
+    """``validate_prompt`` checks plain-int chains in C-level passes and sends everything else
+    through the segment loop; on any chain, both give the same length or the same error."""
+    from hypothesis import given, settings, strategies as st
+
+    from scheduler.prompt import MAX_SEGMENT_LEN, _validate_segments, validate_prompt
+
+    value = st.one_of(st.integers(-2, 5), st.sampled_from([MAX_SEGMENT_LEN, MAX_SEGMENT_LEN + 1, 1 << 40]),
+                      st.booleans(), st.floats(0, 4), st.none())
+    segment = st.one_of(st.tuples(value, value), st.tuples(value), st.tuples(value, value, value),
+                        st.lists(value, min_size=2, max_size=2), value)
+    chain = st.one_of(st.lists(segment, max_size=6).map(tuple), st.lists(segment, max_size=3))
+
+    @settings(max_examples=400, deadline=None)
+    @given(chain)
+    def agree(prompt):
+        assert _outcome(validate_prompt, prompt) == _outcome(_validate_segments, prompt)
+
+    agree()
+    assert validate_prompt(((3, 4), (9, MAX_SEGMENT_LEN)), "r") == 4 + MAX_SEGMENT_LEN

@@ -13,6 +13,7 @@ import csv
 import math
 import warnings
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 
 from scheduler import Request
@@ -77,14 +78,15 @@ def load_mooncake(path: str | Path, block_size: int = MOONCAKE_BLOCK) -> Workloa
         input_length = _int_field(record, "input_length", path, line, 1)
         output_length = _int_field(record, "output_length", path, line, 1)
         hash_ids = record.get("hash_ids")
-        if not isinstance(hash_ids, list) or not all(isinstance(h, int) for h in hash_ids):
+        if not isinstance(hash_ids, list) or (set(map(type, hash_ids)) != {int}  # plain ints: a C-level check
+                                              and not all(isinstance(h, int) for h in hash_ids)):
             raise TraceError(path, line, "field 'hash_ids' must be a list of integers")
         if len(hash_ids) != math.ceil(input_length / block_size):
             raise TraceError(path, line, f"{len(hash_ids)} hash_ids for input_length {input_length}; "
                                          f"expected ceil({input_length}/{block_size}) = "
                                          f"{math.ceil(input_length / block_size)}")
         last = input_length - block_size * (len(hash_ids) - 1)
-        prompt = tuple((h, block_size) for h in hash_ids[:-1]) + ((hash_ids[-1], last),)
+        prompt = tuple(zip(hash_ids[:-1], repeat(block_size))) + ((hash_ids[-1], last),)
         rows.append((timestamp / 1000.0, line, prompt, output_length))
     return _build(rows, path, f"mooncake:{path.stem}", notes)
 
