@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+
 import numpy as np
 
 from reports.metrics import summarize
@@ -18,6 +19,7 @@ from traces.columns import read_parquet, write_parquet
 REQUEST_COLUMNS = ("req_id", "arrival_s", "prompt_len", "output_len", "first_scheduled_s", "first_token_s",
                    "finish_s", "num_cached_tokens", "num_prompt_tokens_computed", "num_preemptions")
 _TIME_COLUMNS = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
+
 
 def request_columns(scheduler, schedule: str) -> dict[str, np.ndarray]:
     """The requests table of a finished (or interrupted) run, by request id: times in float64

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from .contract import DecodeBatch
+from .contract import DecodeBatch, SharedPrefixGroup
 from .request import RequestState
 
 
@@ -36,7 +36,7 @@ class DecodeCohort:
         self.by_group: dict[int, list[RequestState]] = {}
         self._group_ids: dict[int, tuple[int, ...]] = {}  # by_group's req ids, as last asked for
         self._group_order: list[int] | None = []  # by_group's ids by first member; None: stale
-        self.shared_groups: dict[int, object] = {}  # per group, its last SharedPrefixGroup (group_state.py)
+        self.shared_groups: dict[int, SharedPrefixGroup] = {}  # per group, its last one (group_state.py)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -67,7 +67,7 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
         return None
     step = scheduler.step
     limit = min(max_steps, min(cohort.ends) - step + 1)
-    if limit < 2:  # a member finishes in this step's update: one step is no stretch
+    if limit < 2:  # a member finishes in this step's update, or the caller looks no further
         return None
     if not _admission_blocked(scheduler, batch):
         return None

@@ -181,6 +181,7 @@ def test_step_log_flushes_parts_and_keeps_every_step(tmp_path):
     """Steps are flushed to part files as a run goes (an interrupted run keeps them); reading
     back gives every step in order, whether added one by one or a stretch at a time."""
     import numpy as np
+    import pandas as pd
 
     from traces.step_log import STEP_COLUMNS, StepLog
 
@@ -196,10 +197,10 @@ def test_step_log_flushes_parts_and_keeps_every_step(tmp_path):
     assert steps["kernel_mlp_s"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0]
     assert steps["kernel_attn_s"].tolist() == [0.0] * 4 + [0.0, 0.1, 0.2, 0.3, 0.4] + [0.25]
     assert str(steps["num_tokens"].dtype) == "int64" and str(steps["start_s"].dtype) == "float64"
-    columns = log.columns()  # the same steps without pandas, as the run records are written
-    assert list(columns) == list(steps.columns)
-    for name, values in columns.items():
-        assert values.dtype == steps[name].dtype and np.array_equal(values, steps[name].to_numpy()), name
+    # the parts as pandas reads them, then the buffer: what `columns` (and so `all_steps`) read
+    # through pyarrow's buffers
+    parts = [pd.read_parquet(p) for p in sorted((tmp_path / "steps").glob("part-*.parquet"))]
+    pd.testing.assert_frame_equal(steps, pd.concat(parts + [log.frame()], ignore_index=True), check_exact=True)
 
 
 def test_step_log_columns_keep_their_types():

@@ -90,13 +90,12 @@ class StepLog:
         return {name: np.concatenate([part[name] for part in parts] + [buffered[name]]) for name in self._columns}
 
     def all_steps(self):
-        """Every step as a pandas DataFrame: the parts flushed so far and the buffer."""
+        """``columns`` as a pandas DataFrame."""
         import pandas as pd
 
-        frames = [pd.read_parquet(p) for p in self._parts_written()]
-        if self._buffered or not frames:
-            frames.append(self.frame())
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if not self._buffered and not self._parts_written():
+            return self.frame()
+        return pd.DataFrame(self.columns())
 
     def _parts_written(self) -> list[Path]:
         if self._flush_dir is None or not self._flush_dir.exists():
