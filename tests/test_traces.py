@@ -165,6 +165,11 @@ def test_arrival_processes():
     for old, new in zip(base.requests, sorted(bursty.requests, key=lambda r: r.req_id)):
         assert (new.prompt, new.output_len, new.prompt_len) == (old.prompt, old.output_len, old.prompt_len)
     assert [r.req_id for r in with_arrivals(base, "offline").requests] == [r.req_id for r in base.requests]
+    # replaying a trace's own times keeps its requests, sorted by time
+    from dataclasses import replace
+    replayed = with_arrivals(replace(poisson, requests=poisson.requests[::-1]), "trace")
+    assert replayed.requests == poisson.requests
+    assert all(a is b for a, b in zip(with_arrivals(poisson, "trace").requests, poisson.requests))
     with pytest.raises(WorkloadError, match="request 3: arrival_s is -1.0"):
         base.requests[3].with_arrival(-1.0)
 

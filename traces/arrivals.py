@@ -38,8 +38,11 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
             shape = 1.0 / (cv * cv)
             gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
         times = np.concatenate([[0.0], np.cumsum(gaps)[:-1]]) if count else gaps
-    times = times * scale
-    requests = tuple(r.with_arrival(t) for r, t in zip(workload.requests, times.tolist()))
+    if process == "trace" and scale == 1.0:  # the same times: the same (immutable) requests
+        requests = workload.requests
+    else:
+        times = times * scale
+        requests = tuple(r.with_arrival(t) for r, t in zip(workload.requests, times.tolist()))
     order = np.argsort(times, kind="stable")  # by time, ties in workload order
     if (order != np.arange(count)).any():
         requests = tuple(requests[i] for i in order.tolist())
