@@ -263,5 +263,7 @@ def test_columns_written_without_pandas_read_back_as_pandas_writes_them(tmp_path
     back = read_parquet_numeric(tmp_path / "numeric.parquet")
     assert list(back) == ["req_id", "small"] and back["small"].dtype == np.int64
     assert back["req_id"].tolist() == [3, -1, 7] and back["small"].tolist() == [1, 2, 3]
+    with pytest.raises(TypeError, match="'name': objects other than strings"):
+        write_parquet({"name": np.array(["fcfs", None], dtype=object)}, tmp_path / "bad.parquet")
     with pytest.raises(TypeError, match="'when'"):
         write_parquet({"when": np.array(["2026-01-01"], dtype="datetime64[D]")}, tmp_path / "bad.parquet")

@@ -21,7 +21,9 @@ def _arrow_array(name: str, values: np.ndarray):
 
     count = len(values)
     if values.dtype == object:  # strings
-        texts = [str(v) for v in values.tolist()]
+        texts = values.tolist()
+        if set(map(type, texts)) - {str}:
+            raise TypeError(f"column {name!r}: objects other than strings (a None, a number?) cannot be written")
         if count and texts.count(texts[0]) == count:  # one value throughout (a run's schedule)
             one = texts[0].encode()
             offsets, data = np.arange(count + 1, dtype=np.int64) * len(one), one * count
