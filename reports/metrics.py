@@ -15,11 +15,8 @@ def _column(table, name: str) -> np.ndarray:
 
 
 def _floats(table, name: str) -> np.ndarray:
-    """A time column as float64, a missing time (None, NaN) as NaN."""
-    values = _column(table, name)
-    if values.dtype == object:  # a column pandas left as objects: every value missing, say
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return values.astype(np.float64, copy=False)
+    """A time column as float64 (a missing time is NaN in the records)."""
+    return _column(table, name).astype(np.float64, copy=False)
 
 
 def latency_columns(requests) -> dict[str, np.ndarray]:

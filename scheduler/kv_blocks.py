@@ -18,12 +18,11 @@ the state identically; ``tests/test_kv_blocks.py`` holds them to a plain referen
 ``BlockManager`` is the compiled twin of this class (``_native.pyx``, built by
 ``pip install``) where it was built, and ``PythonBlockManager`` where not (no C compiler) or
 where ``BATCHLAB_PURE_PYTHON=1`` is set. The two give the same results operation for operation
-(the same reference-model tests run on both); the compiled one is 3-15x faster per operation than the faster Python path,
-most of the block manager's share of a simulation (a third of the Azure replay, two fifths of
-the Mooncake replay in pure Python).
+(the same reference-model tests run on both); the compiled one is 3-15x faster per operation
+than the faster Python path; in pure Python the block manager was a third of the Azure replay's
+simulation time and two fifths of the Mooncake replay's.
 """
 from __future__ import annotations
-
 
 import numpy as np
 

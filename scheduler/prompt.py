@@ -6,7 +6,6 @@ seen with two lengths is two different segments. Nothing here materialises token
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from ._compiled import compiled
