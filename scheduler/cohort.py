@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from .contract import DecodeBatch, SharedPrefixGroup
+from .contract import DecodeBatch, SharedPrefixGroup, new_decode_batch
 from .request import RequestState
 
 
@@ -182,7 +182,7 @@ class DecodeCohort:
     def batch(self, step: int, emit_block_ids: bool) -> DecodeBatch:
         count = len(self.ids)
         blocks = self._block_tables() if emit_block_ids else ()
-        return DecodeBatch(step, tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens), blocks,
+        return new_decode_batch(step, tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens), blocks,
                            self.offset_sum + count * (step + 1))
 
     def _block_tables(self) -> tuple[tuple[int, ...], ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .config import ScheduleConfig
 from .cohort import DecodeCohort
-from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk
+from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
 from .kv_blocks import BlockManager
@@ -50,6 +50,7 @@ class Scheduler:
         self._finished_last_update: tuple[int, ...] = ()
         self._num_unfinished = 0
         self._num_added = 0
+        self._joined_step, self._joined_ok = -1, True  # _join_decodes' answer, and for which step
         threshold = config.kv_threshold
         self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)
 
@@ -139,14 +140,23 @@ class Scheduler:
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
-        plan = BatchPlan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes)
+        plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes)
         self._finished_last_update = ()
         self.step += 1
         return plan
 
     def _join_decodes(self) -> bool:
         """Moves running requests that are in steady decode into the cohort. False if one cannot
-        join (its decode would register cache keys): then this step is scheduled one by one."""
+        join (its decode would register cache keys): then this step is scheduled one by one.
+        Asked twice in a step (the simulator looks for a decode stretch first), it answers the
+        second time from the first: nothing joins or leaves before ``schedule`` moves the step on."""
+        if self._joined_step == self.step:
+            return self._joined_ok
+        self._joined_step = self.step
+        self._joined_ok = ok = self._join_ready()
+        return ok
+
+    def _join_ready(self) -> bool:
         joining = []
         ok = True
         for state in self._others.values():

@@ -15,6 +15,8 @@ from scheduler.model_spec import ModelSpec
 from .profile import LAYER_KERNELS, SCHEDULE_OVERHEAD, Profile
 
 KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
+assert KERNELS == ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
+                   "attn_shared_prefix", "lm_head_sampling", "step_overhead")  # CostModel.step's order
 DENSE = ("linear_qkv", "linear_o", "mlp", "elementwise")  # looked up by tokens in the step
 _FEW_STEPS = 32  # decode stretches up to this long are costed step by step (no numpy per kernel)
 
@@ -130,9 +132,9 @@ class CostModel:
         have = self.schedule if self._schedule_extra is not None else None
         return self if wanted == have else CostModel(self.profile, self.model, wanted)
 
-    def step(self, plan: BatchPlan) -> tuple[float, dict[str, float], tuple[int, int, int]]:
-        """(predicted seconds, seconds per kernel over the whole step (all layers),
-        (tokens, prefill tokens, sampled tokens)).
+    def step(self, plan: BatchPlan) -> tuple[float, tuple[float, ...], tuple[int, int, int]]:
+        """(predicted seconds, seconds per kernel over the whole step (all layers) in KERNELS
+        order, (tokens, prefill tokens, sampled tokens)).
 
         A decode-only step goes through here too, with plain floats: its lookups and additions
         are decode_steps' own, in the same order (a decode-only step has tokens = sampled =
@@ -168,12 +170,8 @@ class CostModel:
         sampling = self._sampling(sampled)
         layers = self.layers
         total = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling + overhead
-        parts = {  # over the whole step, as _whole_step scales decode_steps' parts
-            "linear_qkv": qkv * layers, "linear_o": o * layers, "mlp": mlp * layers,
-            "elementwise": elementwise * layers, "attn_prefill": attn_prefill * layers,
-            "attn_decode": attn_decode * layers, "attn_shared_prefix": attn_shared * layers,
-            "lm_head_sampling": sampling, "step_overhead": overhead,
-        }
+        parts = (qkv * layers, o * layers, mlp * layers, elementwise * layers, attn_prefill * layers,
+                 attn_decode * layers, attn_shared * layers, sampling, overhead)  # as _whole_step scales
         return total, parts, (tokens, tokens - batch, sampled)
 
     @staticmethod

@@ -11,9 +11,18 @@ from scheduler.model_spec import ModelSpec
 from .hardware import HardwareSpec
 from .profile import Profile, Table
 
-TOKENS = np.unique(np.round(np.geomspace(1, 1 << 18, 73))).astype(float)
-QUERIES = np.unique(np.round(np.geomspace(1, 1 << 16, 49))).astype(float)
-CONTEXTS = np.unique(np.round(np.geomspace(1, 1 << 21, 64))).astype(float)
+
+
+def _rounded_grid(end: int, points: int) -> np.ndarray:
+    """Whole numbers spaced geometrically from 1 to ``end``, without repeats (``np.unique``
+    would do, but numpy 2's imports numpy.ma: 25 ms of every command's start-up)."""
+    grid = np.round(np.geomspace(1, end, points))
+    return grid[np.concatenate(([True], np.diff(grid) > 0))].astype(float)
+
+
+TOKENS = _rounded_grid(1 << 18, 73)
+QUERIES = _rounded_grid(1 << 16, 49)
+CONTEXTS = _rounded_grid(1 << 21, 64)
 
 
 def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:

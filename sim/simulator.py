@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from scheduler import Scheduler, ScheduleConfig, StepResult
+from scheduler import Scheduler, ScheduleConfig
+from scheduler.contract import new_step_result
 from scheduler.gc_pause import cyclic_gc_paused
 from traces.workload import Workload
 
@@ -122,14 +123,11 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             if on_plan is not None:
                 on_plan(plan)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
-            log.add_step({"step": plan.step, "start_s": now, "duration_s": duration, "num_tokens": tokens,
-                          "num_prefill_tokens": prefill, "num_decode_tokens": tokens - prefill,
-                          "num_requests": plan.num_requests, "num_sampled": sampled,
-                          "kv_blocks_used": scheduler.kv.num_used_blocks, "num_waiting": waiting,
-                          "num_preempted": len(plan.preempted)}, kernels)
+            log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
+                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
             end = now + duration
             yield env.timeout(end - env.now)
-            scheduler.update(plan, StepResult(plan.step, duration, kernel_s=kernels), end)
+            scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
 
     def run_stretch(stretch, now: float):

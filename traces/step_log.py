@@ -5,7 +5,6 @@ producer's own."""
 from __future__ import annotations
 
 from array import array
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,20 @@ from .columns import read_parquet_numeric, write_parquet
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_tokens", "num_prefill_tokens", "num_decode_tokens",
                 "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted")
-_FLOAT_COLUMNS = ("start_s", "duration_s")  # the other step columns are counts
+_FLOAT_COLUMNS = STEP_COLUMNS[1:3]  # start_s, duration_s; the other step columns are counts
 
 
 class StepLog:
     def __init__(self, kernels: tuple[str, ...], flush_dir: Path | None = None, flush_every: int = 200_000) -> None:
         self.kernels = tuple(kernels)
-        # typed arrays, not lists: 8 bytes a value instead of a Python object each (a
-        # million-request run logs millions of steps), and a frame is a copy of their buffers
-        self._columns: dict[str, array] = {
-            name: array("d" if name in _FLOAT_COLUMNS else "q") for name in STEP_COLUMNS}
-        self._columns.update({f"kernel_{k}_s": array("d") for k in kernels})
-        # the columns themselves, for the per-step appends (flush empties them in place)
-        self._step_lists = [(name, self._columns[name]) for name in STEP_COLUMNS]
-        self._kernel_lists = [(name, self._columns[f"kernel_{name}_s"]) for name in self.kernels]
+        self._names = STEP_COLUMNS + tuple(f"kernel_{k}_s" for k in self.kernels)
+        # two typed buffers, row after row: the counts (int64) and the times (float64) of each
+        # step, 8 bytes a value instead of a Python object each (a million-request run logs
+        # millions of steps); a step is a few C-level extends, columns are strided views
+        self._counts = array("q")  # step, then STEP_COLUMNS[3:]
+        self._times = array("d")   # start_s, duration_s, then the kernels
+        self._count_names = ("step",) + STEP_COLUMNS[3:]
+        self._time_names = _FLOAT_COLUMNS + self._names[len(STEP_COLUMNS):]
         self._flush_dir = flush_dir
         self._flush_every = flush_every
         self._buffered = 0
@@ -35,32 +34,46 @@ class StepLog:
         self.num_steps = 0
 
     def add_step(self, values: dict[str, float], kernels: dict[str, float]) -> None:
-        """One step; a count column refuses a non-integer value (TypeError, nothing added)."""
+        """One step, by column name; a kernel it does not name took no time."""
+        self.add_row(tuple(values[name] for name in STEP_COLUMNS),
+                     tuple(kernels.get(name, 0.0) for name in self.kernels))
+
+    def add_row(self, values: tuple, kernels: tuple) -> None:
+        """One step: ``values`` in STEP_COLUMNS order, ``kernels`` in this log's kernel order.
+        A count column refuses a non-integer value (TypeError, nothing added)."""
+        if len(values) != len(STEP_COLUMNS) or len(kernels) != len(self.kernels):
+            raise ValueError(f"a step row has {len(STEP_COLUMNS)} values and {len(self.kernels)} kernel "
+                             f"times; got {len(values)} and {len(kernels)}")
+        counts, times = self._counts, self._times
         try:
-            for name, column in self._step_lists:
-                column.append(values[name])
-            for name, column in self._kernel_lists:
-                column.append(kernels.get(name, 0.0))
-        except (TypeError, KeyError):
+            counts.append(values[0])
+            counts.extend(values[3:])
+            times.append(values[1])
+            times.append(values[2])
+            times.extend(kernels)
+        except TypeError:
             self._truncate()
             raise
         self._after(1)
 
     def add_steps(self, values: dict[str, np.ndarray], kernels: dict[str, np.ndarray], count: int) -> None:
-        try:
-            for name in STEP_COLUMNS:
-                _extend(name, self._columns[name], values[name], count)
-            for name in self.kernels:
-                _extend(name, self._columns[f"kernel_{name}_s"], kernels[name][:count], count)
-        except (TypeError, KeyError, ValueError):
-            self._truncate()
-            raise
+        """``count`` steps at once: per column an array of ``count`` values, or one value for all."""
+        counts = np.empty((count, len(self._count_names)), dtype=np.int64)
+        for index, name in enumerate(self._count_names):
+            counts[:, index] = _counts(name, values[name], count)
+        times = np.empty((count, len(self._time_names)), dtype=np.float64)
+        for index, name in enumerate(_FLOAT_COLUMNS):
+            times[:, index] = _per_step(values[name], count)
+        for index, name in enumerate(self.kernels, len(_FLOAT_COLUMNS)):
+            times[:, index] = _per_step(kernels[name], count)
+        self._counts.frombytes(counts.tobytes())
+        self._times.frombytes(times.tobytes())
         self._after(count)
 
     def _truncate(self) -> None:
-        """Drops a half-added step from the columns that took it."""
-        for column in self._columns.values():
-            del column[self._buffered:]
+        """Drops a half-added step from the buffer that took it."""
+        del self._counts[self._buffered * len(self._count_names):]
+        del self._times[self._buffered * len(self._time_names):]
 
     def _after(self, count: int) -> None:
         self.num_steps += count
@@ -69,15 +82,18 @@ class StepLog:
             self.flush()
 
     def _buffer_columns(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(values, dtype=np.float64 if values.typecode == "d" else np.int64).copy()
-                for name, values in self._columns.items()}
+        counts = np.frombuffer(self._counts, dtype=np.int64).reshape(-1, len(self._count_names))
+        times = np.frombuffer(self._times, dtype=np.float64).reshape(-1, len(self._time_names))
+        columns = {name: counts[:, i].copy() for i, name in enumerate(self._count_names)}
+        columns.update({name: times[:, i].copy() for i, name in enumerate(self._time_names)})
+        return {name: columns[name] for name in self._names}
 
     def frame(self):
         """The buffered steps as a pandas DataFrame."""
         import pandas as pd
 
         if not self._buffered:  # no rows: the columns pandas makes of empty lists, as before
-            return pd.DataFrame({name: [] for name in self._columns})
+            return pd.DataFrame({name: [] for name in self._names})
         return pd.DataFrame(self._buffer_columns())
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -87,7 +103,7 @@ class StepLog:
         if not parts:
             return self._buffer_columns()
         buffered = self._buffer_columns()
-        return {name: np.concatenate([part[name] for part in parts] + [buffered[name]]) for name in self._columns}
+        return {name: np.concatenate([part[name] for part in parts] + [buffered[name]]) for name in self._names}
 
     def all_steps(self):
         """``columns`` as a pandas DataFrame."""
@@ -110,19 +126,18 @@ class StepLog:
         write_parquet(self._buffer_columns(), self._flush_dir / f"part-{self._parts:05d}.parquet")
         self._parts += 1
         self._buffered = 0
-        for values in self._columns.values():
-            del values[:]
+        del self._counts[:], self._times[:]
 
 
-def _extend(name: str, column: array, values, count: int) -> None:
-    if not isinstance(values, np.ndarray):  # one value for every step (a count refuses a float)
-        column.extend(repeat(values, count))
-        return
-    if values.shape != (count,):
-        values = np.broadcast_to(values, (count,))
-    if column.typecode == "q":
-        if values.dtype.kind not in "iub":
-            raise TypeError(f"step column {name!r} counts; got {values.dtype} values")
-        column.frombytes(values.astype(np.int64, copy=False).tobytes())
-    else:
-        column.frombytes(values.astype(np.float64, copy=False).tobytes())
+def _per_step(values, count: int) -> np.ndarray:
+    """``values`` (an array of at least ``count``, or one value for every step) as ``count`` values."""
+    if isinstance(values, np.ndarray) and values.ndim:
+        return values[:count]
+    return np.full(count, values)
+
+
+def _counts(name: str, values, count: int) -> np.ndarray:
+    values = _per_step(values, count)
+    if values.dtype.kind not in "iub":
+        raise TypeError(f"step column {name!r} counts; got {values.dtype} values")
+    return values
