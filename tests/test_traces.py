@@ -134,6 +134,34 @@ def test_azure_and_length_errors(tmp_path):
         load_mooncake(tmp_path / "absent.jsonl")
 
 
+def test_azure_timestamps_parse_as_whole_date_times(tmp_path):
+    """The loader parses each minute once and adds seconds and fraction: the same floats as
+    parsing every stamp whole (UTC), for any spelling datetime accepts; a malformed fraction,
+    a short row or a bad count names its line (blank lines counted)."""
+    from datetime import datetime, timezone
+
+    stamps = ["2023-11-16 18:15:46.6805900", "2023-11-16 18:15:59", "2023-11-16T18:16:00.5",
+              "2023-11-16 18:16:07.0000001", "2023-11-17 00:00:00.25"]
+    path = write(tmp_path, "az.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n" +
+                 "".join(f"{stamp},{i + 1},{i + 2}\n" for i, stamp in enumerate(stamps)))
+    requests = load_azure(path).requests
+
+    def whole(stamp):
+        head, _, fraction = stamp.partition(".")
+        seconds = datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp()
+        return seconds + float("0." + fraction) if fraction else seconds
+    assert [r.arrival_s for r in requests] == [whole(s) - whole(stamps[0]) for s in stamps]
+    assert [(r.prompt_len, r.output_len) for r in requests] == [(i + 1, i + 2) for i in range(len(stamps))]
+    header = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,5,5\n\n"
+    for row, message in [("2023-11-16 18:15:47.5e3,5,5", r"az2\.csv:4: TIMESTAMP '2023-11-16 18:15:47\.5e3'"),
+                         ("2023-11-16 18:15:61,5,5", r"az2\.csv:4: TIMESTAMP"),
+                         ("2023-11-16 18:15:47,5", r"az2\.csv:4: 2 fields; expected 3"),
+                         ("2023-11-16 18:15:47,5,-1", r"az2\.csv:4: field 'GeneratedTokens' is -1"),
+                         ("2023-11-16 18:15:47,five,1", r"az2\.csv:4: field 'ContextTokens' is 'five'")]:
+        with pytest.raises(TraceError, match=message):
+            load_azure(write(tmp_path, "az2.csv", header + row + "\n"))
+
+
 def test_native_formats_round_trip(tmp_path):
     workload = with_arrivals(prefix_tree_workload((2, 3), (50, 20), 7, 2, 9), "poisson", rate=3.0, seed=1)
     save_jsonl(workload, tmp_path / "w.jsonl")
