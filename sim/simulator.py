@@ -28,6 +28,10 @@ from .cost_model import KERNELS, CostModel
 from traces.step_log import StepLog
 
 MAX_STRETCH = 4096  # steps one decode stretch may cover
+# A stretch is looked for only where the next arrival is estimated this many decode steps away
+# or more: a shorter one costs more in set-up (numpy over a few steps) than the steps it
+# replaces (the Azure replay's arrivals come every three steps: 5 % fewer instructions)
+MIN_LOOKAHEAD = 10
 
 
 @dataclass
@@ -90,7 +94,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         if state["next"] >= total or state["decode_s"] is None:
             return MAX_STRETCH
         steps = (requests[state["next"]].arrival_s - now) / state["decode_s"]
-        if steps < 1:  # the arrival most likely falls in the first step: no stretch to look for
+        if steps < MIN_LOOKAHEAD:  # a stretch would end within a few steps: not worth looking for
             return 1
         return int(min(MAX_STRETCH, 1.25 * steps + 8))
 
