@@ -14,9 +14,13 @@ their decodes one by one: allocations, releases and plans come out in the same o
 from __future__ import annotations
 
 from bisect import bisect_left
+from operator import attrgetter
 
 from .contract import DecodeBatch, SharedPrefixGroup, new_decode_batch
 from .request import RequestState
+
+
+ADMISSION = attrgetter("admit_seq")  # sort key: the order in which requests were admitted
 
 
 class DecodeCohort:
@@ -157,7 +161,7 @@ class DecodeCohort:
         if not due:
             return []
         if len(due) > 1:
-            due.sort(key=lambda s: s.admit_seq)
+            due.sort(key=ADMISSION)
         later = self.due.setdefault(step + self.block_size, [])
         later.extend(due)
         tables = self._tables
@@ -176,7 +180,7 @@ class DecodeCohort:
         if not ends:
             return []
         if len(ends) > 1:
-            ends.sort(key=lambda s: s.admit_seq)
+            ends.sort(key=ADMISSION)
         return list(ends)
 
     def batch(self, step: int, emit_block_ids: bool) -> DecodeBatch:

@@ -1,7 +1,7 @@
 """Steps that preempt: decodes scheduled one request at a time (a decode short of a KV block
-preempts, recompute, the newest running request not yet scheduled this step), idle group
-prefixes dropped, and a stuck queue unblocked. Functions of the ``Scheduler``, split out of
-scheduler.py; the cohort's steady steps never come here.
+preempts, recompute, the newest running request not yet scheduled this step), the cohort's
+decodes short of blocks doing the same in turn, idle group prefixes dropped, and a stuck queue
+unblocked. Functions of the ``Scheduler``, split out of scheduler.py.
 """
 from __future__ import annotations
 
@@ -65,6 +65,31 @@ def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[i
             return False
     scheduler._register(state, end)
     return True
+
+
+def decode_blocks_preempting(scheduler: "Scheduler", due: list[RequestState], preempted: list[int]) -> None:
+    """A steady step whose cohort members due a block (``due``, in admission order) outnumber
+    the free blocks: each takes its block as one-by-one scheduling would have it take it, in
+    turn, and one short of a block preempts the newest running request (newer than it, so not
+    scheduled yet in this step); a member that is itself the newest preempts an idle group's
+    prefix, failing that itself. The others stay in the cohort; the caller re-buckets them."""
+    kv = scheduler.kv
+    running = scheduler.running
+    for state in due:
+        if state.req_id not in running:
+            continue  # preempted by a member before it
+        while True:
+            block = kv.allocate(1)
+            if block is not None:
+                state.block_table.extend(block)
+                break
+            victim = next(reversed(running.values()))
+            if victim is state and preempt_idle_group(scheduler):
+                continue
+            preempt(scheduler, victim)
+            preempted.append(victim.req_id)
+            if victim is state:
+                break
 
 
 def preempt(scheduler: "Scheduler", state: RequestState) -> None:

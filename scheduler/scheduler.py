@@ -5,19 +5,21 @@ prefills, then new admissions from the waiting queue. A running request that can
 block preempts (recompute) the most recently admitted request not yet scheduled this step.
 
 Running decodes live in a decode cohort (cohort.py) that advances them all at once, so a step
-costs O(what changes). When a step cannot be taken that way (a decode's block does not fit,
-more decodes than the token budget), the cohort is dissolved and the step is scheduled one
-request at a time; both ways give the same plans, allocations and releases, in the same order.
+costs O(what changes); where the decodes due a block outnumber the free blocks, those members
+take their blocks one at a time, preempting as one-by-one scheduling would. When a step cannot
+be taken that way (more decodes than the token budget, a joining decode that would register
+cache keys), the cohort is dissolved and the step is scheduled one request at a time; both ways
+give the same plans, allocations and releases, in the same order.
 """
 from __future__ import annotations
 
 from .config import ScheduleConfig
-from .cohort import DecodeCohort
+from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
 from .kv_blocks import BlockManager
-from .preemption import break_deadlock, grow, schedule_decodes_one_by_one
+from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
 from .request import Request, RequestState
 from .stats import SchedulerStats
@@ -111,13 +113,16 @@ class Scheduler:
         step = self.step
         cohort = self.cohort
         steady = self.lazy_decodes and self._join_decodes() and len(cohort) <= tokens_left
-        if steady and len(cohort.due.get(step, ())) > self.kv.num_free_blocks:
-            steady = False  # someone gets preempted: done one request at a time
         if steady:
-            due = cohort.take_due(step)
-            if due:
-                for state, block in zip(due, self.kv.allocate(len(due))):
-                    state.block_table.append(block)
+            due = cohort.due.get(step)
+            if due and len(due) > self.kv.num_free_blocks:  # someone gets preempted
+                decode_blocks_preempting(self, sorted(due, key=ADMISSION), preempted)
+                cohort.take_due(step)
+            else:
+                due = cohort.take_due(step)
+                if due:
+                    for state, block in zip(due, self.kv.allocate(len(due))):
+                        state.block_table.append(block)
             tokens_left -= len(cohort)
             partial = list(self._others.values())
         else:

@@ -186,3 +186,40 @@ def test_cohort_group_order_is_by_each_groups_first_member():
         assert cohort.group_order() == expected
         assert all(list(cohort.group_req_ids(g)) == [m.req_id for m in sorted(members, key=lambda m: m.admit_seq)]
                    for g, members in cohort.by_group.items())
+
+
+def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeypatch):
+    """A steady step whose decodes due a block outnumber the free blocks keeps the cohort: its
+    members take their blocks in turn, preempting the newest running request, or, when the
+    member is the newest itself, an idle group's prefix. This workload (found by a random
+    search) takes the idle-prefix branch in such a step; plans must equal one-by-one scheduling."""
+    import scheduler.preemption as preemption
+    import scheduler.scheduler as scheduler_module
+
+    prompts = [((0, 3), (31, 4), (2, 1)), ((0, 3),), ((20, 1),), ((20, 1), (11, 3), (22, 2), (13, 2)),
+               ((30, 3), (21, 3), (22, 1)), ((30, 3), (1, 1), (12, 3)), ((20, 3), (11, 2)),
+               ((0, 3), (11, 1), (22, 3), (23, 2)), ((0, 1), (21, 4), (12, 1)), ((10, 1), (11, 1)), ((0, 3), (31, 3))]
+    arrivals = [0.0, 1.5, 4.0, 0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 1.5, 1.5]
+    outputs = [5, 3, 1, 4, 2, 1, 3, 4, 2, 4, 2]
+    requests = [Request(i, a, p, o) for i, (p, a, o) in enumerate(zip(prompts, arrivals, outputs))]
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
+    config = schedule_config("prefix_grouped", max_num_batched_tokens=64)
+    in_walk, idle_in_walk = [False], []
+    walk, idle = scheduler_module.decode_blocks_preempting, preemption.preempt_idle_group
+
+    def watched_walk(*args):
+        in_walk[0] = True
+        try:
+            walk(*args)
+        finally:
+            in_walk[0] = False
+
+    def watched_idle(scheduler):
+        dropped = idle(scheduler)
+        idle_in_walk.append(dropped and in_walk[0])
+        return dropped
+    monkeypatch.setattr(scheduler_module, "decode_blocks_preempting", watched_walk)
+    monkeypatch.setattr(preemption, "preempt_idle_group", watched_idle)
+    lazy = _plans(Scheduler(config, need, BLOCK), requests, False)
+    assert any(idle_in_walk)
+    assert lazy == _plans(Scheduler(config, need, BLOCK, lazy_decodes=False), requests, False)
