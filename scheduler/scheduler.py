@@ -290,8 +290,12 @@ class Scheduler:
         # Members of grouped schedules share through their group, not the cache.
         if self.kv.caching == "off" or (self.config.grouping and state.request is not None):
             return
-        keys = self._keys(state)
-        upto = min(end // self.block_size, len(keys))
+        keys = state.block_keys
+        if keys is None:
+            keys = self._keys(state)
+        upto = end // self.block_size
+        if upto > state.num_keys:
+            upto = state.num_keys
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             state.num_registered_blocks = upto

@@ -143,30 +143,32 @@ class CostModel:
         batch = tokens = sampled = len(decodes.req_ids)  # the steady decodes, in aggregate
         decode_context = decodes.context_sum
         listed_decodes = []
-        prefills = []
+        prefill = self._prefill_at
+        attn_prefill = 0.0  # summed chunk by chunk, in plan order
+        num_prefills = 0
         for chunk in plan.listed:
             count = chunk.num_tokens
             tokens += count
             sampled += chunk.samples
-            if count == 1 and chunk.start >= chunk.prompt_len:
+            start = chunk.start
+            if count == 1 and start >= chunk.prompt_len:
                 listed_decodes.append(chunk.req_id)
-                decode_context += chunk.start + 1
+                decode_context += start + 1
             else:
-                prefills.append(chunk)
+                attn_prefill += prefill(count, start + count)
+                num_prefills += 1
         batch += len(listed_decodes)
         if self.prefix_aware and plan.shared_prefix_groups:
             shared, shared_tokens = self.shared_decode_groups(plan, decodes.req_ids, listed_decodes)
+            shared_prefix = self._shared_prefix
+            attn_shared = sum((shared_prefix(group) for group in shared), 0.0)
         else:
-            shared, shared_tokens = (), 0
-        prefill = self._prefill_at
-        shared_prefix = self._shared_prefix
+            shared_tokens, attn_shared = 0, 0.0
         qkv, o, mlp, elementwise = self._dense(tokens)
-        overhead = self._overhead(plan.num_requests)
-        if self._prefill_overhead is not None and prefills:
-            overhead = overhead + self._prefill_overhead((len(prefills), tokens - batch))
-        attn_prefill = sum((prefill(c.num_tokens, c.start + c.num_tokens) for c in prefills), 0.0)
+        overhead = self._overhead(len(plan.listed) + len(decodes.req_ids))  # the plan's requests
+        if self._prefill_overhead is not None and num_prefills:
+            overhead = overhead + self._prefill_overhead((num_prefills, tokens - batch))
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
-        attn_shared = sum((shared_prefix(group) for group in shared), 0.0)
         sampling = self._sampling(sampled)
         layers = self.layers
         total = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling + overhead
