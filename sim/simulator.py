@@ -71,17 +71,19 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             if idle is not None and not idle.triggered:
                 idle.succeed()
 
-    def take_arrivals(now: float) -> None:
+    def take_arrivals(now: float) -> float:
+        """Adds the requests arrived by ``now``; returns the next one's arrival time."""
         index = state["next"]
         while index < total and requests[index].arrival_s <= now:
             scheduler.add(requests[index])
             index += 1
         state["next"] = index
+        return requests[index].arrival_s if index < total else math.inf
 
     last_report = [time.perf_counter()]
 
     def report(now: float) -> None:
-        if progress is None or time.perf_counter() - last_report[0] < progress_every_s:
+        if time.perf_counter() - last_report[0] < progress_every_s:
             return
         last_report[0] = time.perf_counter()
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
@@ -100,17 +102,20 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
 
     def engine():
         now = 0.0
+        next_arrival = take_arrivals(now)
         while True:
-            take_arrivals(now)
+            if next_arrival <= now:
+                next_arrival = take_arrivals(now)
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
                     break
                 state["idle"] = env.event()
                 yield state["idle"]
-                now = max(now, requests[state["next"]].arrival_s)
+                now = max(now, next_arrival)
                 continue
             state["events"] += 1
-            report(now)
+            if progress is not None:
+                report(now)
             stretch = scheduler.decode_stretch(horizon(now)) if fast_forward else None
             if stretch is not None:
                 now = yield from run_stretch(stretch, now)
@@ -122,7 +127,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                     raise RuntimeError(f"{config.name}: empty plan with nothing left to arrive")
                 state["idle"] = env.event()
                 yield state["idle"]
-                now = max(now, requests[state["next"]].arrival_s)
+                now = max(now, next_arrival)
                 continue
             if on_plan is not None:
                 on_plan(plan)
