@@ -67,11 +67,13 @@ def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, pr
              kv_blocks: int, block_size: int, kv_bytes_per_block: int | None = None) -> dict:
     """What a run directory's summary.json says about where its numbers came from."""
     from batchlab import __version__
+    from scheduler._compiled import compiled
     from scheduler.kv_blocks import BlockManager, NativeBlockManager
 
     return {"batchlab_version": __version__, "mode": mode, "workload": workload.name,
-            # the wall times depend on it (the records do not)
+            # the wall times depend on them (the records do not)
             "kv_block_manager": "compiled" if BlockManager is NativeBlockManager else "python",
+            "profile_lookup": "compiled" if compiled("Bilinear", "sim._interp") else "python",
             "workload_source": workload.source, "workload_notes": list(workload.notes),
             "num_requests": len(workload), "model": model.name, "hardware": hardware,
             "profile_kind": profile_kind, "profile": profile, "profile_provenance": provenance,

@@ -2,15 +2,16 @@
 ``BATCHLAB_PURE_PYTHON`` is unset (or 0), the compiled class; else None (the Python one serves)."""
 from __future__ import annotations
 
+import importlib
 import os
 
 
-def compiled(name: str):
-    """The compiled class ``name`` of ``scheduler._native``, or None."""
+def compiled(name: str, module: str = "scheduler._native"):
+    """The compiled class ``name`` of ``module`` (``scheduler._native``, ``sim._interp``), or None."""
     if os.environ.get("BATCHLAB_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from . import _native
+        native = importlib.import_module(module)
     except ImportError:  # not built (no C compiler at install time)
         return None
-    return getattr(_native, name)
+    return getattr(native, name)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler._compiled import compiled
 from scheduler.errors import ConfigError
 
 # kernel name -> axis names. Layer kernels are per layer; the rest per step.
@@ -97,6 +98,13 @@ def _point_lookup(grids: tuple[list[float], ...], values: list):
             row, row1 = values[i], values[i1]
             return _lerp(_lerp(row[j], row[j1], wj), _lerp(row1[j], row1[j1], wj), wi)
         return general
+    native = compiled("Bilinear", "sim._interp")
+    return native(grid_a, grid_b, values) if native is not None else _bilinear(grid_a, grid_b, values)
+
+
+def _bilinear(grid_a: list[float], grid_b: list[float], values: list):
+    """Bilinear interpolation over two axes of at least two points each (``_scalar_axis`` and
+    ``_lerp`` inlined): the specification of its compiled twin, ``sim/_interp.pyx``."""
     last_a, last_b = len(grid_a) - 2, len(grid_b) - 2
 
     def bilinear(x: float, y: float) -> float:

@@ -29,7 +29,9 @@ def test_simulate_writes_records_and_prints_the_table(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["profile_kind"] == "roofline" and summary["hardware"] == "h100-sxm"
     from scheduler import kv_blocks
+    from scheduler._compiled import compiled
     assert summary["kv_block_manager"] == ("compiled" if kv_blocks.NativeBlockManager else "python")
+    assert summary["profile_lookup"] == ("compiled" if compiled("Bilinear", "sim._interp") else "python")
     assert list(summary["schedules"]) == ["fcfs", "prefix_grouped", "decode_first", "batchllm"]
     for name, entry in summary["schedules"].items():
         assert set(REQUIRED) <= set(entry), name
