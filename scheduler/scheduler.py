@@ -52,6 +52,7 @@ class Scheduler:
         self._finished_last_update: tuple[int, ...] = ()
         self._num_unfinished = 0
         self._num_added = 0
+        self._capacity_tokens = self.kv.num_blocks * block_size  # the most tokens one request may hold
         self._joined_step, self._joined_ok = -1, True  # _join_decodes' answer, and for which step
         threshold = config.kv_threshold
         self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)
@@ -60,8 +61,8 @@ class Scheduler:
     def check_fits(self, request: Request) -> None:
         """Raises when ``request`` could never run: more KV blocks than the whole cache holds.
         Drivers call it for a whole workload before doing any work."""
-        need = self.kv.blocks_for(request.prompt_len + request.output_len - 1)
-        if need > self.kv.num_blocks:
+        if request.prompt_len + request.output_len - 1 > self._capacity_tokens:
+            need = self.kv.blocks_for(request.prompt_len + request.output_len - 1)
             raise WorkloadError(
                 f"request {request.req_id}: needs {need} KV blocks ({request.prompt_len} prompt + "
                 f"{request.output_len} output tokens, block size {self.block_size}) but the KV cache "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import attrgetter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ import simpy
 
 from scheduler import Scheduler, ScheduleConfig
 from scheduler.contract import new_step_result
+from scheduler.errors import WorkloadError
 from scheduler.gc_pause import cyclic_gc_paused
 from traces.workload import Workload
 
@@ -32,6 +34,7 @@ MAX_STRETCH = 4096  # steps one decode stretch may cover
 # or more: a shorter one costs more in set-up (numpy over a few steps) than the steps it
 # replaces (the Azure replay's arrivals come every three steps: 5 % fewer instructions)
 MIN_LOOKAHEAD = 10
+_TOKENS = lambda request: request.prompt_len + request.output_len  # what decides a request's KV need
 
 
 @dataclass
@@ -55,9 +58,13 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
-    requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
-    for request in requests:  # fail before simulating anything if one cannot ever fit
-        scheduler.check_fits(request)
+    requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
+    if requests:  # fail before simulating anything if one cannot ever fit: if the longest does
+        try:
+            scheduler.check_fits(max(requests, key=_TOKENS))
+        except WorkloadError:
+            for request in requests:  # the first that cannot is named
+                scheduler.check_fits(request)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
     state = {"next": 0, "events": 0, "idle": None, "decode_s": None}

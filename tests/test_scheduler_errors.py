@@ -32,6 +32,24 @@ def test_request_larger_than_kv_capacity_names_request_and_limit():
         scheduler.add(Request(9, 0.0, ((1, 60),), 10))
 
 
+def test_a_request_that_exactly_fills_the_kv_cache_fits():
+    scheduler = Scheduler(schedule_config("fcfs"), num_kv_blocks=4, block_size=16)
+    scheduler.add(Request(1, 0.0, ((1, 60),), 5))  # holds 60 + 5 - 1 = 64 tokens: 4 blocks
+    with pytest.raises(WorkloadError, match=r"request 2: needs 5 KV blocks"):
+        scheduler.add(Request(2, 0.0, ((1, 60),), 6))
+
+
+def test_simulator_names_the_first_request_that_cannot_fit_before_simulating():
+    from sim.simulator import simulate
+    from tests.test_sim_timeline import constant_cost
+    from traces.workload import Workload
+
+    requests = (Request(0, 2.0, ((1, 90),), 5), Request(1, 0.0, ((2, 8),), 2), Request(2, 1.0, ((3, 70),), 1),
+                Request(3, 0.5, ((4, 10),), 1))
+    with pytest.raises(WorkloadError, match=r"request 2: needs 5 KV blocks"):  # arrives before request 0
+        simulate(Workload("w", requests), schedule_config("fcfs"), constant_cost(), 4, 16)
+
+
 def test_duplicate_request_id():
     scheduler = Scheduler(schedule_config("fcfs"), num_kv_blocks=4)
     scheduler.add(Request(1, 0.0, ((1, 4),), 1))
