@@ -132,3 +132,28 @@ def test_readme_examples_compose(number, command, args):
 
 def test_readme_has_examples_for_each_command():
     assert {command for _, command, _ in readme_commands()} == {"simulate", "run", "profile", "validate"}
+
+
+@pytest.mark.parametrize("how", [["-m"], ["hydra.mode=MULTIRUN"]])
+def test_sweeps_run_every_job_whether_asked_by_flag_or_by_mode(tmp_path, how):
+    # the CLI skips Hydra's first composition (a probe for hydra.mode) where nothing sets the
+    # mode; -m must still sweep, and so must a mode set on the command line (probed as before)
+    result = batchlab("simulate", *how, "workload.params.num_requests=32,64", "workload.params.share_degree=4",
+                      "schedule.names=[fcfs]", "report=false", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / job / "summary.json").read_text())["complete"]
+
+
+def test_the_mode_probe_is_skipped_only_where_nothing_can_set_the_mode(tmp_path):
+    from batchlab.cli import mode_is_unset
+    from batchlab.command import CONF_DIR
+
+    assert mode_is_unset(["+experiment=azure_replay", "-m", "seed=1,2"], CONF_DIR)
+    assert not mode_is_unset(["hydra.mode=MULTIRUN"], CONF_DIR)
+    assert not mode_is_unset(["hydra.searchpath=[file:///elsewhere]"], CONF_DIR)
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "simulate.yaml").write_text("defaults:\n  - _self_\n")
+    assert mode_is_unset([], str(tmp_path))
+    (tmp_path / "experiment" / "sweep.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    assert not mode_is_unset([], str(tmp_path))
