@@ -6,7 +6,10 @@ Arrival rule: a request is schedulable in the first step that starts at or after
 time. The engine loop takes arrivals by time from the sorted workload (so the order of SimPy
 events at equal times cannot change a result); the arrivals process wakes an idle engine.
 The loop keeps its own clock, ``now + duration`` step after step, the same additions whether
-steps are simulated one by one or a decode stretch at a time.
+steps are simulated one by one or a decode stretch at a time. It hands control to SimPy (a
+timeout to the step's end) only where another process has an event due before the step ends
+or the engine goes idle: in between nothing else could act, and SimPy's clock catches up at
+the next hand-over.
 """
 from __future__ import annotations
 
@@ -116,8 +119,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
                     break
-                state["idle"] = env.event()
-                yield state["idle"]
+                yield from idle_until_an_arrival(now)
                 now = max(now, next_arrival)
                 continue
             state["events"] += 1
@@ -132,8 +134,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             if plan.is_empty:  # nothing fits until an arrival (cannot happen with work running)
                 if state["next"] >= total:
                     raise RuntimeError(f"{config.name}: empty plan with nothing left to arrive")
-                state["idle"] = env.event()
-                yield state["idle"]
+                yield from idle_until_an_arrival(now)
                 now = max(now, next_arrival)
                 continue
             if on_plan is not None:
@@ -142,9 +143,17 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
             end = now + duration
-            yield env.timeout(end - env.now)
+            if env.peek() < end:  # another process has an event due before this step ends
+                yield env.timeout(end - env.now)
             scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
+
+    def idle_until_an_arrival(now: float):
+        """Waits (SimPy's clock first brought to ``now``) until the arrivals process wakes it."""
+        if env.now < now:
+            yield env.timeout(now - env.now)
+        state["idle"] = env.event()
+        yield state["idle"]
 
     def run_stretch(stretch, now: float):
         shared, shared_tokens = (stretch.shared, stretch.shared_tokens) if cost.prefix_aware else ((), 0)
