@@ -41,6 +41,7 @@ class DecodeCohort:
         self._group_ids: dict[int, tuple[int, ...]] = {}  # by_group's req ids, as last asked for
         self._group_order: list[int] | None = []  # by_group's ids by first member; None: stale
         self.shared_groups: dict[int, SharedPrefixGroup] = {}  # per group, its last one (group_state.py)
+        self._frozen: tuple | None = None  # (ids, offsets, prompt_lens) as tuples; None: stale
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,6 +61,7 @@ class DecodeCohort:
         """``state`` decodes from ``step`` on (its counters are current for ``step``)."""
         offset = state.num_computed_tokens - step
         state.cohort_offset = offset
+        self._frozen = None
         seq = state.admit_seq
         if not self.seqs or seq > self.seqs[-1]:
             self.states.append(state)
@@ -102,6 +104,7 @@ class DecodeCohort:
 
     def leave(self, state: RequestState, step: int) -> None:
         self.sync(state, step)
+        self._frozen = None
         index = self.states.index(state)
         del self.states[index], self.ids[index], self.offsets[index], self.prompt_lens[index], self.seqs[index]
         self.offset_sum -= state.cohort_offset
@@ -135,7 +138,7 @@ class DecodeCohort:
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
         self.offset_sum = 0
         self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
-        self._group_order, self.shared_groups = [], {}
+        self._group_order, self.shared_groups, self._frozen = [], {}, None
 
     def group_order(self) -> list[int]:
         """``by_group``'s group ids by their first member's admission, re-sorted only after a
@@ -186,8 +189,10 @@ class DecodeCohort:
     def batch(self, step: int, emit_block_ids: bool) -> DecodeBatch:
         count = len(self.ids)
         blocks = self._block_tables() if emit_block_ids else ()
-        return new_decode_batch(step, tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens), blocks,
-                           self.offset_sum + count * (step + 1))
+        members = self._frozen
+        if members is None:  # frozen again only after someone joined or left
+            members = self._frozen = (tuple(self.ids), tuple(self.offsets), tuple(self.prompt_lens))
+        return new_decode_batch(step, *members, blocks, self.offset_sum + count * (step + 1))
 
     def _block_tables(self) -> tuple[tuple[int, ...], ...]:
         """Each member's block table as a tuple, rebuilt only for members that got a block."""

@@ -140,7 +140,8 @@ class Scheduler:
 
         # vLLM admits nothing in a step that preempted; an empty step helps no one
         if not preempted or not (chunks or cohort.ids):
-            tokens_left = self._admit(now, tokens_left, chunks)
+            if tokens_left > 0:
+                tokens_left = self._admit(now, tokens_left, chunks)
             if not chunks and self.num_waiting and not self.running:
                 break_deadlock(self, now, tokens_left, chunks)
 
@@ -343,9 +344,10 @@ class Scheduler:
                     token = sampled.get(req_id)
                     if token is not None:
                         states[req_id].output_token_ids.append(token)
-            for state in self.cohort.take_ends(plan.step):
-                self._finish(state, now)
-                finished.append(state.req_id)
+            if plan.step in self.cohort.ends:
+                for state in self.cohort.take_ends(plan.step):
+                    self._finish(state, now)
+                    finished.append(state.req_id)
         for chunk in plan.listed:
             state = states[chunk.req_id]
             start = chunk.start

@@ -125,7 +125,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             state["events"] += 1
             if progress is not None:
                 report(now)
-            stretch = scheduler.decode_stretch(horizon(now)) if fast_forward else None
+            look = horizon(now) if fast_forward else 1
+            stretch = scheduler.decode_stretch(look) if look > 1 else None
             if stretch is not None:
                 now = yield from run_stretch(stretch, now)
                 continue
