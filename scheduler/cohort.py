@@ -105,7 +105,9 @@ class DecodeCohort:
     def leave(self, state: RequestState, step: int) -> None:
         self.sync(state, step)
         self._frozen = None
-        index = self.states.index(state)
+        index = bisect_left(self.seqs, state.admit_seq)  # members are kept in admission order
+        if self.states[index] is not state:
+            raise AssertionError(f"request {state.req_id} is not where its admission puts it in the cohort")
         del self.states[index], self.ids[index], self.offsets[index], self.prompt_lens[index], self.seqs[index]
         self.offset_sum -= state.cohort_offset
         for buckets, key in ((self.due, self.due_step(state)), (self.ends, self.end_step(state))):
