@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .admission import admit
 from .contract import ScheduledChunk, new_chunk
 from .errors import SchedulerStuck
 from .request import RequestState
@@ -136,4 +137,4 @@ def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks:
             raise SchedulerStuck(
                 f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and the head "
                 f"of the queue does not fit in {scheduler.kv.num_free_blocks} free KV blocks")
-        scheduler._admit(now, tokens_left, chunks)
+        admit(scheduler, now, tokens_left, chunks)

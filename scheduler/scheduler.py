@@ -13,6 +13,7 @@ give the same plans, allocations and releases, in the same order.
 """
 from __future__ import annotations
 
+from .admission import admit
 from .config import ScheduleConfig
 from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
@@ -141,7 +142,7 @@ class Scheduler:
         # vLLM admits nothing in a step that preempted; an empty step helps no one
         if not preempted or not (chunks or cohort.ids):
             if tokens_left > 0:
-                tokens_left = self._admit(now, tokens_left, chunks)
+                tokens_left = admit(self, now, tokens_left, chunks)
             if not chunks and self.num_waiting and not self.running:
                 break_deadlock(self, now, tokens_left, chunks)
 
@@ -195,80 +196,6 @@ class Scheduler:
         chunks.append(new_chunk(req_id, start, count, tuple(state.block_table) if emit else (),
                                 end == state.num_tokens and state.request is not None, state.prompt_len))
         scheduled.add(req_id)
-        return count
-
-    def _admit(self, now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
-        max_seqs = self.config.max_num_seqs
-        waiting = self.waiting
-        while tokens_left > 0:
-            unit = waiting.peek()
-            if unit is None or (max_seqs is not None and len(self.running) >= max_seqs):
-                break
-            state = unit.prefix if isinstance(unit, GroupState) else unit
-            count = self._try_admit(state, now, tokens_left)
-            if not count:
-                break
-            waiting.pop()
-            if isinstance(unit, GroupState):
-                unit.started = True
-                self._active_groups[unit.group_id] = unit
-            chunks.append(self._chunk(state, count))
-            tokens_left -= count
-        return tokens_left
-
-    def _admission(self, state: RequestState, tokens_left: int):
-        """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
-        new blocks), or None when it does not fit. Changes nothing. ``hits`` is None where they
-        are cache hits, counted but not listed (a blocked head is asked every step, and its
-        hundreds of hits are listed only when ``_try_admit`` admits it)."""
-        kv = self.kv
-        size = self.block_size
-        num_tokens = state.num_tokens
-        group = state.group
-        if group is not None and group.prefix_done and state.request is not None:
-            hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
-            num_hits = len(hits)
-            free_hits = kv.num_free_among(hits)
-        elif kv.caching != "off":
-            keys = self._keys(state)
-            hits = None
-            num_hits, free_hits = kv.match_count(keys, min(len(keys), (num_tokens - 1) // size))
-        else:
-            hits, num_hits, free_hits = [], 0, 0
-        computed = num_hits * size
-        count = num_tokens - computed
-        if not self.config.enable_chunked_prefill and count > tokens_left:
-            return None
-        count = min(count, tokens_left)
-        need = kv.blocks_for(computed + count) - num_hits
-        free_after = kv.num_free_blocks - free_hits
-        if need > free_after:
-            return None
-        threshold = self._kv_threshold_blocks
-        if threshold is not None and self.running and kv.num_blocks - free_after + need > threshold:
-            return None
-        return hits, computed, count, need
-
-    def _try_admit(self, state: RequestState, now: float, tokens_left: int) -> int:
-        """Admits ``state`` with what is already there; returns its first chunk size, or 0."""
-        admission = self._admission(state, tokens_left)
-        if admission is None:
-            return 0
-        hits, computed, count, need = admission
-        if hits is None:  # the cache hits counted, listed now (nothing changed since)
-            hits = self.kv.lookup(self._keys(state), computed // self.block_size)
-        self.kv.touch(hits)
-        state.block_table = hits + self.kv.allocate(need)
-        state.num_computed_tokens = computed
-        state.num_registered_blocks = len(hits)
-        self._register(state, computed + count)
-        if state.first_scheduled_s is None:
-            state.first_scheduled_s = now
-            state.num_cached_tokens = computed
-        self._admit_counter += 1
-        state.admit_seq = self._admit_counter
-        self.running[state.req_id] = state
-        self._others[state.req_id] = state
         return count
 
     # --- helpers ----------------------------------------------------------------------------

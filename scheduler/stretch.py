@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .admission import admission
+
 if TYPE_CHECKING:
     from .request import RequestState
     from .scheduler import Scheduler
@@ -54,7 +56,7 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     if cfg.order == "lpm":
         return False  # the head may change as evictions change cache matches
     state = head.prefix if hasattr(head, "prefix") else head
-    return scheduler._admission(state, tokens_left) is None
+    return admission(scheduler, state, tokens_left) is None
 
 
 def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch | None:

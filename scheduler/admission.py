@@ -1,0 +1,94 @@
+"""Admission from the waiting queue: what admitting a request (or a group's prefix) would take
+(cache hits or the group's held prefix, the first chunk, new blocks), and admitting while the
+token budget, the request count and the KV cache allow. Functions of the ``Scheduler``, split
+out of scheduler.py.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .contract import ScheduledChunk
+from .group_state import GroupState
+from .request import RequestState
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+
+def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
+    """Admits from the head of the waiting queue while the budget, the request count and the KV
+    cache allow; appends each admission's first chunk; returns the tokens left."""
+    max_seqs = scheduler.config.max_num_seqs
+    waiting = scheduler.waiting
+    while tokens_left > 0:
+        unit = waiting.peek()
+        if unit is None or (max_seqs is not None and len(scheduler.running) >= max_seqs):
+            break
+        state = unit.prefix if isinstance(unit, GroupState) else unit
+        count = try_admit(scheduler, state, now, tokens_left)
+        if not count:
+            break
+        waiting.pop()
+        if isinstance(unit, GroupState):
+            unit.started = True
+            scheduler._active_groups[unit.group_id] = unit
+        chunks.append(scheduler._chunk(state, count))
+        tokens_left -= count
+    return tokens_left
+
+
+def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
+    """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
+    new blocks), or None when it does not fit. Changes nothing. ``hits`` is None where they
+    are cache hits, counted but not listed (a blocked head is asked every step, and its
+    hundreds of hits are listed only when ``try_admit`` admits it)."""
+    kv = scheduler.kv
+    size = scheduler.block_size
+    num_tokens = state.num_tokens
+    group = state.group
+    if group is not None and group.prefix_done and state.request is not None:
+        hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
+        num_hits = len(hits)
+        free_hits = kv.num_free_among(hits)
+    elif kv.caching != "off":
+        keys = scheduler._keys(state)
+        hits = None
+        num_hits, free_hits = kv.match_count(keys, min(len(keys), (num_tokens - 1) // size))
+    else:
+        hits, num_hits, free_hits = [], 0, 0
+    computed = num_hits * size
+    count = num_tokens - computed
+    if not scheduler.config.enable_chunked_prefill and count > tokens_left:
+        return None
+    count = min(count, tokens_left)
+    need = kv.blocks_for(computed + count) - num_hits
+    free_after = kv.num_free_blocks - free_hits
+    if need > free_after:
+        return None
+    threshold = scheduler._kv_threshold_blocks
+    if threshold is not None and scheduler.running and kv.num_blocks - free_after + need > threshold:
+        return None
+    return hits, computed, count, need
+
+
+def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_left: int) -> int:
+    """Admits ``state`` with what is already there; returns its first chunk size, or 0."""
+    needs = admission(scheduler, state, tokens_left)
+    if needs is None:
+        return 0
+    hits, computed, count, need = needs
+    if hits is None:  # the cache hits counted, listed now (nothing changed since)
+        hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size)
+    scheduler.kv.touch(hits)
+    state.block_table = hits + scheduler.kv.allocate(need)
+    state.num_computed_tokens = computed
+    state.num_registered_blocks = len(hits)
+    scheduler._register(state, computed + count)
+    if state.first_scheduled_s is None:
+        state.first_scheduled_s = now
+        state.num_cached_tokens = computed
+    scheduler._admit_counter += 1
+    state.admit_seq = scheduler._admit_counter
+    scheduler.running[state.req_id] = state
+    scheduler._others[state.req_id] = state
+    return count
