@@ -15,8 +15,6 @@ from scheduler.model_spec import ModelSpec
 from .profile import LAYER_KERNELS, SCHEDULE_OVERHEAD, Profile
 
 KERNELS = LAYER_KERNELS + ("lm_head_sampling", "step_overhead")
-assert KERNELS == ("linear_qkv", "linear_o", "mlp", "elementwise", "attn_prefill", "attn_decode",
-                   "attn_shared_prefix", "lm_head_sampling", "step_overhead")  # CostModel.step's order
 DENSE = ("linear_qkv", "linear_o", "mlp", "elementwise")  # looked up by tokens in the step
 _FEW_STEPS = 32  # decode stretches up to this long are costed step by step (no numpy per kernel)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from operator import attrgetter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,6 @@ MAX_STRETCH = 4096  # steps one decode stretch may cover
 # or more: a shorter one costs more in set-up (numpy over a few steps) than the steps it
 # replaces (the Azure replay's arrivals come every three steps: 5 % fewer instructions)
 MIN_LOOKAHEAD = 10
-_TOKENS = lambda request: request.prompt_len + request.output_len  # what decides a request's KV need
 
 
 @dataclass
@@ -64,7 +63,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
     if requests:  # fail before simulating anything if one cannot ever fit: if the longest does
         try:
-            scheduler.check_fits(max(requests, key=_TOKENS))
+            scheduler.check_fits(max(requests, key=lambda r: r.prompt_len + r.output_len))
         except WorkloadError:
             for request in requests:  # the first that cannot is named
                 scheduler.check_fits(request)

@@ -22,7 +22,7 @@ class StepLog:
         self._names = STEP_COLUMNS + tuple(f"kernel_{k}_s" for k in self.kernels)
         # two typed buffers, row after row: the counts (int64) and the times (float64) of each
         # step, 8 bytes a value instead of a Python object each (a million-request run logs
-        # millions of steps); a step is a few C-level extends, columns are strided views
+        # millions of steps); a step is a few C-level extends, a column a strided copy out of one
         self._counts = array("q")  # step, then STEP_COLUMNS[3:]
         self._times = array("d")   # start_s, duration_s, then the kernels
         self._count_names = ("step",) + STEP_COLUMNS[3:]
