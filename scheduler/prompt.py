@@ -26,7 +26,13 @@ def validate_prompt(prompt: object, where: str) -> int:
 
     The common case (a tuple of pairs of plain ints) is checked in C-level passes over the
     segments; anything else goes through the loop below, which names what is wrong."""
-    if type(prompt) is tuple and prompt and set(map(type, prompt)) == {tuple} and set(map(len, prompt)) == {2}:
+    if type(prompt) is tuple and len(prompt) == 1:  # one segment of its own (trace loaders' prompts)
+        segment = prompt[0]
+        if type(segment) is tuple and len(segment) == 2:
+            segment_id, length = segment
+            if type(segment_id) is int and type(length) is int and 0 < length <= MAX_SEGMENT_LEN:
+                return length
+    elif type(prompt) is tuple and prompt and set(map(type, prompt)) == {tuple} and set(map(len, prompt)) == {2}:
         ids, lengths = zip(*prompt)
         if (set(map(type, ids)) == {int} and set(map(type, lengths)) == {int}
                 and min(lengths) > 0 and max(lengths) <= MAX_SEGMENT_LEN):
