@@ -80,7 +80,7 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     first = np.array([f for f, _ in buckets], dtype=np.int64)
     counts = np.array([len(m) for _, m in buckets], dtype=np.int64)
     steps = np.arange(1, limit + 1, dtype=np.int64)
-    allocated = (np.clip((steps[:, None] - first[None, :]) // size + 1, 0, None) * counts[None, :]).sum(axis=1)
+    allocated = (np.maximum((steps[:, None] - first[None, :]) // size + 1, 0) * counts[None, :]).sum(axis=1)
     fits = int(np.searchsorted(allocated, scheduler.kv.num_free_blocks, side="right"))
     if fits < 2:
         return None

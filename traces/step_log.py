@@ -129,15 +129,17 @@ class StepLog:
         del self._counts[:], self._times[:]
 
 
-def _per_step(values, count: int) -> np.ndarray:
-    """``values`` (an array of at least ``count``, or one value for every step) as ``count`` values."""
+def _per_step(values, count: int):
+    """``values`` (an array of at least ``count``) cut to ``count``, or one value for every step
+    as it is (assigned into a column, it fills it)."""
     if isinstance(values, np.ndarray) and values.ndim:
         return values[:count]
-    return np.full(count, values)
+    return values
 
 
-def _counts(name: str, values, count: int) -> np.ndarray:
+def _counts(name: str, values, count: int):
     values = _per_step(values, count)
-    if values.dtype.kind not in "iub":
-        raise TypeError(f"step column {name!r} counts; got {values.dtype} values")
+    dtype = values.dtype if isinstance(values, (np.ndarray, np.generic)) else np.asarray(values).dtype
+    if dtype.kind not in "iub":
+        raise TypeError(f"step column {name!r} counts; got {dtype} values")
     return values
