@@ -46,18 +46,20 @@ def schedule_decodes_one_by_one(scheduler: "Scheduler", chunks: list, scheduled:
     return partial
 
 
-def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[int], preempted: list[int]) -> bool:
+def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[int] | frozenset[int],
+         preempted: list[int], members_unscheduled: bool = False) -> bool:
     """Blocks for ``end`` tokens. While short, preempt (recompute) the newest running request
-    not yet scheduled this step; failing that an idle group's prefix; failing that ``state``."""
+    not yet scheduled this step; failing that an idle group's prefix; failing that ``state``.
+    The cohort's members count as scheduled (they all decode in the step), unless
+    ``members_unscheduled``: while the cohort's own decodes take their blocks in turn."""
     need = scheduler.kv.blocks_for(end) - len(state.block_table)
     while need > 0:
         blocks = scheduler.kv.allocate(need)
         if blocks is not None:
             state.block_table.extend(blocks)
             break
-        # cohort members are all scheduled (the cohort exists only in steps where they all fit)
         victim = next(s for s in reversed(scheduler.running.values())
-                      if s.req_id not in scheduled and s.cohort_offset is None)
+                      if s.req_id not in scheduled and (members_unscheduled or s.cohort_offset is None))
         if victim is state and preempt_idle_group(scheduler):
             continue
         preempt(scheduler, victim)
@@ -70,27 +72,15 @@ def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[i
 
 def decode_blocks_preempting(scheduler: "Scheduler", due: list[RequestState], preempted: list[int]) -> None:
     """A steady step whose cohort members due a block (``due``, in admission order) outnumber
-    the free blocks: each takes its block as one-by-one scheduling would have it take it, in
-    turn, and one short of a block preempts the newest running request (newer than it, so not
-    scheduled yet in this step); a member that is itself the newest preempts an idle group's
-    prefix, failing that itself. The others stay in the cohort; the caller re-buckets them."""
-    kv = scheduler.kv
+    the free blocks: each takes its block in turn, as one-by-one scheduling has it, growing
+    like any request; the newest running request is newer than the member, so not scheduled
+    yet in this step. The others stay in the cohort; the caller re-buckets them."""
+    size = scheduler.block_size
     running = scheduler.running
     for state in due:
-        if state.req_id not in running:
-            continue  # preempted by a member before it
-        while True:
-            block = kv.allocate(1)
-            if block is not None:
-                state.block_table.extend(block)
-                break
-            victim = next(reversed(running.values()))
-            if victim is state and preempt_idle_group(scheduler):
-                continue
-            preempt(scheduler, victim)
-            preempted.append(victim.req_id)
-            if victim is state:
-                break
+        if state.req_id in running:  # else preempted by a member before it
+            grow(scheduler, state, len(state.block_table) * size + 1, frozenset(), preempted,
+                 members_unscheduled=True)
 
 
 def preempt(scheduler: "Scheduler", state: RequestState) -> None:

@@ -118,6 +118,8 @@ class Scheduler:
         if steady:
             due = cohort.due.get(step)
             if due and len(due) > self.kv.num_free_blocks:  # someone gets preempted
+                # blocks taken in turn while the members still sit in this step's bucket (a victim
+                # leaves the cohort from there), then the survivors re-bucketed
                 decode_blocks_preempting(self, sorted(due, key=ADMISSION), preempted)
                 cohort.take_due(step)
             else:

@@ -94,13 +94,18 @@ def load_mooncake(path: str | Path, block_size: int = MOONCAKE_BLOCK) -> Workloa
     return _build(rows, path, f"mooncake:{path.stem}", notes)
 
 
-def _csv_reader(handle, path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> csv.DictReader:
-    """A reader whose header has every ``required`` column (or a TraceError naming the missing)."""
-    reader = csv.DictReader(handle)
-    missing = set(required) - set(reader.fieldnames or ())
+def _require_columns(header, path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """A TraceError naming the missing columns unless ``header`` has every ``required`` one."""
+    missing = set(required) - set(header or ())
     if missing:
         wanted = ", ".join(required) + (f" and optionally {', '.join(optional)}" if optional else "")
         raise TraceError(path, 1, f"missing column(s) {sorted(missing)}; expected {wanted}")
+
+
+def _csv_reader(handle, path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> csv.DictReader:
+    """A reader whose header has every ``required`` column (or a TraceError naming the missing)."""
+    reader = csv.DictReader(handle)
+    _require_columns(reader.fieldnames, path, required, optional)
     return reader
 
 
@@ -115,7 +120,8 @@ def _azure_seconds(stamp: str, minutes: dict[str, int]) -> float:
     if len(head) == 19 and head[16] == ":" and seconds.isascii() and seconds.isdigit() and seconds < "60":
         minute = minutes.get(head[:16])
         if minute is None:
-            minute = minutes[head[:16]] = int(datetime.fromisoformat(head[:16]).replace(tzinfo=timezone.utc).timestamp())
+            minute = int(datetime.fromisoformat(head[:16]).replace(tzinfo=timezone.utc).timestamp())
+            minutes[head[:16]] = minute
         moment = float(minute + int(seconds))
     else:
         moment = datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp()
@@ -129,9 +135,7 @@ def load_azure(path: str | Path) -> Workload:
     with _open_lines(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
-        missing = set(columns) - set(header)
-        if missing:
-            raise TraceError(path, 1, f"missing column(s) {sorted(missing)}; expected {', '.join(columns)}")
+        _require_columns(header, path, columns)
         when, contexts, outputs = (header.index(name) for name in columns)
         width = max(when, contexts, outputs) + 1
         for row in reader:
