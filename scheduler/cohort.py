@@ -39,8 +39,14 @@ class DecodeCohort:
         # shared-prefix groups come from here in O(groups), not O(members)
         self.by_group: dict[int, list[RequestState]] = {}
         self._group_ids: dict[int, tuple[int, ...]] = {}  # by_group's req ids, as last asked for
-        self._group_order: list[int] | None = []  # by_group's ids by first member; None: stale
-        self.shared_groups: dict[int, SharedPrefixGroup] = {}  # per group, its last one (group_state.py)
+        # by_group's groups sorted by (first member's admission, group id), kept sorted as members
+        # come and go, and beside each the shared-prefix group of its members as last built (None:
+        # fewer than two); group_state.shared_prefix_groups rebuilds the stale ones. A step then
+        # costs O(groups that changed) in Python, the rest is copies of these lists.
+        self.group_keys: list[tuple[int, int]] = []
+        self.group_values: list[SharedPrefixGroup | None] = []
+        self.stale_groups: set[int] = set()
+        self.shared_groups: tuple[SharedPrefixGroup, ...] | None = ()  # group_values' groups; None: stale
         self._frozen: tuple | None = None  # (ids, offsets, prompt_lens) as tuples; None: stale
 
     def __len__(self) -> int:
@@ -80,17 +86,20 @@ class DecodeCohort:
         self.due.setdefault(self.due_step(state), []).append(state)
         self.ends.setdefault(self.end_step(state), []).append(state)
         if state.group is not None and state.request is not None:
-            members = self.by_group.setdefault(state.group.group_id, [])
-            if not members or seq > members[-1].admit_seq:
-                if not members:
-                    self._group_order = None
+            group_id = state.group.group_id
+            members = self.by_group.get(group_id)
+            if members is None:
+                self.by_group[group_id] = [state]
+                self._place(group_id, seq)
+            elif seq > members[-1].admit_seq:
                 members.append(state)
             else:
                 index = bisect_left([m.admit_seq for m in members], seq)
-                if index == 0:
-                    self._group_order = None
+                if index == 0:  # a new first member: the group moves
+                    self._unplace(group_id, members[0].admit_seq)
+                    self._place(group_id, seq)
                 members.insert(index, state)
-            self._group_ids.pop(state.group.group_id, None)
+            self._group_changed(group_id)
 
     @staticmethod
     def sync(state: RequestState, step: int) -> None:
@@ -120,13 +129,38 @@ class DecodeCohort:
         if state.group is not None and state.request is not None:
             group_id = state.group.group_id
             members = self.by_group[group_id]
-            if members[0] is state:
-                self._group_order = None
+            first = members[0] is state
             members.remove(state)
-            if not members:
+            if first:
+                self._unplace(group_id, state.admit_seq)
+                if members:
+                    self._place(group_id, members[0].admit_seq)
+            if members:
+                self._group_changed(group_id)
+            else:
                 del self.by_group[group_id]
-                self.shared_groups.pop(group_id, None)
-            self._group_ids.pop(group_id, None)
+                self._group_ids.pop(group_id, None)
+                self.stale_groups.discard(group_id)
+                self.shared_groups = None
+
+    def _place(self, group_id: int, first_seq: int) -> None:
+        key = (first_seq, group_id)
+        index = bisect_left(self.group_keys, key)
+        self.group_keys.insert(index, key)
+        self.group_values.insert(index, None)
+
+    def _unplace(self, group_id: int, first_seq: int) -> None:
+        index = bisect_left(self.group_keys, (first_seq, group_id))
+        del self.group_keys[index], self.group_values[index]
+
+    def _group_changed(self, group_id: int) -> None:
+        self._group_ids.pop(group_id, None)
+        self.stale_groups.add(group_id)
+        self.shared_groups = None
+
+    def group_index(self, group_id: int) -> int:
+        """Where ``group_id`` (a group in ``by_group``) sits in ``group_keys``."""
+        return bisect_left(self.group_keys, (self.by_group[group_id][0].admit_seq, group_id))
 
     def sync_all(self, step: int) -> None:
         for state in self.states:
@@ -140,16 +174,12 @@ class DecodeCohort:
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
         self.offset_sum = 0
         self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
-        self._group_order, self.shared_groups, self._frozen = [], {}, None
+        self.group_keys, self.group_values, self.stale_groups, self.shared_groups = [], [], set(), ()
+        self._frozen = None
 
     def group_order(self) -> list[int]:
-        """``by_group``'s group ids by their first member's admission, re-sorted only after a
-        group came, went or got a new first member."""
-        order = self._group_order
-        if order is None:
-            order = self._group_order = [group_id for _, group_id in sorted(
-                (members[0].admit_seq, group_id) for group_id, members in self.by_group.items())]
-        return order
+        """``by_group``'s group ids by their first member's admission."""
+        return [group_id for _, group_id in self.group_keys]
 
     def group_req_ids(self, group_id: int) -> tuple[int, ...]:
         """The request ids of ``by_group[group_id]``, rebuilt only after the group changed."""

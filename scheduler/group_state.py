@@ -72,9 +72,9 @@ def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",
     the decode cohort's members (``DecodeCohort.by_group``, each group in admission order) and
     ``others``, saying whether each decodes. A group's members come cohort first, then others,
     and groups in the order their first member comes (as a pass over the cohort's members and
-    then the others would find them), each with the number that decode. O(groups) for the
-    cohort, with small constants: the groups' order and id tuples are kept between steps, and
-    so is the group object of a group whose members are all in the cohort and unchanged."""
+    then the others would find them), each with the number that decode. The cohort keeps its
+    groups sorted with each one's group object between steps; here only the groups whose
+    members changed are rebuilt, and those that others join."""
     joining: dict[int, list] = {}  # group id -> [others' ids, how many of them decode]
     for state, decodes in others:
         group = state.group
@@ -86,25 +86,32 @@ def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",
             entry[1] += decodes
     active = scheduler._active_groups
     emit = scheduler.emit_block_ids  # block ids, like the chunks', only for an executor that reads them
-    by_group = cohort.by_group
-    kept = cohort.shared_groups
-    result = []
-    for group_id in cohort.group_order():
-        if not by_group[group_id][0].group.prefix_done:
-            continue
-        ids = cohort.group_req_ids(group_id)  # cohort members all decode
-        entry = joining.pop(group_id, None) if joining else None
-        if entry is not None:
-            result.append(_group(active[group_id], ids + tuple(entry[0]), len(ids) + entry[1], emit))
-        elif len(ids) >= 2:
-            group = kept.get(group_id)
-            if group is None or group.req_ids is not ids:  # a new tuple: the members changed
-                group = kept[group_id] = _group(active[group_id], ids, len(ids), emit)
-            result.append(group)
+    values = cohort.group_values
+    stale = cohort.stale_groups
+    if stale:
+        by_group = cohort.by_group
+        for group_id in stale:  # cohort members all decode
+            ids = cohort.group_req_ids(group_id)
+            values[cohort.group_index(group_id)] = (
+                _group(active[group_id], ids, len(ids), emit)
+                if len(ids) >= 2 and by_group[group_id][0].group.prefix_done else None)
+        stale.clear()
+    if not joining:
+        result = cohort.shared_groups
+        if result is None:
+            result = cohort.shared_groups = tuple(filter(None, values))
+        return result
+    merged = list(values)
+    rest = []
     for group_id, (other_ids, num_decoding) in joining.items():
-        if len(other_ids) >= 2:
-            result.append(_group(active[group_id], tuple(other_ids), num_decoding, emit))
-    return tuple(result)
+        members = cohort.by_group.get(group_id)
+        if members is not None and members[0].group.prefix_done:
+            ids = cohort.group_req_ids(group_id)
+            merged[cohort.group_index(group_id)] = _group(active[group_id], ids + tuple(other_ids),
+                                                          len(ids) + num_decoding, emit)
+        elif len(other_ids) >= 2:
+            rest.append(_group(active[group_id], tuple(other_ids), num_decoding, emit))
+    return tuple(filter(None, merged)) + tuple(rest)
 
 
 def _group(group: GroupState, req_ids: tuple[int, ...], num_decoding: int, emit: bool) -> SharedPrefixGroup:

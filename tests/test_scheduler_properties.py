@@ -155,17 +155,22 @@ def test_many_shared_prefix_groups_at_once_equal_one_by_one_scheduling():
 def test_cohort_group_order_is_by_each_groups_first_member():
     """``DecodeCohort.group_order`` is kept between steps; after members join and leave in any
     order (ahead of a group's first member too, which the scheduler itself rarely does) it is
-    the order of the groups' first members' admissions."""
+    the order of the groups' first members' admissions, and the shared-prefix groups the cohort
+    keeps (rebuilt only for groups that changed) are those of its members as they are now."""
     import random
 
     from scheduler.cohort import DecodeCohort
-    from scheduler.group_state import GroupState
+    from types import SimpleNamespace
+
+    from scheduler.group_state import GroupState, shared_prefix_groups
     from scheduler.request import RequestState
 
     rng = random.Random(7)
     states = [RequestState.of(Request(i, 0.0, ((7, 4), (100 + i, 2)), 50)) for i in range(24)]
-    for group_id in range(4):
-        GroupState(group_id, 4, states[group_id::4])
+    groups = {group_id: GroupState(group_id, 4, states[group_id::4]) for group_id in range(4)}
+    for group in groups.values():
+        group.prefix_done = True
+    scheduler = SimpleNamespace(_active_groups=groups, emit_block_ids=False)
     for seq, state in enumerate(rng.sample(states, len(states))):
         state.admit_seq = seq
         state.num_computed_tokens = state.num_tokens = state.prompt_len
@@ -186,6 +191,12 @@ def test_cohort_group_order_is_by_each_groups_first_member():
         assert cohort.group_order() == expected
         assert all(list(cohort.group_req_ids(g)) == [m.req_id for m in sorted(members, key=lambda m: m.admit_seq)]
                    for g, members in cohort.by_group.items())
+        if rng.random() < 0.5:  # the kept group objects, brought up to date now and then
+            wanted = [(4, tuple(m.req_id for m in sorted(cohort.by_group[g], key=lambda m: m.admit_seq)))
+                      for g in expected]
+            got = shared_prefix_groups(scheduler, cohort)
+            assert [(g.prefix_len, g.req_ids) for g in got] == [w for w in wanted if len(w[1]) >= 2]
+            assert all(g.num_decoding == len(g.req_ids) for g in got)
 
 
 def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeypatch):
