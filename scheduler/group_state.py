@@ -1,6 +1,7 @@
 """A prefix group while it is scheduled: its prefix (a prefill-only request) and its members."""
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .contract import SharedPrefixGroup, new_shared_prefix_group
@@ -21,14 +22,15 @@ class GroupState:
         self.members = members
         representative = members[0]
         self.prefix = RequestState(-(group_id + 1), None, representative.prompt, prefix_len,
-                                   0, min(m.arrival_s for m in members), group=self)
+                                   0, min(map(_ARRIVAL, members)), group=self)
         self.num_unfinished = len(members)
         self.holder_blocks: list[int] = []
         self.started = False
         self.prefix_done = False
         self.arrival_s = self.prefix.arrival_s
-        self.prefill_tokens = prefix_len + sum(m.prompt_len - prefix_len for m in members)
-        self.output_tokens = sum(m.output_len for m in members)
+        # the prefix once, then each member's own part
+        self.prefill_tokens = prefix_len + sum(map(_PROMPT_LEN, members)) - prefix_len * len(members)
+        self.output_tokens = sum(map(_OUTPUT_LEN, members))
         for member in members:
             member.group = self
 
@@ -46,24 +48,33 @@ def regroup_waiting(scheduler: "Scheduler") -> None:
     if waiting.peek() is not None and len(scheduler._ungrouped) * 10 < waiting.ordered_requests:
         return
     pending: list[RequestState] = []
+    states = scheduler.states
     for unit in waiting.take_ordered():
-        if isinstance(unit, GroupState):
+        if isinstance(unit, GroupState):  # dissolved: it never started, so its prefix is nowhere
             pending.extend(unit.members)
-            for member in unit.members:
-                member.group = None
+            del states[unit.prefix.req_id]
+            unit.prefix.group = None  # no cycle left for the collector (the event loop pauses it)
         else:
             pending.append(unit)
     pending.extend(scheduler._ungrouped)
     scheduler._ungrouped = []
-    pending.sort(key=lambda s: (s.arrival_s, s.req_id))
+    pending.sort(key=_ARRIVAL_THEN_ID)
     grouping = group_requests([s.request for s in pending], scheduler.block_size)
-    for group in grouping.groups:
-        state = GroupState(scheduler._num_groups, group.prefix_len, [scheduler.states[i] for i in group.member_ids])
+    for group in grouping.groups:  # each member's group is set anew here...
+        state = GroupState(scheduler._num_groups, group.prefix_len, [states[i] for i in group.member_ids])
         scheduler._num_groups += 1
-        scheduler.states[state.prefix.req_id] = state.prefix
+        states[state.prefix.req_id] = state.prefix
         waiting.push(state)
-    for req_id in grouping.plain_ids:
-        waiting.push(scheduler.states[req_id])
+    for req_id in grouping.plain_ids:  # ...and here
+        state = states[req_id]
+        state.group = None
+        waiting.push(state)
+
+
+_ARRIVAL = attrgetter("arrival_s")
+_ARRIVAL_THEN_ID = attrgetter("arrival_s", "req_id")
+_PROMPT_LEN = attrgetter("prompt_len")
+_OUTPUT_LEN = attrgetter("output_len")
 
 
 def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",

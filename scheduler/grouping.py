@@ -10,10 +10,12 @@ which is what makes a prompt that is a strict prefix of another work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Sequence
 
+from ._compiled import compiled
 from .gc_pause import cyclic_gc_paused
-from .prefix_tree import build_tree, first_level_groups, maximize_reuse
+from .prefix_tree import prefix_groups
 from .request import Request
 
 
@@ -50,24 +52,28 @@ def group_requests(requests: Sequence[Request], block_size: int = 16) -> Groupin
 
 
 def _group(requests: Sequence[Request], block_size: int) -> Grouping:
-    root = build_tree([request.prompt for request in requests], [request.prompt_len for request in requests])
-    maximize_reuse(root)
-    groups: list[PrefixGroup] = []
-    plain: list[int] = []
+    first_level = _prefix_groups([request.prompt for request in requests], [request.prompt_len for request in requests])
+    groups: list[tuple[int, PrefixGroup]] = []  # (workload position of the first member, group)
+    plain: list[int] = []  # workload positions
     logical = 0
     computed = 0
-    for prefix_len, members in first_level_groups(root):
+    for prefix_len, members in first_level:  # members: positions, ascending
         lengths = [requests[i].prompt_len for i in members]
-        logical += sum(lengths)
+        total = sum(lengths)
+        logical += total
         usable = min(prefix_len, min(lengths) - 1)
         cut = (usable // block_size) * block_size
         if len(members) < 2 or cut < block_size:
-            plain.extend(requests[i].req_id for i in members)
-            computed += sum(lengths)
+            plain.extend(members)
+            computed += total
             continue
-        groups.append(PrefixGroup(cut, tuple(requests[i].req_id for i in members)))
-        computed += cut + sum(lengths) - cut * len(members)
-    position = {request.req_id: index for index, request in enumerate(requests)}
-    groups.sort(key=lambda group: position[group.member_ids[0]])
-    plain.sort(key=position.__getitem__)
-    return Grouping(tuple(groups), tuple(plain), logical, computed)
+        groups.append((members[0], PrefixGroup(cut, tuple([requests[i].req_id for i in members]))))
+        computed += cut + total - cut * len(members)
+    groups.sort(key=_FIRST)
+    plain.sort()
+    return Grouping(tuple([group for _, group in groups]), tuple([requests[i].req_id for i in plain]),
+                    logical, computed)
+
+
+_FIRST = itemgetter(0)
+_prefix_groups = compiled("prefix_groups", "scheduler._tree") or prefix_groups

@@ -143,3 +143,11 @@ def first_level_groups(root: Node) -> list[tuple[int, list[int]]]:
         members.sort()
         groups.append((top.length, members))
     return groups
+
+
+def prefix_groups(prompts: Sequence[Prompt], lengths: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """``(prefix length, prompt indices)`` per first-level group after MaximizeReuse: the tree
+    built, reshaped and read. ``_tree.pyx`` compiles the same steps (``grouping.py`` picks it)."""
+    root = build_tree(prompts, lengths)
+    maximize_reuse(root)
+    return first_level_groups(root)
