@@ -30,6 +30,7 @@ def _memo(lookup, limit: int = 1 << 16):
             if len(cache) < limit:
                 cache[key] = value
         return value
+    remembered.get = get  # the cache's own get, for loops that try it before calling
     return remembered
 
 
@@ -157,9 +158,7 @@ class CostModel:
                 num_prefills += 1
         batch += len(listed_decodes)
         if self.prefix_aware and plan.shared_prefix_groups:
-            shared, shared_tokens = self.shared_decode_groups(plan, decodes.req_ids, listed_decodes)
-            shared_prefix = self._shared_prefix
-            attn_shared = sum((shared_prefix(group) for group in shared), 0.0)
+            attn_shared, shared_tokens = self._shared_attention(plan, decodes.req_ids, listed_decodes)
         else:
             shared_tokens, attn_shared = 0, 0.0
         qkv, o, mlp, elementwise = self._dense(tokens)
@@ -173,6 +172,25 @@ class CostModel:
         parts = (qkv * layers, o * layers, mlp * layers, elementwise * layers, attn_prefill * layers,
                  attn_decode * layers, attn_shared * layers, sampling, overhead)  # as _whole_step scales
         return total, parts, (tokens, tokens - batch, sampled)
+
+    def _shared_attention(self, plan: BatchPlan, steady_decodes, listed_decodes) -> tuple[float, int]:
+        """(one layer's shared-prefix attention, the prefix tokens it covers): the lookups of
+        ``shared_decode_groups``' groups summed in their order from 0.0, in one pass."""
+        remembered = self._shared_prefix
+        get = remembered.get
+        total = 0.0
+        covered = 0
+        for group in plan.shared_prefix_groups:
+            members = group.num_decoding
+            if members >= 2:
+                key = (members, group.prefix_len)
+                value = get(key)
+                total += remembered(key) if value is None else value
+                covered += members * group.prefix_len
+            elif members < 0:  # someone left the count to us: the general way
+                shared, covered = self.shared_decode_groups(plan, steady_decodes, listed_decodes)
+                return sum((remembered(group) for group in shared), 0.0), covered
+        return total, covered
 
     @staticmethod
     def shared_decode_groups(plan: BatchPlan, steady_decodes, listed_decodes) -> tuple[tuple[tuple[int, int], ...], int]:
