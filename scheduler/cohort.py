@@ -21,6 +21,7 @@ from .request import RequestState
 
 
 ADMISSION = attrgetter("admit_seq")  # sort key: the order in which requests were admitted
+_REQ_ID = attrgetter("req_id")
 
 
 class DecodeCohort:
@@ -185,7 +186,7 @@ class DecodeCohort:
         """The request ids of ``by_group[group_id]``, rebuilt only after the group changed."""
         ids = self._group_ids.get(group_id)
         if ids is None:
-            ids = self._group_ids[group_id] = tuple(m.req_id for m in self.by_group[group_id])
+            ids = self._group_ids[group_id] = tuple(map(_REQ_ID, self.by_group[group_id]))
         return ids
 
     # --- one step -----------------------------------------------------------------------------
