@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from reports.metrics import summarize
+from scheduler.gc_pause import cyclic_gc_paused
 from traces.columns import read_parquet, write_parquet
 
 REQUEST_COLUMNS = ("req_id", "arrival_s", "prompt_len", "output_len", "first_scheduled_s", "first_token_s",
@@ -95,6 +96,13 @@ class RunWriter:
     def add(self, schedule: str, requests, steps, extra: dict) -> dict:
         """One finished schedule's records (tables as mappings of numpy arrays, or pandas
         DataFrames): its part files, its summary, and the combined files rebuilt."""
+        # the simulation's objects, still alive here, are all young to the collector (it was
+        # paused while they were made): its passes over them while pyarrow is imported and the
+        # tables are built took half of this (Azure replay: 0.14-0.23 s -> 0.08-0.10 s)
+        with cyclic_gc_paused():
+            return self._add(schedule, requests, steps, extra)
+
+    def _add(self, schedule: str, requests, steps, extra: dict) -> dict:
         part = self.run_dir / "parts" / schedule
         part.mkdir(parents=True, exist_ok=True)
         requests = _as_columns(requests)

@@ -261,3 +261,34 @@ def test_the_event_loop_makes_no_reference_cycles(schedule):
         assert outcome.steps.num_steps > size
         del outcome
     assert left_behind[0] == left_behind[1] < 50
+
+
+def test_writing_run_records_makes_no_reference_cycles(tmp_path):
+    """``RunWriter.add`` pauses the cyclic collector too (the simulation's objects are still
+    alive then, all of them young to it); what writing a schedule's records leaves unreachable
+    must not grow with the size of its tables."""
+    import gc
+
+    from batchlab.records import RunWriter, request_columns
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    writer = RunWriter(tmp_path, {"workload": "test"})
+    left_behind = []
+    for size in (40, 600):
+        workload = with_arrivals(system_prompt_workload(4, 300, 10, 80, 5, 60, size, seed=2), "poisson",
+                                 rate=20.0, seed=3)
+        outcome = simulate(workload, schedule_config("fcfs"), cost, 220, 16)
+        writer.add(f"fcfs{size}", request_columns(outcome.scheduler, "fcfs"), outcome.steps.columns(), {})
+        gc.collect()
+        gc.disable()
+        try:
+            summary = writer.add(f"again{size}", request_columns(outcome.scheduler, "fcfs"), outcome.steps.columns(), {})
+            assert not gc.isenabled()
+            left_behind.append(gc.collect())
+        finally:
+            gc.enable()
+        assert summary["num_steps"] > size
+    assert left_behind[0] == left_behind[1] < 50
