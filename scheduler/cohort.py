@@ -201,8 +201,9 @@ class DecodeCohort:
         later = self.due.setdefault(step + self.block_size, [])
         later.extend(due)
         tables = self._tables
-        for state in due:
-            tables.pop(state.req_id, None)
+        if tables:  # empty unless block tables are emitted (the engine's plans)
+            for state in due:
+                tables.pop(state.req_id, None)
         return due
 
     def rebucket_due(self) -> None:
