@@ -98,13 +98,14 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
-    def horizon(now: float) -> int:
+    def horizon(now: float, next_arrival: float) -> int:
         """How many steps a decode stretch looks ahead: past the next arrival it ends anyway.
         An estimate from the last decode step's time (stretches get slower, not faster, as
         contexts grow), with slack; one that falls short only splits a stretch in two."""
-        if state["next"] >= total or state["decode_s"] is None:
+        decode_s = state["decode_s"]
+        if decode_s is None or next_arrival == math.inf:
             return MAX_STRETCH
-        steps = (requests[state["next"]].arrival_s - now) / state["decode_s"]
+        steps = (next_arrival - now) / decode_s
         if steps < MIN_LOOKAHEAD:  # a stretch would end within a few steps: not worth looking for
             return 1
         return int(min(MAX_STRETCH, 1.25 * steps + 8))
@@ -124,8 +125,12 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             state["events"] += 1
             if progress is not None:
                 report(now)
-            look = horizon(now) if fast_forward else 1
-            stretch = scheduler.decode_stretch(look) if look > 1 else None
+            # (next_arrival: the first request not yet added, as take_arrivals left it)
+            stretch = None
+            if fast_forward:
+                look = horizon(now, next_arrival)
+                if look > 1:
+                    stretch = scheduler.decode_stretch(look)
             if stretch is not None:
                 now = yield from run_stretch(stretch, now)
                 continue
