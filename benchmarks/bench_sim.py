@@ -8,6 +8,10 @@
 3. Growth with the number of requests (system-prompt workload, Poisson arrivals at a rate the
    GPU sustains): seconds per 1,000 requests should stay flat. ``--million`` adds 1,000,000.
 Traces are read from ../shared/traces; a missing one is reported and skipped.
+
+The development machine's speed drifts by up to a third between spells, so the figures come
+with a yardstick: a fixed pure-Python loop (dicts, lists, attribute access and calls, none of
+batchlab's code), timed before and after. Figures are comparable across runs in proportion to it.
 """
 from __future__ import annotations
 
@@ -27,6 +31,31 @@ TRACES = ROOT.parent / "shared" / "traces"
 # peak over every child so far, not this command's)
 CHILD = ("import resource, sys\nfrom batchlab.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
          "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+
+
+class _Point:
+    __slots__ = ("x", "n")
+
+    def __init__(self, x: int) -> None:
+        self.x, self.n = x, 0
+
+
+def _yardstick_once() -> float:
+    started = time.perf_counter()
+    points = [_Point(i) for i in range(20_000)]
+    index: dict[int, _Point] = {}
+    for rep in range(12):
+        for point in points:
+            point.n += point.x & 7
+            index[point.x ^ rep] = point
+        points.sort(key=lambda p: (p.n * 7919) % 10_007)
+    return time.perf_counter() - started
+
+
+def yardstick() -> str:
+    """The fixed loop's median and fastest of five, in milliseconds (lower: a faster spell)."""
+    times = sorted(_yardstick_once() for _ in range(5))
+    return f"yardstick (fixed pure-Python loop): median {times[2] * 1e3:.0f} ms, fastest {times[0] * 1e3:.0f} ms"
 
 
 def run_command(args: list[str]) -> tuple[float, float, str]:
@@ -73,6 +102,7 @@ def main() -> None:
     parser.add_argument("--million", action="store_true", help="also simulate 1,000,000 requests")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each replay command (the median is printed)")
     args = parser.parse_args()
+    print(yardstick(), "(before)", flush=True)
     replays = (("Azure conv replay", "azure-llm-2023/AzureLLMInferenceTrace_conv.csv", "azure_replay"),
                ("Mooncake conversation replay", "mooncake/conversation_trace.jsonl", "mooncake_replay"))
     for title, trace, experiment in replays:
@@ -84,6 +114,7 @@ def main() -> None:
         spread = f" (of {len(runs)} runs: {runs[0][0]:.2f} to {runs[-1][0]:.2f} s)" if len(runs) > 1 else ""
         print(f"{title}, whole command: median {wall:.2f} s wall{spread}, peak RSS {peak:,.0f} MB  [{line}]")
     scaling([10_000, 30_000, 100_000] + ([1_000_000] if args.million else []))
+    print(yardstick(), "(after)")
 
 
 if __name__ == "__main__":
