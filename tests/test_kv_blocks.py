@@ -238,13 +238,6 @@ def test_caching_off_never_finds_a_block(manager):
     assert kv.lookup(np.arange(3, dtype=np.int64), 3) == [] and kv.num_cached_free_blocks == 0
 
 
-@pytest.mark.skipif(os.environ.get("BATCHLAB_REQUIRE_NATIVE", "") in ("", "0"),
-                    reason="set BATCHLAB_REQUIRE_NATIVE=1 to require the compiled block manager (CI does)")
-def test_the_compiled_manager_was_built():
-    assert NATIVE is not None, ("scheduler/_native.pyx was not compiled: pip install printed why "
-                                "(a C compiler and the Python headers are needed)")
-
-
 @needs_native
 @settings(max_examples=100, deadline=None)
 @given(prompts=st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 40)), min_size=1, max_size=24),

