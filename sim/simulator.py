@@ -4,7 +4,9 @@ model as the executor.
 
 Arrival rule: a request is schedulable in the first step that starts at or after its arrival
 time. The engine loop takes arrivals by time from the sorted workload (so the order of SimPy
-events at equal times cannot change a result); the arrivals process wakes an idle engine.
+events at equal times cannot change a result); the arrivals process wakes an idle engine at
+the next arrival, and sleeps while the engine is busy (an event per request cost 3 % of the
+Azure replay's instructions and changed nothing).
 The loop keeps its own clock, ``now + duration`` step after step, the same additions whether
 steps are simulated one by one or a decode stretch at a time. It hands control to SimPy (a
 timeout to the step's end) only where another process has an event due before the step ends
@@ -69,16 +71,21 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 scheduler.check_fits(request)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
-    state = {"next": 0, "events": 0, "idle": None, "decode_s": None}
+    # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process waits on
+    state = {"next": 0, "events": 0, "idle": None, "decode_s": None, "wait": env.event()}
     total = len(requests)
 
     def arrivals():
-        for request in requests:
-            if request.arrival_s > env.now:
-                yield env.timeout(request.arrival_s - env.now)
-            idle = state["idle"]
-            if idle is not None and not idle.triggered:
-                idle.succeed()
+        """Wakes the engine, each time it goes idle, at the next arrival. Asleep while the
+        engine is busy (it takes arrivals by time itself): an event per request would only
+        make SimPy step through the queue while nothing waits for it."""
+        while True:
+            yield state["wait"]  # the engine went idle
+            state["wait"] = env.event()  # for its next idle spell
+            index = state["next"]
+            if index < total and requests[index].arrival_s > env.now:
+                yield env.timeout(requests[index].arrival_s - env.now)
+            state["idle"].succeed()
 
     def take_arrivals(now: float) -> float:
         """Adds the requests arrived by ``now``; returns the next one's arrival time."""
@@ -158,6 +165,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         if env.now < now:
             yield env.timeout(now - env.now)
         state["idle"] = env.event()
+        state["wait"].succeed()
         yield state["idle"]
 
     def run_stretch(stretch, now: float):

@@ -46,6 +46,19 @@ def test_exact_timeline_with_arrivals_and_idle_gap():
     assert (b.first_scheduled_s, b.first_token_s, b.finish_s) == (5.0, 7.0, 8.25)
 
 
+def test_exact_timeline_with_several_idle_spells():
+    """The arrivals process sleeps while the engine is busy and wakes it at the next arrival
+    each time it goes idle: here twice, once for two requests arriving together."""
+    workload = Workload("t", (Request(0, 0.0, ((1, 2),), 1), Request(1, 5.0, ((2, 2),), 1),
+                              Request(2, 5.0, ((3, 2),), 1), Request(3, 20.0, ((4, 2),), 1)))
+    out = simulate(workload, schedule_config("fcfs"), constant_cost(1.0, 0.25), 32, 2, fast_forward=False)
+    steps = out.steps.all_steps()
+    assert steps["start_s"].tolist() == [0.0, 5.0, 20.0]
+    assert steps["num_tokens"].tolist() == [2, 4, 2]
+    assert [out.scheduler.states[i].finish_s for i in range(4)] == [1.5, 7.0, 7.0, 21.5]
+    assert out.makespan_s == 21.5
+
+
 def test_arrival_during_a_step_waits_for_the_next_step():
     workload = Workload("t", (Request(0, 0.0, ((1, 2),), 3), Request(1, 0.5, ((2, 2),), 1)))
     out = simulate(workload, schedule_config("fcfs"), constant_cost(), 32, 2, fast_forward=False)
