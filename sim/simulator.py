@@ -185,7 +185,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                        "num_preempted": 0}, kernels, count)
         end = float(ends[count - 1])
         state["decode_s"] = float(durations[0])
-        yield env.timeout(end - env.now)
+        if env.peek() < end:  # as after a single step
+            yield env.timeout(end - env.now)
         scheduler.advance_decodes(stretch, count, ends)
         return end
 
