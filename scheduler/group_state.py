@@ -5,7 +5,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .contract import SharedPrefixGroup, new_shared_prefix_group
-from .grouping import group_requests
+from .grouping import plan_groups
 from .request import RequestState
 
 if TYPE_CHECKING:
@@ -59,14 +59,15 @@ def regroup_waiting(scheduler: "Scheduler") -> None:
     pending.extend(scheduler._ungrouped)
     scheduler._ungrouped = []
     pending.sort(key=_ARRIVAL_THEN_ID)
-    grouping = group_requests([s.request for s in pending], scheduler.block_size)
-    for group in grouping.groups:  # each member's group is set anew here...
-        state = GroupState(scheduler._num_groups, group.prefix_len, [states[i] for i in group.member_ids])
+    groups, plain, _, _ = plan_groups([s.prompt for s in pending], [s.prompt_len for s in pending],
+                                      scheduler.block_size)
+    for prefix_len, members in groups:  # each member's group is set anew here...
+        state = GroupState(scheduler._num_groups, prefix_len, [pending[i] for i in members])
         scheduler._num_groups += 1
         states[state.prefix.req_id] = state.prefix
         waiting.push(state)
-    for req_id in grouping.plain_ids:  # ...and here
-        state = states[req_id]
+    for index in plain:  # ...and here
+        state = pending[index]
         state.group = None
         waiting.push(state)
 

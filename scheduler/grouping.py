@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Sequence
 
 from ._compiled import compiled
 from .gc_pause import cyclic_gc_paused
 from .prefix_tree import prefix_groups
+from .prompt import Prompt
 from .request import Request
 
 
@@ -46,37 +46,48 @@ class Grouping:
 
 
 def group_requests(requests: Sequence[Request], block_size: int = 16) -> Grouping:
+    groups, plain, logical, computed = plan_groups([r.prompt for r in requests], [r.prompt_len for r in requests],
+                                                   block_size)
+    return Grouping(tuple([PrefixGroup(cut, tuple([requests[i].req_id for i in members])) for cut, members in groups]),
+                    tuple([requests[i].req_id for i in plain]), logical, computed)
+
+
+def plan_groups(prompts: Sequence[Prompt], lengths: Sequence[int], block_size: int = 16):
+    """``group_requests`` by position: ``([(prefix length, member positions), ...], plain
+    positions, logical prefill tokens, computed prefill tokens)``, groups in the order of their
+    first member, positions ascending (online regrouping maps them to its own request states)."""
     # the tree is acyclic, and the collector scanning its ~10^5 fresh nodes over and over
     # doubled the grouping time of 100,000 requests
     if not gc.isenabled():  # paused already (the simulator's event loop): no context to enter
-        return _group(requests, block_size)
+        return _plan(prompts, lengths, block_size)
     with cyclic_gc_paused():
-        return _group(requests, block_size)
+        return _plan(prompts, lengths, block_size)
 
 
-def _group(requests: Sequence[Request], block_size: int) -> Grouping:
-    first_level = _prefix_groups([request.prompt for request in requests], [request.prompt_len for request in requests])
-    groups: list[tuple[int, PrefixGroup]] = []  # (workload position of the first member, group)
-    plain: list[int] = []  # workload positions
+def _plan(prompts: Sequence[Prompt], lengths: Sequence[int], block_size: int):
+    groups: list[tuple[int, list[int]]] = []
+    plain: list[int] = []
     logical = 0
     computed = 0
-    for prefix_len, members in first_level:  # members: positions, ascending
-        lengths = [requests[i].prompt_len for i in members]
-        total = sum(lengths)
+    for prefix_len, members in _prefix_groups(prompts, lengths):  # members: positions, ascending
+        member_lengths = [lengths[i] for i in members]
+        total = sum(member_lengths)
         logical += total
-        usable = min(prefix_len, min(lengths) - 1)
+        usable = min(prefix_len, min(member_lengths) - 1)
         cut = (usable // block_size) * block_size
         if len(members) < 2 or cut < block_size:
             plain.extend(members)
             computed += total
             continue
-        groups.append((members[0], PrefixGroup(cut, tuple([requests[i].req_id for i in members]))))
+        groups.append((cut, members))
         computed += cut + total - cut * len(members)
-    groups.sort(key=_FIRST)
+    groups.sort(key=_first_member)
     plain.sort()
-    return Grouping(tuple([group for _, group in groups]), tuple([requests[i].req_id for i in plain]),
-                    logical, computed)
+    return groups, plain, logical, computed
 
 
-_FIRST = itemgetter(0)
+def _first_member(group: tuple[int, list[int]]) -> int:
+    return group[1][0]
+
+
 _prefix_groups = compiled("prefix_groups", "scheduler._tree") or prefix_groups
