@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -23,3 +25,16 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def call_with_cyclic_gc_paused(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` with the collector disabled, as ``cyclic_gc_paused`` does; without
+    entering a context where it is disabled already (a call repeated inside the simulator's
+    paused event loop, thousands of times a run)."""
+    if not gc.isenabled():
+        return function(*args)
+    gc.disable()
+    try:
+        return function(*args)
+    finally:
+        gc.enable()

@@ -9,12 +9,11 @@ which is what makes a prompt that is a strict prefix of another work.
 """
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Sequence
 
 from ._compiled import compiled
-from .gc_pause import cyclic_gc_paused
+from .gc_pause import call_with_cyclic_gc_paused
 from .prefix_tree import prefix_groups
 from .prompt import Prompt
 from .request import Request
@@ -46,6 +45,7 @@ class Grouping:
 
 
 def group_requests(requests: Sequence[Request], block_size: int = 16) -> Grouping:
+    """The prefix groups of ``requests`` (and the rest, plain), by request id."""
     groups, plain, logical, computed = plan_groups([r.prompt for r in requests], [r.prompt_len for r in requests],
                                                    block_size)
     return Grouping(tuple([PrefixGroup(cut, tuple([requests[i].req_id for i in members])) for cut, members in groups]),
@@ -58,10 +58,7 @@ def plan_groups(prompts: Sequence[Prompt], lengths: Sequence[int], block_size: i
     first member, positions ascending (online regrouping maps them to its own request states)."""
     # the tree is acyclic, and the collector scanning its ~10^5 fresh nodes over and over
     # doubled the grouping time of 100,000 requests
-    if not gc.isenabled():  # paused already (the simulator's event loop): no context to enter
-        return _plan(prompts, lengths, block_size)
-    with cyclic_gc_paused():
-        return _plan(prompts, lengths, block_size)
+    return call_with_cyclic_gc_paused(_plan, prompts, lengths, block_size)
 
 
 def _plan(prompts: Sequence[Prompt], lengths: Sequence[int], block_size: int):

@@ -132,8 +132,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             state["events"] += 1
             if progress is not None:
                 report(now)
-            # (next_arrival: the first request not yet added, as take_arrivals left it)
-            stretch = None
+            stretch = None  # looked for up to about the next arrival (take_arrivals' answer)
             if fast_forward:
                 look = horizon(now, next_arrival)
                 if look > 1:

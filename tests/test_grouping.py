@@ -1,3 +1,5 @@
+import pytest
+
 from scheduler import Request, group_requests
 from scheduler.prefix_tree import build_tree, first_level_groups, maximize_reuse
 
@@ -79,3 +81,31 @@ def test_grouping_makes_no_reference_cycles():
             gc.enable()
         assert sum(len(g.member_ids) for g in grouping.groups) == len(requests) == 12 * per_leaf
     assert left_behind == [0, 0]
+
+
+def test_grouping_pauses_the_collector_and_restores_it_however_it_ends(monkeypatch):
+    """Called with the collector on, grouping runs with it off and turns it back on, also when
+    it fails; called with it off (inside the simulator's event loop), it leaves it off."""
+    import gc
+
+    import scheduler.grouping as grouping
+
+    seen = []
+    monkeypatch.setattr(grouping, "_prefix_groups", lambda prompts, lengths: seen.append(gc.isenabled()) or [])
+    assert gc.isenabled()
+    group_requests(requests_of("abcd"), 2)
+    assert seen == [False] and gc.isenabled()
+
+    def fail(prompts, lengths):
+        raise RuntimeError("tree")
+    monkeypatch.setattr(grouping, "_prefix_groups", fail)
+    with pytest.raises(RuntimeError):
+        group_requests(requests_of("abcd"), 2)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setattr(grouping, "_prefix_groups", lambda prompts, lengths: [])
+        group_requests(requests_of("abcd"), 2)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
