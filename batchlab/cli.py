@@ -5,6 +5,7 @@
   batchlab profile [hydra overrides]    measure the engine's per-kernel costs on this device
   batchlab validate [hydra overrides]   profile, simulate, run the engine, report the prediction error
   batchlab report RUN_DIR [RUN_DIR ...]  report.md/.html and timeline.json from run records
+  batchlab import PROMPTS OUTPUT        your own prompts (token ids, text, chat) as a workload file
   batchlab group [options]              global prefix grouping of a built-in workload
 """
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _group(argv: list[str]) -> int:
     print(f"prefill token saving: {grouping.saving:.4f}")
     print(f"grouping took {elapsed * 1000:.1f} ms")
     return 0
+
+
+def _import(argv: list[str]) -> int:
+    from .import_prompts import import_main
+
+    return import_main(argv)
 
 
 def _report(argv: list[str]) -> int:
@@ -115,7 +122,8 @@ def _hydra(name: str, module: str, function: str):
 
 COMMANDS = {"group": _group, "simulate": _hydra("simulate", "simulate", "simulate_main"),
             "run": _hydra("run", "run", "run_main"), "profile": _hydra("profile", "validate", "profile_main"),
-            "validate": _hydra("validate", "validate", "validate_main"), "report": _report}
+            "validate": _hydra("validate", "validate", "validate_main"), "report": _report,
+            "import": _import}
 
 
 def main(argv: list[str] | None = None) -> int:

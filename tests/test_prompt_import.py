@@ -1,0 +1,131 @@
+"""``batchlab import``: a user's prompts (token ids, text, chat, OpenAI Batch lines) as a workload."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchlab.cli import main
+from traces.build import load_file
+from traces.errors import TraceError
+from traces.prompt_records import read_prompt_records
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE tokenizer trained here (no downloads), saved as Hugging Face saves one."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog, said the system"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    directory = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(directory)
+    return directory
+
+
+def write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_openai_batch_chat_lines_use_the_chat_template_and_max_tokens(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    system = {"role": "system", "content": "the quick brown fox " * 30}
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "m", "max_tokens": 50 + i,
+                       "messages": [system, {"role": "user", "content": f"dog {i} jumps"}]}} for i in range(3)]
+    records = list(read_prompt_records(write_lines(tmp_path / "batch.jsonl", lines), tokenizer_dir))
+    reference = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    for i, record in enumerate(records):
+        expected = reference.apply_chat_template(lines[i]["body"]["messages"], add_generation_prompt=True,
+                                                 tokenize=True)
+        expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+        assert record.tokens.tolist() == list(expected)
+        assert (record.output_len, record.output_from, record.prompt_from) == (50 + i, "limit (max_tokens)",
+                                                                               "chat messages")
+        assert record.line == i + 1 and record.arrival_s == 0.0
+
+
+def test_token_ids_text_counts_and_generated_outputs(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    lines = [{"input_ids": [5, 6, 7], "output_len": 4, "arrival_s": 1.5},
+             {"prompt": "the lazy dog", "completion": "jumps over the fox", "max_tokens": 999},
+             {"text": "the fox", "output_token_ids": [1, 2, 3, 4, 5]},
+             {"prompt": [9, 8], "max_new_tokens": 7}]
+    records = list(read_prompt_records(write_lines(tmp_path / "mixed.jsonl", lines), tokenizer_dir))
+    assert [r.tokens.tolist() for r in records] == [
+        [5, 6, 7], reference("the lazy dog")["input_ids"], reference("the fox")["input_ids"], [9, 8]]
+    # what was generated wins over a limit
+    assert [r.output_len for r in records] == [4, len(reference("jumps over the fox")["input_ids"]), 5, 7]
+    assert [r.arrival_s for r in records] == [1.5, 0.0, 0.0, 0.0]
+    assert [r.prompt_from for r in records] == ["token ids (input_ids)", "text (prompt)", "text (text)",
+                                                "token ids (prompt)"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"question": "x", "output_len": 3}, "no prompt"),
+    ({"input_ids": [1, 2]}, "no output length"),
+    ({"input_ids": [1, 2], "max_tokens": 0}, "max_tokens is 0"),
+    ({"input_ids": [1, -2], "output_len": 3}, "token ids must lie"),
+    ({"input_ids": [1, 2], "output_len": 3, "arrival_s": -1}, "arrival_s is -1"),
+    ({"prompt": "some text", "output_len": 3}, "pass --tokenizer DIR"),
+])
+def test_bad_lines_name_the_file_line_and_what_was_expected(tmp_path, line, message):
+    path = write_lines(tmp_path / "bad.jsonl", [{"input_ids": [1], "output_len": 1}, line])
+    with pytest.raises(TraceError, match=message) as raised:
+        list(read_prompt_records(path))
+    assert raised.value.line == 2 and str(raised.value).startswith(f"{path}:2: ")
+
+
+def test_default_output_length_and_limit(tmp_path):
+    path = write_lines(tmp_path / "ids.jsonl", [{"token_ids": [i, i + 1]} for i in range(5)])
+    records = list(read_prompt_records(path, output_len=9, limit=3))
+    assert [(r.output_len, r.output_from) for r in records] == [(9, "default (--output-len)")] * 3
+
+
+def test_import_command_writes_a_workload_that_shares_the_common_prefixes(tmp_path, capsys):
+    shared = list(range(100, 164))  # 64 tokens every prompt starts with
+    lines = [{"prompt_token_ids": shared + [i] * 5, "output_len": 3} for i in range(8)]
+    lines.append({"prompt_token_ids": shared[:10], "output_len": 2})  # a strict prefix of the others
+    source = write_lines(tmp_path / "prompts.jsonl", lines)
+    for suffix in (".jsonl", ".parquet"):
+        output = tmp_path / f"workload{suffix}"
+        assert main(["import", str(source), str(output)]) == 0
+        requests = load_file(output).requests
+        assert [r.prompt for r in requests[:2]] == [((0, 10), (1, 54), (2, 5)), ((0, 10), (1, 54), (3, 5))]
+        assert requests[8].prompt == ((0, 10),) and [r.output_len for r in requests] == [3] * 8 + [2]
+    printed = capsys.readouterr().out
+    distinct = 64 + 8 * 5
+    assert f"prefix sharing: {distinct:,} distinct prompt tokens of {8 * 69 + 10:,}" in printed
+    assert "workload.path=" in printed and not list(tmp_path.glob(".*partial"))
+
+
+def test_import_command_errors_and_an_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
+    source = write_lines(tmp_path / "p.jsonl", [{"input_ids": [1, 2, 3]}])
+    assert main(["import", str(source), str(tmp_path / "w.csv")]) == 2
+    assert main(["import", str(source), str(tmp_path / "w.jsonl")]) == 2
+    assert "p.jsonl:1: no output length" in capsys.readouterr().err
+
+    import traces.native
+
+    def interrupted(workload, path):
+        path.write_text("half a line")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(traces.native, "save_jsonl", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["import", str(source), str(tmp_path / "w.jsonl"), "--output-len", "4"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]

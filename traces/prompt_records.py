@@ -1,0 +1,164 @@
+"""A user's own prompts, one JSON object per line, as token ids with output lengths.
+
+Recognised, per line (the first field found wins; an OpenAI Batch API line, whose request sits
+under ``body``, is looked into as well):
+
+- prompt: token ids in ``prompt_token_ids``, ``input_ids``, ``token_ids``, ``prompt_ids`` or
+  ``prompt`` (a list of integers); text in ``prompt`` or ``text``; chat ``messages`` (the
+  tokenizer's chat template, with the generation prompt). Text and chat need a local Hugging
+  Face tokenizer directory (nothing is downloaded).
+- output length: a count in ``output_len``, ``output_tokens`` or ``num_output_tokens``; the
+  generated token ids in ``output_token_ids`` or ``completion_token_ids``; generated text in
+  ``completion``, ``response`` or ``output`` (tokenized); else a limit in ``max_tokens``,
+  ``max_completion_tokens`` or ``max_new_tokens`` (the engine ignores EOS, so a limit is taken
+  as the length); else the caller's default.
+- arrival: ``arrival_s`` (seconds; absent: 0, an offline batch).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import TraceError, json_lines
+from .token_chains import TokenError, as_token_array
+
+TOKEN_FIELDS = ("prompt_token_ids", "input_ids", "token_ids", "prompt_ids", "prompt")
+TEXT_FIELDS = ("prompt", "text")
+COUNT_FIELDS = ("output_len", "output_tokens", "num_output_tokens")
+OUTPUT_TOKEN_FIELDS = ("output_token_ids", "completion_token_ids")
+OUTPUT_TEXT_FIELDS = ("completion", "response", "output")
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    line: int
+    tokens: np.ndarray          # uint32 token ids
+    output_len: int
+    arrival_s: float
+    prompt_from: str            # e.g. "token ids (input_ids)", "chat messages"
+    output_from: str            # e.g. "count (output_len)", "limit (max_tokens)", "default"
+
+
+class Tokenizer:
+    """A local Hugging Face tokenizer, loaded when the first text prompt needs it."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = None if directory is None else Path(directory)
+        self._tokenizer = None
+
+    def _loaded(self, path: Path, line: int, what: str):
+        if self._tokenizer is not None:
+            return self._tokenizer
+        if self.directory is None:
+            raise TraceError(path, line, f"{what}: pass --tokenizer DIR (a local Hugging Face tokenizer "
+                                         "directory) to count its tokens, or give token ids")
+        if not self.directory.is_dir():
+            raise TraceError(self.directory, None, "no such tokenizer directory")
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise TraceError(path, line, f"{what}: tokenizing text needs transformers "
+                                         "(pip install 'transformers>=5,<6')") from None
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise TraceError(self.directory, None, f"not a loadable tokenizer directory ({error})") from None
+        return self._tokenizer
+
+    def text(self, text: str, path: Path, line: int) -> list[int]:
+        return list(self._loaded(path, line, "a text prompt")(text)["input_ids"])
+
+    def chat(self, messages: list, path: Path, line: int) -> list[int]:
+        tokenizer = self._loaded(path, line, "chat messages")
+        if not getattr(tokenizer, "chat_template", None):
+            raise TraceError(self.directory, None, "this tokenizer has no chat template; give the prompts as text "
+                                                   "or token ids")
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as error:  # the template's own errors (jinja, missing keys) name the line
+            raise TraceError(path, line, f"chat template failed on these messages ({error})") from None
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def _is_token_list(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(v) is int for v in value)
+
+
+def _fields(record: dict) -> list[dict]:
+    body = record.get("body")
+    return [record, body] if isinstance(body, dict) else [record]
+
+
+def _first(scopes: list[dict], names: tuple[str, ...], accept) -> tuple[str, object] | None:
+    for scope in scopes:
+        for name in names:
+            if name in scope and accept(scope[name]):
+                return name, scope[name]
+    return None
+
+
+def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple[list[int], str]:
+    found = _first(scopes, TOKEN_FIELDS, _is_token_list)
+    if found:
+        return found[1], f"token ids ({found[0]})"
+    found = _first(scopes, ("messages",), lambda v: isinstance(v, list) and bool(v))
+    if found:
+        return tokenizer.chat(found[1], path, line), "chat messages"
+    found = _first(scopes, TEXT_FIELDS, lambda v: isinstance(v, str) and bool(v))
+    if found:
+        return tokenizer.text(found[1], path, line), f"text ({found[0]})"
+    raise TraceError(path, line, "no prompt: expected token ids (" + ", ".join(TOKEN_FIELDS[:-1]) +
+                     "), text (prompt, text) or chat messages, at the top level or under 'body'")
+
+
+def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, line: int) -> tuple[int, str]:
+    positive = lambda v: type(v) is int and v > 0
+    for names, kind, accept, length in (
+            (COUNT_FIELDS, "count", positive, lambda v: v),
+            (OUTPUT_TOKEN_FIELDS, "generated tokens", _is_token_list, len),
+            (OUTPUT_TEXT_FIELDS, "generated text", lambda v: isinstance(v, str) and bool(v),
+             lambda v: len(tokenizer.text(v, path, line))),
+            (LIMIT_FIELDS, "limit", positive, lambda v: v)):
+        found = _first(scopes, names, accept)
+        if found:
+            return max(1, length(found[1])), f"{kind} ({found[0]})"
+    bad = _first(scopes, COUNT_FIELDS + LIMIT_FIELDS, lambda v: True)
+    if bad:
+        raise TraceError(path, line, f"{bad[0]} is {bad[1]!r}; expected an integer >= 1")
+    if default is None:
+        raise TraceError(path, line, "no output length: expected one of " + ", ".join(
+            COUNT_FIELDS + OUTPUT_TOKEN_FIELDS + OUTPUT_TEXT_FIELDS + LIMIT_FIELDS) + ", or pass --output-len N")
+    return default, "default (--output-len)"
+
+
+def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
+                        limit: int | None = None, progress: Callable[[str], None] | None = None,
+                        progress_every_s: float = 2.0) -> Iterator[PromptRecord]:
+    """The prompts of a JSON-lines file, in file order; errors name the file and line."""
+    path = Path(path)
+    tokenizer = Tokenizer(tokenizer_dir)
+    last_report = time.perf_counter()
+    count = 0
+    for line, record in json_lines(path):
+        if limit is not None and count >= limit:
+            return
+        scopes = _fields(record)
+        tokens, prompt_from = _prompt(scopes, tokenizer, path, line)
+        try:
+            array = as_token_array(tokens, count)
+        except TokenError as error:
+            raise TraceError(path, line, str(error).split(": ", 1)[1]) from None
+        length, output_from = _output_len(scopes, tokenizer, output_len, path, line)
+        arrival = record.get("arrival_s", 0.0)
+        if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not arrival >= 0:
+            raise TraceError(path, line, f"arrival_s is {arrival!r}; expected seconds >= 0")
+        yield PromptRecord(line, array, length, float(arrival), prompt_from, output_from)
+        count += 1
+        if progress is not None and time.perf_counter() - last_report >= progress_every_s:
+            last_report = time.perf_counter()
+            progress(f"read {count:,} prompts ({path.name}, line {line:,})")
