@@ -14,6 +14,13 @@
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
 #   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
 #   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
+# The GPU image (KINDS.md, 2026-11) has Python 3.12, torch 2.11 and Triton 3.6, not this
+# machine's 3.11 / 2.13 / 3.9: the compiled twins (cp311) do not load there and their Python
+# versions serve; `python -m kernels.compile_check 90` under Triton 3.6 builds every kernel for
+# sm_90 (checked 2026-11-25 in a CPU venv with triton==3.6.0). Triton 3.6's *interpreter* fails
+# on the attention kernels (`range()` over loaded bounds: "only 0-dimensional arrays can be
+# converted to Python scalars"), which is why the CPU tests need Triton >= 3.9; on a GPU the
+# kernels are compiled, not interpreted.
 # Commit what comes back: benchmarks/results/*.json, profiles/<model>-cuda-bfloat16-triton/,
 # and the validation figures in the README and the issue notes.
 set -euo pipefail
