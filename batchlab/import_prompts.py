@@ -67,10 +67,8 @@ def _summary(records, workload, distinct: int, block_size: int) -> list[str]:
 
 
 def import_main(argv: list[str]) -> int:
-    from scheduler import Request
-    from traces.prompt_records import read_prompt_records
-    from traces.token_chains import chains_from_tokens, distinct_tokens
-    from traces.workload import Workload
+    from traces.prompt_records import load_prompts
+    from traces.token_chains import distinct_tokens
 
     args = _parser().parse_args(argv)
     output = Path(args.output)
@@ -84,16 +82,11 @@ def import_main(argv: list[str]) -> int:
     started = time.perf_counter()
     progress = lambda message: print(message, file=sys.stderr, flush=True)
     try:
-        records = list(read_prompt_records(args.input, args.tokenizer, args.output_len, args.limit, progress))
+        workload, records = load_prompts(args.input, args.tokenizer, args.output_len, args.limit, progress)
     except WorkloadError as failure:
         return error(str(failure))
-    if not records:
-        return error(f"{args.input}: no prompts")
-    chains = chains_from_tokens([r.tokens for r in records])
-    requests = tuple(Request(index, r.arrival_s, chain, r.output_len)
-                     for index, (r, chain) in enumerate(zip(records, chains)))
-    workload = Workload(f"import:{Path(args.input).stem}", requests, str(args.input))
     _write(workload, output)
+    chains = [r.prompt for r in workload.requests]
     for text in _summary(records, workload, distinct_tokens(chains), args.block_size):
         print(text)
     print(f"wrote {output} in {time.perf_counter() - started:.1f} s; simulate it with\n"

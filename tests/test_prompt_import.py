@@ -81,7 +81,7 @@ def test_token_ids_text_counts_and_generated_outputs(tmp_path, tokenizer_dir):
     ({"input_ids": [1, 2], "max_tokens": 0}, "max_tokens is 0"),
     ({"input_ids": [1, -2], "output_len": 3}, "token ids must lie"),
     ({"input_ids": [1, 2], "output_len": 3, "arrival_s": -1}, "arrival_s is -1"),
-    ({"prompt": "some text", "output_len": 3}, "pass --tokenizer DIR"),
+    ({"prompt": "some text", "output_len": 3}, "tokenizer directory"),
 ])
 def test_bad_lines_name_the_file_line_and_what_was_expected(tmp_path, line, message):
     path = write_lines(tmp_path / "bad.jsonl", [{"input_ids": [1], "output_len": 1}, line])
@@ -93,7 +93,7 @@ def test_bad_lines_name_the_file_line_and_what_was_expected(tmp_path, line, mess
 def test_default_output_length_and_limit(tmp_path):
     path = write_lines(tmp_path / "ids.jsonl", [{"token_ids": [i, i + 1]} for i in range(5)])
     records = list(read_prompt_records(path, output_len=9, limit=3))
-    assert [(r.output_len, r.output_from) for r in records] == [(9, "default (--output-len)")] * 3
+    assert [(r.output_len, r.output_from) for r in records] == [(9, "default")] * 3
 
 
 def test_import_command_writes_a_workload_that_shares_the_common_prefixes(tmp_path, capsys):
@@ -129,3 +129,20 @@ def test_import_command_errors_and_an_interrupted_write_leaves_nothing(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         main(["import", str(source), str(tmp_path / "w.jsonl"), "--output-len", "4"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
+
+
+def test_prompts_workload_kind_reads_the_file_directly(tmp_path, tokenizer_dir):
+    from traces.build import build_workload
+
+    lines = [{"messages": [{"role": "user", "content": "the quick brown fox " * 8 + str(i)}]} for i in range(6)]
+    source = write_lines(tmp_path / "chat.jsonl", lines)
+    spec = {"kind": "prompts", "path": "chat.jsonl", "tokenizer": str(tokenizer_dir), "output_len": 5, "limit": 4,
+            "arrivals": {"process": "poisson", "rate": 2.0, "cv": 1.0, "scale": 1.0, "seed": 0}}
+    workload = build_workload(spec, base_dir=tmp_path)
+    assert len(workload) == 4 and {r.output_len for r in workload.requests} == {5}
+    assert workload.requests[-1].arrival_s > 0  # re-timed by the arrival process
+    first, second = (r.prompt for r in workload.requests[:2])
+    assert first[0] == second[0] and first[1:] != second[1:]  # the chat's common start is one segment
+    with pytest.raises(TraceError, match="workload.tokenizer=DIR"):
+        build_workload({**spec, "tokenizer": None}, base_dir=tmp_path)
+    assert source.exists()

@@ -28,6 +28,14 @@ def load_file(path: str | Path) -> Workload:
     raise ConfigError(f"workload file {path}: expected a .jsonl or .parquet file in batchlab's format")
 
 
+def _path(spec: Mapping, kind: str, base_dir: str | Path | None) -> Path:
+    path = spec.get("path")
+    if not path or path == "???":
+        raise ConfigError(f"workload kind {kind!r} needs a path (workload.path=...)")
+    path = Path(path)
+    return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+
+
 def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workload:
     kind = spec.get("kind")
     if kind in GENERATORS:
@@ -39,17 +47,17 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
             workload = GENERATORS[kind](**params)
         except TypeError as error:
             raise ConfigError(f"workload {kind}: {error}") from None
+    elif kind == "prompts":
+        from .prompt_records import load_prompts
+
+        workload, _ = load_prompts(_path(spec, kind, base_dir), spec.get("tokenizer"), spec.get("output_len"),
+                                   spec.get("limit"))
     elif kind in LOADERS or kind == "file":
-        path = spec.get("path")
-        if not path or path == "???":
-            raise ConfigError(f"workload kind {kind!r} needs a path (workload.path=...)")
-        path = Path(path)
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+        path = _path(spec, kind, base_dir)
         workload = load_file(path) if kind == "file" else LOADERS[kind](path)
     else:
         raise ConfigError(f"unknown workload kind {kind!r}; expected one of "
-                          f"{sorted(GENERATORS) + sorted(LOADERS) + ['file']}")
+                          f"{sorted(GENERATORS) + sorted(LOADERS) + ['file', 'prompts']}")
     limit = spec.get("limit")
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:

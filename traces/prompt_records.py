@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import TraceError, json_lines
-from .token_chains import TokenError, as_token_array
+from .token_chains import TokenError, as_token_array, chains_from_tokens
+from .workload import Workload
 
 TOKEN_FIELDS = ("prompt_token_ids", "input_ids", "token_ids", "prompt_ids", "prompt")
 TEXT_FIELDS = ("prompt", "text")
@@ -55,8 +56,9 @@ class Tokenizer:
         if self._tokenizer is not None:
             return self._tokenizer
         if self.directory is None:
-            raise TraceError(path, line, f"{what}: pass --tokenizer DIR (a local Hugging Face tokenizer "
-                                         "directory) to count its tokens, or give token ids")
+            raise TraceError(path, line, f"{what}: give a local Hugging Face tokenizer directory to count its "
+                                         "tokens (batchlab import --tokenizer DIR; workload.tokenizer=DIR), "
+                                         "or token ids")
         if not self.directory.is_dir():
             raise TraceError(self.directory, None, "no such tokenizer directory")
         try:
@@ -132,8 +134,8 @@ def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, l
         raise TraceError(path, line, f"{bad[0]} is {bad[1]!r}; expected an integer >= 1")
     if default is None:
         raise TraceError(path, line, "no output length: expected one of " + ", ".join(
-            COUNT_FIELDS + OUTPUT_TOKEN_FIELDS + OUTPUT_TEXT_FIELDS + LIMIT_FIELDS) + ", or pass --output-len N")
-    return default, "default (--output-len)"
+            COUNT_FIELDS + OUTPUT_TOKEN_FIELDS + OUTPUT_TEXT_FIELDS + LIMIT_FIELDS) + "; or give a default (batchlab import --output-len N; workload.output_len=N)")
+    return default, "default"
 
 
 def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
@@ -162,3 +164,19 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
         if progress is not None and time.perf_counter() - last_report >= progress_every_s:
             last_report = time.perf_counter()
             progress(f"read {count:,} prompts ({path.name}, line {line:,})")
+
+
+def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
+                 limit: int | None = None, progress: Callable[[str], None] | None = None
+                 ) -> tuple[Workload, list[PromptRecord]]:
+    """The prompts of ``path`` as a workload (request ids in file order, prompts the paths of
+    their radix tree), and the records read."""
+    from scheduler import Request
+
+    records = list(read_prompt_records(path, tokenizer_dir, output_len, limit, progress))
+    if not records:
+        raise TraceError(path, None, "no prompts")
+    chains = chains_from_tokens([r.tokens for r in records])
+    requests = tuple(Request(index, r.arrival_s, chain, r.output_len)
+                     for index, (r, chain) in enumerate(zip(records, chains)))
+    return Workload(f"prompts:{Path(path).stem}", requests, str(path)), records
