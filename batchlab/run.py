@@ -36,6 +36,28 @@ def device_memory(device: str) -> tuple[str, float]:
     return "cpu", float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
+def check_checkpoint_config(directory: Path, model) -> None:
+    """A checkpoint whose ``config.json`` describes another architecture than ``model`` (the
+    preset with its overrides) is refused, naming the fields: loaded anyway, the engine would
+    compute another model than the checkpoint's."""
+    import json
+
+    from scheduler.model_spec import ModelSpec
+
+    path = directory / "config.json"
+    if not path.exists():
+        return
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+    differences = model.architecture_differences(ModelSpec.from_hf_config(config, name=str(directory)))
+    if differences:
+        raise ConfigError(f"{path} describes another model than {model.name!r} ({'; '.join(differences)}, "
+                          f"preset vs checkpoint): pick the matching model= preset, or set the fields with "
+                          f"model.overrides.<field>=<value>")
+
+
 def load_weights(cfg: DictConfig, model, base_dir: str):
     """Safetensors from ``cfg.weights`` (relative to ``base_dir``), else seeded random weights."""
     import torch
@@ -44,7 +66,9 @@ def load_weights(cfg: DictConfig, model, base_dir: str):
 
     dtype = getattr(torch, cfg.dtype)
     if cfg.get("weights"):
-        return load_safetensors(Path(base_dir) / cfg.weights, model, dtype, cfg.device)
+        directory = Path(base_dir) / cfg.weights
+        check_checkpoint_config(directory, model)
+        return load_safetensors(directory, model, dtype, cfg.device)
     return random_weights(model, int(cfg.get("seed", 0)), dtype, cfg.device)
 
 

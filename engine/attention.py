@@ -44,7 +44,7 @@ class AttentionBackend:
         return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-             sin: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+             sin: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         def rotate(x):
             half = x.shape[-1] // 2
             return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

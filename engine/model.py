@@ -1,10 +1,12 @@
 """A Llama-family decoder over one packed varlen batch (no padding), with a paged KV cache.
 
 Conventions follow Hugging Face's ``LlamaForCausalLM``: RMSNorm in fp32, rotate-half RoPE with
-``inv_freq = theta ** (-2i/d)``, grouped-query attention, SwiGLU MLP, optional tied embeddings.
+``inv_freq = theta ** (-2i/d)`` (with Llama 3.1's frequency scaling where the model has it),
+grouped-query attention, SwiGLU MLP, optional tied embeddings, optional q/k/v biases (Qwen2).
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -57,9 +59,28 @@ class KernelTimer:
         return self._times
 
 
-def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype):
+def rope_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
+    """RoPE's frequencies [head_dim / 2], fp32. Llama 3.1 scaling (arXiv 2407.21783; the
+    model's config.json ``rope_scaling``): frequencies whose wavelength exceeds the original
+    context / low_freq_factor are divided by the factor, those shorter than original context /
+    high_freq_factor are kept, and the band between blends the two linearly in original
+    context / wavelength."""
     d = spec.head_dim
-    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=positions.device).float() / d))
+    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    factor = spec.rope_scaling_factor
+    if factor == 1.0:
+        return inv_freq
+    low, high, original = spec.rope_low_freq_factor, spec.rope_high_freq_factor, spec.rope_original_max_position
+    wavelength = 2 * math.pi / inv_freq
+    weight = (original / wavelength - low) / (high - low)  # 0 at the long end of the band, 1 at the short end
+    blended = (1 - weight) * inv_freq / factor + weight * inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    return torch.where((wavelength <= original / low) & (wavelength >= original / high), blended, scaled)
+
+
+def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(spec, positions.device)
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
@@ -69,9 +90,13 @@ class LlamaModel:
     def __init__(self, spec: ModelSpec, weights: Weights, backend: AttentionBackend) -> None:
         if spec.head_dim % 2:
             raise ConfigError(f"model {spec.name!r}: head_dim must be even for RoPE")
+        if (weights.layers[0].q_bias is not None) != spec.qkv_bias:
+            raise ConfigError(f"model {spec.name!r}: qkv_bias is {spec.qkv_bias} but the weights "
+                              f"{'have' if weights.layers[0].q_bias is not None else 'lack'} q/k/v biases")
         self.spec = spec
         self.weights = weights
         self.backend = backend
+        self.inv_freq = rope_inv_freq(spec, weights.embed.device)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: PagedKVCache,
@@ -81,17 +106,20 @@ class LlamaModel:
         eps = spec.rms_norm_eps
         count = tokens.shape[0]
         x = w.embed[tokens]
-        cos, sin = rope_tables(spec, positions, x.dtype)
+        cos, sin = rope_tables(spec, positions, x.dtype, self.inv_freq)
         meta.scale = spec.head_dim ** -0.5
         for index, layer in enumerate(w.layers):
             with timer("norms"):
                 h = backend.rms_norm(x, layer.input_norm, eps)
             with timer("linear_qkv"):
-                q = (h @ layer.q.T).view(count, spec.num_heads, spec.head_dim)
-                k = (h @ layer.k.T).view(count, spec.num_kv_heads, spec.head_dim)
-                v = (h @ layer.v.T).view(count, spec.num_kv_heads, spec.head_dim)
+                q, k, v = h @ layer.q.T, h @ layer.k.T, h @ layer.v.T
+                if layer.q_bias is not None:
+                    q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
+                q = q.view(count, spec.num_heads, spec.head_dim)
+                k = k.view(count, spec.num_kv_heads, spec.head_dim)
+                v = v.view(count, spec.num_kv_heads, spec.head_dim)
             with timer("rope_kv_store"):
-                q, k = backend.rope(q, k, positions, cos, sin, spec.rope_theta)
+                q, k = backend.rope(q, k, positions, cos, sin, self.inv_freq)
                 backend.store_kv(cache, index, slots, k, v)
             with timer("attention"):
                 attn = self.backend.forward(index, q, cache, meta)

@@ -22,6 +22,12 @@ class LayerWeights:
     down: torch.Tensor
     input_norm: torch.Tensor
     post_norm: torch.Tensor
+    q_bias: torch.Tensor | None = None  # Qwen2's q/k/v projection biases
+    k_bias: torch.Tensor | None = None
+    v_bias: torch.Tensor | None = None
+
+
+BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Weights:
                           p + "mlp.gate_proj.weight": layer.gate, p + "mlp.up_proj.weight": layer.up,
                           p + "mlp.down_proj.weight": layer.down, p + "input_layernorm.weight": layer.input_norm,
                           p + "post_attention_layernorm.weight": layer.post_norm})
+            state.update({p + hf: getattr(layer, field) for field, hf in BIASES.items()
+                          if getattr(layer, field) is not None})
         return state
 
 
@@ -66,6 +74,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
     for _ in range(spec.num_layers):
         shapes = _shapes(spec)
         tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) == 2}
+        if spec.qkv_bias:  # large enough to move the logits, so that a dropped bias shows in tests
+            tensors.update({f"{name}_bias": normal(shapes[name][0], std=0.5) for name in ("q", "k", "v")})
         layers.append(LayerWeights(**tensors, input_norm=norm(spec.hidden_size), post_norm=norm(spec.hidden_size)))
     embed = normal(spec.vocab_size, spec.hidden_size, std=0.5)
     lm_head = embed if spec.tie_embeddings else normal(spec.vocab_size, spec.hidden_size, std=0.5)
@@ -99,9 +109,12 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
 
+    used: set[str] = set()
+
     def take(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if key not in tensors:
             raise ConfigError(f"weights directory {directory}: tensor {key!r} not found")
+        used.add(key)
         tensor = tensors[key]
         if tuple(tensor.shape) != shape:
             raise ConfigError(f"weights directory {directory}: {key} has shape {tuple(tensor.shape)}; "
@@ -112,9 +125,20 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
     names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
              "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
              "input_norm": "input_layernorm", "post_norm": "post_attention_layernorm"}
-    layers = [LayerWeights(**{field: take(f"model.layers.{i}.{hf}.weight", shapes[field])
-                              for field, hf in names.items()}) for i in range(spec.num_layers)]
+    layers = []
+    for i in range(spec.num_layers):
+        fields = {field: take(f"model.layers.{i}.{hf}.weight", shapes[field]) for field, hf in names.items()}
+        if spec.qkv_bias:
+            fields.update({field: take(f"model.layers.{i}.{hf}", (shapes[field[0]][0],)) for field, hf in BIASES.items()})
+        layers.append(LayerWeights(**fields))
     embed = take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     lm_head = embed if spec.tie_embeddings and "lm_head.weight" not in tensors else \
         take("lm_head.weight", (spec.vocab_size, spec.hidden_size))
-    return Weights(embed, layers, take("model.norm.weight", (spec.hidden_size,)), lm_head)
+    weights = Weights(embed, layers, take("model.norm.weight", (spec.hidden_size,)), lm_head)
+    # a tensor the engine would not use (a bias, another layer) means another architecture: refused
+    unused = sorted(k for k in set(tensors) - used if not k.endswith("rotary_emb.inv_freq"))
+    if unused:
+        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+        raise ConfigError(f"weights directory {directory}: tensors the model {spec.name!r} does not use: {shown} "
+                          f"(another architecture or configuration?)")
+    return weights

@@ -36,8 +36,8 @@ class TritonAttentionBackend(AttentionBackend):
     def rms_norm(self, x, weight, eps):
         return rms_norm(x.contiguous(), weight, eps)
 
-    def rope(self, q, k, positions, cos, sin, theta):
-        return apply_rope_(q.contiguous(), positions, theta), apply_rope_(k.contiguous(), positions, theta)
+    def rope(self, q, k, positions, cos, sin, inv_freq):
+        return apply_rope_(q.contiguous(), positions, inv_freq), apply_rope_(k.contiguous(), positions, inv_freq)
 
     def store_kv(self, cache, layer, slots, key, value):
         store_kv(key.contiguous(), value.contiguous(), cache.key[layer], cache.value[layer], slots)

@@ -10,8 +10,11 @@ import time
 
 def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
     from .common import _merge_kernel
+    from .kv_store import _kv_store_kernel
     from .paged_decode import _paged_decode_kernel
     from .paged_prefill import _paged_prefill_kernel
+    from .rmsnorm import _rmsnorm_kernel
+    from .rope import _rope_kernel
     from .shared_prefix import _shared_prefix_kernel
 
     ptr, precision = f"*{dtype}", "ieee" if dtype == "fp32" else "tf32"
@@ -40,6 +43,18 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
         (_merge_kernel,
          {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "num_parts": i32, "HEAD_DIM": c, "BLOCK_P": c},
          {"HEAD_DIM": 128, "BLOCK_P": 4}),
+        (_rmsnorm_kernel,
+         {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
+          "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c},
+         {"HAS_RESIDUAL": True, "BLOCK": 4096}),
+        (_rope_kernel,
+         {"x_ptr": ptr, "positions_ptr": "*i64", "inv_freq_ptr": "*fp32", "heads": i32, "HEAD_DIM": c, "HALF": c,
+          "BLOCK_H": c},
+         {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": 32}),
+        (_kv_store_kernel,
+         {"k_ptr": ptr, "v_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "slots_ptr": "*i64", "ROW": c,
+          "BLOCK": c},
+         {"ROW": 1024, "BLOCK": 1024}),
     ]
 
 

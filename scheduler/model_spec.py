@@ -27,6 +27,12 @@ class ModelSpec:
     max_position: int = 131072
     activation_bytes: int = 2       # bf16 activations and KV cache
     weight_bytes: float = 2.0       # bytes per parameter (0.5 for 4-bit weights)
+    # Llama 3.1's RoPE frequency scaling ("rope_type": "llama3"); a factor of 1.0 is none
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
+    qkv_bias: bool = False          # biases on the q, k and v projections (Qwen2)
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -34,6 +40,10 @@ class ModelSpec:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model {self.name!r}: {field_name} is {value!r}; expected an integer >= 1")
+        if not self.rope_scaling_factor >= 1.0 or not self.rope_high_freq_factor > self.rope_low_freq_factor > 0:
+            raise ConfigError(f"model {self.name!r}: RoPE scaling needs factor >= 1 and high_freq_factor > "
+                              f"low_freq_factor > 0, got {self.rope_scaling_factor}, {self.rope_high_freq_factor}, "
+                              f"{self.rope_low_freq_factor}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
@@ -41,7 +51,7 @@ class ModelSpec:
     @property
     def num_params(self) -> int:
         h, d = self.hidden_size, self.head_dim
-        attention = h * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
+        attention = (h + self.qkv_bias) * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
         mlp = 3 * h * self.intermediate_size
         per_layer = attention + mlp + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
@@ -57,29 +67,60 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model") -> "ModelSpec":
-        """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout)."""
+        """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
+        (with Llama 3.1's RoPE scaling) and Qwen2 (q/k/v biases). What the engine would compute
+        differently (another RoPE scaling, an o_proj or MLP bias) is refused, not ignored."""
         try:
             heads = config["num_attention_heads"]
-            rope = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+            rope = dict(config.get("rope_scaling") or {})
+            rope.update(config.get("rope_parameters") or {})
+            theta = config.get("rope_theta") or rope.get("rope_theta", 10000.0)
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type not in ("default", "llama3"):
+                raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
+                                  "(default and llama3 are)")
+            scaling = {}
+            if rope_type == "llama3":
+                scaling = dict(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
+                               rope_high_freq_factor=float(rope["high_freq_factor"]),
+                               rope_original_max_position=int(rope["original_max_position_embeddings"]))
+            model_type = config.get("model_type", "llama")
+            if model_type not in ("llama", "qwen2"):
+                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements llama and qwen2")
+            if config.get("attention_bias") and model_type == "llama" or config.get("mlp_bias"):
+                raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
+                                  "implemented by the engine")
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                        intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-                       tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(rope),
+                       tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                       max_position=int(config.get("max_position_embeddings", 131072)))
+                       max_position=int(config.get("max_position_embeddings", 131072)),
+                       qkv_bias=model_type == "qwen2", **scaling)
         except KeyError as error:
             raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
 
+    def architecture_differences(self, other: "ModelSpec") -> list[str]:
+        """The fields that change what the model computes (not its name, context limit or the
+        simulator's byte counts) on which ``other`` differs, as "field: mine vs other's"."""
+        ignored = {"name", "max_position", "activation_bytes", "weight_bytes"}
+        if self.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
+            ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
+        return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in self.__dataclass_fields__
+                if k not in ignored and getattr(self, k) != getattr(other, k)]
+
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
-    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0),
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0,
+                              rope_scaling_factor=8.0),
     "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, max_position=4096),
     "qwen2.5-7b": ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, rope_theta=1000000.0,
-                            rms_norm_eps=1e-6, max_position=32768),
+                            rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
     "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, rope_theta=1000000.0,
-                             rms_norm_eps=1e-6, max_position=32768),
-    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0),
+                             rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
+    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0,
+                               rope_scaling_factor=8.0),
     # small enough for the CPU engine and tests; same architecture
     "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
 }

@@ -7,6 +7,7 @@ from engine.runner import ModelRunner
 from engine.tokens import prompt_tokens
 from engine.weights import random_weights
 from scheduler import Request, WorkloadError, schedule_config
+from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
 from sim.profile import constant_profile
@@ -18,16 +19,28 @@ torch.set_num_threads(1)
 SPEC = model_spec("tiny")
 
 
-def hf_model(weights):
+def hf_config(spec):
+    """The Hugging Face config of ``spec``: Llama (RoPE default or llama3-scaled), or Qwen2 with
+    its q/k/v biases."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=SPEC.vocab_size, hidden_size=SPEC.hidden_size, intermediate_size=SPEC.intermediate_size,
-        num_hidden_layers=SPEC.num_layers, num_attention_heads=SPEC.num_heads,
-        num_key_value_heads=SPEC.num_kv_heads, head_dim=SPEC.head_dim, rms_norm_eps=SPEC.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": SPEC.rope_theta},
-        max_position_embeddings=SPEC.max_position, tie_word_embeddings=SPEC.tie_embeddings,
-        attention_bias=False, mlp_bias=False)
-    model = transformers.LlamaForCausalLM(config).eval()
+    rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
+    if spec.rope_scaling_factor != 1.0:
+        rope.update(rope_type="llama3", factor=spec.rope_scaling_factor, low_freq_factor=spec.rope_low_freq_factor,
+                    high_freq_factor=spec.rope_high_freq_factor,
+                    original_max_position_embeddings=spec.rope_original_max_position)
+    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                  num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                  num_key_value_heads=spec.num_kv_heads, rms_norm_eps=spec.rms_norm_eps, rope_parameters=rope,
+                  max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
+    if spec.qkv_bias:
+        return transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
+    return (transformers.LlamaConfig(**common, head_dim=spec.head_dim, attention_bias=False, mlp_bias=False),
+            transformers.LlamaForCausalLM)
+
+
+def hf_model(weights, spec=SPEC):
+    config, model_class = hf_config(spec)
+    model = model_class(config).eval()
     state = weights.hf_state_dict()
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -42,10 +55,42 @@ def shared_workload():
 
 @pytest.mark.parametrize("schedule, chunk", [("fcfs", 16), ("prefix_grouped", 16), ("batchllm", 7), ("lpm", 512)])
 def test_logits_match_huggingface_teacher_forced(schedule, chunk):
-    weights = random_weights(SPEC, seed=1)
-    reference = hf_model(weights)
+    assert teacher_forced_difference(SPEC, schedule, chunk) <= 1e-4
+
+
+# Llama 3.1's scaled RoPE (an original context of 64 puts 7 of tiny's 8 frequencies in the scaled
+# or blended band) and Qwen2's q/k/v biases, against transformers' own Llama and Qwen2 models
+LLAMA31_LIKE = model_spec("tiny", rope_theta=500000.0, rope_scaling_factor=8.0, rope_original_max_position=64)
+QWEN2_LIKE = model_spec("tiny", rope_theta=1000000.0, rms_norm_eps=1e-6, qkv_bias=True)
+
+
+@pytest.mark.parametrize("spec", [LLAMA31_LIKE, QWEN2_LIKE], ids=["llama3-rope", "qwen2-bias"])
+def test_real_architectures_match_huggingface(spec):
+    from dataclasses import replace
+
+    assert teacher_forced_difference(spec, "batchllm", 7) <= 1e-4
+    # the test sees the feature: without it the engine is over ten times the tolerance away
+    plain = replace(spec, rope_scaling_factor=1.0) if spec.rope_scaling_factor != 1.0 else None
+    if plain is not None:
+        assert teacher_forced_difference(spec, "batchllm", 7, engine_spec=plain) > 1e-3
+    else:
+        assert teacher_forced_difference(spec, "batchllm", 7, drop_bias=True) > 1e-3
+
+
+def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias=False):
+    """Largest difference between the engine's logits and Hugging Face's for the same weights,
+    teacher-forced with the engine's own tokens."""
+    from dataclasses import replace
+
+    weights = random_weights(spec, seed=1)
+    reference = hf_model(weights, spec)
+    if drop_bias:
+        weights = replace(weights, layers=[replace(layer, q_bias=None, k_bias=None, v_bias=None)
+                                           for layer in weights.layers])
+        engine_spec = replace(spec, qkv_bias=False)
+    engine_spec = engine_spec or spec
     workload = shared_workload()
-    runner = ModelRunner(SPEC, 128, 16, weights=weights, keep_logits=True)
+    runner = ModelRunner(engine_spec, 128, 16, weights=weights, keep_logits=True)
     logits_seen: dict[int, list[torch.Tensor]] = {}
     original = runner.execute
 
@@ -65,13 +110,13 @@ def test_logits_match_huggingface_teacher_forced(schedule, chunk):
     worst = 0.0
     for request in workload.requests:
         generated = runner.outputs[request.req_id]
-        ids = list(prompt_tokens(request.prompt, 0, request.prompt_len, SPEC.vocab_size)) + generated[:-1]
+        ids = list(prompt_tokens(request.prompt, 0, request.prompt_len, spec.vocab_size)) + generated[:-1]
         with torch.no_grad():
             expected = reference(torch.tensor([ids])).logits[0, request.prompt_len - 1:]
         mine = torch.stack(logits_seen[request.req_id])
         assert mine.shape == expected.shape
         worst = max(worst, (mine - expected).abs().max().item())
-    assert worst <= 1e-4, worst
+    return worst
 
 
 def tokens_of(workload, schedule, blocks=256, **overrides):
@@ -168,3 +213,77 @@ def test_gpu_kernel_timer_reads_cuda_events_once_the_step_is_done(monkeypatch):
     times = timer.times
     assert times["mlp"] == pytest.approx(0.004) and times["attention"] == pytest.approx(0.002)
     assert timer.times["mlp"] == pytest.approx(0.004)  # read twice: counted once
+
+
+# the published config.json of each model (Hugging Face hub), as far as the engine reads it
+LLAMA_31_8B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 14336, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": False, "vocab_size": 128256}
+QWEN_25_7B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 3584, "intermediate_size": 18944,
+    "max_position_embeddings": 131072, "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28,
+    "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+    "vocab_size": 152064}
+LLAMA_2_7B_CONFIG = {
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-05, "rope_scaling": None,
+    "vocab_size": 32000, "max_position_embeddings": 4096, "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize("preset, config", [("llama-3.1-8b", LLAMA_31_8B_CONFIG), ("qwen2.5-7b", QWEN_25_7B_CONFIG),
+                                            ("llama-2-7b", LLAMA_2_7B_CONFIG)])
+def test_presets_are_the_published_checkpoints(preset, config):
+    from scheduler.model_spec import ModelSpec
+
+    checkpoint = ModelSpec.from_hf_config(config)
+    assert model_spec(preset).architecture_differences(checkpoint) == []
+    # transformers 5 writes the RoPE settings as rope_parameters, theta inside
+    moved = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_theta")}
+    moved["rope_parameters"] = {**(config.get("rope_scaling") or {}), "rope_theta": config.get("rope_theta", 10000.0)}
+    assert ModelSpec.from_hf_config(moved) == checkpoint
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"model_type": "mistral"}, "model_type 'mistral'"),
+])
+def test_checkpoint_configs_the_engine_would_compute_differently_are_refused(change, message):
+    from scheduler.model_spec import ModelSpec
+
+    with pytest.raises(ConfigError, match=message):
+        ModelSpec.from_hf_config({**LLAMA_31_8B_CONFIG, **change})
+
+
+def test_weights_with_biases_round_trip_and_unknown_tensors_are_refused(tmp_path):
+    from engine.weights import load_safetensors
+    from safetensors.torch import save_file
+
+    weights = random_weights(QWEN2_LIKE, seed=5)
+    state = {k: v.contiguous() for k, v in weights.hf_state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    loaded = load_safetensors(tmp_path, QWEN2_LIKE)
+    assert torch.equal(loaded.layers[1].k_bias, weights.layers[1].k_bias)
+    with pytest.raises(ConfigError, match=r"does not use: model\.layers\.0\.self_attn\.k_proj\.bias"):
+        load_safetensors(tmp_path, SPEC)  # the same checkpoint read as a model without biases
+    with pytest.raises(ConfigError, match="tensor 'model.layers.0.self_attn.q_proj.bias' not found"):
+        save_file({k: v for k, v in state.items() if "bias" not in k}, str(tmp_path / "model.safetensors"))
+        load_safetensors(tmp_path, QWEN2_LIKE)
+
+
+def test_run_refuses_a_checkpoint_of_another_architecture(tmp_path):
+    import json
+
+    from batchlab.run import check_checkpoint_config
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN_25_7B_CONFIG))
+    check_checkpoint_config(tmp_path, model_spec("qwen2.5-7b"))
+    with pytest.raises(ConfigError, match=r"qkv_bias: False vs True.*model\.overrides"):
+        check_checkpoint_config(tmp_path, model_spec("qwen2.5-7b", qkv_bias=False))
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_31_8B_CONFIG))
+    with pytest.raises(ConfigError, match="rope_scaling_factor: 1.0 vs 8.0"):
+        check_checkpoint_config(tmp_path, model_spec("llama-3.1-8b", rope_scaling_factor=1.0))

@@ -165,7 +165,7 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 8
+    assert result.stdout.count("ok ") == 14  # 7 kernels x (bf16, fp32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -188,19 +188,22 @@ def test_rmsnorm_with_and_without_residual(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_matches_the_engines_torch_rope(dtype):
+@pytest.mark.parametrize("scaling", [{}, {"rope_scaling_factor": 8.0, "rope_original_max_position": 64}])
+def test_rope_matches_the_engines_torch_rope(dtype, scaling):
+    # plain frequencies, and Llama 3.1's scaled ones (most of tiny's 8 in the scaled or blended band)
     from engine.attention import TorchAttentionBackend
-    from engine.model import rope_tables
+    from engine.model import rope_inv_freq, rope_tables
     from kernels.rope import apply_rope_
     from scheduler.model_spec import model_spec
 
-    spec = model_spec("tiny", rope_theta=500000.0)
+    spec = model_spec("tiny", rope_theta=500000.0, **scaling)
     generator = torch.Generator().manual_seed(6)
     q = torch.randn((7, 4, 16), generator=generator).to(DEVICE, dtype)
     positions = torch.tensor([0, 1, 5, 100, 1023, 3, 2047], device=DEVICE)
-    cos, sin = rope_tables(spec, positions, torch.float32)
-    ref, _ = TorchAttentionBackend().rope(q.float(), q.float(), positions, cos, sin, spec.rope_theta)
-    out = apply_rope_(q.clone(), positions, spec.rope_theta)
+    inv_freq = rope_inv_freq(spec, DEVICE)
+    cos, sin = rope_tables(spec, positions, torch.float32, inv_freq)
+    ref, _ = TorchAttentionBackend().rope(q.float(), q.float(), positions, cos, sin, inv_freq)
+    out = apply_rope_(q.clone(), positions, inv_freq)
     assert relative_error(out, ref) <= (2e-5 if dtype == torch.float32 else ELEMENTWISE_BF16)
 
 
