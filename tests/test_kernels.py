@@ -166,6 +166,12 @@ def test_kernels_compile_for_sm90():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 14  # 7 kernels x (bf16, fp32)
+    # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
+    # 16 bytes a thread (vector loads or pipelined async copies), never element by element
+    import re
+
+    bf16 = re.findall(r"ok (\w+) +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
+    assert len(bf16) == 7 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
