@@ -7,6 +7,9 @@ interpreter on CPU, nothing written). Writes ``benchmarks/results/kernels-<devic
    of 4096 tokens, block size 16, random block tables.
 2. Shared-prefix attention vs per-request paged decode attention: prefix 2048, suffix 128,
    16 requests per prefix, 8 prefixes (goal >= 5x; FlashInfer reports up to 31x for cascade).
+Each also swept over Triton's launch options (num_warps 2/4/8 x num_stages 2/3/4, and the
+decode kernel's split length 16/32/64 blocks), sorted fastest first, so that one GPU call says
+whether the defaults should change.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import platform
 import sys
 import time
 from datetime import date
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -72,6 +76,16 @@ def main(argv: list[str]) -> int:
     results["paged_decode"] = {"seqs": seqs, "context": context, "ms": decode_ms,
                                "bandwidth_gb_s": kv_bytes / (decode_ms / 1e3) / 1e9,
                                "fraction_of_copy_bandwidth": kv_bytes / (decode_ms / 1e3) / copy_bw}
+    # the launch options and split length the defaults above fix, swept (one GPU call finds the
+    # best; a dry run tries two of each)
+    sweep = []
+    for warps, stages, split in product(*(((4,), (3,), (32,)) if dry else ((2, 4, 8), (2, 3, 4), (16, 32, 64)))):
+        ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
+                                                  blocks_per_split=split, max_context=context,
+                                                  num_warps=warps, num_stages=stages))
+        sweep.append({"num_warps": warps, "num_stages": stages, "blocks_per_split": split, "ms": ms,
+                      "fraction_of_copy_bandwidth": kv_bytes / (ms / 1e3) / copy_bw})
+    results["paged_decode_sweep"] = sorted(sweep, key=lambda row: row["ms"])
 
     prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
     seqs = per_group * groups
@@ -106,6 +120,13 @@ def main(argv: list[str]) -> int:
         torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
     shared_ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                                 head_dim ** -0.5, layout=layout))
+    sweep = []
+    for warps, stages in product(*(((4,), (3,)) if dry else ((2, 4, 8), (2, 3, 4)))):
+        ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
+                                                          head_dim ** -0.5, layout=layout, num_warps=warps,
+                                                          num_stages=stages))
+        sweep.append({"num_warps": warps, "num_stages": stages, "ms": ms, "speedup": per_request_ms / ms})
+    results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["ms"])
     results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
                                 "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
                                 "speedup": per_request_ms / shared_ms, "layout_per_step_ms": layout_ms}
@@ -118,6 +139,11 @@ def main(argv: list[str]) -> int:
     path = out / f"kernels-{name}-{results['date']}.json"
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    best_decode, best_shared = results["paged_decode_sweep"][0], results["shared_prefix_sweep"][0]
+    print(f"paged decode: {results['paged_decode']['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the "
+          f"defaults, {best_decode['fraction_of_copy_bandwidth']:.1%} at best ({best_decode})")
+    print(f"shared prefix: {results['shared_prefix']['speedup']:.2f}x over per-request attention with the defaults, "
+          f"{best_shared['speedup']:.2f}x at best ({best_shared})")
     print(f"written: {path}")
     return 0
 

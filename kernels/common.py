@@ -82,6 +82,12 @@ def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) ->
     return out
 
 
+def launch_options(num_warps: int | None, num_stages: int | None) -> dict:
+    """Triton launch options, only those given (Triton's defaults otherwise)."""
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 in, fp32 products (no TF32 shortcuts): the fp32 tests hold kernels to 1e-5."""
     if dtype == torch.float32:

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, attend_blocks, dot_precision, merge_partials
+from .common import LOG2E, attend_blocks, dot_precision, launch_options, merge_partials
 
 
 @triton.jit
@@ -39,11 +39,13 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, parts_ptr
 def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                            blocks_per_split: int = 32, out: torch.Tensor | None = None,
-                           max_context: int | None = None) -> torch.Tensor:
+                           max_context: int | None = None, num_warps: int | None = None,
+                           num_stages: int | None = None) -> torch.Tensor:
     """``query`` [seqs, heads, d]; caches [blocks, block_size, kv_heads, d] (one layer);
     ``block_tables`` [seqs, max_blocks] int32; ``context_lens`` [seqs] int32 -> [seqs, heads, d].
     ``max_context``: the largest context, if the caller knows it (read from ``context_lens``
-    otherwise, which waits for the device)."""
+    otherwise, which waits for the device). ``num_warps``, ``num_stages``: Triton's launch
+    options (its defaults where None; benchmarks/bench_kernels.py sweeps them on a GPU)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, cache_dim = key_cache.shape
     if cache_dim != head_dim or value_cache.shape != key_cache.shape:
@@ -70,7 +72,8 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
             query, key_cache, value_cache, block_tables, context_lens, parts, lse,
             query.stride(0), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
             blocks_per_split, num_splits, scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-            HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype))
+            HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype),
+            **launch_options(num_warps, num_stages))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, attend_blocks, dot_precision, merge_partials
+from .common import LOG2E, attend_blocks, dot_precision, launch_options, merge_partials
 
 
 @triton.jit
@@ -112,11 +112,13 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    block_tables: torch.Tensor, context_lens: torch.Tensor,
                                    groups: list[tuple[int, list[int]]], scale: float,
                                    out: torch.Tensor | None = None,
-                                   layout: SharedPrefixLayout | None = None) -> torch.Tensor:
+                                   layout: SharedPrefixLayout | None = None, num_warps: int | None = None,
+                                   num_stages: int | None = None) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
-    step's ``shared_prefix_layout``, built once for all layers (built here otherwise)."""
+    step's ``shared_prefix_layout``, built once for all layers (built here otherwise).
+    ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -134,7 +136,7 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
         scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype))
+        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), **launch_options(num_warps, num_stages))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
