@@ -90,6 +90,9 @@ class ModelSpec:
             if config.get("attention_bias") and model_type == "llama" or config.get("mlp_bias"):
                 raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
                                   "implemented by the engine")
+            if config.get("use_sliding_window"):
+                raise ConfigError(f"model config {name!r}: use_sliding_window: sliding-window attention is not "
+                                  "implemented by the engine")
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,

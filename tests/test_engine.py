@@ -251,6 +251,7 @@ def test_presets_are_the_published_checkpoints(preset, config):
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"model_type": "mistral"}, "model_type 'mistral'"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "sliding-window"),
 ])
 def test_checkpoint_configs_the_engine_would_compute_differently_are_refused(change, message):
     from scheduler.model_spec import ModelSpec

@@ -18,7 +18,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}<
 def tokenizer_dir(tmp_path_factory):
     """A byte-level BPE tokenizer trained here (no downloads), saved as Hugging Face saves one."""
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -26,6 +26,8 @@ def tokenizer_dir(tmp_path_factory):
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog, said the system"] * 20, trainer)
+    # a BOS before every encoded text, as Llama's tokenizers add (and generated text has not)
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.chat_template = CHAT_TEMPLATE
     directory = tmp_path_factory.mktemp("tokenizer")
@@ -68,8 +70,10 @@ def test_token_ids_text_counts_and_generated_outputs(tmp_path, tokenizer_dir):
     records = list(read_prompt_records(write_lines(tmp_path / "mixed.jsonl", lines), tokenizer_dir))
     assert [r.tokens.tolist() for r in records] == [
         [5, 6, 7], reference("the lazy dog")["input_ids"], reference("the fox")["input_ids"], [9, 8]]
+    assert records[1].tokens[0] == 1  # the prompt's BOS
     # what was generated wins over a limit
-    assert [r.output_len for r in records] == [4, len(reference("jumps over the fox")["input_ids"]), 5, 7]
+    generated = reference("jumps over the fox", add_special_tokens=False)["input_ids"]
+    assert [r.output_len for r in records] == [4, len(generated), 5, 7]
     assert [r.arrival_s for r in records] == [1.5, 0.0, 0.0, 0.0]
     assert [r.prompt_from for r in records] == ["token ids (input_ids)", "text (prompt)", "text (text)",
                                                 "token ids (prompt)"]

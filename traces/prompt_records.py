@@ -72,8 +72,11 @@ class Tokenizer:
             raise TraceError(self.directory, None, f"not a loadable tokenizer directory ({error})") from None
         return self._tokenizer
 
-    def text(self, text: str, path: Path, line: int) -> list[int]:
-        return list(self._loaded(path, line, "a text prompt")(text)["input_ids"])
+    def text(self, text: str, path: Path, line: int, special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special_tokens``, as a prompt (a BOS where the tokenizer
+        adds one), without, as generated text."""
+        tokenizer = self._loaded(path, line, "text to tokenize")
+        return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
 
     def chat(self, messages: list, path: Path, line: int) -> list[int]:
         tokenizer = self._loaded(path, line, "chat messages")
@@ -124,7 +127,7 @@ def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, l
             (COUNT_FIELDS, "count", positive, lambda v: v),
             (OUTPUT_TOKEN_FIELDS, "generated tokens", _is_token_list, len),
             (OUTPUT_TEXT_FIELDS, "generated text", lambda v: isinstance(v, str) and bool(v),
-             lambda v: len(tokenizer.text(v, path, line))),
+             lambda v: len(tokenizer.text(v, path, line, special_tokens=False))),
             (LIMIT_FIELDS, "limit", positive, lambda v: v)):
         found = _first(scopes, names, accept)
         if found:
