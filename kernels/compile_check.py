@@ -15,21 +15,17 @@ import os
 import re
 import sys
 import time
-from collections import Counter
 
 # integer arguments that are multiples of 16 for real models (strides of [.., heads, 128]
 # tensors, the split length); the launcher marks them so at run time, and so does this check
-ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "stride_g", "blocks_per_split", "hidden"}
-WIDE = re.compile(r"ld\.global(?:\.nc)?\.v4\.|cp\.async\.cg\.shared\.global")
-NARROW = re.compile(r"ld\.global(?:\.nc)?\.b16\b")
+ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "blocks_per_split", "hidden"}
+WIDE = re.compile(r"ld\.global(?:\.nc)?\.v4\.|cp\.async\.cg\.shared\.global")  # 16 bytes a thread
+NARROW = re.compile(r"ld\.global(?:\.nc)?\.b16\b")  # one bf16 element a thread
 
 
 def load_mix(ptx: str) -> dict[str, int]:
     """Global loads in ``ptx``: 16 bytes a thread (vector or async copies) and 2 bytes a thread."""
-    counts = Counter("wide" if WIDE.match(m) else "narrow" for m in
-                     re.findall(r"ld\.global(?:\.nc)?\.v4\.\w+|cp\.async\.cg\.shared\.global|ld\.global(?:\.nc)?\.b16\b", ptx)
-                     if WIDE.match(m) or NARROW.match(m))
-    return {"wide": counts["wide"], "narrow": counts["narrow"]}
+    return {"wide": len(WIDE.findall(ptx)), "narrow": len(NARROW.findall(ptx))}
 
 
 def aligned_attrs(kernel, signature: dict) -> dict:
