@@ -7,8 +7,8 @@ interpreter on CPU, nothing written). Writes ``benchmarks/results/kernels-<devic
    of 4096 tokens, block size 16, random block tables.
 2. Shared-prefix attention vs per-request paged decode attention: prefix 2048, suffix 128,
    16 requests per prefix, 8 prefixes (goal >= 5x; FlashInfer reports up to 31x for cascade).
-Each also swept over Triton's launch options (num_warps 2/4/8 x num_stages 2/3/4, and the
-decode kernel's split length 16/32/64 blocks), sorted fastest first, so that one GPU call says
+Each also swept over Triton's launch options (num_warps 2/4/8 x num_stages 2/3/4) and its split
+length (decode: 16/32/64 blocks; shared prefix: 8/16/32/128 prefix blocks, 128 = unsplit), sorted fastest first, so that one GPU call says
 whether the defaults should change.
 """
 from __future__ import annotations
@@ -115,17 +115,20 @@ def main(argv: list[str]) -> int:
     layout_ms = (time.perf_counter() - started) * 1e3
     if dry:  # the shared-prefix kernel must agree with per-request attention
         reference = paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5)
-        shared = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
-                                                layout=layout)
-        torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
+        for split in (32, 1):
+            shared = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
+                                                    head_dim ** -0.5, layout=layout, prefix_blocks_per_split=split)
+            torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
     shared_ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                                 head_dim ** -0.5, layout=layout))
     sweep = []
-    for warps, stages in product(*(((4,), (3,)) if dry else ((2, 4, 8), (2, 3, 4)))):
+    shared_options = ((4,), (3,), (1, 2)) if dry else ((2, 4, 8), (2, 3, 4), (8, 16, 32, 128))
+    for warps, stages, split in product(*shared_options):
         ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                           head_dim ** -0.5, layout=layout, num_warps=warps,
-                                                          num_stages=stages))
-        sweep.append({"num_warps": warps, "num_stages": stages, "ms": ms, "speedup": per_request_ms / ms})
+                                                          num_stages=stages, prefix_blocks_per_split=split))
+        sweep.append({"num_warps": warps, "num_stages": stages, "prefix_blocks_per_split": split, "ms": ms,
+                      "speedup": per_request_ms / ms})
     results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["ms"])
     results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
                                 "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,

@@ -5,7 +5,10 @@ prefix attention is computed once with all the group's queries stacked (rows = m
 query heads of one kv head: a matrix product instead of many matrix-vector products), each
 request's own tokens separately, and the two partials merged exactly through log-sum-exp in
 fp32. As in BatchLLM, one launch does both: the first programs take the prefixes, the rest the
-distinct parts (horizontal fusion).
+distinct parts (horizontal fusion). A long prefix is split over several programs (split-KV, as
+in paged decode), each a partial merged by the same log-sum-exp: a few groups would otherwise
+leave most of a GPU's multiprocessors idle while one program per group and kv head streams the
+whole prefix (8 groups x 8 kv heads are 64 programs on an H100's 132 multiprocessors).
 """
 from __future__ import annotations
 
@@ -19,27 +22,29 @@ from .common import LOG2E, attend_blocks, dot_precision, launch_options, merge_p
 
 
 @triton.jit
-def _store_partial(acc, m_i, l_i, out_rows, live, slot, parts_ptr, lse_ptr, HEAD_DIM: tl.constexpr):
+def _store_partial(acc, m_i, l_i, out_rows, live, slot, num_slots, parts_ptr, lse_ptr, HEAD_DIM: tl.constexpr):
     dims = tl.arange(0, HEAD_DIM)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(parts_ptr + (out_rows[:, None] * 2 + slot) * HEAD_DIM + dims[None, :], out, mask=live[:, None])
-    tl.store(lse_ptr + out_rows * 2 + slot, lse, mask=live)
+    tl.store(parts_ptr + (out_rows[:, None] * num_slots + slot) * HEAD_DIM + dims[None, :], out, mask=live[:, None])
+    tl.store(lse_ptr + out_rows * num_slots + slot, lse, mask=live)
 
 
 @triton.jit
 def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr,
                           group_rows_ptr, group_size_ptr, group_prefix_ptr, group_seq_ptr,
-                          parts_ptr, lse_ptr, num_groups, kv_heads, heads,
+                          parts_ptr, lse_ptr, num_groups, prefix_splits, split_blocks, kv_heads, heads,
                           stride_qs, stride_kb, stride_ks, stride_kh, stride_t, stride_g, scale,
                           GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
                           HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
-    if program < num_groups:
-        # prefix part: every member's query heads of this kv head, stacked (_p: this branch's names)
-        group_p = program
+    num_slots = prefix_splits + 1  # per query row: its own tokens' partial, then one per prefix split
+    if program < num_groups * prefix_splits:
+        # a split of a prefix: every member's query heads of this kv head, stacked (_p: this branch's names)
+        group_p = program // prefix_splits
+        split_p = program % prefix_splits
         size_p = tl.load(group_size_ptr + group_p)
         rows_p = tl.arange(0, BLOCK_M)
         member_p = rows_p // GROUP
@@ -50,14 +55,17 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                     mask=live_p[:, None], other=0.0).to(tl.float32) * (scale * LOG2E)
         prefix_p = tl.load(group_prefix_ptr + group_p)
         first_seq_p = tl.load(group_seq_ptr + group_p).to(tl.int64)  # its table holds the prefix blocks
+        first_p = split_p * split_blocks  # a split past a short prefix is empty: its partial weighs 0
+        end_p = tl.minimum(prefix_p, (first_p + split_blocks) * BLOCK_SIZE)
         acc_p, m_i_p, l_i_p = attend_blocks(q_p, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
-                                      tables_ptr + first_seq_p * stride_t, 0, prefix_p, rows_p, stride_kb,
+                                      tables_ptr + first_seq_p * stride_t, first_p, end_p, rows_p, stride_kb,
                                       stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_M, DOT_PRECISION, False)
         # each branch stores its own partial: the two tiles have different row counts
-        _store_partial(acc_p, m_i_p, l_i_p, seq_p * heads + head_p, live_p, 0, parts_ptr, lse_ptr, HEAD_DIM)
+        _store_partial(acc_p, m_i_p, l_i_p, seq_p * heads + head_p, live_p, 1 + split_p, num_slots, parts_ptr,
+                       lse_ptr, HEAD_DIM)
     else:
         # distinct part: one sequence's own tokens after its shared prefix
-        seq = (program - num_groups).to(tl.int64)
+        seq = (program - num_groups * prefix_splits).to(tl.int64)
         rows = tl.arange(0, BLOCK_G)
         live = rows < GROUP
         head = kv_head * GROUP + rows
@@ -68,7 +76,7 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
         acc, m_i, l_i = attend_blocks(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
                                       tables_ptr + seq * stride_t, skip // BLOCK_SIZE, context, rows, stride_kb,
                                       stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_G, DOT_PRECISION, False)
-        _store_partial(acc, m_i, l_i, seq * heads + head, live, 1, parts_ptr, lse_ptr, HEAD_DIM)
+        _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class SharedPrefixLayout:
     """The groups of one step as the kernel reads them (the same for every layer)."""
     num_groups: int
     max_members: int
+    max_prefix: int          # tokens of the longest prefix
     skip: torch.Tensor       # [seqs] int32: tokens of a sequence read through its group's prefix
     rows: torch.Tensor       # [groups, max members] int32: the members' sequence indices
     sizes: torch.Tensor      # [groups] int32
@@ -104,7 +113,7 @@ def shared_prefix_layout(block_tables, context_lens, groups: list[tuple[int, lis
         rows[index][: len(members)] = members
         sizes[index], prefixes[index], first_seq[index] = len(members), prefix, members[0]
     as_device = lambda values: torch.tensor(values, dtype=torch.int32).to(device)
-    return SharedPrefixLayout(len(groups), max_members, as_device(skip), as_device(rows), as_device(sizes),
+    return SharedPrefixLayout(len(groups), max_members, max(prefixes), as_device(skip), as_device(rows), as_device(sizes),
                               as_device(prefixes), as_device(first_seq))
 
 
@@ -112,12 +121,13 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    block_tables: torch.Tensor, context_lens: torch.Tensor,
                                    groups: list[tuple[int, list[int]]], scale: float,
                                    out: torch.Tensor | None = None,
-                                   layout: SharedPrefixLayout | None = None, num_warps: int | None = None,
-                                   num_stages: int | None = None) -> torch.Tensor:
+                                   layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
+                                   num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
     step's ``shared_prefix_layout``, built once for all layers (built here otherwise).
+    ``prefix_blocks_per_split``: KV blocks of a prefix one program reads.
     ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
@@ -127,12 +137,16 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         raise ValueError("block_tables and context_lens must be contiguous int32")
     if layout is None:
         layout = shared_prefix_layout(block_tables.tolist(), context_lens.tolist(), groups, block_size, query.device)
+    if prefix_blocks_per_split < 1:
+        raise ValueError(f"prefix_blocks_per_split is {prefix_blocks_per_split}; expected >= 1")
     group = heads // kv_heads
-    parts = torch.zeros((seqs * heads, 2, head_dim), device=query.device, dtype=torch.float32)
-    lse = torch.full((seqs * heads, 2), float("-inf"), device=query.device, dtype=torch.float32)
-    _shared_prefix_kernel[(layout.num_groups + seqs, kv_heads)](
+    splits = max(1, triton.cdiv(triton.cdiv(layout.max_prefix, block_size), prefix_blocks_per_split))
+    parts = torch.zeros((seqs * heads, 1 + splits, head_dim), device=query.device, dtype=torch.float32)
+    lse = torch.full((seqs * heads, 1 + splits), float("-inf"), device=query.device, dtype=torch.float32)
+    _shared_prefix_kernel[(layout.num_groups * splits + seqs, kv_heads)](
         query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
-        layout.prefixes, layout.first_seq, parts, lse, layout.num_groups, kv_heads, heads, query.stride(0),
+        layout.prefixes, layout.first_seq, parts, lse, layout.num_groups, splits, prefix_blocks_per_split,
+        kv_heads, heads, query.stride(0),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
         scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,

@@ -91,8 +91,11 @@ def test_paged_prefill_matches_reference(dtype):
     assert relative_error(out, ref) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shared_prefix_matches_per_request_attention(dtype):
+@pytest.mark.parametrize("dtype, blocks_per_split", [(torch.float32, 32), (torch.bfloat16, 32), (torch.float32, 2),
+                                                     (torch.float32, 1)])
+def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split):
+    # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
+    # prefix are then empty and must weigh nothing in the merge)
     block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
     key, value, generator = caches(30, block_size, kv_heads, head_dim, dtype, seed=11)
     prefix = [7, 3]  # two shared blocks, 32 tokens
@@ -103,7 +106,7 @@ def test_shared_prefix_matches_per_request_attention(dtype):
     out = torch.full_like(query, float("nan"))
     # two groups (prefix 32 and 48 tokens) and one request in no group
     shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (48, [4, 5])], 0.25,
-                                   out=out)
+                                   out=out, prefix_blocks_per_split=blocks_per_split)
     ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25)
     assert relative_error(out, ref) <= TOLERANCE[dtype]
     with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
