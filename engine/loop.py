@@ -36,6 +36,8 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
     requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
     online = (not workload.is_offline) if online is None else online
+    if workload.segment_tokens is not None:  # prompts of real token ids: the model reads those
+        runner.use_prompt_tokens(workload.segment_tokens)
     for request in requests:  # every request checked against the KV capacity before any work
         scheduler.check_fits(request)
         runner.add_request(request)

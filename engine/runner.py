@@ -19,7 +19,7 @@ from .attention import AttentionMetadata, make_backend
 from .host_memory import for_device as host_memory_for
 from .kv_cache import PagedKVCache
 from .model import KernelTimer, LlamaModel
-from .tokens import prompt_tokens
+from .tokens import check_token_table, prompt_tokens
 from .weights import Weights, random_weights
 
 
@@ -43,6 +43,13 @@ class ModelRunner:
         self.keep_logits = keep_logits
         self.time_kernels = time_kernels
         self.last_logits: dict[int, torch.Tensor] = {}
+        self.token_table = None  # segment id -> token ids, for prompts of real tokens
+
+    def use_prompt_tokens(self, table) -> None:
+        """Read prompts' tokens from ``table`` (segment id -> token ids: a workload's
+        ``segment_tokens``) instead of hashing them from segment ids."""
+        check_token_table(table, self.spec.vocab_size)
+        self.token_table = table
 
     def add_request(self, request: Request) -> None:
         self.requests[request.req_id] = request
@@ -51,7 +58,7 @@ class ModelRunner:
     def _tokens(self, req_id: int, prompt, prompt_len: int, start: int, end: int) -> np.ndarray:
         parts = []
         if start < prompt_len:
-            parts.append(prompt_tokens(prompt, start, min(end, prompt_len), self.spec.vocab_size))
+            parts.append(prompt_tokens(prompt, start, min(end, prompt_len), self.spec.vocab_size, self.token_table))
         if end > prompt_len:
             generated = self.outputs[req_id]
             parts.append(np.asarray(generated[max(start, prompt_len) - prompt_len:end - prompt_len], dtype=np.int64))

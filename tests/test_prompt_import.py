@@ -150,3 +150,49 @@ def test_prompts_workload_kind_reads_the_file_directly(tmp_path, tokenizer_dir):
     with pytest.raises(TraceError, match="workload.tokenizer=DIR"):
         build_workload({**spec, "tokenizer": None}, base_dir=tmp_path)
     assert source.exists()
+
+
+def test_the_engine_reads_the_prompts_tokens_and_generates_what_transformers_does(tmp_path, tokenizer_dir):
+    """workload=prompts carries the prompts' real token ids to the engine: its greedy tokens,
+    under any schedule, are those of transformers' LlamaForCausalLM fed the same ids."""
+    import numpy as np
+    import torch
+    from test_engine import hf_model
+
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.tokens import prompt_tokens
+    from engine.weights import random_weights
+    from scheduler import schedule_config
+    from scheduler.errors import ConfigError
+    from scheduler.model_spec import model_spec
+    from traces.prompt_records import load_prompts
+
+    system = "the system said: the quick brown fox jumps over the lazy dog. " * 3
+    texts = [system + tail for tail in ("the dog", "the fox jumps", "over the lazy", "brown")] + ["a lazy dog said"]
+    path = write_lines(tmp_path / "batch.jsonl", [{"prompt": text, "max_tokens": 5} for text in texts])
+    workload, records = load_prompts(path, tokenizer_dir)
+    spec = model_spec("tiny")
+    table = workload.segment_tokens
+    for request, record in zip(workload.requests, records):  # the table rebuilds every prompt exactly
+        assert np.array_equal(prompt_tokens(request.prompt, 0, request.prompt_len, spec.vocab_size, table),
+                              record.tokens)
+    assert not np.array_equal(prompt_tokens(workload.requests[0].prompt, 0, 8, spec.vocab_size), records[0].tokens[:8])
+
+    weights = random_weights(spec, seed=5)
+    reference = hf_model(weights, spec)
+    expected = {}
+    with torch.no_grad():
+        for request, record in zip(workload.requests, records):
+            ids = torch.as_tensor(record.tokens.astype(np.int64))[None]
+            for _ in range(request.output_len):
+                ids = torch.cat([ids, reference(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            expected[request.req_id] = tuple(ids[0, len(record.tokens):].tolist())
+    for schedule in ("fcfs", "batchllm"):
+        runner = ModelRunner(spec, 64, 16, weights=weights)
+        run_engine(workload, schedule_config(schedule, max_num_batched_tokens=32), runner, 64, 16)
+        assert {r: tuple(t) for r, t in runner.outputs.items()} == expected, schedule
+
+    small = model_spec("tiny", vocab_size=64)  # the tokenizer's ids go up to ~400
+    with pytest.raises(ConfigError, match="outside the model's vocabulary of 64"):
+        run_engine(workload, schedule_config("fcfs"), ModelRunner(small, 64, 16), 64, 16)

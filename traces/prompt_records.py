@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import TraceError, json_lines
-from .token_chains import TokenError, as_token_array, chains_from_tokens
+from .token_chains import TokenError, as_token_array, chains_from_tokens, segment_token_table
 from .workload import Workload
 
 TOKEN_FIELDS = ("prompt_token_ids", "input_ids", "token_ids", "prompt_ids", "prompt")
@@ -182,4 +182,5 @@ def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, outp
     chains = chains_from_tokens([r.tokens for r in records])
     requests = tuple(Request(index, r.arrival_s, chain, r.output_len)
                      for index, (r, chain) in enumerate(zip(records, chains)))
-    return Workload(f"prompts:{Path(path).stem}", requests, str(path)), records
+    tokens = segment_token_table(chains, [r.tokens for r in records])
+    return Workload(f"prompts:{Path(path).stem}", requests, str(path), segment_tokens=tokens), records

@@ -100,6 +100,19 @@ def _chains(ends: list[int], depth: list[int], parent: list[int]) -> list[Prompt
     return chains
 
 
+def segment_token_table(chains: Sequence[Prompt], sequences: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """The token ids of every segment of ``chains`` (made from ``sequences`` by
+    ``chains_from_tokens``), each a copy, so that the table keeps only the distinct tokens."""
+    table: dict[int, np.ndarray] = {}
+    for chain, tokens in zip(chains, sequences):
+        start = 0
+        for segment, length in chain:
+            if segment not in table:
+                table[segment] = np.array(tokens[start:start + length], dtype=np.uint32)
+            start += length
+    return table
+
+
 def distinct_tokens(chains: Sequence[Prompt]) -> int:
     """Tokens in the prefix tree: what an unbounded prefix cache would compute once each."""
     seen: dict[int, int] = {}

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
 
 from scheduler import Request
 
@@ -12,6 +15,9 @@ class Workload:
     requests: tuple[Request, ...]
     source: str = "synthetic"              # where it came from (file path or generator)
     notes: tuple[str, ...] = field(default=())  # warnings raised while loading, kept for reports
+    # the token ids of each prompt segment, where the prompts are real tokens (workload=prompts);
+    # None: the engine derives a segment's tokens from its id (engine/tokens.py)
+    segment_tokens: Mapping[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -35,4 +41,4 @@ class Workload:
                 f"output tokens, " + ("offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"))
 
     def head(self, count: int) -> "Workload":
-        return Workload(self.name, self.requests[:count], self.source, self.notes)
+        return Workload(self.name, self.requests[:count], self.source, self.notes, self.segment_tokens)
