@@ -11,6 +11,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
+from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 
 from .command import CONF_DIR, guarded, say
@@ -31,6 +32,9 @@ def build_setup(cfg: DictConfig, base_dir: str):
     hardware = hardware_spec(cfg.hardware.preset, **OmegaConf.to_container(cfg.hardware.overrides, resolve=True))
     if cfg.profile:
         from sim.profile_check import check_profile_matches
+        if hardware.tensor_parallel > 1:
+            raise ConfigError(f"profile={cfg.profile} was measured on one device; tensor_parallel="
+                              f"{hardware.tensor_parallel} applies to the roofline profile only (profile=null)")
         profile = Profile.load(Path(base_dir) / cfg.profile)
         check_profile_matches(profile, model)
     else:
@@ -47,11 +51,11 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     writer = RunWriter(run_dir, run_meta(
-        workload, model, mode="simulated", hardware=hardware.name, profile_kind=cost.profile.kind,
+        workload, model, mode="simulated", hardware=hardware.label, profile_kind=cost.profile.kind,
         profile=cost.profile.label, provenance=cost.profile.provenance, kv_blocks=kv_blocks,
         block_size=int(cfg.schedule.block_size)))
     say(f"workload {workload.describe()}")
-    say(f"model {model.name} on {hardware.name}, {kv_blocks:,} KV blocks of {cfg.schedule.block_size} tokens, "
+    say(f"model {model.name} on {hardware.label}, {kv_blocks:,} KV blocks of {cfg.schedule.block_size} tokens, "
          f"profile: {cost.profile.label}")
     progress = say if cfg.progress else None
     for config in configs:

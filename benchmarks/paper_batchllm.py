@@ -70,15 +70,13 @@ def hydragen() -> None:
     """Hydragen (arXiv 2402.05099; ICML'24 ES-FoMo abstract): CodeLlama-13b, batch 1K, tensor
     parallel over eight A100s: over 3x the baselines' throughput with a 1K shared prefix, over
     30x with 16K; 16x the prefix costs Hydragen ~15 % of its throughput, the baselines over 90 %.
-    Approximated here: CodeLlama-13b's dimensions on one device with eight A100s' FLOP/s,
-    bandwidth and memory (no tensor-parallel communication), 1,024 requests sharing one prefix
-    with 32 tokens of their own and 256 output tokens; fcfs without a request cap stands in for
-    the baselines (prefix KV shared in memory, read per request)."""
+    Here: CodeLlama-13b's dimensions split over eight A100s (tensor parallel, all-reduces over
+    NVLink charged), 1,024 requests sharing one prefix with 32 tokens of their own and 256 output
+    tokens; fcfs without a request cap stands in for the baselines (prefix KV shared in memory,
+    read per request)."""
     model = model_spec("llama-2-7b", num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40,
                        intermediate_size=13824, vocab_size=32016, max_position=32768)
-    a100 = hardware_spec("a100-80gb")
-    hardware = hardware_spec("a100-80gb", peak_flops=8 * a100.peak_flops, hbm_bandwidth=8 * a100.hbm_bandwidth,
-                             memory_bytes=8 * a100.memory_bytes)
+    hardware = hardware_spec("a100-80gb", tensor_parallel=8)
     cost = CostModel(build_roofline_profile(model, hardware), model)
     blocks = kv_capacity_blocks(model, hardware, 16)
     configs = {"fcfs": schedule_config("fcfs", max_num_seqs=None), "batchllm": schedule_config("batchllm")}
@@ -88,7 +86,7 @@ def hydragen() -> None:
         for name, config in configs.items():
             outcome = simulate(workload, config, cost, blocks, 16)
             rates[prefix, name] = outcome_summary(outcome)["output_tokens_per_s"]
-    print("Hydragen setting (approximated): batchllm over fcfs "
+    print("Hydragen setting (8 A100s, tensor parallel): batchllm over fcfs "
           f"{rates[1024, 'batchllm'] / rates[1024, 'fcfs']:.1f}x at prefix 1K (paper: over 3x), "
           f"{rates[16384, 'batchllm'] / rates[16384, 'fcfs']:.1f}x at 16K (over 30x); "
           f"16K costs batchllm {1 - rates[16384, 'batchllm'] / rates[1024, 'batchllm']:.0%} of its output tokens/s "

@@ -4,6 +4,16 @@ Peak dense bf16 FLOP/s and HBM bandwidth are NVIDIA's data-sheet figures (H100 S
 989 TFLOP/s, 3.35 TB/s, 80 GB; H200 SXM: 989 TFLOP/s, 4.8 TB/s, 141 GB; A100 SXM 80GB:
 312 TFLOP/s, 2.039 TB/s). The achievable fractions, kernel launch cost and per-step CPU
 overhead are assumptions of ours until a measured profile replaces them.
+
+Tensor parallelism (``tensor_parallel`` GPUs, Megatron-style, as vLLM shards a model): each
+GPU holds 1/p of the query heads, of the MLP's intermediate columns and of the vocabulary,
+and max(1, kv heads / p) kv heads (replicated where p exceeds them), so 1/p of the weights
+and of the KV cache per token; each layer all-reduces the hidden states twice (after the
+attention output and the MLP down projection). NVLink per GPU and direction: 450 GB/s (H100
+and H200 SXM, 900 GB/s both ways on the data sheets), 300 GB/s (A100 SXM); nccl-tests reach
+busbw of 460-480 GB/s on 8 H100 SXM and 230-250 GB/s on 8 A100 SXM for large all-reduces
+(docs.alayanew.com, "NCCL-tests in practice", 2026). The all-reduce's fixed latency is an
+assumption of ours.
 """
 from __future__ import annotations
 
@@ -29,20 +39,81 @@ class HardwareSpec:
     step_overhead_per_request_s: float = 1e-5
     memory_utilization: float = 0.9   # fraction of memory the engine may take (vLLM default)
     activation_reserve_bytes: float = 2 * GB
+    tensor_parallel: int = 1          # GPUs one model is sharded over (each one of these)
+    interconnect_bandwidth: float = 450 * GB  # bytes/s per GPU and direction (NVLink)
+    interconnect_efficiency: float = 0.8      # achievable fraction of it in an all-reduce
+    allreduce_latency_s: float = 10e-6        # fixed cost of one all-reduce
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
             if not getattr(self, field_name) > 0:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0")
-        for field_name in ("compute_efficiency", "memory_efficiency", "memory_utilization"):
+        for field_name in ("compute_efficiency", "memory_efficiency", "memory_utilization",
+                           "interconnect_efficiency"):
             if not 0 < getattr(self, field_name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be in (0, 1]")
+        if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+            raise ConfigError(f"hardware {self.name!r}: tensor_parallel is {self.tensor_parallel!r}; "
+                              f"expected a whole number of GPUs >= 1")
+        if self.tensor_parallel > 1 and not (self.interconnect_bandwidth > 0 and self.allreduce_latency_s >= 0):
+            raise ConfigError(f"hardware {self.name!r}: tensor parallelism needs interconnect_bandwidth > 0 and "
+                              f"allreduce_latency_s >= 0")
+
+    @property
+    def label(self) -> str:
+        """The name, with the GPU count under tensor parallelism ("h100-sxm x8 TP")."""
+        return self.name if self.tensor_parallel == 1 else f"{self.name} x{self.tensor_parallel} TP"
+
+    def allreduce_s(self, nbytes):
+        """Seconds of a ring all-reduce of ``nbytes`` over the tensor-parallel GPUs (0 on one)."""
+        p = self.tensor_parallel
+        if p == 1:
+            return nbytes * 0.0
+        rate = self.interconnect_bandwidth * self.interconnect_efficiency
+        return self.allreduce_latency_s + 2 * (p - 1) / p * nbytes / rate
+
+    def gather_s(self, nbytes):
+        """Seconds to gather ``nbytes`` (the whole, 1/p from each GPU) on one GPU (0 on one)."""
+        p = self.tensor_parallel
+        if p == 1:
+            return nbytes * 0.0
+        return self.allreduce_latency_s + (p - 1) / p * nbytes / (self.interconnect_bandwidth *
+                                                                 self.interconnect_efficiency)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One GPU's share of a model under tensor parallelism."""
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    weight_bytes: float      # the GPU's weights
+    kv_bytes_per_token: int  # the GPU's KV cache per token (all layers)
+
+
+def shard(model: ModelSpec, hardware: HardwareSpec) -> Shard:
+    """What one of ``hardware.tensor_parallel`` GPUs holds; a split the heads do not allow
+    (as vLLM requires: query heads divisible by p, kv heads divisible by p or p by them) is
+    refused."""
+    p = hardware.tensor_parallel
+    if p == 1:
+        return Shard(model.num_heads, model.num_kv_heads, model.intermediate_size, model.vocab_size,
+                     model.weight_bytes_total, model.kv_bytes_per_token)
+    nkv = model.num_kv_heads
+    if model.num_heads % p or (nkv % p and p % nkv):
+        raise ConfigError(f"model {model.name!r} cannot be split over tensor_parallel={p} GPUs: its {model.num_heads} "
+                          f"query heads must divide by {p}, and its {nkv} kv heads divide by {p} or {p} by them")
+    kv_heads = max(nkv // p, 1)
+    kv_per_token = model.kv_bytes_per_token // nkv * kv_heads
+    return Shard(model.num_heads // p, kv_heads, -(-model.intermediate_size // p), -(-model.vocab_size // p),
+                 model.weight_bytes_total / p, kv_per_token)
 
 
 HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "h100-sxm": HardwareSpec("h100-sxm", 989e12, 3.35e12, 80 * GB),
     "h200": HardwareSpec("h200", 989e12, 4.8e12, 141 * GB),
-    "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB),
+    "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB),
 }
 
 
@@ -51,16 +122,21 @@ def hardware_spec(name: str, **overrides: object) -> HardwareSpec:
 
 
 def kv_capacity_blocks(model: ModelSpec, hardware: HardwareSpec, block_size: int) -> int:
-    """KV blocks that fit in (memory x utilisation - weights - activation reserve)."""
+    """KV blocks that fit in (memory x utilisation - weights - activation reserve), per GPU
+    under tensor parallelism (each GPU holds its heads' share of every block)."""
     usable = hardware.memory_bytes * hardware.memory_utilization
-    left = usable - model.weight_bytes_total - hardware.activation_reserve_bytes
+    part = shard(model, hardware)
+    left = usable - part.weight_bytes - hardware.activation_reserve_bytes
     if left <= 0:
+        gpus = "" if hardware.tensor_parallel == 1 else \
+            f" per GPU (1/{hardware.tensor_parallel} of {model.weight_bytes_total / GB:.1f} GB)"
         raise ConfigError(
-            f"model {model.name!r} does not fit on {hardware.name!r}: weights take "
-            f"{model.weight_bytes_total / GB:.1f} GB of {usable / GB:.1f} GB usable "
+            f"model {model.name!r} does not fit on {hardware.label!r}: weights take "
+            f"{part.weight_bytes / GB:.1f} GB{gpus} of {usable / GB:.1f} GB usable "
             f"({hardware.memory_utilization:.0%} of {hardware.memory_bytes / GB:.0f} GB) plus "
-            f"{hardware.activation_reserve_bytes / GB:.1f} GB for activations; try model.weight_bytes=0.5 (4-bit)")
-    blocks = int(left // (model.kv_bytes_per_token * block_size))
+            f"{hardware.activation_reserve_bytes / GB:.1f} GB for activations; try "
+            f"hardware.overrides.tensor_parallel=N (N GPUs) or model.overrides.weight_bytes=0.5 (4-bit)")
+    blocks = int(left // (part.kv_bytes_per_token * block_size))
     if blocks < 1:
         raise ConfigError(f"model {model.name!r} on {hardware.name!r}: no room for a single KV block")
     return blocks

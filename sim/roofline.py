@@ -1,5 +1,10 @@
 """An analytic roofline profile: each kernel costs max(FLOPs / achievable FLOP/s, bytes /
-achievable bandwidth) plus its launches, tabulated on the same grids a measured profile uses."""
+achievable bandwidth) plus its launches, tabulated on the same grids a measured profile uses.
+
+Under tensor parallelism the tables are one GPU's (its share of heads, MLP columns and
+vocabulary; sim/hardware.py) and the communication is charged where it happens: an all-reduce
+of the hidden states in ``linear_o`` and in ``mlp`` (after the row-parallel GEMMs), a gather of
+the logits in ``lm_head_sampling``; none of it overlapped with compute."""
 from __future__ import annotations
 
 from datetime import date
@@ -8,7 +13,7 @@ import numpy as np
 
 from scheduler.model_spec import ModelSpec
 
-from .hardware import HardwareSpec
+from .hardware import HardwareSpec, shard
 from .profile import Profile, Table
 
 
@@ -33,9 +38,11 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     def roof(flops, nbytes, launches=1):
         return np.maximum(flops / flops_rate, nbytes / bytes_rate) + launches * launch
 
-    h, d, I, V = model.hidden_size, model.head_dim, model.intermediate_size, model.vocab_size
-    nh, nkv = model.num_heads, model.num_kv_heads
+    part = shard(model, hardware)  # one GPU's share (the whole model on one GPU)
+    h, d, I, V = model.hidden_size, model.head_dim, part.intermediate_size, part.vocab_size
+    nh, nkv = part.num_heads, part.num_kv_heads
     act, wb = model.activation_bytes, model.weight_bytes
+    allreduce = hardware.allreduce_s  # of the hidden states of T tokens: T * h * act bytes
     qkv = (nh + 2 * nkv) * d
     T = TOKENS
 
@@ -44,9 +51,10 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
 
     tables = {
         "linear_qkv": Table(("tokens",), (T,), gemm(T, h, qkv)),
-        "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h)),
+        "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
         # gate+up GEMM, down GEMM, SiLU-and-multiply
-        "mlp": Table(("tokens",), (T,), gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)),
+        "mlp": Table(("tokens",), (T,), gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)
+                     + allreduce(T * h * act)),
         # two RMSNorms, two residual adds, RoPE, KV-cache store
         "elementwise": Table(("tokens",), (T,), roof(0, T * (10 * h + 4 * nkv * d) * act, launches=5)),
     }
@@ -66,15 +74,20 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
         4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
         + roof(0, 4 * q * nh * d * 4, launches=0))
     sampled = np.concatenate([[0.0], QUERIES])
-    lm = gemm(sampled, h, V) + roof(0, sampled * V * 4)
+    lm = gemm(sampled, h, V) + roof(0, sampled * V * 4) + hardware.gather_s(sampled * model.vocab_size * 4)
     lm[0] = 0.0
     tables["lm_head_sampling"] = Table(("sampled",), (sampled,), lm)
     requests = np.array([0.0, 1.0, 65536.0])
     tables["step_overhead"] = Table(("requests",), (requests,),
                                     hardware.step_overhead_s + requests * hardware.step_overhead_per_request_s)
-    provenance = {"hardware": hardware.name, "generator": "batchlab roofline", "date": date.today().isoformat(),
+    provenance = {"hardware": hardware.label, "generator": "batchlab roofline", "date": date.today().isoformat(),
                   "peak_flops": hardware.peak_flops, "hbm_bandwidth": hardware.hbm_bandwidth,
                   "compute_efficiency": hardware.compute_efficiency,
                   "memory_efficiency": hardware.memory_efficiency}
+    if hardware.tensor_parallel > 1:
+        provenance.update(tensor_parallel=hardware.tensor_parallel,
+                          interconnect_bandwidth=hardware.interconnect_bandwidth,
+                          interconnect_efficiency=hardware.interconnect_efficiency,
+                          allreduce_latency_s=hardware.allreduce_latency_s)
     dtype = "bf16" if model.activation_bytes == 2 else f"{model.activation_bytes}-byte"
     return Profile("roofline", model.name, dtype, tables, provenance)

@@ -64,6 +64,8 @@ def test_simulate_does_not_import_pandas(tmp_path):
     (["schedule.names=[fcfs,fifo]"], "unknown schedule 'fifo'"),
     (["workload=file"], "needs a path"),
     (["model=llama-3.1-70b"], "does not fit on 'h100-sxm'"),
+    (["model=llama-3.1-70b", "hardware.overrides.tensor_parallel=3"], "cannot be split over tensor_parallel=3"),
+    (["hardware.overrides.tensor_parallel=2", "profile=profiles/any"], "applies to the roofline profile only"),
     (["+schedule.overrides.chunk=3"], "unknown option"),
     (["schedule.overrides.chunk=3"], "unknown option"),  # the plain form reaches the same check
     (["model.overrides.num_layerz=3"], "unknown field(s) ['num_layerz']; expected some of"),

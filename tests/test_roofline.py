@@ -76,3 +76,52 @@ def test_shared_prefix_groups_cost_the_same_counted_or_left_for_the_cost_model_t
         (0.0 + shared.scalar(2, 384)) + shared.scalar(3, 576)) * model.num_layers
     alone = cost.step(plan((1, 3, 0)))  # the first group's one decoding member reads its prefix itself
     assert alone[0] != counted[0]
+
+
+def test_tensor_parallel_gpus_each_take_their_share_and_pay_two_all_reduces_a_layer():
+    model = model_spec("llama-3.1-8b")
+    one = build_roofline_profile(model, hardware_spec("h100-sxm")).tables
+    free = dict(interconnect_bandwidth=1e30, allreduce_latency_s=0.0)  # communication for nothing
+    for p in (2, 4):
+        split = build_roofline_profile(model, hardware_spec("h100-sxm", tensor_parallel=p, **free)).tables
+        # each GPU does 1/p of every kernel's work (compute-bound: 8,192 tokens, a long prefill
+        # chunk; memory-bound: decode attention reads 1/p of the KV); kernel launches do not split
+        share = lambda table, launches, *shape: (one[table].scalar(*shape) - launches * 4e-6) / p + launches * 4e-6
+        for name, launches in (("linear_qkv", 1), ("linear_o", 1), ("mlp", 3), ("lm_head_sampling", 2)):
+            assert split[name].scalar(8192) == pytest.approx(share(name, launches, 8192), rel=1e-9), (name, p)
+        assert split["attn_prefill"].scalar(4096, 8192) == pytest.approx(share("attn_prefill", 1, 4096, 8192), rel=1e-9)
+        assert split["attn_decode"].scalar(64, 4096) == pytest.approx(share("attn_decode", 1, 64, 4096), rel=1e-9)
+    # with NVLink: linear_o and mlp each carry one all-reduce of the tokens' hidden states, the
+    # LM head a gather of the logits; the QKV GEMM and attention none
+    hardware = hardware_spec("h100-sxm", tensor_parallel=8)
+    real = build_roofline_profile(model, hardware).tables
+    free8 = build_roofline_profile(model, hardware_spec("h100-sxm", tensor_parallel=8, **free)).tables
+    tokens = 4096
+    hidden_bytes = tokens * model.hidden_size * 2
+    ring = 10e-6 + 2 * 7 / 8 * hidden_bytes / (450e9 * 0.8)  # latency + ring all-reduce over 8 GPUs
+    for name in ("linear_o", "mlp"):
+        assert real[name].scalar(tokens) - free8[name].scalar(tokens) == pytest.approx(ring, rel=1e-6)
+    assert real["linear_qkv"].scalar(tokens) == free8["linear_qkv"].scalar(tokens)
+    assert real["attn_decode"].scalar(64, 4096) == free8["attn_decode"].scalar(64, 4096)
+    assert real["lm_head_sampling"].scalar(64) > free8["lm_head_sampling"].scalar(64)
+
+
+def test_tensor_parallel_kv_capacity_and_the_splits_a_model_allows():
+    from scheduler.errors import ConfigError
+    from sim.hardware import kv_capacity_blocks
+
+    big = model_spec("llama-3.1-70b")  # 141 GB of bf16 weights, 8 kv heads
+    for p in (1, 2):
+        with pytest.raises(ConfigError, match="does not fit"):
+            kv_capacity_blocks(big, hardware_spec("h100-sxm", tensor_parallel=p), 16)
+    blocks = {p: kv_capacity_blocks(big, hardware_spec("h100-sxm", tensor_parallel=p), 16) for p in (4, 8, 16)}
+    # per GPU: 72 GB usable - 1/p of the weights - 2 GB, over 1/p of the KV bytes of a token
+    for p in (4, 8):
+        per_gpu = 80e9 * 0.9 - big.weight_bytes_total / p - 2e9
+        assert blocks[p] == int(per_gpu // (big.kv_bytes_per_token / p * 16))
+    # 16 GPUs hold 8 kv heads one per GPU, replicated: a token's KV costs each GPU what it does at 8
+    assert blocks[16] == int((80e9 * 0.9 - big.weight_bytes_total / 16 - 2e9) // (big.kv_bytes_per_token / 8 * 16))
+    with pytest.raises(ConfigError, match="cannot be split over tensor_parallel=3"):
+        kv_capacity_blocks(big, hardware_spec("h100-sxm", tensor_parallel=3), 16)
+    with pytest.raises(ConfigError, match="tensor_parallel is 0"):
+        hardware_spec("h100-sxm", tensor_parallel=0)
