@@ -46,30 +46,56 @@ def build_setup(cfg: DictConfig, base_dir: str):
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.simulator import simulate
 
+    from traces.sharding import shard_workload
+
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
+    block_size = int(cfg.schedule.block_size)
+    replicas = cfg.get("replicas", 1)
+    shards = shard_workload(workload, replicas, cfg.get("sharding", "prefix"), block_size)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({cfg.sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(
-        workload, model, mode="simulated", hardware=hardware.label, profile_kind=cost.profile.kind,
-        profile=cost.profile.label, provenance=cost.profile.provenance, kv_blocks=kv_blocks,
-        block_size=int(cfg.schedule.block_size)))
+        workload, model, mode="simulated", hardware=where, profile_kind=cost.profile.kind,
+        profile=cost.profile.label, provenance=cost.profile.provenance, kv_blocks=kv_blocks, block_size=block_size))
     say(f"workload {workload.describe()}")
-    say(f"model {model.name} on {hardware.label}, {kv_blocks:,} KV blocks of {cfg.schedule.block_size} tokens, "
-         f"profile: {cost.profile.label}")
+    say(f"model {model.name} on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
+        f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
     progress = say if cfg.progress else None
     for config in configs:
         started = time.perf_counter()
-        outcome = simulate(workload, config, cost, kv_blocks, int(cfg.schedule.block_size),
-                           bool(cfg.schedule.fast_forward), writer.step_dir(config.name), progress)
-        summary = writer.add(config.name, request_columns(outcome.scheduler, config.name),
-                             outcome.steps.columns(),
+        requests, steps, events = [], [], 0
+        for index, shard in enumerate(shards, 1):
+            step_dir = writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
+            outcome = simulate(shard, config, cost, kv_blocks, block_size, bool(cfg.schedule.fast_forward),
+                               step_dir, progress)
+            requests.append(request_columns(outcome.scheduler, config.name))
+            steps.append(outcome.steps.columns())
+            events += outcome.num_events
+        summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps),
                              {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
-                              "num_events": outcome.num_events})
+                              "num_events": events})
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
-             f"({summary['num_steps']:,} steps, {outcome.num_events:,} events)")
+             f"({summary['num_steps']:,} steps, {events:,} events)")
     writer.write(complete=True)
     return writer.summaries
+
+
+def _with_replicas(tables: list[dict]) -> dict:
+    """One replica's record columns as they are; several, concatenated with a ``replica``
+    column (1, 2, ...) after the schedule's."""
+    if len(tables) == 1:
+        return tables[0]
+    import numpy as np
+
+    columns = {}
+    for name in tables[0]:
+        columns[name] = np.concatenate([table[name] for table in tables])
+        if name == "schedule" or (name == next(iter(tables[0])) and "schedule" not in tables[0]):
+            columns["replica"] = np.concatenate([np.full(len(table[name]), index, dtype=np.int64)
+                                                 for index, table in enumerate(tables, 1)])
+    return columns
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="simulate")

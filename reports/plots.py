@@ -66,6 +66,10 @@ def latency_cdfs(groups: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
 def step_series(groups: list[tuple[str, pd.DataFrame]], column: str, ylabel: str, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, steps in groups:
+        if "replica" in steps.columns and steps["replica"].nunique() > 1:  # replicas' steps interleave
+            count = steps["replica"].nunique()
+            steps = steps[steps["replica"] == steps["replica"].min()]
+            name = f"{name} (replica 1 of {count})"
         thinned = _thin(steps)
         ax.plot(thinned["start_s"], thinned[column], label=name, linewidth=0.8)
     ax.set_xlabel("time (s)")
