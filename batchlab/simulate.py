@@ -52,10 +52,10 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     block_size = int(cfg.schedule.block_size)
-    replicas = cfg.get("replicas", 1)
-    shards = shard_workload(workload, replicas, cfg.get("sharding", "prefix"), block_size)
+    replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
+    shards = shard_workload(workload, replicas, sharding, block_size)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({cfg.sharding} sharding)"
+    where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(
         workload, model, mode="simulated", hardware=where, profile_kind=cost.profile.kind,
         profile=cost.profile.label, provenance=cost.profile.provenance, kv_blocks=kv_blocks, block_size=block_size))
@@ -83,18 +83,15 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
 
 
 def _with_replicas(tables: list[dict]) -> dict:
-    """One replica's record columns as they are; several, concatenated with a ``replica``
-    column (1, 2, ...) after the schedule's."""
+    """One replica's record columns as they are; several, concatenated after a ``replica``
+    column (1, 2, ...)."""
     if len(tables) == 1:
         return tables[0]
     import numpy as np
 
-    columns = {}
-    for name in tables[0]:
-        columns[name] = np.concatenate([table[name] for table in tables])
-        if name == "schedule" or (name == next(iter(tables[0])) and "schedule" not in tables[0]):
-            columns["replica"] = np.concatenate([np.full(len(table[name]), index, dtype=np.int64)
-                                                 for index, table in enumerate(tables, 1)])
+    rows = lambda table: len(next(iter(table.values())))
+    columns = {"replica": np.concatenate([np.full(rows(t), index, dtype=np.int64) for index, t in enumerate(tables, 1)])}
+    columns.update({name: np.concatenate([t[name] for t in tables]) for name in tables[0]})
     return columns
 
 

@@ -66,19 +66,19 @@ class HardwareSpec:
 
     def allreduce_s(self, nbytes):
         """Seconds of a ring all-reduce of ``nbytes`` over the tensor-parallel GPUs (0 on one)."""
+        return self._collective_s(nbytes, 2)
+
+    def gather_s(self, nbytes):
+        """Seconds to gather ``nbytes`` (the whole, 1/p from each GPU) on one GPU (0 on one)."""
+        return self._collective_s(nbytes, 1)
+
+    def _collective_s(self, nbytes, passes: int):
+        """A collective that moves ``passes`` x (p-1)/p of ``nbytes`` over each GPU's link."""
         p = self.tensor_parallel
         if p == 1:
             return nbytes * 0.0
         rate = self.interconnect_bandwidth * self.interconnect_efficiency
-        return self.allreduce_latency_s + 2 * (p - 1) / p * nbytes / rate
-
-    def gather_s(self, nbytes):
-        """Seconds to gather ``nbytes`` (the whole, 1/p from each GPU) on one GPU (0 on one)."""
-        p = self.tensor_parallel
-        if p == 1:
-            return nbytes * 0.0
-        return self.allreduce_latency_s + (p - 1) / p * nbytes / (self.interconnect_bandwidth *
-                                                                 self.interconnect_efficiency)
+        return self.allreduce_latency_s + passes * (p - 1) / p * nbytes / rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,5 +138,5 @@ def kv_capacity_blocks(model: ModelSpec, hardware: HardwareSpec, block_size: int
             f"hardware.overrides.tensor_parallel=N (N GPUs) or model.overrides.weight_bytes=0.5 (4-bit)")
     blocks = int(left // (part.kv_bytes_per_token * block_size))
     if blocks < 1:
-        raise ConfigError(f"model {model.name!r} on {hardware.name!r}: no room for a single KV block")
+        raise ConfigError(f"model {model.name!r} on {hardware.label!r}: no room for a single KV block")
     return blocks
