@@ -46,6 +46,8 @@ def profile_main(cfg: DictConfig) -> None:
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
+    from engine.host_load import cpu_counters, stolen_share
+    from engine.profiler import yardstick_ms
     from reports.validation import (compare_runs, discordant_pairs, kernel_errors, ranking, run_noise, scatter,
                                     step_errors)
     from sim.cost_model import CostModel
@@ -84,13 +86,29 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline,
               "profile": str(profile_dir), "device": device, "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
+    # every schedule once, then every schedule again: the noise floor then spans the whole
+    # validation, so the machine slowing down for a minute shows as noise rather than as one
+    # schedule's prediction error (back to back, two runs of a schedule share one slow spell)
+    runs = {config.name: [] for config in configs}
+    speed = {config.name: [] for config in configs}
+    stolen = {config.name: [] for config in configs}
+    for _ in range(2 if cfg.noise_floor else 1):
+        for config in configs:
+            runner = _runner(cfg, model, kv_blocks, weights)
+            speed[config.name].append(yardstick_ms(runner.device))
+            before = cpu_counters()
+            runs[config.name].append(run_engine(workload, config, runner, kv_blocks, block_size, keep_plans=True))
+            stolen[config.name].append(stolen_share(before, cpu_counters()))
+    marks = [ms for values in speed.values() for ms in values]
+    result["yardstick_ms"] = {"per_run": speed, "min": min(marks), "max": max(marks)}
+    shares = [share for values in stolen.values() for share in values if share is not None]
+    result["cpu_stolen"] = {"per_run": stolen, "min": min(shares, default=None), "max": max(shares, default=None)}
     points = {}
     for config in configs:
         plans = []
         simulated = simulate(workload, config, cost, kv_blocks, block_size, fast_forward=False,
                              on_plan=lambda p: plans.append(p.outline()))
-        measured = [run_engine(workload, config, _runner(cfg, model, kv_blocks, weights), kv_blocks, block_size,
-                               keep_plans=True) for _ in range(2 if cfg.noise_floor else 1)]
+        measured = runs[config.name]
         sim_steps, meas_steps = simulated.steps.all_steps(), measured[0].steps.all_steps()
         sim_requests = requests_frame(simulated.scheduler, config.name)
         meas_requests = requests_frame(measured[0].scheduler, config.name)

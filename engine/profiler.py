@@ -346,6 +346,24 @@ class Profiler:
         return tables
 
 
+def yardstick_ms(device, size: int = 256, calls: int = 30) -> float:
+    """Milliseconds of a fixed piece of work (a ``size`` x ``size`` fp32 matrix product), the
+    median of ``calls``: how fast the machine is right now, so that runs measured minutes apart
+    can be told apart from the machine changing speed under them."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    times = []
+    for _ in range(calls):
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e3)
+
+
 def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, dtype: str,
                   provenance: dict) -> Path:
     directory = Path(directory)

@@ -64,6 +64,14 @@ def validation_table(result: dict) -> str:
     separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]
     lines.append(f"pairs the engine separates beyond its noise floor: {len(separated)}, ordered the other way "
                  f"by the simulator: {len(discordant)}" + (f" {discordant}" if discordant else ""))
+    speed = result.get("yardstick_ms")
+    if speed:  # a fixed matrix product before every engine run: how steady the machine was
+        lines.append(f"machine speed (yardstick before each run): {speed['min']:.3f}-{speed['max']:.3f} ms, "
+                     f"{speed['max'] / speed['min'] - 1:.0%} apart")
+    stolen = result.get("cpu_stolen") or {}
+    if stolen.get("max") is not None:  # a VM's hypervisor running other guests on our cores
+        per_run = ", ".join(f"{name} " + "/".join(_pct(v) for v in values) for name, values in stolen["per_run"].items())
+        lines.append(f"CPU time stolen by the hypervisor during the engine runs: {per_run}")
     return "\n".join(lines)
 
 

@@ -155,6 +155,13 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
         assert roof["makespan_s_error"] == pytest.approx(
             abs(roof["makespan_s_predicted"] - entry["makespan_s_measured"]) / entry["makespan_s_measured"])
         assert roof["step_error"]["steps"] == len(m)
+    # a yardstick (and the hypervisor's share of the CPU, where /proc/stat tells) before and
+    # during every engine run, each schedule's two
+    for name in ("fcfs", "batchllm"):
+        assert len(validation["yardstick_ms"]["per_run"][name]) == 2
+        assert all(ms > 0 for ms in validation["yardstick_ms"]["per_run"][name])
+        assert all(v is None or 0 <= v <= 1 for v in validation["cpu_stolen"]["per_run"][name])
+    assert "machine speed (yardstick before each run)" in result.stdout
     assert "seconds per kernel over the run" in (tmp_path / "validation.md").read_text()
     assert (tmp_path / "validation_scatter.png").exists()
     assert validation["ranking_measured"] == sorted(validation["schedules"],
@@ -366,3 +373,44 @@ def test_point_lookups_equal_the_vectorised_lookup_bit_for_bit():
         vectorised = table(*coords)
         pointwise = np.array([table.scalar(*(float(c[k]) for c in coords)) for k in range(len(coords[0]))])
         assert np.array_equal(pointwise, vectorised), shape
+
+
+def test_validation_runs_every_schedule_before_running_any_again(profile_dir, tmp_path, monkeypatch):
+    """The noise floor's second runs come after a first run of every schedule, so that a slow
+    spell of the machine lands on several schedules' runs instead of on both runs of one."""
+    from hydra import compose, initialize_config_dir
+
+    import engine.loop
+    from batchlab.command import CONF_DIR
+    from batchlab.validate import run_validation
+
+    order = []
+    real = engine.loop.run_engine
+
+    def recorded(workload, config, *args, **kwargs):
+        order.append(config.name)
+        return real(workload, config, *args, **kwargs)
+
+    monkeypatch.setattr(engine.loop, "run_engine", recorded)
+    overrides = [f"profile={profile_dir}", "workload.params.num_requests=8", "workload.params.share_degree=4",
+                 "workload.params.prefix_len=32", "workload.params.output_len=2",
+                 "schedule.names=[fcfs,prefix_grouped,batchllm]", "noise_floor=true", "report=false"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("validate", overrides=overrides)
+    result = run_validation(cfg, tmp_path, ".")
+    assert order == ["fcfs", "prefix_grouped", "batchllm"] * 2
+    assert all("noise_step_error" in entry for entry in result["schedules"].values())
+
+
+def test_stolen_cpu_share_is_read_from_proc_stat(tmp_path, monkeypatch):
+    from engine import host_load
+
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(host_load, "STAT", stat)
+    stat.write_text("cpu  100 0 20 500 3 0 0 10 0 0\ncpu0 50 0 10 250 1 0 0 5 0 0\n")
+    before = host_load.cpu_counters()
+    assert before == (130, 10)  # user + nice + system + irq + softirq + steal; steal
+    stat.write_text("cpu  160 0 30 900 3 0 0 40 0 0\n")
+    assert host_load.stolen_share(before, host_load.cpu_counters()) == pytest.approx(30 / 100)
+    stat.write_text("intr 1 2 3\n")
+    assert host_load.cpu_counters() is None and host_load.stolen_share(before, None) is None

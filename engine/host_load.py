@@ -1,0 +1,33 @@
+"""How much of the CPU a virtual machine's hypervisor took while something ran (Linux).
+
+On a shared VM the hypervisor runs other guests on our cores now and then; the kernel counts
+that time as "steal" in /proc/stat. A run that lost a fifth of its CPU time that way is a
+fifth slower than the profile that predicts it, whatever the model: validation records the
+share per engine run so that such a run can be told from a wrong prediction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+STAT = Path("/proc/stat")
+
+
+def cpu_counters() -> tuple[int, int] | None:
+    """(busy ticks, stolen ticks) summed over the CPUs since boot; None where /proc/stat has
+    no such line (not Linux)."""
+    try:
+        fields = STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return user + nice + system + irq + softirq + steal, steal
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the busy CPU time between two ``cpu_counters()`` readings that the
+    hypervisor took (None where unknown or nothing ran)."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
