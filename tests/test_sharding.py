@@ -74,6 +74,7 @@ def test_simulate_with_replicas_records_each_and_ends_with_the_last(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["hardware"] == "3 replicas of h100-sxm (prefix sharding)"
+    assert "prefix sharding balances" not in result.stderr  # offline: nothing to warn of
     requests = pd.read_parquet(tmp_path / "requests.parquet")
     steps = pd.read_parquet(tmp_path / "steps.parquet")
     assert set(requests["replica"]) == set(steps["replica"]) == {1, 2, 3}
@@ -98,3 +99,13 @@ def test_simulate_with_replicas_records_each_and_ends_with_the_last(tmp_path):
     tracks = {e["args"]["name"] for e in json.loads((tmp_path / "timeline.json").read_text())["traceEvents"]
               if e.get("name") == "thread_name"}
     assert {f"{n} steps, replica {i}" for n in ("fcfs", "batchllm") for i in (1, 2, 3)} == tracks
+
+
+def test_prefix_sharding_of_a_replay_with_arrivals_says_what_it_does(tmp_path):
+    from test_cli_simulate import batchlab
+
+    result = batchlab("simulate", "workload.params.num_requests=32", "workload.params.share_degree=4",
+                      "workload.arrivals.process=poisson", "workload.arrivals.rate=50", "replicas=2",
+                      "schedule.names=[fcfs]", "report=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "prefix sharding balances each replica's work over the whole replay, not over time" in result.stderr
