@@ -71,8 +71,10 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         requests, steps, events = [], [], 0
         for index, shard in enumerate(shards, 1):
             step_dir = writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
+            told = progress if progress is None or replicas == 1 else \
+                (lambda message, index=index: progress(f"replica {index}/{replicas}: {message}"))
             outcome = simulate(shard, config, cost, kv_blocks, block_size, bool(cfg.schedule.fast_forward),
-                               step_dir, progress)
+                               step_dir, told)
             requests.append(request_columns(outcome.scheduler, config.name))
             steps.append(outcome.steps.columns())
             events += outcome.num_events
