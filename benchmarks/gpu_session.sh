@@ -9,6 +9,9 @@
 #                                                    # the torch backend's tokens), bench_kernels.py
 #   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
 #   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
+#   bash benchmarks/gpu_session.sh all               # the three above in one call, each time-limited,
+#                                                    # results in $OUT/gpu_results.tar.gz (preferred:
+#                                                    # a task's device time is 15 minutes in all)
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command. A dry run of the
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
@@ -59,7 +62,7 @@ case "$stage" in
     set +e
     "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/kernel_tests.log"
     "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
-    cp benchmarks/results/*.json "$OUT/" 2>/dev/null
+    cp benchmarks/results/*.json "$OUT/" 2>/dev/null || echo "no benchmark results (no CUDA device?)"
     ;;
   profile)
     setup
@@ -80,8 +83,24 @@ case "$stage" in
       hydra.run.dir="$run_dir" "$@" 2>&1 | tee "$OUT/validate.log"
     mkdir -p "$OUT/validate" && cp "$run_dir"/validation.* "$run_dir"/validation_scatter.png "$run_dir"/report.md "$OUT/validate/"
     ;;
+  all)
+    # Everything owed in ONE call (a task's device time is 15 minutes, the machine's start
+    # included): each stage under its own time limit, in order of what is owed most, each
+    # stage's files gathered into one archive ($OUT returns at most 8 files). Run as
+    #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=570)
+    work="$OUT/work"
+    mkdir -p "$work"
+    for stage_limit in kernels:170 profile:200 validate:170; do
+      name="${stage_limit%%:*}" limit="${stage_limit##*:}"
+      echo "== $name (at most ${limit} s) $(date +%T)"
+      OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
+        || echo "== $name ended with status $? (124: out of time)"
+    done
+    tar czf "$OUT/gpu_results.tar.gz" -C "$work" . && rm -rf "$work"
+    ls -l "$OUT"
+    ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|kernels|profile|validate [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|kernels|profile|validate|all [hydra overrides]" >&2
     exit 2
     ;;
 esac
