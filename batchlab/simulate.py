@@ -80,7 +80,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             events += outcome.num_events
         summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps),
                              {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
-                              "num_events": events})
+                              "num_events": events, "num_gpus": replicas * hardware.tensor_parallel})
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
              f"({summary['num_steps']:,} steps, {events:,} events)")
     writer.write(complete=True)

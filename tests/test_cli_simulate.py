@@ -26,6 +26,7 @@ def test_simulate_writes_records_and_prints_the_table(tmp_path):
                       "report=false", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     assert "prefix_grouped" in result.stdout and "vs fcfs" in result.stdout
+    assert "tokens/s/GPU" not in result.stdout  # one GPU: the column would repeat tokens/s
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["profile_kind"] == "roofline" and summary["hardware"] == "h100-sxm"
     from scheduler import kv_blocks

@@ -75,6 +75,8 @@ def test_simulate_with_replicas_records_each_and_ends_with_the_last(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["hardware"] == "3 replicas of h100-sxm (prefix sharding)"
     assert "prefix sharding balances" not in result.stderr  # offline: nothing to warn of
+    assert all(entry["num_gpus"] == 3 for entry in summary["schedules"].values())
+    assert "tokens/s/GPU" in result.stdout
     requests = pd.read_parquet(tmp_path / "requests.parquet")
     steps = pd.read_parquet(tmp_path / "steps.parquet")
     assert set(requests["replica"]) == set(steps["replica"]) == {1, 2, 3}
