@@ -16,7 +16,7 @@ import heapq
 from dataclasses import replace
 
 from scheduler.errors import ConfigError
-from scheduler.grouping import group_requests
+from scheduler.grouping import plan_groups
 
 from .workload import Workload
 
@@ -42,34 +42,37 @@ def shard_workload(workload: Workload, replicas: int, how: str = "prefix", block
 
 
 def _by_prefix(requests: list, replicas: int, block_size: int) -> list[list]:
-    by_id = {r.req_id: r for r in requests}
-    position = {r.req_id: i for i, r in enumerate(requests)}
-    grouping = group_requests(requests, block_size)
-    units = []  # (prefix computed once, [(request id, its own work)]), groups then ungrouped requests
-    for group in grouping.groups:
-        cut = group.prefix_len
-        units.append((cut, [(i, by_id[i].prompt_len - cut + by_id[i].output_len) for i in group.member_ids]))
-    units += [(0, [(i, by_id[i].prompt_len + by_id[i].output_len)]) for i in grouping.plain_ids]
-    fair = sum(prefix + sum(w for _, w in members) for prefix, members in units) / replicas
-    units.sort(key=lambda unit: (-(unit[0] + sum(w for _, w in unit[1])), position[unit[1][0][0]]))
+    # by position in ``requests`` (arrival order) throughout: a replica's share is its sorted positions
+    lengths = [r.prompt_len for r in requests]
+    groups, plain, _, _ = plan_groups([r.prompt for r in requests], lengths, block_size)
+    units = []  # (prefix computed once, [(position, its own work)], their own work), groups then the rest
+    for cut, members in groups:
+        work = [(i, lengths[i] - cut + requests[i].output_len) for i in members]
+        units.append((cut, work, sum(w for _, w in work)))
+    units += [(0, [(i, lengths[i] + requests[i].output_len)], lengths[i] + requests[i].output_len) for i in plain]
+    fair = sum(prefix + own for prefix, _, own in units) / replicas
+    units.sort(key=lambda unit: (-(unit[0] + unit[2]), unit[1][0][0]))
     loads = [(0, index) for index in range(replicas)]
     parts: list[list[int]] = [[] for _ in range(replicas)]
     held: list[set[int]] = [set() for _ in range(replicas)]  # the units each replica has a piece of
-    for unit, (prefix, members) in enumerate(units):
-        while members:
+    for unit, (prefix, members, rest) in enumerate(units):
+        start = 0
+        while start < len(members):
             load, index = heapq.heappop(loads)
             own_prefix = 0 if unit in held[index] else prefix  # a replica computes a prefix once
             room = fair - load
-            if own_prefix + sum(w for _, w in members) <= room:
-                count = len(members)
+            if own_prefix + rest <= room:
+                end, used = len(members), rest
             else:  # fill this replica up to its share (one member where none is left); the rest go on
-                used, count = own_prefix, 0
-                while count < len(members) and used + members[count][1] <= room:
-                    used += members[count][1]
-                    count += 1
-                count = max(count, 1)
-            taken, members = members[:count], members[count:]
-            parts[index].extend(i for i, _ in taken)
+                end, used = start, 0
+                while end < len(members) and own_prefix + used + members[end][1] <= room:
+                    used += members[end][1]
+                    end += 1
+                if end == start:
+                    end, used = start + 1, members[start][1]
+            parts[index].extend(i for i, _ in members[start:end])
             held[index].add(unit)
-            heapq.heappush(loads, (load + own_prefix + sum(w for _, w in taken), index))
-    return [sorted((by_id[i] for i in ids), key=lambda r: position[r.req_id]) for ids in parts]
+            heapq.heappush(loads, (load + own_prefix + used, index))
+            rest -= used
+            start = end
+    return [[requests[i] for i in sorted(positions)] for positions in parts]
