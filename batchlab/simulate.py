@@ -46,14 +46,23 @@ def build_setup(cfg: DictConfig, base_dir: str):
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.simulator import simulate
 
-    from traces.sharding import shard_workload
+    from sim.cluster import ROUTERS, RouterConfig, simulate_cluster
+    from traces.sharding import SHARDINGS, shard_workload
 
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     block_size = int(cfg.schedule.block_size)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
-    shards = shard_workload(workload, replicas, sharding, block_size)
+    if sharding not in SHARDINGS + ROUTERS:
+        raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)} (split before "
+                          f"the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
+    router = None
+    if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
+        router = RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True))
+        shards = [workload]
+    else:
+        shards = shard_workload(workload, replicas, sharding, block_size)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(
@@ -68,16 +77,22 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     progress = say if cfg.progress else None
     for config in configs:
         started = time.perf_counter()
-        requests, steps, events = [], [], 0
-        for index, shard in enumerate(shards, 1):
-            step_dir = writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
-            told = progress if progress is None or replicas == 1 else \
-                (lambda message, index=index: progress(f"replica {index}/{replicas}: {message}"))
-            outcome = simulate(shard, config, cost, kv_blocks, block_size, bool(cfg.schedule.fast_forward),
-                               step_dir, told)
-            requests.append(request_columns(outcome.scheduler, config.name))
-            steps.append(outcome.steps.columns())
-            events += outcome.num_events
+        step_dirs = [writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
+                     for index in range(1, replicas + 1)]
+        if router is not None and replicas > 1:
+            outcomes = simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs,
+                                        progress)
+        else:
+            outcomes = []
+            for index, shard in enumerate(shards, 1):
+                told = progress if progress is None or replicas == 1 else \
+                    (lambda message, index=index: progress(f"replica {index}/{replicas}: {message}"))
+                outcomes.append(simulate(shard, config, cost, kv_blocks, block_size, bool(cfg.schedule.fast_forward),
+                                         step_dirs[index - 1], told))
+        requests = [request_columns(outcome.scheduler, config.name) for outcome in outcomes]
+        steps = [outcome.steps.columns() for outcome in outcomes]
+        events = outcomes[0].num_events if router is not None and replicas > 1 else \
+            sum(outcome.num_events for outcome in outcomes)
         summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps),
                              {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
                               "num_events": events, "num_gpus": replicas * hardware.tensor_parallel})

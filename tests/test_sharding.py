@@ -111,3 +111,19 @@ def test_prefix_sharding_of_a_replay_with_arrivals_says_what_it_does(tmp_path):
                       "schedule.names=[fcfs]", "report=false", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert "prefix sharding balances each replica's work over the whole replay, not over time" in result.stderr
+
+
+def test_simulate_routes_a_replay_as_requests_arrive(tmp_path):
+    from test_cli_simulate import batchlab
+
+    result = batchlab("simulate", "workload=system_prompts", "workload.params.num_requests=200",
+                      "workload.arrivals.process=poisson", "workload.arrivals.rate=20", "replicas=3",
+                      "sharding=cache_aware", "router.cache_threshold=0.5", "schedule.names=[fcfs,batchllm]",
+                      "report=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["hardware"] == "3 replicas of h100-sxm (cache_aware sharding)"
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    assert len(requests) == 2 * 200 and set(requests["replica"]) == {1, 2, 3}
+    bad = batchlab("simulate", "replicas=2", "sharding=random", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "unknown sharding 'random'" in bad.stderr and "cache_aware" in bad.stderr

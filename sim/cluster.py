@@ -1,0 +1,181 @@
+"""Engine replicas behind a router, in one SimPy simulation: where each request goes is decided
+when it arrives, from the replicas' state at that moment (online replays; an offline batch is
+split before it starts, ``traces/sharding.py``).
+
+Routers (``ROUTERS``):
+- ``least_loaded``: the replica with the fewest unfinished requests (vLLM's and most gateways'
+  "least outstanding requests");
+- ``cache_aware``: in the manner of SGLang's model gateway (SMG, docs/concepts/routing/
+  cache-aware.md, lightseekorg/smg): the replica whose routed prompts share the longest prefix
+  with this one, where that covers more than ``cache_threshold`` of the prompt, else the least
+  loaded; the least loaded outright when the loads are out of balance (max - min >
+  ``balance_abs`` and max > ``balance_rel`` x min). Its defaults are SMG's documented ones (0.3,
+  64, 1.5). The router's view of a replica's cache is what was routed there in the last
+  ``history_s`` seconds (SMG evicts its tree every 120 s by default), not the cache itself.
+
+Each replica runs the simulator's loop step by step (no decode stretches: another replica's
+arrivals can land at any step); a request is schedulable in its replica's first step that
+starts at or after its arrival, as in ``sim/simulator.py``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from scheduler import Scheduler, ScheduleConfig
+from scheduler.contract import new_step_result
+from scheduler.errors import ConfigError
+from scheduler.gc_pause import cyclic_gc_paused
+from scheduler.prompt import ChainIndex
+from traces.step_log import StepLog
+from traces.workload import Workload
+
+from .cost_model import KERNELS, CostModel
+from .simulator import SimOutcome
+
+ROUTERS = ("least_loaded", "cache_aware")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    policy: str = "cache_aware"
+    cache_threshold: float = 0.3   # share of the prompt a replica must hold to be chosen for it
+    balance_abs: int = 64          # unfinished requests: out of balance past this difference ...
+    balance_rel: float = 1.5       # ... and this ratio
+    history_s: float = 120.0       # how long a routed prompt counts as cached where it went
+
+    def __post_init__(self) -> None:
+        if self.policy not in ROUTERS:
+            raise ConfigError(f"unknown router {self.policy!r}; expected one of {list(ROUTERS)}")
+        if not 0 <= self.cache_threshold <= 1 or self.balance_rel < 1 or self.history_s <= 0:
+            raise ConfigError("router: cache_threshold must be in [0, 1], balance_rel >= 1, history_s > 0")
+
+
+class Router:
+    def __init__(self, config: RouterConfig, replicas: int, block_size: int) -> None:
+        self.config = config
+        self.replicas = replicas
+        self.block_size = block_size
+        self.routed = [0] * replicas
+        self.chains = ChainIndex(block_size)  # block identities, the same for every replica
+        self.last = np.full((replicas, 1024), -math.inf)  # [replica, block key]: when last routed there
+
+    def choose(self, request, now: float, unfinished: list[int]) -> int:
+        least = min(range(self.replicas), key=unfinished.__getitem__)
+        if self.config.policy == "least_loaded":
+            return least
+        keys = self.chains.full_block_keys(request.prompt)
+        if len(keys) and keys[-1] >= self.last.shape[1]:
+            grown = np.full((self.replicas, max(2 * self.last.shape[1], int(keys[-1]) + 1)), -math.inf)
+            grown[:, :self.last.shape[1]] = self.last
+            self.last = grown
+        high, low = max(unfinished), unfinished[least]
+        if high - low > self.config.balance_abs and high > self.config.balance_rel * low:
+            choice = least
+        else:
+            fresh = self.last[:, keys] >= now - self.config.history_s  # [replica, block]
+            held = np.where(fresh.all(axis=1), len(keys), np.argmin(fresh, axis=1)) if len(keys) else \
+                np.zeros(self.replicas, dtype=int)
+            best = int(held.max())
+            choice = least
+            if best * self.block_size > self.config.cache_threshold * request.prompt_len:
+                choice = min((k for k in range(self.replicas) if held[k] == best), key=unfinished.__getitem__)
+        self.last[choice, keys] = now
+        return choice
+
+
+def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv_blocks: int,
+                     block_size: int, replicas: int, router: RouterConfig,
+                     step_dirs: list[Path | None] | None = None,
+                     progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0
+                     ) -> list[SimOutcome]:
+    """One outcome per replica (its scheduler holds the requests routed to it)."""
+    started = time.perf_counter()
+    cost = cost.for_schedule(config.name)
+    schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]
+    requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
+    for request in requests:  # every request checked before anything is simulated
+        schedulers[0].check_fits(request)
+    logs = [StepLog(KERNELS, None if step_dirs is None else step_dirs[k]) for k in range(replicas)]
+    route = Router(router, replicas, block_size)
+    env = simpy.Environment()
+    total = len(requests)
+    state = {"next": 0, "events": 0, "report": time.perf_counter()}
+    idle: list[simpy.Event | None] = [None] * replicas
+
+    def deliver(now: float) -> None:
+        """Routes every request arrived by ``now``, in arrival order, waking idle replicas at
+        its arrival."""
+        index = state["next"]
+        while index < total and requests[index].arrival_s <= now:
+            request = requests[index]
+            unfinished = [route.routed[k] - schedulers[k].num_finished for k in range(replicas)]
+            k = route.choose(request, now, unfinished)
+            schedulers[k].add(request)
+            route.routed[k] += 1
+            if idle[k] is not None:
+                idle[k], event = None, idle[k]
+                event.succeed(request.arrival_s)
+            index += 1
+        state["next"] = index
+
+    def arrivals():
+        while state["next"] < total:
+            arrival = requests[state["next"]].arrival_s
+            if arrival > env.now:
+                yield env.timeout(arrival - env.now)
+            deliver(arrival)
+
+    def engine(k: int):
+        """The simulator's loop, one step at a time, on the replica's own clock (``now``: the
+        same additions as ``sim/simulator.py``, which SimPy's clock follows)."""
+        scheduler, log = schedulers[k], logs[k]
+        now = 0.0
+        while True:
+            deliver(now)  # a step starting now takes what arrived by now, routed first
+            if not scheduler.has_unfinished:
+                if state["next"] >= total:
+                    return
+                idle[k] = env.event()
+                now = max(now, (yield idle[k]))
+                continue
+            state["events"] += 1
+            if progress is not None and time.perf_counter() - state["report"] >= progress_every_s:
+                state["report"] = time.perf_counter()
+                progress(f"{config.name}: simulated {now:,.1f} s, {state['next']:,}/{total:,} requests arrived, "
+                         f"{sum(s.num_finished for s in schedulers):,} finished")
+            waiting = scheduler.num_waiting
+            plan = scheduler.schedule(now)
+            if plan.is_empty:  # nothing fits until more arrives
+                if state["next"] >= total:
+                    raise RuntimeError(f"{config.name}: replica {k + 1}: empty plan with nothing left to arrive")
+                idle[k] = env.event()
+                now = max(now, (yield idle[k]))
+                continue
+            duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
+            log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
+                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
+            end = now + duration
+            yield env.timeout(max(end - env.now, 0.0))
+            scheduler.update(plan, new_step_result(plan.step, duration), end)
+            now = end
+
+    env.process(arrivals())
+    for k in range(replicas):
+        env.process(engine(k))
+    with cyclic_gc_paused():
+        env.run()
+    wall = time.perf_counter() - started
+    outcomes = []
+    for scheduler, log in zip(schedulers, logs):
+        finishes = [s.finish_s for s in scheduler.states.values() if s.request is not None and s.finish_s]
+        outcomes.append(SimOutcome(config.name, scheduler, log, max(finishes, default=0.0), wall, state["events"],
+                                   cost.profile.label, cost.profile.kind))
+    return outcomes
