@@ -46,6 +46,8 @@ def build_setup(cfg: DictConfig, base_dir: str):
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.simulator import simulate
 
+    import numpy as np
+
     from sim.cluster import ROUTERS, RouterConfig, simulate_cluster
     from traces.sharding import SHARDINGS, shard_workload
 
@@ -93,11 +95,17 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         steps = [outcome.steps.columns() for outcome in outcomes]
         events = outcomes[0].num_events if router is not None and replicas > 1 else \
             sum(outcome.num_events for outcome in outcomes)
-        summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps),
-                             {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started,
-                              "num_events": events, "num_gpus": replicas * hardware.tensor_parallel})
+        extra = {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started, "num_events": events,
+                 "num_gpus": replicas * hardware.tensor_parallel}
+        if replicas > 1:  # how evenly the replicas were loaded: each one's requests and last finish
+            extra["replicas"] = [{"requests": len(r["req_id"]), "last_finish_s": float(np.nanmax(r["finish_s"]))
+                                  if len(r["req_id"]) else 0.0} for r in requests]
+        summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps), extra)
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
              f"({summary['num_steps']:,} steps, {events:,} events)")
+        if replicas > 1:
+            say(f"{config.name}: replicas' requests and last finishes: " + ", ".join(
+                f"{r['requests']:,} / {r['last_finish_s']:,.1f} s" for r in extra["replicas"]))
     writer.write(complete=True)
     return writer.summaries
 

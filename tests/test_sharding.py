@@ -91,6 +91,9 @@ def test_simulate_with_replicas_records_each_and_ends_with_the_last(tmp_path):
         alone = [simulate(s, schedule_config(name), cost, kv_capacity_blocks(model, hardware, 16), 16) for s in shards]
         ends = [max(st.finish_s for st in o.scheduler.states.values() if st.request is not None) for o in alone]
         assert summary["schedules"][name]["makespan_s"] == pytest.approx(max(ends), rel=1e-12)
+        each = summary["schedules"][name]["replicas"]  # per replica: its requests, its last finish
+        assert [r["requests"] for r in each] == [len(s) for s in shards]
+        assert [r["last_finish_s"] for r in each] == pytest.approx(ends, rel=1e-12)
         mine = requests[requests["schedule"] == name]
         for index, shard in enumerate(shards, 1):
             assert sorted(mine.loc[mine["replica"] == index, "req_id"]) == sorted(r.req_id for r in shard.requests)
