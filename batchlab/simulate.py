@@ -43,12 +43,29 @@ def build_setup(cfg: DictConfig, base_dir: str):
     return workload, model, hardware, CostModel(profile, model), kv_capacity_blocks(model, hardware, block_size)
 
 
-def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
+def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,
+                      fast_forward: bool, step_dirs: list, progress) -> list:
+    """One schedule on every replica: ``shards`` (one workload per replica) simulated apart, or,
+    with a ``router``, the whole workload routed as it arrives over ``len(step_dirs)`` replicas
+    simulated together. One outcome per replica."""
+    from sim.cluster import simulate_cluster
     from sim.simulator import simulate
 
+    replicas = len(step_dirs)
+    if router is not None and replicas > 1:
+        return simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs, progress)
+    outcomes = []
+    for index, shard in enumerate(shards, 1):
+        told = progress if progress is None or replicas == 1 else \
+            (lambda message, index=index: progress(f"replica {index}/{replicas}: {message}"))
+        outcomes.append(simulate(shard, config, cost, kv_blocks, block_size, fast_forward, step_dirs[index - 1], told))
+    return outcomes
+
+
+def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import numpy as np
 
-    from sim.cluster import ROUTERS, RouterConfig, simulate_cluster
+    from sim.cluster import ROUTERS, RouterConfig
     from traces.sharding import SHARDINGS, shard_workload
 
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
@@ -81,16 +98,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         started = time.perf_counter()
         step_dirs = [writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
                      for index in range(1, replicas + 1)]
-        if router is not None and replicas > 1:
-            outcomes = simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs,
-                                        progress)
-        else:
-            outcomes = []
-            for index, shard in enumerate(shards, 1):
-                told = progress if progress is None or replicas == 1 else \
-                    (lambda message, index=index: progress(f"replica {index}/{replicas}: {message}"))
-                outcomes.append(simulate(shard, config, cost, kv_blocks, block_size, bool(cfg.schedule.fast_forward),
-                                         step_dirs[index - 1], told))
+        outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size,
+                                     bool(cfg.schedule.fast_forward), step_dirs, progress)
         requests = [request_columns(outcome.scheduler, config.name) for outcome in outcomes]
         steps = [outcome.steps.columns() for outcome in outcomes]
         events = outcomes[0].num_events if router is not None and replicas > 1 else \

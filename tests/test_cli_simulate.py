@@ -108,13 +108,13 @@ def test_interrupt_keeps_finished_schedules(tmp_path):
 
 
 def readme_commands():
-    """The ``batchlab simulate|run|profile|validate`` examples of README.md's code blocks."""
+    """The ``batchlab simulate|plan|run|profile|validate`` examples of README.md's code blocks."""
     import re
     import shlex
 
     lines = (ROOT / "README.md").read_text().splitlines()
     for number, line in enumerate(lines, 1):
-        match = re.match(r"^ {4}(?:.*&& )?(?:\.venv/bin/)?batchlab (simulate|run|profile|validate)\b(.*)$", line)
+        match = re.match(r"^ {4}(?:.*&& )?(?:\.venv/bin/)?batchlab (simulate|plan|run|profile|validate)\b(.*)$", line)
         if match and "--multirun" not in line:
             yield number, match.group(1), shlex.split(match.group(2).split(" #")[0])
 
@@ -134,7 +134,7 @@ def test_readme_examples_compose(number, command, args):
 
 
 def test_readme_has_examples_for_each_command():
-    assert {command for _, command, _ in readme_commands()} == {"simulate", "run", "profile", "validate"}
+    assert {command for _, command, _ in readme_commands()} == {"simulate", "plan", "run", "profile", "validate"}
 
 
 @pytest.mark.parametrize("how", [["-m"], ["hydra.mode=MULTIRUN"]])
