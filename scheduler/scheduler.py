@@ -174,7 +174,7 @@ class Scheduler:
             if state.num_tokens - computed != 1 or computed < state.prompt_len or state.request is None:
                 continue
             if (state.num_registered_blocks < state.num_keys and self.kv.caching != "off"
-                    and not self.config.grouping):
+                    and state.group is None):
                 ok = False
                 continue
             joining.append(state)
@@ -218,8 +218,9 @@ class Scheduler:
         return len(self.kv.lookup(keys, len(keys))) * self.block_size
 
     def _register(self, state: RequestState, end: int) -> None:
-        # Members of grouped schedules share through their group, not the cache.
-        if self.kv.caching == "off" or (self.config.grouping and state.request is not None):
+        # Members of a group share through it, not the cache; a request in no group (of any
+        # schedule) leaves its prompt's blocks to the LRU cache, for later arrivals to hit.
+        if self.kv.caching == "off" or (state.group is not None and state.request is not None):
             return
         keys = state.block_keys
         if keys is None:

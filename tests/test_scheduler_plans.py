@@ -1,4 +1,5 @@
 """Exact plans for tiny hand-written workloads, one per schedule (expected values worked by hand)."""
+import pytest
 from scheduler import Request, Scheduler, schedule_config
 from fake_executor import chunk_triples, run_to_completion
 
@@ -166,3 +167,23 @@ def test_shared_prefix_groups_count_their_decoding_members():
                 prompts_in_groups += group.num_decoding < len(group.req_ids)
             scheduler.update(plan, StepResult(plan.step, 0.0), 0.0)
         assert counted > 0 and prompts_in_groups > 0  # groups seen, some with prompt chunks in them
+
+
+@pytest.mark.parametrize("schedule", ["prefix_grouped", "batchllm"])
+def test_a_request_in_no_group_leaves_its_prompt_to_the_lru_cache_of_a_grouped_schedule(schedule):
+    # online, at low load, a request often arrives to an empty queue and runs in no group: with
+    # caching=lru its prompt blocks must stay for the next request with the same start, as under
+    # fcfs (they were never registered, and a replay's grouped schedules recomputed every
+    # system prompt: 0.026 of prefill saved at 10 requests/s against fcfs's 0.837)
+    scheduler = Scheduler(schedule_config(schedule, caching="lru"), 2000, 16)
+    scheduler.add(Request(0, 0.0, ((1, 320), (2, 40)), 3))
+    run_to_completion(scheduler)
+    assert scheduler.states[0].group is None and scheduler.kv.num_cached_free_blocks == 22
+    scheduler.add(Request(1, 10.0, ((1, 320), (3, 40)), 3))
+    first = scheduler.schedule(10.0)
+    assert chunk_triples(first) == [(1, 320, 40)]  # the shared 320 tokens come from the cache
+    off = Scheduler(schedule_config(schedule), 2000, 16)  # these schedules' default: no cache
+    off.add(Request(0, 0.0, ((1, 320), (2, 40)), 3))
+    run_to_completion(off)
+    off.add(Request(1, 10.0, ((1, 320), (3, 40)), 3))
+    assert chunk_triples(off.schedule(10.0)) == [(1, 0, 360)]
