@@ -196,3 +196,39 @@ def test_the_engine_reads_the_prompts_tokens_and_generates_what_transformers_doe
     small = model_spec("tiny", vocab_size=64)  # the tokenizer's ids go up to ~400
     with pytest.raises(ConfigError, match="outside the model's vocabulary of 64"):
         run_engine(workload, schedule_config("fcfs"), ModelRunner(small, 64, 16), 64, 16)
+
+
+def test_texts_tokenized_in_batches_give_each_record_its_own_tokens(tmp_path, tokenizer_dir, monkeypatch):
+    # records of every kind, mixed, read with batches that split them anywhere: the same records
+    import traces.prompt_records as prompt_records
+
+    lines = []
+    for i in range(9):
+        kind = i % 3
+        if kind == 0:
+            lines.append({"prompt": f"the quick brown fox {i} " * (i + 1), "completion": "jumps over " * i + "dog"})
+        elif kind == 1:
+            lines.append({"messages": [{"role": "user", "content": f"lazy dog {i}"}], "max_tokens": i + 1})
+        else:
+            lines.append({"prompt_token_ids": list(range(i, 3 * i + 1)), "output_len": i})
+    path = write_lines(tmp_path / "mixed.jsonl", lines)
+    whole = list(read_prompt_records(path, tokenizer_dir))
+    from transformers import AutoTokenizer  # each record as the tokenizer makes it, one at a time
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    for record, line in zip(whole, lines):
+        if "prompt" in line:
+            assert record.tokens.tolist() == tok(line["prompt"])["input_ids"]
+            assert record.output_len == len(tok(line["completion"], add_special_tokens=False)["input_ids"])
+        elif "messages" in line:
+            ids = tok.apply_chat_template(line["messages"], add_generation_prompt=True, tokenize=True)
+            assert record.tokens.tolist() == list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    for batch in (1, 2, 4):
+        monkeypatch.setattr(prompt_records, "BATCH", batch)
+        again = list(read_prompt_records(path, tokenizer_dir))
+        assert [(r.line, r.tokens.tolist(), r.output_len, r.prompt_from, r.output_from) for r in again] == \
+            [(r.line, r.tokens.tolist(), r.output_len, r.prompt_from, r.output_from) for r in whole]
+    monkeypatch.setattr(prompt_records, "BATCH", 4)
+    assert [r.line for r in read_prompt_records(path, tokenizer_dir, limit=5)] == [1, 2, 3, 4, 5]
+    assert whole[3].output_from == "generated text (completion)" and whole[3].output_len > whole[0].output_len
+    assert whole[1].prompt_from == "chat messages" and whole[2].tokens.tolist() == list(range(2, 7))

@@ -72,22 +72,43 @@ class Tokenizer:
             raise TraceError(self.directory, None, f"not a loadable tokenizer directory ({error})") from None
         return self._tokenizer
 
-    def text(self, text: str, path: Path, line: int, special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``; with ``special_tokens``, as a prompt (a BOS where the tokenizer
-        adds one), without, as generated text."""
-        tokenizer = self._loaded(path, line, "text to tokenize")
-        return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
+    def text(self, text: str, path: Path, line: int, special_tokens: bool = True) -> "Text":
+        """``text`` to tokenize (with the others of its batch); with ``special_tokens``, as a
+        prompt (a BOS where the tokenizer adds one), without, as generated text."""
+        self._loaded(path, line, "text to tokenize")
+        return Text(text, special_tokens)
 
-    def chat(self, messages: list, path: Path, line: int) -> list[int]:
+    def chat(self, messages: list, path: Path, line: int) -> "Text":
+        """The chat template rendered with its generation prompt, to tokenize as it stands (the
+        template writes its own special tokens), as ``apply_chat_template`` tokenizes it."""
         tokenizer = self._loaded(path, line, "chat messages")
         if not getattr(tokenizer, "chat_template", None):
             raise TraceError(self.directory, None, "this tokenizer has no chat template; give the prompts as text "
                                                    "or token ids")
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as error:  # the template's own errors (jinja, missing keys) name the line
             raise TraceError(path, line, f"chat template failed on these messages ({error})") from None
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return Text(rendered, False)
+
+    def tokenize(self, texts: list["Text"]) -> list[list[int]]:
+        """Token ids of every text, in one call per kind (the fast tokenizers encode a batch on
+        all cores)."""
+        ids: list[list[int] | None] = [None] * len(texts)
+        for special in (True, False):
+            picked = [i for i, t in enumerate(texts) if t.special_tokens is special]
+            if picked:
+                encoded = self._tokenizer([texts[i].text for i in picked], add_special_tokens=special)["input_ids"]
+                for i, tokens in zip(picked, encoded):
+                    ids[i] = list(tokens)
+        return ids
+
+
+@dataclass(frozen=True)
+class Text:
+    """Text a record's prompt or output is, tokenized with its batch's others."""
+    text: str
+    special_tokens: bool
 
 
 def _is_token_list(value) -> bool:
@@ -107,7 +128,7 @@ def _first(scopes: list[dict], names: tuple[str, ...], accept) -> tuple[str, obj
     return None
 
 
-def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple[list[int], str]:
+def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple["list[int] | Text", str]:
     found = _first(scopes, TOKEN_FIELDS, _is_token_list)
     if found:
         return found[1], f"token ids ({found[0]})"
@@ -121,17 +142,18 @@ def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple[list[i
                      "), text (prompt, text) or chat messages, at the top level or under 'body'")
 
 
-def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, line: int) -> tuple[int, str]:
+def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, line: int) -> tuple["int | Text", str]:
     positive = lambda v: type(v) is int and v > 0
     for names, kind, accept, length in (
             (COUNT_FIELDS, "count", positive, lambda v: v),
             (OUTPUT_TOKEN_FIELDS, "generated tokens", _is_token_list, len),
             (OUTPUT_TEXT_FIELDS, "generated text", lambda v: isinstance(v, str) and bool(v),
-             lambda v: len(tokenizer.text(v, path, line, special_tokens=False))),
+             lambda v: tokenizer.text(v, path, line, special_tokens=False)),
             (LIMIT_FIELDS, "limit", positive, lambda v: v)):
         found = _first(scopes, names, accept)
         if found:
-            return max(1, length(found[1])), f"{kind} ({found[0]})"
+            value = length(found[1])  # a Text is counted once its batch is tokenized
+            return (value if isinstance(value, Text) else max(1, value)), f"{kind} ({found[0]})"
     bad = _first(scopes, COUNT_FIELDS + LIMIT_FIELDS, lambda v: True)
     if bad:
         raise TraceError(path, line, f"{bad[0]} is {bad[1]!r}; expected an integer >= 1")
@@ -141,32 +163,57 @@ def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, l
     return default, "default"
 
 
+BATCH = 256  # records read before their texts are tokenized together
+
+
+def _token_array(tokens, path: Path, line: int) -> np.ndarray:
+    try:
+        return as_token_array(tokens, 0)
+    except TokenError as error:
+        raise TraceError(path, line, str(error).split(": ", 1)[1]) from None
+
+
 def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
                         limit: int | None = None, progress: Callable[[str], None] | None = None,
                         progress_every_s: float = 2.0) -> Iterator[PromptRecord]:
-    """The prompts of a JSON-lines file, in file order; errors name the file and line."""
+    """The prompts of a JSON-lines file, in file order; errors name the file and line. Texts
+    are tokenized ``BATCH`` records at a time."""
     path = Path(path)
     tokenizer = Tokenizer(tokenizer_dir)
     last_report = time.perf_counter()
     count = 0
+    pending: list[tuple] = []  # (line, prompt, prompt_from, output length, output_from, arrival)
+
+    def flush() -> Iterator[PromptRecord]:
+        nonlocal count, last_report
+        texts = [v for entry in pending for v in (entry[1], entry[3]) if isinstance(v, Text)]
+        ids = iter(tokenizer.tokenize(texts) if texts else [])
+        for line, prompt, prompt_from, length, output_from, arrival in pending:
+            array = _token_array(next(ids), path, line) if isinstance(prompt, Text) else prompt
+            if isinstance(length, Text):
+                length = max(1, len(next(ids)))
+            yield PromptRecord(line, array, length, arrival, prompt_from, output_from)
+            count += 1
+            if progress is not None and time.perf_counter() - last_report >= progress_every_s:
+                last_report = time.perf_counter()
+                progress(f"read {count:,} prompts ({path.name}, line {line:,})")
+        pending.clear()
+
     for line, record in json_lines(path):
-        if limit is not None and count >= limit:
-            return
+        if limit is not None and count + len(pending) >= limit:
+            break
         scopes = _fields(record)
-        tokens, prompt_from = _prompt(scopes, tokenizer, path, line)
-        try:
-            array = as_token_array(tokens, count)
-        except TokenError as error:
-            raise TraceError(path, line, str(error).split(": ", 1)[1]) from None
+        prompt, prompt_from = _prompt(scopes, tokenizer, path, line)
+        if not isinstance(prompt, Text):  # token ids: checked now, so the first bad line is named first
+            prompt = _token_array(prompt, path, line)
         length, output_from = _output_len(scopes, tokenizer, output_len, path, line)
         arrival = record.get("arrival_s", 0.0)
         if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not arrival >= 0:
             raise TraceError(path, line, f"arrival_s is {arrival!r}; expected seconds >= 0")
-        yield PromptRecord(line, array, length, float(arrival), prompt_from, output_from)
-        count += 1
-        if progress is not None and time.perf_counter() - last_report >= progress_every_s:
-            last_report = time.perf_counter()
-            progress(f"read {count:,} prompts ({path.name}, line {line:,})")
+        pending.append((line, prompt, prompt_from, length, output_from, float(arrival)))
+        if len(pending) >= BATCH:
+            yield from flush()
+    yield from flush()
 
 
 def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
