@@ -48,11 +48,12 @@ def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: i
     """One schedule on every replica: ``shards`` (one workload per replica) simulated apart, or,
     with a ``router``, the whole workload routed as it arrives over ``len(step_dirs)`` replicas
     simulated together. One outcome per replica."""
-    from sim.cluster import simulate_cluster
     from sim.simulator import simulate
 
     replicas = len(step_dirs)
     if router is not None and replicas > 1:
+        from sim.cluster import simulate_cluster
+
         return simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs, progress)
     outcomes = []
     for index, shard in enumerate(shards, 1):
@@ -65,23 +66,25 @@ def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: i
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import numpy as np
 
-    from sim.cluster import ROUTERS, RouterConfig
-    from traces.sharding import SHARDINGS, shard_workload
-
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     block_size = int(cfg.schedule.block_size)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
-    if sharding not in SHARDINGS + ROUTERS:
-        raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)} (split before "
-                          f"the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
-    router = None
-    if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
-        router = RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True))
-        shards = [workload]
-    else:
-        shards = shard_workload(workload, replicas, sharding, block_size)
+    router, shards = None, [workload]
+    if replicas != 1 or sharding != "prefix":  # one engine and the default: nothing to split (nor to import)
+        from sim.cluster import ROUTERS, RouterConfig
+        from traces.sharding import SHARDINGS, shard_workload
+
+        if sharding not in SHARDINGS + ROUTERS:
+            raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)} (split "
+                              f"before the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas is {replicas!r}; expected a whole number >= 1")
+        if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
+            router = RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True))
+        else:
+            shards = shard_workload(workload, replicas, sharding, block_size)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(
