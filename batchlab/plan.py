@@ -19,7 +19,7 @@ from scheduler.model_spec import model_spec
 
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
-from .simulate import _with_replicas, simulate_replicas
+from .simulate import _with_replicas, simulate_replicas, split_for_replicas
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:
@@ -36,21 +36,16 @@ def tensor_parallel_sizes(gpus: int) -> list[int]:
 
 def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from reports.metrics import summarize
-    from sim.cluster import ROUTERS, RouterConfig
     from sim.cost_model import CostModel
     from sim.hardware import hardware_spec, kv_capacity_blocks
     from sim.roofline import build_roofline_profile
     from traces.build import build_workload
-    from traces.sharding import SHARDINGS, shard_workload
 
     workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
     block_size, gpus, sharding = int(cfg.schedule.block_size), cfg.gpus, cfg.sharding
-    if sharding not in SHARDINGS + ROUTERS:
-        raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)}")
-    router = RouterConfig(sharding, **OmegaConf.to_container(cfg.router, resolve=True)) if sharding in ROUTERS else None
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
@@ -69,7 +64,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             continue
         replicas = gpus // tp
         cost = CostModel(build_roofline_profile(model, hardware), model)
-        shards = [workload] if router is not None else shard_workload(workload, replicas, sharding, block_size)
+        router, shards = split_for_replicas(cfg, workload, replicas, block_size)
         for config in configs:
             started = time.perf_counter()
             outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size, True,

@@ -63,6 +63,26 @@ def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: i
     return outcomes
 
 
+def split_for_replicas(cfg: DictConfig, workload, replicas: int, block_size: int) -> tuple:
+    """(router, shards) for ``replicas`` engines under ``cfg.sharding``: a router config and the
+    whole workload where requests are routed as they arrive, else None and one workload per
+    replica (split before the run)."""
+    sharding = cfg.get("sharding", "prefix")
+    if replicas == 1 and sharding == "prefix":  # one engine and the default: nothing to split (nor to import)
+        return None, [workload]
+    from sim.cluster import ROUTERS, RouterConfig
+    from traces.sharding import SHARDINGS, shard_workload
+
+    if sharding not in SHARDINGS + ROUTERS:
+        raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)} (split "
+                          f"before the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
+    if not isinstance(replicas, int) or replicas < 1:
+        raise ConfigError(f"replicas is {replicas!r}; expected a whole number >= 1")
+    if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
+        return RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True)), [workload]
+    return None, shard_workload(workload, replicas, sharding, block_size)
+
+
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import numpy as np
 
@@ -71,20 +91,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     block_size = int(cfg.schedule.block_size)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
-    router, shards = None, [workload]
-    if replicas != 1 or sharding != "prefix":  # one engine and the default: nothing to split (nor to import)
-        from sim.cluster import ROUTERS, RouterConfig
-        from traces.sharding import SHARDINGS, shard_workload
-
-        if sharding not in SHARDINGS + ROUTERS:
-            raise ConfigError(f"unknown sharding {sharding!r}; expected one of {list(SHARDINGS + ROUTERS)} (split "
-                              f"before the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
-        if not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas is {replicas!r}; expected a whole number >= 1")
-        if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
-            router = RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True))
-        else:
-            shards = shard_workload(workload, replicas, sharding, block_size)
+    router, shards = split_for_replicas(cfg, workload, replicas, block_size)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(

@@ -54,8 +54,11 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.policy not in ROUTERS:
             raise ConfigError(f"unknown router {self.policy!r}; expected one of {list(ROUTERS)}")
-        if not 0 <= self.cache_threshold <= 1 or self.balance_rel < 1 or self.history_s <= 0:
-            raise ConfigError("router: cache_threshold must be in [0, 1], balance_rel >= 1, history_s > 0")
+        for name, ok, expected in (("cache_threshold", 0 <= self.cache_threshold <= 1, "in [0, 1]"),
+                                   ("balance_rel", self.balance_rel >= 1, ">= 1"),
+                                   ("history_s", self.history_s > 0, "seconds > 0")):
+            if not ok:
+                raise ConfigError(f"router.{name} is {getattr(self, name)!r}; expected {expected}")
 
 
 class Router:
@@ -90,6 +93,12 @@ class Router:
         self.last[choice, keys] = now
         return choice
 
+    def route(self, request, now: float, finished: list[int]) -> int:
+        """The replica ``request`` goes to, given how many each has finished; counted as routed."""
+        k = self.choose(request, now, [routed - done for routed, done in zip(self.routed, finished)])
+        self.routed[k] += 1
+        return k
+
 
 def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv_blocks: int,
                      block_size: int, replicas: int, router: RouterConfig,
@@ -116,10 +125,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         index = state["next"]
         while index < total and requests[index].arrival_s <= now:
             request = requests[index]
-            unfinished = [route.routed[k] - schedulers[k].num_finished for k in range(replicas)]
-            k = route.choose(request, now, unfinished)
+            k = route.route(request, now, [scheduler.num_finished for scheduler in schedulers])
             schedulers[k].add(request)
-            route.routed[k] += 1
             if idle[k] is not None:
                 idle[k], event = None, idle[k]
                 event.succeed(request.arrival_s)

@@ -82,3 +82,10 @@ def test_cache_aware_router_prefers_the_holder_unless_out_of_balance_or_forgotte
     assert strict.choose(again, 1.0, [3, 0, 0]) == 1  # 91 % is under the threshold: the least loaded
     with pytest.raises(ConfigError, match="unknown router 'random'"):
         RouterConfig("random")
+
+
+def test_router_settings_name_the_bad_one():
+    with pytest.raises(ConfigError, match=r"router.balance_rel is 0.5; expected >= 1"):
+        RouterConfig("cache_aware", balance_rel=0.5)
+    with pytest.raises(ConfigError, match=r"router.history_s is 0; expected seconds > 0"):
+        RouterConfig("cache_aware", history_s=0)

@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.profiler import profile_engine
-from engine.runner import ModelRunner
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import CostModel
@@ -17,17 +15,6 @@ from sim.profile import KERNEL_AXES, Profile, table_axes
 from sim.profile_check import check_profile_matches
 
 from test_cli_simulate import batchlab
-
-SMALL_GRIDS = {"tokens": (1, 8, 64), "queries": (1, 8), "contexts": (16, 64), "batches": (1, 4), "sampled": (0, 1, 4),
-               "prefill_chunks": (1, 4), "prompt_tokens": (8, 64)}
-
-
-@pytest.fixture(scope="module")
-def profile_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    runner = ModelRunner(model_spec("tiny"), 256, 16)
-    return profile_engine(runner, tmp_path_factory.mktemp("profile"), "float32", "torch", repeats=1, grids=SMALL_GRIDS)
-
 
 def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
     profile = Profile.load(profile_dir)
@@ -56,32 +43,6 @@ def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
         assert np.array_equal(again.tables[name].values, profile.tables[name].values)
     cost = CostModel(profile, model_spec("tiny"))
     assert cost.prefix_aware is False
-
-
-def test_prefill_overhead_is_prompt_host_work_beyond_decodes(monkeypatch):
-    """The prefill_overhead cell of k prompt chunks holding t tokens = engine overhead of that
-    step + the scheduler's time for it - the decode host time of k requests (interpolated
-    over the decode batches), never below zero. Measurements replaced by known values: one
-    profile run with a single repetition is too noisy to show the sign (it read 0 once)."""
-    from engine.profiler import Profiler
-
-    profiler = Profiler(ModelRunner(model_spec("tiny"), 64, 16), repeats=1)
-    seen = []
-
-    def measure_many(cells):
-        seen.extend(cells)
-        return [{"overhead": 1e-4 * len(cell) + 1e-6 * sum(q for _, q, _ in cell)} for cell in cells]
-
-    monkeypatch.setattr(profiler, "measure_many", measure_many)
-    monkeypatch.setattr(profiler, "scheduler_prefill_seconds", lambda chunks, tokens: 2e-6 * tokens)
-    axes, grids, values = profiler._prefill_overhead((1, 4), (8, 64), (1, 4), np.array([2e-4, 2e-4]))
-    assert axes == ("prefill_chunks", "prefill_tokens") and [g.tolist() for g in grids] == [[1, 4], [8, 64]]
-    assert seen == [[(8, 8, False)], [(64, 64, False)], [(2, 2, False)] * 4, [(16, 16, False)] * 4]
-    # host = 1e-4 k + 1e-6 t (overhead) + 2e-6 t (scheduler); minus 2e-4 of decode host
-    expected = np.maximum(np.array([[1e-4 + 3 * 8e-6, 1e-4 + 3 * 64e-6],
-                                    [4e-4 + 3 * 8e-6, 4e-4 + 3 * 64e-6]]) - 2e-4, 0.0)
-    assert values == pytest.approx(expected, abs=1e-12)
-    assert values[0, 0] == 0.0 and values[1, 1] > values[1, 0] > 0.0
 
 
 def test_mismatched_profiles_are_refused(profile_dir):
@@ -245,114 +206,6 @@ def test_ranking_is_judged_only_where_the_engine_separates_schedules():
     # without a noise floor every difference counts
     separated, discordant = discordant_pairs(predicted, measured, {})
     assert len(separated) == 6 and set(discordant) == {("prefix_grouped", "batchllm"), ("decode_first", "fcfs")}
-
-
-def test_profiler_measures_decodes_as_decodes():
-    """A one-token sampling chunk must read an already generated token, as in a run: profiled
-    as a prompt token it cost a hash per request and tripled the step overhead."""
-    from engine.profiler import Profiler
-
-    runner = ModelRunner(model_spec("tiny"), 64, 16)
-    plan = Profiler(runner)._plan([(40, 1, True), (40, 8, False)])
-    decode, prefill = plan.chunks
-    assert decode.is_decode and decode.end == 40 and len(runner.outputs[decode.req_id]) == 1
-    assert not prefill.is_decode and prefill.end == 40 and prefill.prompt_len == 41
-    result = runner.execute(plan)
-    assert set(result.sampled_tokens) == {decode.req_id}
-
-
-def test_impossible_prefill_cells_extend_their_column_linearly(tmp_path):
-    """Cells with more queries than context hold no real chunk; bilinear interpolation still
-    reads them, so they must continue the column, not repeat a (queries, queries) chunk."""
-    torch.set_num_threads(1)
-    runner = ModelRunner(model_spec("tiny"), 64, 16)
-    grids = {**SMALL_GRIDS, "queries": (1, 8, 32), "contexts": (16, 64)}
-    profile = Profile.load(profile_engine(runner, tmp_path, "float32", "torch", repeats=1, grids=grids))
-    values = profile.tables["attn_prefill"].values   # rows: queries 1, 8, 32; columns: context 16, 64
-    assert values[2, 0] == pytest.approx(values[1, 0] * 32 / 8)  # 32 queries cannot fit 16 tokens
-    assert values[2, 1] > 0 and values[2, 1] != pytest.approx(values[1, 1] * 4)  # 32 in 64: measured
-
-
-def test_profiler_plans_scatter_distinct_blocks_over_the_cache():
-    # runs leave a request's blocks scattered over the cache; consecutive ones read faster on
-    # CPU, so the profiler must not hand out 0, 1, 2, ...
-    from engine.profiler import Profiler
-
-    runner = ModelRunner(model_spec("tiny"), 64, 16)
-    plan = Profiler(runner)._plan([(64, 1, True)] * 4 + [(64, 64, False)])
-    tables = [c.block_ids for c in plan.chunks]
-    ids = [b for table in tables for b in table]
-    assert [len(t) for t in tables] == [4] * 5
-    assert len(set(ids)) == 20 and all(0 <= b < 64 for b in ids)
-    assert ids != sorted(ids)
-    # past the capacity blocks wrap, still within the cache
-    wrapped = Profiler(runner)._plan([(1024, 1, True)] * 2)
-    assert all(0 <= b < 64 for c in wrapped.chunks for b in c.block_ids)
-
-
-def test_shared_prefix_cell_is_the_groups_excess_over_their_own_decodes(monkeypatch):
-    """attn_shared_prefix(m, p) = (attention of a step of G groups of m decodes sharing p
-    tokens - attention of the same requests' own tokens as plain decodes) / layers / G, the
-    cost model's split (attn_decode over own tokens + one term per group). Measurements
-    replaced by known values."""
-    from engine import profiler as profiler_module
-    from engine.profiler import OWN_CONTEXT, SHARED_GROUPS, Profiler
-
-    runner = ModelRunner(model_spec("tiny"), 256, 16)
-    profiler = Profiler(runner, repeats=1)
-    seen = []
-
-    def measure_many(cells):
-        seen.extend(cells)
-        out = []
-        for cell in cells:
-            if isinstance(cell, list):  # the members' own tokens as plain decodes
-                out.append({"attention": 1e-5 * len(cell)})
-            else:  # each group: 3e-6 per member plus 1e-8 per prefix token
-                out.append({"attention": 1e-5 * len(cell.decodes.req_ids)
-                            + sum(3e-6 * len(g.req_ids) + 1e-8 * g.prefix_len for g in cell.shared_prefix_groups)})
-        return out
-
-    monkeypatch.setattr(profiler, "measure_many", measure_many)
-    axes, grids, values = profiler._shared_prefix((2, 4), (40, 64))
-    assert axes == ("queries", "prefix_len") and [g.tolist() for g in grids] == [[2, 4], [32, 64]]  # whole blocks
-    layers = runner.spec.num_layers
-    expected = np.array([[3e-6 * m + 1e-8 * p for p in (32, 64)] for m in (2, 4)]) / layers
-    assert values == pytest.approx(expected, rel=1e-9)
-    grouped = seen[0]  # 2 members, prefix 32: SHARED_GROUPS groups, own decodes alongside
-    assert len(grouped.shared_prefix_groups) == SHARED_GROUPS and len(grouped.decodes.req_ids) == 2 * SHARED_GROUPS
-    assert seen[1] == [(OWN_CONTEXT, 1, True)] * (2 * SHARED_GROUPS)
-    tables = {c.req_id: c.block_ids for c in grouped.chunks}
-    prefixes = []
-    for group in grouped.shared_prefix_groups:
-        assert group.prefix_len == 32 and len(group.prefix_block_ids) == 2
-        for member in group.req_ids:  # every member reads its group's prefix blocks first
-            assert tables[member][:2] == group.prefix_block_ids and len(tables[member]) == 2 + 2
-            assert next(c for c in grouped.chunks if c.req_id == member).end == 32 + OWN_CONTEXT
-        prefixes.extend(group.prefix_block_ids)
-    assert len(set(prefixes)) == 2 * SHARED_GROUPS  # groups do not share blocks
-    assert profiler_module.SHARED_GROUPS * max(profiler_module.GROUP_MEMBERS) <= max(profiler_module.BATCHES)
-
-
-def test_prefix_aware_backends_get_their_shared_prefix_kernel_measured(profile_dir):
-    """A prefix-aware backend (Triton; on CPU its interpreter) gets its shared-prefix kernel
-    measured through the real engine; the torch backend has none, and its profile says so
-    (the simulator then costs a group's decodes as plain decodes)."""
-    pytest.importorskip("triton")
-    from engine.profiler import Profiler
-
-    torch.set_num_threads(1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    runner = ModelRunner(model_spec("tiny", num_layers=1), 256, 16, device=device, backend="triton")
-    profiler = Profiler(runner, warmup=1, repeats=1)
-    assert profiler.prefix_aware
-    axes, grids, values = profiler._shared_prefix((2, 4), (32,))
-    assert values.shape == (2, 1) and np.isfinite(values).all() and (values >= 0).all()
-    assert not runner.requests  # the measured requests are dropped again
-    torch_profile = Profile.load(profile_dir)
-    assert torch_profile.provenance["prefix_aware_attention"] is False
-    assert not CostModel(torch_profile, model_spec("tiny")).prefix_aware
-    assert not torch_profile.tables["attn_shared_prefix"].values.any()
 
 
 def test_point_lookups_equal_the_vectorised_lookup_bit_for_bit():
