@@ -26,14 +26,16 @@ def _runner(cfg: DictConfig, model, kv_blocks: int, weights):
     return ModelRunner(model, kv_blocks, int(block_size), cfg.device, getattr(torch, cfg.dtype), cfg.backend, weights)
 
 
-def measure_profile(cfg: DictConfig, out: Path) -> Path:
+def measure_profile(cfg: DictConfig, out: Path, between=None, weights=None) -> Path:
+    """A profile measured into ``out``; ``between(i)`` runs after its pass ``i`` but the last."""
     from engine.profiler import profile_engine
 
     device_memory(cfg.device)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
     # the shapes are measured in a KV cache of the run's size (validate) or profile.yaml's
-    runner = _runner(cfg, model, int(cfg.kv_blocks), load_weights(cfg, model, get_original_cwd()))
-    return profile_engine(runner, out, cfg.dtype, cfg.backend, int(cfg.repeats), say)
+    weights = weights if weights is not None else load_weights(cfg, model, get_original_cwd())
+    runner = _runner(cfg, model, int(cfg.kv_blocks), weights)
+    return profile_engine(runner, out, cfg.dtype, cfg.backend, int(cfg.repeats), say, between=between)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="profile")
@@ -46,8 +48,7 @@ def profile_main(cfg: DictConfig) -> None:
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
-    from engine.host_load import cpu_counters, stolen_share
-    from engine.profiler import yardstick_ms
+    from engine.host_load import cpu_counters, stolen_share, yardstick_ms
     from reports.validation import (compare_runs, discordant_pairs, kernel_errors, ranking, run_noise, scatter,
                                     step_errors)
     from sim.cost_model import CostModel
@@ -62,13 +63,37 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]
     kv_blocks, block_size = int(cfg.kv_blocks), int(cfg.schedule.block_size)
-    if cfg.profile:
+    if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile
-    else:
-        say("measuring a profile first (batchlab profile)")
-        profile_dir = measure_profile(cfg, run_dir / "profile")
-    profile = Profile.load(profile_dir)
+        check_profile_matches(Profile.load(profile_dir), model, cfg.dtype)
     weights = load_weights(cfg, model, base_dir)
+    # every schedule once, then every schedule again: the noise floor then spans the whole
+    # validation, so the machine slowing down for a minute shows as noise rather than as one
+    # schedule's prediction error (back to back, two runs of a schedule share one slow spell)
+    pending = [config for _ in range(2 if cfg.noise_floor else 1) for config in configs]
+    runs = {config.name: [] for config in configs}
+    speed = {config.name: [] for config in configs}
+    stolen = {config.name: [] for config in configs}
+
+    def run_next(count: int) -> None:
+        for config in [pending.pop(0) for _ in range(min(count, len(pending)))]:
+            runner = _runner(cfg, model, kv_blocks, weights)
+            speed[config.name].append(yardstick_ms(runner.device))
+            before = cpu_counters()
+            runs[config.name].append(run_engine(workload, config, runner, kv_blocks, block_size, keep_plans=True))
+            stolen[config.name].append(stolen_share(before, cpu_counters()))
+            say(f"engine run {len(runs[config.name])} of {config.name}: {runs[config.name][-1].makespan_s:.3f} s")
+
+    if not cfg.profile:
+        # the engine runs go between the profile's passes, spread evenly: the profile and the
+        # runs it predicts then sample the same minutes of the machine (measured before the
+        # runs, a profile caught a slow or a fast spell alone, and every prediction moved with it)
+        gaps, total = int(cfg.repeats) - 1, len(pending)
+        say(f"measuring a profile (batchlab profile), the {total} engine runs between its passes")
+        between = (lambda i: run_next(total * (i + 1) // gaps - total * i // gaps)) if gaps else None
+        profile_dir = measure_profile(cfg, run_dir / "profile", between, weights)
+    run_next(len(pending))  # all of them after a given profile (or a one-pass one)
+    profile = Profile.load(profile_dir)
     check_profile_matches(profile, model, cfg.dtype)
     cost = CostModel(profile, model)
     roofline = None
@@ -86,19 +111,6 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline,
               "profile": str(profile_dir), "device": device, "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
-    # every schedule once, then every schedule again: the noise floor then spans the whole
-    # validation, so the machine slowing down for a minute shows as noise rather than as one
-    # schedule's prediction error (back to back, two runs of a schedule share one slow spell)
-    runs = {config.name: [] for config in configs}
-    speed = {config.name: [] for config in configs}
-    stolen = {config.name: [] for config in configs}
-    for _ in range(2 if cfg.noise_floor else 1):
-        for config in configs:
-            runner = _runner(cfg, model, kv_blocks, weights)
-            speed[config.name].append(yardstick_ms(runner.device))
-            before = cpu_counters()
-            runs[config.name].append(run_engine(workload, config, runner, kv_blocks, block_size, keep_plans=True))
-            stolen[config.name].append(stolen_share(before, cpu_counters()))
     marks = [ms for values in speed.values() for ms in values]
     result["yardstick_ms"] = {"per_run": speed, "min": min(marks), "max": max(marks)}
     shares = [share for values in stolen.values() for share in values if share is not None]

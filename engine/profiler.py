@@ -1,10 +1,18 @@
 """``batchlab profile``: the engine's per-kernel costs on this device, measured over shape grids.
 
 Each grid point is a synthetic ``BatchPlan`` executed by the engine's own ``ModelRunner`` (the
-code path real runs take), after warm-up, several times; the median of each kernel category is
-kept, and the spread (p90/median) recorded. The directory written is the profile format
-``sim.profile.Profile.load`` reads (``profile.json`` + ``tables.npz``); the kernel names and
-axes below are that format's, and the round-trip is tested.
+code path real runs take). Every plan is built and warmed up first; then each *pass* times
+every plan once, and the scheduler's own work a few times, all in a fresh random order; the
+median over the passes of each kernel category is kept, and the spread (p90/median) recorded.
+The passes, not back-to-back repetitions, make a cell's samples span the whole profile, so a
+slow spell of the machine lasting a second or two moves one sample of many cells instead of
+every sample of one table (back to back, a table's repetitions took 1-4 s, and two profiles
+35 s apart disagreed by 20-30 % on whole tables at once). ``validate`` runs its engine runs
+between the passes, so that the profile and the runs it predicts sample the same minutes.
+
+The directory written is the profile format ``sim.profile.Profile.load`` reads
+(``profile.json`` + ``tables.npz``); the kernel names and axes below are that format's, and the
+round-trip is tested.
 """
 from __future__ import annotations
 
@@ -24,7 +32,9 @@ import torch
 from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk, SharedPrefixGroup
 from scheduler.config import SCHEDULES
 
+from .profile_scheduler import fresh_prompts_scheduler, steady_scheduler, timed_scheduler_step
 from .runner import ModelRunner
+
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 QUERIES = (1, 4, 16, 64, 256, 1024)
@@ -44,15 +54,12 @@ GRIDS = {"tokens": TOKENS, "queries": QUERIES, "contexts": CONTEXTS, "batches": 
          "prefix_lens": PREFIX_LENS}
 
 
-def _sampled(plan: BatchPlan) -> dict[int, int]:
-    """A token for every request that samples in ``plan`` (what a run's update receives)."""
-    tokens = {r: 0 for r in plan.decodes.req_ids}
-    tokens.update((c.req_id, 0) for c in plan.listed if c.samples)
-    return tokens
-
-
 class Profiler:
-    def __init__(self, runner: ModelRunner, warmup: int = 2, repeats: int = 5, grids: dict | None = None) -> None:
+    """Cells of every table, measured in passes: ``prepare()``, ``measure_pass()`` as often as
+    wanted (``run()`` does ``repeats``), then ``tables()``."""
+
+    def __init__(self, runner: ModelRunner, warmup: int = 2, repeats: int = 5, grids: dict | None = None,
+                 scheduler_samples: int = 20, prompt_scheduler_samples: int = 5) -> None:
         self.grids = {**GRIDS, **(grids or {})}
         self.runner = runner
         self.warmup = warmup
@@ -64,6 +71,12 @@ class Profiler:
         self._block_rng = random.Random(1)
         # a backend with a shared-prefix kernel gets that kernel measured (attn_shared_prefix)
         self.prefix_aware = bool(getattr(runner.model.backend, "prefix_aware", False))
+        # the scheduler's samples in all, spread over the passes ``run`` makes
+        self._scheduler_rounds = -(-scheduler_samples // repeats)
+        self._prompt_scheduler_rounds = -(-prompt_scheduler_samples // repeats)
+        self.plans: dict[tuple, BatchPlan] = {}
+        self.samples: dict[tuple, list[dict]] = {}
+        self.passes = 0
 
     def _plan(self, chunks: list[tuple[int, int, bool]]) -> BatchPlan:
         """Chunks of (context after the step, query tokens, samples); every request gets a fresh
@@ -131,176 +144,182 @@ class Profiler:
             shared.append(SharedPrefixGroup(prefix_blocks * block_size, prefix_ids, tuple(ids)))
         return BatchPlan(0, (), shared_prefix_groups=tuple(shared), decodes=self._decode_batch(chunks))
 
-    def measure(self, chunks: list[tuple[int, int, bool]]) -> dict[str, float]:
-        return self.measure_many([chunks])[0]
+    def _prefix_lens(self) -> tuple[int, ...]:
+        """The prefix grid in whole blocks (a group shares whole blocks only)."""
+        block_size = self.runner.block_size
+        return tuple(sorted({max(p - p % block_size, block_size) for p in self.grids["prefix_lens"]}))
 
-    def measure_many(self, cells: list) -> list[dict[str, float]]:
-        """Median kernel times of each cell's plan (a list of chunks for ``_plan``, or a plan).
-        All plans are warmed up, then each repetition runs them in a fresh random order, so a
-        measurement follows some other shape as a step in a run follows other steps: one
-        shape repeated back to back keeps the CPU caches warm for it (a 10-decode step read
-        7 % faster so than after a 1024-token prefill), and a transient slowdown spreads over
-        cells instead of corrupting every repetition of one."""
-        plans = [cell if isinstance(cell, BatchPlan) else self._plan(cell) for cell in cells]
-        for plan in plans:
+    def cells(self) -> dict[tuple, list | BatchPlan]:
+        """Every model step the tables need, keyed by what it measures: a list of chunks for
+        ``_plan`` (context after the step, query tokens, samples) or a plan."""
+        grid = self.grids
+        cells: dict[tuple, list | BatchPlan] = {}
+        for tokens in grid["tokens"]:  # the per-token kernels: one fresh prompt of that many tokens
+            cells["tokens", tokens] = [(tokens, tokens, False)]
+        for context in grid["contexts"]:  # a prompt chunk of `queries` tokens ending at `context`
+            for queries in grid["queries"]:
+                if queries <= context:
+                    cells["prefill", queries, context] = [(context, queries, False)]
+        for batch in grid["batches"]:
+            for context in grid["contexts"]:
+                cells["decode", batch, context] = [(context, 1, True)] * batch
+        for chunks in grid["prefill_chunks"]:  # whole fresh prompts: context = query tokens
+            for tokens in grid["prompt_tokens"]:
+                each = max(tokens // chunks, 1)
+                cells["prompt", chunks, tokens] = [(each, each, False)] * chunks
+        for sampled in grid["sampled"]:
+            if sampled:
+                cells["lm", sampled] = [(16, 1, True)] * sampled
+        if self.prefix_aware:  # groups of members sharing a prefix, and the same members' own tokens alone
+            for members in grid["group_members"]:
+                cells["own", members] = [(OWN_CONTEXT, 1, True)] * (SHARED_GROUPS * members)
+                for prefix in self._prefix_lens():
+                    cells["grouped", members, prefix] = self._shared_plan(SHARED_GROUPS, members, prefix, OWN_CONTEXT)
+        return cells
+
+    def prepare(self, cells: dict | None = None, scheduler: bool = True) -> None:
+        """Builds the plans of ``cells`` (default: all) and warms each up; with ``scheduler``,
+        the schedulers whose own work per step is measured too."""
+        cells = self.cells() if cells is None else cells
+        self.plans = {key: cell if isinstance(cell, BatchPlan) else self._plan(cell) for key, cell in cells.items()}
+        self.samples = {key: [] for key in self.plans}
+        for plan in self.plans.values():
             for _ in range(self.warmup):
                 self.runner.execute(replace(plan))  # a fresh plan: chunks built each time
-        runs: list[list[dict]] = [[] for _ in plans]
-        order = list(range(len(plans)))
-        for _ in range(self.repeats):
-            self._rng.shuffle(order)
-            for index in order:
-                result = self.runner.execute(replace(plans[index]))
-                runs[index].append({**result.kernel_s, "total": result.duration_s})
-        for plan in plans:
-            self._forget(plan)
-        summaries = []
-        for cell in runs:
-            totals = sorted(r["total"] for r in cell)
-            self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
-            summaries.append({key: statistics.median(r[key] for r in cell) for key in cell[0]})
-        return summaries
+        self._schedulers, self._scheduler_steps, self.scheduler_samples = {}, {}, {}
+        self.prompt_scheduler_samples = {}
+        if scheduler:
+            steps = self._scheduler_rounds * self.repeats
+            for batch in self.grids["batches"]:
+                self._schedulers[batch] = {name: steady_scheduler(batch, name, steps) for name in SCHEDULES}
+                self._scheduler_steps[batch] = self._plan([(256, 1, True)] * batch)
+                self.scheduler_samples[batch] = {name: [] for name in SCHEDULES}
+            self._prompt_model_step = self._plan([(256, 1, True)] * 16)
+            self.prompt_scheduler_samples = {(chunks, tokens): [] for chunks in self.grids["prefill_chunks"]
+                                             for tokens in self.grids["prompt_tokens"]}
 
-    def _shared_prefix(self, members: tuple, prefixes: tuple) -> tuple:
+    def measure_pass(self) -> None:
+        """One timed execution of every plan, and a few schedule + update rounds of every
+        scheduler, in a fresh random order: a measurement follows some other shape, as a step in
+        a run follows other steps (one shape repeated back to back keeps the CPU caches warm for
+        it: a 10-decode step read 7 % faster so than after a 1024-token prefill)."""
+        units = ([("plan", key) for key in self.plans] + [("scheduler", b) for b in self._schedulers]
+                 + [("prompt_scheduler", key) for key in self.prompt_scheduler_samples])
+        self._rng.shuffle(units)
+        for kind, key in units:
+            if kind == "plan":
+                result = self.runner.execute(replace(self.plans[key]))
+                self.samples[key].append({**result.kernel_s, "total": result.duration_s})
+            elif kind == "scheduler":
+                self._time_schedulers(key)
+            else:
+                self._time_prompt_scheduler(*key)
+        self.passes += 1
+
+    def _time_schedulers(self, batch: int) -> None:
+        """Schedule + update of ``batch`` running decodes under every schedule, each after a
+        model step of ``batch`` decodes, the schedules taking turns in a fresh random order each
+        round: a drift of the machine shows in all of them alike (their differences are taken
+        round by round)."""
+        running, samples = self._schedulers[batch], self.scheduler_samples[batch]
+        order = list(running)
+        for _ in range(self._scheduler_rounds):
+            self._rng.shuffle(order)
+            for name in order:
+                samples[name].append(timed_scheduler_step(self.runner, running[name], self._scheduler_steps[batch]))
+
+    def _time_prompt_scheduler(self, chunks: int, tokens: int) -> None:
+        """Schedule + update of ``chunks`` fresh prompts of ``tokens`` tokens in all."""
+        samples = self.prompt_scheduler_samples[chunks, tokens]
+        for _ in range(self._prompt_scheduler_rounds):
+            scheduler = fresh_prompts_scheduler(chunks, tokens, len(samples))
+            samples.append(timed_scheduler_step(self.runner, scheduler, self._prompt_model_step))
+
+    def medians(self) -> dict[tuple, dict[str, float]]:
+        """Each plan's median kernel times over the passes; records each one's spread."""
+        medians = {}
+        self.spread = []
+        for key, runs in self.samples.items():
+            totals = sorted(r["total"] for r in runs)
+            self.spread.append(totals[int(0.9 * (len(totals) - 1))] / statistics.median(totals))
+            medians[key] = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+        return medians
+
+    def forget(self) -> None:
+        """Drops the measured plans' requests from the runner."""
+        plans = list(self.plans.values()) + list(self._scheduler_steps.values())
+        plans += [self._prompt_model_step] if self.prompt_scheduler_samples else []
+        for request_id in (c.req_id for plan in plans for c in plan.chunks):
+            self.runner.outputs.pop(request_id, None)
+            self.runner.requests.pop(request_id, None)
+
+    def _shared_prefix(self, medians: dict) -> tuple:
         """Per-layer seconds a shared-prefix group of ``m`` decoding members adds to a decode
         step's attention over a ``p``-token prefix, the cost model's ``attn_shared_prefix``: a
         step of SHARED_GROUPS such groups, less the same requests' own tokens read as plain
         decodes (which the cost model charges as ``attn_decode``), per group. The fused kernel
         is one launch for the whole step, so the groups share it. Never below zero (noise)."""
-        block_size = self.runner.block_size
-        prefixes = tuple(sorted({max(p - p % block_size, block_size) for p in prefixes}))
-        cells = [(i, j) for i in range(len(members)) for j in range(len(prefixes))]
-        plans = []
-        for i, j in cells:
-            plans.append(self._shared_plan(SHARED_GROUPS, members[i], prefixes[j], OWN_CONTEXT))
-            plans.append([(OWN_CONTEXT, 1, True)] * (SHARED_GROUPS * members[i]))
-        measured = self.measure_many(plans)
+        members, prefixes = self.grids["group_members"], self._prefix_lens()
         values = np.zeros((len(members), len(prefixes)))
-        for index, (i, j) in enumerate(cells):
-            grouped, own = measured[2 * index]["attention"], measured[2 * index + 1]["attention"]
-            values[i, j] = max((grouped - own) / self.layers / SHARED_GROUPS, 0.0)
+        for i, m in enumerate(members):
+            for j, p in enumerate(prefixes):
+                grouped, own = medians["grouped", m, p]["attention"], medians["own", m]["attention"]
+                values[i, j] = max((grouped - own) / self.layers / SHARED_GROUPS, 0.0)
         return (("queries", "prefix_len"), (np.array(members, float), np.array(prefixes, float)), values)
 
-    def _prefill_overhead(self, chunks: tuple, tokens: tuple, batches: tuple, decode_host: np.ndarray) -> tuple:
+    def _prefill_overhead(self, medians: dict, prompt_scheduler: dict, decode_host: np.ndarray) -> tuple:
         """Host work (engine overhead + scheduler) of a step of ``k`` prompt chunks holding
         ``t`` tokens, beyond what ``k`` decodes cost (``step_overhead``): token ids, positions,
         slots and block hashes grow with the tokens, and a prompt chunk costs more to set up
         than a decode. Never below zero (noise)."""
-        cells = [(i, j) for i in range(len(chunks)) for j in range(len(tokens))]
-        plans = []
-        for i, j in cells:
-            each = max(tokens[j] // chunks[i], 1)  # whole fresh prompts: context = query tokens
-            plans.append([(each, each, False)] * chunks[i])
+        chunks, tokens, batches = (self.grids[k] for k in ("prefill_chunks", "prompt_tokens", "batches"))
         values = np.zeros((len(chunks), len(tokens)))
-        for (i, j), m in zip(cells, self.measure_many(plans)):
-            host = m["overhead"] + self.scheduler_prefill_seconds(chunks[i], tokens[j])
-            values[i, j] = max(host - float(np.interp(chunks[i], batches, decode_host)), 0.0)
+        for i, k in enumerate(chunks):
+            for j, t in enumerate(tokens):
+                host = medians["prompt", k, t]["overhead"] + prompt_scheduler[k, t]
+                values[i, j] = max(host - float(np.interp(k, batches, decode_host)), 0.0)
         return (("prefill_chunks", "prefill_tokens"), (np.array(chunks, float), np.array(tokens, float)), values)
-
-    def scheduler_prefill_seconds(self, chunks: int, tokens: int, repeats: int = 5) -> float:
-        """Median schedule + update time of ``chunks`` fresh prompts of ``tokens`` tokens in
-        all (block hashing and allocation grow with the tokens), each right after a model step
-        (see ``scheduler_seconds``)."""
-        from scheduler import Scheduler, schedule_config
-
-        each = max(tokens // chunks, 1)
-        model_step = self._plan([(256, 1, True)] * 16)
-        samples = []
-        for index in range(repeats):
-            config = schedule_config("fcfs", max_num_seqs=None, max_num_batched_tokens=max(each * chunks, 16))
-            scheduler = Scheduler(config, chunks * (each // 16 + 2) + 8, 16)
-            for request in range(chunks):
-                scheduler.add(Request(request, 0.0, ((index * chunks + request, each),), 2))
-            samples.append(self._timed_scheduler_step(scheduler, model_step))
-        self._forget(model_step)
-        return statistics.median(samples)
-
-    def scheduler_seconds(self, batch: int, schedules: tuple[str, ...] = ("fcfs",),
-                          steps: int = 20) -> dict[str, list[float]]:
-        """Schedule + update times of ``batch`` running decodes under each of ``schedules``
-        (the engine loop's own cost per step, outside ``execute``), ``steps`` samples each. Each
-        sample follows a model step of ``batch`` decodes, as in a run, and the schedules take
-        turns in a fresh random order every round, so that a drift of the machine shows in all
-        of them alike (their differences are taken round by round). The requests come in
-        groups of 8 sharing a prefix, as in ``validate``'s workload, so that grouped schedules
-        find their shared-prefix groups. Measured back to back, with the CPU caches holding
-        nothing but the scheduler, a 10-decode fcfs step read 6.6 us (13 us with its sampled
-        tokens, which a run's update appends); after model steps 41 us, where a validation
-        run's fcfs decode steps spent 64 us (with a waiting queue to try each step)."""
-        running = {name: self._steady_scheduler(batch, name, steps) for name in schedules}
-        model_step = self._plan([(256, 1, True)] * batch)
-        samples: dict[str, list[float]] = {name: [] for name in schedules}
-        order = list(schedules)
-        for _ in range(steps):
-            self._rng.shuffle(order)
-            for name in order:
-                samples[name].append(self._timed_scheduler_step(running[name], model_step))
-        self._forget(model_step)
-        return samples
-
-    def _timed_scheduler_step(self, scheduler, model_step: BatchPlan) -> float:
-        """Seconds of one schedule + update, right after a model step (as in a run, whose
-        scheduler finds the CPU caches full of the model's data); the update receives the
-        sampled tokens, which a run's update appends to their requests."""
-        from scheduler import StepResult
-
-        self.runner.execute(replace(model_step))
-        started = time.perf_counter()
-        plan = scheduler.schedule(0.0)
-        scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
-        return time.perf_counter() - started
-
-    @staticmethod
-    def _steady_scheduler(batch: int, schedule: str, steps: int):
-        """A scheduler of ``schedule`` whose ``batch`` requests all decode, for ``steps`` more
-        steps at least."""
-        from scheduler import Scheduler, StepResult, schedule_config
-        from traces.synthetic import batchllm_microbenchmark
-
-        workload = batchllm_microbenchmark(32, 16, steps + 256, 8, batch, shuffle=False, seed=0)
-        scheduler = Scheduler(schedule_config(schedule, max_num_seqs=None, kv_threshold=None),
-                              batch * (steps + 320) // 16 + 2 * batch + 64, 16)
-        for request in workload.requests:
-            scheduler.add(request)
-        for _ in range(64):
-            plan = scheduler.schedule(0.0)
-            scheduler.update(plan, StepResult(plan.step, 0.0, _sampled(plan)), 0.0)
-            if len(plan.decodes.req_ids) == batch and not plan.listed:
-                return scheduler
-        raise AssertionError(f"{schedule}: {batch} requests never reached steady decode")
-
-    def _forget(self, plan: BatchPlan) -> None:
-        """Drops a measured plan's requests from the runner."""
-        for request_id in (c.req_id for c in plan.chunks):
-            self.runner.outputs.pop(request_id, None)
-            self.runner.requests.pop(request_id, None)
 
     def _elementwise(self, m: dict) -> float:
         return (m["norms"] + m["rope_kv_store"]) / self.layers
 
-    def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
+    def run(self, progress: Callable[[str], None] | None = None,
+            between: Callable[[int], None] | None = None) -> dict[str, tuple]:
+        """Prepares, measures ``repeats`` passes and returns the tables; ``between(i)`` is
+        called after pass ``i`` but the last (``validate`` runs the engine there)."""
         say = progress or (lambda _: None)
-        L = self.layers
-        (TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED, CHUNKS, PROMPT, MEMBERS,
-         PREFIXES) = (self.grids[k] for k in GRIDS)
+        cells = self.cells()
+        say(f"profiling {len(cells)} step shapes and {len(SCHEDULES)} schedulers' own work, "
+            f"{self.repeats} passes over them all")
+        self.prepare(cells)
+        for index in range(self.repeats):
+            started = time.perf_counter()
+            self.measure_pass()
+            say(f"pass {index + 1}/{self.repeats}: {time.perf_counter() - started:.1f} s")
+            if between is not None and index < self.repeats - 1:
+                between(index)
+        try:
+            return self.tables()
+        finally:
+            self.forget()
+
+    def tables(self) -> dict[str, tuple]:
+        """The profile's tables from the passes measured so far."""
+        m = self.medians()
+        L, grid = self.layers, self.grids
+        TOKENS, QUERIES, CONTEXTS, BATCHES, SAMPLED = (grid[k] for k in ("tokens", "queries", "contexts", "batches",
+                                                                          "sampled"))
         tables: dict[str, tuple] = {}
-        per_tokens = {name: [] for name in ("linear_qkv", "linear_o", "mlp", "elementwise")}
-        say(f"profiling per-token kernels over {len(TOKENS)} batch sizes")
-        for tokens, m in zip(TOKENS, self.measure_many([[(tokens, tokens, False)] for tokens in TOKENS])):
-            for name in ("linear_qkv", "linear_o", "mlp"):
-                per_tokens[name].append(m[name] / L)
-            per_tokens["elementwise"].append(self._elementwise(m))
-        for name, values in per_tokens.items():
-            tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array(values))
-        say(f"profiling prefill attention over {len(QUERIES)}x{len(CONTEXTS)} shapes")
+        for name in ("linear_qkv", "linear_o", "mlp"):
+            tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array([m["tokens", t][name] / L for t in TOKENS]))
+        tables["elementwise"] = (("tokens",), (np.array(TOKENS, float),),
+                                 np.array([self._elementwise(m["tokens", t]) for t in TOKENS]))
         prefill = np.zeros((len(QUERIES), len(CONTEXTS)))
-        cells = [(i, j) for j, context in enumerate(CONTEXTS) for i, queries in enumerate(QUERIES) if queries <= context]
-        for (i, j), m in zip(cells, self.measure_many([[(CONTEXTS[j], QUERIES[i], False)] for i, j in cells])):
-            prefill[i, j] = m["attention"] / L
         for j, context in enumerate(CONTEXTS):
             valid = 0  # the last row with queries <= context: a chunk cannot have more
             for i, queries in enumerate(QUERIES):
                 if queries <= context:
+                    prefill[i, j] = m["prefill", queries, context]["attention"] / L
                     valid = i
                 else:
                     # no such chunk exists, but bilinear interpolation reads the cell: extend
@@ -309,59 +328,30 @@ class Profiler:
                     # chunks near the diagonal cost up to twice what they measure.
                     prefill[i, j] = prefill[valid, j] * queries / QUERIES[valid]
         tables["attn_prefill"] = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)), prefill)
-        say(f"profiling decode attention and step overhead over {len(BATCHES)}x{len(CONTEXTS)} shapes")
-        decode = np.zeros((len(BATCHES), len(CONTEXTS)))
-        overhead = []
-        cells = [(i, j) for i in range(len(BATCHES)) for j in range(len(CONTEXTS))]
-        for (i, j), m in zip(cells, self.measure_many([[(CONTEXTS[j], 1, True)] * BATCHES[i] for i, j in cells])):
-            decode[i, j] = m["attention"] / L
-            if j == 0:
-                overhead.append(m["overhead"])
+        decode = np.array([[m["decode", b, c]["attention"] / L for c in CONTEXTS] for b in BATCHES])
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
-        say(f"profiling the scheduler's own work per step, {len(SCHEDULES)} schedules x {len(BATCHES)} batches")
-        fcfs, extra = [], {name: [] for name in SCHEDULES if name != "fcfs"}
-        for batch in BATCHES:
-            samples = self.scheduler_seconds(batch, tuple(SCHEDULES))
-            fcfs.append(statistics.median(samples["fcfs"]))
-            for name in extra:  # the median of round-by-round differences; never below zero
-                extra[name].append(max(statistics.median(a - b for a, b in zip(samples[name], samples["fcfs"])), 0.0))
-        decode_host = np.array(overhead) + np.array(fcfs)
+        fcfs = np.array([statistics.median(self.scheduler_samples[b]["fcfs"]) for b in BATCHES])
+        decode_host = np.array([m["decode", b, CONTEXTS[0]]["overhead"] for b in BATCHES]) + fcfs
         tables["step_overhead"] = (("requests",), (np.array(BATCHES, float),), decode_host)
-        for name, seconds in extra.items():
-            # "schedule_overhead_<schedule>" (sim/profile.py): scheduler work beyond fcfs's
-            tables[f"schedule_overhead_{name}"] = (("requests",), (np.array(BATCHES, float),), np.array(seconds))
-        say(f"profiling prompt steps' host work over {len(CHUNKS)}x{len(PROMPT)} shapes")
-        tables["prefill_overhead"] = self._prefill_overhead(CHUNKS, PROMPT, BATCHES, decode_host)
-        say("profiling LM head and sampling")
-        lm = [0.0] + [m["lm_head_sampling"] for m in self.measure_many([[(16, 1, True)] * n for n in SAMPLED[1:]])]
+        for name in SCHEDULES:
+            if name != "fcfs":  # "schedule_overhead_<schedule>" (sim/profile.py): scheduler work beyond
+                # fcfs's, the median of round-by-round differences; never below zero
+                extra = [max(statistics.median(a - b for a, b in zip(self.scheduler_samples[batch][name],
+                                                                       self.scheduler_samples[batch]["fcfs"])), 0.0)
+                         for batch in BATCHES]
+                tables[f"schedule_overhead_{name}"] = (("requests",), (np.array(BATCHES, float),), np.array(extra))
+        prompt_scheduler = {key: statistics.median(s) for key, s in self.prompt_scheduler_samples.items()}
+        tables["prefill_overhead"] = self._prefill_overhead(m, prompt_scheduler, decode_host)
+        lm = [m["lm", n]["lm_head_sampling"] if n else 0.0 for n in SAMPLED]
         tables["lm_head_sampling"] = (("sampled",), (np.array(SAMPLED, float),), np.array(lm))
         if self.prefix_aware:
-            say(f"profiling shared-prefix attention over {len(MEMBERS)}x{len(PREFIXES)} shapes")
-            tables["attn_shared_prefix"] = self._shared_prefix(MEMBERS, PREFIXES)
+            tables["attn_shared_prefix"] = self._shared_prefix(m)
         else:
             # no shared-prefix kernel: a group's decodes read their prefix as ordinary decode
             # attention, which the profile says (prefix_aware_attention: false)
             tables["attn_shared_prefix"] = (("queries", "prefix_len"), (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
                                             np.zeros((2, 2)))
         return tables
-
-
-def yardstick_ms(device, size: int = 256, calls: int = 30) -> float:
-    """Milliseconds of a fixed piece of work (a ``size`` x ``size`` fp32 matrix product), the
-    median of ``calls``: how fast the machine is right now, so that runs measured minutes apart
-    can be told apart from the machine changing speed under them."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    times = []
-    for _ in range(calls):
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        torch.mm(a, b)
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1e3)
 
 
 def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, dtype: str,
@@ -381,15 +371,18 @@ def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, d
 
 
 def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backend: str, repeats: int = 5,
-                   progress: Callable[[str], None] | None = None, grids: dict | None = None) -> Path:
+                   progress: Callable[[str], None] | None = None, grids: dict | None = None,
+                   between: Callable[[int], None] | None = None) -> Path:
+    """Measures a profile of ``runner`` in ``repeats`` passes (``between(i)`` after pass ``i``
+    but the last) and writes it to ``directory``."""
     started = time.perf_counter()
     profiler = Profiler(runner, repeats=repeats, grids=grids)
-    tables = profiler.run(progress)
+    tables = profiler.run(progress, between)
     device = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
     provenance = {"device": device, "backend": backend, "dtype": dtype, "torch": torch.__version__,
                   "python": platform.python_version(), "date": date.today().isoformat(),
                   "model_config": {k: getattr(runner.spec, k) for k in runner.spec.__dataclass_fields__},
-                  "repeats": repeats, "statistic": "median",
+                  "repeats": repeats, "statistic": "median over passes",
                   "spread_p90_over_median_max": max(profiler.spread), "spread_p90_over_median_median":
                   statistics.median(profiler.spread), "prefix_aware_attention": profiler.prefix_aware,
                   "threads": torch.get_num_threads(), "host_memory": runner.host_memory,

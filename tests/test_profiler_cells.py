@@ -12,25 +12,23 @@ from sim.profile import Profile
 from conftest import SMALL_GRIDS
 
 
-def test_prefill_overhead_is_prompt_host_work_beyond_decodes(monkeypatch):
+def test_prefill_overhead_is_prompt_host_work_beyond_decodes():
     """The prefill_overhead cell of k prompt chunks holding t tokens = engine overhead of that
     step + the scheduler's time for it - the decode host time of k requests (interpolated
     over the decode batches), never below zero. Measurements replaced by known values: one
     profile run with a single repetition is too noisy to show the sign (it read 0 once)."""
     from engine.profiler import Profiler
 
-    profiler = Profiler(ModelRunner(model_spec("tiny"), 64, 16), repeats=1)
-    seen = []
-
-    def measure_many(cells):
-        seen.extend(cells)
-        return [{"overhead": 1e-4 * len(cell) + 1e-6 * sum(q for _, q, _ in cell)} for cell in cells]
-
-    monkeypatch.setattr(profiler, "measure_many", measure_many)
-    monkeypatch.setattr(profiler, "scheduler_prefill_seconds", lambda chunks, tokens: 2e-6 * tokens)
-    axes, grids, values = profiler._prefill_overhead((1, 4), (8, 64), (1, 4), np.array([2e-4, 2e-4]))
+    grids = {"prefill_chunks": (1, 4), "prompt_tokens": (8, 64), "batches": (1, 4)}
+    profiler = Profiler(ModelRunner(model_spec("tiny"), 64, 16), repeats=1, grids=grids)
+    cells = {key[1:]: cell for key, cell in profiler.cells().items() if key[0] == "prompt"}
+    assert cells == {(1, 8): [(8, 8, False)], (1, 64): [(64, 64, False)], (4, 8): [(2, 2, False)] * 4,
+                     (4, 64): [(16, 16, False)] * 4}
+    medians = {("prompt", *key): {"overhead": 1e-4 * len(cell) + 1e-6 * sum(q for _, q, _ in cell)}
+               for key, cell in cells.items()}
+    scheduler = {key: 2e-6 * key[1] for key in cells}
+    axes, grids, values = profiler._prefill_overhead(medians, scheduler, np.array([2e-4, 2e-4]))
     assert axes == ("prefill_chunks", "prefill_tokens") and [g.tolist() for g in grids] == [[1, 4], [8, 64]]
-    assert seen == [[(8, 8, False)], [(64, 64, False)], [(2, 2, False)] * 4, [(16, 16, False)] * 4]
     # host = 1e-4 k + 1e-6 t (overhead) + 2e-6 t (scheduler); minus 2e-4 of decode host
     expected = np.maximum(np.array([[1e-4 + 3 * 8e-6, 1e-4 + 3 * 64e-6],
                                     [4e-4 + 3 * 8e-6, 4e-4 + 3 * 64e-6]]) - 2e-4, 0.0)
@@ -81,7 +79,7 @@ def test_profiler_plans_scatter_distinct_blocks_over_the_cache():
     assert all(0 <= b < 64 for c in wrapped.chunks for b in c.block_ids)
 
 
-def test_shared_prefix_cell_is_the_groups_excess_over_their_own_decodes(monkeypatch):
+def test_shared_prefix_cell_is_the_groups_excess_over_their_own_decodes():
     """attn_shared_prefix(m, p) = (attention of a step of G groups of m decodes sharing p
     tokens - attention of the same requests' own tokens as plain decodes) / layers / G, the
     cost model's split (attn_decode over own tokens + one term per group). Measurements
@@ -90,29 +88,26 @@ def test_shared_prefix_cell_is_the_groups_excess_over_their_own_decodes(monkeypa
     from engine.profiler import OWN_CONTEXT, SHARED_GROUPS, Profiler
 
     runner = ModelRunner(model_spec("tiny"), 256, 16)
-    profiler = Profiler(runner, repeats=1)
-    seen = []
-
-    def measure_many(cells):
-        seen.extend(cells)
-        out = []
-        for cell in cells:
-            if isinstance(cell, list):  # the members' own tokens as plain decodes
-                out.append({"attention": 1e-5 * len(cell)})
-            else:  # each group: 3e-6 per member plus 1e-8 per prefix token
-                out.append({"attention": 1e-5 * len(cell.decodes.req_ids)
-                            + sum(3e-6 * len(g.req_ids) + 1e-8 * g.prefix_len for g in cell.shared_prefix_groups)})
-        return out
-
-    monkeypatch.setattr(profiler, "measure_many", measure_many)
-    axes, grids, values = profiler._shared_prefix((2, 4), (40, 64))
+    profiler = Profiler(runner, repeats=1, grids={"group_members": (2, 4), "prefix_lens": (40, 64)})
+    profiler.prefix_aware = True  # as a prefix-aware backend's profiler
+    cells = profiler.cells()
+    assert {key for key in cells if key[0] in ("own", "grouped")} == {
+        ("own", 2), ("own", 4), ("grouped", 2, 32), ("grouped", 2, 64), ("grouped", 4, 32), ("grouped", 4, 64)}
+    medians = {}
+    for key, cell in cells.items():
+        if key[0] == "own":  # the members' own tokens as plain decodes
+            medians[key] = {"attention": 1e-5 * len(cell)}
+        elif key[0] == "grouped":  # each group: 3e-6 per member plus 1e-8 per prefix token
+            medians[key] = {"attention": 1e-5 * len(cell.decodes.req_ids)
+                            + sum(3e-6 * len(g.req_ids) + 1e-8 * g.prefix_len for g in cell.shared_prefix_groups)}
+    axes, grids, values = profiler._shared_prefix(medians)
     assert axes == ("queries", "prefix_len") and [g.tolist() for g in grids] == [[2, 4], [32, 64]]  # whole blocks
     layers = runner.spec.num_layers
     expected = np.array([[3e-6 * m + 1e-8 * p for p in (32, 64)] for m in (2, 4)]) / layers
     assert values == pytest.approx(expected, rel=1e-9)
-    grouped = seen[0]  # 2 members, prefix 32: SHARED_GROUPS groups, own decodes alongside
+    grouped = cells["grouped", 2, 32]  # SHARED_GROUPS groups, own decodes alongside
     assert len(grouped.shared_prefix_groups) == SHARED_GROUPS and len(grouped.decodes.req_ids) == 2 * SHARED_GROUPS
-    assert seen[1] == [(OWN_CONTEXT, 1, True)] * (2 * SHARED_GROUPS)
+    assert cells["own", 2] == [(OWN_CONTEXT, 1, True)] * (2 * SHARED_GROUPS)
     tables = {c.req_id: c.block_ids for c in grouped.chunks}
     prefixes = []
     for group in grouped.shared_prefix_groups:
@@ -135,10 +130,13 @@ def test_prefix_aware_backends_get_their_shared_prefix_kernel_measured(profile_d
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runner = ModelRunner(model_spec("tiny", num_layers=1), 256, 16, device=device, backend="triton")
-    profiler = Profiler(runner, warmup=1, repeats=1)
+    profiler = Profiler(runner, warmup=1, repeats=1, grids={"group_members": (2, 4), "prefix_lens": (32,)})
     assert profiler.prefix_aware
-    axes, grids, values = profiler._shared_prefix((2, 4), (32,))
+    profiler.prepare({k: c for k, c in profiler.cells().items() if k[0] in ("own", "grouped")}, scheduler=False)
+    profiler.measure_pass()
+    axes, grids, values = profiler._shared_prefix(profiler.medians())
     assert values.shape == (2, 1) and np.isfinite(values).all() and (values >= 0).all()
+    profiler.forget()
     assert not runner.requests  # the measured requests are dropped again
     torch_profile = Profile.load(profile_dir)
     assert torch_profile.provenance["prefix_aware_attention"] is False
