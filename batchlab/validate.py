@@ -48,7 +48,7 @@ def profile_main(cfg: DictConfig) -> None:
 def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
-    from engine.host_load import cpu_counters, stolen_share, yardstick_ms
+    from engine.host_load import copy_ms, cpu_counters, stolen_share, yardstick_ms
     from reports.validation import (compare_runs, discordant_pairs, kernel_errors, ranking, run_noise, scatter,
                                     step_errors)
     from sim.cost_model import CostModel
@@ -73,12 +73,14 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     pending = [config for _ in range(2 if cfg.noise_floor else 1) for config in configs]
     runs = {config.name: [] for config in configs}
     speed = {config.name: [] for config in configs}
+    bandwidth = {config.name: [] for config in configs}
     stolen = {config.name: [] for config in configs}
 
     def run_next(count: int) -> None:
         for config in [pending.pop(0) for _ in range(min(count, len(pending)))]:
             runner = _runner(cfg, model, kv_blocks, weights)
             speed[config.name].append(yardstick_ms(runner.device))
+            bandwidth[config.name].append(copy_ms(runner.device))
             before = cpu_counters()
             runs[config.name].append(run_engine(workload, config, runner, kv_blocks, block_size, keep_plans=True))
             stolen[config.name].append(stolen_share(before, cpu_counters()))
@@ -111,8 +113,9 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     result = {"workload": workload.name, "roofline": cfg.get("roofline"), "offline": offline,
               "profile": str(profile_dir), "device": device, "host_memory": host_memory_for(cfg.device),
               "schedules": {}}
-    marks = [ms for values in speed.values() for ms in values]
-    result["yardstick_ms"] = {"per_run": speed, "min": min(marks), "max": max(marks)}
+    for key, per_run in (("yardstick_ms", speed), ("copy_ms", bandwidth)):
+        marks = [ms for values in per_run.values() for ms in values]
+        result[key] = {"per_run": per_run, "min": min(marks), "max": max(marks)}
     shares = [share for values in stolen.values() for share in values if share is not None]
     result["cpu_stolen"] = {"per_run": stolen, "min": min(shares, default=None), "max": max(shares, default=None)}
     points = {}

@@ -3,8 +3,10 @@
 On a shared VM the hypervisor runs other guests on our cores now and then; the kernel counts
 that time as "steal" in /proc/stat. A run that lost a fifth of its CPU time that way is a
 fifth slower than the profile that predicts it, whatever the model: validation records the
-share per engine run so that such a run can be told from a wrong prediction. A yardstick (a
-fixed piece of work, timed) tells how fast the machine is just before a run.
+share per engine run so that such a run can be told from a wrong prediction. Yardsticks (fixed
+pieces of work, timed) tell how fast the machine is just before a run: a small matrix product
+(compute) and a 64 MB copy (memory bandwidth, which other guests share and which moves far more:
+over 30 s idle on the 2-core machine, the copy took 2.2-4.2 ms while the product varied 5 %).
 """
 from __future__ import annotations
 
@@ -51,6 +53,25 @@ def yardstick_ms(device, size: int = 256, calls: int = 30) -> float:
         started = time.perf_counter()
         torch.mm(a, b)
         if a.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def copy_ms(device, megabytes: int = 64, calls: int = 7) -> float:
+    """Milliseconds to copy ``megabytes`` of fp32 from one tensor into another, the median of
+    ``calls``: the memory bandwidth the machine gives right now."""
+    import torch
+
+    source = torch.ones(megabytes * 2**18, device=device)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(calls):
+        if source.is_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        target.copy_(source)
+        if source.is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1e3

@@ -64,10 +64,11 @@ def validation_table(result: dict) -> str:
     separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]
     lines.append(f"pairs the engine separates beyond its noise floor: {len(separated)}, ordered the other way "
                  f"by the simulator: {len(discordant)}" + (f" {discordant}" if discordant else ""))
-    speed = result.get("yardstick_ms")
-    if speed:  # a fixed matrix product before every engine run: how steady the machine was
-        lines.append(f"machine speed (yardstick before each run): {speed['min']:.3f}-{speed['max']:.3f} ms, "
-                     f"{speed['max'] / speed['min'] - 1:.0%} apart")
+    marks = [(what, result[key]) for key, what in (("yardstick_ms", "256x256 matmul"), ("copy_ms", "64 MB copy"))
+             if result.get(key)]
+    if marks:  # fixed pieces of work before every engine run: how steady the machine was
+        lines.append("machine speed (yardstick before each run): " + "; ".join(
+            f"{what} {m['min']:.3f}-{m['max']:.3f} ms, {m['max'] / m['min'] - 1:.0%} apart" for what, m in marks))
     stolen = result.get("cpu_stolen") or {}
     if stolen.get("max") is not None:  # a VM's hypervisor running other guests on our cores
         per_run = ", ".join(f"{name} " + "/".join(_pct(v) for v in values) for name, values in stolen["per_run"].items())

@@ -119,10 +119,11 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
     # a yardstick (and the hypervisor's share of the CPU, where /proc/stat tells) before and
     # during every engine run, each schedule's two
     for name in ("fcfs", "batchllm"):
-        assert len(validation["yardstick_ms"]["per_run"][name]) == 2
-        assert all(ms > 0 for ms in validation["yardstick_ms"]["per_run"][name])
+        for yardstick in ("yardstick_ms", "copy_ms"):  # compute, and memory bandwidth
+            assert len(validation[yardstick]["per_run"][name]) == 2
+            assert all(ms > 0 for ms in validation[yardstick]["per_run"][name])
         assert all(v is None or 0 <= v <= 1 for v in validation["cpu_stolen"]["per_run"][name])
-    assert "machine speed (yardstick before each run)" in result.stdout
+    assert "machine speed (yardstick before each run): 256x256 matmul" in result.stdout and "64 MB copy" in result.stdout
     assert "seconds per kernel over the run" in (tmp_path / "validation.md").read_text()
     assert (tmp_path / "validation_scatter.png").exists()
     assert validation["ranking_measured"] == sorted(validation["schedules"],
