@@ -7,8 +7,7 @@ median over the passes of each kernel category is kept, and the spread (p90/medi
 The passes, not back-to-back repetitions, make a cell's samples span the whole profile, so a
 slow spell of the machine lasting a second or two moves one sample of many cells instead of
 every sample of one table (back to back, a table's repetitions took 1-4 s, and two profiles
-35 s apart disagreed by 20-30 % on whole tables at once). ``validate`` runs its engine runs
-between the passes, so that the profile and the runs it predicts sample the same minutes.
+35 s apart disagreed by 20-30 % on whole tables at once).
 
 The directory written is the profile format ``sim.profile.Profile.load`` reads
 (``profile.json`` + ``tables.npz``); the kernel names and axes below are that format's, and the
@@ -283,10 +282,8 @@ class Profiler:
     def _elementwise(self, m: dict) -> float:
         return (m["norms"] + m["rope_kv_store"]) / self.layers
 
-    def run(self, progress: Callable[[str], None] | None = None,
-            between: Callable[[int], None] | None = None) -> dict[str, tuple]:
-        """Prepares, measures ``repeats`` passes and returns the tables; ``between(i)`` is
-        called after pass ``i`` but the last (``validate`` runs the engine there)."""
+    def run(self, progress: Callable[[str], None] | None = None) -> dict[str, tuple]:
+        """Prepares, measures ``repeats`` passes and returns the tables."""
         say = progress or (lambda _: None)
         cells = self.cells()
         say(f"profiling {len(cells)} step shapes and {len(SCHEDULES)} schedulers' own work, "
@@ -296,8 +293,6 @@ class Profiler:
             started = time.perf_counter()
             self.measure_pass()
             say(f"pass {index + 1}/{self.repeats}: {time.perf_counter() - started:.1f} s")
-            if between is not None and index < self.repeats - 1:
-                between(index)
         try:
             return self.tables()
         finally:
@@ -371,13 +366,11 @@ def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, d
 
 
 def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backend: str, repeats: int = 5,
-                   progress: Callable[[str], None] | None = None, grids: dict | None = None,
-                   between: Callable[[int], None] | None = None) -> Path:
-    """Measures a profile of ``runner`` in ``repeats`` passes (``between(i)`` after pass ``i``
-    but the last) and writes it to ``directory``."""
+                   progress: Callable[[str], None] | None = None, grids: dict | None = None) -> Path:
+    """Measures a profile of ``runner`` in ``repeats`` passes and writes it to ``directory``."""
     started = time.perf_counter()
     profiler = Profiler(runner, repeats=repeats, grids=grids)
-    tables = profiler.run(progress, between)
+    tables = profiler.run(progress)
     device = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
     provenance = {"device": device, "backend": backend, "dtype": dtype, "torch": torch.__version__,
                   "python": platform.python_version(), "date": date.today().isoformat(),

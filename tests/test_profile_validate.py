@@ -256,44 +256,6 @@ def test_validation_runs_every_schedule_before_running_any_again(profile_dir, tm
     assert all("noise_step_error" in entry for entry in result["schedules"].values())
 
 
-def test_a_measured_profile_has_the_engine_runs_between_its_passes(tmp_path, monkeypatch):
-    """Measured in validation, the profile's passes and the engine runs alternate, so both
-    sample the same minutes of the machine; the passes bracket the runs."""
-    from hydra import compose, initialize_config_dir
-
-    import engine.loop
-    import engine.profiler
-    from batchlab.command import CONF_DIR
-    from batchlab.validate import run_validation
-    from conftest import SMALL_GRIDS
-
-    order = []
-    real_run, real_pass = engine.loop.run_engine, engine.profiler.Profiler.measure_pass
-
-    def recorded_run(workload, config, *args, **kwargs):
-        order.append(config.name)
-        return real_run(workload, config, *args, **kwargs)
-
-    def recorded_pass(self):
-        order.append("pass")
-        return real_pass(self)
-
-    monkeypatch.setattr(engine.loop, "run_engine", recorded_run)
-    monkeypatch.setattr(engine.profiler.Profiler, "measure_pass", recorded_pass)
-    monkeypatch.setattr(engine.profiler, "GRIDS", {**engine.profiler.GRIDS, **SMALL_GRIDS})
-    overrides = ["repeats=3", "workload.params.num_requests=8", "workload.params.share_degree=4",
-                 "workload.params.prefix_len=32", "workload.params.output_len=2", "kv_blocks=64",
-                 "schedule.names=[fcfs,prefix_grouped,batchllm]", "noise_floor=true", "report=false"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("validate", overrides=overrides)
-    result = run_validation(cfg, tmp_path, ".")
-    assert order == ["pass", "fcfs", "prefix_grouped", "batchllm", "pass", "fcfs", "prefix_grouped", "batchllm",
-                     "pass"]
-    profile = Profile.load(tmp_path / "profile")
-    assert profile.provenance["repeats"] == 3 and profile.tables["linear_qkv"].grids[0].tolist() == [1.0, 8.0, 64.0]
-    assert all("noise_step_error" in entry for entry in result["schedules"].values())
-
-
 def test_stolen_cpu_share_is_read_from_proc_stat(tmp_path, monkeypatch):
     from engine import host_load
 

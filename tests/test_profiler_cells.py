@@ -142,3 +142,41 @@ def test_prefix_aware_backends_get_their_shared_prefix_kernel_measured(profile_d
     assert torch_profile.provenance["prefix_aware_attention"] is False
     assert not CostModel(torch_profile, model_spec("tiny")).prefix_aware
     assert not torch_profile.tables["attn_shared_prefix"].values.any()
+
+
+def test_every_pass_times_every_cell_once_in_a_fresh_order():
+    """A cell's samples are spread over the profile, one a pass, never back to back: a slow
+    spell of the machine then moves one sample of many cells, not every sample of a table."""
+    from engine.profiler import Profiler
+
+    torch.set_num_threads(1)
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    profiler = Profiler(runner, warmup=1, repeats=3, grids=SMALL_GRIDS)
+    profiler.prepare()
+    executed, real = [], runner.execute
+    plan_of = {}
+
+    def recorded(plan):
+        executed.append(plan_of.get(plan.chunks[0].req_id) if plan.chunks else None)
+        return real(plan)
+
+    for key, plan in profiler.plans.items():
+        plan_of[plan.chunks[0].req_id] = key
+    runner.execute = recorded
+    orders = []
+    for _ in range(3):
+        executed.clear()
+        profiler.measure_pass()
+        cells = [key for key in executed if key is not None]  # the scheduler's model steps are no cells
+        assert sorted(cells) == sorted(profiler.plans)         # every cell once a pass
+        orders.append(cells)
+    assert orders[0] != orders[1] != orders[2]
+    assert all(len(samples) == 3 for samples in profiler.samples.values())
+    # the schedulers' own work: 20 samples in all by default, spread over the passes
+    assert all(len(s) == 3 * 7 for batch in profiler.scheduler_samples.values() for s in batch.values())
+    assert all(len(s) == 3 * 2 for s in profiler.prompt_scheduler_samples.values())
+    tables = profiler.tables()
+    assert tables["linear_qkv"][2].shape == (len(SMALL_GRIDS["tokens"]),)
+    profiler.forget()
+    assert not runner.requests
+
