@@ -287,7 +287,7 @@ class Profiler:
         say = progress or (lambda _: None)
         cells = self.cells()
         say(f"profiling {len(cells)} step shapes and {len(SCHEDULES)} schedulers' own work, "
-            f"{self.repeats} passes over them all")
+            f"{self.repeats} pass{'es' if self.repeats != 1 else ''} over them all")
         self.prepare(cells)
         for index in range(self.repeats):
             started = time.perf_counter()
