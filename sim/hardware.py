@@ -1,8 +1,10 @@
 """Hardware specs for the analytic roofline profile, and KV capacity from memory.
 
-Peak dense bf16 FLOP/s and HBM bandwidth are NVIDIA's data-sheet figures (H100 SXM5:
+Peak dense bf16 FLOP/s and memory bandwidth are NVIDIA's data-sheet figures (H100 SXM5:
 989 TFLOP/s, 3.35 TB/s, 80 GB; H200 SXM: 989 TFLOP/s, 4.8 TB/s, 141 GB; A100 SXM 80GB:
-312 TFLOP/s, 2.039 TB/s). The achievable fractions, kernel launch cost and per-step CPU
+312 TFLOP/s, 2.039 TB/s; A100 SXM 40GB: 312 TFLOP/s, 1.555 TB/s; L40S: 362 TFLOP/s without
+sparsity, 864 GB/s of GDDR6, 48 GB, no NVLink: PCIe Gen4 x16, 32 GB/s a direction, the
+nominal figure, which all-reduces through the host reach only part of). The achievable fractions, kernel launch cost and per-step CPU
 overhead are assumptions of ours until a measured profile replaces them.
 
 Tensor parallelism (``tensor_parallel`` GPUs, Megatron-style, as vLLM shards a model): each
@@ -114,6 +116,8 @@ HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "h100-sxm": HardwareSpec("h100-sxm", 989e12, 3.35e12, 80 * GB),
     "h200": HardwareSpec("h200", 989e12, 4.8e12, 141 * GB),
     "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB),
+    "a100-40gb": HardwareSpec("a100-40gb", 312e12, 1.555e12, 40 * GB, interconnect_bandwidth=300 * GB),
+    "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB),
 }
 
 

@@ -9,7 +9,7 @@ from sim.hardware import hardware_spec
 from sim.roofline import build_roofline_profile
 
 
-@pytest.mark.parametrize("hardware", ["a100-80gb", "h100-sxm", "h200"])
+@pytest.mark.parametrize("hardware", ["a100-80gb", "a100-40gb", "l40s", "h100-sxm", "h200"])
 @pytest.mark.parametrize("members,prefix", [(2, 512), (2, 2000), (4, 2000), (16, 16000)])
 def test_sharing_a_prefix_never_costs_more_than_reading_it_per_request(hardware, members, prefix):
     # a decode step of 60 groups, each of `members` requests sharing `prefix` tokens and owning
