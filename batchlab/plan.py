@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
+from sim.hardware import HARDWARE_PRESETS
 
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
@@ -34,6 +35,47 @@ def tensor_parallel_sizes(gpus: int) -> list[int]:
     return sizes
 
 
+def gpu_options(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(hardware preset, GPU count) to plan for: ``hardware_options`` entries ``preset`` or
+    ``preset:count`` (count default ``gpus``), or the hardware group's preset alone."""
+    options = cfg.get("hardware_options") or [cfg.hardware.preset]
+    parsed = []
+    for option in options:
+        name, _, count = str(option).partition(":")
+        try:
+            gpus = int(count) if count else cfg.gpus
+        except ValueError:
+            raise ConfigError(f"hardware_options entry {option!r}: expected PRESET or PRESET:GPUS, "
+                              f"e.g. l40s:8") from None
+        tensor_parallel_sizes(gpus)  # a whole number >= 1, or a clear error
+        if name not in HARDWARE_PRESETS:
+            raise ConfigError(f"hardware_options entry {option!r}: unknown GPU type {name!r}; expected one of "
+                              f"{sorted(HARDWARE_PRESETS)}")
+        parsed.append((name, gpus))
+    if len(set(parsed)) < len(parsed):
+        raise ConfigError(f"hardware_options lists a GPU type and count twice: {list(options)}")
+    return parsed
+
+
+def gpu_prices(cfg: DictConfig, presets: set[str]) -> dict[str, float]:
+    """``price_per_gpu_hour`` checked: positive numbers, for GPU types the plan covers."""
+    prices = dict(cfg.get("price_per_gpu_hour") or {})
+    unknown = sorted(set(prices) - presets)
+    if unknown:
+        raise ConfigError(f"price_per_gpu_hour names {unknown}, which the plan does not cover ({sorted(presets)})")
+    checked = {}
+    for name, price in prices.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not price > 0:
+            raise ConfigError(f"price_per_gpu_hour.{name} is {price!r}; expected a price > 0")
+        checked[name] = float(price)
+    if cfg.get("rank_by", "makespan") not in ("makespan", "cost"):
+        raise ConfigError(f"rank_by is {cfg.rank_by!r}; expected makespan or cost")
+    if cfg.get("rank_by") == "cost" and set(checked) != presets:
+        raise ConfigError(f"rank_by=cost needs price_per_gpu_hour for every GPU type; missing "
+                          f"{sorted(presets - set(checked))}")
+    return checked
+
+
 def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from reports.metrics import summarize
     from sim.cost_model import CostModel
@@ -45,43 +87,56 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
-    block_size, gpus, sharding = int(cfg.schedule.block_size), cfg.gpus, cfg.sharding
+    block_size, sharding = int(cfg.schedule.block_size), cfg.sharding
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
+    options = gpu_options(cfg)
+    prices = gpu_prices(cfg, {name for name, _ in options})
     say(f"workload {workload.describe()}")
-    say(f"model {model.name} on {gpus} x {cfg.hardware.preset}, schedules {list(cfg.schedule.names)}, "
-        f"{sharding} sharding")
+    say(f"model {model.name} on " + ", ".join(f"{gpus} x {name}" for name, gpus in options)
+        + f", schedules {list(cfg.schedule.names)}, {sharding} sharding")
     rows, skipped = [], []
     progress = say if cfg.progress else None
-    for tp in tensor_parallel_sizes(gpus):
-        hardware = hardware_spec(cfg.hardware.preset, **base, tensor_parallel=tp)
-        try:
-            kv_blocks = kv_capacity_blocks(model, hardware, block_size)
-        except ConfigError as error:  # does not fit, or the heads do not split this way
-            skipped.append({"tensor_parallel": tp, "why": str(error)})
-            say(f"tensor parallel {tp}: skipped ({error})")
-            continue
-        replicas = gpus // tp
-        cost = CostModel(build_roofline_profile(model, hardware), model)
-        router, shards = split_for_replicas(cfg, workload, replicas, block_size)
-        for config in configs:
-            started = time.perf_counter()
-            outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size, True,
-                                         [None] * replicas, progress)
-            summary = summarize(_with_replicas([request_columns(o.scheduler, config.name) for o in outcomes]),
-                                _with_replicas([o.steps.columns() for o in outcomes]))
-            rows.append({"tensor_parallel": tp, "replicas": replicas, "schedule": config.name,
-                         "kv_blocks_per_replica": kv_blocks, **summary,
-                         "tokens_per_s_per_gpu": summary["throughput_tokens_per_s"] / gpus,
-                         "wall_s": time.perf_counter() - started})
-            say(f"tensor parallel {tp} x {replicas} replicas, {config.name}: makespan {summary['makespan_s']:,.1f} s "
-                f"(simulated in {rows[-1]['wall_s']:.1f} s)")
+    for preset, gpus in options:
+        fitted = 0
+        for tp in tensor_parallel_sizes(gpus):
+            hardware = hardware_spec(preset, **base, tensor_parallel=tp)
+            try:
+                kv_blocks = kv_capacity_blocks(model, hardware, block_size)
+            except ConfigError as error:  # does not fit, or the heads do not split this way
+                skipped.append({"hardware": preset, "gpus": gpus, "tensor_parallel": tp, "why": str(error)})
+                say(f"{preset} tensor parallel {tp}: skipped ({error})")
+                continue
+            fitted += 1
+            replicas = gpus // tp
+            cost = CostModel(build_roofline_profile(model, hardware), model)
+            router, shards = split_for_replicas(cfg, workload, replicas, block_size)
+            for config in configs:
+                started = time.perf_counter()
+                outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size, True,
+                                             [None] * replicas, progress)
+                summary = summarize(_with_replicas([request_columns(o.scheduler, config.name) for o in outcomes]),
+                                    _with_replicas([o.steps.columns() for o in outcomes]))
+                gpu_hours = summary["makespan_s"] * gpus / 3600
+                rows.append({"hardware": preset, "gpus": gpus, "tensor_parallel": tp, "replicas": replicas,
+                             "schedule": config.name, "kv_blocks_per_replica": kv_blocks, **summary,
+                             "tokens_per_s_per_gpu": summary["throughput_tokens_per_s"] / gpus,
+                             "gpu_hours": gpu_hours,
+                             "cost": gpu_hours * prices[preset] if preset in prices else None,
+                             "wall_s": time.perf_counter() - started})
+                say(f"{preset} tensor parallel {tp} x {replicas} replicas, {config.name}: makespan "
+                    f"{summary['makespan_s']:,.1f} s (simulated in {rows[-1]['wall_s']:.1f} s)")
+        if not fitted and len(options) == 1:
+            raise ConfigError(f"model {model.name!r} fits no tensor-parallel size of {gpus} x {preset}: "
+                              + "; ".join(s["why"] for s in skipped))
     if not rows:
-        raise ConfigError(f"model {model.name!r} fits no tensor-parallel size of {gpus} x {cfg.hardware.preset}: "
-                          + "; ".join(s["why"] for s in skipped))
-    rows.sort(key=lambda row: row["makespan_s"])
-    result = {"workload": workload.name, "model": model.name, "hardware": cfg.hardware.preset, "gpus": gpus,
+        raise ConfigError(f"model {model.name!r} fits none of " + ", ".join(f"{g} x {n}" for n, g in options)
+                          + ": " + "; ".join(f"{s['hardware']} TP {s['tensor_parallel']}: {s['why']}" for s in skipped))
+    rank_by = cfg.get("rank_by", "makespan")
+    rows.sort(key=lambda row: row["cost"] if rank_by == "cost" else row["makespan_s"])
+    result = {"workload": workload.name, "model": model.name, "hardware": [name for name, _ in options],
+              "gpus": {name: gpus for name, gpus in options}, "price_per_gpu_hour": prices, "rank_by": rank_by,
               "sharding": sharding, "profile_kind": "roofline", "plans": rows, "skipped": skipped}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -89,16 +144,32 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     return result
 
 
+def _money(amount: float) -> str:
+    """Three significant digits below 1,000 (a small batch costs cents), whole units above."""
+    return f"{amount:.3g}" if amount < 1000 else f"{amount:,.0f}"
+
+
 def plan_table(result: dict) -> str:
-    best = result["plans"][0]["makespan_s"]
-    lines = ["TP  replicas  schedule        makespan s  vs best  tokens/s/GPU  prefill saved  TTFT p50 s  KV blocks/replica",
-             "--  --------  --------------  ----------  -------  ------------  -------------  ----------  -----------------"]
+    """The ranked plans; with several GPU types or prices, each plan's GPU type, GPU-hours and
+    cost too."""
+    key = "cost" if result.get("rank_by") == "cost" else "makespan_s"
+    best = result["plans"][0][key]
+    several = len(result["hardware"]) > 1 or bool(result.get("price_per_gpu_hour"))
+    head = ["GPU           GPUs  " if several else "", "TP  replicas  schedule        makespan s  vs best  tokens/s/GPU  ",
+            "GPU-hours      cost  " if several else "", "prefill saved  TTFT p50 s  KV blocks/replica"]
+    rule = ["------------  ----  " if several else "", "--  --------  --------------  ----------  -------  ------------  ",
+            "---------  --------  " if several else "", "-------------  ----------  -----------------"]
+    lines = ["".join(head), "".join(rule)]
     for row in result["plans"]:
-        lines.append(f"{row['tensor_parallel']:>2}  {row['replicas']:>8}  {row['schedule']:<14}  {row['makespan_s']:>10,.1f}  "
-                     f"{row['makespan_s'] / best:>6.2f}x  {row['tokens_per_s_per_gpu']:>12,.0f}  "
-                     f"{row['prefill_token_saving']:>13.3f}  {row['ttft_s_p50']:>10,.2f}  {row['kv_blocks_per_replica']:>17,}")
+        cost = "-" if row.get("cost") is None else _money(row["cost"])
+        lines.append((f"{row['hardware']:<12}  {row['gpus']:>4}  " if several else "")
+                     + f"{row['tensor_parallel']:>2}  {row['replicas']:>8}  {row['schedule']:<14}  {row['makespan_s']:>10,.1f}  "
+                     f"{row[key] / best:>6.2f}x  {row['tokens_per_s_per_gpu']:>12,.0f}  "
+                     + (f"{row['gpu_hours']:>9.3g}  {cost:>8}  " if several else "")
+                     + f"{row['prefill_token_saving']:>13.3f}  {row['ttft_s_p50']:>10,.2f}  {row['kv_blocks_per_replica']:>17,}")
     for skip in result["skipped"]:
-        lines.append(f"TP {skip['tensor_parallel']}: {skip['why']}")
+        lines.append(f"{skip['hardware']} TP {skip['tensor_parallel']}: {skip['why']}" if several
+                     else f"TP {skip['tensor_parallel']}: {skip['why']}")
     return "\n".join(lines)
 
 

@@ -43,3 +43,57 @@ def test_plan_says_what_does_not_fit(tmp_path):
     assert "fits no tensor-parallel size of 2 x h100-sxm" in result.stderr and "Traceback" not in result.stderr
     given = batchlab("plan", "hardware.overrides.tensor_parallel=2", f"hydra.run.dir={tmp_path / 'b'}")
     assert given.returncode == 2 and "give gpus=N" in given.stderr
+
+
+def test_plan_compares_gpu_types_by_cost(tmp_path):
+    """Several GPU types, each with its own count; with prices, each plan's GPU-hours (makespan x
+    GPUs) and cost, ranked by cost; a type's rows are what a plan of that type alone gives."""
+    params = ["workload.params.num_requests=96", "workload.params.share_degree=4", "workload.params.prefix_len=500",
+              "schedule.names=[batchllm]", "progress=false"]
+    result = batchlab("plan", *params, "hardware_options=[h100-sxm:2,l40s:4]",
+                      "price_per_gpu_hour={h100-sxm:3.0,l40s:1.0}", "rank_by=cost", f"hydra.run.dir={tmp_path / 'both'}")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "both" / "plan.json").read_text())
+    setups = {(row["hardware"], row["gpus"], row["tensor_parallel"]) for row in plan["plans"]}
+    assert setups == {("h100-sxm", 2, 1), ("h100-sxm", 2, 2), ("l40s", 4, 1), ("l40s", 4, 2), ("l40s", 4, 4)}
+    price = {"h100-sxm": 3.0, "l40s": 1.0}
+    for row in plan["plans"]:
+        assert row["gpu_hours"] == pytest.approx(row["makespan_s"] * row["gpus"] / 3600, rel=1e-12)
+        assert row["cost"] == pytest.approx(row["gpu_hours"] * price[row["hardware"]], rel=1e-12)
+    costs = [row["cost"] for row in plan["plans"]]
+    assert costs == sorted(costs) and "GPU-hours" in result.stdout and "l40s" in result.stdout
+    alone = batchlab("plan", *params, "hardware=l40s", "gpus=4", f"hydra.run.dir={tmp_path / 'alone'}")
+    assert alone.returncode == 0, alone.stderr
+    single = {row["tensor_parallel"]: row["makespan_s"] for row in json.loads(
+        (tmp_path / "alone" / "plan.json").read_text())["plans"]}
+    assert {row["tensor_parallel"]: row["makespan_s"] for row in plan["plans"] if row["hardware"] == "l40s"} == single
+    assert "GPU-hours" not in alone.stdout  # one GPU type, no prices: the plain table
+
+
+def test_plan_options_and_prices_are_checked():
+    from omegaconf import OmegaConf
+
+    from batchlab.plan import gpu_options, gpu_prices
+
+    def cfg(**extra):
+        return OmegaConf.create({"gpus": 8, "hardware": {"preset": "h100-sxm"}, "hardware_options": None,
+                                 "price_per_gpu_hour": None, "rank_by": "makespan", **extra})
+
+    assert gpu_options(cfg()) == [("h100-sxm", 8)]
+    assert gpu_options(cfg(hardware_options=["h100-sxm", "l40s:16"])) == [("h100-sxm", 8), ("l40s", 16)]
+    with pytest.raises(ConfigError, match="entry 'l40s:many': expected PRESET or PRESET:GPUS"):
+        gpu_options(cfg(hardware_options=["l40s:many"]))
+    with pytest.raises(ConfigError, match="gpus is 0"):
+        gpu_options(cfg(hardware_options=["l40s:0"]))
+    with pytest.raises(ConfigError, match="unknown GPU type 'h300'; expected one of"):
+        gpu_options(cfg(hardware_options=["h300:8"]))
+    presets = {"h100-sxm", "l40s"}
+    with pytest.raises(ConfigError, match=r"names \['a100-80gb'\], which the plan does not cover"):
+        gpu_prices(cfg(price_per_gpu_hour={"a100-80gb": 1.0}), presets)
+    with pytest.raises(ConfigError, match="price_per_gpu_hour.l40s is -1; expected a price > 0"):
+        gpu_prices(cfg(price_per_gpu_hour={"l40s": -1}), presets)
+    with pytest.raises(ConfigError, match=r"rank_by=cost needs price_per_gpu_hour for every GPU type; missing \['l40s'\]"):
+        gpu_prices(cfg(price_per_gpu_hour={"h100-sxm": 2.0}, rank_by="cost"), presets)
+    with pytest.raises(ConfigError, match="rank_by is 'speed'"):
+        gpu_prices(cfg(rank_by="speed"), presets)
+
