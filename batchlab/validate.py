@@ -63,9 +63,11 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]
     kv_blocks, block_size = int(cfg.kv_blocks), int(cfg.schedule.block_size)
+    profile = None
     if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile
-        check_profile_matches(Profile.load(profile_dir), model, cfg.dtype)
+        profile = Profile.load(profile_dir)
+        check_profile_matches(profile, model, cfg.dtype)
     weights = load_weights(cfg, model, base_dir)
     # the profile first, then every schedule once, then every schedule again: the noise floor
     # then spans the whole validation, so the machine slowing down for a minute shows as noise
@@ -73,9 +75,10 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     # one slow spell). Running the engine between the profile's passes instead, so that both
     # sampled the same minutes, made the errors larger: in 5 alternating rounds on 2026-12-03,
     # makespan error median 8.0 % against 5.0 % with the profile first.
-    if not cfg.profile:
+    if profile is None:
         say("measuring a profile first (batchlab profile)")
         profile_dir = measure_profile(cfg, run_dir / "profile", weights)
+        profile = Profile.load(profile_dir)
     runs = {config.name: [] for config in configs}
     speed = {config.name: [] for config in configs}
     bandwidth = {config.name: [] for config in configs}
@@ -88,8 +91,6 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         runs[config.name].append(run_engine(workload, config, runner, kv_blocks, block_size, keep_plans=True))
         stolen[config.name].append(stolen_share(before, cpu_counters()))
         say(f"engine run {len(runs[config.name])} of {config.name}: {runs[config.name][-1].makespan_s:.3f} s")
-    profile = Profile.load(profile_dir)
-    check_profile_matches(profile, model, cfg.dtype)
     cost = CostModel(profile, model)
     roofline = None
     if cfg.get("roofline"):  # how far the analytic profile of this GPU is from the measurement

@@ -38,24 +38,31 @@ def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) 
     return (after[1] - before[1]) / (after[0] - before[0])
 
 
-def yardstick_ms(device, size: int = 256, calls: int = 30) -> float:
+def _median_ms(work, calls: int, cuda: bool) -> float:
+    """Median milliseconds of ``calls`` runs of ``work()`` (synchronised on a GPU)."""
     import torch
 
-    """Milliseconds of a fixed piece of work (a ``size`` x ``size`` fp32 matrix product), the
-    median of ``calls``: how fast the machine is right now, so that runs measured minutes apart
-    can be told apart from the machine changing speed under them."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
     times = []
     for _ in range(calls):
-        if a.is_cuda:
+        if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        torch.mm(a, b)
-        if a.is_cuda:
+        work()
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1e3
+
+
+def yardstick_ms(device, size: int = 256, calls: int = 30) -> float:
+    """Milliseconds of a fixed piece of work (a ``size`` x ``size`` fp32 matrix product), the
+    median of ``calls``: how fast the machine is right now, so that runs measured minutes apart
+    can be told apart from the machine changing speed under them."""
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return _median_ms(lambda: torch.mm(a, b), calls, a.is_cuda)
 
 
 def copy_ms(device, megabytes: int = 64, calls: int = 7) -> float:
@@ -65,13 +72,4 @@ def copy_ms(device, megabytes: int = 64, calls: int = 7) -> float:
 
     source = torch.ones(megabytes * 2**18, device=device)
     target = torch.empty_like(source)
-    times = []
-    for _ in range(calls):
-        if source.is_cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        target.copy_(source)
-        if source.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    return _median_ms(lambda: target.copy_(source), calls, source.is_cuda)
