@@ -59,6 +59,15 @@ def validation_table(result: dict) -> str:
         lines.append(f"{name:<14}  {str(e.get('plans_identical', '-')):>10}  {_pct(step.get('mape')):>9}  "
                      f"{_pct(step.get('ape_p90')):>12}  {_pct(noise.get('mape')):>10}  {e['makespan_s_predicted']:>13.3f}  "
                      f"{e['makespan_s_measured']:>13.3f}  {_pct(e['makespan_s_error']):>5}  {_pct(e.get('noise_makespan')):>5}")
+    ratios = []
+    for name, e in result["schedules"].items():  # how many noise floors away each prediction is
+        step, noise = e.get("step_error", {}).get("mape"), e.get("noise_step_error", {}).get("mape")
+        spans = (e["makespan_s_error"], e.get("noise_makespan"))
+        shown = [f"{error / floor:.1f}x" if error is not None and floor else "-" for error, floor in ((step, noise), spans)]
+        if shown != ["-", "-"]:
+            ratios.append(f"{name} {shown[0]} / {shown[1]}")
+    if ratios:
+        lines.append("error over its noise floor (step MAPE / makespan): " + ", ".join(ratios))
     lines.append(f"ranking predicted: {result['ranking_predicted']}; measured: {result['ranking_measured']}; "
                  f"same: {result['same_ranking']}")
     separated, discordant = result["pairs_separated_beyond_noise"], result["pairs_discordant"]

@@ -102,6 +102,8 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
         mine = requests[requests["schedule"] == name]
         assert entry["makespan_s_measured"] == pytest.approx(mine["finish_s"].max() - mine["arrival_s"].min())
         assert "noise_step_error" in entry
+        if entry["noise_step_error"]["mape"] > 0:  # printed as how many noise floors away it is
+            assert f"{name} {entry['step_error']['mape'] / entry['noise_step_error']['mape']:.1f}x / " in result.stdout
         # the kernel groups cover every second of the steps, predicted and measured
         kinds = [k for group in entry["kernels"].values() for k in group.values()]
         assert sum(k["predicted_s"] for k in kinds) == pytest.approx(p.sum(), rel=1e-9)
