@@ -54,7 +54,8 @@ def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: i
     if router is not None and replicas > 1:
         from sim.cluster import simulate_cluster
 
-        return simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs, progress)
+        return simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs, progress,
+                                fast_forward=fast_forward)
     outcomes = []
     for index, shard in enumerate(shards, 1):
         told = progress if progress is None or replicas == 1 else \

@@ -13,9 +13,12 @@ Routers (``ROUTERS``):
   64, 1.5). The router's view of a replica's cache is what was routed there in the last
   ``history_s`` seconds (SMG evicts its tree every 120 s by default), not the cache itself.
 
-Each replica runs the simulator's loop step by step (no decode stretches: another replica's
-arrivals can land at any step); a request is schedulable in its replica's first step that
-starts at or after its arrival, as in ``sim/simulator.py``.
+Each replica runs the simulator's loop; a request is schedulable in its replica's first step
+that starts at or after its arrival, as in ``sim/simulator.py``. With ``fast_forward``, a
+replica whose plans are known in advance (a decode stretch) runs them in one event, up to the
+next arrival to the cluster, whichever replica it goes to: the router sees every replica as it
+would step by step (a stretch finishes requests only in its last step, at its end), and the
+records are the same to the last bit (a test holds them).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from traces.step_log import StepLog
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
-from .simulator import SimOutcome
+from .simulator import SimOutcome, lookahead, record_stretch
 
 ROUTERS = ("least_loaded", "cache_aware")
 
@@ -103,8 +106,8 @@ class Router:
 def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv_blocks: int,
                      block_size: int, replicas: int, router: RouterConfig,
                      step_dirs: list[Path | None] | None = None,
-                     progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0
-                     ) -> list[SimOutcome]:
+                     progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0,
+                     fast_forward: bool = True) -> list[SimOutcome]:
     """One outcome per replica (its scheduler holds the requests routed to it)."""
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
@@ -118,6 +121,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
     total = len(requests)
     state = {"next": 0, "events": 0, "report": time.perf_counter()}
     idle: list[simpy.Event | None] = [None] * replicas
+    decode_s: list[float | None] = [None] * replicas  # each replica's last decode step, for lookahead
 
     def deliver(now: float) -> None:
         """Routes every request arrived by ``now``, in arrival order, waking idle replicas at
@@ -158,6 +162,17 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 state["report"] = time.perf_counter()
                 progress(f"{config.name}: simulated {now:,.1f} s, {state['next']:,}/{total:,} requests arrived, "
                          f"{sum(s.num_finished for s in schedulers):,} finished")
+            if fast_forward:
+                next_arrival = requests[state["next"]].arrival_s if state["next"] < total else math.inf
+                look = lookahead(now, next_arrival, decode_s[k])
+                stretch = scheduler.decode_stretch(look) if look > 1 else None
+                if stretch is not None:  # its steps that start before the next arrival, in one event
+                    count, ends, decode_s[k] = record_stretch(scheduler, log, cost, stretch, now, next_arrival)
+                    end = float(ends[count - 1])
+                    yield env.timeout(max(end - env.now, 0.0))
+                    scheduler.advance_decodes(stretch, count, ends)
+                    now = end
+                    continue
             waiting = scheduler.num_waiting
             plan = scheduler.schedule(now)
             if plan.is_empty:  # nothing fits until more arrives
@@ -167,6 +182,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 now = max(now, (yield idle[k]))
                 continue
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
+            if tokens == sampled and not prefill:  # a decode-only step: the lookahead's estimate
+                decode_s[k] = duration
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
             end = now + duration

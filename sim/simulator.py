@@ -41,6 +41,39 @@ MAX_STRETCH = 4096  # steps one decode stretch may cover
 MIN_LOOKAHEAD = 10
 
 
+def lookahead(now: float, next_arrival: float, decode_s: float | None) -> int:
+    """How many steps a decode stretch looks ahead: past the next arrival it ends anyway.
+    An estimate from the last decode step's time (stretches get slower, not faster, as
+    contexts grow), with slack; one that falls short only splits a stretch in two."""
+    if decode_s is None or next_arrival == math.inf:
+        return MAX_STRETCH
+    steps = (next_arrival - now) / decode_s
+    if steps < MIN_LOOKAHEAD:  # a stretch would end within a few steps: not worth looking for
+        return 1
+    return int(min(MAX_STRETCH, 1.25 * steps + 8))
+
+
+def record_stretch(scheduler: Scheduler, log: StepLog, cost: CostModel, stretch, now: float,
+                   next_arrival: float) -> tuple[int, np.ndarray, float]:
+    """Costs a decode stretch starting at ``now`` and logs its steps that start before
+    ``next_arrival`` (the first one always): (how many, every step's end, the first step's
+    duration). The scheduler is advanced by the caller, at the last one's end."""
+    shared, shared_tokens = (stretch.shared, stretch.shared_tokens) if cost.prefix_aware else ((), 0)
+    durations, kernels = cost.decode_steps(stretch.batch, stretch.context_sums, shared, shared_tokens)
+    ends = np.cumsum(np.concatenate([[now], durations]))[1:]
+    # step j >= 2 starts at ends[j-2]; it must start before the next arrival
+    count = 1 + int(np.searchsorted(ends[:stretch.max_steps - 1], next_arrival, side="left"))
+    starts = np.concatenate([[now], ends[:count - 1]])
+    first_step = scheduler.step
+    batch = stretch.batch
+    log.add_steps({"step": np.arange(first_step, first_step + count), "start_s": starts,
+                   "duration_s": durations[:count], "num_tokens": batch, "num_prefill_tokens": 0,
+                   "num_decode_tokens": batch, "num_requests": batch, "num_sampled": batch,
+                   "kv_blocks_used": stretch.kv_blocks_used[:count], "num_waiting": scheduler.num_waiting,
+                   "num_preempted": 0}, kernels, count)
+    return count, ends, float(durations[0])
+
+
 @dataclass
 class SimOutcome:
     schedule: str
@@ -105,18 +138,6 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
-    def horizon(now: float, next_arrival: float) -> int:
-        """How many steps a decode stretch looks ahead: past the next arrival it ends anyway.
-        An estimate from the last decode step's time (stretches get slower, not faster, as
-        contexts grow), with slack; one that falls short only splits a stretch in two."""
-        decode_s = state["decode_s"]
-        if decode_s is None or next_arrival == math.inf:
-            return MAX_STRETCH
-        steps = (next_arrival - now) / decode_s
-        if steps < MIN_LOOKAHEAD:  # a stretch would end within a few steps: not worth looking for
-            return 1
-        return int(min(MAX_STRETCH, 1.25 * steps + 8))
-
     def engine():
         now = 0.0
         next_arrival = take_arrivals(now)
@@ -134,7 +155,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 report(now)
             stretch = None  # looked for up to about the next arrival (take_arrivals' answer)
             if fast_forward:
-                look = horizon(now, next_arrival)
+                look = lookahead(now, next_arrival, state["decode_s"])
                 if look > 1:
                     stretch = scheduler.decode_stretch(look)
             if stretch is not None:
@@ -168,22 +189,9 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         yield state["idle"]
 
     def run_stretch(stretch, now: float):
-        shared, shared_tokens = (stretch.shared, stretch.shared_tokens) if cost.prefix_aware else ((), 0)
-        durations, kernels = cost.decode_steps(stretch.batch, stretch.context_sums, shared, shared_tokens)
-        ends = np.cumsum(np.concatenate([[now], durations]))[1:]
         next_arrival = requests[state["next"]].arrival_s if state["next"] < total else math.inf
-        # step j >= 2 starts at ends[j-2]; it must start before the next arrival
-        count = 1 + int(np.searchsorted(ends[:stretch.max_steps - 1], next_arrival, side="left"))
-        starts = np.concatenate([[now], ends[:count - 1]])
-        first_step = scheduler.step
-        batch = stretch.batch
-        log.add_steps({"step": np.arange(first_step, first_step + count), "start_s": starts,
-                       "duration_s": durations[:count], "num_tokens": batch, "num_prefill_tokens": 0,
-                       "num_decode_tokens": batch, "num_requests": batch, "num_sampled": batch,
-                       "kv_blocks_used": stretch.kv_blocks_used[:count], "num_waiting": scheduler.num_waiting,
-                       "num_preempted": 0}, kernels, count)
+        count, ends, state["decode_s"] = record_stretch(scheduler, log, cost, stretch, now, next_arrival)
         end = float(ends[count - 1])
-        state["decode_s"] = float(durations[0])
         if env.peek() < end:  # as after a single step
             yield env.timeout(end - env.now)
         scheduler.advance_decodes(stretch, count, ends)

@@ -29,13 +29,34 @@ def test_one_replica_behind_a_router_is_the_simulator_step_for_step(schedule):
     workload = with_arrivals(batchllm_microbenchmark(512, 64, 32, 4, 160, shuffle=True, seed=2),
                              process="poisson", rate=40.0, seed=1)
     alone = simulate(workload, schedule_config(schedule), COST, 600, 16, fast_forward=False)
-    (routed,) = simulate_cluster(workload, schedule_config(schedule), COST, 600, 16, 1, RouterConfig("least_loaded"))
     steps, requests = records(alone)
-    routed_steps, routed_requests = records(routed)
-    assert requests == routed_requests  # the same floats, not just close ones
-    assert set(steps) == set(routed_steps)
-    for name in steps:
-        assert np.array_equal(steps[name], routed_steps[name]), name
+    for fast_forward in (False, True):
+        (routed,) = simulate_cluster(workload, schedule_config(schedule), COST, 600, 16, 1, RouterConfig("least_loaded"),
+                                     fast_forward=fast_forward)
+        routed_steps, routed_requests = records(routed)
+        assert requests == routed_requests  # the same floats, not just close ones
+        assert set(steps) == set(routed_steps)
+        for name in steps:
+            assert np.array_equal(steps[name], routed_steps[name]), name
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "cache_aware"])
+@pytest.mark.parametrize("schedule", ["fcfs", "batchllm"])
+def test_replicas_fast_forwarded_are_the_replicas_step_by_step(policy, schedule):
+    """Decode stretches (up to the next arrival to any replica) change no record of any replica,
+    and the router routes every request as it would step by step."""
+    workload = with_arrivals(batchllm_microbenchmark(512, 64, 96, 4, 240, shuffle=True, seed=5),
+                             process="poisson", rate=6.0, seed=2)
+    runs = {ff: simulate_cluster(workload, schedule_config(schedule), COST, 300, 16, 3, RouterConfig(policy),
+                                 fast_forward=ff) for ff in (False, True)}
+    slow, fast = runs[False], runs[True]
+    assert fast[0].num_events < slow[0].num_events / 2  # the stretches were taken
+    for one, other in zip(slow, fast):
+        steps, requests = records(one)
+        fast_steps, fast_requests = records(other)
+        assert requests == fast_requests and requests
+        for name in steps:
+            assert np.array_equal(steps[name], fast_steps[name]), name
 
 
 def test_cache_aware_routing_keeps_a_prefix_on_one_replica_where_load_allows():
