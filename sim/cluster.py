@@ -145,7 +145,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
             deliver(arrival)
 
     def engine(k: int):
-        """The simulator's loop, one step at a time, on the replica's own clock (``now``: the
+        """The simulator's loop, a step or a decode stretch at a time, on the replica's own clock (``now``: the
         same additions as ``sim/simulator.py``, which SimPy's clock follows)."""
         scheduler, log = schedulers[k], logs[k]
         now = 0.0
