@@ -25,6 +25,22 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[np.linspace(0, len(frame) - 1, MAX_POINTS).astype(int)]
 
 
+def twins(names: list[str], series: list[tuple[np.ndarray, ...]]) -> list[str | None]:
+    """For each series, the first earlier one it equals exactly (its name), else None: two
+    schedules that make the same plans draw one line, and the legend must say where the other
+    went (the default workload's decode_first lies exactly on fcfs)."""
+    found: list[str | None] = []
+    for index, arrays in enumerate(series):
+        found.append(next((names[j] for j in range(index) if found[j] is None and len(series[j]) == len(arrays)
+                           and all(np.array_equal(a, b) for a, b in zip(series[j], arrays))), None))
+    return found
+
+
+def _line(name: str, twin: str | None) -> dict:
+    """Plot keywords: a series equal to an earlier one is dashed over it and says so."""
+    return {"label": name, "linestyle": "-"} if twin is None else {"label": f"{name} (= {twin})", "linestyle": "--"}
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -48,12 +64,16 @@ def throughput_bars(table: pd.DataFrame, path: Path) -> Path:
 
 def latency_cdfs(groups: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name, requests in groups:
+    series = []
+    for _, requests in groups:
         latencies = request_latencies(requests)
-        for ax, column, scale in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), (1, 1000, 1)):
-            values = np.sort(latencies[column].dropna().to_numpy() * scale)
+        series.append(tuple(np.sort(latencies[column].dropna().to_numpy() * scale)
+                            for column, scale in (("ttft_s", 1), ("tpot_s", 1000), ("e2e_s", 1))))
+    names = [name for name, _ in groups]
+    for name, twin, arrays in zip(names, twins(names, series), series):
+        for ax, values in zip(axes, arrays):
             if len(values):
-                ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
+                ax.plot(values, np.arange(1, len(values) + 1) / len(values), **_line(name, twin))
     for ax, title in zip(axes, ("TTFT (s)", "TPOT (ms)", "end-to-end latency (s)")):
         ax.set_xlabel(title)
         ax.set_ylabel("fraction of requests")
@@ -65,13 +85,17 @@ def latency_cdfs(groups: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
 
 def step_series(groups: list[tuple[str, pd.DataFrame]], column: str, ylabel: str, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 4))
+    names, series = [], []
     for name, steps in groups:
         if "replica" in steps.columns and steps["replica"].nunique() > 1:  # replicas' steps interleave
             count = steps["replica"].nunique()
             steps = steps[steps["replica"] == steps["replica"].min()]
             name = f"{name} (replica 1 of {count})"
         thinned = _thin(steps)
-        ax.plot(thinned["start_s"], thinned[column], label=name, linewidth=0.8)
+        names.append(name)
+        series.append((thinned["start_s"].to_numpy(), thinned[column].to_numpy()))
+    for name, twin, (start, values) in zip(names, twins(names, series), series):
+        ax.plot(start, values, linewidth=0.8, **_line(name, twin))
     ax.set_xlabel("time (s)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

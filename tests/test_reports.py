@@ -101,3 +101,29 @@ def test_html_renders_non_blank_in_headless_chromium(runs, tmp_path):
     # a blank page is one colour; the report has tables, bars and curves
     assert pixels.std() > 0.05
     assert (pixels < 0.5).mean() > 0.01  # dark pixels: text and plot lines
+
+
+def test_a_schedule_drawn_on_another_says_so_in_the_legend(monkeypatch, tmp_path):
+    """Schedules that make the same plans draw one line (decode_first on fcfs, on the default
+    workload): the legend names the one underneath, and the copy is dashed."""
+    import matplotlib.pyplot as plt
+
+    from reports import plots
+
+    a, b = np.array([1.0, 2.0]), np.array([1.0, 3.0])
+    assert plots.twins(["fcfs", "decode_first", "batchllm", "lpm"], [(a,), (a.copy(),), (b,), (a,)]) == \
+        [None, "fcfs", None, "fcfs"]
+    assert plots.twins(["x", "y"], [(a, a), (a, b)]) == [None, None]  # equal in one array only
+    steps = pd.DataFrame({"start_s": [0.0, 1.0, 2.0], "num_tokens": [5, 6, 7]})
+    legends = []
+
+    def keep(fig, path):
+        legends.append([(t.get_text(), line.get_linestyle()) for t, line in
+                        zip(fig.axes[0].get_legend().get_texts(), fig.axes[0].get_lines())])
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.step_series([("fcfs", steps), ("decode_first", steps.copy()), ("batchllm", steps.assign(num_tokens=[5, 6, 8]))],
+                      "num_tokens", "tokens", "Tokens per step", tmp_path / "steps.png")
+    assert legends == [[("fcfs", "-"), ("decode_first (= fcfs)", "--"), ("batchllm", "-")]]
