@@ -141,6 +141,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "plan.json").write_text(json.dumps(finite_json(result), indent=2))
+    from reports.plots import plan_scatter
+    plan_scatter(rows, run_dir / "plan.png", "cost" if prices and len(prices) == len(options) else "gpu_hours")
     return result
 
 
@@ -178,4 +180,4 @@ def plan_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = guarded("plan", run_dir, lambda: run_plan(cfg, run_dir, get_original_cwd()))
     print(plan_table(result))
-    print(f"plan: {run_dir / 'plan.json'}")
+    print(f"plan: {run_dir / 'plan.json'}, {run_dir / 'plan.png'}")

@@ -136,3 +136,40 @@ def request_lifetimes(groups: list[tuple[str, pd.DataFrame]], path: Path, sample
     axes[-1, 0].set_xlabel("time (s)")
     fig.suptitle(f"Request lifetimes (a sample of up to {sample} per schedule)")
     return _save(fig, path)
+
+
+def plan_scatter(rows: list[dict], path: Path, y_key: str = "gpu_hours") -> Path:
+    """``batchlab plan``'s plans as points, makespan against GPU-hours (or cost): a colour per
+    GPU type, a marker per schedule, each labelled tensor-parallel size x replicas; the plans
+    no other beats on both axes joined by a line (the ones worth choosing among)."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    kinds = sorted({row["hardware"] for row in rows})
+    schedules = sorted({row["schedule"] for row in rows})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "os^Dv<>ph*"
+    for row in rows:
+        x, y = row["makespan_s"], row[y_key]
+        ax.scatter(x, y, color=colors[kinds.index(row["hardware"]) % len(colors)],
+                   marker=markers[schedules.index(row["schedule"]) % len(markers)], s=36, zorder=3)
+        ax.annotate(f"TP{row['tensor_parallel']}x{row['replicas']}", (x, y), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    front, best = [], float("inf")  # Pareto front: by makespan, each cheaper than all faster ones
+    for row in sorted(rows, key=lambda r: (r["makespan_s"], r[y_key])):
+        if row[y_key] < best:
+            front.append(row)
+            best = row[y_key]
+    ax.plot([r["makespan_s"] for r in front], [r[y_key] for r in front], color="gray", linewidth=0.8,
+            linestyle=":", zorder=2, label="no plan both faster and cheaper")
+    handles = [plt.Line2D([], [], color=colors[i % len(colors)], marker="o", linestyle="", label=kind)
+               for i, kind in enumerate(kinds)]
+    handles += [plt.Line2D([], [], color="black", marker=markers[i % len(markers)], linestyle="", label=name)
+                for i, name in enumerate(schedules)]
+    handles += [plt.Line2D([], [], color="gray", linestyle=":", label="no plan both faster and cheaper")]
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("makespan (s)")
+    ax.set_ylabel("cost (GPU-hours x price)" if y_key == "cost" else "GPU-hours (makespan x GPUs)")
+    ax.set_title("Plans: faster is left, cheaper is lower")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

@@ -62,6 +62,7 @@ def test_plan_compares_gpu_types_by_cost(tmp_path):
         assert row["cost"] == pytest.approx(row["gpu_hours"] * price[row["hardware"]], rel=1e-12)
     costs = [row["cost"] for row in plan["plans"]]
     assert costs == sorted(costs) and "GPU-hours" in result.stdout and "l40s" in result.stdout
+    assert (tmp_path / "both" / "plan.png").stat().st_size > 10_000  # makespan against cost, drawn
     alone = batchlab("plan", *params, "hardware=l40s", "gpus=4", f"hydra.run.dir={tmp_path / 'alone'}")
     assert alone.returncode == 0, alone.stderr
     single = {row["tensor_parallel"]: row["makespan_s"] for row in json.loads(
@@ -87,6 +88,8 @@ def test_plan_options_and_prices_are_checked():
         gpu_options(cfg(hardware_options=["l40s:0"]))
     with pytest.raises(ConfigError, match="unknown GPU type 'h300'; expected one of"):
         gpu_options(cfg(hardware_options=["h300:8"]))
+    with pytest.raises(ConfigError, match="lists a GPU type and count twice"):
+        gpu_options(cfg(hardware_options=["l40s:8", "l40s"]))  # gpus=8: the same plan twice
     presets = {"h100-sxm", "l40s"}
     with pytest.raises(ConfigError, match=r"names \['a100-80gb'\], which the plan does not cover"):
         gpu_prices(cfg(price_per_gpu_hour={"a100-80gb": 1.0}), presets)
