@@ -109,6 +109,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                      progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0,
                      fast_forward: bool = True) -> list[SimOutcome]:
     """One outcome per replica (its scheduler holds the requests routed to it)."""
+    if workload.closed_loop is not None:
+        raise ConfigError("closed-loop arrivals are simulated on one engine (sim/simulator.py), not behind a router")
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
     schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]

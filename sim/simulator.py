@@ -95,18 +95,38 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
-    requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
-    if requests:  # fail before simulating anything if one cannot ever fit: if the longest does
+    if workload.requests:  # fail before simulating anything if one cannot ever fit: if the longest does
         try:
-            scheduler.check_fits(max(requests, key=lambda r: r.prompt_len + r.output_len))
+            scheduler.check_fits(max(workload.requests, key=lambda r: r.prompt_len + r.output_len))
         except WorkloadError:
-            for request in requests:  # the first that cannot is named
+            for request in workload.requests:  # the first that cannot is named
                 scheduler.check_fits(request)
+    # the requests arrived or due, by arrival time; a closed loop appends each as a client sends it
+    closed = workload.closed_loop
+    if closed is None:
+        requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
+    else:
+        clients, think = closed
+        requests = list(workload.requests[:clients])  # every client's first request, at t = 0
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
-    # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process waits on
-    state = {"next": 0, "events": 0, "idle": None, "decode_s": None, "wait": env.event()}
-    total = len(requests)
+    # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process
+    # waits on; "sent", "freed": closed loop, requests sent and finished so far
+    state = {"next": 0, "events": 0, "idle": None, "decode_s": None, "wait": env.event(),
+             "sent": len(requests), "freed": 0}
+    total = len(workload.requests)
+
+    def release(now: float) -> float:
+        """Closed loop: each client whose request has finished (by ``now``, the end of the step
+        just simulated) sends its next one after the think time; the earliest such arrival."""
+        first = math.inf
+        while state["freed"] < scheduler.num_finished:
+            state["freed"] += 1
+            if state["sent"] < total:
+                requests.append(workload.requests[state["sent"]].with_arrival(now + think))
+                state["sent"] += 1
+                first = min(first, now + think)
+        return first
 
     def arrivals():
         """Wakes the engine, each time it goes idle, at the next arrival. Asleep while the
@@ -116,18 +136,18 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             yield state["wait"]  # the engine went idle
             state["wait"] = env.event()  # for its next idle spell
             index = state["next"]
-            if index < total and requests[index].arrival_s > env.now:
+            if index < len(requests) and requests[index].arrival_s > env.now:
                 yield env.timeout(requests[index].arrival_s - env.now)
             state["idle"].succeed()
 
     def take_arrivals(now: float) -> float:
         """Adds the requests arrived by ``now``; returns the next one's arrival time."""
         index = state["next"]
-        while index < total and requests[index].arrival_s <= now:
+        while index < len(requests) and requests[index].arrival_s <= now:
             scheduler.add(requests[index])
             index += 1
         state["next"] = index
-        return requests[index].arrival_s if index < total else math.inf
+        return requests[index].arrival_s if index < len(requests) else math.inf
 
     last_report = [time.perf_counter()]
 
@@ -160,6 +180,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                     stretch = scheduler.decode_stretch(look)
             if stretch is not None:
                 now = yield from run_stretch(stretch, now)
+                if closed is not None:
+                    next_arrival = min(next_arrival, release(now))
                 continue
             waiting = scheduler.num_waiting
             plan = scheduler.schedule(now)
@@ -179,6 +201,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 yield env.timeout(end - env.now)
             scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
+            if closed is not None:
+                next_arrival = min(next_arrival, release(now))
 
     def idle_until_an_arrival(now: float):
         """Waits (SimPy's clock first brought to ``now``) until the arrivals process wakes it."""
@@ -189,7 +213,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         yield state["idle"]
 
     def run_stretch(stretch, now: float):
-        next_arrival = requests[state["next"]].arrival_s if state["next"] < total else math.inf
+        next_arrival = requests[state["next"]].arrival_s if state["next"] < len(requests) else math.inf
         count, ends, state["decode_s"] = record_stretch(scheduler, log, cost, stretch, now, next_arrival)
         end = float(ends[count - 1])
         if env.peek() < end:  # as after a single step

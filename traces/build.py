@@ -66,7 +66,10 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
     arrivals = dict(spec.get("arrivals") or {})
     if arrivals:
         workload = with_arrivals(workload, **arrivals)
-        if arrivals.get("process", "trace") not in ("trace", "offline") or arrivals.get("scale", 1.0) != 1.0:
+        if workload.closed_loop is not None:
+            clients, think = workload.closed_loop
+            workload = replace(workload, name=f"{workload.name}+closed(c{clients},think{think:g}s)")
+        elif arrivals.get("process", "trace") not in ("trace", "offline") or arrivals.get("scale", 1.0) != 1.0:
             workload = replace(workload, name=f"{workload.name}+{arrivals.get('process')}"
                                               f"{'' if arrivals.get('scale', 1.0) == 1.0 else 'x' + str(arrivals['scale'])}")
     return workload

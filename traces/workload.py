@@ -18,6 +18,10 @@ class Workload:
     # the token ids of each prompt segment, where the prompts are real tokens (workload=prompts);
     # None: the engine derives a segment's tokens from its id (engine/tokens.py)
     segment_tokens: Mapping[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    # a closed loop: (clients, think seconds). Each client sends its next request (in workload
+    # order) when its last one finished, after the think time; the first `clients` at t = 0, so
+    # arrival times come from the run, not from the requests (which all say 0). None: open loop.
+    closed_loop: tuple[int, float] | None = None
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -32,13 +36,19 @@ class Workload:
 
     @property
     def is_offline(self) -> bool:
-        return all(r.arrival_s == 0.0 for r in self.requests)
+        return self.closed_loop is None and all(r.arrival_s == 0.0 for r in self.requests)
 
     def describe(self) -> str:
         count = len(self.requests)
         span = max((r.arrival_s for r in self.requests), default=0.0)
+        if self.closed_loop is not None:
+            clients, think = self.closed_loop
+            timing = f"a closed loop of {clients:,} clients, each sending its next request {think:g} s after its last one finished"
+        else:
+            timing = "offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"
         return (f"{self.name}: {count:,} requests, {self.prompt_tokens:,} prompt + {self.output_tokens:,} "
-                f"output tokens, " + ("offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"))
+                f"output tokens, " + timing)
 
     def head(self, count: int) -> "Workload":
-        return Workload(self.name, self.requests[:count], self.source, self.notes, self.segment_tokens)
+        return Workload(self.name, self.requests[:count], self.source, self.notes, self.segment_tokens,
+                        self.closed_loop)

@@ -1,0 +1,93 @@
+"""Closed-loop arrivals: a pool of clients, each sending its next request when its last one
+finished (plus a think time), as a benchmark client with a concurrency limit does."""
+import numpy as np
+import pytest
+import torch
+
+from scheduler import schedule_config
+from scheduler.errors import ConfigError
+from scheduler.model_spec import model_spec
+from sim.cost_model import CostModel
+from sim.hardware import hardware_spec
+from sim.roofline import build_roofline_profile
+from sim.simulator import simulate
+from traces.arrivals import with_arrivals
+from traces.synthetic import batchllm_microbenchmark
+
+MODEL = model_spec("llama-3.1-8b")
+COST = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm")), MODEL)
+WORKLOAD = batchllm_microbenchmark(512, 64, 32, 4, 160, shuffle=True, seed=2)
+
+
+def lifetimes(outcome):
+    states = sorted((s for s in outcome.scheduler.states.values() if s.request is not None), key=lambda s: s.req_id)
+    return [(s.req_id, s.request.arrival_s, s.finish_s) for s in states]
+
+
+@pytest.mark.parametrize("fast_forward", [False, True])
+@pytest.mark.parametrize("clients", [1, 8, 64])
+def test_clients_without_think_time_are_a_cap_on_running_requests(clients, fast_forward):
+    """With no think time a client's next request arrives as its last one finishes, schedulable
+    in the next step: under fcfs that is an offline batch capped at `clients` running requests,
+    step for step (the waiting count aside: the capped batch has everyone waiting)."""
+    closed = with_arrivals(WORKLOAD, "closed", clients=clients)
+    assert not closed.is_offline and "closed loop of" in closed.describe()
+    looped = simulate(closed, schedule_config("fcfs"), COST, 600, 16, fast_forward=fast_forward).steps.columns()
+    capped = simulate(WORKLOAD, schedule_config("fcfs", max_num_seqs=clients), COST, 600, 16,
+                      fast_forward=fast_forward).steps.columns()
+    for name in looped:
+        if name != "num_waiting":
+            assert np.array_equal(looped[name], capped[name]), name
+
+
+def test_each_client_keeps_one_request_in_flight_and_thinks_between_them():
+    closed = with_arrivals(WORKLOAD, "closed", clients=8, think_s=0.25)
+    outcome = simulate(closed, schedule_config("batchllm"), COST, 600, 16)
+    rows = lifetimes(outcome)
+    assert len(rows) == len(WORKLOAD)
+    arrivals = sorted(a for _, a, _ in rows)
+    assert arrivals[:8] == [0.0] * 8
+    finishes = sorted(f for _, _, f in rows)
+    # the k-th request after the first 8 is sent 0.25 s after the k-th finish
+    assert arrivals[8:] == pytest.approx([f + 0.25 for f in finishes[:len(rows) - 8]], abs=1e-9)
+    for t in np.linspace(0.0, outcome.makespan_s, 400):  # never more than 8 in flight
+        assert sum(a <= t < f for _, a, f in rows) <= 8
+    # the whole batch offline lets batchllm group it; 8 clients show it 8 requests at a time
+    offline = simulate(WORKLOAD, schedule_config("batchllm"), COST, 600, 16)
+    assert offline.makespan_s < outcome.makespan_s / 2
+
+
+def test_closed_loop_settings_are_checked():
+    with pytest.raises(ConfigError, match="closed-loop arrivals need clients >= 1"):
+        with_arrivals(WORKLOAD, "closed")
+    with pytest.raises(ConfigError, match="closed-loop think_s is -1"):
+        with_arrivals(WORKLOAD, "closed", clients=4, think_s=-1)
+    with pytest.raises(ConfigError, match="clients is for closed-loop arrivals"):
+        with_arrivals(WORKLOAD, "poisson", rate=1.0, clients=4)
+    from sim.cluster import RouterConfig, simulate_cluster
+
+    with pytest.raises(ConfigError, match="closed-loop arrivals are simulated on one engine"):
+        simulate_cluster(with_arrivals(WORKLOAD, "closed", clients=4), schedule_config("fcfs"), COST, 600, 16, 2,
+                         RouterConfig("least_loaded"))
+
+
+def test_the_engine_runs_a_closed_loop_with_the_same_tokens():
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.weights import random_weights
+
+    torch.set_num_threads(1)
+    spec = model_spec("tiny")
+    workload = batchllm_microbenchmark(40, 13, 6, 3, 9, seed=4)
+    tokens = {}
+    for name, run in (("offline", workload), ("closed", with_arrivals(workload, "closed", clients=2, think_s=0.01))):
+        runner = ModelRunner(spec, 256, 16, weights=random_weights(spec, seed=2))
+        outcome = run_engine(run, schedule_config("fcfs"), runner, 256, 16)
+        tokens[name] = {r: tuple(t) for r, t in runner.outputs.items()}
+        if name == "closed":
+            rows = lifetimes(outcome)
+            assert len(rows) == 9 and sorted(a for _, a, _ in rows)[:2] == [0.0, 0.0]
+            for _, arrival, _ in rows:  # at most 2 in flight whenever a request was sent
+                assert sum(a <= arrival < f for _, a, f in rows) <= 2
+            assert sum(a == 0.0 for _, a, _ in rows) == 2  # the other 7 were sent as clients came free
+    assert tokens["closed"] == tokens["offline"]
