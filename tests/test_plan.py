@@ -43,6 +43,9 @@ def test_plan_says_what_does_not_fit(tmp_path):
     assert "fits no tensor-parallel size of 2 x h100-sxm" in result.stderr and "Traceback" not in result.stderr
     given = batchlab("plan", "hardware.overrides.tensor_parallel=2", f"hydra.run.dir={tmp_path / 'b'}")
     assert given.returncode == 2 and "give gpus=N" in given.stderr
+    closed = batchlab("plan", "workload.arrivals.process=closed", "workload.arrivals.clients=8",
+                      f"hydra.run.dir={tmp_path / 'c'}")
+    assert closed.returncode == 2 and "modelled on one engine only" in closed.stderr
 
 
 def test_plan_compares_gpu_types_by_cost(tmp_path):
