@@ -95,19 +95,20 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
-    if workload.requests:  # fail before simulating anything if one cannot ever fit: if the longest does
-        try:
-            scheduler.check_fits(max(workload.requests, key=lambda r: r.prompt_len + r.output_len))
-        except WorkloadError:
-            for request in workload.requests:  # the first that cannot is named
-                scheduler.check_fits(request)
-    # the requests arrived or due, by arrival time; a closed loop appends each as a client sends it
+    # the requests arrived or due, by arrival time; a closed loop sends them in workload order
     closed = workload.closed_loop
+    ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
+    if ordered:  # fail before simulating anything if one cannot ever fit: if the longest does
+        try:
+            scheduler.check_fits(max(ordered, key=lambda r: r.prompt_len + r.output_len))
+        except WorkloadError:
+            for request in ordered:  # the first to arrive that cannot is named
+                scheduler.check_fits(request)
     if closed is None:
-        requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
-    else:
+        requests = ordered
+    else:  # every client's first request at t = 0; the others appended as clients send them
         clients, think = closed
-        requests = list(workload.requests[:clients])  # every client's first request, at t = 0
+        requests = list(ordered[:clients])
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
     # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process
