@@ -44,6 +44,8 @@ def test_each_client_keeps_one_request_in_flight_and_thinks_between_them():
     closed = with_arrivals(WORKLOAD, "closed", clients=8, think_s=0.25)
     outcome = simulate(closed, schedule_config("batchllm"), COST, 600, 16)
     rows = lifetimes(outcome)
+    slow = simulate(closed, schedule_config("batchllm"), COST, 600, 16, fast_forward=False)
+    assert lifetimes(slow) == rows and slow.num_events > outcome.num_events  # stretches change nothing
     assert len(rows) == len(WORKLOAD)
     arrivals = sorted(a for _, a, _ in rows)
     assert arrivals[:8] == [0.0] * 8
