@@ -6,7 +6,9 @@ Arrival rule: a request is schedulable in the first step that starts at or after
 time. The engine loop takes arrivals by time from the sorted workload (so the order of SimPy
 events at equal times cannot change a result); the arrivals process wakes an idle engine at
 the next arrival, and sleeps while the engine is busy (an event per request cost 3 % of the
-Azure replay's instructions and changed nothing).
+Azure replay's instructions and changed nothing). In a closed loop (``Workload.closed_loop``)
+arrival times come from the run: each request that finishes frees its client, whose next
+request arrives at the end of that step plus the think time.
 The loop keeps its own clock, ``now + duration`` step after step, the same additions whether
 steps are simulated one by one or a decode stretch at a time. It hands control to SimPy (a
 timeout to the step's end) only where another process has an event due before the step ends
