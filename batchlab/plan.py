@@ -91,9 +91,6 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
-    if workload.closed_loop is not None:
-        raise ConfigError("batchlab plan puts replicas on the GPUs, and closed-loop arrivals (workload.arrivals."
-                          "process=closed) are modelled on one engine only; use batchlab simulate for those")
     options = gpu_options(cfg)
     prices = gpu_prices(cfg, {name for name, _ in options})
     say(f"workload {workload.describe()}")

@@ -79,9 +79,12 @@ def split_for_replicas(cfg: DictConfig, workload, replicas: int, block_size: int
                           f"before the run: {', '.join(SHARDINGS)}; routed as requests arrive: {', '.join(ROUTERS)})")
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"replicas is {replicas!r}; expected a whole number >= 1")
-    if workload.closed_loop is not None and replicas > 1:
-        raise ConfigError("closed-loop arrivals (workload.arrivals.process=closed) are simulated on one engine; "
-                          "several replicas behind one client pool are not modelled yet (give replicas=1)")
+    if workload.closed_loop is not None and sharding not in ROUTERS:
+        if replicas == 1:  # nothing to split: the client pool sends to the one engine
+            return None, [workload]
+        raise ConfigError(f"closed-loop arrivals (workload.arrivals.process=closed) reach {replicas} replicas through "
+                          f"a router, as they are sent: sharding={sharding!r} splits the workload before the run; "
+                          f"give sharding=least_loaded or cache_aware")
     if sharding in ROUTERS:  # routed as requests arrive: the replicas are simulated together
         return RouterConfig(sharding, **OmegaConf.to_container(cfg.get("router") or {}, resolve=True)), [workload]
     return None, shard_workload(workload, replicas, sharding, block_size)

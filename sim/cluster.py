@@ -18,7 +18,9 @@ that starts at or after its arrival, as in ``sim/simulator.py``. With ``fast_for
 replica whose plans are known in advance (a decode stretch) runs them in one event, up to the
 next arrival to the cluster, whichever replica it goes to: the router sees every replica as it
 would step by step (a stretch finishes requests only in its last step, at its end), and the
-records are the same to the last bit (a test holds them).
+records are the same to the last bit (a test holds them). A closed loop (a client pool,
+``Workload.closed_loop``) sends each client's next request when its last one finished on any
+replica, and is simulated step by step.
 """
 from __future__ import annotations
 
@@ -109,19 +111,24 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                      progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0,
                      fast_forward: bool = True) -> list[SimOutcome]:
     """One outcome per replica (its scheduler holds the requests routed to it)."""
-    if workload.closed_loop is not None:
-        raise ConfigError("closed-loop arrivals are simulated on one engine (sim/simulator.py), not behind a router")
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
     schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]
-    requests = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
-    for request in requests:  # every request checked before anything is simulated
+    closed = workload.closed_loop
+    ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
+    for request in ordered:  # every request checked before anything is simulated
         schedulers[0].check_fits(request)
+    # the requests arrived or due, by arrival time; a closed loop appends each as a client sends it
+    requests = list(ordered) if closed is None else list(ordered[:closed[0]])
+    if closed is not None:
+        fast_forward = False  # another replica's finish may send a request at any step
     logs = [StepLog(KERNELS, None if step_dirs is None else step_dirs[k]) for k in range(replicas)]
     route = Router(router, replicas, block_size)
     env = simpy.Environment()
-    total = len(requests)
-    state = {"next": 0, "events": 0, "report": time.perf_counter()}
+    total = len(workload.requests)
+    # "freed": closed loop, requests finished so far; "send_awaited": the event the arrivals
+    # process waits on while no client has a request on its way
+    state = {"next": 0, "events": 0, "report": time.perf_counter(), "freed": 0, "send_awaited": None}
     idle: list[simpy.Event | None] = [None] * replicas
     decode_s: list[float | None] = [None] * replicas  # each replica's last decode step, for lookahead
 
@@ -129,7 +136,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         """Routes every request arrived by ``now``, in arrival order, waking idle replicas at
         its arrival."""
         index = state["next"]
-        while index < total and requests[index].arrival_s <= now:
+        while index < len(requests) and requests[index].arrival_s <= now:
             request = requests[index]
             k = route.route(request, now, [scheduler.num_finished for scheduler in schedulers])
             schedulers[k].add(request)
@@ -139,8 +146,24 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
             index += 1
         state["next"] = index
 
+    def release(now: float) -> None:
+        """Closed loop: each client whose request has finished (by ``now``, the end of a replica's
+        step) sends its next one after the think time, to be routed when it arrives."""
+        done = sum(scheduler.num_finished for scheduler in schedulers)
+        while state["freed"] < done:
+            state["freed"] += 1
+            if len(requests) < total:
+                requests.append(workload.requests[len(requests)].with_arrival(now + closed[1]))
+                if state.get("send_awaited") is not None:  # the arrivals process waits for a request to be sent
+                    state["send_awaited"], event = None, state["send_awaited"]
+                    event.succeed()
+
     def arrivals():
         while state["next"] < total:
+            if state["next"] >= len(requests):  # closed loop: wait for a client to send one
+                state["send_awaited"] = env.event()
+                yield state["send_awaited"]
+                continue
             arrival = requests[state["next"]].arrival_s
             if arrival > env.now:
                 yield env.timeout(arrival - env.now)
@@ -165,7 +188,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 progress(f"{config.name}: simulated {now:,.1f} s, {state['next']:,}/{total:,} requests arrived, "
                          f"{sum(s.num_finished for s in schedulers):,} finished")
             if fast_forward:
-                next_arrival = requests[state["next"]].arrival_s if state["next"] < total else math.inf
+                next_arrival = requests[state["next"]].arrival_s if state["next"] < len(requests) else math.inf
                 look = lookahead(now, next_arrival, decode_s[k])
                 stretch = scheduler.decode_stretch(look) if look > 1 else None
                 if stretch is not None:  # its steps that start before the next arrival, in one event
@@ -192,6 +215,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
             yield env.timeout(max(end - env.now, 0.0))
             scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
+            if closed is not None:
+                release(now)
 
     env.process(arrivals())
     for k in range(replicas):

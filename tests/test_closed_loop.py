@@ -66,11 +66,27 @@ def test_closed_loop_settings_are_checked():
         with_arrivals(WORKLOAD, "closed", clients=4, think_s=-1)
     with pytest.raises(ConfigError, match="clients is for closed-loop arrivals"):
         with_arrivals(WORKLOAD, "poisson", rate=1.0, clients=4)
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "cache_aware"])
+def test_a_client_pool_behind_a_router(policy):
+    """One replica behind the router is the simulator's closed loop, record for record; on three,
+    the pool still keeps at most its clients in flight, each sending as its last one finished."""
     from sim.cluster import RouterConfig, simulate_cluster
 
-    with pytest.raises(ConfigError, match="closed-loop arrivals are simulated on one engine"):
-        simulate_cluster(with_arrivals(WORKLOAD, "closed", clients=4), schedule_config("fcfs"), COST, 600, 16, 2,
-                         RouterConfig("least_loaded"))
+    closed = with_arrivals(WORKLOAD, "closed", clients=12, think_s=0.1)
+    alone = simulate(closed, schedule_config("batchllm"), COST, 600, 16, fast_forward=False)
+    (routed,) = simulate_cluster(closed, schedule_config("batchllm"), COST, 600, 16, 1, RouterConfig(policy))
+    assert lifetimes(routed) == lifetimes(alone)
+    for name, values in alone.steps.columns().items():
+        assert np.array_equal(values, routed.steps.columns()[name]), name
+    replicas = simulate_cluster(closed, schedule_config("batchllm"), COST, 600, 16, 3, RouterConfig(policy))
+    rows = [row for outcome in replicas for row in lifetimes(outcome)]
+    assert sorted(r for r, _, _ in rows) == sorted(r.req_id for r in WORKLOAD.requests)
+    arrivals, finishes = sorted(a for _, a, _ in rows), sorted(f for _, _, f in rows)
+    assert arrivals[:12] == [0.0] * 12
+    assert arrivals[12:] == pytest.approx([f + 0.1 for f in finishes[:len(rows) - 12]], abs=1e-9)
+    assert all(len(lifetimes(outcome)) > 0 for outcome in replicas)  # the router spread them
 
 
 def test_the_engine_runs_a_closed_loop_with_the_same_tokens():

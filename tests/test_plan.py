@@ -45,7 +45,7 @@ def test_plan_says_what_does_not_fit(tmp_path):
     assert given.returncode == 2 and "give gpus=N" in given.stderr
     closed = batchlab("plan", "workload.arrivals.process=closed", "workload.arrivals.clients=8",
                       f"hydra.run.dir={tmp_path / 'c'}")
-    assert closed.returncode == 2 and "modelled on one engine only" in closed.stderr
+    assert closed.returncode == 2 and "give sharding=least_loaded or cache_aware" in closed.stderr
 
 
 def test_plan_compares_gpu_types_by_cost(tmp_path):
