@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from scheduler import Scheduler, ScheduleConfig
+from traces.client_pool import client_pool
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -34,12 +35,12 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
                block_size: int = 16, online: bool | None = None, step_dir: Path | None = None,
                progress: Callable[[str], None] | None = None, keep_plans: bool = False) -> EngineOutcome:
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
-    closed = workload.closed_loop
+    closed = client_pool(workload)
     if closed is None:
         requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
         online = (not workload.is_offline) if online is None else online
     else:  # each client's first request now, its next one when the last finished (+ think time)
-        requests, online = list(workload.requests[:closed[0]]), True
+        requests, online = list(closed.first), True
     if workload.segment_tokens is not None:  # prompts of real token ids: the model reads those
         runner.use_prompt_tokens(workload.segment_tokens)
     for request in workload.requests:  # every request checked against the KV capacity before any work
@@ -47,7 +48,7 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         runner.add_request(request)
     log = StepLog(KERNELS, step_dir)
     plans = []
-    index, total, freed = 0, len(workload.requests), 0
+    index, total = 0, len(workload.requests)
     started = time.perf_counter()
     last_report = started
     while True:
@@ -74,10 +75,8 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         result = runner.execute(plan)
         executed = time.perf_counter()
         scheduler.update(plan, result, executed - started)
-        while closed is not None and freed < scheduler.num_finished:  # a client is free: it sends its next
-            freed += 1
-            if len(requests) < total:
-                requests.append(workload.requests[len(requests)].with_arrival(executed - started + closed[1]))
+        if closed is not None:  # clients whose requests finished send their next ones
+            requests.extend(closed.sent_after(scheduler.finished_last_update, executed - started))
         # a step spans the whole iteration, scheduling included, so that steps tile the timeline
         end = time.perf_counter()
         kernels = dict(result.kernel_s)

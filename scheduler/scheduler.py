@@ -92,6 +92,11 @@ class Scheduler:
         return self._num_added - self._num_unfinished
 
     @property
+    def finished_last_update(self) -> tuple[int, ...]:
+        """The requests the last ``update`` (or decode stretch) finished, until the next schedule."""
+        return self._finished_last_update
+
+    @property
     def num_waiting(self) -> int:
         return len(self.waiting) + len(self._ungrouped)
 

@@ -39,6 +39,7 @@ from scheduler.contract import new_step_result
 from scheduler.errors import ConfigError
 from scheduler.gc_pause import cyclic_gc_paused
 from scheduler.prompt import ChainIndex
+from traces.client_pool import client_pool
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -114,21 +115,21 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
     schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]
-    closed = workload.closed_loop
+    closed = client_pool(workload)
     ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
     for request in ordered:  # every request checked before anything is simulated
         schedulers[0].check_fits(request)
     # the requests arrived or due, by arrival time; a closed loop appends each as a client sends it
-    requests = list(ordered) if closed is None else list(ordered[:closed[0]])
+    requests = list(ordered) if closed is None else list(closed.first)
     if closed is not None:
         fast_forward = False  # another replica's finish may send a request at any step
     logs = [StepLog(KERNELS, None if step_dirs is None else step_dirs[k]) for k in range(replicas)]
     route = Router(router, replicas, block_size)
     env = simpy.Environment()
     total = len(workload.requests)
-    # "freed": closed loop, requests finished so far; "send_awaited": the event the arrivals
-    # process waits on while no client has a request on its way
-    state = {"next": 0, "events": 0, "report": time.perf_counter(), "freed": 0, "send_awaited": None}
+    # "send_awaited": closed loop, the event the arrivals process waits on while no client has a
+    # request on its way
+    state = {"next": 0, "events": 0, "report": time.perf_counter(), "send_awaited": None}
     idle: list[simpy.Event | None] = [None] * replicas
     decode_s: list[float | None] = [None] * replicas  # each replica's last decode step, for lookahead
 
@@ -146,17 +147,14 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
             index += 1
         state["next"] = index
 
-    def release(now: float) -> None:
-        """Closed loop: each client whose request has finished (by ``now``, the end of a replica's
-        step) sends its next one after the think time, to be routed when it arrives."""
-        done = sum(scheduler.num_finished for scheduler in schedulers)
-        while state["freed"] < done:
-            state["freed"] += 1
-            if len(requests) < total:
-                requests.append(workload.requests[len(requests)].with_arrival(now + closed[1]))
-                if state.get("send_awaited") is not None:  # the arrivals process waits for a request to be sent
-                    state["send_awaited"], event = None, state["send_awaited"]
-                    event.succeed()
+    def release(k: int, now: float) -> None:
+        """Closed loop: the requests clients send as theirs finished on replica ``k`` at ``now``
+        (the end of its step), to be routed when they arrive."""
+        sent = closed.sent_after(schedulers[k].finished_last_update, now)
+        requests.extend(sent)
+        if sent and state["send_awaited"] is not None:  # the arrivals process waits for one to be sent
+            state["send_awaited"], event = None, state["send_awaited"]
+            event.succeed()
 
     def arrivals():
         while state["next"] < total:
@@ -216,7 +214,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
             scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
             if closed is not None:
-                release(now)
+                release(k, now)
 
     env.process(arrivals())
     for k in range(replicas):

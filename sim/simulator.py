@@ -31,6 +31,7 @@ from scheduler import Scheduler, ScheduleConfig
 from scheduler.contract import new_step_result
 from scheduler.errors import WorkloadError
 from scheduler.gc_pause import cyclic_gc_paused
+from traces.client_pool import client_pool
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
@@ -97,8 +98,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
-    # the requests arrived or due, by arrival time; a closed loop sends them in workload order
-    closed = workload.closed_loop
+    # the requests arrived or due, by arrival time; a closed loop's clients send them as they go
+    closed = client_pool(workload)
     ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
     if ordered:  # fail before simulating anything if one cannot ever fit: if the longest does
         try:
@@ -106,30 +107,20 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         except WorkloadError:
             for request in ordered:  # the first to arrive that cannot is named
                 scheduler.check_fits(request)
-    if closed is None:
-        requests = ordered
-    else:  # every client's first request at t = 0; the others appended as clients send them
-        clients, think = closed
-        requests = list(ordered[:clients])
+    # every client's first request at t = 0, the others appended as clients send them
+    requests = ordered if closed is None else list(closed.first)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
-    # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process
-    # waits on; "sent", "freed": closed loop, requests sent and finished so far
-    state = {"next": 0, "events": 0, "idle": None, "decode_s": None, "wait": env.event(),
-             "sent": len(requests), "freed": 0}
+    # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process waits on
+    state = {"next": 0, "events": 0, "idle": None, "decode_s": None, "wait": env.event()}
     total = len(workload.requests)
 
     def release(now: float) -> float:
-        """Closed loop: each client whose request has finished (by ``now``, the end of the step
-        just simulated) sends its next one after the think time; the earliest such arrival."""
-        first = math.inf
-        while state["freed"] < scheduler.num_finished:
-            state["freed"] += 1
-            if state["sent"] < total:
-                requests.append(workload.requests[state["sent"]].with_arrival(now + think))
-                state["sent"] += 1
-                first = min(first, now + think)
-        return first
+        """Closed loop: the requests clients send as theirs finished at ``now`` (the end of the
+        step just simulated); the earliest one's arrival."""
+        sent = closed.sent_after(scheduler.finished_last_update, now)
+        requests.extend(sent)
+        return min((r.arrival_s for r in sent), default=math.inf)
 
     def arrivals():
         """Wakes the engine, each time it goes idle, at the next arrival. Asleep while the

@@ -109,3 +109,58 @@ def test_the_engine_runs_a_closed_loop_with_the_same_tokens():
                 assert sum(a <= arrival < f for _, a, f in rows) <= 2
             assert sum(a == 0.0 for _, a, _ in rows) == 2  # the other 7 were sent as clients came free
     assert tokens["closed"] == tokens["offline"]
+
+
+def test_agent_sessions_reuse_their_context_as_counted_by_hand():
+    """One client runs 4 sessions of 3 turns one after another (lengths in whole blocks): with a
+    cache that keeps everything, a turn reuses its session's previous prompt, and a session's
+    first turn the shared system prompt, and nothing else."""
+    from batchlab.records import outcome_summary
+    from traces.synthetic import agent_sessions
+
+    sessions = agent_sessions(num_sessions=4, turns=3, system_len=32, task_len=16, observation_len=32, output_len=16)
+    assert sessions.sessions == ((0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11))
+    prompts = [48 + 48 * turn for turn in range(3)] * 4  # system 32 + task 16, then 48 more a turn
+    # a turn reuses the previous turn's prompt; a later session's first turn the system prompt
+    reused = [0, 48, 96] + [32, 48, 96] * 3
+    outcome = simulate(with_arrivals(sessions, "closed", clients=1), schedule_config("fcfs"), COST, 4000, 16)
+    assert outcome_summary(outcome)["prefill_token_saving"] == pytest.approx(1 - (sum(prompts) - sum(reused)) / sum(prompts))
+    assert [r.prompt_len for r in sessions.requests] == prompts
+
+
+def test_a_sessions_turns_wait_for_each_other():
+    from traces.synthetic import agent_sessions
+
+    sessions = with_arrivals(agent_sessions(num_sessions=6, turns=4, system_len=256, task_len=64,
+                                            observation_len=128, output_len=32), "closed", clients=2, think_s=0.5)
+    for fast_forward in (False, True):
+        outcome = simulate(sessions, schedule_config("batchllm"), COST, 600, 16, fast_forward=fast_forward)
+        rows = {r: (a, f) for r, a, f in lifetimes(outcome)}
+        for session in sessions.sessions:
+            for turn, following in zip(session, session[1:]):  # the next turn 0.5 s after the answer
+                assert rows[following][0] == pytest.approx(rows[turn][1] + 0.5, abs=1e-9)
+        starts = sorted(rows[s[0]][0] for s in sessions.sessions)
+        assert starts[:2] == [0.0, 0.0] and all(t > 0 for t in starts[2:])  # two clients, six sessions
+    with pytest.raises(ConfigError, match="holds sessions, whose turns wait for each other"):
+        simulate(agent_sessions(num_sessions=2, turns=2), schedule_config("fcfs"), COST, 4000, 16)
+
+
+def test_the_engine_runs_agent_sessions_with_the_same_tokens_under_any_schedule():
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.weights import random_weights
+    from traces.synthetic import agent_sessions
+
+    torch.set_num_threads(1)
+    spec = model_spec("tiny")
+    workload = with_arrivals(agent_sessions(num_sessions=3, turns=2, system_len=24, task_len=8, observation_len=16,
+                                            output_len=4), "closed", clients=2)
+    tokens = {}
+    for schedule in ("fcfs", "batchllm"):
+        runner = ModelRunner(spec, 256, 16, weights=random_weights(spec, seed=2))
+        outcome = run_engine(workload, schedule_config(schedule), runner, 256, 16)
+        rows = {r: (a, f) for r, a, f in lifetimes(outcome)}
+        for session in workload.sessions:
+            assert rows[session[1]][0] >= rows[session[0]][1]  # the second turn after the first's answer
+        tokens[schedule] = {r: tuple(t) for r, t in runner.outputs.items()}
+    assert tokens["fcfs"] == tokens["batchllm"] and all(len(t) == 4 for t in tokens["fcfs"].values())

@@ -15,6 +15,7 @@ GENERATORS = {
     "batchllm_microbenchmark": synthetic.batchllm_microbenchmark,
     "system_prompt_workload": synthetic.system_prompt_workload,
     "prefix_tree_workload": synthetic.prefix_tree_workload,
+    "agent_sessions": synthetic.agent_sessions,
 }
 LOADERS = {"mooncake": loaders.load_mooncake, "azure": loaders.load_azure, "lengths": loaders.load_length_csv}
 

@@ -91,3 +91,31 @@ def prefix_tree_workload(fanouts: tuple[int, ...] = (4, 4), level_lens: tuple[in
     requests = tuple(Request(i, 0.0, prompt, output_len) for i, prompt in enumerate(prompts))
     return Workload(f"prefix-tree(f{'x'.join(map(str, fanouts))},n{len(requests)})", requests,
                     "synthetic:prefix_tree_workload")
+
+
+_SESSION_BASE = 1 << 42  # agents' own context: task, outputs, observations
+
+
+def agent_sessions(num_sessions: int = 256, turns: int = 8, system_len: int = 2000, task_len: int = 500,
+                   observation_len: int = 1000, output_len: int = 200) -> Workload:
+    """Agents, each a session of ``turns`` turns that re-sends its whole context: turn t's prompt
+    is the system prompt all agents share, the session's task, then for each earlier turn the
+    agent's output (``output_len`` tokens) and the tool's observation (``observation_len``). A
+    closed loop's client runs a session's turns one after the other (``Workload.sessions``).
+    An earlier turn's output enters the cache with the next turn's prompt, one turn late (an
+    engine that caches generated blocks, as vLLM does, has it one turn earlier)."""
+    _positive("agent_sessions", num_sessions=num_sessions, turns=turns, system_len=system_len, task_len=task_len,
+              observation_len=observation_len, output_len=output_len)
+    requests, sessions = [], []
+    for session in range(num_sessions):
+        base = _SESSION_BASE + session * (2 * turns + 1)
+        chain = [(_PREFIX_BASE, system_len), (base, task_len)]
+        ids = []
+        for turn in range(turns):
+            req_id = session * turns + turn
+            requests.append(Request(req_id, 0.0, tuple(chain), output_len))
+            ids.append(req_id)
+            chain += [(base + 1 + 2 * turn, output_len), (base + 2 + 2 * turn, observation_len)]
+        sessions.append(tuple(ids))
+    name = f"agent-sessions(s{num_sessions},t{turns},sys{system_len},task{task_len},obs{observation_len},o{output_len})"
+    return Workload(name, tuple(requests), "synthetic:agent_sessions", sessions=tuple(sessions))

@@ -22,6 +22,10 @@ class Workload:
     # order) when its last one finished, after the think time; the first `clients` at t = 0, so
     # arrival times come from the run, not from the requests (which all say 0). None: open loop.
     closed_loop: tuple[int, float] | None = None
+    # turns of conversations (agents' sessions): each session's request ids in turn order; a
+    # closed loop's client sends a session's next turn when its last one finished. None: every
+    # request a session of its own.
+    sessions: tuple[tuple[int, ...], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -50,5 +54,10 @@ class Workload:
                 f"output tokens, " + timing)
 
     def head(self, count: int) -> "Workload":
-        return Workload(self.name, self.requests[:count], self.source, self.notes, self.segment_tokens,
-                        self.closed_loop)
+        """The first ``count`` requests (and the turns of each session among them)."""
+        kept = self.requests[:count]
+        sessions = self.sessions
+        if sessions is not None:
+            ids = {r.req_id for r in kept}
+            sessions = tuple(t for t in (tuple(i for i in s if i in ids) for s in sessions) if t)
+        return Workload(self.name, kept, self.source, self.notes, self.segment_tokens, self.closed_loop, sessions)

@@ -1,0 +1,49 @@
+"""A closed loop's clients (``Workload.closed_loop``): each keeps one request in flight. At the
+start each client sends the first turn of a session; when a request finishes, its client sends
+that session's next turn after the think time, or, the session done, the first turn of the next
+session nobody has started. Without sessions every request is a session of one turn, sent in
+workload order. The simulator and the engine loop both ask this, so their clients behave alike."""
+from __future__ import annotations
+
+from scheduler import Request
+from scheduler.errors import ConfigError
+
+from .workload import Workload
+
+
+class ClientPool:
+    def __init__(self, workload: Workload) -> None:
+        if workload.closed_loop is None:
+            raise ConfigError(f"workload {workload.name!r} has no closed loop (workload.arrivals.process=closed)")
+        clients, self.think_s = workload.closed_loop
+        by_id = {r.req_id: r for r in workload.requests}
+        sessions = workload.sessions if workload.sessions is not None else tuple((r.req_id,) for r in workload.requests)
+        self._next: dict[int, Request] = {}  # request id -> its session's next turn
+        for session in sessions:
+            for turn, following in zip(session, session[1:]):
+                self._next[turn] = by_id[following]
+        self._fresh = iter([by_id[session[0]] for session in sessions])  # sessions nobody has started
+        self.first = [request for _, request in zip(range(clients), self._fresh)]  # sent at t = 0
+        self._known = set(by_id)
+
+    def sent_after(self, finished: tuple[int, ...], now: float) -> list[Request]:
+        """The requests clients send because ``finished`` finished at ``now``, arriving after the
+        think time (a grouped schedule's prefix pseudo-requests are no client's)."""
+        sent = []
+        for req_id in finished:
+            if req_id in self._known:
+                following = self._next.pop(req_id, None) or next(self._fresh, None)
+                if following is not None:
+                    sent.append(following.with_arrival(now + self.think_s))
+        return sent
+
+
+def client_pool(workload: Workload) -> ClientPool | None:
+    """The workload's client pool; None for an open loop (arrival times in the requests).
+    Sessions need a closed loop: their turns wait for each other."""
+    if workload.closed_loop is None:
+        if workload.sessions is not None:
+            raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: give "
+                              f"it closed-loop arrivals (workload.arrivals.process=closed workload.arrivals.clients=N)")
+        return None
+    return ClientPool(workload)
