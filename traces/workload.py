@@ -47,7 +47,8 @@ class Workload:
         span = max((r.arrival_s for r in self.requests), default=0.0)
         if self.closed_loop is not None:
             clients, think = self.closed_loop
-            timing = f"a closed loop of {clients:,} clients, each sending its next request {think:g} s after its last one finished"
+            timing = (f"a closed loop of {clients:,} clients, each sending its next request {think:g} s after its last "
+                      f"one finished" + (f", {len(self.sessions):,} sessions of turns" if self.sessions else ""))
         else:
             timing = "offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"
         return (f"{self.name}: {count:,} requests, {self.prompt_tokens:,} prompt + {self.output_tokens:,} "
