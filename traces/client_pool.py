@@ -2,7 +2,8 @@
 start each client sends the first turn of a session; when a request finishes, its client sends
 that session's next turn after the think time, or, the session done, the first turn of the next
 session nobody has started. Without sessions every request is a session of one turn, sent in
-workload order. The simulator and the engine loop both ask this, so their clients behave alike."""
+workload order. The simulator, its replicas behind a router and the engine loop all ask this, so
+their clients behave alike."""
 from __future__ import annotations
 
 from scheduler import Request
