@@ -44,6 +44,7 @@ class ModelRunner:
         self.time_kernels = time_kernels
         self.last_logits: dict[int, torch.Tensor] = {}
         self.token_table = None  # segment id -> token ids, for prompts of real tokens
+        self.generated: dict[int, np.ndarray] = {}  # output segment id -> what its request generated
 
     def use_prompt_tokens(self, table) -> None:
         """Read prompts' tokens from ``table`` (segment id -> token ids: a workload's
@@ -58,7 +59,8 @@ class ModelRunner:
     def _tokens(self, req_id: int, prompt, prompt_len: int, start: int, end: int) -> np.ndarray:
         parts = []
         if start < prompt_len:
-            parts.append(prompt_tokens(prompt, start, min(end, prompt_len), self.spec.vocab_size, self.token_table))
+            parts.append(prompt_tokens(prompt, start, min(end, prompt_len), self.spec.vocab_size, self.token_table,
+                                       self.generated))
         if end > prompt_len:
             generated = self.outputs[req_id]
             parts.append(np.asarray(generated[max(start, prompt_len) - prompt_len:end - prompt_len], dtype=np.int64))
@@ -107,8 +109,13 @@ class ModelRunner:
             with timer("lm_head_sampling"):
                 chosen = torch.argmax(logits, dim=-1).tolist()
             for req_id, token in zip(samplers, chosen):
-                self.outputs[req_id].append(token)
+                output = self.outputs[req_id]
+                output.append(token)
                 sampled[req_id] = token
+                request = self.requests.get(req_id)
+                if request is not None and request.output_segment is not None and len(output) == request.output_len:
+                    # later prompts carry this output (an agent's next turn): they read these tokens
+                    self.generated[request.output_segment] = np.asarray(output, dtype=np.int64)
             if self.keep_logits:
                 self.last_logits = {r: logits[i].detach().cpu() for i, r in enumerate(samplers)}
         if self.device.type == "cuda":

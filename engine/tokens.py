@@ -41,16 +41,20 @@ def check_token_table(table: Mapping[int, np.ndarray], vocab_size: int) -> None:
 
 
 def prompt_tokens(prompt: Prompt, start: int, end: int, vocab_size: int,
-                  table: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
-    """Token ids of prompt positions ``[start, end)``: from ``table`` (segment id -> its token
-    ids) where given, else hashed from the segment ids."""
+                  table: Mapping[int, np.ndarray] | None = None,
+                  generated: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+    """Token ids of prompt positions ``[start, end)``: a segment that is an earlier request's
+    output (``generated``: output segment id -> the tokens generated) reads those; the others
+    from ``table`` (segment id -> its token ids) where given, else hashed from the segment ids."""
     pieces = []
     seg_start = 0
     for segment_id, length in prompt:
         seg_end = seg_start + length
         if seg_end > start and seg_start < end:
             low, high = max(start, seg_start) - seg_start, min(end, seg_end) - seg_start
-            if table is None:
+            if generated and segment_id in generated:
+                pieces.append(generated[segment_id][low:high])
+            elif table is None:
                 pieces.append(segment_tokens(segment_id, np.arange(low, high), vocab_size))
             else:
                 tokens = table.get(segment_id)

@@ -23,6 +23,10 @@ class Request:
     prompt: Prompt
     output_len: int
     prompt_len: int = field(init=False, compare=False)
+    # the segment id later prompts carry this request's output as (an agent's answer in its next
+    # turn): the generated blocks are cached under those prompts' identities, as vLLM caches
+    # filled blocks. None: no later prompt holds it.
+    output_segment: int | None = None
 
     def __post_init__(self) -> None:
         where = f"request {self.req_id}"

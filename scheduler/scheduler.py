@@ -237,6 +237,19 @@ class Scheduler:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             state.num_registered_blocks = upto
 
+    def _register_output(self, state: RequestState) -> None:
+        """Leaves a finished request's generated blocks to the LRU cache under the identities the
+        prompts that carry its output give them (``Request.output_segment``): the full blocks up
+        to its last token, which has no KV (it was never fed back)."""
+        if self.kv.caching == "off" or state.group is not None:
+            return
+        request = state.request
+        keys = self.chains.full_block_keys(request.prompt + ((request.output_segment, request.output_len),))
+        upto = min(len(keys), (state.prompt_len + request.output_len - 1) // self.block_size, len(state.block_table))
+        if upto > state.num_registered_blocks:
+            self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
+            state.num_registered_blocks = upto
+
     def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
         start = state.num_computed_tokens
         samples = start + count == state.num_tokens and state.request is not None
@@ -341,6 +354,8 @@ class Scheduler:
 
     def _finish(self, state: RequestState, now: float) -> None:
         self._leave_running(state)
+        if state.request is not None and state.request.output_segment is not None:
+            self._register_output(state)
         self.kv.release(state.block_table)
         state.block_table = []
         state.block_keys = None  # a million finished requests' keys were gigabytes

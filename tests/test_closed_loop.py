@@ -164,3 +164,48 @@ def test_the_engine_runs_agent_sessions_with_the_same_tokens_under_any_schedule(
             assert rows[session[1]][0] >= rows[session[0]][1]  # the second turn after the first's answer
         tokens[schedule] = {r: tuple(t) for r, t in runner.outputs.items()}
     assert tokens["fcfs"] == tokens["batchllm"] and all(len(t) == 4 for t in tokens["fcfs"].values())
+
+
+def test_an_agents_answer_is_cached_for_its_next_turn():
+    """A turn's generated blocks are cached under the identities the next turn's prompt gives
+    them (as vLLM caches filled blocks): with 33 output tokens, 32 have KV (the last is never
+    fed back), two whole blocks, which the next turn reuses after the previous prompt."""
+    from batchlab.records import outcome_summary
+    from traces.synthetic import agent_sessions
+
+    sessions = agent_sessions(num_sessions=4, turns=3, system_len=32, task_len=16, observation_len=31, output_len=33)
+    prompts = [48 + 64 * turn for turn in range(3)] * 4
+    reused = [0, 48 + 32, 112 + 32] + [32, 48 + 32, 112 + 32] * 3
+    closed = with_arrivals(sessions, "closed", clients=1)
+    outcome = simulate(closed, schedule_config("fcfs"), COST, 4000, 16)
+    cached = {s.req_id: s.num_cached_tokens for s in outcome.scheduler.states.values() if s.request is not None}
+    assert [cached[r.req_id] for r in sessions.requests] == reused
+    assert outcome_summary(outcome)["prefill_token_saving"] == pytest.approx(sum(reused) / sum(prompts))
+    # without a cache nothing is reused, answers included
+    off = simulate(closed, schedule_config("fcfs", caching="off"), COST, 4000, 16)
+    assert all(s.num_cached_tokens == 0 for s in off.scheduler.states.values() if s.request is not None)
+
+
+def test_the_engine_feeds_a_turn_the_answer_it_generated_and_caching_it_changes_no_token():
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.weights import random_weights
+    from traces.synthetic import agent_sessions
+
+    torch.set_num_threads(1)
+    spec = model_spec("tiny")
+    workload = with_arrivals(agent_sessions(num_sessions=3, turns=3, system_len=32, task_len=16, observation_len=15,
+                                            output_len=17), "closed", clients=2)
+    tokens, hits = {}, {}
+    for caching in ("lru", "off"):
+        runner = ModelRunner(spec, 256, 16, weights=random_weights(spec, seed=2))
+        outcome = run_engine(workload, schedule_config("fcfs", caching=caching), runner, 256, 16)
+        tokens[caching] = {r: tuple(t) for r, t in runner.outputs.items()}
+        hits[caching] = {s.req_id: s.num_cached_tokens for s in outcome.scheduler.states.values() if s.request}
+        first, second = workload.sessions[0][:2]
+        prompt = next(r for r in workload.requests if r.req_id == second).prompt
+        # the next turn's prompt holds the answer the first turn generated, at 48..65
+        assert tuple(runner._tokens(second, prompt, 48 + 17 + 15, 48, 65).tolist()) == tokens[caching][first]
+    assert tokens["lru"] == tokens["off"]
+    second = workload.sessions[0][1]  # turn 2 reuses turn 1's prompt (48) and its answer's full block (16)
+    assert hits["lru"][second] >= 48 + 16 and hits["off"][second] == 0

@@ -102,8 +102,8 @@ def agent_sessions(num_sessions: int = 256, turns: int = 8, system_len: int = 20
     is the system prompt all agents share, the session's task, then for each earlier turn the
     agent's output (``output_len`` tokens) and the tool's observation (``observation_len``). A
     closed loop's client runs a session's turns one after the other (``Workload.sessions``).
-    An earlier turn's output enters the cache with the next turn's prompt, one turn late (an
-    engine that caches generated blocks, as vLLM does, has it one turn earlier)."""
+    A turn's output is the next turn's ``output_segment``: its generated blocks are cached for
+    the next turn, and the engine feeds the next turn the tokens it generated."""
     _positive("agent_sessions", num_sessions=num_sessions, turns=turns, system_len=system_len, task_len=task_len,
               observation_len=observation_len, output_len=output_len)
     requests, sessions = [], []
@@ -113,7 +113,9 @@ def agent_sessions(num_sessions: int = 256, turns: int = 8, system_len: int = 20
         ids = []
         for turn in range(turns):
             req_id = session * turns + turn
-            requests.append(Request(req_id, 0.0, tuple(chain), output_len))
+            answer = base + 1 + 2 * turn  # this turn's output, as the next turns' prompts carry it
+            requests.append(Request(req_id, 0.0, tuple(chain), output_len,
+                                    output_segment=answer if turn + 1 < turns else None))
             ids.append(req_id)
             chain += [(base + 1 + 2 * turn, output_len), (base + 2 + 2 * turn, observation_len)]
         sessions.append(tuple(ids))
