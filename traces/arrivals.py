@@ -30,6 +30,9 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
             raise ConfigError(f"closed-loop think_s is {think_s!r}; expected seconds >= 0")
         requests = tuple(r if r.arrival_s == 0.0 else r.with_arrival(0.0) for r in workload.requests)
         return replace(workload, requests=requests, closed_loop=(clients, float(think_s)))
+    if workload.sessions is not None:
+        raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: arrivals "
+                          f"{process!r} cannot send them; give process=closed with clients=N")
     if clients is not None:
         raise ConfigError(f"clients is for closed-loop arrivals (process=closed), not {process!r}")
     if not scale > 0:
