@@ -66,6 +66,10 @@ def test_closed_loop_settings_are_checked():
         with_arrivals(WORKLOAD, "closed", clients=4, think_s=-1)
     with pytest.raises(ConfigError, match="clients is for closed-loop arrivals"):
         with_arrivals(WORKLOAD, "poisson", rate=1.0, clients=4)
+    with pytest.raises(ConfigError, match="think_s is for closed-loop arrivals"):
+        with_arrivals(WORKLOAD, "offline", think_s=1.0)
+    with pytest.raises(ConfigError, match="closed-loop think_cv is -0.5; expected >= 0"):
+        with_arrivals(WORKLOAD, "closed", clients=2, think_cv=-0.5)
 
 
 @pytest.mark.parametrize("policy", ["least_loaded", "cache_aware"])
@@ -211,3 +215,25 @@ def test_the_engine_feeds_a_turn_the_answer_it_generated_and_caching_it_changes_
     assert tokens["lru"] == tokens["off"]
     second = workload.sessions[0][1]  # turn 2 reuses turn 1's prompt (48) and its answer's full block (16)
     assert hits["lru"][second] >= 48 + 16 and hits["off"][second] == 0
+
+
+def test_think_times_vary_as_asked_and_belong_to_their_requests():
+    """think_cv = 1: exponential think times of mean think_s, drawn per request from the seed,
+    so the same workload thinks alike in any run, however its sends are ordered."""
+    from sim.cluster import RouterConfig, simulate_cluster
+    from traces.synthetic import agent_sessions
+
+    sessions = agent_sessions(num_sessions=20, turns=4, system_len=64, task_len=32, observation_len=64, output_len=16)
+    closed = with_arrivals(sessions, "closed", clients=4, think_s=0.5, think_cv=1.0, seed=3)
+    assert "cv 1" in closed.describe()
+    outcome = simulate(closed, schedule_config("fcfs"), COST, 4000, 16)
+    rows = {r: (a, f) for r, a, f in lifetimes(outcome)}
+    waits = [rows[b][0] - rows[a][1] for s in sessions.sessions for a, b in zip(s, s[1:])]
+    assert len(waits) == 60 and min(waits) >= 0 and len(set(round(w, 9) for w in waits)) == 60
+    assert 0.5 * 0.65 < np.mean(waits) < 0.5 * 1.35 and np.std(waits) > 0.5 * 0.5  # exponential: std ~ mean
+    (routed,) = simulate_cluster(closed, schedule_config("fcfs"), COST, 4000, 16, 1, RouterConfig("least_loaded"))
+    assert lifetimes(routed) == lifetimes(simulate(closed, schedule_config("fcfs"), COST, 4000, 16, fast_forward=False))
+    fixed = simulate(with_arrivals(sessions, "closed", clients=4, think_s=0.5), schedule_config("fcfs"), COST, 4000, 16)
+    fixed_rows = {r: (a, f) for r, a, f in lifetimes(fixed)}
+    assert {round(fixed_rows[b][0] - fixed_rows[a][1], 9) for s in sessions.sessions for a, b in zip(s, s[1:])} == {0.5}
+

@@ -11,30 +11,34 @@ import numpy as np
 
 from scheduler.errors import ConfigError
 
-from .workload import Workload
+from .workload import ClosedLoop, Workload
 
 PROCESSES = ("offline", "trace", "poisson", "gamma", "closed")
 
 
 def with_arrivals(workload: Workload, process: str = "trace", rate: float | None = None,
                   cv: float = 1.0, scale: float = 1.0, seed: int = 0, clients: int | None = None,
-                  think_s: float = 0.0) -> Workload:
+                  think_s: float = 0.0, think_cv: float = 0.0) -> Workload:
     """``rate`` in requests/s (poisson, gamma); ``cv`` the gamma inter-arrival coefficient of
-    variation (1 is Poisson, larger is burstier); ``clients`` and ``think_s`` for ``closed``."""
+    variation (1 is Poisson, larger is burstier); ``clients``, ``think_s`` (mean) and
+    ``think_cv`` (0: fixed, 1: exponential, drawn from ``seed``) for ``closed``."""
     if process not in PROCESSES:
         raise ConfigError(f"unknown arrival process {process!r}; expected one of {PROCESSES}")
     if process == "closed":
         if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
             raise ConfigError(f"closed-loop arrivals need clients >= 1 (requests kept in flight), got {clients!r}")
-        if isinstance(think_s, bool) or not isinstance(think_s, (int, float)) or not think_s >= 0:
-            raise ConfigError(f"closed-loop think_s is {think_s!r}; expected seconds >= 0")
+        for name, value, expected in (("think_s", think_s, "seconds >= 0"), ("think_cv", think_cv, ">= 0")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"closed-loop {name} is {value!r}; expected {expected}")
         requests = tuple(r if r.arrival_s == 0.0 else r.with_arrival(0.0) for r in workload.requests)
-        return replace(workload, requests=requests, closed_loop=(clients, float(think_s)))
+        return replace(workload, requests=requests,
+                       closed_loop=ClosedLoop(clients, float(think_s), float(think_cv), seed))
     if workload.sessions is not None:
         raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: arrivals "
                           f"{process!r} cannot send them; give process=closed with clients=N")
-    if clients is not None:
-        raise ConfigError(f"clients is for closed-loop arrivals (process=closed), not {process!r}")
+    for name, value, unset in (("clients", clients, None), ("think_s", think_s, 0.0), ("think_cv", think_cv, 0.0)):
+        if value != unset:
+            raise ConfigError(f"{name} is for closed-loop arrivals (process=closed), not {process!r}")
     if not scale > 0:
         raise ConfigError(f"arrival time scale is {scale}; expected > 0")
     count = len(workload.requests)

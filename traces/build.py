@@ -68,8 +68,9 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
     if arrivals:
         workload = with_arrivals(workload, **arrivals)
         if workload.closed_loop is not None:
-            clients, think = workload.closed_loop
-            workload = replace(workload, name=f"{workload.name}+closed(c{clients},think{think:g}s)")
+            loop = workload.closed_loop
+            spread = f",cv{loop.think_cv:g}" if loop.think_cv else ""
+            workload = replace(workload, name=f"{workload.name}+closed(c{loop.clients},think{loop.think_s:g}s{spread})")
         elif arrivals.get("process", "trace") not in ("trace", "offline") or arrivals.get("scale", 1.0) != 1.0:
             workload = replace(workload, name=f"{workload.name}+{arrivals.get('process')}"
                                               f"{'' if arrivals.get('scale', 1.0) == 1.0 else 'x' + str(arrivals['scale'])}")

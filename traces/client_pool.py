@@ -6,6 +6,8 @@ workload order. The simulator, its replicas behind a router and the engine loop 
 their clients behave alike."""
 from __future__ import annotations
 
+import numpy as np
+
 from scheduler import Request
 from scheduler.errors import ConfigError
 
@@ -16,15 +18,23 @@ class ClientPool:
     def __init__(self, workload: Workload) -> None:
         if workload.closed_loop is None:
             raise ConfigError(f"workload {workload.name!r} has no closed loop (workload.arrivals.process=closed)")
-        clients, self.think_s = workload.closed_loop
+        loop = workload.closed_loop
         by_id = {r.req_id: r for r in workload.requests}
+        # each request's think time (before it is sent), drawn once, so a run's order of sends
+        # cannot change which request waits how long
+        if loop.think_cv > 0 and loop.think_s > 0:
+            shape = 1.0 / (loop.think_cv * loop.think_cv)
+            draws = np.random.default_rng(loop.seed).gamma(shape, loop.think_s / shape, len(workload.requests))
+            self._think = dict(zip(by_id, draws.tolist()))
+        else:
+            self._think = dict.fromkeys(by_id, float(loop.think_s))
         sessions = workload.sessions if workload.sessions is not None else tuple((r.req_id,) for r in workload.requests)
         self._next: dict[int, Request] = {}  # request id -> its session's next turn
         for session in sessions:
             for turn, following in zip(session, session[1:]):
                 self._next[turn] = by_id[following]
         self._fresh = iter([by_id[session[0]] for session in sessions])  # sessions nobody has started
-        self.first = [request for _, request in zip(range(clients), self._fresh)]  # sent at t = 0
+        self.first = [request for _, request in zip(range(loop.clients), self._fresh)]  # sent at t = 0
         self._known = set(by_id)
 
     def sent_after(self, finished: tuple[int, ...], now: float) -> list[Request]:
@@ -35,7 +45,7 @@ class ClientPool:
             if req_id in self._known:
                 following = self._next.pop(req_id, None) or next(self._fresh, None)
                 if following is not None:
-                    sent.append(following.with_arrival(now + self.think_s))
+                    sent.append(following.with_arrival(now + self._think[following.req_id]))
         return sent
 
 

@@ -10,6 +10,17 @@ from scheduler import Request
 
 
 @dataclass(frozen=True)
+class ClosedLoop:
+    """A client pool: ``clients`` requests in flight, each client sending its next one after a
+    think time (mean ``think_s``; gamma-distributed with coefficient of variation ``think_cv``,
+    drawn per request from ``seed``; 0: always ``think_s``)."""
+    clients: int
+    think_s: float = 0.0
+    think_cv: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Workload:
     name: str
     requests: tuple[Request, ...]
@@ -21,7 +32,7 @@ class Workload:
     # a closed loop: (clients, think seconds). Each client sends its next request (in workload
     # order) when its last one finished, after the think time; the first `clients` at t = 0, so
     # arrival times come from the run, not from the requests (which all say 0). None: open loop.
-    closed_loop: tuple[int, float] | None = None
+    closed_loop: ClosedLoop | None = None
     # turns of conversations (agents' sessions): each session's request ids in turn order; a
     # closed loop's client sends a session's next turn when its last one finished. None: every
     # request a session of its own.
@@ -46,8 +57,9 @@ class Workload:
         count = len(self.requests)
         span = max((r.arrival_s for r in self.requests), default=0.0)
         if self.closed_loop is not None:
-            clients, think = self.closed_loop
-            timing = (f"a closed loop of {clients:,} clients, each sending its next request {think:g} s after its last "
+            loop = self.closed_loop
+            think = f"{loop.think_s:g} s" + (f" (mean, cv {loop.think_cv:g})" if loop.think_cv else "")
+            timing = (f"a closed loop of {loop.clients:,} clients, each sending its next request {think} after its last "
                       f"one finished" + (f", {len(self.sessions):,} sessions of turns" if self.sessions else ""))
         else:
             timing = "offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"
