@@ -47,7 +47,8 @@ def gpu_options(cfg: DictConfig) -> list[tuple[str, int]]:
         except ValueError:
             raise ConfigError(f"hardware_options entry {option!r}: expected PRESET or PRESET:GPUS, "
                               f"e.g. l40s:8") from None
-        tensor_parallel_sizes(gpus)  # a whole number >= 1, or a clear error
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise ConfigError(f"hardware_options entry {option!r}: {gpus!r} GPUs; expected a whole number >= 1")
         if name not in HARDWARE_PRESETS:
             raise ConfigError(f"hardware_options entry {option!r}: unknown GPU type {name!r}; expected one of "
                               f"{sorted(HARDWARE_PRESETS)}")
@@ -142,7 +143,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "plan.json").write_text(json.dumps(finite_json(result), indent=2))
     from reports.plots import plan_scatter
-    plan_scatter(rows, run_dir / "plan.png", "cost" if prices and len(prices) == len(options) else "gpu_hours")
+    plan_scatter(rows, run_dir / "plan.png", "cost" if all(row["cost"] is not None for row in rows) else "gpu_hours")
     return result
 
 

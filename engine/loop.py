@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from scheduler import Scheduler, ScheduleConfig
-from traces.client_pool import client_pool
+from scheduler.errors import ConfigError
+from traces.client_pool import arrival_order
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -35,12 +36,14 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
                block_size: int = 16, online: bool | None = None, step_dir: Path | None = None,
                progress: Callable[[str], None] | None = None, keep_plans: bool = False) -> EngineOutcome:
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
-    closed = client_pool(workload)
+    closed, _, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     if closed is None:
-        requests = sorted(workload.requests, key=lambda r: (r.arrival_s, r.req_id))
         online = (not workload.is_offline) if online is None else online
-    else:  # each client's first request now, its next one when the last finished (+ think time)
-        requests, online = list(closed.first), True
+    elif online is False:
+        raise ConfigError(f"workload {workload.name!r} is a closed loop: its clients send requests as earlier ones "
+                          f"finish, on the wall clock; it cannot run with online=false")
+    else:
+        online = True
     if workload.segment_tokens is not None:  # prompts of real token ids: the model reads those
         runner.use_prompt_tokens(workload.segment_tokens)
     for request in workload.requests:  # every request checked against the KV capacity before any work

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,7 @@ from scheduler.contract import new_step_result
 from scheduler.errors import ConfigError
 from scheduler.gc_pause import cyclic_gc_paused
 from scheduler.prompt import ChainIndex
-from traces.client_pool import client_pool
+from traces.client_pool import arrival_order
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -115,12 +114,9 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
     schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]
-    closed = client_pool(workload)
-    ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
+    closed, ordered, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     for request in ordered:  # every request checked before anything is simulated
         schedulers[0].check_fits(request)
-    # the requests arrived or due, by arrival time; a closed loop appends each as a client sends it
-    requests = list(ordered) if closed is None else list(closed.first)
     if closed is not None:
         fast_forward = False  # another replica's finish may send a request at any step
     logs = [StepLog(KERNELS, None if step_dirs is None else step_dirs[k]) for k in range(replicas)]
@@ -205,8 +201,6 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 now = max(now, (yield idle[k]))
                 continue
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
-            if tokens == sampled and not prefill:  # a decode-only step: the lookahead's estimate
-                decode_s[k] = duration
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
             end = now + duration

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +30,7 @@ from scheduler import Scheduler, ScheduleConfig
 from scheduler.contract import new_step_result
 from scheduler.errors import WorkloadError
 from scheduler.gc_pause import cyclic_gc_paused
-from traces.client_pool import client_pool
+from traces.client_pool import arrival_order
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
@@ -99,16 +98,13 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False)
     # the requests arrived or due, by arrival time; a closed loop's clients send them as they go
-    closed = client_pool(workload)
-    ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id")) if closed is None else workload.requests
+    closed, ordered, requests = arrival_order(workload)
     if ordered:  # fail before simulating anything if one cannot ever fit: if the longest does
         try:
             scheduler.check_fits(max(ordered, key=lambda r: r.prompt_len + r.output_len))
         except WorkloadError:
             for request in ordered:  # the first to arrive that cannot is named
                 scheduler.check_fits(request)
-    # every client's first request at t = 0, the others appended as clients send them
-    requests = ordered if closed is None else list(closed.first)
     log = StepLog(KERNELS, step_dir)
     env = simpy.Environment()
     # "idle": the event an idle engine waits on; "wait": the one the sleeping arrivals process waits on

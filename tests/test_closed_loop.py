@@ -113,6 +113,9 @@ def test_the_engine_runs_a_closed_loop_with_the_same_tokens():
                 assert sum(a <= arrival < f for _, a, f in rows) <= 2
             assert sum(a == 0.0 for _, a, _ in rows) == 2  # the other 7 were sent as clients came free
     assert tokens["closed"] == tokens["offline"]
+    with pytest.raises(ConfigError, match="is a closed loop: .* cannot run with online=false"):
+        run_engine(with_arrivals(workload, "closed", clients=2), schedule_config("fcfs"),
+                   ModelRunner(spec, 256, 16), 256, 16, online=False)
 
 
 def test_agent_sessions_reuse_their_context_as_counted_by_hand():

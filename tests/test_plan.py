@@ -87,7 +87,7 @@ def test_plan_options_and_prices_are_checked():
     assert gpu_options(cfg(hardware_options=["h100-sxm", "l40s:16"])) == [("h100-sxm", 8), ("l40s", 16)]
     with pytest.raises(ConfigError, match="entry 'l40s:many': expected PRESET or PRESET:GPUS"):
         gpu_options(cfg(hardware_options=["l40s:many"]))
-    with pytest.raises(ConfigError, match="gpus is 0"):
+    with pytest.raises(ConfigError, match="entry 'l40s:0': 0 GPUs; expected a whole number >= 1"):
         gpu_options(cfg(hardware_options=["l40s:0"]))
     with pytest.raises(ConfigError, match="unknown GPU type 'h300'; expected one of"):
         gpu_options(cfg(hardware_options=["h300:8"]))

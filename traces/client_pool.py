@@ -6,6 +6,9 @@ workload order. The simulator, its replicas behind a router and the engine loop 
 their clients behave alike."""
 from __future__ import annotations
 
+from operator import attrgetter
+from typing import Sequence
+
 import numpy as np
 
 from scheduler import Request
@@ -58,3 +61,14 @@ def client_pool(workload: Workload) -> ClientPool | None:
                               f"it closed-loop arrivals (workload.arrivals.process=closed workload.arrivals.clients=N)")
         return None
     return ClientPool(workload)
+
+
+def arrival_order(workload: Workload) -> tuple[ClientPool | None, Sequence[Request], list[Request]]:
+    """(the client pool, None for an open loop; every request in the order it can arrive, for
+    checks before a run; the requests due from the start, by arrival time, which a closed loop's
+    clients extend as they send). The simulator, its routed replicas and the engine loop start so."""
+    pool = client_pool(workload)
+    if pool is None:
+        ordered = sorted(workload.requests, key=attrgetter("arrival_s", "req_id"))
+        return None, ordered, ordered
+    return pool, workload.requests, list(pool.first)
