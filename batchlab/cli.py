@@ -2,6 +2,7 @@
 
   batchlab simulate [hydra overrides]   compare schedules on a workload (the main job)
   batchlab plan [hydra overrides]       every way to deploy the model on N GPUs (TP x replicas), ranked
+  batchlab calibrate [hydra overrides]  fit the roofline's assumptions to benchmarks measured on your GPU
   batchlab run [hydra overrides]        the same schedules on the real engine, measured
   batchlab profile [hydra overrides]    measure the engine's per-kernel costs on this device
   batchlab validate [hydra overrides]   profile, simulate, run the engine, report the prediction error
@@ -123,6 +124,7 @@ def _hydra(name: str, module: str, function: str):
 
 COMMANDS = {"group": _group, "simulate": _hydra("simulate", "simulate", "simulate_main"),
             "plan": _hydra("plan", "plan", "plan_main"),
+            "calibrate": _hydra("calibrate", "calibrate", "calibrate_main"),
             "run": _hydra("run", "run", "run_main"), "profile": _hydra("profile", "validate", "profile_main"),
             "validate": _hydra("validate", "validate", "validate_main"), "report": _report,
             "import": _import}

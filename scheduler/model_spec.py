@@ -120,6 +120,8 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, max_position=4096),
     "qwen2.5-7b": ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, rope_theta=1000000.0,
                             rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
+    "qwen2.5-0.5b": ModelSpec("qwen2.5-0.5b", 24, 896, 14, 2, 64, 4864, 151936, tie_embeddings=True,
+                              rope_theta=1000000.0, rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
     "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, rope_theta=1000000.0,
                              rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
     "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0,

@@ -4,7 +4,8 @@ Peak dense bf16 FLOP/s and memory bandwidth are NVIDIA's data-sheet figures (H10
 989 TFLOP/s, 3.35 TB/s, 80 GB; H200 SXM: 989 TFLOP/s, 4.8 TB/s, 141 GB; A100 SXM 80GB:
 312 TFLOP/s, 2.039 TB/s; A100 SXM 40GB: 312 TFLOP/s, 1.555 TB/s; L40S: 362 TFLOP/s without
 sparsity, 864 GB/s of GDDR6, 48 GB, no NVLink: PCIe Gen4 x16, 32 GB/s a direction, the
-nominal figure, which all-reduces through the host reach only part of). The achievable fractions, kernel launch cost and per-step CPU
+nominal figure, which all-reduces through the host reach only part of; L4: 121 TFLOP/s without
+sparsity, 300 GB/s of GDDR6, 24 GB, PCIe Gen4 x16). The achievable fractions, kernel launch cost and per-step CPU
 overhead are assumptions of ours until a measured profile replaces them.
 
 Tensor parallelism (``tensor_parallel`` GPUs, Megatron-style, as vLLM shards a model): each
@@ -118,6 +119,7 @@ HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB),
     "a100-40gb": HardwareSpec("a100-40gb", 312e12, 1.555e12, 40 * GB, interconnect_bandwidth=300 * GB),
     "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB),
+    "l4": HardwareSpec("l4", 121e12, 0.3e12, 24 * GB, interconnect_bandwidth=32 * GB),
 }
 
 

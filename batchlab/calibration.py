@@ -1,0 +1,183 @@
+"""Fitting the roofline's assumptions to measured serving benchmarks (``batchlab calibrate``).
+
+The analytic profile rests on a few numbers of ours (achievable fractions of peak FLOP/s and
+bandwidth, a per-step and per-request host cost); a user who has benchmarked a server on their
+GPU (``vllm bench serve`` at a few concurrencies, say) has what it takes to replace them. Each
+benchmark point is simulated as it was run (``traces/bench_results.py``), and the parameters
+are fitted by Levenberg-Marquardt (finite differences) to the log of predicted over measured,
+every measured figure weighing alike. Fractions are fitted through a logistic, seconds through a
+logarithm, so they stay in range. ``client_overhead_s`` is the benchmark client's own time per
+request (HTTP, tokenizing, streaming): added to its TTFT and end-to-end latency, and spent
+between a response and the client's next request; it is not the server's and no hardware field.
+
+Held-out errors are the honest figure: each point predicted by a fit to the others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from scheduler import ScheduleConfig
+from scheduler.errors import ConfigError
+from scheduler.model_spec import ModelSpec
+from traces.bench_results import BenchPoint
+
+from .records import outcome_summary
+
+FRACTIONS = ("compute_efficiency", "memory_efficiency")
+SECONDS = ("step_overhead_s", "step_overhead_per_request_s", "kernel_launch_s", "client_overhead_s")
+PARAMETERS = FRACTIONS + SECONDS
+DEFAULT_FIT = ("compute_efficiency", "memory_efficiency", "step_overhead_s", "step_overhead_per_request_s",
+               "client_overhead_s")
+CLIENT_METRICS = ("ttft_s_p50", "e2e_s_p50")  # measured by the client: its own time included
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one prediction needs besides the parameters."""
+    model: ModelSpec
+    hardware: object      # sim.hardware.HardwareSpec: the preset with the user's overrides
+    schedule: ScheduleConfig
+    block_size: int = 16
+    seed: int = 0
+
+    def values(self, client_overhead_s: float) -> dict[str, float]:
+        """The parameters' values in this setting: the hardware's and the client's."""
+        return {**{name: getattr(self.hardware, name) for name in PARAMETERS if name != "client_overhead_s"},
+                "client_overhead_s": client_overhead_s}
+
+
+def predict(point: BenchPoint, setting: Setting, values: dict[str, float]) -> dict[str, float]:
+    """The simulated counterpart of each figure ``point`` measured, with ``values``."""
+    from sim.cost_model import CostModel
+    from sim.hardware import kv_capacity_blocks
+    from sim.roofline import build_roofline_profile
+    from sim.simulator import simulate
+
+    client = values["client_overhead_s"]
+    hardware = replace(setting.hardware, **{k: v for k, v in values.items() if k != "client_overhead_s"})
+    cost = CostModel(build_roofline_profile(setting.model, hardware), setting.model)
+    outcome = simulate(point.workload(think_s=client, seed=setting.seed), setting.schedule, cost,
+                       kv_capacity_blocks(setting.model, hardware, setting.block_size), setting.block_size)
+    summary = outcome_summary(outcome)
+    return {metric: summary[metric] + (client if metric in CLIENT_METRICS else 0.0) for metric in point.measured}
+
+
+def log_errors(points, setting: Setting, values: dict[str, float]) -> np.ndarray:
+    """log(predicted / measured) of every measured figure, point by point."""
+    errors = []
+    for point in points:
+        predicted = predict(point, setting, values)
+        errors.extend(math.log(predicted[m] / point.measured[m]) if predicted[m] > 0 else 10.0 for m in point.measured)
+    return np.array(errors)
+
+
+# the free variables' range: fractions 0.001..0.999, seconds 10 ns..10 s (a step the figures barely
+# constrain cannot run off to where the simulator means nothing)
+FREE_BOUNDS = {"fraction": (-6.9, 6.9), "seconds": (math.log(1e-8), math.log(10.0))}
+MAX_STEP = 2.0  # in free units a step: a factor e^2 on seconds
+
+
+def _bounded(names, u: np.ndarray) -> np.ndarray:
+    return np.array([np.clip(x, *FREE_BOUNDS["fraction" if n in FRACTIONS else "seconds"]) for n, x in zip(names, u)])
+
+
+def _to_free(name: str, value: float) -> float:
+    if name in FRACTIONS:
+        value = min(max(value, 1e-3), 0.999)
+        return math.log(value / (1 - value))
+    return math.log(max(value, 1e-7))
+
+
+def _from_free(name: str, u: float) -> float:
+    return 1 / (1 + math.exp(-u)) if name in FRACTIONS else math.exp(u)
+
+
+@dataclass(frozen=True)
+class Fit:
+    values: dict          # every parameter's value, fitted or kept
+    spread: dict          # fitted parameter -> one standard error (linearised; inf: not determined)
+    rms_log_error: float
+    iterations: int
+    evaluations: int
+
+
+def fit(points, setting: Setting, names, start: dict[str, float], max_iterations: int = 40,
+        progress: Callable[[str], None] | None = None) -> Fit:
+    """Levenberg-Marquardt over the named parameters from ``start`` (every parameter's value)."""
+    names = list(names)
+    figures = sum(len(p.measured) for p in points)
+    if figures <= len(names):
+        raise ConfigError(f"{figures} measured figures cannot determine {len(names)} parameters ({', '.join(names)}); "
+                          f"measure more points or fit fewer (fit=[...])")
+
+    def errors_at(u):
+        return log_errors(points, setting, {**start, **{n: _from_free(n, x) for n, x in zip(names, u)}})
+
+    u = _bounded(names, np.array([_to_free(n, start[n]) for n in names]))
+    r, evaluations, damping, iterations = errors_at(u), 1, 1e-2, 0
+    cost = float(r @ r)
+    for iterations in range(1, max_iterations + 1):
+        jacobian = np.empty((len(r), len(u)))
+        for j in range(len(u)):
+            du = np.zeros_like(u)
+            du[j] = 1e-3
+            jacobian[:, j] = (errors_at(u + du) - r) / 1e-3
+        evaluations += len(u)
+        normal, gradient = jacobian.T @ jacobian, jacobian.T @ r
+        improved = False
+        while damping < 1e8:
+            step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), -gradient)
+            step *= min(1.0, MAX_STEP / max(np.abs(step).max(), 1e-300))
+            step = _bounded(names, u + step) - u
+            trial = errors_at(u + step)
+            evaluations += 1
+            if float(trial @ trial) < cost:
+                gain = (cost - float(trial @ trial)) / cost
+                u, r, cost, damping, improved = u + step, trial, float(trial @ trial), damping / 3, True
+                break
+            damping *= 4
+        if progress:
+            progress(f"iteration {iterations}: rms log error {math.sqrt(cost / len(r)):.4f}")
+        if not improved or gain < 1e-4 or np.abs(step).max() < 1e-4:
+            break
+    values = {**start, **{n: _from_free(n, x) for n, x in zip(names, u)}}
+    return Fit(values, _spread(names, values, jacobian, cost, len(r)), math.sqrt(cost / len(r)), iterations,
+               evaluations)
+
+
+def _spread(names, values, jacobian, cost: float, figures: int) -> dict[str, float]:
+    """One standard error of each fitted parameter from the last Jacobian: the residual variance
+    times (J'J)^-1, carried from the free variable back to the value. Parameters the figures
+    cannot tell apart (one can stand in for another) get large or infinite spreads."""
+    variance = cost / max(figures - len(names), 1)
+    try:
+        covariance = np.linalg.inv(jacobian.T @ jacobian) * variance
+    except np.linalg.LinAlgError:
+        return {name: math.inf for name in names}
+    spread = {}
+    for j, name in enumerate(names):
+        sigma = math.sqrt(max(covariance[j, j], 0.0))
+        x = values[name]
+        spread[name] = x * (1 - x) * sigma if name in FRACTIONS else x * sigma
+    return spread
+
+
+def held_out(points, setting: Setting, names, start: dict[str, float],
+             progress: Callable[[str], None] | None = None) -> list[dict | None]:
+    """Each point predicted by a fit to the others (from ``start``, the full fit), or None where
+    the others cannot determine the parameters."""
+    predictions = []
+    for index, point in enumerate(points):
+        others = points[:index] + points[index + 1:]
+        if sum(len(p.measured) for p in others) <= len(names):
+            predictions.append(None)
+            continue
+        result = fit(others, setting, names, start, max_iterations=20)
+        predictions.append(predict(point, setting, result.values))
+        if progress:
+            progress(f"held out {point.label}: fitted to the other {len(others)} points")
+    return predictions
