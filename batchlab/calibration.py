@@ -5,10 +5,10 @@ bandwidth, a per-step and per-request host cost); a user who has benchmarked a s
 GPU (``vllm bench serve`` at a few concurrencies, say) has what it takes to replace them. Each
 benchmark point is simulated as it was run (``traces/bench_results.py``), and the parameters
 are fitted by Levenberg-Marquardt (finite differences) to the log of predicted over measured,
-every measured figure weighing alike. Fractions are fitted through a logistic, seconds through a
-logarithm, so they stay in range. ``client_overhead_s`` is the benchmark client's own time per
-request (HTTP, tokenizing, streaming): added to its TTFT and end-to-end latency, and spent
-between a response and the client's next request; it is not the server's and no hardware field.
+every measured figure weighing alike, within bounds (fractions 0.001..1, seconds 0..10).
+``client_overhead_s`` is the benchmark client's own time per request (HTTP, tokenizing,
+streaming): added to its TTFT and end-to-end latency, and spent between a response and the
+client's next request; it is not the server's and no hardware field.
 
 Held-out errors are the honest figure: each point predicted by a fit to the others.
 """
@@ -75,25 +75,29 @@ def log_errors(points, setting: Setting, values: dict[str, float]) -> np.ndarray
     return np.array(errors)
 
 
-# the free variables' range: fractions 0.001..0.999, seconds 10 ns..10 s (a step the figures barely
-# constrain cannot run off to where the simulator means nothing)
-FREE_BOUNDS = {"fraction": (-6.9, 6.9), "seconds": (math.log(1e-8), math.log(10.0))}
-MAX_STEP = 2.0  # in free units a step: a factor e^2 on seconds
+# The free variables: a fraction's inverse (a slowness: time is linear in it) and seconds in units
+# of their typical size. Predicted times are close to linear in both, so Gauss-Newton steps land
+# near the optimum, and a cost at zero can still rise again (in logarithms it could not: a cost
+# driven towards zero loses its gradient and stays there). Bounds: fractions 0.001..1, seconds 0..10.
+UNIT_S = {"step_overhead_s": 1e-3, "step_overhead_per_request_s": 1e-5, "kernel_launch_s": 1e-6,
+          "client_overhead_s": 1e-3}
+MAX_STEP = 3.0  # free units a step
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    return (1.0, 1000.0) if name in FRACTIONS else (0.0, 10.0 / UNIT_S[name])
 
 
 def _bounded(names, u: np.ndarray) -> np.ndarray:
-    return np.array([np.clip(x, *FREE_BOUNDS["fraction" if n in FRACTIONS else "seconds"]) for n, x in zip(names, u)])
+    return np.array([np.clip(x, *_bounds(n)) for n, x in zip(names, u)])
 
 
 def _to_free(name: str, value: float) -> float:
-    if name in FRACTIONS:
-        value = min(max(value, 1e-3), 0.999)
-        return math.log(value / (1 - value))
-    return math.log(max(value, 1e-7))
+    return 1.0 / value if name in FRACTIONS else value / UNIT_S[name]
 
 
 def _from_free(name: str, u: float) -> float:
-    return 1 / (1 + math.exp(-u)) if name in FRACTIONS else math.exp(u)
+    return 1.0 / u if name in FRACTIONS else u * UNIT_S[name]
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def _spread(names, values, jacobian, cost: float, figures: int) -> dict[str, flo
     for j, name in enumerate(names):
         sigma = math.sqrt(max(covariance[j, j], 0.0))
         x = values[name]
-        spread[name] = x * (1 - x) * sigma if name in FRACTIONS else x * sigma
+        spread[name] = x * x * sigma if name in FRACTIONS else UNIT_S[name] * sigma
     return spread
 
 
