@@ -78,7 +78,8 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             rows.append({"point": point.label, "source": point.source, "metric": metric, "measured": measured,
                          "preset": before[metric], "calibrated": after[metric],
                          "held_out": None if out is None else out[metric]})
-    overrides = {**hardware_overrides, **{n: result.values[n] for n in names if n != "client_overhead_s"}}
+    fitted_hardware = {n: result.values[n] for n in names if n != "client_overhead_s"}
+    overrides = {**hardware_overrides, **fitted_hardware}
     command = " ".join([f"hardware={cfg.hardware.preset}"]
                        + [f"hardware.overrides.{k}={v:.4g}" if isinstance(v, float) else f"hardware.overrides.{k}={v}"
                           for k, v in overrides.items()])
@@ -92,11 +93,13 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         "rms_log_error": result.rms_log_error,
         "iterations": result.iterations, "evaluations": result.evaluations, "rows": rows,
         "median_abs_error": {column: _median_abs_error(rows, column) for column in ("preset", "calibrated", "held_out")},
-        "overrides": command, "notes": notes, "wall_s": time.perf_counter() - started,
+        "fitted_hardware": fitted_hardware, "overrides": command, "notes": notes, "wall_s": time.perf_counter() - started,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "calibration.json").write_text(json.dumps(finite_json(calibration), indent=2))
+    from reports.plots import calibration_panels
+    calibration_panels(rows, METRIC_LABELS, {m: _scale(m) for m in METRIC_LABELS}, run_dir / "calibration.png")
     return calibration
 
 
@@ -145,4 +148,4 @@ def calibrate_main(cfg: DictConfig) -> None:
         print(f"(the benchmark client's own time, {1e3 * result['values']['client_overhead_s']:.1f} ms a request, is "
               f"no server's; for client-pool what-ifs: workload.arrivals.think_s="
               f"{result['values']['client_overhead_s']:.4g})")
-    print(f"calibration: {run_dir / 'calibration.json'} ({result['wall_s']:.0f} s)")
+    print(f"calibration: {run_dir / 'calibration.json'}, {run_dir / 'calibration.png'} ({result['wall_s']:.0f} s)")

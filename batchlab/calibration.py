@@ -185,3 +185,34 @@ def held_out(points, setting: Setting, names, start: dict[str, float],
         if progress:
             progress(f"held out {point.label}: fitted to the other {len(others)} points")
     return predictions
+
+
+def load_calibrations(paths, base_dir: str) -> dict[str, dict]:
+    """hardware preset -> a ``calibration.json`` (``batchlab calibrate``) for it, from one path
+    or a list (a directory: its calibration.json); one calibration a GPU type. What a run takes
+    from one is the fitted hardware values only, not the benchmark server's other settings."""
+    import json
+    from pathlib import Path
+
+    found: dict[str, dict] = {}
+    for entry in [paths] if isinstance(paths, str) else list(paths):
+        path = Path(base_dir) / str(entry)
+        if path.is_dir():
+            path = path / "calibration.json"
+        try:
+            calibration = json.loads(path.read_text())
+            preset, values = calibration["hardware_preset"], dict(calibration["fitted_hardware"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"calibration={entry}: not a calibration.json written by batchlab calibrate "
+                              f"({type(error).__name__}: {error})") from None
+        if preset in found:
+            raise ConfigError(f"calibration: two calibrations for {preset!r} ({found[preset]['path']} and {path})")
+        found[preset] = {**calibration, "path": str(path), "fitted_hardware": values}
+    return found
+
+
+def calibration_note(calibration: dict) -> dict:
+    """What a run records of the calibration it used."""
+    return {"path": calibration["path"], "model": calibration.get("model"), "points": len(calibration.get("points", [])),
+            "values": calibration["fitted_hardware"],
+            "median_abs_error_held_out": (calibration.get("median_abs_error") or {}).get("held_out")}

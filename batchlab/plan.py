@@ -18,6 +18,7 @@ from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.hardware import HARDWARE_PRESETS
 
+from .calibration import calibration_note, load_calibrations
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
 from .simulate import _with_replicas, simulate_replicas, split_for_replicas
@@ -94,6 +95,12 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
     options = gpu_options(cfg)
     prices = gpu_prices(cfg, {name for name, _ in options})
+    calibrations = {}
+    if cfg.get("calibration"):
+        calibrations = load_calibrations(cfg.calibration, base_dir)
+        unused = sorted(set(calibrations) - {name for name, _ in options})
+        if unused:
+            raise ConfigError(f"calibration: calibrations for {unused}, which the plan does not cover")
     say(f"workload {workload.describe()}")
     say(f"model {model.name} on " + ", ".join(f"{gpus} x {name}" for name, gpus in options)
         + f", schedules {list(cfg.schedule.names)}, {sharding} sharding")
@@ -102,7 +109,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     for preset, gpus in options:
         fitted = 0
         for tp in tensor_parallel_sizes(gpus):
-            hardware = hardware_spec(preset, **base, tensor_parallel=tp)
+            calibrated = calibrations[preset]["fitted_hardware"] if preset in calibrations else {}
+            hardware = hardware_spec(preset, **{**calibrated, **base}, tensor_parallel=tp)
             try:
                 kv_blocks = kv_capacity_blocks(model, hardware, block_size)
             except ConfigError as error:  # does not fit, or the heads do not split this way
@@ -138,7 +146,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     rows.sort(key=lambda row: row["cost"] if rank_by == "cost" else row["makespan_s"])
     result = {"workload": workload.name, "model": model.name, "hardware": [name for name, _ in options],
               "gpus": {name: gpus for name, gpus in options}, "price_per_gpu_hour": prices, "rank_by": rank_by,
-              "sharding": sharding, "profile_kind": "roofline", "plans": rows, "skipped": skipped}
+              "sharding": sharding, "profile_kind": "roofline", "plans": rows, "skipped": skipped,
+              "calibrations": {name: calibration_note(c) for name, c in calibrations.items()}}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "plan.json").write_text(json.dumps(finite_json(result), indent=2))

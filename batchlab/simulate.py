@@ -29,7 +29,15 @@ def build_setup(cfg: DictConfig, base_dir: str):
 
     workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    hardware = hardware_spec(cfg.hardware.preset, **OmegaConf.to_container(cfg.hardware.overrides, resolve=True))
+    overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
+    calibration = None
+    if cfg.get("calibration"):
+        calibration = calibration_for(cfg.calibration, base_dir, cfg.hardware.preset, model.name)
+        overrides = {**calibration["fitted_hardware"], **overrides}  # what the user gives wins
+    hardware = hardware_spec(cfg.hardware.preset, **overrides)
+    if cfg.profile and calibration is not None:
+        raise ConfigError(f"profile={cfg.profile} and calibration={cfg.calibration}: a calibration fits the roofline "
+                          f"profile; give one or the other")
     if cfg.profile:
         from sim.profile_check import check_profile_matches
         if hardware.tensor_parallel > 1:
@@ -39,8 +47,27 @@ def build_setup(cfg: DictConfig, base_dir: str):
         check_profile_matches(profile, model)
     else:
         profile = build_roofline_profile(model, hardware)
+        if calibration is not None:
+            from .calibration import calibration_note
+            profile.provenance["calibration"] = calibration_note(calibration)
     block_size = int(cfg.schedule.block_size)
     return workload, model, hardware, CostModel(profile, model), kv_capacity_blocks(model, hardware, block_size)
+
+
+def calibration_for(paths, base_dir: str, preset: str, model_name: str) -> dict:
+    """The calibration (``batchlab calibrate``) among ``paths`` made on this GPU type; one made
+    with another model is used with a warning (what its points did not pin down may differ)."""
+    from .calibration import load_calibrations
+
+    calibrations = load_calibrations(paths, base_dir)
+    if preset not in calibrations:
+        raise ConfigError(f"calibration={paths} holds calibrations for {sorted(calibrations)}, not for "
+                          f"hardware={preset}")
+    calibration = calibrations[preset]
+    if calibration.get("model") != model_name:
+        say(f"warning: {calibration['path']} was fitted to {calibration.get('model')}, not {model_name}: values its "
+            f"points did not pin down may not hold for this model")
+    return calibration
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,

@@ -173,3 +173,27 @@ def plan_scatter(rows: list[dict], path: Path, y_key: str = "gpu_hours") -> Path
     ax.set_title("Plans: faster is left, cheaper is lower")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
+
+
+def calibration_panels(rows: list[dict], titles: dict, scales: dict, path: Path) -> Path:
+    """``batchlab calibrate``'s figures: a panel per measured quantity, the points along x;
+    measured (black dots), the preset's prediction, the calibrated one and the held-out one
+    (each point from a fit to the others), so a glance shows where the fit holds."""
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8), squeeze=False)
+    styles = {"preset": {"color": "gray", "linestyle": "--", "marker": "s", "label": "preset roofline"},
+              "calibrated": {"color": "tab:blue", "linestyle": "-", "marker": "", "label": "calibrated"},
+              "held_out": {"color": "tab:orange", "linestyle": "", "marker": "x", "label": "held out"}}
+    for ax, metric in zip(axes[0], metrics):
+        mine = [row for row in rows if row["metric"] == metric]
+        x, scale = np.arange(len(mine)), scales.get(metric, 1.0)
+        for column, style in styles.items():
+            values = [np.nan if row[column] is None else row[column] * scale for row in mine]
+            if not all(np.isnan(values)):
+                ax.plot(x, values, markersize=6, linewidth=1.2, **style)
+        ax.plot(x, [row["measured"] * scale for row in mine], "o", color="black", markersize=5, label="measured")
+        ax.set_xticks(x, [row["point"].split(" ")[0] for row in mine], rotation=45, fontsize=8)
+        ax.set_title(titles.get(metric, metric), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)

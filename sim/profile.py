@@ -206,7 +206,8 @@ class Profile:
     @property
     def label(self) -> str:
         source = self.provenance.get("device") or self.provenance.get("hardware") or "?"
-        return f"{self.kind} ({source}, {self.model}, {self.dtype})"
+        calibrated = ", calibrated" if "calibration" in self.provenance else ""
+        return f"{self.kind} ({source}, {self.model}, {self.dtype}{calibrated})"
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -83,7 +83,9 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     provenance = {"hardware": hardware.label, "generator": "batchlab roofline", "date": date.today().isoformat(),
                   "peak_flops": hardware.peak_flops, "hbm_bandwidth": hardware.hbm_bandwidth,
                   "compute_efficiency": hardware.compute_efficiency,
-                  "memory_efficiency": hardware.memory_efficiency}
+                  "memory_efficiency": hardware.memory_efficiency, "step_overhead_s": hardware.step_overhead_s,
+                  "step_overhead_per_request_s": hardware.step_overhead_per_request_s,
+                  "kernel_launch_s": hardware.kernel_launch_s}
     if hardware.tensor_parallel > 1:
         provenance.update(tensor_parallel=hardware.tensor_parallel,
                           interconnect_bandwidth=hardware.interconnect_bandwidth,

@@ -165,3 +165,56 @@ def test_the_command_fits_reports_and_refuses_bad_settings(tmp_path):
     assert bad.returncode == 2 and "fit=['speed']: unknown parameters ['speed']" in bad.stderr
     unset = batchlab("calibrate", f"hydra.run.dir={tmp_path / 'unset'}")
     assert unset.returncode == 2 and "measurements is not set" in unset.stderr
+    # simulate and plan take the fitted values (and only those) from the calibration, and say so
+    small = ["model=qwen2.5-0.5b", "hardware=l4", "workload.params.num_requests=64", "schedule.names=[fcfs]",
+             "report=false"]
+    used = batchlab("simulate", f"calibration={run}", *small, f"hydra.run.dir={tmp_path / 'used'}")
+    assert used.returncode == 0, used.stderr
+    given = [f"hardware.overrides.{k}={v!r}" for k, v in calibration["fitted_hardware"].items()]
+    by_hand = batchlab("simulate", *small, *given, f"hydra.run.dir={tmp_path / 'by_hand'}")
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("used", "by_hand")]
+    assert summaries[0]["schedules"]["fcfs"]["makespan_s"] == summaries[1]["schedules"]["fcfs"]["makespan_s"]
+    assert summaries[0]["profile"].endswith("calibrated)") and not summaries[1]["profile"].endswith("calibrated)")
+    assert summaries[0]["profile_provenance"]["calibration"]["values"] == calibration["fitted_hardware"]
+    assert summaries[0]["kv_capacity_blocks"] == summaries[1]["kv_capacity_blocks"]  # the benchmark's memory_utilization stays its own
+    elsewhere = batchlab("simulate", f"calibration={run}", "hardware=h100-sxm", f"hydra.run.dir={tmp_path / 'x'}")
+    assert elsewhere.returncode == 2 and "holds calibrations for ['l4'], not for hardware=h100-sxm" in elsewhere.stderr
+    plan = batchlab("plan", f"calibration=[{run}]", "hardware_options=[h100-sxm]", f"hydra.run.dir={tmp_path / 'p'}")
+    assert plan.returncode == 2 and "calibrations for ['l4'], which the plan does not cover" in plan.stderr
+
+
+def test_prefix_repetition_points_share_their_prefixes(tmp_path):
+    """vLLM's prefix_repetition dataset: num_prefixes prefixes, each starting an equal share of
+    the prompts. One client at a time, an LRU cache reuses all but the first of each."""
+    from batchlab.records import outcome_summary
+    from sim.cost_model import CostModel
+    from sim.hardware import kv_capacity_blocks
+    from sim.roofline import build_roofline_profile
+    from sim.simulator import simulate
+
+    path = tmp_path / "prefix.csv"
+    path.write_text("input_len,output_len,num_prompts,concurrency,prefix_len,num_prefixes,output_tokens_per_s\n"
+                    "640,16,16,1,512,4,100\n")
+    [point] = read_bench_points([path])
+    assert point.label == "C=1 640/16 (4 x prefix 512)"
+    requests = point.workload().requests
+    prefixes = [r.prompt[0] for r in requests]
+    assert sorted(prefixes.count(p) for p in set(prefixes)) == [4, 4, 4, 4] and {p[1] for p in prefixes} == {512}
+    assert {sum(n for _, n in r.prompt) for r in requests} == {640}
+    assert prefixes[:4] != sorted(prefixes[:4])  # shuffled, as vLLM does
+    setting = small_setting()
+    cost = CostModel(build_roofline_profile(setting.model, setting.hardware), setting.model)
+    outcome = simulate(point.workload(), schedule_config("fcfs"), cost,
+                       kv_capacity_blocks(setting.model, setting.hardware, 16), 16)
+    assert outcome_summary(outcome)["prefill_token_saving"] == pytest.approx(12 * 512 / (16 * 640))
+    # from a vLLM result, through --metadata; one without the other, or shares that do not divide, refused
+    record = vllm_result(prefix_len="512", num_prefixes="4", total_input_tokens=160 * 640)
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    [point] = read_bench_points([tmp_path / "run.json"])
+    assert (point.prefix_len, point.num_prefixes) == (512, 4)
+    (tmp_path / "run.json").write_text(json.dumps(vllm_result(prefix_len="512", total_input_tokens=160 * 640)))
+    with pytest.raises(WorkloadError, match="prefix_len and num_prefixes go together"):
+        read_bench_points([tmp_path / "run.json"])
+    path.write_text("input_len,output_len,num_prompts,prefix_len,num_prefixes,output_tokens_per_s\n640,16,10,512,4,1\n")
+    with pytest.raises(WorkloadError, match="prefix.csv:2: 10 prompts of 640.* cannot share 4 prefixes"):
+        read_bench_points([path])

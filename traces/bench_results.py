@@ -15,14 +15,19 @@ the medians of TTFT, TPOT and end-to-end latency. Two sources:
   (requests/s; absent or ``inf``: all at once), and any of ``output_tokens_per_s``,
   ``duration_s``, ``ttft_ms_p50``, ``tpot_ms_p50`` (or ``itl_ms_p50``), ``e2e_ms_p50``.
 
-Prompts are distinct (the random dataset shares no prefix). Every error names the file, the
-line and what was expected.
+Prompts are distinct (the random dataset shares no prefix), unless the point says how vLLM's
+``prefix_repetition`` dataset shared them: ``prefix_len`` and ``num_prefixes`` (CSV columns, or
+in the JSON through ``--metadata prefix_len=P num_prefixes=N``): each of ``num_prefixes``
+prefixes starts an equal share of the prompts, ``input_len`` tokens long in all, in an order
+shuffled with the seed (vLLM shuffles too, with its own). Every error names the file, the line
+and what was expected.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,10 +59,14 @@ class BenchPoint:
     concurrency: int | None         # requests kept in flight by the client; None: not capped
     request_rate: float             # requests/s; inf: all sent at once (or as the pool allows)
     measured: dict = field(default_factory=dict)  # METRICS -> value
+    prefix_len: int = 0             # tokens of a shared prefix (vLLM's prefix_repetition); 0: none
+    num_prefixes: int = 0           # distinct prefixes, each starting an equal share of the prompts
 
     @property
     def label(self) -> str:
         lengths = f"{_mean(self.input_lens):g}/{_mean(self.output_lens):g}"
+        if self.prefix_len:
+            lengths += f" ({self.num_prefixes} x prefix {self.prefix_len})"
         if self.concurrency is not None:
             return f"C={self.concurrency} {lengths}"
         if math.isinf(self.request_rate):
@@ -67,8 +76,15 @@ class BenchPoint:
     def workload(self, think_s: float = 0.0, seed: int = 0) -> Workload:
         """The benchmark as a workload: distinct prompts; a closed loop whose clients wait
         ``think_s`` between a response and their next request, Poisson arrivals, or a batch."""
-        requests = tuple(Request(i, 0.0, ((i, n),), m) for i, (n, m) in enumerate(zip(self.input_lens,
-                                                                                           self.output_lens)))
+        count = len(self.input_lens)
+        if self.prefix_len:  # prefix g is segment count + g; the prompts' own parts are segments 0..count-1
+            groups = [g for g in range(self.num_prefixes) for _ in range(count // self.num_prefixes)]
+            random.Random(seed).shuffle(groups)
+            prompts = [((count + g, self.prefix_len), (i, n - self.prefix_len))
+                       for i, (g, n) in enumerate(zip(groups, self.input_lens))]
+        else:
+            prompts = [((i, n),) for i, n in enumerate(self.input_lens)]
+        requests = tuple(Request(i, 0.0, prompt, m) for i, (prompt, m) in enumerate(zip(prompts, self.output_lens)))
         workload = Workload(f"bench {self.label}", requests, source=self.source)
         if self.concurrency is not None:
             return with_arrivals(workload, "closed", clients=self.concurrency, think_s=think_s)
@@ -105,7 +121,18 @@ def _number(path, line, name, value, integer=False, positive=True):
     return int(number) if integer else number
 
 
-def _point(path, line, input_lens, output_lens, concurrency, rate, measured) -> BenchPoint:
+def _point(path, line, input_lens, output_lens, concurrency, rate, measured, sharing=(None, None)) -> BenchPoint:
+    prefix_len, num_prefixes = sharing
+    if (prefix_len is None) != (num_prefixes is None):
+        raise TraceError(path, line, "prefix_len and num_prefixes go together (vLLM's prefix_repetition dataset); "
+                                     "give both or neither")
+    if prefix_len is not None:
+        prefix_len = _number(path, line, "prefix_len", prefix_len, integer=True)
+        num_prefixes = _number(path, line, "num_prefixes", num_prefixes, integer=True)
+        if len(input_lens) % num_prefixes or min(input_lens) <= prefix_len:
+            raise TraceError(path, line, f"{len(input_lens)} prompts of {min(input_lens)}+ tokens cannot share "
+                                         f"{num_prefixes} prefixes of {prefix_len} tokens equally; expected a "
+                                         f"multiple of num_prefixes, each prompt longer than its prefix")
     if not measured:
         raise TraceError(path, line, f"nothing measured; expected any of {sorted(CSV_METRICS)} (CSV) or "
                                      f"{sorted(VLLM_METRICS)} (vLLM result JSON)")
@@ -113,7 +140,8 @@ def _point(path, line, input_lens, output_lens, concurrency, rate, measured) -> 
         raise TraceError(path, line, f"a client pool (concurrency {concurrency}) sending at a capped rate "
                                      f"({rate:g}/s) is not modelled; expected one of the two")
     source = f"{path}:{line}" if line is not None else str(path)
-    return BenchPoint(source, tuple(input_lens), tuple(output_lens), concurrency, rate, measured)
+    return BenchPoint(source, tuple(input_lens), tuple(output_lens), concurrency, rate, measured,
+                      prefix_len or 0, num_prefixes or 0)
 
 
 def _csv_points(path: Path) -> list[BenchPoint]:
@@ -126,7 +154,8 @@ def _csv_points(path: Path) -> list[BenchPoint]:
     for needed in ("input_len", "output_len", "num_prompts"):
         if needed not in header:
             raise TraceError(path, numbered[0][0], f"no column {needed!r}; the header has {header}")
-    known = {"input_len", "output_len", "num_prompts", "concurrency", "request_rate", *CSV_METRICS}
+    known = {"input_len", "output_len", "num_prompts", "concurrency", "request_rate", "prefix_len", "num_prefixes",
+             *CSV_METRICS}
     unknown = [name for name in header if name not in known]
     if unknown:
         raise TraceError(path, numbered[0][0], f"unknown columns {unknown}; expected some of {sorted(known)}")
@@ -143,7 +172,9 @@ def _csv_points(path: Path) -> list[BenchPoint]:
             cell = (row.get(column) or "").strip()
             if cell:
                 measured[metric] = _number(path, line, column, cell) * factor
-        points.append(_point(path, line, [lengths[0]] * count, [lengths[1]] * count, concurrency, rate, measured))
+        sharing = tuple((row.get(name) or "").strip() or None for name in ("prefix_len", "num_prefixes"))
+        points.append(_point(path, line, [lengths[0]] * count, [lengths[1]] * count, concurrency, rate, measured,
+                             sharing))
     return points
 
 
@@ -193,4 +224,5 @@ def _vllm_point(path: Path, line, record) -> BenchPoint:
     for key, (metric, factor) in VLLM_METRICS.items():
         if record.get(key) is not None:
             measured[metric] = _number(path, line, key, record[key]) * factor
-    return _point(path, line, inputs, outputs, concurrency, rate, measured)
+    return _point(path, line, inputs, outputs, concurrency, rate, measured,
+                  (record.get("prefix_len"), record.get("num_prefixes")))
