@@ -141,7 +141,8 @@ def calibration_table(result: dict) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="calibrate")
 def calibrate_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = guarded("calibrate", run_dir, lambda: run_calibration(cfg, run_dir, get_original_cwd()))
+    result = guarded("calibrate", run_dir, lambda: run_calibration(cfg, run_dir, get_original_cwd()),
+                     kept="nothing written (a fit is kept only whole); the progress lines above show how far it got")
     print(calibration_table(result))
     print(f"use it: batchlab simulate {result['overrides']}")
     if "client_overhead_s" in result["fitted"]:

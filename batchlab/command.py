@@ -16,13 +16,15 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def guarded(name: str, run_dir: Path, work: Callable[[], T]) -> T:
+def guarded(name: str, run_dir: Path, work: Callable[[], T], kept: str | None = None) -> T:
+    """``work()``, ending on bad input or Ctrl-C with a line that says what was kept: ``kept``,
+    or by default the records of every finished schedule in ``run_dir``."""
     try:
         return work()
     except (WorkloadError, ValueError) as error:
         say(f"batchlab {name}: error: {error}")
         sys.exit(2)
     except KeyboardInterrupt:
-        say(f"batchlab {name}: interrupted; the records of every finished schedule are in {run_dir} "
-            f"(summary.json says complete: false; steps flushed so far are under parts/)")
+        say(f"batchlab {name}: interrupted; " + (kept or f"the records of every finished schedule are in {run_dir} "
+            f"(summary.json says complete: false; steps flushed so far are under parts/)"))
         sys.exit(130)

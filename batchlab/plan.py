@@ -188,6 +188,8 @@ def plan_table(result: dict) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="plan")
 def plan_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = guarded("plan", run_dir, lambda: run_plan(cfg, run_dir, get_original_cwd()))
+    result = guarded("plan", run_dir, lambda: run_plan(cfg, run_dir, get_original_cwd()),
+                     kept="nothing written (plan.json is written whole, at the end); the lines above give the "
+                          "plans simulated so far")
     print(plan_table(result))
     print(f"plan: {run_dir / 'plan.json'}, {run_dir / 'plan.png'}")
