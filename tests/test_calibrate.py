@@ -48,6 +48,13 @@ def test_a_vllm_result_becomes_a_point(tmp_path):
     first, second = read_bench_points([path])
     assert second.source == f"{path}:2" and second.input_lens == (100, 200, 300) and second.output_lens == (10, 20, 30)
     assert second.concurrency is None and second.request_rate == 2.0
+    # SGLang's bench_serving: end-to-end as median_e2e_latency_ms, inter-token latency only, rate Infinity
+    sglang = {k: v for k, v in vllm_result().items() if k not in ("median_e2el_ms", "median_tpot_ms")}
+    path.write_text(json.dumps({**sglang, "median_e2e_latency_ms": 700.0, "median_itl_ms": 5.0,
+                                "request_rate": float("inf")}))
+    [third] = read_bench_points([path])
+    assert third.measured["e2e_s_p50"] == pytest.approx(0.7) and third.measured["tpot_s_p50"] == pytest.approx(0.005)
+    assert math.isinf(third.request_rate) and third.concurrency == 8
     arrivals = [r.arrival_s for r in second.workload().requests]
     assert arrivals[0] == 0 < arrivals[1] < arrivals[2]  # Poisson at 2/s, the first sent at once
 
@@ -142,7 +149,7 @@ def test_the_command_fits_reports_and_refuses_bad_settings(tmp_path):
         (sweep / f"c{c}.json").write_text(json.dumps(vllm_result(
             num_prompts=4 * c, completed=4 * c, max_concurrency=c, total_input_tokens=4 * c * 256,
             total_output_tokens=4 * c * 128, output_throughput=tokens, median_e2el_ms=e2e, median_ttft_ms=None,
-            median_tpot_ms=None, duration=None)))
+            median_tpot_ms=None, median_itl_ms=None, duration=None)))
     run = tmp_path / "run"
     result = batchlab("calibrate", f"measurements=[{sweep}]", "model=qwen2.5-0.5b", "hardware=l4",
                       "hardware.overrides.memory_utilization=0.6", "fit=[memory_efficiency,step_overhead_s]",

@@ -45,9 +45,11 @@ METRIC_LABELS = {"output_tokens_per_s": "output tok/s", "makespan_s": "duration 
 CSV_METRICS = {"output_tokens_per_s": ("output_tokens_per_s", 1.0), "duration_s": ("makespan_s", 1.0),
                "ttft_ms_p50": ("ttft_s_p50", 1e-3), "tpot_ms_p50": ("tpot_s_p50", 1e-3),
                "itl_ms_p50": ("tpot_s_p50", 1e-3), "e2e_ms_p50": ("e2e_s_p50", 1e-3)}
-# vLLM result key -> (metric, factor); SGLang's bench_serving names end-to-end latency differently
+# vLLM result key -> (metric, factor), the first found of a metric taken; SGLang's bench_serving
+# (one result a line) names end-to-end latency differently and may give inter-token latency only
 VLLM_METRICS = {"output_throughput": ("output_tokens_per_s", 1.0), "duration": ("makespan_s", 1.0),
                 "median_ttft_ms": ("ttft_s_p50", 1e-3), "median_tpot_ms": ("tpot_s_p50", 1e-3),
+                "median_itl_ms": ("tpot_s_p50", 1e-3),
                 "median_e2el_ms": ("e2e_s_p50", 1e-3), "median_e2e_latency_ms": ("e2e_s_p50", 1e-3)}
 
 
@@ -222,7 +224,7 @@ def _vllm_point(path: Path, line, record) -> BenchPoint:
         raise TraceError(path, line, f"burstiness {burstiness!r}: only Poisson arrivals (burstiness 1) are modelled")
     measured = {}
     for key, (metric, factor) in VLLM_METRICS.items():
-        if record.get(key) is not None:
+        if record.get(key) is not None and metric not in measured:
             measured[metric] = _number(path, line, key, record[key]) * factor
     return _point(path, line, inputs, outputs, concurrency, rate, measured,
                   (record.get("prefix_len"), record.get("num_prefixes")))
