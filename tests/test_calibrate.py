@@ -76,22 +76,20 @@ def test_a_bad_vllm_result_is_refused_by_name(tmp_path, changes, message):
         read_bench_points([path])
 
 
-def test_a_bad_csv_is_refused_with_file_and_line(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("# from a published table\ninput_len,output_len,concurrency\n256,128,1\n", r"sweep.csv:2: no column 'num_prompts'"),
+    ("input_len,output_len,num_prompts,concurrency,ttft_ms_p50\n256,128,20,1,27\n256,128,20,two,30\n",
+     r"sweep.csv:3: concurrency is 'two'; expected a number"),
+    ("input_len,output_len,num_prompts,speed\n256,128,20,9\n", r"sweep.csv:1: unknown columns \['speed'\]"),
+    ("input_len,output_len,num_prompts\n256,128,20\n", r"sweep.csv:2: nothing measured"),
+    (None, "sweep.csv: no such file"),
+])
+def test_a_bad_csv_is_refused_with_file_and_line(tmp_path, text, message):
     path = tmp_path / "sweep.csv"
-    path.write_text("# from a published table\ninput_len,output_len,concurrency\n256,128,1\n")
-    with pytest.raises(WorkloadError, match=r"sweep.csv:2: no column 'num_prompts'"):
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(WorkloadError, match=message):
         read_bench_points([path])
-    path.write_text("input_len,output_len,num_prompts,concurrency,ttft_ms_p50\n256,128,20,1,27\n256,128,20,two,30\n")
-    with pytest.raises(WorkloadError, match=r"sweep.csv:3: concurrency is 'two'; expected a number"):
-        read_bench_points([path])
-    path.write_text("input_len,output_len,num_prompts,speed\n256,128,20,9\n")
-    with pytest.raises(WorkloadError, match=r"sweep.csv:1: unknown columns \['speed'\]"):
-        read_bench_points([path])
-    path.write_text("input_len,output_len,num_prompts\n256,128,20\n")
-    with pytest.raises(WorkloadError, match=r"sweep.csv:2: nothing measured"):
-        read_bench_points([path])
-    with pytest.raises(WorkloadError, match="missing.csv: no such file"):
-        read_bench_points([tmp_path / "missing.csv"])
 
 
 def small_setting() -> Setting:
