@@ -70,6 +70,10 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         f"fitting {', '.join(names)} for {model.name} on {hardware.label}")
     preset = [predict(point, setting, start) for point in points]
     result = fit(points, setting, names, start, progress=say)
+    for name in names:
+        if result.values[name] in (1.0, 0.0):
+            notes.append(f"{name} ended at its bound ({result.values[name]:g}): the figures ask for more than the "
+                         f"model gives; check the hardware preset, the model and the server's settings")
     calibrated = [predict(point, setting, result.values) for point in points]
     held = held_out(points, setting, names, result.values, progress=say) if cfg.holdout else [None] * len(points)
     rows = []

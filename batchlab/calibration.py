@@ -133,8 +133,17 @@ def fit(points, setting: Setting, names, start: dict[str, float], max_iterations
         evaluations += len(u)
         normal, gradient = jacobian.T @ jacobian, jacobian.T @ r
         improved = False
+        lower, upper = map(np.array, zip(*(_bounds(n) for n in names)))
         while damping < 1e8:
-            step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), -gradient)
+            damped = normal + damping * np.diag(np.diag(normal) + 1e-9)
+            step = np.linalg.solve(damped, -gradient)
+            # a parameter at a bound the step would cross stays there; the others are solved without it
+            held = ((u <= lower) & (step < 0)) | ((u >= upper) & (step > 0))
+            if held.any():
+                free = ~held
+                step = np.zeros_like(u)
+                if free.any():
+                    step[free] = np.linalg.solve(damped[np.ix_(free, free)], -gradient[free])
             step *= min(1.0, MAX_STEP / max(np.abs(step).max(), 1e-300))
             step = _bounded(names, u + step) - u
             trial = errors_at(u + step)

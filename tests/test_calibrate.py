@@ -113,6 +113,11 @@ def test_the_fit_recovers_what_made_the_measurements(tmp_path):
     assert result.rms_log_error < 2e-3
     for name in names:
         assert result.values[name] == pytest.approx(truth[name], rel=0.05), name
+    # figures no bandwidth can reach: the fraction stops at its bound (1), the overhead at 0
+    for point in points:
+        point.measured.update({m: v / 10 for m, v in point.measured.items() if m != "output_tokens_per_s"})
+    faster = fit(points, setting, ["memory_efficiency", "step_overhead_s"], setting.values(0.0))
+    assert (faster.values["memory_efficiency"], faster.values["step_overhead_s"]) == (1.0, 0.0)
     with pytest.raises(ConfigError, match="12 measured figures cannot determine 12 parameters"):
         fit(points, setting, names * 3, setting.values(0.001))
 
