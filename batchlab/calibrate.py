@@ -73,7 +73,7 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     for name in names:
         if result.values[name] in (1.0, 0.0):
             notes.append(f"{name} ended at its bound ({result.values[name]:g}): the figures would take it past. A "
-                         f"fraction of 1 or a cost of 0 can be real (vLLM overlaps host work with the GPU's), or a "
+                         f"fraction of 1 or a cost of 0 can be real (an engine hiding host work behind the GPU's), or a "
                          f"sign that the preset, the model or the server's settings are not what ran")
     calibrated = [predict(point, setting, result.values) for point in points]
     held = held_out(points, setting, names, result.values, progress=say) if cfg.holdout else [None] * len(points)
