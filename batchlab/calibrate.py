@@ -67,7 +67,8 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         notes.append("no point measures TTFT or end-to-end latency: client_overhead_s not fitted")
     start = setting.values(float(cfg.client_overhead_s))
     say(f"calibrate: {len(points)} points, {sum(len(p.measured) for p in points)} measured figures; "
-        f"fitting {', '.join(names)} for {model.name} on {hardware.label}")
+        f"fitting {', '.join(names)} for {', '.join(sorted({p.model or model.name for p in points}))} on "
+        f"{hardware.label}")
     preset = [predict(point, setting, start) for point in points]
     result = fit(points, setting, names, start, progress=say)
     for name in names:
@@ -89,7 +90,8 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                        + [f"hardware.overrides.{k}={v:.4g}" if isinstance(v, float) else f"hardware.overrides.{k}={v}"
                           for k, v in overrides.items()])
     calibration = {
-        "model": model.name, "hardware": hardware.label, "hardware_preset": cfg.hardware.preset,
+        "model": model.name, "models": sorted({point.model or model.name for point in points}),
+        "hardware": hardware.label, "hardware_preset": cfg.hardware.preset,
         "schedule": {"name": schedule.name, "max_num_batched_tokens": schedule.max_num_batched_tokens,
                      "max_num_seqs": schedule.max_num_seqs},
         "points": [{"label": p.label, "source": p.source, "requests": len(p.input_lens), "concurrency": p.concurrency,
@@ -137,8 +139,9 @@ def calibration_table(result: dict) -> str:
         f"{n} {values[n]:.3g} +- {spread[n]:.2g} ({start[n]:.3g})" for n in result["fitted"]))
     loose = [n for n in result["fitted"] if not spread[n] < 0.5 * values[n]]
     if loose:
-        lines.append(f"not pinned down by these points (others can stand in for them; predictions of the same model "
-                     f"hold, of another model may not): {', '.join(loose)}")
+        lines.append(f"not pinned down by these points (others can stand in for them; predictions of the models "
+                     f"benchmarked hold, of another model may not; a second model size separates them): "
+                     f"{', '.join(loose)}")
     lines.extend(result["notes"])
     return "\n".join(lines)
 

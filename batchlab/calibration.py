@@ -57,11 +57,14 @@ def predict(point: BenchPoint, setting: Setting, values: dict[str, float]) -> di
     from sim.roofline import build_roofline_profile
     from sim.simulator import simulate
 
+    from scheduler.model_spec import model_spec
+
     client = values["client_overhead_s"]
     hardware = replace(setting.hardware, **{k: v for k, v in values.items() if k != "client_overhead_s"})
-    cost = CostModel(build_roofline_profile(setting.model, hardware), setting.model)
+    model = model_spec(point.model) if point.model else setting.model
+    cost = CostModel(build_roofline_profile(model, hardware), model)
     outcome = simulate(point.workload(think_s=client, seed=setting.seed), setting.schedule, cost,
-                       kv_capacity_blocks(setting.model, hardware, setting.block_size), setting.block_size)
+                       kv_capacity_blocks(model, hardware, setting.block_size), setting.block_size)
     summary = outcome_summary(outcome)
     return {metric: summary[metric] + (client if metric in CLIENT_METRICS else 0.0) for metric in point.measured}
 
@@ -222,6 +225,6 @@ def load_calibrations(paths, base_dir: str) -> dict[str, dict]:
 
 def calibration_note(calibration: dict) -> dict:
     """What a run records of the calibration it used."""
-    return {"path": calibration["path"], "model": calibration.get("model"), "points": len(calibration.get("points", [])),
+    return {"path": calibration["path"], "models": calibration.get("models"), "points": len(calibration.get("points", [])),
             "values": calibration["fitted_hardware"],
             "median_abs_error_held_out": (calibration.get("median_abs_error") or {}).get("held_out")}

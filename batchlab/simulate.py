@@ -64,9 +64,10 @@ def calibration_for(paths, base_dir: str, preset: str, model_name: str) -> dict:
         raise ConfigError(f"calibration={paths} holds calibrations for {sorted(calibrations)}, not for "
                           f"hardware={preset}")
     calibration = calibrations[preset]
-    if calibration.get("model") != model_name:
-        say(f"warning: {calibration['path']} was fitted to {calibration.get('model')}, not {model_name}: values its "
-            f"points did not pin down may not hold for this model")
+    models = calibration.get("models") or [calibration.get("model")]
+    if model_name not in models:
+        say(f"warning: {calibration['path']} was fitted to {', '.join(map(str, models))}, not {model_name}: values "
+            f"its points did not pin down may not hold for this model")
     return calibration
 
 

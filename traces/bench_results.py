@@ -19,7 +19,10 @@ Prompts are distinct (the random dataset shares no prefix), unless the point say
 ``prefix_repetition`` dataset shared them: ``prefix_len`` and ``num_prefixes`` (CSV columns, or
 in the JSON through ``--metadata prefix_len=P num_prefixes=N``): each of ``num_prefixes``
 prefixes starts an equal share of the prompts, ``input_len`` tokens long in all, in an order
-shuffled with the seed (vLLM shuffles too, with its own). Every error names the file, the line
+shuffled with the seed (vLLM shuffles too, with its own). A point may name the model preset
+served (``model``: CSV column or ``--metadata model=...``), so that one calibration covers
+several models on one GPU: what one model cannot tell apart (bandwidth from per-step host work,
+each decode step reading the same weights), two sizes can. Every error names the file, the line
 and what was expected.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler import Request
+from scheduler.model_spec import MODEL_PRESETS
 
 from .arrivals import with_arrivals
 from .errors import TraceError
@@ -63,12 +67,15 @@ class BenchPoint:
     measured: dict = field(default_factory=dict)  # METRICS -> value
     prefix_len: int = 0             # tokens of a shared prefix (vLLM's prefix_repetition); 0: none
     num_prefixes: int = 0           # distinct prefixes, each starting an equal share of the prompts
+    model: str | None = None        # the model preset served, where not the calibration's model
 
     @property
     def label(self) -> str:
         lengths = f"{_mean(self.input_lens):g}/{_mean(self.output_lens):g}"
         if self.prefix_len:
             lengths += f" ({self.num_prefixes} x prefix {self.prefix_len})"
+        if self.model:
+            lengths += f" {self.model}"
         if self.concurrency is not None:
             return f"C={self.concurrency} {lengths}"
         if math.isinf(self.request_rate):
@@ -123,8 +130,11 @@ def _number(path, line, name, value, integer=False, positive=True):
     return int(number) if integer else number
 
 
-def _point(path, line, input_lens, output_lens, concurrency, rate, measured, sharing=(None, None)) -> BenchPoint:
+def _point(path, line, input_lens, output_lens, concurrency, rate, measured, sharing=(None, None),
+           model=None) -> BenchPoint:
     prefix_len, num_prefixes = sharing
+    if model is not None and model not in MODEL_PRESETS:
+        raise TraceError(path, line, f"model {model!r} is no model preset; expected one of {sorted(MODEL_PRESETS)}")
     if (prefix_len is None) != (num_prefixes is None):
         raise TraceError(path, line, "prefix_len and num_prefixes go together (vLLM's prefix_repetition dataset); "
                                      "give both or neither")
@@ -143,7 +153,7 @@ def _point(path, line, input_lens, output_lens, concurrency, rate, measured, sha
                                      f"({rate:g}/s) is not modelled; expected one of the two")
     source = f"{path}:{line}" if line is not None else str(path)
     return BenchPoint(source, tuple(input_lens), tuple(output_lens), concurrency, rate, measured,
-                      prefix_len or 0, num_prefixes or 0)
+                      prefix_len or 0, num_prefixes or 0, model)
 
 
 def _csv_points(path: Path) -> list[BenchPoint]:
@@ -157,7 +167,7 @@ def _csv_points(path: Path) -> list[BenchPoint]:
         if needed not in header:
             raise TraceError(path, numbered[0][0], f"no column {needed!r}; the header has {header}")
     known = {"input_len", "output_len", "num_prompts", "concurrency", "request_rate", "prefix_len", "num_prefixes",
-             *CSV_METRICS}
+             "model", *CSV_METRICS}
     unknown = [name for name in header if name not in known]
     if unknown:
         raise TraceError(path, numbered[0][0], f"unknown columns {unknown}; expected some of {sorted(known)}")
@@ -176,7 +186,7 @@ def _csv_points(path: Path) -> list[BenchPoint]:
                 measured[metric] = _number(path, line, column, cell) * factor
         sharing = tuple((row.get(name) or "").strip() or None for name in ("prefix_len", "num_prefixes"))
         points.append(_point(path, line, [lengths[0]] * count, [lengths[1]] * count, concurrency, rate, measured,
-                             sharing))
+                             sharing, (row.get("model") or "").strip() or None))
     return points
 
 
@@ -227,4 +237,4 @@ def _vllm_point(path: Path, line, record) -> BenchPoint:
         if record.get(key) is not None and metric not in measured:
             measured[metric] = _number(path, line, key, record[key]) * factor
     return _point(path, line, inputs, outputs, concurrency, rate, measured,
-                  (record.get("prefix_len"), record.get("num_prefixes")))
+                  (record.get("prefix_len"), record.get("num_prefixes")), record.get("model"))
