@@ -192,4 +192,8 @@ def plan_main(cfg: DictConfig) -> None:
                      kept="nothing written (plan.json is written whole, at the end); the lines above give the "
                           "plans simulated so far")
     print(plan_table(result))
+    for name in result["hardware"] if result["calibrations"] else []:
+        note = result["calibrations"].get(name)
+        print(f"{name}: " + (f"the roofline calibrated to {note['points']} measured points ({note['path']})" if note
+                             else "the data-sheet roofline, not calibrated: compare with care"))
     print(f"plan: {run_dir / 'plan.json'}, {run_dir / 'plan.png'}")

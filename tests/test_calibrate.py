@@ -83,6 +83,8 @@ def test_a_bad_vllm_result_is_refused_by_name(tmp_path, changes, message):
     ("input_len,output_len,num_prompts,speed\n256,128,20,9\n", r"sweep.csv:1: unknown columns \['speed'\]"),
     ("input_len,output_len,num_prompts\n256,128,20\n", r"sweep.csv:2: nothing measured"),
     (None, "sweep.csv: no such file"),
+    ("\ufeffinput_len, output_len ,num_prompts,e2e_ms_p50\n256,128,0,700\n",  # a BOM and spaces are fine
+     r"sweep.csv:2: num_prompts is '0'; expected a whole number >= 1"),
 ])
 def test_a_bad_csv_is_refused_with_file_and_line(tmp_path, text, message):
     path = tmp_path / "sweep.csv"

@@ -157,12 +157,12 @@ def _point(path, line, input_lens, output_lens, concurrency, rate, measured, sha
 
 
 def _csv_points(path: Path) -> list[BenchPoint]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: a spreadsheet's byte-order mark
         numbered = [(n, text) for n, text in enumerate(handle, 1) if text.strip() and not text.lstrip().startswith("#")]
     if not numbered:
         raise TraceError(path, None, "no header line; expected input_len,output_len,num_prompts,...")
     rows = csv.DictReader(text for _, text in numbered)
-    header = rows.fieldnames or []
+    rows.fieldnames = header = [name.strip() for name in (rows.fieldnames or [])]
     for needed in ("input_len", "output_len", "num_prompts"):
         if needed not in header:
             raise TraceError(path, numbered[0][0], f"no column {needed!r}; the header has {header}")
