@@ -152,7 +152,8 @@ def calibrate_main(cfg: DictConfig) -> None:
     result = guarded("calibrate", run_dir, lambda: run_calibration(cfg, run_dir, get_original_cwd()),
                      kept="nothing written (a fit is kept only whole); the progress lines above show how far it got")
     print(calibration_table(result))
-    print(f"use it: batchlab simulate {result['overrides']}")
+    print(f"use it: batchlab simulate hardware={result['hardware_preset']} calibration={run_dir}\n"
+          f"    (the same by hand: batchlab simulate {result['overrides']})")
     if "client_overhead_s" in result["fitted"]:
         print(f"(the benchmark client's own time, {1e3 * result['values']['client_overhead_s']:.1f} ms a request, is "
               f"no server's; for client-pool what-ifs: workload.arrivals.think_s="
