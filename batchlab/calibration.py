@@ -228,3 +228,22 @@ def calibration_note(calibration: dict) -> dict:
     return {"path": calibration["path"], "models": calibration.get("models"), "points": len(calibration.get("points", [])),
             "values": calibration["fitted_hardware"],
             "median_abs_error_held_out": (calibration.get("median_abs_error") or {}).get("held_out")}
+
+
+def calibration_for(paths, base_dir: str, preset: str, model_name: str, warn: Callable[[str], None]) -> dict:
+    """The calibration among ``paths`` made on this GPU type (``simulate`` takes one)."""
+    calibrations = load_calibrations(paths, base_dir)
+    if preset not in calibrations:
+        raise ConfigError(f"calibration={paths} holds calibrations for {sorted(calibrations)}, not for "
+                          f"hardware={preset}")
+    check_model(calibrations[preset], model_name, warn)
+    return calibrations[preset]
+
+
+def check_model(calibration: dict, model_name: str, warn: Callable[[str], None]) -> None:
+    """A calibration serves other models with a warning: what its points did not pin down may
+    not hold for them."""
+    models = calibration.get("models") or [calibration.get("model")]
+    if model_name not in models:
+        warn(f"warning: {calibration['path']} was fitted to {', '.join(map(str, models))}, not {model_name}: "
+             f"values its points did not pin down may not hold for this model")

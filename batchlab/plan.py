@@ -18,7 +18,7 @@ from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.hardware import HARDWARE_PRESETS
 
-from .calibration import calibration_note, load_calibrations
+from .calibration import calibration_note, check_model, load_calibrations
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
 from .simulate import _with_replicas, simulate_replicas, split_for_replicas
@@ -101,6 +101,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         unused = sorted(set(calibrations) - {name for name, _ in options})
         if unused:
             raise ConfigError(f"calibration: calibrations for {unused}, which the plan does not cover")
+        for calibration in calibrations.values():
+            check_model(calibration, model.name, say)
     say(f"workload {workload.describe()}")
     say(f"model {model.name} on " + ", ".join(f"{gpus} x {name}" for name, gpus in options)
         + f", schedules {list(cfg.schedule.names)}, {sharding} sharding")

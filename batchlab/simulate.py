@@ -32,7 +32,8 @@ def build_setup(cfg: DictConfig, base_dir: str):
     overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     calibration = None
     if cfg.get("calibration"):
-        calibration = calibration_for(cfg.calibration, base_dir, cfg.hardware.preset, model.name)
+        from .calibration import calibration_for
+        calibration = calibration_for(cfg.calibration, base_dir, cfg.hardware.preset, model.name, say)
         overrides = {**calibration["fitted_hardware"], **overrides}  # what the user gives wins
     hardware = hardware_spec(cfg.hardware.preset, **overrides)
     if cfg.profile and calibration is not None:
@@ -52,23 +53,6 @@ def build_setup(cfg: DictConfig, base_dir: str):
             profile.provenance["calibration"] = calibration_note(calibration)
     block_size = int(cfg.schedule.block_size)
     return workload, model, hardware, CostModel(profile, model), kv_capacity_blocks(model, hardware, block_size)
-
-
-def calibration_for(paths, base_dir: str, preset: str, model_name: str) -> dict:
-    """The calibration (``batchlab calibrate``) among ``paths`` made on this GPU type; one made
-    with another model is used with a warning (what its points did not pin down may differ)."""
-    from .calibration import load_calibrations
-
-    calibrations = load_calibrations(paths, base_dir)
-    if preset not in calibrations:
-        raise ConfigError(f"calibration={paths} holds calibrations for {sorted(calibrations)}, not for "
-                          f"hardware={preset}")
-    calibration = calibrations[preset]
-    models = calibration.get("models") or [calibration.get("model")]
-    if model_name not in models:
-        say(f"warning: {calibration['path']} was fitted to {', '.join(map(str, models))}, not {model_name}: values "
-            f"its points did not pin down may not hold for this model")
-    return calibration
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,
