@@ -21,7 +21,7 @@ from sim.hardware import HARDWARE_PRESETS
 from .calibration import calibration_note, check_model, load_calibrations
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
-from .simulate import _with_replicas, simulate_replicas, split_for_replicas
+from .simulate import _with_replicas, host_tier_overrides, simulate_replicas, split_for_replicas
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:
@@ -87,7 +87,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
 
     workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
+    overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
     block_size, sharding = int(cfg.schedule.block_size), cfg.sharding
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)

@@ -102,11 +102,26 @@ def split_for_replicas(cfg: DictConfig, workload, replicas: int, block_size: int
     return None, shard_workload(workload, replicas, sharding, block_size)
 
 
+def host_tier_overrides(cfg: DictConfig, model, overrides: dict) -> dict:
+    """``host_kv_gb`` (GB of host memory for a KV tier behind each engine's prefix cache) as the
+    schedules' ``host_cache_blocks``: the blocks of the model's whole KV (every GPU's share)
+    that fit."""
+    gigabytes = cfg.get("host_kv_gb") or 0
+    if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or gigabytes < 0:
+        raise ConfigError(f"host_kv_gb is {gigabytes!r}; expected GB of host memory >= 0")
+    if not gigabytes:
+        return overrides
+    if "host_cache_blocks" in overrides:
+        raise ConfigError("host_kv_gb and schedule.overrides.host_cache_blocks both size the host tier; give one")
+    block_bytes = model.kv_bytes_per_token * int(cfg.schedule.block_size)
+    return {**overrides, "host_cache_blocks": int(gigabytes * 1e9 // block_bytes)}
+
+
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import numpy as np
 
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
-    overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
+    overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
     block_size = int(cfg.schedule.block_size)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
@@ -135,12 +150,16 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             sum(outcome.num_events for outcome in outcomes)
         extra = {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started, "num_events": events,
                  "num_gpus": replicas * hardware.tensor_parallel}
+        if config.host_cache_blocks:  # prompt tokens loaded back from the host tier instead of computed
+            extra["host_loaded_tokens"] = block_size * sum(o.scheduler.stats.host_loaded_blocks for o in outcomes)
         if replicas > 1:  # how evenly the replicas were loaded: each one's requests and last finish
             extra["replicas"] = [{"requests": len(r["req_id"]), "last_finish_s": float(np.nanmax(r["finish_s"]))
                                   if len(r["req_id"]) else 0.0} for r in requests]
         summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps), extra)
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
-             f"({summary['num_steps']:,} steps, {events:,} events)")
+             f"({summary['num_steps']:,} steps, {events:,} events)"
+            + (f", {extra['host_loaded_tokens']:,} prompt tokens loaded from host memory"
+               if "host_loaded_tokens" in extra else ""))
         if replicas > 1:
             say(f"{config.name}: replicas' requests and last finishes: " + ", ".join(
                 f"{r['requests']:,} / {r['last_finish_s']:,.1f} s" for r in extra["replicas"]))

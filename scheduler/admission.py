@@ -39,13 +39,16 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
 
 def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
-    new blocks), or None when it does not fit. Changes nothing. ``hits`` is None where they
-    are cache hits, counted but not listed (a blocked head is asked every step, and its
-    hundreds of hits are listed only when ``try_admit`` admits it)."""
+    new blocks, blocks loaded from the host tier), or None when it does not fit. Changes
+    nothing. ``hits`` is None where they are cache hits, counted but not listed (a blocked head
+    is asked every step, and its hundreds of hits are listed only when ``try_admit`` admits
+    it). Tokens already there are the hits' and the loaded blocks'; the loaded blocks take new
+    blocks like computed ones."""
     kv = scheduler.kv
     size = scheduler.block_size
     num_tokens = state.num_tokens
     group = state.group
+    loaded = 0
     if group is not None and group.prefix_done and state.request is not None:
         hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
         num_hits = len(hits)
@@ -53,10 +56,14 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     elif kv.caching != "off":
         keys = scheduler._keys(state)
         hits = None
-        num_hits, free_hits = kv.match_count(keys, min(len(keys), (num_tokens - 1) // size))
+        limit = min(len(keys), (num_tokens - 1) // size)
+        num_hits, free_hits = kv.match_count(keys, limit)
+        host = scheduler.host
+        if host is not None and num_hits < limit and (group is None or state.request is None):
+            loaded = host.count(keys, num_hits, limit)
     else:
         hits, num_hits, free_hits = [], 0, 0
-    computed = num_hits * size
+    computed = (num_hits + loaded) * size
     count = num_tokens - computed
     if not scheduler.config.enable_chunked_prefill and count > tokens_left:
         return None
@@ -68,7 +75,7 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     threshold = scheduler._kv_threshold_blocks
     if threshold is not None and scheduler.running and kv.num_blocks - free_after + need > threshold:
         return None
-    return hits, computed, count, need
+    return hits, computed, count, need, loaded
 
 
 def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_left: int) -> int:
@@ -76,11 +83,17 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     needs = admission(scheduler, state, tokens_left)
     if needs is None:
         return 0
-    hits, computed, count, need = needs
+    hits, computed, count, need, loaded = needs
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
-        hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size)
+        hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size - loaded)
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(need)
+    if loaded:  # their KV comes back from host memory into the first new blocks
+        keys = scheduler._keys(state)
+        scheduler.host.load(keys[len(hits):len(hits) + loaded].tolist() if hasattr(keys, "tolist")
+                            else keys[len(hits):len(hits) + loaded])
+        scheduler._loaded_blocks += loaded
+        scheduler.stats.host_loaded_blocks += loaded
     state.num_computed_tokens = computed
     state.num_registered_blocks = len(hits)
     scheduler._register(state, computed + count)

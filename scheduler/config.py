@@ -27,6 +27,8 @@ class ScheduleConfig:
     use_output_lengths: bool = False    # may the policy read output lengths?
     prefix_aware_attention: bool = False  # report shared-prefix groups for the kernel
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
+    host_cache_blocks: int = 0          # KV blocks a host-memory tier keeps behind the LRU cache
+                                        # (host_tier.py); 0: none. Idle where caching is off
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -38,6 +40,10 @@ class ScheduleConfig:
             raise ConfigError(f"schedule {self.name!r}: max_num_batched_tokens must be >= 1")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"schedule {self.name!r}: max_num_seqs must be >= 1 or None")
+        if isinstance(self.host_cache_blocks, bool) or not isinstance(self.host_cache_blocks, int) \
+                or self.host_cache_blocks < 0:
+            raise ConfigError(f"schedule {self.name!r}: host_cache_blocks is {self.host_cache_blocks!r}; expected "
+                              f"a whole number of blocks >= 0")
         if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
             raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
 

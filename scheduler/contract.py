@@ -119,6 +119,8 @@ class BatchPlan:
     preempted: tuple[int, ...] = ()
     finished: tuple[int, ...] = ()
     decodes: DecodeBatch = NO_DECODES
+    # prompt tokens whose KV this step loads from a host-memory tier (scheduler/host_tier.py)
+    loaded_tokens: int = 0
     _all: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -160,7 +162,8 @@ class StepResult:
     kernel_s: Mapping[str, float] = field(default_factory=dict)
 
 
-new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes"),
+new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes",
+                               "loaded_tokens"),
                     "A BatchPlan (fields in order), built without its __init__'s costs.", _all=None)
 new_step_result = _builder(StepResult, ("step", "duration_s"),
                            "A StepResult with no sampled tokens or kernel times (read-only empty mappings), "

@@ -19,6 +19,7 @@ from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
+from .host_tier import HostTier
 from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
@@ -36,6 +37,8 @@ class Scheduler:
         self.config = config
         self.block_size = block_size
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
+        self.host = HostTier(config.host_cache_blocks) if config.host_cache_blocks and config.caching != "off" else None
+        self._loaded_blocks = 0  # loaded from the host tier in the step being scheduled
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = ChainIndex(block_size)
@@ -155,7 +158,9 @@ class Scheduler:
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
-        plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes)
+        plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
+                        self._loaded_blocks * size)
+        self._loaded_blocks = 0
         self._finished_last_update = ()
         self.step += 1
         return plan
@@ -235,6 +240,8 @@ class Scheduler:
             upto = state.num_keys
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
+            if self.host is not None:  # write-through
+                self.host.store(_listed(keys[state.num_registered_blocks:upto]))
             state.num_registered_blocks = upto
 
     def _register_output(self, state: RequestState) -> None:
@@ -248,6 +255,8 @@ class Scheduler:
         upto = min(len(keys), (state.prompt_len + request.output_len - 1) // self.block_size, len(state.block_table))
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
+            if self.host is not None:
+                self.host.store(_listed(keys[state.num_registered_blocks:upto]))
             state.num_registered_blocks = upto
 
     def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
@@ -369,3 +378,8 @@ class Scheduler:
                 self.kv.release(group.holder_blocks)
                 group.holder_blocks = []
                 self._active_groups.pop(group.group_id, None)
+
+
+def _listed(keys) -> list[int]:
+    """Chain keys as Python ints (a numpy slice or a list)."""
+    return keys.tolist() if hasattr(keys, "tolist") else list(keys)

@@ -11,6 +11,7 @@ class SchedulerStats:
     computed_tokens: int = 0           # every token computed, prompt and output
     num_preemptions: int = 0
     num_group_preemptions: int = 0   # group prefixes dropped and recomputed
+    host_loaded_blocks: int = 0      # blocks loaded from the host tier instead of computed
 
     @property
     def prefill_token_saving(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler import BatchPlan
+from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec
 
 from .profile import LAYER_KERNELS, SCHEDULE_OVERHEAD, Profile
@@ -61,6 +62,8 @@ class CostModel:
         # (members, prefix length) of shared-prefix groups repeat from step to step
         shared = profile.tables["attn_shared_prefix"]
         self._shared_prefix = _memo(lambda key: shared.scalar(*key))
+        load = profile.tables.get("host_kv_load")  # a host-memory tier's loads (roofline profiles)
+        self._host_load = load.scalar if load is not None else self._no_host_load
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -120,6 +123,10 @@ class CostModel:
                  "lm_head_sampling": full(sampling), "step_overhead": full(overhead)}
         return np.array(totals), parts
 
+    def _no_host_load(self, tokens):
+        raise ConfigError(f"profile {self.profile.label} has no host_kv_load table: a host-memory KV tier "
+                          f"(host_cache_blocks) is costed with the roofline profile only")
+
     def _decode_overhead(self, batch: int):
         """step_overhead(batch) and the schedule's extra, added as ``step`` adds them."""
         base = self._t["step_overhead"](batch)
@@ -165,6 +172,8 @@ class CostModel:
         overhead = self._overhead(len(plan.listed) + len(decodes.req_ids))  # the plan's requests
         if self._prefill_overhead is not None and num_prefills:
             overhead = overhead + self._prefill_overhead((num_prefills, tokens - batch))
+        if plan.loaded_tokens:  # loaded from host memory before the forward pass, with the step's host work
+            overhead = overhead + self._host_load(plan.loaded_tokens)
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
         sampling = self._sampling(sampled)
         layers = self.layers

@@ -17,6 +17,10 @@ and H200 SXM, 900 GB/s both ways on the data sheets), 300 GB/s (A100 SXM); nccl-
 busbw of 460-480 GB/s on 8 H100 SXM and 230-250 GB/s on 8 A100 SXM for large all-reduces
 (docs.alayanew.com, "NCCL-tests in practice", 2026). The all-reduce's fixed latency is an
 assumption of ours.
+
+A host-memory KV tier (``schedule.overrides.host_cache_blocks``) loads blocks over PCIe: Gen5
+x16 on H100 and H200 SXM (64 GB/s a direction, nominal), Gen4 x16 on the A100s, L40S and L4
+(32 GB/s); 80 % of it achievable is our assumption.
 """
 from __future__ import annotations
 
@@ -46,13 +50,15 @@ class HardwareSpec:
     interconnect_bandwidth: float = 450 * GB  # bytes/s per GPU and direction (NVLink)
     interconnect_efficiency: float = 0.8      # achievable fraction of it in an all-reduce
     allreduce_latency_s: float = 10e-6        # fixed cost of one all-reduce
+    host_bandwidth: float = 64 * GB           # bytes/s host -> GPU (PCIe Gen5 x16 a direction, nominal)
+    host_efficiency: float = 0.8              # achievable fraction of it loading KV blocks
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
             if not getattr(self, field_name) > 0:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0")
         for field_name in ("compute_efficiency", "memory_efficiency", "memory_utilization",
-                           "interconnect_efficiency"):
+                           "interconnect_efficiency", "host_efficiency"):
             if not 0 < getattr(self, field_name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be in (0, 1]")
         if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
@@ -116,10 +122,12 @@ def shard(model: ModelSpec, hardware: HardwareSpec) -> Shard:
 HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "h100-sxm": HardwareSpec("h100-sxm", 989e12, 3.35e12, 80 * GB),
     "h200": HardwareSpec("h200", 989e12, 4.8e12, 141 * GB),
-    "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB),
-    "a100-40gb": HardwareSpec("a100-40gb", 312e12, 1.555e12, 40 * GB, interconnect_bandwidth=300 * GB),
-    "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB),
-    "l4": HardwareSpec("l4", 121e12, 0.3e12, 24 * GB, interconnect_bandwidth=32 * GB),
+    "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB,
+                              host_bandwidth=32 * GB),
+    "a100-40gb": HardwareSpec("a100-40gb", 312e12, 1.555e12, 40 * GB, interconnect_bandwidth=300 * GB,
+                              host_bandwidth=32 * GB),
+    "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB),
+    "l4": HardwareSpec("l4", 121e12, 0.3e12, 24 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB),
 }
 
 
