@@ -26,19 +26,26 @@ class HostTier:
     def store(self, keys) -> None:
         """Keeps these identities (the most recent last), dropping the least recently used."""
         held = self._keys
+        move = held.move_to_end
         for key in keys:
             if key in held:
-                held.move_to_end(key)
+                move(key)
             else:
                 held[key] = None
-        while len(held) > self.capacity:
-            held.popitem(last=False)
+        excess = len(held) - self.capacity
+        if excess > 0:
+            drop = held.popitem
+            for _ in range(excess):
+                drop(False)
 
     def count(self, keys, begin: int, end: int) -> int:
         """How many of ``keys[begin:end]`` are held, from ``begin`` on without a gap."""
         held = self._keys
+        if begin >= end or int(keys[begin]) not in held:  # the common answer, without a slice
+            return 0
         found = 0
-        for key in keys[begin:end]:
+        wanted = keys[begin:end]
+        for key in wanted.tolist() if hasattr(wanted, "tolist") else wanted:  # Python ints hash fast
             if key not in held:
                 break
             found += 1

@@ -84,3 +84,19 @@ def test_with_room_for_everything_gpu_and_host_reuse_what_an_unbounded_cache_wou
     savings = [outcome_summary(o)["prefill_token_saving"] for o in (alone, host, unbounded)]
     assert savings[0] < 0.1 and savings[1] == pytest.approx(savings[2], abs=1e-4)
     assert host.scheduler.stats.host_loaded_blocks > 0
+
+
+def test_host_kv_gb_sizes_the_tier_in_blocks_of_the_models_kv():
+    from omegaconf import OmegaConf
+
+    from batchlab.simulate import host_tier_overrides
+
+    cfg = lambda gb: OmegaConf.create({"host_kv_gb": gb, "schedule": {"block_size": 16}})
+    block = MODEL.kv_bytes_per_token * 16  # 2 MiB for Llama-3.1-8B
+    assert host_tier_overrides(cfg(1024), MODEL, {"max_num_seqs": 8}) == {
+        "max_num_seqs": 8, "host_cache_blocks": int(1024e9 // block)} and int(1024e9 // block) == 488_281
+    assert host_tier_overrides(cfg(0), MODEL, {}) == {}
+    with pytest.raises(ConfigError, match="host_kv_gb is -1"):
+        host_tier_overrides(cfg(-1), MODEL, {})
+    with pytest.raises(ConfigError, match="give one"):
+        host_tier_overrides(cfg(8), MODEL, {"host_cache_blocks": 5})
