@@ -35,9 +35,6 @@ class EngineOutcome:
 def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, num_kv_blocks: int,
                block_size: int = 16, online: bool | None = None, step_dir: Path | None = None,
                progress: Callable[[str], None] | None = None, keep_plans: bool = False) -> EngineOutcome:
-    if config.host_cache_blocks:
-        raise ConfigError(f"schedule {config.name!r}: host_cache_blocks={config.host_cache_blocks}, but the engine "
-                          f"has no host-memory KV tier (the simulator models one); give 0")
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
     closed, _, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     if closed is None:

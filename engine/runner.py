@@ -73,6 +73,8 @@ class ModelRunner:
     def execute(self, plan: BatchPlan) -> StepResult:
         started = time.perf_counter()
         timer = KernelTimer(self.device, self.time_kernels)
+        if plan.host_stores or plan.host_loads:
+            self.cache.host_transfers(plan.host_stores, plan.host_loads)
         block_size = self.block_size
         tokens, positions, slots = [], [], []
         meta = AttentionMetadata([], [], [], [])

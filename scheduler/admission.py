@@ -89,11 +89,13 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(need)
     if loaded:  # their KV comes back from host memory into the first new blocks
-        keys = scheduler._keys(state)
-        scheduler.host.load(keys[len(hits):len(hits) + loaded].tolist() if hasattr(keys, "tolist")
-                            else keys[len(hits):len(hits) + loaded])
+        keys = scheduler._keys(state)[len(hits):len(hits) + loaded]
+        keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)
+        scheduler.host.load(keys)
         scheduler._loaded_blocks += loaded
         scheduler.stats.host_loaded_blocks += loaded
+        if scheduler._transfers:
+            scheduler._host_loads.extend(zip(state.block_table[len(hits):len(hits) + loaded], keys))
     state.num_computed_tokens = computed
     state.num_registered_blocks = len(hits)
     scheduler._register(state, computed + count)

@@ -39,6 +39,11 @@ class Scheduler:
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
         self.host = HostTier(config.host_cache_blocks) if config.host_cache_blocks and config.caching != "off" else None
         self._loaded_blocks = 0  # loaded from the host tier in the step being scheduled
+        # (block id, identity) pairs for an executor's host tier: stores wait for the next plan
+        # (their blocks are computed by this one), loads go in this one
+        self._transfers = self.host is not None and emit_block_ids
+        self._host_stores: list[tuple[int, int]] = []
+        self._host_loads: list[tuple[int, int]] = []
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = ChainIndex(block_size)
@@ -110,6 +115,7 @@ class Scheduler:
     # --- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> BatchPlan:
         cfg = self.config
+        stores, self._host_stores = self._host_stores, []  # filled before this step
         if cfg.grouping:
             self._maybe_regroup()
         if cfg.order == "lpm":
@@ -159,8 +165,10 @@ class Scheduler:
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
-                        self._loaded_blocks * size)
+                        self._loaded_blocks * size, tuple(stores), tuple(self._host_loads))
         self._loaded_blocks = 0
+        if self._host_loads:
+            self._host_loads = []
         self._finished_last_update = ()
         self.step += 1
         return plan
@@ -241,7 +249,7 @@ class Scheduler:
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:  # write-through
-                self.host.store(_listed(keys[state.num_registered_blocks:upto]))
+                self._store(state, keys, upto)
             state.num_registered_blocks = upto
 
     def _register_output(self, state: RequestState) -> None:
@@ -256,8 +264,17 @@ class Scheduler:
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:
-                self.host.store(_listed(keys[state.num_registered_blocks:upto]))
+                self._store(state, keys, upto)
             state.num_registered_blocks = upto
+
+    def _store(self, state: RequestState, keys, upto: int) -> None:
+        """Writes the blocks registered now through to the host tier (and, for an executor
+        with one, lists them)."""
+        begin = state.num_registered_blocks
+        stored = _listed(keys[begin:upto])
+        self.host.store(stored)
+        if self._transfers:
+            self._host_stores.extend(zip(state.block_table[begin:upto], stored))
 
     def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
         start = state.num_computed_tokens

@@ -53,7 +53,7 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
 
 def test_a_load_costs_its_bytes_over_pcie():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # the 16 tokens computed after 64 loaded
-    (bare, bare_parts, _), (loading, parts, _) = (COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded))
+    (bare, bare_parts, _), (loading, parts, _) = (COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, (), ()))
                                                   for loaded in (0, 64))
     seconds = 64 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
     assert loading - bare == pytest.approx(seconds, rel=1e-9)
@@ -100,3 +100,50 @@ def test_host_kv_gb_sizes_the_tier_in_blocks_of_the_models_kv():
         host_tier_overrides(cfg(-1), MODEL, {})
     with pytest.raises(ConfigError, match="give one"):
         host_tier_overrides(cfg(8), MODEL, {"host_cache_blocks": 5})
+
+
+def engine_logits(workload, blocks: int, **overrides):
+    """Every logits row the CPU engine samples from, by request, and the run's outcome."""
+    import torch
+
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from engine.weights import random_weights
+
+    spec = model_spec("tiny")
+    runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2), keep_logits=True)
+    seen: dict[int, list] = {}
+    original = runner.execute
+
+    def execute(plan):
+        result = original(plan)
+        for req_id, row in runner.last_logits.items():
+            seen.setdefault(req_id, []).append(row)
+        return result
+
+    runner.execute = execute
+    outcome = run_engine(workload, schedule_config("fcfs", **overrides), runner, blocks, 16)
+    return {r: torch.stack(rows) for r, rows in seen.items()}, outcome
+
+
+def test_the_engine_loads_what_it_stored_and_computes_the_same(monkeypatch):
+    """The CPU engine with a host tier: blocks copied out as they are registered, copied back
+    into fresh blocks when the scheduler loads them. Every logits row equals a run whose cache
+    never evicts (to float rounding); skipping the copies back breaks that (the test can fail)."""
+    from engine.kv_cache import PagedKVCache
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
+    baseline, _ = engine_logits(workload, 256, max_num_batched_tokens=512)
+
+    def worst(logits):
+        return max((logits[r] - baseline[r]).abs().max().item() for r in baseline)
+
+    for chunk in (16, 64):
+        logits, outcome = engine_logits(workload, 10, max_num_batched_tokens=chunk, host_cache_blocks=256)
+        assert outcome.scheduler.stats.host_loaded_blocks > 0 and outcome.scheduler.kv.num_evictions > 0
+        assert worst(logits) < 1e-4, chunk
+    real = PagedKVCache.host_transfers
+    monkeypatch.setattr(PagedKVCache, "host_transfers", lambda self, stores, loads: real(self, stores, ()))
+    logits, _ = engine_logits(workload, 10, max_num_batched_tokens=64, host_cache_blocks=256)
+    assert worst(logits) > 1e-3
