@@ -147,3 +147,19 @@ def test_the_engine_loads_what_it_stored_and_computes_the_same(monkeypatch):
     monkeypatch.setattr(PagedKVCache, "host_transfers", lambda self, stores, loads: real(self, stores, ()))
     logits, _ = engine_logits(workload, 10, max_num_batched_tokens=64, host_cache_blocks=256)
     assert worst(logits) > 1e-3
+
+
+def test_the_engine_executes_the_simulators_plans_with_a_tier():
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
+    config = schedule_config("fcfs", max_num_batched_tokens=48, host_cache_blocks=256)
+    simulated, loads = [], []
+    tiny = model_spec("tiny")
+    outcome = simulate(workload, config, CostModel(build_roofline_profile(tiny, hardware_spec("h100-sxm")), tiny), 10, 16,
+                       fast_forward=False, on_plan=lambda p: (simulated.append(p.outline()), loads.append(p.loaded_tokens)))
+    engine = run_engine(workload, config, ModelRunner(tiny, 10, 16), 10, 16, keep_plans=True)
+    assert engine.plans == simulated and sum(loads) == 16 * outcome.scheduler.stats.host_loaded_blocks > 0
+    assert engine.scheduler.stats.host_loaded_blocks == outcome.scheduler.stats.host_loaded_blocks
