@@ -163,3 +163,15 @@ def test_the_engine_executes_the_simulators_plans_with_a_tier():
     engine = run_engine(workload, config, ModelRunner(tiny, 10, 16), 10, 16, keep_plans=True)
     assert engine.plans == simulated and sum(loads) == 16 * outcome.scheduler.stats.host_loaded_blocks > 0
     assert engine.scheduler.stats.host_loaded_blocks == outcome.scheduler.stats.host_loaded_blocks
+
+
+def test_the_table_shows_the_share_loaded_from_host_memory_only_where_there_is_a_tier():
+    from batchlab.table import comparison_table
+
+    base = {"makespan_s": 10.0, "throughput_tokens_per_s": 100.0, "prefill_token_saving": 0.5,
+            "prefill_tokens_logical": 1000, "ttft_s_p50": 1.0, "ttft_s_p99": 2.0, "tpot_s_p50": 0.01,
+            "tpot_s_p99": 0.02, "peak_kv_blocks": 5, "num_steps": 7, "num_preemptions": 0}
+    plain = comparison_table({"fcfs": base})
+    assert "from host" not in plain
+    table = comparison_table({"fcfs": {**base, "host_loaded_tokens": 250}, "batchllm": base}).splitlines()
+    assert "from host" in table[0] and "0.250" in table[2].split() and table[3].split()[5] == "-"
