@@ -150,7 +150,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             sum(outcome.num_events for outcome in outcomes)
         extra = {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started, "num_events": events,
                  "num_gpus": replicas * hardware.tensor_parallel}
-        if config.host_cache_blocks:  # prompt tokens loaded back from the host tier instead of computed
+        if any(o.scheduler.host is not None for o in outcomes):  # loaded back from a host tier, not computed
             extra["host_loaded_tokens"] = block_size * sum(o.scheduler.stats.host_loaded_blocks for o in outcomes)
         if replicas > 1:  # how evenly the replicas were loaded: each one's requests and last finish
             extra["replicas"] = [{"requests": len(r["req_id"]), "last_finish_s": float(np.nanmax(r["finish_s"]))
