@@ -77,6 +77,22 @@ def test_real_architectures_match_huggingface(spec):
         assert teacher_forced_difference(spec, "batchllm", 7, drop_bias=True) > 1e-3
 
 
+def capture_logits(runner) -> dict[int, list[torch.Tensor]]:
+    """Every logits row ``runner`` (made with ``keep_logits=True``) samples from, by request, as
+    it runs: the dict it fills."""
+    seen: dict[int, list[torch.Tensor]] = {}
+    original = runner.execute
+
+    def execute(plan):
+        result = original(plan)
+        for req_id, row in runner.last_logits.items():
+            seen.setdefault(req_id, []).append(row)
+        return result
+
+    runner.execute = execute
+    return seen
+
+
 def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias=False):
     """Largest difference between the engine's logits and Hugging Face's for the same weights,
     teacher-forced with the engine's own tokens."""
@@ -91,16 +107,7 @@ def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias
     engine_spec = engine_spec or spec
     workload = shared_workload()
     runner = ModelRunner(engine_spec, 128, 16, weights=weights, keep_logits=True)
-    logits_seen: dict[int, list[torch.Tensor]] = {}
-    original = runner.execute
-
-    def execute(plan):
-        result = original(plan)
-        for req_id, row in runner.last_logits.items():
-            logits_seen.setdefault(req_id, []).append(row)
-        return result
-
-    runner.execute = execute
+    logits_seen = capture_logits(runner)
     outcome = run_engine(workload, schedule_config(schedule, max_num_batched_tokens=chunk), runner, 128, 16)
     stats = outcome.scheduler.stats
     assert stats.computed_prefill_tokens < stats.logical_prefill_tokens  # prefixes were shared

@@ -110,18 +110,11 @@ def engine_logits(workload, blocks: int, **overrides):
     from engine.runner import ModelRunner
     from engine.weights import random_weights
 
+    from test_engine import capture_logits
+
     spec = model_spec("tiny")
     runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2), keep_logits=True)
-    seen: dict[int, list] = {}
-    original = runner.execute
-
-    def execute(plan):
-        result = original(plan)
-        for req_id, row in runner.last_logits.items():
-            seen.setdefault(req_id, []).append(row)
-        return result
-
-    runner.execute = execute
+    seen = capture_logits(runner)
     outcome = run_engine(workload, schedule_config("fcfs", **overrides), runner, blocks, 16)
     return {r: torch.stack(rows) for r, rows in seen.items()}, outcome
 
