@@ -6,8 +6,8 @@ Write-through, as those offload every computed block: each full block the schedu
 the GPU cache is stored here too, by identity (the chain key), and the tier keeps the
 ``capacity`` most recently stored or loaded identities (LRU). At admission, after the GPU cache's
 hits, the prompt's next blocks found here are loaded: they take fresh GPU blocks but no prefill.
-Only identities are kept; an executor that loads them must keep the KV itself (the engine here
-has no host tier and refuses one).
+Only identities are kept here; an executor that loads them keeps the KV itself (the engine's
+``PagedKVCache`` copies what ``BatchPlan.host_stores`` and ``host_loads`` name).
 """
 from __future__ import annotations
 
