@@ -48,6 +48,12 @@ def test_a_vllm_result_becomes_a_point(tmp_path):
     first, second = read_bench_points([path])
     assert second.source == f"{path}:2" and second.input_lens == (100, 200, 300) and second.output_lens == (10, 20, 30)
     assert second.concurrency is None and second.request_rate == 2.0
+    # a sweep gathered in one file as a list: each result named by its index
+    path.write_text(json.dumps([vllm_result(), vllm_result(failed=2)]))
+    with pytest.raises(WorkloadError, match=r"c8.json:\[1\]: 2 requests failed"):
+        read_bench_points([path])
+    path.write_text(json.dumps([vllm_result(), vllm_result(max_concurrency=16)]))
+    assert [(p.source.rsplit(":", 1)[1], p.concurrency) for p in read_bench_points([path])] == [("[0]", 8), ("[1]", 16)]
     # SGLang's bench_serving: end-to-end as median_e2e_latency_ms, inter-token latency only, rate Infinity
     sglang = {k: v for k, v in vllm_result().items() if k not in ("median_e2el_ms", "median_tpot_ms")}
     path.write_text(json.dumps({**sglang, "median_e2e_latency_ms": 700.0, "median_itl_ms": 5.0,

@@ -193,10 +193,12 @@ def _csv_points(path: Path) -> list[BenchPoint]:
 def _vllm_points(path: Path) -> list[BenchPoint]:
     text = path.read_text(encoding="utf-8")
     try:
-        records = [(None, json.loads(text))]
+        parsed = json.loads(text)
     except json.JSONDecodeError:  # --append-result: one object a line
         from .errors import json_lines
         records = list(json_lines(path))
+    else:  # one result, or a list of them (a sweep gathered in one file: each named by its index)
+        records = [(f"[{i}]", r) for i, r in enumerate(parsed)] if isinstance(parsed, list) else [(None, parsed)]
     return [_vllm_point(path, line, record) for line, record in records]
 
 
