@@ -5,8 +5,8 @@ of ``concurrency`` requests in flight, as ``vllm bench serve --max-concurrency``
 Poisson rate; or all at once), and what was measured: output tokens/s, the run's duration, and
 the medians of TTFT, TPOT and end-to-end latency. Two sources:
 
-- the result JSON ``vllm bench serve --save-result`` writes (one object a file, or one a line
-  with ``--append-result``): ``num_prompts``/``completed``, ``max_concurrency``,
+- the result JSON ``vllm bench serve --save-result`` writes (one object a file, one a line
+  with ``--append-result``, or a list of them): ``num_prompts``/``completed``, ``max_concurrency``,
   ``request_rate``, ``total_input_tokens``/``total_output_tokens`` (the per-request
   ``input_lens``/``output_lens`` where ``--save-detailed`` kept them), ``output_throughput``,
   ``duration``, ``median_ttft_ms``, ``median_tpot_ms``, ``median_e2el_ms``;
