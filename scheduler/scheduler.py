@@ -231,9 +231,14 @@ class Scheduler:
         return keys
 
     def _cached_tokens_of(self, unit: Unit) -> int:
+        """The prompt's tokens already there: in the GPU cache, then (SGLang's HiCache matches
+        host-held nodes too) in the host tier."""
         state = unit.prefix if isinstance(unit, GroupState) else unit
         keys = self._keys(state)
-        return len(self.kv.lookup(keys, len(keys))) * self.block_size
+        hits = len(self.kv.lookup(keys, len(keys)))
+        if self.host is not None:
+            hits += self.host.count(keys, hits, len(keys))
+        return hits * self.block_size
 
     def _register(self, state: RequestState, end: int) -> None:
         # Members of a group share through it, not the cache; a request in no group (of any

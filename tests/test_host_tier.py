@@ -168,3 +168,16 @@ def test_the_table_shows_the_share_loaded_from_host_memory_only_where_there_is_a
     assert "from host" not in plain
     table = comparison_table({"fcfs": {**base, "host_loaded_tokens": 250}, "batchllm": base}).splitlines()
     assert "from host" in table[0] and "0.250" in table[2].split() and table[3].split()[5] == "-"
+
+
+def test_lpm_counts_prefixes_held_in_host_memory():
+    """SGLang's HiCache matches host-held prefixes too: of two prompts waiting together, lpm
+    serves first the one whose prefix was pushed out of the GPU into host memory."""
+    workload = Workload("lpm", (Request(0, 0.0, ((1, 64), (100, 16)), 2), Request(1, 0.5, ((2, 310),), 2),
+                                Request(2, 1.0, ((3, 80),), 2), Request(3, 1.0, ((1, 64), (101, 16)), 2)))
+    first = {}
+    for blocks in (0, 64):
+        outcome = simulate(workload, schedule_config("lpm", host_cache_blocks=blocks, max_num_seqs=1), COST, 20, 16)
+        states = outcome.scheduler.states
+        first[blocks] = min((2, 3), key=lambda r: states[r].first_scheduled_s)
+    assert first == {0: 2, 64: 3}
