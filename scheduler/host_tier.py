@@ -12,6 +12,11 @@ Only identities are kept here; an executor that loads them keeps the KV itself (
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .request import RequestState
+    from .scheduler import Scheduler
 
 
 class HostTier:
@@ -57,3 +62,14 @@ class HostTier:
         for key in keys:
             held.move_to_end(key)
         self.num_loaded_blocks += len(keys)
+
+
+def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int) -> None:
+    """Stores the blocks ``state`` registers now (from its registered count up to ``upto``) in
+    the scheduler's tier, and lists them for an executor with one."""
+    begin = state.num_registered_blocks
+    stored = keys[begin:upto]
+    stored = stored.tolist() if hasattr(stored, "tolist") else list(stored)  # Python ints hash fast
+    scheduler.host.store(stored)
+    if scheduler._transfers:
+        scheduler._host_stores.extend(zip(state.block_table[begin:upto], stored))

@@ -19,7 +19,7 @@ from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
-from .host_tier import HostTier
+from .host_tier import HostTier, write_through
 from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
@@ -254,7 +254,7 @@ class Scheduler:
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:  # write-through
-                self._store(state, keys, upto)
+                write_through(self, state, keys, upto)
             state.num_registered_blocks = upto
 
     def _register_output(self, state: RequestState) -> None:
@@ -269,17 +269,8 @@ class Scheduler:
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:
-                self._store(state, keys, upto)
+                write_through(self, state, keys, upto)
             state.num_registered_blocks = upto
-
-    def _store(self, state: RequestState, keys, upto: int) -> None:
-        """Writes the blocks registered now through to the host tier (and, for an executor
-        with one, lists them)."""
-        begin = state.num_registered_blocks
-        stored = _listed(keys[begin:upto])
-        self.host.store(stored)
-        if self._transfers:
-            self._host_stores.extend(zip(state.block_table[begin:upto], stored))
 
     def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
         start = state.num_computed_tokens
@@ -400,8 +391,3 @@ class Scheduler:
                 self.kv.release(group.holder_blocks)
                 group.holder_blocks = []
                 self._active_groups.pop(group.group_id, None)
-
-
-def _listed(keys) -> list[int]:
-    """Chain keys as Python ints (a numpy slice or a list)."""
-    return keys.tolist() if hasattr(keys, "tolist") else list(keys)
