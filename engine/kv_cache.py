@@ -22,9 +22,8 @@ class PagedKVCache:
         self.value = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        # a host-memory tier's copies by block identity (scheduler/host_tier.py); the scheduler
-        # loads only identities its tier holds, all of which were stored here. Kept whole: the
-        # engine is for validation runs, whose stores fit in memory
+        # a host-memory tier's copies by block identity (scheduler/host_tier.py): what the
+        # scheduler's tier holds, stored and dropped as it says
         self.host: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def store(self, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -32,12 +31,15 @@ class PagedKVCache:
         self.key[layer].view(-1, *self.key.shape[3:])[slots] = key
         self.value[layer].view(-1, *self.value.shape[3:])[slots] = value
 
-    def host_transfers(self, stores, loads) -> None:
+    def host_transfers(self, stores, loads, drops=()) -> None:
         """Copies ``stores``' blocks (filled by earlier steps) to host memory under their
-        identities, then ``loads``' identities into their blocks; (block id, identity) pairs."""
+        identities, then ``loads``' identities into their blocks ((block id, identity) pairs),
+        then forgets ``drops``."""
         for block, identity in stores:
             self.host[identity] = (self.key[:, block].to("cpu", copy=True), self.value[:, block].to("cpu", copy=True))
         for block, identity in loads:
             key, value = self.host[identity]
             self.key[:, block] = key.to(self.key.device)
             self.value[:, block] = value.to(self.value.device)
+        for identity in drops:
+            del self.host[identity]

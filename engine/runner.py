@@ -73,8 +73,8 @@ class ModelRunner:
     def execute(self, plan: BatchPlan) -> StepResult:
         started = time.perf_counter()
         timer = KernelTimer(self.device, self.time_kernels)
-        if plan.host_stores or plan.host_loads:
-            self.cache.host_transfers(plan.host_stores, plan.host_loads)
+        if plan.host_stores or plan.host_loads or plan.host_drops:
+            self.cache.host_transfers(plan.host_stores, plan.host_loads, plan.host_drops)
         block_size = self.block_size
         tokens, positions, slots = [], [], []
         meta = AttentionMetadata([], [], [], [])

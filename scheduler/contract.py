@@ -123,9 +123,11 @@ class BatchPlan:
     loaded_tokens: int = 0
     # for an executor with a host tier (block ids emitted): before computing, copy these blocks'
     # KV to host memory under their identities (blocks filled by earlier steps), then these
-    # identities' KV from host memory into these blocks; (block id, identity) pairs
+    # identities' KV from host memory into these blocks ((block id, identity) pairs), then
+    # forget these identities (the tier dropped them)
     host_stores: tuple[tuple[int, int], ...] = ()
     host_loads: tuple[tuple[int, int], ...] = ()
+    host_drops: tuple[int, ...] = ()
     _all: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -168,7 +170,7 @@ class StepResult:
 
 
 new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes",
-                               "loaded_tokens", "host_stores", "host_loads"),
+                               "loaded_tokens", "host_stores", "host_loads", "host_drops"),
                     "A BatchPlan (fields in order), built without its __init__'s costs.", _all=None)
 new_step_result = _builder(StepResult, ("step", "duration_s"),
                            "A StepResult with no sampled tokens or kernel times (read-only empty mappings), "

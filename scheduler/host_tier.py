@@ -7,7 +7,8 @@ the GPU cache is stored here too, by identity (the chain key), and the tier keep
 ``capacity`` most recently stored or loaded identities (LRU). At admission, after the GPU cache's
 hits, the prompt's next blocks found here are loaded: they take fresh GPU blocks but no prefill.
 Only identities are kept here; an executor that loads them keeps the KV itself (the engine's
-``PagedKVCache`` copies what ``BatchPlan.host_stores`` and ``host_loads`` name).
+``PagedKVCache`` copies and forgets what ``BatchPlan.host_stores``, ``host_loads`` and
+``host_drops`` name).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ class HostTier:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def store(self, keys) -> None:
-        """Keeps these identities (the most recent last), dropping the least recently used."""
+    def store(self, keys) -> list[int]:
+        """Keeps these identities (the most recent last), dropping the least recently used;
+        returns the identities dropped."""
         held = self._keys
         move = held.move_to_end
         for key in keys:
@@ -38,10 +40,10 @@ class HostTier:
             else:
                 held[key] = None
         excess = len(held) - self.capacity
-        if excess > 0:
-            drop = held.popitem
-            for _ in range(excess):
-                drop(False)
+        if excess <= 0:
+            return []
+        drop = held.popitem
+        return [drop(False)[0] for _ in range(excess)]
 
     def count(self, keys, begin: int, end: int) -> int:
         """How many of ``keys[begin:end]`` are held, from ``begin`` on without a gap."""
@@ -70,6 +72,10 @@ def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int
     begin = state.num_registered_blocks
     stored = keys[begin:upto]
     stored = stored.tolist() if hasattr(stored, "tolist") else list(stored)  # Python ints hash fast
-    scheduler.host.store(stored)
+    dropped = scheduler.host.store(stored)
     if scheduler._transfers:
-        scheduler._host_stores.extend(zip(state.block_table[begin:upto], stored))
+        pending = scheduler._host_stores  # identity -> block, for the next plan
+        pending.update(zip(stored, state.block_table[begin:upto]))
+        for key in dropped:  # an executor copies what the tier keeps, and forgets what it drops
+            if pending.pop(key, None) is None:
+                scheduler._host_drops.append(key)

@@ -42,8 +42,9 @@ class Scheduler:
         # (block id, identity) pairs for an executor's host tier: stores wait for the next plan
         # (their blocks are computed by this one), loads go in this one
         self._transfers = self.host is not None and emit_block_ids
-        self._host_stores: list[tuple[int, int]] = []
+        self._host_stores: dict[int, int] = {}  # identity -> block
         self._host_loads: list[tuple[int, int]] = []
+        self._host_drops: list[int] = []
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = ChainIndex(block_size)
@@ -115,7 +116,7 @@ class Scheduler:
     # --- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> BatchPlan:
         cfg = self.config
-        stores, self._host_stores = self._host_stores, []  # filled before this step
+        stores, self._host_stores = self._host_stores, {}  # filled before this step
         if cfg.grouping:
             self._maybe_regroup()
         if cfg.order == "lpm":
@@ -165,10 +166,11 @@ class Scheduler:
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
-                        self._loaded_blocks * size, tuple(stores), tuple(self._host_loads))
+                        self._loaded_blocks * size, tuple((block, key) for key, block in stores.items()),
+                        tuple(self._host_loads), tuple(self._host_drops))
         self._loaded_blocks = 0
-        if self._host_loads:
-            self._host_loads = []
+        if self._host_loads or self._host_drops:
+            self._host_loads, self._host_drops = [], []
         self._finished_last_update = ()
         self.step += 1
         return plan

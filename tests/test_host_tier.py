@@ -53,7 +53,7 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
 
 def test_a_load_costs_its_bytes_over_pcie():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # the 16 tokens computed after 64 loaded
-    (bare, bare_parts, _), (loading, parts, _) = (COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, (), ()))
+    (bare, bare_parts, _), (loading, parts, _) = (COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, (), (), ()))
                                                   for loaded in (0, 64))
     seconds = 64 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
     assert loading - bare == pytest.approx(seconds, rel=1e-9)
@@ -116,6 +116,10 @@ def engine_logits(workload, blocks: int, **overrides):
     runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2), keep_logits=True)
     seen = capture_logits(runner)
     outcome = run_engine(workload, schedule_config("fcfs", **overrides), runner, blocks, 16)
+    # the engine's copies are what the scheduler's tier holds, but for the stores the last plan left
+    scheduler = outcome.scheduler
+    if scheduler.host is not None:
+        assert set(runner.cache.host) | set(scheduler._host_stores) == set(scheduler.host._keys)
     return {r: torch.stack(rows) for r, rows in seen.items()}, outcome
 
 
@@ -132,12 +136,12 @@ def test_the_engine_loads_what_it_stored_and_computes_the_same(monkeypatch):
     def worst(logits):
         return max((logits[r] - baseline[r]).abs().max().item() for r in baseline)
 
-    for chunk in (16, 64):
-        logits, outcome = engine_logits(workload, 10, max_num_batched_tokens=chunk, host_cache_blocks=256)
+    for chunk, tier in ((16, 256), (64, 256), (64, 12)):  # 12 blocks: the tier drops some, the engine too
+        logits, outcome = engine_logits(workload, 10, max_num_batched_tokens=chunk, host_cache_blocks=tier)
         assert outcome.scheduler.stats.host_loaded_blocks > 0 and outcome.scheduler.kv.num_evictions > 0
-        assert worst(logits) < 1e-4, chunk
+        assert worst(logits) < 1e-4, (chunk, tier)
     real = PagedKVCache.host_transfers
-    monkeypatch.setattr(PagedKVCache, "host_transfers", lambda self, stores, loads: real(self, stores, ()))
+    monkeypatch.setattr(PagedKVCache, "host_transfers", lambda self, stores, loads, drops: real(self, stores, (), drops))
     logits, _ = engine_logits(workload, 10, max_num_batched_tokens=64, host_cache_blocks=256)
     assert worst(logits) > 1e-3
 
