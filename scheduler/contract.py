@@ -121,6 +121,9 @@ class BatchPlan:
     decodes: DecodeBatch = NO_DECODES
     # prompt tokens whose KV this step loads from a host-memory tier (scheduler/host_tier.py)
     loaded_tokens: int = 0
+    # prompt tokens whose KV this step copies to the host tier (write-through; computed by it or,
+    # for a finished request's output, by earlier ones)
+    stored_tokens: int = 0
     # for an executor with a host tier (block ids emitted): before computing, copy these blocks'
     # KV to host memory under their identities (blocks filled by earlier steps), then these
     # identities' KV from host memory into these blocks ((block id, identity) pairs), then
@@ -170,7 +173,7 @@ class StepResult:
 
 
 new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes",
-                               "loaded_tokens", "host_stores", "host_loads", "host_drops"),
+                               "loaded_tokens", "stored_tokens", "host_stores", "host_loads", "host_drops"),
                     "A BatchPlan (fields in order), built without its __init__'s costs.", _all=None)
 new_step_result = _builder(StepResult, ("step", "duration_s"),
                            "A StepResult with no sampled tokens or kernel times (read-only empty mappings), "

@@ -73,6 +73,7 @@ def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int
     stored = keys[begin:upto]
     stored = stored.tolist() if hasattr(stored, "tolist") else list(stored)  # Python ints hash fast
     dropped = scheduler.host.store(stored)
+    scheduler._stored_blocks += len(stored)
     if scheduler._transfers:
         pending = scheduler._host_stores  # identity -> block, for the next plan
         pending.update(zip(stored, state.block_table[begin:upto]))

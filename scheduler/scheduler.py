@@ -39,6 +39,7 @@ class Scheduler:
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
         self.host = HostTier(config.host_cache_blocks) if config.host_cache_blocks and config.caching != "off" else None
         self._loaded_blocks = 0  # loaded from the host tier in the step being scheduled
+        self._stored_blocks = 0  # written through to it
         # (block id, identity) pairs for an executor's host tier: stores wait for the next plan
         # (their blocks are computed by this one), loads go in this one
         self._transfers = self.host is not None and emit_block_ids
@@ -166,9 +167,10 @@ class Scheduler:
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
-                        self._loaded_blocks * size, tuple((block, key) for key, block in stores.items()),
-                        tuple(self._host_loads), tuple(self._host_drops))
-        self._loaded_blocks = 0
+                        self._loaded_blocks * size, self._stored_blocks * size,
+                        tuple((block, key) for key, block in stores.items()), tuple(self._host_loads),
+                        tuple(self._host_drops))
+        self._loaded_blocks = self._stored_blocks = 0
         if self._host_loads or self._host_drops:
             self._host_loads, self._host_drops = [], []
         self._finished_last_update = ()

@@ -62,8 +62,8 @@ class CostModel:
         # (members, prefix length) of shared-prefix groups repeat from step to step
         shared = profile.tables["attn_shared_prefix"]
         self._shared_prefix = _memo(lambda key: shared.scalar(*key))
-        load = profile.tables.get("host_kv_load")  # a host-memory tier's loads (roofline profiles)
-        self._host_load = load.scalar if load is not None else self._no_host_load
+        copy = profile.tables.get("host_kv_copy")  # a host-memory tier's loads and stores (roofline)
+        self._host_copy = copy.scalar if copy is not None else self._no_host_copy
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -123,8 +123,8 @@ class CostModel:
                  "lm_head_sampling": full(sampling), "step_overhead": full(overhead)}
         return np.array(totals), parts
 
-    def _no_host_load(self, tokens):
-        raise ConfigError(f"profile {self.profile.label} has no host_kv_load table: a host-memory KV tier "
+    def _no_host_copy(self, tokens):
+        raise ConfigError(f"profile {self.profile.label} has no host_kv_copy table: a host-memory KV tier "
                           f"(host_cache_blocks) is costed with the roofline profile only")
 
     def _decode_overhead(self, batch: int):
@@ -172,8 +172,11 @@ class CostModel:
         overhead = self._overhead(len(plan.listed) + len(decodes.req_ids))  # the plan's requests
         if self._prefill_overhead is not None and num_prefills:
             overhead = overhead + self._prefill_overhead((num_prefills, tokens - batch))
-        if plan.loaded_tokens:  # loaded from host memory before the forward pass, with the step's host work
-            overhead = overhead + self._host_load(plan.loaded_tokens)
+        # a host tier's copies, with the step's host work and not overlapped with its kernels: loads
+        # before the forward pass, stores (write-through) after it, as LMCache 0.3's connector waits
+        # for them (hungchun0201.github.io, "LMCache bottleneck analysis", 2026)
+        if plan.loaded_tokens or plan.stored_tokens:
+            overhead = overhead + self._host_copy(plan.loaded_tokens + plan.stored_tokens)
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
         sampling = self._sampling(sampled)
         layers = self.layers

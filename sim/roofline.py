@@ -80,9 +80,9 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     requests = np.array([0.0, 1.0, 65536.0])
     tables["step_overhead"] = Table(("requests",), (requests,),
                                     hardware.step_overhead_s + requests * hardware.step_overhead_per_request_s)
-    # a host-memory tier's loads: the tokens' KV (this GPU's share under tensor parallelism) over PCIe
-    loaded = np.array([0.0, 1.0, 1e12])
-    tables["host_kv_load"] = Table(("tokens",), (loaded,), loaded * part.kv_bytes_per_token
+    # a host-memory tier's copies either way: the tokens' KV (this GPU's share) over PCIe
+    copied = np.array([0.0, 1.0, 1e12])
+    tables["host_kv_copy"] = Table(("tokens",), (copied,), copied * part.kv_bytes_per_token
                                    / (hardware.host_bandwidth * hardware.host_efficiency))
     provenance = {"hardware": hardware.label, "generator": "batchlab roofline", "date": date.today().isoformat(),
                   "peak_flops": hardware.peak_flops, "hbm_bandwidth": hardware.hbm_bandwidth,

@@ -41,6 +41,11 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
     # the third request finds its 4 prefix blocks in host memory: 16 tokens computed, 64 loaded
     assert summary["prefill_tokens_computed"] == 80 + 310 + 16
     assert outcome.scheduler.stats.host_loaded_blocks == 4
+    # every full prompt block is written through as its step computes it (the loaded ones again)
+    plans = []
+    simulate(three_requests(), schedule_config("fcfs", host_cache_blocks=64), COST, 20, 16, fast_forward=False,
+             on_plan=lambda p: plans.append((p.loaded_tokens, p.stored_tokens)))
+    assert [p for p in plans if p != (0, 0)] == [(0, 80), (0, 304), (64, 80)]
     # too small a tier: the 310-token prompt's 19 blocks pushed the prefix out (least recent first)
     small, summary = run(10)
     assert small.scheduler.stats.host_loaded_blocks == 0 and summary["prefill_tokens_computed"] == 470
@@ -51,12 +56,13 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
         schedule_config("fcfs", host_cache_blocks=-1)
 
 
-def test_a_load_costs_its_bytes_over_pcie():
+def test_loads_and_stores_cost_their_bytes_over_pcie():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # the 16 tokens computed after 64 loaded
-    (bare, bare_parts, _), (loading, parts, _) = (COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, (), (), ()))
-                                                  for loaded in (0, 64))
-    seconds = 64 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
-    assert loading - bare == pytest.approx(seconds, rel=1e-9)
+    (bare, bare_parts, _), (copying, parts, _) = (
+        COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), ()))
+        for loaded, stored in ((0, 0), (64, 16)))
+    seconds = 80 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
+    assert copying - bare == pytest.approx(seconds, rel=1e-9)
     assert parts[-1] - bare_parts[-1] == pytest.approx(seconds, rel=1e-9) and parts[:-1] == bare_parts[:-1]
 
 
