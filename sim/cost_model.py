@@ -62,8 +62,9 @@ class CostModel:
         # (members, prefix length) of shared-prefix groups repeat from step to step
         shared = profile.tables["attn_shared_prefix"]
         self._shared_prefix = _memo(lambda key: shared.scalar(*key))
-        copy = profile.tables.get("host_kv_copy")  # a host-memory tier's loads and stores (roofline)
+        copy, store = profile.tables.get("host_kv_copy"), profile.tables.get("host_kv_store")  # (roofline)
         self._host_copy = copy.scalar if copy is not None else self._no_host_copy
+        self._host_store = store.scalar if store is not None else self._no_host_copy
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -172,11 +173,13 @@ class CostModel:
         overhead = self._overhead(len(plan.listed) + len(decodes.req_ids))  # the plan's requests
         if self._prefill_overhead is not None and num_prefills:
             overhead = overhead + self._prefill_overhead((num_prefills, tokens - batch))
-        # a host tier's copies, with the step's host work and not overlapped with its kernels: loads
-        # before the forward pass, stores (write-through) after it, as LMCache 0.3's connector waits
-        # for them (hungchun0201.github.io, "LMCache bottleneck analysis", 2026)
-        if plan.loaded_tokens or plan.stored_tokens:
-            overhead = overhead + self._host_copy(plan.loaded_tokens + plan.stored_tokens)
+        # a host tier's copies, with the step's host work: loads before the forward pass, stores
+        # (write-through) after it where they delay the step, as LMCache 0.3's connector waits for
+        # them (hungchun0201.github.io, "LMCache bottleneck analysis", 2026)
+        if plan.loaded_tokens:
+            overhead = overhead + self._host_copy(plan.loaded_tokens)
+        if plan.stored_tokens:
+            overhead = overhead + self._host_store(plan.stored_tokens)
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
         sampling = self._sampling(sampled)
         layers = self.layers

@@ -20,7 +20,7 @@ assumption of ours.
 
 A host-memory KV tier (``schedule.overrides.host_cache_blocks``) loads blocks over PCIe: Gen5
 x16 on H100 and H200 SXM (64 GB/s a direction, nominal), Gen4 x16 on the A100s, L40S and L4
-(32 GB/s); 80 % of it achievable is our assumption.
+(32 GB/s); 80 % of it achievable is our assumption, and so is whether stores delay a step.
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ class HardwareSpec:
     allreduce_latency_s: float = 10e-6        # fixed cost of one all-reduce
     host_bandwidth: float = 64 * GB           # bytes/s host -> GPU (PCIe Gen5 x16 a direction, nominal)
     host_efficiency: float = 0.8              # achievable fraction of it loading KV blocks
+    host_store_blocking: bool = True          # stores to the tier delay the step (LMCache 0.3); False:
+                                              # hidden behind the GPU's work (an asynchronous connector)
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
@@ -61,6 +63,9 @@ class HardwareSpec:
                            "interconnect_efficiency", "host_efficiency"):
             if not 0 < getattr(self, field_name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be in (0, 1]")
+        if not isinstance(self.host_store_blocking, bool):
+            raise ConfigError(f"hardware {self.name!r}: host_store_blocking is {self.host_store_blocking!r}; "
+                              f"expected true or false")
         if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
             raise ConfigError(f"hardware {self.name!r}: tensor_parallel is {self.tensor_parallel!r}; "
                               f"expected a whole number of GPUs >= 1")

@@ -64,6 +64,13 @@ def test_loads_and_stores_cost_their_bytes_over_pcie():
     seconds = 80 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
     assert copying - bare == pytest.approx(seconds, rel=1e-9)
     assert parts[-1] - bare_parts[-1] == pytest.approx(seconds, rel=1e-9) and parts[:-1] == bare_parts[:-1]
+    # stores hidden behind the GPU's work (an asynchronous connector): the loads alone
+    hidden = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm", host_store_blocking=False)), MODEL)
+    (plain, _, _), (loading, _, _) = (hidden.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), ()))
+                                      for loaded, stored in ((0, 0), (64, 16)))
+    assert loading - plain == pytest.approx(seconds * 64 / 80, rel=1e-9)
+    with pytest.raises(ConfigError, match="host_store_blocking is 'no'"):
+        hardware_spec("h100-sxm", host_store_blocking="no")
 
 
 def test_lru_order_and_gapless_counting():
