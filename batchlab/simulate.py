@@ -150,16 +150,14 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             sum(outcome.num_events for outcome in outcomes)
         extra = {"profile_kind": cost.profile.kind, "wall_s": time.perf_counter() - started, "num_events": events,
                  "num_gpus": replicas * hardware.tensor_parallel}
-        if any(o.scheduler.host is not None for o in outcomes):  # loaded back from a host tier, not computed
-            extra["host_loaded_tokens"] = block_size * sum(o.scheduler.stats.host_loaded_blocks for o in outcomes)
         if replicas > 1:  # how evenly the replicas were loaded: each one's requests and last finish
             extra["replicas"] = [{"requests": len(r["req_id"]), "last_finish_s": float(np.nanmax(r["finish_s"]))
                                   if len(r["req_id"]) else 0.0} for r in requests]
         summary = writer.add(config.name, _with_replicas(requests), _with_replicas(steps), extra)
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
              f"({summary['num_steps']:,} steps, {events:,} events)"
-            + (f", {extra['host_loaded_tokens']:,} prompt tokens loaded from host memory"
-               if "host_loaded_tokens" in extra else ""))
+            + (f", {summary['host_loaded_tokens']:,} prompt tokens loaded from host memory"
+               if summary["host_loaded_tokens"] else ""))
         if replicas > 1:
             say(f"{config.name}: replicas' requests and last finishes: " + ", ".join(
                 f"{r['requests']:,} / {r['last_finish_s']:,.1f} s" for r in extra["replicas"]))

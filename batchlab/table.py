@@ -17,7 +17,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     # several GPUs (tensor parallel, replicas): what each GPU does too, the figure to compare setups by
     per_gpu = any(s.get("num_gpus", 1) > 1 for s in summaries.values())
     # a host-memory KV tier: the share of prompt tokens loaded from it (within "prefill saved")
-    host = any("host_loaded_tokens" in s for s in summaries.values())
+    host = any(s.get("host_loaded_tokens") for s in summaries.values())
     header = ("schedule", "makespan s", "tokens/s") + (("tokens/s/GPU",) if per_gpu else ()) + (
         "vs fcfs", "prefill saved") + (("from host",) if host else ()) + (
         "TTFT p50", "TTFT p99", "TPOT p50 ms", "TPOT p99 ms", "peak KV blocks", "steps", "preempt")
@@ -25,7 +25,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         speedup = s["throughput_tokens_per_s"] / baseline if baseline else None
         gpu = (_fmt(s["throughput_tokens_per_s"] / s.get("num_gpus", 1), 0),) if per_gpu else ()
-        loaded = ((f"{s['host_loaded_tokens'] / s['prefill_tokens_logical']:.3f}" if "host_loaded_tokens" in s
+        loaded = ((f"{s['host_loaded_tokens'] / s['prefill_tokens_logical']:.3f}" if s.get("host_loaded_tokens")
                    and s["prefill_tokens_logical"] else "-"),) if host else ()
         rows.append((name, _fmt(s["makespan_s"], 1), _fmt(s["throughput_tokens_per_s"], 0)) + gpu + (
                      f"{speedup:.2f}x" if speedup else "-", f"{s['prefill_token_saving']:.3f}") + loaded + (

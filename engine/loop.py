@@ -89,7 +89,8 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         log.add_step({"step": plan.step, "start_s": step_started - started, "duration_s": end - step_started,
                       "num_tokens": tokens, "num_prefill_tokens": prefill, "num_decode_tokens": tokens - prefill,
                       "num_requests": len(plan.chunks), "num_sampled": len(result.sampled_tokens),
-                      "kv_blocks_used": kv_used, "num_waiting": waiting, "num_preempted": len(plan.preempted)},
+                      "kv_blocks_used": kv_used, "num_waiting": waiting, "num_preempted": len(plan.preempted),
+                      "num_loaded_tokens": plan.loaded_tokens},
                      kernels)
         if keep_plans:
             plans.append(plan.outline())

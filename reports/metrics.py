@@ -6,7 +6,7 @@ import numpy as np
 SUMMARY_KEYS = ("makespan_s", "throughput_tokens_per_s", "output_tokens_per_s", "prefill_tokens_logical",
                 "prefill_tokens_computed", "prefill_token_saving", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
                 "tpot_s_p99", "e2e_s_p50", "e2e_s_p99", "peak_kv_blocks", "num_steps", "num_preemptions",
-                "num_requests")
+                "num_requests", "host_loaded_tokens")
 
 
 def _column(table, name: str) -> np.ndarray:
@@ -72,4 +72,8 @@ def summarize(requests, steps) -> dict:
         "num_steps": num_steps,
         "num_preemptions": int(_column(requests, "num_preemptions").sum()),
         "num_requests": num_requests,
+        # prompt tokens loaded from a host-memory tier (within the saving); records without the
+        # column (written before it existed) had no tier
+        "host_loaded_tokens": int(_column(steps, "num_loaded_tokens").sum())
+        if num_steps and "num_loaded_tokens" in steps else 0,
     }

@@ -14,6 +14,7 @@ COLUMNS = (
     ("throughput_tokens_per_s", "throughput (tok/s)", True, "{:,.0f}"),
     ("speedup_vs_fcfs", "vs fcfs", True, "{:.2f}x"),
     ("prefill_token_saving", "prefill saved", True, "{:.3f}"),
+    ("host_loaded_share", "from host", True, "{:.3f}"),  # shown where a host tier loaded anything
     ("ttft_s_p50", "TTFT p50 (s)", False, "{:,.2f}"),
     ("ttft_s_p99", "TTFT p99 (s)", False, "{:,.2f}"),
     ("tpot_ms_p50", "TPOT p50 (ms)", False, "{:,.1f}"),
@@ -38,6 +39,8 @@ def comparison_frame(runs: list[RunRecords]) -> pd.DataFrame:
             row["tpot_ms_p99"] = metrics["tpot_s_p99"] * 1000
             row["peak_kv_gb"] = (metrics["peak_kv_blocks"] * kv_bytes_per_block / 1e9
                                  if kv_bytes_per_block else float("nan"))
+            logical = metrics["prefill_tokens_logical"]
+            row["host_loaded_share"] = metrics["host_loaded_tokens"] / logical if logical else float("nan")
             rows.append(row)
     frame = pd.DataFrame(rows)
     speedups = []
@@ -49,10 +52,16 @@ def comparison_frame(runs: list[RunRecords]) -> pd.DataFrame:
     return frame
 
 
+def shown_columns(frame: pd.DataFrame) -> tuple:
+    """COLUMNS, less the host tier's share where no run loaded anything from one."""
+    loaded = frame.get("host_loaded_share")
+    return tuple(c for c in COLUMNS if c[0] != "host_loaded_share" or (loaded is not None and (loaded > 0).any()))
+
+
 def best_rows(frame: pd.DataFrame) -> dict[str, set[int]]:
     """Row positions holding the best value of each column (ties all marked)."""
     best = {}
-    for key, _, larger, _ in COLUMNS:
+    for key, _, larger, _ in shown_columns(frame):
         values = frame[key].astype(float)
         finite = values[values.apply(lambda v: not math.isnan(v))]
         if finite.empty:
@@ -67,11 +76,12 @@ def formatted_rows(frame: pd.DataFrame, marker: str = "**") -> list[list[str]]:
     """Heading row plus one row per schedule; the best value of each column wrapped in ``marker``."""
     best = best_rows(frame)
     multi_run = frame["run"].nunique() > 1
-    header = (["run"] if multi_run else []) + ["schedule"] + [heading for _, heading, _, _ in COLUMNS]
+    columns = shown_columns(frame)
+    header = (["run"] if multi_run else []) + ["schedule"] + [heading for _, heading, _, _ in columns]
     rows = [header]
     for position, (_, row) in enumerate(frame.iterrows()):
         cells = ([row["run"]] if multi_run else []) + [row["schedule"]]
-        for key, _, _, fmt in COLUMNS:
+        for key, _, _, fmt in columns:
             value = row[key]
             text = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
             cells.append(f"{marker}{text}{marker}" if position in best[key] and text != "-" else text)

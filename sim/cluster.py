@@ -202,7 +202,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 continue
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
-                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
+                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),
+                        kernels)  # STEP_COLUMNS
             end = now + duration
             yield env.timeout(max(end - env.now, 0.0))
             scheduler.update(plan, new_step_result(plan.step, duration), end)

@@ -72,7 +72,7 @@ def record_stretch(scheduler: Scheduler, log: StepLog, cost: CostModel, stretch,
                    "duration_s": durations[:count], "num_tokens": batch, "num_prefill_tokens": 0,
                    "num_decode_tokens": batch, "num_requests": batch, "num_sampled": batch,
                    "kv_blocks_used": stretch.kv_blocks_used[:count], "num_waiting": scheduler.num_waiting,
-                   "num_preempted": 0}, kernels, count)
+                   "num_preempted": 0, "num_loaded_tokens": 0}, kernels, count)
     return count, ends, float(durations[0])
 
 
@@ -185,7 +185,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 on_plan(plan)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
-                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted)), kernels)  # STEP_COLUMNS
+                         scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),
+                        kernels)  # STEP_COLUMNS
             end = now + duration
             if env.peek() < end:  # another process has an event due before this step ends
                 yield env.timeout(end - env.now)

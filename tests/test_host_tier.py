@@ -198,3 +198,14 @@ def test_lpm_counts_prefixes_held_in_host_memory():
         states = outcome.scheduler.states
         first[blocks] = min((2, 3), key=lambda r: states[r].first_scheduled_s)
     assert first == {0: 2, 64: 3}
+
+
+def test_the_report_shows_the_host_share_only_where_a_tier_loaded_something():
+    import pandas as pd
+
+    from reports.tables import COLUMNS, formatted_rows
+
+    row = {key: 1.0 for key, _, _, _ in COLUMNS} | {"run": "r", "schedule": "fcfs", "host_loaded_share": 0.0}
+    assert "from host" not in formatted_rows(pd.DataFrame([row]))[0]
+    header, first, second = formatted_rows(pd.DataFrame([row | {"host_loaded_share": 0.25}, row | {"schedule": "x"}]))
+    assert "from host" in header and "**0.250**" in first and "0.000" in second

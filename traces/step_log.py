@@ -12,7 +12,8 @@ import numpy as np
 from .columns import read_parquet_numeric, write_parquet
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_tokens", "num_prefill_tokens", "num_decode_tokens",
-                "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted")
+                "num_requests", "num_sampled", "kv_blocks_used", "num_waiting", "num_preempted",
+                "num_loaded_tokens")  # the last: prompt tokens loaded from a host-memory tier
 _FLOAT_COLUMNS = STEP_COLUMNS[1:3]  # start_s, duration_s; the other step columns are counts
 
 
