@@ -8,6 +8,7 @@ costs of *their* stack, and every later ``batchlab simulate`` / ``plan`` can use
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from scheduler.model_spec import model_spec
 from sim.hardware import hardware_spec
 from traces.bench_results import METRIC_LABELS, read_bench_points
 
-from .calibration import CLIENT_METRICS, PARAMETERS, Setting, fit, held_out, predict
+from .calibration import CLIENT_METRICS, PARAMETERS, Setting, at_bound, fit, held_out, predict
 from .command import CONF_DIR, guarded, say
 from .records import finite_json
 
@@ -66,13 +67,13 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         names.remove("client_overhead_s")
         notes.append("no point measures TTFT or end-to-end latency: client_overhead_s not fitted")
     start = setting.values(float(cfg.client_overhead_s))
+    models = sorted({point.model or model.name for point in points})
     say(f"calibrate: {len(points)} points, {sum(len(p.measured) for p in points)} measured figures; "
-        f"fitting {', '.join(names)} for {', '.join(sorted({p.model or model.name for p in points}))} on "
-        f"{hardware.label}")
+        f"fitting {', '.join(names)} for {', '.join(models)} on {hardware.label}")
     preset = [predict(point, setting, start) for point in points]
     result = fit(points, setting, names, start, progress=say)
     for name in names:
-        if result.values[name] in (1.0, 0.0):
+        if at_bound(name, result.values[name]):
             notes.append(f"{name} ended at its bound ({result.values[name]:g}): the figures would take it past. A "
                          f"fraction of 1 or a cost of 0 can be real (an engine hiding host work behind the GPU's), or a "
                          f"sign that the preset, the model or the server's settings are not what ran")
@@ -90,7 +91,7 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                        + [f"hardware.overrides.{k}={v:.4g}" if isinstance(v, float) else f"hardware.overrides.{k}={v}"
                           for k, v in overrides.items()])
     calibration = {
-        "model": model.name, "models": sorted({point.model or model.name for point in points}),
+        "model": model.name, "models": models,
         "hardware": hardware.label, "hardware_preset": cfg.hardware.preset,
         "schedule": {"name": schedule.name, "max_num_batched_tokens": schedule.max_num_batched_tokens,
                      "max_num_seqs": schedule.max_num_seqs},
@@ -111,11 +112,8 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
 
 
 def _median_abs_error(rows, column: str) -> float | None:
-    errors = sorted(abs(row[column] / row["measured"] - 1) for row in rows if row[column] is not None)
-    if not errors:
-        return None
-    middle = len(errors) // 2
-    return errors[middle] if len(errors) % 2 else (errors[middle - 1] + errors[middle]) / 2
+    errors = [abs(row[column] / row["measured"] - 1) for row in rows if row[column] is not None]
+    return statistics.median(errors) if errors else None
 
 
 def _cell(value, measured, scale) -> str:

@@ -50,30 +50,40 @@ class Setting:
                 "client_overhead_s": client_overhead_s}
 
 
-def predict(point: BenchPoint, setting: Setting, values: dict[str, float]) -> dict[str, float]:
-    """The simulated counterpart of each figure ``point`` measured, with ``values``."""
-    from sim.cost_model import CostModel
-    from sim.hardware import kv_capacity_blocks
-    from sim.roofline import build_roofline_profile
+def _costed(setting: Setting, values: dict[str, float], model_name: str | None, built: dict):
+    """(cost model, KV blocks) of a model (the setting's where None) on the hardware with
+    ``values``, built once per model for one set of values (``built`` remembers them)."""
+    if model_name not in built:
+        from scheduler.model_spec import model_spec
+        from sim.cost_model import CostModel
+        from sim.hardware import kv_capacity_blocks
+        from sim.roofline import build_roofline_profile
+
+        hardware = replace(setting.hardware, **{k: v for k, v in values.items() if k != "client_overhead_s"})
+        model = model_spec(model_name) if model_name else setting.model
+        built[model_name] = (CostModel(build_roofline_profile(model, hardware), model),
+                             kv_capacity_blocks(model, hardware, setting.block_size))
+    return built[model_name]
+
+
+def predict(point: BenchPoint, setting: Setting, values: dict[str, float], built: dict | None = None) -> dict:
+    """The simulated counterpart of each figure ``point`` measured, with ``values`` (``built``:
+    the cost models already made for these values)."""
     from sim.simulator import simulate
 
-    from scheduler.model_spec import model_spec
-
     client = values["client_overhead_s"]
-    hardware = replace(setting.hardware, **{k: v for k, v in values.items() if k != "client_overhead_s"})
-    model = model_spec(point.model) if point.model else setting.model
-    cost = CostModel(build_roofline_profile(model, hardware), model)
-    outcome = simulate(point.workload(think_s=client, seed=setting.seed), setting.schedule, cost,
-                       kv_capacity_blocks(model, hardware, setting.block_size), setting.block_size)
+    cost, kv_blocks = _costed(setting, values, point.model, {} if built is None else built)
+    outcome = simulate(point.workload(think_s=client, seed=setting.seed), setting.schedule, cost, kv_blocks,
+                       setting.block_size)
     summary = outcome_summary(outcome)
     return {metric: summary[metric] + (client if metric in CLIENT_METRICS else 0.0) for metric in point.measured}
 
 
 def log_errors(points, setting: Setting, values: dict[str, float]) -> np.ndarray:
     """log(predicted / measured) of every measured figure, point by point."""
-    errors = []
+    errors, built = [], {}
     for point in points:
-        predicted = predict(point, setting, values)
+        predicted = predict(point, setting, values, built)
         errors.extend(math.log(predicted[m] / point.measured[m]) if predicted[m] > 0 else 10.0 for m in point.measured)
     return np.array(errors)
 
@@ -93,6 +103,11 @@ def _bounds(name: str) -> tuple[float, float]:
 
 def _bounded(names, u: np.ndarray) -> np.ndarray:
     return np.array([np.clip(x, *_bounds(n)) for n, x in zip(names, u)])
+
+
+def at_bound(name: str, value: float) -> bool:
+    """Whether a fitted value ended on one of its bounds (the fit would have gone past)."""
+    return any(_from_free(name, edge) == value for edge in _bounds(name))
 
 
 def _to_free(name: str, value: float) -> float:

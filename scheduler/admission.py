@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .contract import ScheduledChunk
 from .group_state import GroupState
+from .host_tier import as_ints
 from .request import RequestState
 
 if TYPE_CHECKING:
@@ -89,8 +90,7 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(need)
     if loaded:  # their KV comes back from host memory into the first new blocks
-        keys = scheduler._keys(state)[len(hits):len(hits) + loaded]
-        keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)
+        keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])
         scheduler.host.load(keys)
         scheduler._loaded_blocks += loaded
         scheduler.stats.host_loaded_blocks += loaded

@@ -51,8 +51,7 @@ class HostTier:
         if begin >= end or int(keys[begin]) not in held:  # the common answer, without a slice
             return 0
         found = 0
-        wanted = keys[begin:end]
-        for key in wanted.tolist() if hasattr(wanted, "tolist") else wanted:  # Python ints hash fast
+        for key in as_ints(keys[begin:end]):
             if key not in held:
                 break
             found += 1
@@ -66,12 +65,16 @@ class HostTier:
         self.num_loaded_blocks += len(keys)
 
 
+def as_ints(keys) -> list[int]:
+    """Chain keys (a numpy slice or a list) as Python ints, which hash fast."""
+    return keys.tolist() if hasattr(keys, "tolist") else list(keys)
+
+
 def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int) -> None:
     """Stores the blocks ``state`` registers now (from its registered count up to ``upto``) in
     the scheduler's tier, and lists them for an executor with one."""
     begin = state.num_registered_blocks
-    stored = keys[begin:upto]
-    stored = stored.tolist() if hasattr(stored, "tolist") else list(stored)  # Python ints hash fast
+    stored = as_ints(keys[begin:upto])
     dropped = scheduler.host.store(stored)
     scheduler._stored_blocks += len(stored)
     if scheduler._transfers:
