@@ -21,7 +21,7 @@ from sim.hardware import HARDWARE_PRESETS
 from .calibration import calibration_note, check_model, load_calibrations
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
-from .simulate import _with_replicas, host_tier_overrides, simulate_replicas, split_for_replicas
+from .simulate import _with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:
@@ -94,6 +94,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
     options = gpu_options(cfg)
+    pooled = pooled_host_tier(cfg, overrides, cfg.sharding in ("least_loaded", "cache_aware"), None)
     prices = gpu_prices(cfg, {name for name, _ in options})
     calibrations = {}
     if cfg.get("calibration"):
@@ -123,10 +124,11 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             replicas = gpus // tp
             cost = CostModel(build_roofline_profile(model, hardware), model)
             router, shards = split_for_replicas(cfg, workload, replicas, block_size)
+            shared = pooled and router is not None and replicas > 1  # one engine keeps its tier
             for config in configs:
                 started = time.perf_counter()
                 outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size, True,
-                                             [None] * replicas, progress)
+                                             [None] * replicas, progress, shared)
                 summary = summarize(_with_replicas([request_columns(o.scheduler, config.name) for o in outcomes]),
                                     _with_replicas([o.steps.columns() for o in outcomes]))
                 gpu_hours = summary["makespan_s"] * gpus / 3600

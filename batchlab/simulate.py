@@ -56,10 +56,10 @@ def build_setup(cfg: DictConfig, base_dir: str):
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,
-                      fast_forward: bool, step_dirs: list, progress) -> list:
+                      fast_forward: bool, step_dirs: list, progress, shared_host: bool = False) -> list:
     """One schedule on every replica: ``shards`` (one workload per replica) simulated apart, or,
     with a ``router``, the whole workload routed as it arrives over ``len(step_dirs)`` replicas
-    simulated together. One outcome per replica."""
+    simulated together (``shared_host``: their host tiers pooled). One outcome per replica."""
     from sim.simulator import simulate
 
     replicas = len(step_dirs)
@@ -67,7 +67,7 @@ def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: i
         from sim.cluster import simulate_cluster
 
         return simulate_cluster(workload, config, cost, kv_blocks, block_size, replicas, router, step_dirs, progress,
-                                fast_forward=fast_forward)
+                                fast_forward=fast_forward, shared_host=shared_host)
     outcomes = []
     for index, shard in enumerate(shards, 1):
         told = progress if progress is None or replicas == 1 else \
@@ -117,6 +117,22 @@ def host_tier_overrides(cfg: DictConfig, model, overrides: dict) -> dict:
     return {**overrides, "host_cache_blocks": int(gigabytes * 1e9 // block_bytes)}
 
 
+def pooled_host_tier(cfg: DictConfig, overrides: dict, routed: bool, replicas: int | None) -> bool:
+    """``host_kv_shared``: whether the replicas' host tiers are pooled, checked (``replicas``
+    None: a plan, whose options have any number)."""
+    shared = cfg.get("host_kv_shared", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"host_kv_shared is {shared!r}; expected true or false")
+    if shared and not overrides.get("host_cache_blocks"):
+        raise ConfigError("host_kv_shared=true pools the replicas' host tiers, and there are none: give host_kv_gb=N "
+                          "(each replica's share of the pool)")
+    if shared and (not routed or (replicas is not None and replicas < 2)):
+        raise ConfigError("host_kv_shared=true pools the host tiers of replicas routed as requests arrive; give "
+                          + (f"replicas >= 2 (now {replicas}) and " if replicas is not None else "")
+                          + "sharding=least_loaded or cache_aware")
+    return shared
+
+
 def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import numpy as np
 
@@ -126,6 +142,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     block_size = int(cfg.schedule.block_size)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
     router, shards = split_for_replicas(cfg, workload, replicas, block_size)
+    shared_host = pooled_host_tier(cfg, overrides, router is not None, replicas)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     where = hardware.label if replicas == 1 else f"{replicas} replicas of {hardware.label} ({sharding} sharding)"
     writer = RunWriter(run_dir, run_meta(
@@ -143,7 +160,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         step_dirs = [writer.step_dir(config.name) / (f"replica{index}" if replicas > 1 else "")
                      for index in range(1, replicas + 1)]
         outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size,
-                                     bool(cfg.schedule.fast_forward), step_dirs, progress)
+                                     bool(cfg.schedule.fast_forward), step_dirs, progress, shared_host)
         requests = [request_columns(outcome.scheduler, config.name) for outcome in outcomes]
         steps = [outcome.steps.columns() for outcome in outcomes]
         events = outcomes[0].num_events if router is not None and replicas > 1 else \
@@ -157,7 +174,9 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         say(f"{config.name}: makespan {summary['makespan_s']:,.1f} s simulated in {summary['wall_s']:.2f} s "
              f"({summary['num_steps']:,} steps, {events:,} events)"
             + (f", {summary['host_loaded_tokens']:,} prompt tokens loaded from host memory"
-               if summary["host_loaded_tokens"] else ""))
+               if summary["host_loaded_tokens"] else "")
+            + (f" ({sum(o.scheduler.stats.host_remote_blocks for o in outcomes) * block_size:,} of them another "
+               f"replica's)" if shared_host else ""))
         if replicas > 1:
             say(f"{config.name}: replicas' requests and last finishes: " + ", ".join(
                 f"{r['requests']:,} / {r['last_finish_s']:,.1f} s" for r in extra["replicas"]))

@@ -91,9 +91,11 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     state.block_table = hits + scheduler.kv.allocate(need)
     if loaded:  # their KV comes back from host memory into the first new blocks
         keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])
-        scheduler.host.load(keys)
+        remote = scheduler.host.load(keys, scheduler.replica)
         scheduler._loaded_blocks += loaded
+        scheduler._remote_blocks += remote
         scheduler.stats.host_loaded_blocks += loaded
+        scheduler.stats.host_remote_blocks += remote
         if scheduler._transfers:
             scheduler._host_loads.extend(zip(state.block_table[len(hits):len(hits) + loaded], keys))
     state.num_computed_tokens = computed

@@ -131,6 +131,8 @@ class BatchPlan:
     host_stores: tuple[tuple[int, int], ...] = ()
     host_loads: tuple[tuple[int, int], ...] = ()
     host_drops: tuple[int, ...] = ()
+    # of loaded_tokens, those another engine stored (a tier shared by engines: over the network)
+    remote_loaded_tokens: int = 0
     _all: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -173,7 +175,8 @@ class StepResult:
 
 
 new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes",
-                               "loaded_tokens", "stored_tokens", "host_stores", "host_loads", "host_drops"),
+                               "loaded_tokens", "stored_tokens", "host_stores", "host_loads", "host_drops",
+                               "remote_loaded_tokens"),
                     "A BatchPlan (fields in order), built without its __init__'s costs.", _all=None)
 new_step_result = _builder(StepResult, ("step", "duration_s"),
                            "A StepResult with no sampled tokens or kernel times (read-only empty mappings), "

@@ -3,8 +3,13 @@ cache has dropped them, and loaded back instead of recomputed (LMCache, vLLM's C
 SGLang's HiCache; Mooncake pools such memory across machines).
 
 Write-through, as those offload every computed block: each full block the scheduler registers in
-the GPU cache is stored here too, by identity (the chain key), and the tier keeps the
-``capacity`` most recently stored or loaded identities (LRU). At admission, after the GPU cache's
+the GPU cache is stored here too, by identity (the chain key), unless the tier holds it already
+(then it is only marked as used: LMCache and vLLM's offloading look their keys up before they
+copy), and the tier keeps the ``capacity`` most recently stored or loaded identities (LRU).
+
+Engines behind a router may share one tier (``shared=True`` in ``sim/cluster.py``: Mooncake's
+store pools every machine's DRAM): the tier then remembers which engine stored each block, and a
+load of another engine's block is counted as remote, to be costed at the network's bandwidth. At admission, after the GPU cache's
 hits, the prompt's next blocks found here are loaded: they take fresh GPU blocks but no prefill.
 Only identities are kept here; an executor that loads them keeps the KV itself (the engine's
 ``PagedKVCache`` copies and forgets what ``BatchPlan.host_stores``, ``host_loads`` and
@@ -23,27 +28,28 @@ if TYPE_CHECKING:
 class HostTier:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._keys: OrderedDict[int, None] = OrderedDict()
-        self.num_loaded_blocks = 0   # over the run
+        self._keys: OrderedDict[int, int] = OrderedDict()  # identity -> the engine that stored it
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def store(self, keys) -> list[int]:
+    def store(self, keys, owner: int = 0) -> tuple[list[int], list[int]]:
         """Keeps these identities (the most recent last), dropping the least recently used;
-        returns the identities dropped."""
+        returns (the identities copied here now: those it did not hold, the identities dropped)."""
         held = self._keys
         move = held.move_to_end
+        new = []
         for key in keys:
             if key in held:
                 move(key)
             else:
-                held[key] = None
+                held[key] = owner
+                new.append(key)
         excess = len(held) - self.capacity
         if excess <= 0:
-            return []
+            return new, []
         drop = held.popitem
-        return [drop(False)[0] for _ in range(excess)]
+        return new, [drop(False)[0] for _ in range(excess)]
 
     def count(self, keys, begin: int, end: int) -> int:
         """How many of ``keys[begin:end]`` are held, from ``begin`` on without a gap."""
@@ -57,12 +63,17 @@ class HostTier:
             found += 1
         return found
 
-    def load(self, keys) -> None:
-        """These identities are loaded: counted, and the most recently used now."""
+    def load(self, keys, owner: int = 0) -> int:
+        """These identities are loaded by engine ``owner``: the most recently used now. Returns
+        how many another engine stored (remote, in a shared tier)."""
         held = self._keys
+        move = held.move_to_end
+        remote = 0
         for key in keys:
-            held.move_to_end(key)
-        self.num_loaded_blocks += len(keys)
+            if held[key] != owner:
+                remote += 1
+            move(key)
+        return remote
 
 
 def as_ints(keys) -> list[int]:
@@ -72,14 +83,18 @@ def as_ints(keys) -> list[int]:
 
 def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int) -> None:
     """Stores the blocks ``state`` registers now (from its registered count up to ``upto``) in
-    the scheduler's tier, and lists them for an executor with one."""
+    the scheduler's tier, those it does not hold already, and lists them for an executor with one."""
     begin = state.num_registered_blocks
-    stored = as_ints(keys[begin:upto])
-    dropped = scheduler.host.store(stored)
+    keys = as_ints(keys[begin:upto])
+    stored, dropped = scheduler.host.store(keys, scheduler.replica)
     scheduler._stored_blocks += len(stored)
     if scheduler._transfers:
         pending = scheduler._host_stores  # identity -> block, for the next plan
-        pending.update(zip(stored, state.block_table[begin:upto]))
+        if len(stored) == len(keys):
+            pending.update(zip(keys, state.block_table[begin:upto]))
+        else:
+            new = set(stored)
+            pending.update((key, block) for key, block in zip(keys, state.block_table[begin:upto]) if key in new)
         for key in dropped:  # an executor copies what the tier keeps, and forgets what it drops
             if pending.pop(key, None) is None:
                 scheduler._host_drops.append(key)

@@ -31,15 +31,19 @@ from .waiting import Unit, WaitingQueue
 
 class Scheduler:
     def __init__(self, config: ScheduleConfig, num_kv_blocks: int, block_size: int = 16,
-                 emit_block_ids: bool = True, lazy_decodes: bool = True) -> None:
-        """``lazy_decodes=False`` schedules every step one request at a time (the reference the
-        decode cohort is tested against; same plans, slower)."""
+                 emit_block_ids: bool = True, lazy_decodes: bool = True, host: HostTier | None = None,
+                 replica: int = 0, chains: ChainIndex | None = None) -> None:
+        """``lazy_decodes=False``: every step one request at a time (the reference the decode cohort
+        is tested against). ``host``: a tier shared with other engines (``replica`` names this one
+        in it, ``chains`` gives their common block identities) instead of one of its own."""
         self.config = config
         self.block_size = block_size
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
-        self.host = HostTier(config.host_cache_blocks) if config.host_cache_blocks and config.caching != "off" else None
-        self._loaded_blocks = 0  # loaded from the host tier in the step being scheduled
-        self._stored_blocks = 0  # written through to it
+        own = HostTier(config.host_cache_blocks) if config.host_cache_blocks and host is None else None
+        self.host = (host if host is not None else own) if config.caching != "off" else None
+        self.replica = replica
+        # this step's blocks loaded from the host tier (of them, another engine's), written through
+        self._loaded_blocks = self._remote_blocks = self._stored_blocks = 0
         # (block id, identity) pairs for an executor's host tier: stores wait for the next plan
         # (their blocks are computed by this one), loads go in this one
         self._transfers = self.host is not None and emit_block_ids
@@ -48,7 +52,7 @@ class Scheduler:
         self._host_drops: list[int] = []
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
-        self.chains = ChainIndex(block_size)
+        self.chains = chains if chains is not None else ChainIndex(block_size)
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode
@@ -169,8 +173,8 @@ class Scheduler:
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
                         self._loaded_blocks * size, self._stored_blocks * size,
                         tuple((block, key) for key, block in stores.items()), tuple(self._host_loads),
-                        tuple(self._host_drops))
-        self._loaded_blocks = self._stored_blocks = 0
+                        tuple(self._host_drops), self._remote_blocks * size)
+        self._loaded_blocks = self._stored_blocks = self._remote_blocks = 0
         if self._host_loads or self._host_drops:
             self._host_loads, self._host_drops = [], []
         self._finished_last_update = ()
@@ -235,8 +239,7 @@ class Scheduler:
         return keys
 
     def _cached_tokens_of(self, unit: Unit) -> int:
-        """The prompt's tokens already there: in the GPU cache, then (SGLang's HiCache matches
-        host-held nodes too) in the host tier."""
+        """The prompt's tokens in the GPU cache, then in the host tier (as SGLang's HiCache matches)."""
         state = unit.prefix if isinstance(unit, GroupState) else unit
         keys = self._keys(state)
         hits = len(self.kv.lookup(keys, len(keys)))

@@ -21,6 +21,11 @@ would step by step (a stretch finishes requests only in its last step, at its en
 records are the same to the last bit (a test holds them). A closed loop (a client pool,
 ``Workload.closed_loop``) sends each client's next request when its last one finished on any
 replica, and is simulated step by step.
+
+The replicas' host-memory KV tiers (``config.host_cache_blocks`` each) may be pooled
+(``shared_host``): one tier of all their blocks, which every replica writes through to and loads
+from, as Mooncake's store pools the DRAM of every machine (Qin et al., FAST '25); a load of a
+block another replica stored is costed at the network's bandwidth (``pool_bandwidth``).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from scheduler import Scheduler, ScheduleConfig
 from scheduler.contract import new_step_result
 from scheduler.errors import ConfigError
 from scheduler.gc_pause import cyclic_gc_paused
+from scheduler.host_tier import HostTier
 from scheduler.prompt import ChainIndex
 from traces.client_pool import arrival_order
 from traces.step_log import StepLog
@@ -109,11 +115,14 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                      block_size: int, replicas: int, router: RouterConfig,
                      step_dirs: list[Path | None] | None = None,
                      progress: Callable[[str], None] | None = None, progress_every_s: float = 2.0,
-                     fast_forward: bool = True) -> list[SimOutcome]:
+                     fast_forward: bool = True, shared_host: bool = False) -> list[SimOutcome]:
     """One outcome per replica (its scheduler holds the requests routed to it)."""
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)
-    schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False) for _ in range(replicas)]
+    pool = HostTier(config.host_cache_blocks * replicas) if shared_host and config.host_cache_blocks else None
+    chains = ChainIndex(block_size) if pool is not None else None  # one set of identities for the pool
+    schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False, host=pool, replica=k,
+                            chains=chains) for k in range(replicas)]
     closed, ordered, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     for request in ordered:  # every request checked before anything is simulated
         schedulers[0].check_fits(request)

@@ -62,9 +62,10 @@ class CostModel:
         # (members, prefix length) of shared-prefix groups repeat from step to step
         shared = profile.tables["attn_shared_prefix"]
         self._shared_prefix = _memo(lambda key: shared.scalar(*key))
-        copy, store = profile.tables.get("host_kv_copy"), profile.tables.get("host_kv_store")  # (roofline)
-        self._host_copy = copy.scalar if copy is not None else self._no_host_copy
+        copy, store, remote = (profile.tables.get(f"host_kv_{kind}") for kind in ("copy", "store", "remote_copy"))
+        self._host_copy = copy.scalar if copy is not None else self._no_host_copy  # (roofline only)
         self._host_store = store.scalar if store is not None else self._no_host_copy
+        self._remote_copy = remote.scalar if remote is not None else self._no_host_copy
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -176,8 +177,11 @@ class CostModel:
         # a host tier's copies, with the step's host work: loads before the forward pass, stores
         # (write-through) after it where they delay the step, as LMCache 0.3's connector waits for
         # them (hungchun0201.github.io, "LMCache bottleneck analysis", 2026)
-        if plan.loaded_tokens:
-            overhead = overhead + self._host_copy(plan.loaded_tokens)
+        if plan.loaded_tokens:  # from this machine's memory over PCIe, or another's over the network
+            remote = plan.remote_loaded_tokens
+            overhead = overhead + self._host_copy(plan.loaded_tokens - remote)
+            if remote:
+                overhead = overhead + self._remote_copy(remote)
         if plan.stored_tokens:
             overhead = overhead + self._host_store(plan.stored_tokens)
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0

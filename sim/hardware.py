@@ -20,7 +20,12 @@ assumption of ours.
 
 A host-memory KV tier (``schedule.overrides.host_cache_blocks``) loads blocks over PCIe: Gen5
 x16 on H100 and H200 SXM (64 GB/s a direction, nominal), Gen4 x16 on the A100s, L40S and L4
-(32 GB/s); 80 % of it achievable is our assumption, and so is whether stores delay a step.
+(32 GB/s); 80 % of it achievable is our assumption, and so is whether stores delay a step. A
+tier shared by engines on several machines (Mooncake's store) loads another machine's blocks over
+RDMA: one 400 Gb/s NIC a GPU on H100 and H200 nodes (DGX H100), 200 Gb/s on the others (DGX
+A100), at the same 80 %; a published test of vLLM's Mooncake connector on an H20 pulled remote
+blocks at an effective 5-7 GB/s only (gitea.gahow.org/gahow/agentic-kvc, 2026): set
+``pool_bandwidth`` to what your network gives.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class HardwareSpec:
     host_efficiency: float = 0.8              # achievable fraction of it loading KV blocks
     host_store_blocking: bool = True          # stores to the tier delay the step (LMCache 0.3); False:
                                               # hidden behind the GPU's work (an asynchronous connector)
+    pool_bandwidth: float = 50 * GB           # bytes/s another machine's tier -> this GPU (RDMA NIC)
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
@@ -63,6 +69,9 @@ class HardwareSpec:
                            "interconnect_efficiency", "host_efficiency"):
             if not 0 < getattr(self, field_name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be in (0, 1]")
+        for field_name in ("host_bandwidth", "pool_bandwidth"):
+            if not getattr(self, field_name) > 0:
+                raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0 (bytes/s)")
         if not isinstance(self.host_store_blocking, bool):
             raise ConfigError(f"hardware {self.name!r}: host_store_blocking is {self.host_store_blocking!r}; "
                               f"expected true or false")
@@ -128,11 +137,13 @@ HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "h100-sxm": HardwareSpec("h100-sxm", 989e12, 3.35e12, 80 * GB),
     "h200": HardwareSpec("h200", 989e12, 4.8e12, 141 * GB),
     "a100-80gb": HardwareSpec("a100-80gb", 312e12, 2.039e12, 80 * GB, interconnect_bandwidth=300 * GB,
-                              host_bandwidth=32 * GB),
+                              host_bandwidth=32 * GB, pool_bandwidth=25 * GB),
     "a100-40gb": HardwareSpec("a100-40gb", 312e12, 1.555e12, 40 * GB, interconnect_bandwidth=300 * GB,
-                              host_bandwidth=32 * GB),
-    "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB),
-    "l4": HardwareSpec("l4", 121e12, 0.3e12, 24 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB),
+                              host_bandwidth=32 * GB, pool_bandwidth=25 * GB),
+    "l40s": HardwareSpec("l40s", 362e12, 0.864e12, 48 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB,
+                         pool_bandwidth=25 * GB),
+    "l4": HardwareSpec("l4", 121e12, 0.3e12, 24 * GB, interconnect_bandwidth=32 * GB, host_bandwidth=32 * GB,
+                       pool_bandwidth=25 * GB),
 }
 
 

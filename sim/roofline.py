@@ -84,6 +84,9 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     copied = np.array([0.0, 1.0, 1e12])
     tables["host_kv_copy"] = Table(("tokens",), (copied,), copied * part.kv_bytes_per_token
                                    / (hardware.host_bandwidth * hardware.host_efficiency))
+    # loads of blocks another engine stored in a tier they share: over the network (RDMA)
+    tables["host_kv_remote_copy"] = Table(("tokens",), (copied,), copied * part.kv_bytes_per_token
+                                          / (hardware.pool_bandwidth * hardware.host_efficiency))
     # stores: the same copies where they delay the step, none where the GPU's work hides them
     tables["host_kv_store"] = Table(("tokens",), (copied,), tables["host_kv_copy"].values
                                     * float(hardware.host_store_blocking))
@@ -93,7 +96,8 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
                   "memory_efficiency": hardware.memory_efficiency, "step_overhead_s": hardware.step_overhead_s,
                   "step_overhead_per_request_s": hardware.step_overhead_per_request_s,
                   "kernel_launch_s": hardware.kernel_launch_s, "host_bandwidth": hardware.host_bandwidth,
-                  "host_efficiency": hardware.host_efficiency, "host_store_blocking": hardware.host_store_blocking}
+                  "host_efficiency": hardware.host_efficiency, "host_store_blocking": hardware.host_store_blocking,
+                  "pool_bandwidth": hardware.pool_bandwidth}
     if hardware.tensor_parallel > 1:
         provenance.update(tensor_parallel=hardware.tensor_parallel,
                           interconnect_bandwidth=hardware.interconnect_bandwidth,

@@ -41,11 +41,12 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
     # the third request finds its 4 prefix blocks in host memory: 16 tokens computed, 64 loaded
     assert summary["prefill_tokens_computed"] == 80 + 310 + 16
     assert outcome.scheduler.stats.host_loaded_blocks == 4
-    # every full prompt block is written through as its step computes it (the loaded ones again)
+    # every full prompt block is written through as its step computes it; the loaded ones are
+    # held already and not copied again (before 2026-12-03 they were: (64, 80))
     plans = []
     simulate(three_requests(), schedule_config("fcfs", host_cache_blocks=64), COST, 20, 16, fast_forward=False,
              on_plan=lambda p: plans.append((p.loaded_tokens, p.stored_tokens)))
-    assert [p for p in plans if p != (0, 0)] == [(0, 80), (0, 304), (64, 80)]
+    assert [p for p in plans if p != (0, 0)] == [(0, 80), (0, 304), (64, 16)]
     # too small a tier: the 310-token prompt's 19 blocks pushed the prefix out (least recent first)
     small, summary = run(10)
     assert small.scheduler.stats.host_loaded_blocks == 0 and summary["prefill_tokens_computed"] == 470
@@ -59,14 +60,14 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
 def test_loads_and_stores_cost_their_bytes_over_pcie():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # the 16 tokens computed after 64 loaded
     (bare, bare_parts, _), (copying, parts, _) = (
-        COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), ()))
+        COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0))
         for loaded, stored in ((0, 0), (64, 16)))
     seconds = 80 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
     assert copying - bare == pytest.approx(seconds, rel=1e-9)
     assert parts[-1] - bare_parts[-1] == pytest.approx(seconds, rel=1e-9) and parts[:-1] == bare_parts[:-1]
     # stores hidden behind the GPU's work (an asynchronous connector): the loads alone
     hidden = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm", host_store_blocking=False)), MODEL)
-    (plain, _, _), (loading, _, _) = (hidden.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), ()))
+    (plain, _, _), (loading, _, _) = (hidden.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0))
                                       for loaded, stored in ((0, 0), (64, 16)))
     assert loading - plain == pytest.approx(seconds * 64 / 80, rel=1e-9)
     with pytest.raises(ConfigError, match="host_store_blocking is 'no'"):
@@ -75,11 +76,12 @@ def test_loads_and_stores_cost_their_bytes_over_pcie():
 
 def test_lru_order_and_gapless_counting():
     tier = HostTier(3)
-    tier.store([1, 2, 3])
-    tier.load([1])            # 1 is now the most recent
-    tier.store([4])           # drops 2, the least recently used
+    assert tier.store([1, 2, 3]) == ([1, 2, 3], [])
+    assert tier.load([1]) == 0   # 1 is now the most recent; stored by this engine
+    assert tier.store([4, 3]) == ([4], [2])  # 3 is held: not copied again; 2, the least recently used, dropped
     assert tier.count([1, 2, 3], 0, 3) == 1 and tier.count([3, 4, 1], 0, 3) == 3 and len(tier) == 3
-    assert tier.num_loaded_blocks == 1
+    assert tier.store([5], owner=1) == ([5], [1])  # another engine's block, in a shared tier
+    assert tier.load([5, 4], owner=0) == 1
 
 
 @pytest.mark.skipif(not (SHARED / "mooncake" / "synthetic_trace.jsonl").exists(), reason="../shared/traces absent")
