@@ -34,8 +34,8 @@ class Scheduler:
                  emit_block_ids: bool = True, lazy_decodes: bool = True, host: HostTier | None = None,
                  replica: int = 0, chains: ChainIndex | None = None) -> None:
         """``lazy_decodes=False``: every step one request at a time (the reference the decode cohort
-        is tested against). ``host``: a tier shared with other engines (``replica`` names this one
-        in it, ``chains`` gives their common block identities) instead of one of its own."""
+        is tested against). ``host``: a tier shared with other simulated engines (``replica`` names
+        this one in it, ``chains`` their common block identities) instead of one of its own."""
         self.config = config
         self.block_size = block_size
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
