@@ -22,9 +22,10 @@ REQUEST_COLUMNS = ("req_id", "arrival_s", "prompt_len", "output_len", "first_sch
 _TIME_COLUMNS = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
 
 
-def request_columns(scheduler, schedule: str) -> dict[str, np.ndarray]:
+def request_columns(scheduler, schedule: str, sessions=None) -> dict[str, np.ndarray]:
     """The requests table of a finished (or interrupted) run, by request id: times in float64
-    (NaN where there is none yet), counts in int64, the schedule's name first."""
+    (NaN where there is none yet), counts in int64, the schedule's name first. ``sessions``
+    (``Workload.sessions``): a ``session`` column, each request's session (its index)."""
     states = sorted((s for s in scheduler.states.values() if s.request is not None), key=lambda s: s.req_id)
     columns: dict[str, np.ndarray] = {"schedule": np.full(len(states), schedule, dtype=object)}
     for name in REQUEST_COLUMNS:
@@ -33,6 +34,9 @@ def request_columns(scheduler, schedule: str) -> dict[str, np.ndarray]:
                                      dtype=np.float64)
         else:
             columns[name] = np.array([getattr(s, name) for s in states], dtype=np.int64)
+    if sessions is not None:
+        session_of = {req_id: index for index, turns in enumerate(sessions) for req_id in turns}
+        columns["session"] = np.array([session_of.get(s.req_id, -1) for s in states], dtype=np.int64)
     return columns
 
 

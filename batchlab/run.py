@@ -112,8 +112,8 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         started = time.perf_counter()
         outcome = run_engine(workload, config, runner, int(cfg.kv_blocks), block_size, cfg.online,
                              writer.step_dir(config.name), say if cfg.progress else None)
-        summary = writer.add(config.name, request_columns(outcome.scheduler, config.name), outcome.steps.columns(),
-                             {"profile_kind": "measured", "wall_s": time.perf_counter() - started})
+        summary = writer.add(config.name, request_columns(outcome.scheduler, config.name, workload.sessions),
+                             outcome.steps.columns(), {"profile_kind": "measured", "wall_s": time.perf_counter() - started})
         say(f"{config.name}: {summary['num_steps']:,} steps in {summary['makespan_s']:.2f} s, "
              f"{summary['throughput_tokens_per_s']:,.0f} tokens/s")
     writer.write(complete=True)

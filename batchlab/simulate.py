@@ -161,7 +161,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                      for index in range(1, replicas + 1)]
         outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size,
                                      bool(cfg.schedule.fast_forward), step_dirs, progress, shared_host)
-        requests = [request_columns(outcome.scheduler, config.name) for outcome in outcomes]
+        requests = [request_columns(outcome.scheduler, config.name, workload.sessions) for outcome in outcomes]
         steps = [outcome.steps.columns() for outcome in outcomes]
         events = outcomes[0].num_events if router is not None and replicas > 1 else \
             sum(outcome.num_events for outcome in outcomes)

@@ -18,8 +18,10 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     per_gpu = any(s.get("num_gpus", 1) > 1 for s in summaries.values())
     # a host-memory KV tier: the share of prompt tokens loaded from it (within "prefill saved")
     host = any(s.get("host_loaded_tokens") for s in summaries.values())
+    # sessions (agents' jobs): the mean time from a session's first arrival to its last answer
+    jobs = any("session_s_mean" in s for s in summaries.values())
     header = ("schedule", "makespan s", "tokens/s") + (("tokens/s/GPU",) if per_gpu else ()) + (
-        "vs fcfs", "prefill saved") + (("from host",) if host else ()) + (
+        "vs fcfs", "prefill saved") + (("from host",) if host else ()) + (("session s",) if jobs else ()) + (
         "TTFT p50", "TTFT p99", "TPOT p50 ms", "TPOT p99 ms", "peak KV blocks", "steps", "preempt")
     rows = [header]
     for name, s in summaries.items():
@@ -27,8 +29,9 @@ def comparison_table(summaries: dict[str, dict]) -> str:
         gpu = (_fmt(s["throughput_tokens_per_s"] / s.get("num_gpus", 1), 0),) if per_gpu else ()
         loaded = ((f"{s['host_loaded_tokens'] / s['prefill_tokens_logical']:.3f}" if s.get("host_loaded_tokens")
                    and s["prefill_tokens_logical"] else "-"),) if host else ()
+        session = (_fmt(s.get("session_s_mean"), 2),) if jobs else ()
         rows.append((name, _fmt(s["makespan_s"], 1), _fmt(s["throughput_tokens_per_s"], 0)) + gpu + (
-                     f"{speedup:.2f}x" if speedup else "-", f"{s['prefill_token_saving']:.3f}") + loaded + (
+                     f"{speedup:.2f}x" if speedup else "-", f"{s['prefill_token_saving']:.3f}") + loaded + session + (
                      _fmt(s["ttft_s_p50"]), _fmt(s["ttft_s_p99"]),
                      _fmt(s["tpot_s_p50"] * 1000 if s["tpot_s_p50"] == s["tpot_s_p50"] else None, 1),
                      _fmt(s["tpot_s_p99"] * 1000 if s["tpot_s_p99"] == s["tpot_s_p99"] else None, 1),

@@ -13,7 +13,7 @@ from typing import Callable
 
 from scheduler import Scheduler, ScheduleConfig
 from scheduler.errors import ConfigError
-from traces.client_pool import arrival_order
+from traces.client_pool import add_sent, arrival_order
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -79,7 +79,7 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         executed = time.perf_counter()
         scheduler.update(plan, result, executed - started)
         if closed is not None:  # clients whose requests finished send their next ones
-            requests.extend(closed.sent_after(scheduler.finished_last_update, executed - started))
+            add_sent(requests, index, closed.sent_after(scheduler.finished_last_update, executed - started))
         # a step spans the whole iteration, scheduling included, so that steps tile the timeline
         end = time.perf_counter()
         kernels = dict(result.kernel_s)

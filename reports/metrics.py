@@ -76,4 +76,21 @@ def summarize(requests, steps) -> dict:
         # column (written before it existed) had no tier
         "host_loaded_tokens": int(_column(steps, "num_loaded_tokens").sum())
         if num_steps and "num_loaded_tokens" in steps else 0,
+        **(session_times(requests) if "session" in requests else {}),
     }
+
+
+def session_times(requests) -> dict:
+    """Sessions' (agents' jobs') times, from the first turn's arrival to the last turn's finish:
+    mean, p50 and p99 over the sessions that finished (records with a ``session`` column)."""
+    session = _column(requests, "session")
+    arrival, finish = _floats(requests, "arrival_s"), _floats(requests, "finish_s")
+    keep = session >= 0
+    ids, where = np.unique(session[keep], return_inverse=True)
+    first, last = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
+    np.minimum.at(first, where, arrival[keep])
+    np.maximum.at(last, where, np.where(np.isnan(finish[keep]), np.inf, finish[keep]))  # unfinished: no time
+    spans = last - first
+    spans = spans[np.isfinite(spans)]
+    return {"num_sessions": int(len(ids)), "session_s_mean": float(spans.mean()) if len(spans) else float("nan"),
+            "session_s_p50": _percentile(spans, 50), "session_s_p99": _percentile(spans, 99)}

@@ -15,6 +15,7 @@ COLUMNS = (
     ("speedup_vs_fcfs", "vs fcfs", True, "{:.2f}x"),
     ("prefill_token_saving", "prefill saved", True, "{:.3f}"),
     ("host_loaded_share", "from host", True, "{:.3f}"),  # shown where a host tier loaded anything
+    ("session_s_mean", "session mean (s)", False, "{:,.2f}"),  # shown where the requests are sessions' turns
     ("ttft_s_p50", "TTFT p50 (s)", False, "{:,.2f}"),
     ("ttft_s_p99", "TTFT p99 (s)", False, "{:,.2f}"),
     ("tpot_ms_p50", "TPOT p50 (ms)", False, "{:,.1f}"),
@@ -53,9 +54,12 @@ def comparison_frame(runs: list[RunRecords]) -> pd.DataFrame:
 
 
 def shown_columns(frame: pd.DataFrame) -> tuple:
-    """COLUMNS, less the host tier's share where no run loaded anything from one."""
-    loaded = frame.get("host_loaded_share")
-    return tuple(c for c in COLUMNS if c[0] != "host_loaded_share" or (loaded is not None and (loaded > 0).any()))
+    """COLUMNS, less the host tier's share where no run loaded anything from one, and the
+    sessions' time where no run had sessions."""
+    loaded, sessions = frame.get("host_loaded_share"), frame.get("session_s_mean")
+    shown = {"host_loaded_share": loaded is not None and (loaded > 0).any(),
+             "session_s_mean": sessions is not None and sessions.notna().any()}
+    return tuple(c for c in COLUMNS if shown.get(c[0], True))
 
 
 def best_rows(frame: pd.DataFrame) -> dict[str, set[int]]:

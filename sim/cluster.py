@@ -44,7 +44,7 @@ from scheduler.errors import ConfigError
 from scheduler.gc_pause import cyclic_gc_paused
 from scheduler.host_tier import HostTier
 from scheduler.prompt import ChainIndex
-from traces.client_pool import arrival_order
+from traces.client_pool import add_sent, arrival_order
 from traces.step_log import StepLog
 from traces.workload import Workload
 
@@ -133,8 +133,9 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
     env = simpy.Environment()
     total = len(workload.requests)
     # "send_awaited": closed loop, the event the arrivals process waits on while no client has a
-    # request on its way
-    state = {"next": 0, "events": 0, "report": time.perf_counter(), "send_awaited": None}
+    # request on its way; "rearm": the one that wakes it, asleep until the next arrival, when a
+    # client sends one due earlier (sessions arriving on their own)
+    state = {"next": 0, "events": 0, "report": time.perf_counter(), "send_awaited": None, "rearm": None}
     idle: list[simpy.Event | None] = [None] * replicas
     decode_s: list[float | None] = [None] * replicas  # each replica's last decode step, for lookahead
 
@@ -156,10 +157,11 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         """Closed loop: the requests clients send as theirs finished on replica ``k`` at ``now``
         (the end of its step), to be routed when they arrive."""
         sent = closed.sent_after(schedulers[k].finished_last_update, now)
-        requests.extend(sent)
-        if sent and state["send_awaited"] is not None:  # the arrivals process waits for one to be sent
-            state["send_awaited"], event = None, state["send_awaited"]
-            event.succeed()
+        add_sent(requests, state["next"], sent)
+        for waiting in ("send_awaited", "rearm"):  # the arrivals process waits for one to be sent, or sleeps
+            if sent and state[waiting] is not None:
+                state[waiting], event = None, state[waiting]
+                event.succeed()
 
     def arrivals():
         while state["next"] < total:
@@ -169,8 +171,11 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 continue
             arrival = requests[state["next"]].arrival_s
             if arrival > env.now:
-                yield env.timeout(arrival - env.now)
-            deliver(arrival)
+                state["rearm"] = env.event()
+                yield env.timeout(arrival - env.now) | state["rearm"]
+                state["rearm"] = None
+                continue  # the next arrival again: a client may have sent one due earlier
+            deliver(env.now)
 
     def engine(k: int):
         """The simulator's loop, a step or a decode stretch at a time, on the replica's own clock (``now``: the

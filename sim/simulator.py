@@ -30,7 +30,7 @@ from scheduler import Scheduler, ScheduleConfig
 from scheduler.contract import new_step_result
 from scheduler.errors import WorkloadError
 from scheduler.gc_pause import cyclic_gc_paused
-from traces.client_pool import arrival_order
+from traces.client_pool import add_sent, arrival_order
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
@@ -115,7 +115,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         """Closed loop: the requests clients send as theirs finished at ``now`` (the end of the
         step just simulated); the earliest one's arrival."""
         sent = closed.sent_after(scheduler.finished_last_update, now)
-        requests.extend(sent)
+        add_sent(requests, state["next"], sent)
         return min((r.arrival_s for r in sent), default=math.inf)
 
     def arrivals():

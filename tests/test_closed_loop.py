@@ -150,8 +150,10 @@ def test_a_sessions_turns_wait_for_each_other():
         assert starts[:2] == [0.0, 0.0] and all(t > 0 for t in starts[2:])  # two clients, six sessions
     with pytest.raises(ConfigError, match="holds sessions, whose turns wait for each other"):
         simulate(agent_sessions(num_sessions=2, turns=2), schedule_config("fcfs"), COST, 4000, 16)
-    with pytest.raises(ConfigError, match="arrivals 'poisson' cannot send them; give process=closed"):
-        with_arrivals(agent_sessions(num_sessions=2, turns=2), "poisson", rate=1.0)
+    with pytest.raises(ConfigError, match="give the sessions' arrivals .process=poisson"):
+        with_arrivals(agent_sessions(num_sessions=2, turns=2), "trace")
+    with pytest.raises(ConfigError, match="clients is for closed-loop arrivals .process=closed., not 'poisson'"):
+        with_arrivals(agent_sessions(num_sessions=2, turns=2), "poisson", rate=1.0, clients=4)
 
 
 def test_the_engine_runs_agent_sessions_with_the_same_tokens_under_any_schedule():

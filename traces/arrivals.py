@@ -33,15 +33,18 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
         requests = tuple(r if r.arrival_s == 0.0 else r.with_arrival(0.0) for r in workload.requests)
         return replace(workload, requests=requests,
                        closed_loop=ClosedLoop(clients, float(think_s), float(think_cv), seed))
-    if workload.sessions is not None:
-        raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: arrivals "
-                          f"{process!r} cannot send them; give process=closed with clients=N")
+    sessions = workload.sessions
+    if sessions is not None and process == "trace":
+        raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: give the "
+                          f"sessions' arrivals (process=poisson, gamma or offline, think_s between turns) or a client "
+                          f"pool (process=closed with clients=N)")
     for name, value, unset in (("clients", clients, None), ("think_s", think_s, 0.0), ("think_cv", think_cv, 0.0)):
-        if value != unset:
-            raise ConfigError(f"{name} is for closed-loop arrivals (process=closed), not {process!r}")
+        if value != unset and (sessions is None or name == "clients"):
+            raise ConfigError(f"{name} is for closed-loop arrivals (process=closed)"
+                              + (", or sessions' turns" if name != "clients" else "") + f", not {process!r}")
     if not scale > 0:
         raise ConfigError(f"arrival time scale is {scale}; expected > 0")
-    count = len(workload.requests)
+    count = len(workload.requests) if sessions is None else len(sessions)
     if process == "offline":
         times = np.zeros(count)
     elif process == "trace":
@@ -58,6 +61,8 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
             shape = 1.0 / (cv * cv)
             gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
         times = np.concatenate([[0.0], np.cumsum(gaps)[:-1]]) if count else gaps
+    if sessions is not None:  # the sessions' first turns at these times; the rest sent as turns finish
+        return _session_arrivals(workload, times * scale, think_s, think_cv, seed)
     if process == "trace" and scale == 1.0:  # the same times: the same (immutable) requests
         requests = workload.requests
     else:
@@ -67,3 +72,13 @@ def with_arrivals(workload: Workload, process: str = "trace", rate: float | None
     if (order != np.arange(count)).any():
         requests = tuple(requests[i] for i in order.tolist())
     return replace(workload, requests=requests)
+
+
+def _session_arrivals(workload: Workload, times: np.ndarray, think_s: float, think_cv: float,
+                      seed: int) -> Workload:
+    for name, value, expected in (("think_s", think_s, "seconds >= 0"), ("think_cv", think_cv, ">= 0")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"sessions' {name} is {value!r}; expected {expected}")
+    start = {session[0]: t for session, t in zip(workload.sessions, times.tolist())}
+    requests = tuple(r.with_arrival(start.get(r.req_id, 0.0)) for r in workload.requests)
+    return replace(workload, requests=requests, closed_loop=ClosedLoop(None, float(think_s), float(think_cv), seed))

@@ -70,7 +70,10 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
         if workload.closed_loop is not None:
             loop = workload.closed_loop
             spread = f",cv{loop.think_cv:g}" if loop.think_cv else ""
-            workload = replace(workload, name=f"{workload.name}+closed(c{loop.clients},think{loop.think_s:g}s{spread})")
+            clients = (f"{arrivals.get('process')}{arrivals.get('rate') or ''}" if loop.clients is None
+                       else f"closed(c{loop.clients}")
+            workload = replace(workload, name=f"{workload.name}+{clients}" + ("(" if loop.clients is None else ",")
+                               + f"think{loop.think_s:g}s{spread})")
         elif arrivals.get("process", "trace") not in ("trace", "offline") or arrivals.get("scale", 1.0) != 1.0:
             workload = replace(workload, name=f"{workload.name}+{arrivals.get('process')}"
                                               f"{'' if arrivals.get('scale', 1.0) == 1.0 else 'x' + str(arrivals['scale'])}")

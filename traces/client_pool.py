@@ -2,10 +2,13 @@
 start each client sends the first turn of a session; when a request finishes, its client sends
 that session's next turn after the think time, or, the session done, the first turn of the next
 session nobody has started. Without sessions every request is a session of one turn, sent in
-workload order. The simulator, its replicas behind a router and the engine loop all ask this, so
-their clients behave alike."""
+workload order. Sessions that arrive on their own (``ClosedLoop.clients`` None) each have a
+client from their first turn's arrival time. The simulator, its replicas behind a router and the
+engine loop all ask this, so their clients behave alike; they keep the requests not yet arrived
+in arrival order (``add_sent``)."""
 from __future__ import annotations
 
+from bisect import insort
 from operator import attrgetter
 from typing import Sequence
 
@@ -37,7 +40,10 @@ class ClientPool:
             for turn, following in zip(session, session[1:]):
                 self._next[turn] = by_id[following]
         self._fresh = iter([by_id[session[0]] for session in sessions])  # sessions nobody has started
-        self.first = [request for _, request in zip(range(loop.clients), self._fresh)]  # sent at t = 0
+        if loop.clients is None:  # every session at its own arrival time
+            self.first = sorted(self._fresh, key=attrgetter("arrival_s", "req_id"))
+        else:
+            self.first = [request for _, request in zip(range(loop.clients), self._fresh)]  # sent at t = 0
         self._known = set(by_id)
 
     def sent_after(self, finished: tuple[int, ...], now: float) -> list[Request]:
@@ -52,13 +58,27 @@ class ClientPool:
         return sent
 
 
+def add_sent(requests: list[Request], taken: int, sent: list[Request]) -> None:
+    """Puts requests clients just sent among those not yet taken (``requests[taken:]``), in
+    arrival order (after those due at the same time)."""
+    if not sent:
+        return
+    if taken == len(requests) or requests[-1].arrival_s <= min(r.arrival_s for r in sent):
+        requests.extend(sorted(sent, key=attrgetter("arrival_s")))  # the common case: after them all
+        return
+    for request in sent:
+        insort(requests, request, lo=taken, key=attrgetter("arrival_s"))
+
+
 def client_pool(workload: Workload) -> ClientPool | None:
     """The workload's client pool; None for an open loop (arrival times in the requests).
     Sessions need a closed loop: their turns wait for each other."""
     if workload.closed_loop is None:
         if workload.sessions is not None:
             raise ConfigError(f"workload {workload.name!r} holds sessions, whose turns wait for each other: give "
-                              f"it closed-loop arrivals (workload.arrivals.process=closed workload.arrivals.clients=N)")
+                              f"it a client pool (workload.arrivals.process=closed workload.arrivals.clients=N) or "
+                              f"the sessions' arrivals (workload.arrivals.process=poisson workload.arrivals.rate=R, "
+                              f"sessions a second; workload.arrivals.think_s between turns)")
         return None
     return ClientPool(workload)
 

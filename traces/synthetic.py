@@ -100,16 +100,19 @@ def agent_sessions(num_sessions: int = 256, turns: int = 8, system_len: int = 20
                    observation_len: int = 1000, output_len: int = 200) -> Workload:
     """Agents, each a session of ``turns`` turns that re-sends its whole context: turn t's prompt
     is the system prompt all agents share, the session's task, then for each earlier turn the
-    agent's output (``output_len`` tokens) and the tool's observation (``observation_len``). A
-    closed loop's client runs a session's turns one after the other (``Workload.sessions``).
+    agent's output (``output_len`` tokens) and the tool's observation (``observation_len``);
+    ``system_len=0``: agents that share nothing. A client runs a session's turns one after the
+    other (``Workload.sessions``: a closed loop's pool, or sessions arriving on their own).
     A turn's output is the next turn's ``output_segment``: its generated blocks are cached for
     the next turn, and the engine feeds the next turn the tokens it generated."""
-    _positive("agent_sessions", num_sessions=num_sessions, turns=turns, system_len=system_len, task_len=task_len,
+    _positive("agent_sessions", num_sessions=num_sessions, turns=turns, task_len=task_len,
               observation_len=observation_len, output_len=output_len)
+    if system_len != 0:
+        _positive("agent_sessions", system_len=system_len)
     requests, sessions = [], []
     for session in range(num_sessions):
         base = _SESSION_BASE + session * (2 * turns + 1)
-        chain = [(_PREFIX_BASE, system_len), (base, task_len)]
+        chain = [(_PREFIX_BASE, system_len)] * (system_len > 0) + [(base, task_len)]
         ids = []
         for turn in range(turns):
             req_id = session * turns + turn

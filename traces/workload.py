@@ -13,8 +13,10 @@ from scheduler import Request
 class ClosedLoop:
     """A client pool: ``clients`` requests in flight, each client sending its next one after a
     think time (mean ``think_s``; gamma-distributed with coefficient of variation ``think_cv``,
-    drawn per request from ``seed``; 0: always ``think_s``)."""
-    clients: int
+    drawn per request from ``seed``; 0: always ``think_s``). ``clients`` None: sessions that
+    arrive on their own (an open loop of agents' jobs): each session's first turn at its arrival
+    time, each later turn the think time after the one before it finished."""
+    clients: int | None
     think_s: float = 0.0
     think_cv: float = 0.0
     seed: int = 0
@@ -59,8 +61,13 @@ class Workload:
         if self.closed_loop is not None:
             loop = self.closed_loop
             think = f"{loop.think_s:g} s" + (f" (mean, cv {loop.think_cv:g})" if loop.think_cv else "")
-            timing = (f"a closed loop of {loop.clients:,} clients, each sending its next request {think} after its last "
-                      f"one finished" + (f", {len(self.sessions):,} sessions of turns" if self.sessions else ""))
+            if loop.clients is None:
+                first = [r.arrival_s for r in self.requests if r.req_id in {s[0] for s in self.sessions or ()}]
+                timing = (f"{len(self.sessions or ()):,} sessions arriving over {max(first, default=0.0):,.1f} s, "
+                          f"each sending its next turn {think} after its last one finished")
+            else:
+                timing = (f"a closed loop of {loop.clients:,} clients, each sending its next request {think} after "
+                          f"its last one finished" + (f", {len(self.sessions):,} sessions of turns" if self.sessions else ""))
         else:
             timing = "offline (all at t=0)" if self.is_offline else f"arrivals over {span:,.1f} s"
         return (f"{self.name}: {count:,} requests, {self.prompt_tokens:,} prompt + {self.output_tokens:,} "
