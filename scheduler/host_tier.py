@@ -5,15 +5,16 @@ SGLang's HiCache; Mooncake pools such memory across machines).
 Write-through, as those offload every computed block: each full block the scheduler registers in
 the GPU cache is stored here too, by identity (the chain key), unless the tier holds it already
 (then it is only marked as used: LMCache and vLLM's offloading look their keys up before they
-copy), and the tier keeps the ``capacity`` most recently stored or loaded identities (LRU).
+copy), and the tier keeps the ``capacity`` most recently stored or loaded identities (LRU). At
+admission, after the GPU cache's hits, the prompt's next blocks found here are loaded: they take
+fresh GPU blocks but no prefill. Only identities are kept here; an executor that loads them keeps
+the KV itself (the engine's ``PagedKVCache`` copies and forgets what ``BatchPlan.host_stores``,
+``host_loads`` and ``host_drops`` name).
 
-Engines behind a router may share one tier (``shared=True`` in ``sim/cluster.py``: Mooncake's
-store pools every machine's DRAM): the tier then remembers which engine stored each block, and a
-load of another engine's block is counted as remote, to be costed at the network's bandwidth. At admission, after the GPU cache's
-hits, the prompt's next blocks found here are loaded: they take fresh GPU blocks but no prefill.
-Only identities are kept here; an executor that loads them keeps the KV itself (the engine's
-``PagedKVCache`` copies and forgets what ``BatchPlan.host_stores``, ``host_loads`` and
-``host_drops`` name).
+Simulated engines behind a router may share one tier (``shared_host`` in ``sim/cluster.py``:
+Mooncake's store pools every machine's DRAM): the tier then remembers which engine stored each
+block, and a load of another engine's block is counted as remote, to be costed at the network's
+bandwidth (``BatchPlan.remote_loaded_tokens``).
 """
 from __future__ import annotations
 
