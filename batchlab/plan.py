@@ -70,8 +70,6 @@ def gpu_prices(cfg: DictConfig, presets: set[str]) -> dict[str, float]:
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not price > 0:
             raise ConfigError(f"price_per_gpu_hour.{name} is {price!r}; expected a price > 0")
         checked[name] = float(price)
-    if cfg.get("rank_by", "makespan") not in ("makespan", "cost"):
-        raise ConfigError(f"rank_by is {cfg.rank_by!r}; expected makespan or cost")
     if cfg.get("rank_by") == "cost" and set(checked) != presets:
         raise ConfigError(f"rank_by=cost needs price_per_gpu_hour for every GPU type; missing "
                           f"{sorted(presets - set(checked))}")
@@ -94,6 +92,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
     options = gpu_options(cfg)
+    key = rank_key(cfg, workload)
     pooled = pooled_host_tier(cfg, overrides, cfg.sharding in ("least_loaded", "cache_aware"), None)
     prices = gpu_prices(cfg, {name for name, _ in options})
     calibrations = {}
@@ -129,7 +128,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 started = time.perf_counter()
                 outcomes = simulate_replicas(workload, shards, router, config, cost, kv_blocks, block_size, True,
                                              [None] * replicas, progress, shared)
-                summary = summarize(_with_replicas([request_columns(o.scheduler, config.name) for o in outcomes]),
+                summary = summarize(_with_replicas([request_columns(o.scheduler, config.name, workload.sessions)
+                                                    for o in outcomes]),
                                     _with_replicas([o.steps.columns() for o in outcomes]))
                 gpu_hours = summary["makespan_s"] * gpus / 3600
                 rows.append({"hardware": preset, "gpus": gpus, "tensor_parallel": tp, "replicas": replicas,
@@ -147,7 +147,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         raise ConfigError(f"model {model.name!r} fits none of " + ", ".join(f"{g} x {n}" for n, g in options)
                           + ": " + "; ".join(f"{s['hardware']} TP {s['tensor_parallel']}: {s['why']}" for s in skipped))
     rank_by = cfg.get("rank_by", "makespan")
-    rows.sort(key=lambda row: row["cost"] if rank_by == "cost" else row["makespan_s"])
+    rows.sort(key=lambda row: (row[key] != row[key], row[key]))  # NaN (no figure) last
     result = {"workload": workload.name, "model": model.name, "hardware": [name for name, _ in options],
               "gpus": {name: gpus for name, gpus in options}, "price_per_gpu_hour": prices, "rank_by": rank_by,
               "sharding": sharding, "profile_kind": "roofline", "plans": rows, "skipped": skipped,
@@ -160,6 +160,21 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     return result
 
 
+# what a plan may be ranked by -> its figure in a plan's row (smaller is better)
+RANK_KEYS = {"makespan": "makespan_s", "cost": "cost", "ttft": "ttft_s_p50", "session": "session_s_mean"}
+
+
+def rank_key(cfg: DictConfig, workload) -> str:
+    """The row figure ``rank_by`` names, checked against what the workload has."""
+    rank_by = cfg.get("rank_by", "makespan")
+    if rank_by not in RANK_KEYS:
+        raise ConfigError(f"rank_by is {rank_by!r}; expected one of {list(RANK_KEYS)}")
+    if rank_by == "session" and workload.sessions is None:
+        raise ConfigError(f"rank_by=session ranks by the sessions' mean time, and workload {workload.name!r} has no "
+                          f"sessions (workload=agent_jobs or agent_sessions have)")
+    return RANK_KEYS[rank_by]
+
+
 def _money(amount: float) -> str:
     """Three significant digits below 1,000 (a small batch costs cents), whole units above."""
     return f"{amount:.3g}" if amount < 1000 else f"{amount:,.0f}"
@@ -168,13 +183,16 @@ def _money(amount: float) -> str:
 def plan_table(result: dict) -> str:
     """The ranked plans; with several GPU types or prices, each plan's GPU type, GPU-hours and
     cost too."""
-    key = "cost" if result.get("rank_by") == "cost" else "makespan_s"
+    key = RANK_KEYS[result.get("rank_by", "makespan")]
     best = result["plans"][0][key]
     several = len(result["hardware"]) > 1 or bool(result.get("price_per_gpu_hour"))
+    jobs = "session_s_mean" in result["plans"][0]  # sessions' turns: their mean time too
     head = ["GPU           GPUs  " if several else "", "TP  replicas  schedule        makespan s  vs best  tokens/s/GPU  ",
-            "GPU-hours      cost  " if several else "", "prefill saved  TTFT p50 s  KV blocks/replica"]
+            "GPU-hours      cost  " if several else "", "prefill saved  TTFT p50 s  ", "session s  " if jobs else "",
+            "KV blocks/replica"]
     rule = ["------------  ----  " if several else "", "--  --------  --------------  ----------  -------  ------------  ",
-            "---------  --------  " if several else "", "-------------  ----------  -----------------"]
+            "---------  --------  " if several else "", "-------------  ----------  ", "---------  " if jobs else "",
+            "-----------------"]
     lines = ["".join(head), "".join(rule)]
     for row in result["plans"]:
         cost = "-" if row.get("cost") is None else _money(row["cost"])
@@ -182,7 +200,8 @@ def plan_table(result: dict) -> str:
                      + f"{row['tensor_parallel']:>2}  {row['replicas']:>8}  {row['schedule']:<14}  {row['makespan_s']:>10,.1f}  "
                      f"{row[key] / best:>6.2f}x  {row['tokens_per_s_per_gpu']:>12,.0f}  "
                      + (f"{row['gpu_hours']:>9.3g}  {cost:>8}  " if several else "")
-                     + f"{row['prefill_token_saving']:>13.3f}  {row['ttft_s_p50']:>10,.2f}  {row['kv_blocks_per_replica']:>17,}")
+                     + f"{row['prefill_token_saving']:>13.3f}  {row['ttft_s_p50']:>10,.2f}  "
+                     + (f"{row['session_s_mean']:>9,.2f}  " if jobs else "") + f"{row['kv_blocks_per_replica']:>17,}")
     for skip in result["skipped"]:
         lines.append(f"{skip['hardware']} TP {skip['tensor_parallel']}: {skip['why']}" if several
                      else f"TP {skip['tensor_parallel']}: {skip['why']}")

@@ -100,6 +100,29 @@ def test_plan_options_and_prices_are_checked():
         gpu_prices(cfg(price_per_gpu_hour={"l40s": -1}), presets)
     with pytest.raises(ConfigError, match=r"rank_by=cost needs price_per_gpu_hour for every GPU type; missing \['l40s'\]"):
         gpu_prices(cfg(price_per_gpu_hour={"h100-sxm": 2.0}, rank_by="cost"), presets)
-    with pytest.raises(ConfigError, match="rank_by is 'speed'"):
-        gpu_prices(cfg(rank_by="speed"), presets)
+    from batchlab.plan import rank_key
+    from traces.synthetic import agent_sessions, system_prompt_workload as system_prompts
+
+    with pytest.raises(ConfigError, match=r"rank_by is 'speed'; expected one of \['makespan', 'cost', 'ttft'"):
+        rank_key(cfg(rank_by="speed"), system_prompts())
+    with pytest.raises(ConfigError, match="rank_by=session ranks by the sessions' mean time, and workload"):
+        rank_key(cfg(rank_by="session"), system_prompts())
+    assert rank_key(cfg(rank_by="session"), agent_sessions(num_sessions=2, turns=2)) == "session_s_mean"
+    assert rank_key(cfg(rank_by="ttft"), system_prompts()) == "ttft_s_p50"
+
+
+def test_plan_ranks_agents_jobs_by_their_mean_time(tmp_path):
+    params = ["workload=agent_jobs", "workload.params.num_sessions=24", "workload.params.turns=3",
+              "workload.arrivals.rate=4", "schedule.names=[fcfs]", "sharding=least_loaded", "progress=false"]
+    result = batchlab("plan", *params, "gpus=2", "rank_by=session", f"hydra.run.dir={tmp_path / 'plan'}")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    times = [row["session_s_mean"] for row in plan["plans"]]
+    assert times == sorted(times) and len(times) == 2 and plan["rank_by"] == "session"
+    assert "session s" in result.stdout.splitlines()[0]
+    alone = batchlab("simulate", *params, "replicas=2", "report=false", f"hydra.run.dir={tmp_path / 'sim'}")
+    assert alone.returncode == 0, alone.stderr
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())["schedules"]["fcfs"]
+    row = next(r for r in plan["plans"] if r["replicas"] == 2)
+    assert row["session_s_mean"] == pytest.approx(summary["session_s_mean"], rel=1e-12)
 
