@@ -40,11 +40,11 @@ def request_columns(scheduler, schedule: str, sessions=None) -> dict[str, np.nda
     return columns
 
 
-def requests_frame(scheduler, schedule: str):
+def requests_frame(scheduler, schedule: str, sessions=None):
     """``request_columns`` as a pandas DataFrame."""
     import pandas as pd
 
-    return pd.DataFrame(request_columns(scheduler, schedule))
+    return pd.DataFrame(request_columns(scheduler, schedule, sessions))
 
 
 def outcome_summary(outcome) -> dict:

@@ -119,8 +119,8 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                              on_plan=lambda p: plans.append(p.outline()))
         measured = runs[config.name]
         sim_steps, meas_steps = simulated.steps.all_steps(), measured[0].steps.all_steps()
-        sim_requests = requests_frame(simulated.scheduler, config.name)
-        meas_requests = requests_frame(measured[0].scheduler, config.name)
+        sim_requests = requests_frame(simulated.scheduler, config.name, workload.sessions)
+        meas_requests = requests_frame(measured[0].scheduler, config.name, workload.sessions)
         writers["simulated"].add(config.name, sim_requests, sim_steps, {"profile_kind": profile.kind})
         writers["measured"].add(config.name, meas_requests, meas_steps, {"profile_kind": "measured"})
         entry = compare_runs(sim_requests, sim_steps, meas_requests, meas_steps)
@@ -133,7 +133,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         if len(measured) == 2:
             again = measured[1].steps.all_steps()
             entry["noise_makespan"] = abs(measured[1].makespan_s - measured[0].makespan_s) / measured[0].makespan_s
-            entry["noise"] = run_noise(meas_requests, meas_steps, requests_frame(measured[1].scheduler, config.name),
+            entry["noise"] = run_noise(meas_requests, meas_steps, requests_frame(measured[1].scheduler, config.name, workload.sessions),
                                        again)
             if offline and measured[1].plans == measured[0].plans:
                 entry["noise_step_error"] = step_errors(again["duration_s"], meas_steps["duration_s"])

@@ -115,14 +115,21 @@ def relative_error(predicted: float, measured: float) -> float:
 
 
 COMPARED = ("makespan_s", "throughput_tokens_per_s", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99")
+SESSION = "session_s_mean"  # compared too where the requests are sessions' turns (agents' jobs)
+
+
+def _compared(summary: dict) -> tuple[str, ...]:
+    return COMPARED + ((SESSION,) if SESSION in summary else ())
 
 
 def compare_runs(pred_requests, pred_steps, meas_requests, meas_steps) -> dict:
-    """Makespan, throughput and latency-percentile errors of one schedule."""
+    """Makespan, throughput and latency-percentile errors of one schedule (and the sessions'
+    mean time, where there are sessions)."""
     pred, meas = summarize(pred_requests, pred_steps), summarize(meas_requests, meas_steps)
-    out = {f"{k}_predicted": pred[k] for k in COMPARED}
-    out.update({f"{k}_measured": meas[k] for k in COMPARED})
-    out.update({f"{k}_error": relative_error(pred[k], meas[k]) for k in COMPARED})
+    keys = _compared(pred)
+    out = {f"{k}_predicted": pred[k] for k in keys}
+    out.update({f"{k}_measured": meas[k] for k in keys})
+    out.update({f"{k}_error": relative_error(pred[k], meas[k]) for k in keys})
     return out
 
 
@@ -130,7 +137,7 @@ def run_noise(first_requests, first_steps, again_requests, again_steps) -> dict:
     """The same metrics' relative difference between two engine runs of one schedule: the
     noise floor their prediction errors are to be read against."""
     first, again = summarize(first_requests, first_steps), summarize(again_requests, again_steps)
-    return {k: relative_error(again[k], first[k]) for k in COMPARED}
+    return {k: relative_error(again[k], first[k]) for k in _compared(first)}
 
 
 def latency_table(schedules: dict) -> str:
@@ -139,6 +146,8 @@ def latency_table(schedules: dict) -> str:
     ms = lambda v: _shown(v if v is None else 1e3 * v, "{:.1f}")
     columns = (("throughput_tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"), ("ttft_s_p50", "TTFT p50 ms", ms),
                ("ttft_s_p99", "TTFT p99 ms", ms), ("tpot_s_p50", "TPOT p50 ms", ms), ("tpot_s_p99", "TPOT p99 ms", ms))
+    if any(f"{SESSION}_predicted" in e for e in schedules.values()):
+        columns += ((SESSION, "session mean s", lambda v: _shown(v, "{:.3f}")),)
     lines = ["predicted / measured (error, noise floor)",
              f"{'schedule':<14}" + "".join(f"  {title:>30}" for _, title, _ in columns)]
     for name, e in schedules.items():

@@ -119,3 +119,24 @@ def test_a_sessions_time_runs_from_its_first_arrival_to_its_last_answer():
     assert "session_s_mean" not in outcome_summary(outcome)  # records without sessions
     table = comparison_table({"fcfs": summary})
     assert "session s" in table.splitlines()[0] and f"{np.mean(spans):,.2f}" in table.splitlines()[2]
+
+
+def test_validate_compares_the_sessions_mean_time_where_there_are_sessions():
+    from batchlab.records import requests_frame
+    from reports.validation import compare_runs, latency_table
+
+    jobs = with_arrivals(SESSIONS, "poisson", rate=2.0, seed=3, think_s=0.5)
+    fast = simulate(jobs, schedule_config("fcfs"), COST, 600, 16)
+    slow_cost = CostModel(build_roofline_profile(MODEL, hardware_spec("a100-80gb")), MODEL)
+    slow = simulate(jobs, schedule_config("fcfs"), slow_cost, 600, 16)
+    frames = [(requests_frame(o.scheduler, "fcfs", jobs.sessions), o.steps.all_steps()) for o in (fast, slow)]
+    entry = compare_runs(*frames[0], *frames[1])
+    measured = frames[1][0]
+    spans = measured.groupby("session").apply(lambda g: g["finish_s"].max() - g["arrival_s"].min())
+    assert entry["session_s_mean_measured"] == pytest.approx(spans.mean())
+    assert entry["session_s_mean_error"] == pytest.approx(
+        abs(entry["session_s_mean_predicted"] - spans.mean()) / spans.mean()) and entry["session_s_mean_error"] > 0
+    assert "session mean s" in latency_table({"fcfs": entry})
+    bare = (requests_frame(fast.scheduler, "fcfs"), fast.steps.all_steps())  # no session column
+    plain = compare_runs(*bare, *bare)
+    assert "session_s_mean_predicted" not in plain and "session mean s" not in latency_table({"fcfs": plain})
