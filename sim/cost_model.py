@@ -66,6 +66,9 @@ class CostModel:
         self._host_copy = copy.scalar if copy is not None else self._no_host_copy  # (roofline only)
         self._host_store = store.scalar if store is not None else self._no_host_copy
         self._remote_copy = remote.scalar if remote is not None else self._no_host_copy
+        # loads pipelined layer by layer under the step's kernels (LMCache's layerwise retrieval),
+        # or (the default) before the forward pass
+        self._overlap_loads = bool(profile.provenance.get("host_load_overlap", False))
 
     def _total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         layer = parts["linear_qkv"] + parts["linear_o"] + parts["mlp"] + parts["elementwise"]
@@ -177,16 +180,18 @@ class CostModel:
         # a host tier's copies, with the step's host work: loads before the forward pass, stores
         # (write-through) after it where they delay the step, as LMCache 0.3's connector waits for
         # them (hungchun0201.github.io, "LMCache bottleneck analysis", 2026)
-        if plan.loaded_tokens:  # from this machine's memory over PCIe, or another's over the network
-            remote = plan.remote_loaded_tokens
-            overhead = overhead + self._host_copy(plan.loaded_tokens - remote)
-            if remote:
-                overhead = overhead + self._remote_copy(remote)
         if plan.stored_tokens:
             overhead = overhead + self._host_store(plan.stored_tokens)
         attn_decode = self._decode_at(batch, (decode_context - shared_tokens) / batch) if batch else 0.0
         sampling = self._sampling(sampled)
         layers = self.layers
+        if plan.loaded_tokens:  # from this machine's memory over PCIe, or another's over the network
+            remote = plan.remote_loaded_tokens
+            load = self._host_copy(plan.loaded_tokens - remote) + (self._remote_copy(remote) if remote else 0.0)
+            if self._overlap_loads:  # layer by layer under the forward pass: only what it does not hide
+                gpu = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling
+                load = max(load - gpu, 0.0)
+            overhead = overhead + load
         total = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling + overhead
         parts = (qkv * layers, o * layers, mlp * layers, elementwise * layers, attn_prefill * layers,
                  attn_decode * layers, attn_shared * layers, sampling, overhead)  # as _whole_step scales

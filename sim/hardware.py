@@ -60,6 +60,8 @@ class HardwareSpec:
     host_store_blocking: bool = True          # stores to the tier delay the step (LMCache 0.3); False:
                                               # hidden behind the GPU's work (an asynchronous connector)
     pool_bandwidth: float = 50 * GB           # bytes/s another machine's tier -> this GPU (RDMA NIC)
+    host_load_overlap: bool = False           # loads pipelined layer by layer under the step's kernels
+                                              # (LMCache's layerwise mode): only what they do not hide
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
@@ -72,9 +74,10 @@ class HardwareSpec:
         for field_name in ("host_bandwidth", "pool_bandwidth"):
             if not getattr(self, field_name) > 0:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0 (bytes/s)")
-        if not isinstance(self.host_store_blocking, bool):
-            raise ConfigError(f"hardware {self.name!r}: host_store_blocking is {self.host_store_blocking!r}; "
-                              f"expected true or false")
+        for field_name in ("host_store_blocking", "host_load_overlap"):
+            if not isinstance(getattr(self, field_name), bool):
+                raise ConfigError(f"hardware {self.name!r}: {field_name} is {getattr(self, field_name)!r}; "
+                                  f"expected true or false")
         if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
             raise ConfigError(f"hardware {self.name!r}: tensor_parallel is {self.tensor_parallel!r}; "
                               f"expected a whole number of GPUs >= 1")

@@ -97,7 +97,7 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
                   "step_overhead_per_request_s": hardware.step_overhead_per_request_s,
                   "kernel_launch_s": hardware.kernel_launch_s, "host_bandwidth": hardware.host_bandwidth,
                   "host_efficiency": hardware.host_efficiency, "host_store_blocking": hardware.host_store_blocking,
-                  "pool_bandwidth": hardware.pool_bandwidth}
+                  "pool_bandwidth": hardware.pool_bandwidth, "host_load_overlap": hardware.host_load_overlap}
     if hardware.tensor_parallel > 1:
         provenance.update(tensor_parallel=hardware.tensor_parallel,
                           interconnect_bandwidth=hardware.interconnect_bandwidth,

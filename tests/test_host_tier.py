@@ -74,6 +74,28 @@ def test_loads_and_stores_cost_their_bytes_over_pcie():
         hardware_spec("h100-sxm", host_store_blocking="no")
 
 
+def test_loads_pipelined_under_the_forward_pass_cost_only_what_it_does_not_hide():
+    """``host_load_overlap``: a step's loads hide behind its kernels, layer by layer; a short
+    chunk after a long load still waits for the rest of the load."""
+    overlapped = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm", host_load_overlap=True)), MODEL)
+    load_s = lambda tokens: tokens * MODEL.kv_bytes_per_token / (64e9 * 0.8)
+    extras = []
+    for computed, loaded in ((2048, 64), (16, 4096)):
+        chunk = (new_chunk(5, loaded, computed, (), True, loaded + computed),)
+        plain, with_load = (overlapped.step(new_plan(0, chunk, (), (), (), NO_DECODES, n, 0, (), (), (), 0))
+                            for n in (0, loaded))
+        (_, bare_parts, _) = plain
+        gpu = sum(bare_parts[:-1])  # every kernel, the host's work aside
+        assert with_load[0] - plain[0] == pytest.approx(max(load_s(loaded) - gpu, 0.0), rel=1e-9, abs=1e-12)
+        extras.append(with_load[0] - plain[0])
+        blocking = COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, 0, (), (), (), 0))[0]
+        assert blocking - COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, 0, 0, (), (), (), 0))[0] == \
+            pytest.approx(load_s(loaded), rel=1e-9)
+    assert extras[0] == 0 and 0 < extras[1] < load_s(4096)  # the first hidden wholly, the second in part
+    with pytest.raises(ConfigError, match="host_load_overlap is 1"):
+        hardware_spec("h100-sxm", host_load_overlap=1)
+
+
 def test_lru_order_and_gapless_counting():
     tier = HostTier(3)
     assert tier.store([1, 2, 3]) == ([1, 2, 3], [])
