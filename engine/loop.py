@@ -67,7 +67,7 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         waiting = scheduler.num_waiting
         step_started = time.perf_counter()
         plan = scheduler.schedule(now)
-        if plan.is_empty:
+        if plan.is_empty and not plan.loading:
             time.sleep(0.001)
             continue
         for chunk in plan.chunks:
@@ -78,6 +78,8 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         result = runner.execute(plan)
         executed = time.perf_counter()
         scheduler.update(plan, result, executed - started)
+        if plan.loading:  # the runner copied them in before computing: they run from the next step
+            scheduler.loads_done([req_id for req_id, _, _ in plan.loading])
         if closed is not None:  # clients whose requests finished send their next ones
             add_sent(requests, index, closed.sent_after(scheduler.finished_last_update, executed - started))
         # a step spans the whole iteration, scheduling included, so that steps tile the timeline

@@ -30,6 +30,8 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
         if not count:
             break
         waiting.pop()
+        if count < 0:  # its blocks are loading from the host tier: it computes once they are in
+            continue
         if isinstance(unit, GroupState):
             unit.started = True
             scheduler._active_groups[unit.group_id] = unit
@@ -87,8 +89,9 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     hits, computed, count, need, loaded = needs
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
         hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size - loaded)
+    waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
-    state.block_table = hits + scheduler.kv.allocate(need)
+    state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
     if loaded:  # their KV comes back from host memory into the first new blocks
         keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])
         remote = scheduler.host.load(keys, scheduler.replica)
@@ -100,12 +103,41 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
             scheduler._host_loads.extend(zip(state.block_table[len(hits):len(hits) + loaded], keys))
     state.num_computed_tokens = computed
     state.num_registered_blocks = len(hits)
-    scheduler._register(state, computed + count)
     if state.first_scheduled_s is None:
         state.first_scheduled_s = now
         state.num_cached_tokens = computed
+    if waits:  # registered, and running, once the executor reports the blocks in (loads_done)
+        size = scheduler.block_size
+        scheduler._loading[state.req_id] = state
+        scheduler._load_starts.append((state.req_id, loaded * size, remote * size))
+        return -1
+    scheduler._register(state, computed + count)
+    start_running(scheduler, state)
+    return count
+
+
+def start_running(scheduler: "Scheduler", state: RequestState) -> None:
+    """``state`` runs from now on, the most recently admitted."""
     scheduler._admit_counter += 1
     state.admit_seq = scheduler._admit_counter
     scheduler.running[state.req_id] = state
     scheduler._others[state.req_id] = state
-    return count
+
+
+def loads_done(scheduler: "Scheduler", req_ids) -> None:
+    """These requests' blocks are in from the host tier: registered in the GPU cache (held by the
+    tier already: nothing written through), and running from the next step."""
+    for req_id in req_ids:
+        state = scheduler._loading.pop(req_id)
+        scheduler._register(state, state.num_computed_tokens)
+        start_running(scheduler, state)
+
+
+def cached_tokens_of(scheduler: "Scheduler", unit) -> int:
+    """The prompt's tokens in the GPU cache, then in the host tier (as SGLang's HiCache matches)."""
+    state = unit.prefix if isinstance(unit, GroupState) else unit
+    keys = scheduler._keys(state)
+    hits = len(scheduler.kv.lookup(keys, len(keys)))
+    if scheduler.host is not None:
+        hits += scheduler.host.count(keys, hits, len(keys))
+    return hits * scheduler.block_size

@@ -29,6 +29,8 @@ class ScheduleConfig:
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
     host_cache_blocks: int = 0          # KV blocks a host-memory tier keeps behind the LRU cache
                                         # (host_tier.py); 0: none. Idle where caching is off
+    host_load_async: bool = False       # a request loading from the tier waits while others run
+                                        # (vLLM's asynchronous connectors); False: loads in the step
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -44,6 +46,12 @@ class ScheduleConfig:
                 or self.host_cache_blocks < 0:
             raise ConfigError(f"schedule {self.name!r}: host_cache_blocks is {self.host_cache_blocks!r}; expected "
                               f"a whole number of blocks >= 0")
+        if not isinstance(self.host_load_async, bool):
+            raise ConfigError(f"schedule {self.name!r}: host_load_async is {self.host_load_async!r}; expected true "
+                              f"or false")
+        if self.host_load_async and not self.host_cache_blocks:
+            raise ConfigError(f"schedule {self.name!r}: host_load_async=true times loads from a host tier, and there "
+                              f"is none: give host_kv_gb=N (or host_cache_blocks)")
         if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
             raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
 

@@ -133,6 +133,10 @@ class BatchPlan:
     host_drops: tuple[int, ...] = ()
     # of loaded_tokens, those another engine stored (a tier shared by engines: over the network)
     remote_loaded_tokens: int = 0
+    # loads this step starts beside the computation (``host_load_async``): (request, tokens, of
+    # them remote) each; the request computes once its executor reports them done
+    # (``Scheduler.loads_done``). Their tokens are within loaded_tokens.
+    loading: tuple[tuple[int, int, int], ...] = ()
     _all: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -161,6 +165,7 @@ class BatchPlan:
 
     @property
     def is_empty(self) -> bool:
+        """Nothing to compute (loads it starts aside)."""
         return not self.listed and not self.decodes.req_ids
 
 
@@ -176,7 +181,7 @@ class StepResult:
 
 new_plan = _builder(BatchPlan, ("step", "listed", "shared_prefix_groups", "preempted", "finished", "decodes",
                                "loaded_tokens", "stored_tokens", "host_stores", "host_loads", "host_drops",
-                               "remote_loaded_tokens"),
+                               "remote_loaded_tokens", "loading"),
                     "A BatchPlan (fields in order), built without its __init__'s costs.", _all=None)
 new_step_result = _builder(StepResult, ("step", "duration_s"),
                            "A StepResult with no sampled tokens or kernel times (read-only empty mappings), "

@@ -122,7 +122,7 @@ def preempt_idle_group(scheduler: "Scheduler") -> bool:
 def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
     """Nothing runs, yet the head of the queue does not fit: idle group prefixes hold the
     memory. Preempt them, newest first, until something fits."""
-    while not chunks:
+    while not chunks and not scheduler._loading:  # (a request admitted to load its blocks waits)
         if not preempt_idle_group(scheduler):
             raise SchedulerStuck(
                 f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and the head "

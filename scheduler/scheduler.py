@@ -13,7 +13,7 @@ give the same plans, allocations and releases, in the same order.
 """
 from __future__ import annotations
 
-from .admission import admit
+from .admission import admit, cached_tokens_of, loads_done
 from .config import ScheduleConfig
 from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
@@ -26,7 +26,7 @@ from .prompt import ChainIndex
 from .request import Request, RequestState
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
-from .waiting import Unit, WaitingQueue
+from .waiting import WaitingQueue
 
 
 class Scheduler:
@@ -50,6 +50,8 @@ class Scheduler:
         self._host_stores: dict[int, int] = {}  # identity -> block
         self._host_loads: list[tuple[int, int]] = []
         self._host_drops: list[int] = []
+        self._loading: dict[int, RequestState] = {}  # admitted, blocks loading (host_load_async)
+        self._load_starts: list[tuple[int, int, int]] = []  # loads this step starts: BatchPlan.loading
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
@@ -125,7 +127,7 @@ class Scheduler:
         if cfg.grouping:
             self._maybe_regroup()
         if cfg.order == "lpm":
-            self.waiting.resort_lpm(self._cached_tokens_of)
+            self.waiting.resort_lpm(lambda unit: cached_tokens_of(self, unit))
         tokens_left = cfg.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         scheduled: set[int] = set()
@@ -165,7 +167,7 @@ class Scheduler:
         if not preempted or not (chunks or cohort.ids):
             if tokens_left > 0:
                 tokens_left = admit(self, now, tokens_left, chunks)
-            if not chunks and self.num_waiting and not self.running:
+            if not chunks and self.num_waiting and not self.running and not self._loading:
                 break_deadlock(self, now, tokens_left, chunks)
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
@@ -173,8 +175,9 @@ class Scheduler:
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
                         self._loaded_blocks * size, self._stored_blocks * size,
                         tuple((block, key) for key, block in stores.items()), tuple(self._host_loads),
-                        tuple(self._host_drops), self._remote_blocks * size)
+                        tuple(self._host_drops), self._remote_blocks * size, tuple(self._load_starts))
         self._loaded_blocks = self._stored_blocks = self._remote_blocks = 0
+        self._load_starts = []
         if self._host_loads or self._host_drops:
             self._host_loads, self._host_drops = [], []
         self._finished_last_update = ()
@@ -238,15 +241,6 @@ class Scheduler:
             state.num_keys = len(keys)
         return keys
 
-    def _cached_tokens_of(self, unit: Unit) -> int:
-        """The prompt's tokens in the GPU cache, then in the host tier (as SGLang's HiCache matches)."""
-        state = unit.prefix if isinstance(unit, GroupState) else unit
-        keys = self._keys(state)
-        hits = len(self.kv.lookup(keys, len(keys)))
-        if self.host is not None:
-            hits += self.host.count(keys, hits, len(keys))
-        return hits * self.block_size
-
     def _register(self, state: RequestState, end: int) -> None:
         # Members of a group share through it, not the cache; a request in no group (of any
         # schedule) leaves its prompt's blocks to the LRU cache, for later arrivals to hit.
@@ -294,6 +288,10 @@ class Scheduler:
     def _cohort_shared_prefix_groups(self) -> tuple[SharedPrefixGroup, ...]:
         """The shared-prefix groups of a step whose only chunks are the cohort's decodes."""
         return shared_prefix_groups(self, self.cohort)
+
+    def loads_done(self, req_ids) -> None:
+        """These requests' loads (``BatchPlan.loading``) are in: they run from the next step."""
+        loads_done(self, req_ids)
 
     # --- decode stretches (the simulator's fast-forward) ---------------------------------------
     def decode_stretch(self, max_steps: int = 4096):

@@ -29,6 +29,7 @@ block another replica stored is costed at the network's bandwidth (``pool_bandwi
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass
@@ -181,9 +182,16 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         """The simulator's loop, a step or a decode stretch at a time, on the replica's own clock (``now``: the
         same additions as ``sim/simulator.py``, which SimPy's clock follows)."""
         scheduler, log = schedulers[k], logs[k]
+        loads: list[tuple[float, int]] = []  # (when in, request): host-tier loads beside the steps
+        channel = 0.0  # when the replica's host link is free
         now = 0.0
         while True:
             deliver(now)  # a step starting now takes what arrived by now, routed first
+            if loads and loads[0][0] <= now:  # requests whose blocks are in run from this step
+                done = []
+                while loads and loads[0][0] <= now:
+                    done.append(heapq.heappop(loads)[1])
+                scheduler.loads_done(done)
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
                     return
@@ -197,10 +205,11 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                          f"{sum(s.num_finished for s in schedulers):,} finished")
             if fast_forward:
                 next_arrival = requests[state["next"]].arrival_s if state["next"] < len(requests) else math.inf
-                look = lookahead(now, next_arrival, decode_s[k])
+                horizon = min(next_arrival, loads[0][0]) if loads else next_arrival  # or a load done
+                look = lookahead(now, horizon, decode_s[k])
                 stretch = scheduler.decode_stretch(look) if look > 1 else None
-                if stretch is not None:  # its steps that start before the next arrival, in one event
-                    count, ends, decode_s[k] = record_stretch(scheduler, log, cost, stretch, now, next_arrival)
+                if stretch is not None:  # its steps that start before the next event, in one event
+                    count, ends, decode_s[k] = record_stretch(scheduler, log, cost, stretch, now, horizon)
                     end = float(ends[count - 1])
                     yield env.timeout(max(end - env.now, 0.0))
                     scheduler.advance_decodes(stretch, count, ends)
@@ -208,12 +217,25 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                     continue
             waiting = scheduler.num_waiting
             plan = scheduler.schedule(now)
-            if plan.is_empty:  # nothing fits until more arrives
+            if plan.is_empty and not plan.loading:  # nothing fits until more arrives, or a load is in
+                if loads:
+                    woken = idle[k] = env.event()
+                    ready = loads[0][0]
+                    got = yield woken | env.timeout(max(ready - env.now, 0.0))
+                    if woken in got:
+                        now = max(now, got[woken])
+                    else:
+                        idle[k] = None
+                        now = max(now, ready)
+                    continue
                 if state["next"] >= total:
                     raise RuntimeError(f"{config.name}: replica {k + 1}: empty plan with nothing left to arrive")
                 idle[k] = env.event()
                 now = max(now, (yield idle[k]))
                 continue
+            for req_id, tokens, remote in plan.loading:  # one after the other over the link
+                channel = max(channel, now) + cost.load_seconds(tokens, remote)
+                heapq.heappush(loads, (channel, req_id))
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),

@@ -128,6 +128,11 @@ class CostModel:
                  "lm_head_sampling": full(sampling), "step_overhead": full(overhead)}
         return np.array(totals), parts
 
+    def load_seconds(self, tokens: int, remote: int = 0) -> float:
+        """Seconds to load ``tokens`` tokens' KV from a host tier, ``remote`` of them over the
+        network from another machine's."""
+        return self._host_copy(tokens - remote) + (self._remote_copy(remote) if remote else 0.0)
+
     def _no_host_copy(self, tokens):
         raise ConfigError(f"profile {self.profile.label} has no host_kv_copy table: a host-memory KV tier "
                           f"(host_cache_blocks) is costed with the roofline profile only")
@@ -186,8 +191,10 @@ class CostModel:
         sampling = self._sampling(sampled)
         layers = self.layers
         if plan.loaded_tokens:  # from this machine's memory over PCIe, or another's over the network
-            remote = plan.remote_loaded_tokens
-            load = self._host_copy(plan.loaded_tokens - remote) + (self._remote_copy(remote) if remote else 0.0)
+            loaded, remote = plan.loaded_tokens, plan.remote_loaded_tokens
+            for _, beside, far in plan.loading:  # loads beside the step (host_load_async): the executor's
+                loaded, remote = loaded - beside, remote - far
+            load = self.load_seconds(loaded, remote) if loaded else 0.0
             if self._overlap_loads:  # layer by layer under the forward pass: only what it does not hide
                 gpu = (qkv + o + mlp + elementwise + attn_prefill + attn_decode + attn_shared) * layers + sampling
                 load = max(load - gpu, 0.0)

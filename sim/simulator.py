@@ -17,6 +17,7 @@ the next hand-over.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -148,12 +149,26 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
+    loads: list[tuple[float, int]] = []  # (when in, request): host-tier loads beside the steps
+    channel = [0.0]  # when the host link is free: loads go one after the other
+
+    def start_loads(plan, now: float) -> None:
+        for req_id, tokens, remote in plan.loading:
+            channel[0] = max(channel[0], now) + cost.load_seconds(tokens, remote)
+            heapq.heappush(loads, (channel[0], req_id))
+
     def engine():
         now = 0.0
         next_arrival = take_arrivals(now)
         while True:
             if next_arrival <= now:
                 next_arrival = take_arrivals(now)
+            if loads and loads[0][0] <= now:  # requests whose blocks are in run from this step
+                done = []
+                while loads and loads[0][0] <= now:
+                    done.append(heapq.heappop(loads)[1])
+                scheduler.loads_done(done)
+            horizon = min(next_arrival, loads[0][0]) if loads else next_arrival  # the next event
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
                     break
@@ -163,24 +178,30 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             state["events"] += 1
             if progress is not None:
                 report(now)
-            stretch = None  # looked for up to about the next arrival (take_arrivals' answer)
+            stretch = None  # looked for up to about the next event (an arrival, a load done)
             if fast_forward:
-                look = lookahead(now, next_arrival, state["decode_s"])
+                look = lookahead(now, horizon, state["decode_s"])
                 if look > 1:
                     stretch = scheduler.decode_stretch(look)
             if stretch is not None:
-                now = yield from run_stretch(stretch, now)
+                now = yield from run_stretch(stretch, now, horizon)
                 if closed is not None:
                     next_arrival = min(next_arrival, release(now))
                 continue
             waiting = scheduler.num_waiting
             plan = scheduler.schedule(now)
-            if plan.is_empty:  # nothing fits until an arrival (cannot happen with work running)
+            if plan.is_empty and not plan.loading:  # nothing fits until an arrival or a load is in
+                if loads:
+                    if env.now < horizon:
+                        yield env.timeout(horizon - env.now)
+                    now = max(now, horizon)
+                    continue
                 if state["next"] >= total:
                     raise RuntimeError(f"{config.name}: empty plan with nothing left to arrive")
                 yield from idle_until_an_arrival(now)
                 now = max(now, next_arrival)
                 continue
+            start_loads(plan, now)
             if on_plan is not None:
                 on_plan(plan)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
@@ -203,9 +224,10 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         state["wait"].succeed()
         yield state["idle"]
 
-    def run_stretch(stretch, now: float):
+    def run_stretch(stretch, now: float, horizon: float):
         next_arrival = requests[state["next"]].arrival_s if state["next"] < len(requests) else math.inf
-        count, ends, state["decode_s"] = record_stretch(scheduler, log, cost, stretch, now, next_arrival)
+        next_event = min(next_arrival, horizon)
+        count, ends, state["decode_s"] = record_stretch(scheduler, log, cost, stretch, now, next_event)
         end = float(ends[count - 1])
         if env.peek() < end:  # as after a single step
             yield env.timeout(end - env.now)

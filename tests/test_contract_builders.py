@@ -33,7 +33,7 @@ def test_builders_make_what_the_constructors_make(cls, build):
 
 def test_plan_built_without_init_still_builds_its_chunks_once():
     decodes = new_decode_batch(4, (1, 2), (10, 20), (8, 9), (), 36)
-    plan = new_plan(4, (new_chunk(3, 0, 5, (), False, 7),), (), (), (), decodes, 0, 0, (), (), (), 0)
+    plan = new_plan(4, (new_chunk(3, 0, 5, (), False, 7),), (), (), (), decodes, 0, 0, (), (), (), 0, ())
     chunks = plan.chunks
     assert [c.req_id for c in chunks] == [1, 2, 3] and [c.start for c in chunks] == [14, 24, 0]
     assert plan.chunks is chunks  # the cached tuple, set through the frozen slot

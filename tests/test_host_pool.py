@@ -33,7 +33,7 @@ def saving(outcomes) -> float:
 
 def test_a_remote_load_costs_its_bytes_over_the_network():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # 16 tokens computed after 64 loaded, 48 of them remote
-    plans = [new_plan(0, chunk, (), (), (), NO_DECODES, loaded, 0, (), (), (), remote)
+    plans = [new_plan(0, chunk, (), (), (), NO_DECODES, loaded, 0, (), (), (), remote, ())
              for loaded, remote in ((0, 0), (64, 0), (64, 48))]
     bare, local, pooled = (COST.step(plan)[0] for plan in plans)
     per_token = MODEL.kv_bytes_per_token

@@ -60,14 +60,14 @@ def test_blocks_the_gpu_dropped_come_back_from_host_memory():
 def test_loads_and_stores_cost_their_bytes_over_pcie():
     chunk = (new_chunk(5, 64, 16, (), True, 80),)  # the 16 tokens computed after 64 loaded
     (bare, bare_parts, _), (copying, parts, _) = (
-        COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0))
+        COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0, ()))
         for loaded, stored in ((0, 0), (64, 16)))
     seconds = 80 * MODEL.kv_bytes_per_token / (64e9 * 0.8)  # H100 SXM: PCIe Gen5 x16, 80 % of it
     assert copying - bare == pytest.approx(seconds, rel=1e-9)
     assert parts[-1] - bare_parts[-1] == pytest.approx(seconds, rel=1e-9) and parts[:-1] == bare_parts[:-1]
     # stores hidden behind the GPU's work (an asynchronous connector): the loads alone
     hidden = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm", host_store_blocking=False)), MODEL)
-    (plain, _, _), (loading, _, _) = (hidden.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0))
+    (plain, _, _), (loading, _, _) = (hidden.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, stored, (), (), (), 0, ()))
                                       for loaded, stored in ((0, 0), (64, 16)))
     assert loading - plain == pytest.approx(seconds * 64 / 80, rel=1e-9)
     with pytest.raises(ConfigError, match="host_store_blocking is 'no'"):
@@ -82,14 +82,14 @@ def test_loads_pipelined_under_the_forward_pass_cost_only_what_it_does_not_hide(
     extras = []
     for computed, loaded in ((2048, 64), (16, 4096)):
         chunk = (new_chunk(5, loaded, computed, (), True, loaded + computed),)
-        plain, with_load = (overlapped.step(new_plan(0, chunk, (), (), (), NO_DECODES, n, 0, (), (), (), 0))
+        plain, with_load = (overlapped.step(new_plan(0, chunk, (), (), (), NO_DECODES, n, 0, (), (), (), 0, ()))
                             for n in (0, loaded))
         (_, bare_parts, _) = plain
         gpu = sum(bare_parts[:-1])  # every kernel, the host's work aside
         assert with_load[0] - plain[0] == pytest.approx(max(load_s(loaded) - gpu, 0.0), rel=1e-9, abs=1e-12)
         extras.append(with_load[0] - plain[0])
-        blocking = COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, 0, (), (), (), 0))[0]
-        assert blocking - COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, 0, 0, (), (), (), 0))[0] == \
+        blocking = COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, loaded, 0, (), (), (), 0, ()))[0]
+        assert blocking - COST.step(new_plan(0, chunk, (), (), (), NO_DECODES, 0, 0, (), (), (), 0, ()))[0] == \
             pytest.approx(load_s(loaded), rel=1e-9)
     assert extras[0] == 0 and 0 < extras[1] < load_s(4096)  # the first hidden wholly, the second in part
     with pytest.raises(ConfigError, match="host_load_overlap is 1"):

@@ -37,7 +37,7 @@ def test_a_steps_kernel_times_come_in_kernel_order_and_add_up_to_its_time():
     profile = build_roofline_profile(model, hardware_spec("h100-sxm"))
     cost = CostModel(profile, model)
     decodes = DecodeBatch(7, (1, 2, 3), (500, 900, 1200), (400, 800, 1000), (), 503 + 903 + 1203)
-    plan = new_plan(7, (ScheduledChunk(4, 256, 200, (), False, 1000),), (), (), (), decodes, 0, 0, (), (), (), 0)
+    plan = new_plan(7, (ScheduledChunk(4, 256, 200, (), False, 1000),), (), (), (), decodes, 0, 0, (), (), (), 0, ())
     total, parts, (tokens, prefill, sampled) = cost.step(plan)
     kernels = dict(zip(KERNELS, parts))
     assert len(parts) == len(KERNELS) and (tokens, prefill, sampled) == (203, 200, 3)
@@ -67,7 +67,7 @@ def test_shared_prefix_groups_cost_the_same_counted_or_left_for_the_cost_model_t
     def plan(counts):
         groups = (SharedPrefixGroup(384, (), (1, 2, 4), counts[0]), SharedPrefixGroup(576, (), (3, 5, 6), counts[1]),
                   SharedPrefixGroup(128, (), (7, 8), counts[2]))
-        return new_plan(7, chunks, groups, (), (), decodes, 0, 0, (), (), (), 0)
+        return new_plan(7, chunks, groups, (), (), decodes, 0, 0, (), (), (), 0, ())
 
     counted = cost.step(plan((2, 3, 0)))
     assert cost.step(plan((2, -1, 0))) == counted == cost.step(plan((-1, -1, -1)))
