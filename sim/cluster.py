@@ -29,7 +29,6 @@ block another replica stored is costed at the network's bandwidth (``pool_bandwi
 """
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from traces.step_log import StepLog
 from traces.workload import Workload
 
 from .cost_model import KERNELS, CostModel
-from .simulator import SimOutcome, lookahead, record_stretch
+from .simulator import SimOutcome, loads_in, lookahead, record_stretch, start_loads
 
 ROUTERS = ("least_loaded", "cache_aware")
 
@@ -188,10 +187,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         while True:
             deliver(now)  # a step starting now takes what arrived by now, routed first
             if loads and loads[0][0] <= now:  # requests whose blocks are in run from this step
-                done = []
-                while loads and loads[0][0] <= now:
-                    done.append(heapq.heappop(loads)[1])
-                scheduler.loads_done(done)
+                scheduler.loads_done(loads_in(loads, now))
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
                     return
@@ -233,9 +229,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 idle[k] = env.event()
                 now = max(now, (yield idle[k]))
                 continue
-            for req_id, tokens, remote in plan.loading:  # one after the other over the link
-                channel = max(channel, now) + cost.load_seconds(tokens, remote)
-                heapq.heappush(loads, (channel, req_id))
+            channel = start_loads(loads, channel, plan, now, cost)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),

@@ -77,6 +77,24 @@ def record_stretch(scheduler: Scheduler, log: StepLog, cost: CostModel, stretch,
     return count, ends, float(durations[0])
 
 
+def start_loads(loads: list, channel: float, plan, now: float, cost: CostModel) -> float:
+    """Queues the host-tier loads ``plan`` starts beside its step (``BatchPlan.loading``) on the
+    link, one after the other from ``now`` or when the link is free (``channel``), each as
+    (when in, request) on the heap ``loads``; returns when the link is free again."""
+    for req_id, tokens, remote in plan.loading:
+        channel = max(channel, now) + cost.load_seconds(tokens, remote)
+        heapq.heappush(loads, (channel, req_id))
+    return channel
+
+
+def loads_in(loads: list, now: float) -> list[int]:
+    """The requests whose loads are in by ``now``, taken off the heap."""
+    done = []
+    while loads and loads[0][0] <= now:
+        done.append(heapq.heappop(loads)[1])
+    return done
+
+
 @dataclass
 class SimOutcome:
     schedule: str
@@ -150,12 +168,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
     loads: list[tuple[float, int]] = []  # (when in, request): host-tier loads beside the steps
-    channel = [0.0]  # when the host link is free: loads go one after the other
-
-    def start_loads(plan, now: float) -> None:
-        for req_id, tokens, remote in plan.loading:
-            channel[0] = max(channel[0], now) + cost.load_seconds(tokens, remote)
-            heapq.heappush(loads, (channel[0], req_id))
+    channel = [0.0]  # when the host link is free
 
     def engine():
         now = 0.0
@@ -164,10 +177,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
             if next_arrival <= now:
                 next_arrival = take_arrivals(now)
             if loads and loads[0][0] <= now:  # requests whose blocks are in run from this step
-                done = []
-                while loads and loads[0][0] <= now:
-                    done.append(heapq.heappop(loads)[1])
-                scheduler.loads_done(done)
+                scheduler.loads_done(loads_in(loads, now))
             horizon = min(next_arrival, loads[0][0]) if loads else next_arrival  # the next event
             if not scheduler.has_unfinished:
                 if state["next"] >= total:
@@ -201,7 +211,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 yield from idle_until_an_arrival(now)
                 now = max(now, next_arrival)
                 continue
-            start_loads(plan, now)
+            channel[0] = start_loads(loads, channel[0], plan, now, cost)
             if on_plan is not None:
                 on_plan(plan)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
