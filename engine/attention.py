@@ -88,12 +88,27 @@ class TorchAttentionBackend(AttentionBackend):
 BACKENDS: dict[str, type[AttentionBackend]] = {"torch": TorchAttentionBackend}
 
 
+def _kernels_shadowed() -> str:
+    """Where another package named ``kernels`` is found first (Hugging Face's, which
+    transformers 5.25 requires), the words that say so; else nothing."""
+    import sys
+    from pathlib import Path
+
+    found = sys.modules.get("kernels")
+    where = getattr(found, "__file__", None)
+    ours = Path(__file__).resolve().parents[1] / "kernels"
+    if where is None or Path(where).resolve().parent == ours:
+        return ""
+    return (f" (the package named 'kernels' found is {where}, not batchlab's {ours}: Hugging Face's `kernels`, "
+            f"which transformers >= 5.25 installs, shadows it; run batchlab in an environment without it)")
+
+
 def make_backend(name: str) -> AttentionBackend:
     if name == "triton" and "triton" not in BACKENDS:
         try:
             import kernels.backend  # noqa: F401  (registers "triton")
         except ImportError as error:
-            raise ConfigError(f"attention backend 'triton' is not available: {error}") from None
+            raise ConfigError(f"attention backend 'triton' is not available: {error}{_kernels_shadowed()}") from None
     if name not in BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name]()
