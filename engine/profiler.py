@@ -31,6 +31,7 @@ import torch
 from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk, SharedPrefixGroup
 from scheduler.config import SCHEDULES
 
+from .profile_host import forget_host, host_cells, host_tables
 from .profile_scheduler import fresh_prompts_scheduler, steady_scheduler, timed_scheduler_step
 from .runner import ModelRunner
 
@@ -150,7 +151,8 @@ class Profiler:
 
     def cells(self) -> dict[tuple, list | BatchPlan]:
         """Every model step the tables need, keyed by what it measures: a list of chunks for
-        ``_plan`` (context after the step, query tokens, samples) or a plan."""
+        ``_plan`` (context after the step, query tokens, samples), a plan, or a function that
+        builds one."""
         grid = self.grids
         cells: dict[tuple, list | BatchPlan] = {}
         for tokens in grid["tokens"]:  # the per-token kernels: one fresh prompt of that many tokens
@@ -174,13 +176,15 @@ class Profiler:
                 cells["own", members] = [(OWN_CONTEXT, 1, True)] * (SHARED_GROUPS * members)
                 for prefix in self._prefix_lens():
                     cells["grouped", members, prefix] = self._shared_plan(SHARED_GROUPS, members, prefix, OWN_CONTEXT)
+        cells.update(host_cells(self))  # a host-memory KV tier's copies, where the engine's cache has one
         return cells
 
     def prepare(self, cells: dict | None = None, scheduler: bool = True) -> None:
         """Builds the plans of ``cells`` (default: all) and warms each up; with ``scheduler``,
         the schedulers whose own work per step is measured too."""
         cells = self.cells() if cells is None else cells
-        self.plans = {key: cell if isinstance(cell, BatchPlan) else self._plan(cell) for key, cell in cells.items()}
+        self.plans = {key: cell if isinstance(cell, BatchPlan) else cell() if callable(cell) else self._plan(cell)
+                      for key, cell in cells.items()}
         self.samples = {key: [] for key in self.plans}
         for plan in self.plans.values():
             for _ in range(self.warmup):
@@ -251,6 +255,7 @@ class Profiler:
         for request_id in (c.req_id for plan in plans for c in plan.chunks):
             self.runner.outputs.pop(request_id, None)
             self.runner.requests.pop(request_id, None)
+        forget_host(self.runner)
 
     def _shared_prefix(self, medians: dict) -> tuple:
         """Per-layer seconds a shared-prefix group of ``m`` decoding members adds to a decode
@@ -339,6 +344,7 @@ class Profiler:
         tables["prefill_overhead"] = self._prefill_overhead(m, prompt_scheduler, decode_host)
         lm = [m["lm", n]["lm_head_sampling"] if n else 0.0 for n in SAMPLED]
         tables["lm_head_sampling"] = (("sampled",), (np.array(SAMPLED, float),), np.array(lm))
+        tables.update(host_tables(m, self.runner.block_size))
         if self.prefix_aware:
             tables["attn_shared_prefix"] = self._shared_prefix(m)
         else:

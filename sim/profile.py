@@ -35,6 +35,9 @@ KERNEL_AXES: dict[str, tuple[str, ...]] = {
 OPTIONAL_KERNEL_AXES: dict[str, tuple[str, ...]] = {
     # host work of a step's prompt chunks beyond what as many decodes cost (step_overhead)
     "prefill_overhead": ("prefill_chunks", "prefill_tokens"),
+    # a host-memory KV tier's copies (measured, engine/profile_host.py; or the roofline's): loads,
+    # stores, and loads of another machine's blocks (roofline only); a tier needs the first two
+    "host_kv_copy": ("tokens",), "host_kv_store": ("tokens",), "host_kv_remote_copy": ("tokens",),
 }
 # "schedule_overhead_<schedule>": that schedule's scheduler work per step beyond what
 # step_overhead holds (fcfs's), e.g. finding the shared-prefix groups of a step's decodes

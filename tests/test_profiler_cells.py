@@ -180,3 +180,46 @@ def test_every_pass_times_every_cell_once_in_a_fresh_order():
     profiler.forget()
     assert not runner.requests
 
+
+
+def test_the_host_tiers_copies_are_the_cells_host_work_beyond_the_chunk_alone():
+    """Cells of a 16-token chunk with n blocks loaded from the engine's host copies (or its
+    blocks stored) before it; the tables hold each one's median host work beyond the chunk
+    alone, from 0, never decreasing. Measurements replaced by known values (a CPU copy of a
+    tiny model's block takes microseconds, under the noise of one pass)."""
+    from engine.profile_host import HOST_BLOCKS, host_tables
+    from engine.profiler import Profiler
+
+    runner = ModelRunner(model_spec("tiny"), 256, 16)
+    profiler = Profiler(runner, repeats=1)
+    cells = {key: cell for key, cell in profiler.cells().items() if key[0] == "host"}
+    assert set(cells) == {("host", "base")} | {("host", kind, n) for kind in ("load", "store") for n in HOST_BLOCKS}
+    assert not runner.cache.host and not runner.requests  # built when prepared, not before
+    profiler.prepare(cells, scheduler=False)
+    load = profiler.plans["host", "load", 16]
+    assert len(load.host_loads) == 16 and not load.host_stores and [c.num_tokens for c in load.chunks] == [16]
+    assert all(identity in runner.cache.host for _, identity in load.host_loads)  # stored beforehand
+    profiler.forget()
+    assert not runner.cache.host and not runner.requests
+    medians = {("host", "base"): {"overhead": 1e-3}}
+    medians.update({("host", "load", n): {"overhead": 1e-3 + 5e-6 * n} for n in HOST_BLOCKS})
+    medians.update({("host", "store", n): {"overhead": 1e-3 + (9e-6 * n if n > 1 else -1e-5)} for n in HOST_BLOCKS})
+    tables = host_tables(medians, 16)
+    axes, (tokens,), seconds = tables["host_kv_copy"]
+    assert axes == ("tokens",) and tokens.tolist() == [0, 16, 64, 256, 1024]
+    assert seconds == pytest.approx([0, 5e-6, 2e-5, 8e-5, 3.2e-4])
+    assert tables["host_kv_store"][2] == pytest.approx([0, 0, 3.6e-5, 1.44e-4, 5.76e-4])  # noise below 0: 0
+
+
+def test_a_measured_profile_costs_a_tiers_copies_by_its_own_tables(profile_dir):
+    from scheduler.contract import NO_DECODES, new_chunk, new_plan
+
+    profile = Profile.load(profile_dir)
+    tiny = model_spec("tiny")
+    cost = CostModel(profile, tiny)
+    copy, store = profile.tables["host_kv_copy"], profile.tables["host_kv_store"]
+    assert copy.scalar(0) == 0 and (np.diff(copy.values) >= 0).all() and (np.diff(store.values) >= 0).all()
+    chunk = (new_chunk(5, 64, 16, (), True, 80),)
+    plain, loading = (cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, n, s, (), (), (), 0, ()))[0]
+                      for n, s in ((0, 0), (64, 16)))
+    assert loading - plain == pytest.approx(copy.scalar(64) + store.scalar(16), rel=1e-9)
