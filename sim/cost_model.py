@@ -134,8 +134,9 @@ class CostModel:
         return self._host_copy(tokens - remote) + (self._remote_copy(remote) if remote else 0.0)
 
     def _no_host_copy(self, tokens):
-        raise ConfigError(f"profile {self.profile.label} has no host_kv_copy table: a host-memory KV tier "
-                          f"(host_cache_blocks) is costed with the roofline profile only")
+        raise ConfigError(f"profile {self.profile.label} has no host_kv_copy / host_kv_store table (or no "
+                          f"host_kv_remote_copy, for a tier the replicas share): a host-memory KV tier is costed by a "
+                          f"roofline profile, or by a profile measured since they are (batchlab profile)")
 
     def _decode_overhead(self, batch: int):
         """step_overhead(batch) and the schedule's extra, added as ``step`` adds them."""
