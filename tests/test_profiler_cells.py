@@ -223,3 +223,19 @@ def test_a_measured_profile_costs_a_tiers_copies_by_its_own_tables(profile_dir):
     plain, loading = (cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, n, s, (), (), (), 0, ()))[0]
                       for n, s in ((0, 0), (64, 16)))
     assert loading - plain == pytest.approx(copy.scalar(64) + store.scalar(16), rel=1e-9)
+
+
+def test_a_profile_measured_before_the_tier_tables_refuses_a_tier():
+    from pathlib import Path
+
+    from scheduler.contract import NO_DECODES, new_chunk, new_plan
+    from scheduler.errors import ConfigError
+
+    committed = Path(__file__).resolve().parents[1] / "profiles" / "tiny-cpu-float32-torch"
+    profile = Profile.load(committed)
+    assert "host_kv_copy" not in profile.tables  # measured on 2026-12-03, before the tables
+    cost = CostModel(profile, model_spec("tiny"))
+    chunk = (new_chunk(5, 64, 16, (), True, 80),)
+    assert cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, 0, 0, (), (), (), 0, ()))[0] > 0
+    with pytest.raises(ConfigError, match=r"no host_kv_copy / host_kv_store table .* \(batchlab profile\)"):
+        cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, 64, 0, (), (), (), 0, ()))
