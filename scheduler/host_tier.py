@@ -34,10 +34,6 @@ class HostTier:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def as_keys(self) -> list[int]:
-        """The identities held, least recently used first."""
-        return list(self._keys)
-
     def store(self, keys, owner: int = 0) -> tuple[list[int], list[int]]:
         """Keeps these identities (the most recent last), dropping the least recently used;
         returns (the identities copied here now: those it did not hold, the identities dropped)."""

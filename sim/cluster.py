@@ -229,7 +229,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 idle[k] = env.event()
                 now = max(now, (yield idle[k]))
                 continue
-            channel = start_loads(loads, channel, plan, now, cost)
+            if plan.loading:
+                channel = start_loads(loads, channel, plan, now, cost)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)
             log.add_row((plan.step, now, duration, tokens, prefill, tokens - prefill, plan.num_requests, sampled,
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),

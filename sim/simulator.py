@@ -167,10 +167,9 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
         progress(f"{config.name}: step {scheduler.step:,}, simulated {now:,.1f} s, "
                  f"{scheduler.num_finished:,}/{total:,} requests finished")
 
-    loads: list[tuple[float, int]] = []  # (when in, request): host-tier loads beside the steps
-    channel = [0.0]  # when the host link is free
-
     def engine():
+        loads: list[tuple[float, int]] = []  # (when in, request): host-tier loads beside the steps
+        channel = 0.0  # when the host link is free
         now = 0.0
         next_arrival = take_arrivals(now)
         while True:
@@ -211,7 +210,8 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                 yield from idle_until_an_arrival(now)
                 now = max(now, next_arrival)
                 continue
-            channel[0] = start_loads(loads, channel[0], plan, now, cost)
+            if plan.loading:
+                channel = start_loads(loads, channel, plan, now, cost)
             if on_plan is not None:
                 on_plan(plan)
             duration, kernels, (tokens, prefill, sampled) = cost.step(plan)

@@ -63,7 +63,7 @@ def test_transfers_follow_what_the_blocks_and_the_host_hold(requests, name, spar
             progress[req_id] = 0
         shadow.apply(plan, progress)
     shadow.apply(scheduler.schedule(0.0), progress)  # the last step's stores
-    assert shadow.host == set(scheduler.host.as_keys()) and len(shadow.host) <= host_blocks
+    assert shadow.host == set(scheduler.host._keys) and len(shadow.host) <= host_blocks
     assert shadow.loads == scheduler.stats.host_loaded_blocks
 
 

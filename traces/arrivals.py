@@ -78,7 +78,8 @@ def _session_arrivals(workload: Workload, times: np.ndarray, think_s: float, thi
                       seed: int) -> Workload:
     for name, value, expected in (("think_s", think_s, "seconds >= 0"), ("think_cv", think_cv, ">= 0")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ConfigError(f"sessions' {name} is {value!r}; expected {expected}")
+            raise ConfigError(f"sessions' {name} is {value!r} (workload.arrivals.{name}, between a session's "
+                              f"turns); expected {expected}")
     start = {session[0]: t for session, t in zip(workload.sessions, times.tolist())}
     requests = tuple(r.with_arrival(start.get(r.req_id, 0.0)) for r in workload.requests)
     return replace(workload, requests=requests, closed_loop=ClosedLoop(None, float(think_s), float(think_cv), seed))

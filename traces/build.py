@@ -69,11 +69,10 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
         workload = with_arrivals(workload, **arrivals)
         if workload.closed_loop is not None:
             loop = workload.closed_loop
-            spread = f",cv{loop.think_cv:g}" if loop.think_cv else ""
-            clients = (f"{arrivals.get('process')}{arrivals.get('rate') or ''}" if loop.clients is None
-                       else f"closed(c{loop.clients}")
-            workload = replace(workload, name=f"{workload.name}+{clients}" + ("(" if loop.clients is None else ",")
-                               + f"think{loop.think_s:g}s{spread})")
+            think = f"think{loop.think_s:g}s" + (f",cv{loop.think_cv:g}" if loop.think_cv else "")
+            how = (f"{arrivals.get('process')}{arrivals.get('rate') or ''}({think})" if loop.clients is None
+                   else f"closed(c{loop.clients},{think})")  # sessions arriving on their own, or a client pool
+            workload = replace(workload, name=f"{workload.name}+{how}")
         elif arrivals.get("process", "trace") not in ("trace", "offline") or arrivals.get("scale", 1.0) != 1.0:
             workload = replace(workload, name=f"{workload.name}+{arrivals.get('process')}"
                                               f"{'' if arrivals.get('scale', 1.0) == 1.0 else 'x' + str(arrivals['scale'])}")
