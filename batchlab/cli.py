@@ -8,6 +8,7 @@
   batchlab validate [hydra overrides]   profile, simulate, run the engine, report the prediction error
   batchlab report RUN_DIR [RUN_DIR ...]  report.md/.html and timeline.json from run records
   batchlab import PROMPTS OUTPUT        your own prompts (token ids, text, chat) as a workload file
+  batchlab order RUN_DIR OUTPUT         your prompts file in the order a simulated schedule admitted them
   batchlab group [options]              global prefix grouping of a built-in workload
 """
 from __future__ import annotations
@@ -53,6 +54,12 @@ def _import(argv: list[str]) -> int:
     from .import_prompts import import_main
 
     return import_main(argv)
+
+
+def _order(argv: list[str]) -> int:
+    from .order import order_main
+
+    return order_main(argv)
 
 
 def _report(argv: list[str]) -> int:
@@ -127,7 +134,7 @@ COMMANDS = {"group": _group, "simulate": _hydra("simulate", "simulate", "simulat
             "calibrate": _hydra("calibrate", "calibrate", "calibrate_main"),
             "run": _hydra("run", "run", "run_main"), "profile": _hydra("profile", "validate", "profile_main"),
             "validate": _hydra("validate", "validate", "validate_main"), "report": _report,
-            "import": _import}
+            "import": _import, "order": _order}
 
 
 def main(argv: list[str] | None = None) -> int:

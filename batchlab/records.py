@@ -24,7 +24,8 @@ _TIME_COLUMNS = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
 
 def request_columns(scheduler, schedule: str, sessions=None) -> dict[str, np.ndarray]:
     """The requests table of a finished (or interrupted) run, by request id: times in float64
-    (NaN where there is none yet), counts in int64, the schedule's name first. ``sessions``
+    (NaN where there is none yet), counts in int64, the schedule's name first, ``admission``
+    (``admission_ranks``) after the counts. ``sessions``
     (``Workload.sessions``): a ``session`` column, each request's session (its index)."""
     states = sorted((s for s in scheduler.states.values() if s.request is not None), key=lambda s: s.req_id)
     columns: dict[str, np.ndarray] = {"schedule": np.full(len(states), schedule, dtype=object)}
@@ -34,10 +35,22 @@ def request_columns(scheduler, schedule: str, sessions=None) -> dict[str, np.nda
                                      dtype=np.float64)
         else:
             columns[name] = np.array([getattr(s, name) for s in states], dtype=np.int64)
+    columns["admission"] = admission_ranks([s.first_admission for s in states])
     if sessions is not None:
         session_of = {req_id: index for index, turns in enumerate(sessions) for req_id in turns}
         columns["session"] = np.array([session_of.get(s.req_id, -1) for s in states], dtype=np.int64)
     return columns
+
+
+def admission_ranks(first_admissions) -> np.ndarray:
+    """Each request's place (0, 1, ...) in the order the schedule first admitted them, -1 for
+    one never admitted: the order in which to hand the batch to an engine that serves in arrival
+    order (``batchlab order``). Group prefixes, not requests, take no place."""
+    seq = np.asarray(first_admissions, dtype=np.int64)
+    ranks = np.full(len(seq), -1, dtype=np.int64)
+    admitted = np.flatnonzero(seq >= 0)
+    ranks[admitted[np.argsort(seq[admitted], kind="stable")]] = np.arange(len(admitted))
+    return ranks
 
 
 def requests_frame(scheduler, schedule: str, sessions=None):

@@ -106,6 +106,8 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     if state.first_scheduled_s is None:
         state.first_scheduled_s = now
         state.num_cached_tokens = computed
+        state.first_admission = scheduler.stats.first_admissions  # the order a batch could be sent in
+        scheduler.stats.first_admissions += 1
     if waits:  # registered, and running, once the executor reports the blocks in (loads_done)
         size = scheduler.block_size
         scheduler._loading[state.req_id] = state

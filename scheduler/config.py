@@ -10,13 +10,14 @@ from dataclasses import dataclass, fields, replace
 from .errors import ConfigError
 from .kv_blocks import CACHING_MODES
 
-ORDERS = ("fcfs", "decode_ratio", "lpm")
+ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt")
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     name: str
-    order: str = "fcfs"                 # fcfs | decode_ratio | lpm
+    order: str = "fcfs"                 # fcfs | decode_ratio | lpm | prompt (sorted by prompt:
+                                        # the prefix tree depth first, as a presorted batch)
     grouping: bool = False              # global prefix groups (BatchLLM §4.2-4.3.1); members
                                         # share their group's prefix blocks, whatever ``caching``
     caching: str = "lru"                # lru | off (see kv_blocks.py)
@@ -69,6 +70,10 @@ SCHEDULES: dict[str, ScheduleConfig] = {
                                max_num_seqs=None, kv_threshold=0.9, prefix_aware_attention=True),
     # SGLang-like: longest prefix match against the cache first.
     "lpm": ScheduleConfig("lpm", order="lpm"),
+    # vLLM given the batch sorted by prompt (BatchLLM §6.2.1's sorting-only ablation): waiting
+    # requests in the prefix tree's depth-first order, so that prompts sharing a prefix are
+    # admitted one after the other while the LRU cache holds it; otherwise fcfs.
+    "sorted": ScheduleConfig("sorted", order="prompt"),
 }
 
 

@@ -65,7 +65,7 @@ class RequestState:
         "req_id", "request", "prompt", "prompt_len", "output_len", "arrival_s",
         "num_computed_tokens", "num_output_tokens", "num_tokens", "output_token_ids",
         "block_table", "block_keys", "num_keys", "num_registered_blocks", "group", "admit_seq",
-        "first_scheduled_s", "first_token_s", "finish_s",
+        "first_scheduled_s", "first_admission", "first_token_s", "finish_s",
         "num_preemptions", "num_cached_tokens", "num_prompt_tokens_computed", "cohort_offset",
     )
 
@@ -88,6 +88,7 @@ class RequestState:
         self.group = group
         self.admit_seq = -1
         self.first_scheduled_s: float | None = None
+        self.first_admission = -1           # its rank among first admissions (stats.first_admissions)
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
         self.num_preemptions = 0

@@ -13,6 +13,7 @@ class SchedulerStats:
     num_group_preemptions: int = 0   # group prefixes dropped and recomputed
     host_loaded_blocks: int = 0      # blocks loaded from the host tier instead of computed
     host_remote_blocks: int = 0      # of them, stored by another engine (a shared tier)
+    first_admissions: int = 0        # requests (and group prefixes) admitted at least once
 
     @property
     def prefill_token_saving(self) -> float:

@@ -33,8 +33,11 @@ class WaitingQueue:
     def __len__(self) -> int:
         return len(self.front) + len(self._heap)
 
-    def _primary(self, unit: Unit) -> float:
-        if self.config.order != "decode_ratio":
+    def _primary(self, unit: Unit) -> float | tuple:
+        order = self.config.order
+        if order == "prompt":  # segment chains compare as the prefix tree's depth-first order
+            return unit.prefix.prompt if isinstance(unit, GroupState) else unit.prompt
+        if order != "decode_ratio":
             return 0.0
         aware = self.config.use_output_lengths
         if isinstance(unit, GroupState):  # BatchLLM Eq. 4

@@ -1,0 +1,181 @@
+"""The `sorted` schedule (a batch sorted by prompt, BatchLLM §6.2.1's ablation) and `batchlab
+order`, which writes a prompts file in the order a simulated schedule admitted it."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchlab.order import OrderError, admission_order, order_main
+from batchlab.records import admission_ranks, request_columns
+from scheduler import schedule_config
+from scheduler.model_spec import model_spec
+from sim.cost_model import CostModel
+from sim.hardware import hardware_spec
+from sim.roofline import build_roofline_profile
+from sim.simulator import simulate
+from traces.synthetic import batchllm_microbenchmark, prefix_tree_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = model_spec("llama-3.1-8b")
+COST = CostModel(build_roofline_profile(MODEL, hardware_spec("h100-sxm")), MODEL)
+
+
+def _steps(outcome):
+    columns = outcome.steps.columns()
+    return {name: np.asarray(values) for name, values in columns.items()}
+
+
+def test_sorted_is_fcfs_over_the_batch_presorted():
+    """A shuffled batch under `sorted` runs step for step as fcfs runs it unshuffled (groups one
+    after the other), and an LRU cache holding ~12 prompts keeps the sharing fcfs loses."""
+    shuffled = batchllm_microbenchmark(400, 40, 20, 8, 256, shuffle=True, seed=3)
+    ordered = batchllm_microbenchmark(400, 40, 20, 8, 256, shuffle=False, seed=3)
+    blocks = 12 * 440 // 16
+    by_sorting = simulate(shuffled, schedule_config("sorted"), COST, blocks, 16)
+    presorted = simulate(ordered, schedule_config("fcfs"), COST, blocks, 16)
+    as_given = simulate(shuffled, schedule_config("fcfs"), COST, blocks, 16)
+    mine, theirs = _steps(by_sorting), _steps(presorted)
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        assert np.array_equal(mine[name], theirs[name]), name
+    saved = lambda outcome: outcome.scheduler.stats.prefill_token_saving
+    # at best each group of 8 computes its 400-token prefix once (7 * 400 of 8 * 440 tokens
+    # saved); members admitted in the step that computes the prefix compute it too, as in vLLM
+    assert 0.9 * 7 * 400 / (8 * 440) < saved(by_sorting) <= 7 * 400 / (8 * 440)
+    assert saved(as_given) < 0.5 * saved(by_sorting)
+
+
+def test_sorted_admits_depth_first_and_the_records_say_so():
+    workload = prefix_tree_workload((3, 4), (200, 60), 20, 3, 10, shuffle=True, seed=5)
+    outcome = simulate(workload, schedule_config("sorted", max_num_seqs=4), COST, 2_000, 16)
+    columns = request_columns(outcome.scheduler, "sorted")
+    order = columns["req_id"][np.argsort(columns["admission"])]
+    prompts = [workload.requests[i].prompt for i in order]
+    assert prompts == sorted(r.prompt for r in workload.requests)  # the prefix tree, depth first
+    assert sorted(columns["admission"]) == list(range(len(workload.requests)))
+    # the first admissions in time agree with the ranks
+    first = columns["first_scheduled_s"][np.argsort(columns["admission"])]
+    assert np.all(np.diff(first) >= 0)
+
+
+def test_admission_ranks():
+    assert admission_ranks([-1, 5, 2, 9]).tolist() == [-1, 1, 0, 2]
+    assert admission_ranks([]).tolist() == []
+
+
+def test_admission_order_refuses_what_is_not_one_batch(tmp_path):
+    base = {"schedule": np.array(["fcfs"] * 3, dtype=object), "req_id": np.array([0, 1, 2]),
+            "arrival_s": np.zeros(3), "admission": np.array([2, 0, 1])}
+    assert admission_order(base, "fcfs", tmp_path).tolist() == [1, 2, 0]
+    with pytest.raises(OrderError, match="arrive over 1.5 s; an order is for a batch sent at once"):
+        admission_order({**base, "arrival_s": np.array([0.0, 1.5, 0.0])}, "fcfs", tmp_path)
+    with pytest.raises(OrderError, match="replicas"):
+        admission_order({**base, "replica": np.array([0, 1, 0])}, "fcfs", tmp_path)
+    with pytest.raises(OrderError, match="1 of 3 requests were never admitted under fcfs"):
+        admission_order({**base, "admission": np.array([1, -1, 0])}, "fcfs", tmp_path)
+    with pytest.raises(OrderError, match="no admission column"):
+        admission_order({k: v for k, v in base.items() if k != "admission"}, "fcfs", tmp_path)
+
+
+def batchlab(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "batchlab.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _prompts_file(path: Path) -> list[bytes]:
+    """48 token-id prompts, 12 prefixes of 96 tokens, shuffled; a blank line in the middle and
+    no newline at the end, as files come."""
+    rng = np.random.default_rng(7)
+    lines = []
+    for index in rng.permutation(48):
+        prefix = [1000 + 10 * int(index % 12) + k for k in range(96)]
+        own = rng.integers(5000, 9000, 20).tolist()
+        lines.append(json.dumps({"prompt_token_ids": prefix + own, "max_tokens": 8 + int(index % 3), "id": int(index)}))
+    text = "\n".join(lines[:10]) + "\n\n" + "\n".join(lines[10:])
+    path.write_text(text)
+    return [line.encode() + b"\n" for line in lines]
+
+
+def _memory_for(blocks: int) -> float:
+    """An H100's memory cut so that Llama-3.1-8B leaves ``blocks`` KV blocks (of 16 tokens)."""
+    from sim.hardware import shard
+
+    hardware = hardware_spec("h100-sxm")
+    part = shard(MODEL, hardware)
+    need = part.weight_bytes + hardware.activation_reserve_bytes + (blocks + 0.5) * part.kv_bytes_per_token * 16
+    return need / hardware.memory_utilization
+
+
+SMALL_GPU = (f"hardware.overrides.memory_bytes={_memory_for(40)!r}",)  # 6 of 12 prefixes: order decides the sharing
+
+
+@pytest.fixture(scope="module")
+def prompts_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("order")
+    prompts = tmp / "batch.jsonl"
+    lines = _prompts_file(prompts)
+    result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", *SMALL_GPU,
+                      "schedule.names=[fcfs,sorted,batchllm]", "report=false", f"hydra.run.dir={tmp / 'run'}")
+    assert result.returncode == 0, result.stderr
+    return tmp, prompts, lines
+
+
+def test_order_writes_the_lines_in_admission_order_and_fcfs_over_them_runs_as_sorted(prompts_run):
+    import pandas as pd
+
+    tmp, prompts, lines = prompts_run
+    run = tmp / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["kv_capacity_blocks"] == 40
+    out = tmp / "sorted.jsonl"
+    result = batchlab("order", str(run), str(out), "--schedule", "sorted")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 48 prompts" in result.stdout and "schedule.names=[fcfs]" in result.stdout
+    requests = pd.read_parquet(run / "requests.parquet")
+    mine = requests[requests.schedule == "sorted"].sort_values("admission")
+    written = out.read_bytes().splitlines(keepends=True)
+    assert written == [lines[i] for i in mine.req_id]  # byte for byte, in admission order
+    # what fcfs makes of the written order is what `sorted` made of the original
+    follow = batchlab("simulate", "workload=prompts", f"workload.path={out}", *SMALL_GPU, "schedule.names=[fcfs]",
+                      "report=false", f"hydra.run.dir={tmp / 'follow'}")
+    assert follow.returncode == 0, follow.stderr
+    steps = pd.read_parquet(run / "steps.parquet")
+    steps = steps[steps.schedule == "sorted"].drop(columns="schedule").reset_index(drop=True)
+    again = pd.read_parquet(tmp / "follow" / "steps.parquet").drop(columns="schedule").reset_index(drop=True)
+    pd.testing.assert_frame_equal(steps, again)
+    saving = {name: entry["prefill_token_saving"] for name, entry in summary["schedules"].items()}
+    assert saving["sorted"] > saving["fcfs"]
+    # no --schedule: the run's fastest
+    best = min(summary["schedules"], key=lambda name: summary["schedules"][name]["makespan_s"])
+    assert order_main([str(run), str(tmp / "best.jsonl")]) == 0
+    chosen = requests[requests.schedule == best].sort_values("admission")
+    assert (tmp / "best.jsonl").read_bytes().splitlines(keepends=True) == [lines[i] for i in chosen.req_id]
+
+
+def test_order_refuses_with_what_to_do(prompts_run, capsys):
+    tmp, prompts, _ = prompts_run
+    run = tmp / "run"
+    assert order_main([str(run), str(tmp / "x.jsonl"), "--schedule", "lpm"]) == 2
+    assert "schedule 'lpm' is not in this run; it has ['batchllm', 'fcfs', 'sorted']" in capsys.readouterr().err
+    assert order_main([str(run), str(prompts)]) == 2
+    assert "that is the prompts file itself" in capsys.readouterr().err
+    longer = tmp / "longer.jsonl"
+    longer.write_bytes(prompts.read_bytes() + b'\n{"prompt_token_ids": [1, 2, 3]}\n')
+    assert order_main([str(run), str(tmp / "x.jsonl"), "--prompts", str(longer)]) == 2
+    assert "49 prompts, but the run simulated 48; simulate the whole file" in capsys.readouterr().err
+    assert order_main([str(tmp), str(tmp / "x.jsonl")]) == 2
+    assert "no config.yaml; expected a run directory" in capsys.readouterr().err
+    other = tmp / "other_run"
+    shutil.copytree(run, other)
+    config = (other / "config.yaml").read_text().replace("kind: prompts", "kind: file")
+    (other / "config.yaml").write_text(config)
+    assert order_main([str(other), str(tmp / "x.jsonl")]) == 2
+    assert "not a prompts file; give --prompts FILE" in capsys.readouterr().err
+    assert order_main([str(other), str(tmp / "x.jsonl"), "--prompts", str(prompts)]) == 0
+    assert not (tmp / ".x.jsonl.partial").exists()
