@@ -33,12 +33,12 @@ def test_simulate_writes_records_and_prints_the_table(tmp_path):
     from scheduler._compiled import compiled
     assert summary["kv_block_manager"] == ("compiled" if kv_blocks.NativeBlockManager else "python")
     assert summary["profile_lookup"] == ("compiled" if compiled("Bilinear", "sim._interp") else "python")
-    assert list(summary["schedules"]) == ["fcfs", "prefix_grouped", "decode_first", "batchllm"]
+    assert list(summary["schedules"]) == ["fcfs", "sorted", "prefix_grouped", "decode_first", "batchllm"]
     for name, entry in summary["schedules"].items():
         assert set(REQUIRED) <= set(entry), name
     requests = pd.read_parquet(run_dir / "requests.parquet")
     steps = pd.read_parquet(run_dir / "steps.parquet")
-    assert len(requests) == 4 * 64
+    assert len(requests) == 5 * 64
     grouped = summary["schedules"]["prefix_grouped"]
     assert grouped["num_steps"] == int((steps["schedule"] == "prefix_grouped").sum())
     assert grouped["prefill_tokens_computed"] == int(steps.loc[steps["schedule"] == "prefix_grouped",
