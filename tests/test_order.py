@@ -179,3 +179,25 @@ def test_order_refuses_with_what_to_do(prompts_run, capsys):
     assert "not a prompts file; give --prompts FILE" in capsys.readouterr().err
     assert order_main([str(other), str(tmp / "x.jsonl"), "--prompts", str(prompts)]) == 0
     assert not (tmp / ".x.jsonl.partial").exists()
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
+
+
+@pytest.mark.skipif(not (SHARED / "mooncake").exists(), reason=f"real traces not found at {SHARED}")
+def test_sorted_keeps_what_an_unbounded_cache_keeps_of_a_real_trace():
+    """The first 1,500 requests of Mooncake's synthetic trace as one batch on an H100 (25,720
+    blocks, about 25 of its prompts): sent as they came, an LRU cache keeps 5 % of the reuse an
+    unbounded cache has; sorted, all of it but a few blocks (SGLang's Theorem 3.1: depth first is
+    optimal when the cache holds the longest request)."""
+    from traces.arrivals import with_arrivals
+    from traces.loaders import load_mooncake
+
+    workload = load_mooncake(SHARED / "mooncake" / "synthetic_trace.jsonl")
+    workload = with_arrivals(workload.head(1500), "offline")
+    saved = lambda name, blocks: simulate(workload, schedule_config(name), COST, blocks,
+                                          16).scheduler.stats.prefill_token_saving
+    unbounded = saved("fcfs", 10_000_000)
+    assert 0.24 < unbounded < 0.25
+    assert saved("fcfs", 25_720) < 0.06 * unbounded
+    assert saved("sorted", 25_720) > 0.995 * unbounded
