@@ -7,9 +7,10 @@ prefix cached only while the prompts that share it follow one another. BatchLLM 
 over your own prompts and writes the prompts file's lines, byte for byte, in the order the
 chosen schedule first admitted each request (the ``admission`` column of requests.parquet), so
 the engine you have gets that order. How much of the schedule's gain the order carries by itself
-is a simulation of ``fcfs`` over the written file, which the command prints.
+is a simulation of ``fcfs`` over the written file, which the command prints. A run over several
+engines (``replicas=N``) gives one file an engine, its share of the split in its admission order.
 
-The output is written whole or not at all (a temporary file renamed at the end).
+The output is written whole or not at all (temporary files renamed once all are written).
 """
 from __future__ import annotations
 
@@ -66,16 +67,14 @@ def _schedule(summary: dict, requested: str | None, run_dir: Path) -> str:
     return requested
 
 
-def admission_order(requests: dict, schedule: str, run_dir: Path) -> np.ndarray:
-    """The request ids of ``schedule`` in the order it first admitted them; refuses runs whose
-    order is not a batch's (arrivals over time, several replicas, requests never admitted)."""
-    rows = np.asarray(requests["schedule"]) == schedule
+def admission_orders(requests: dict, schedule: str, run_dir: Path) -> dict[int, np.ndarray]:
+    """Each engine's request ids under ``schedule`` in the order it first admitted them (by
+    replica, 1, 2, ...; 0 for a run of one engine); refuses runs whose order is not a batch's
+    (arrivals over time, requests never admitted)."""
     if "admission" not in requests:
         raise OrderError(f"{run_dir / 'requests.parquet'}: no admission column (written by an older batchlab); "
                          f"simulate again")
-    if "replica" in requests and len(np.unique(np.asarray(requests["replica"])[rows])) > 1:
-        raise OrderError(f"{run_dir}: the run spreads the batch over replicas, each admitting its own share; "
-                         f"an order is for one engine (simulate with replicas=1)")
+    rows = np.asarray(requests["schedule"]) == schedule
     arrivals = np.asarray(requests["arrival_s"], dtype=np.float64)[rows]
     if len(arrivals) and arrivals.max() > arrivals.min():
         raise OrderError(f"{run_dir}: the requests arrive over {arrivals.max() - arrivals.min():,.1f} s; an order is "
@@ -88,7 +87,13 @@ def admission_order(requests: dict, schedule: str, run_dir: Path) -> np.ndarray:
                          f"{schedule} (an interrupted run?); simulate the whole batch")
     if not np.array_equal(np.sort(req_ids), np.arange(len(req_ids))):
         raise OrderError(f"{run_dir}: request ids of {schedule} are not 0..{len(req_ids) - 1}")
-    return req_ids[np.argsort(admission, kind="stable")]
+    replica = np.asarray(requests["replica"], dtype=np.int64)[rows] if "replica" in requests \
+        else np.zeros(len(req_ids), dtype=np.int64)
+    orders = {}
+    for engine in np.unique(replica):
+        mine = replica == engine
+        orders[int(engine)] = req_ids[mine][np.argsort(admission[mine], kind="stable")]
+    return orders
 
 
 def _prompts_path(config: dict, given: str | None, run_dir: Path) -> Path:
@@ -110,14 +115,25 @@ def _lines(path: Path) -> list[bytes]:
     return lines
 
 
-def write_order(lines: list[bytes], order: np.ndarray, output: Path) -> None:
-    partial = output.with_name(f".{output.name}.partial")
+def output_paths(output: Path, engines: list[int]) -> dict[int, Path]:
+    """``output`` for one engine; ``NAME.replicaK.SUFFIX`` beside it for each of several."""
+    if engines == [0]:
+        return {0: output}
+    return {k: output.with_name(f"{output.stem}.replica{k}{output.suffix}") for k in engines}
+
+
+def write_orders(lines: list[bytes], orders: dict[int, np.ndarray], paths: dict[int, Path]) -> None:
+    """Every file written in full before any is renamed into place: all or none."""
+    partials = {k: path.with_name(f".{path.name}.partial") for k, path in paths.items()}
     try:
-        with partial.open("wb") as handle:
-            handle.writelines(lines[i] for i in order)
-        os.replace(partial, output)
+        for k, partial in partials.items():
+            with partial.open("wb") as handle:
+                handle.writelines(lines[i] for i in orders[k])
+        for k, partial in partials.items():
+            os.replace(partial, paths[k])
     finally:
-        partial.unlink(missing_ok=True)
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
 
 
 def order_main(argv: list[str]) -> int:
@@ -126,26 +142,35 @@ def order_main(argv: list[str]) -> int:
     try:
         config, summary, requests = _load_run(run_dir)
         schedule = _schedule(summary, args.schedule, run_dir)
-        order = admission_order(requests, schedule, run_dir)
+        orders = admission_orders(requests, schedule, run_dir)
         path = _prompts_path(config, args.prompts, run_dir)
-        output = Path(args.output)
-        if output.exists() and path.exists() and output.resolve() == path.resolve():
-            raise OrderError(f"{output}: that is the prompts file itself; write the order to another file")
+        paths = output_paths(Path(args.output), sorted(orders))
+        for output in paths.values():
+            if output.exists() and path.exists() and output.resolve() == path.resolve():
+                raise OrderError(f"{output}: that is the prompts file itself; write the order to another file")
         lines = _lines(path)
-        if len(lines) != len(order):
+        count = sum(map(len, orders.values()))
+        if len(lines) != count:
             limit = (config.get("workload") or {}).get("limit")
-            raise OrderError(f"{path}: {len(lines):,} prompts, but the run simulated {len(order):,}"
+            raise OrderError(f"{path}: {len(lines):,} prompts, but the run simulated {count:,}"
                              + (f" (workload.limit={limit})" if limit else "")
                              + "; simulate the whole file")
-        write_order(lines, order, output)
+        write_orders(lines, orders, paths)
     except OrderError as error:
         print(f"batchlab order: error: {error}", file=sys.stderr)
         return 2
     entry = summary["schedules"][schedule]
-    moved = int((order != np.arange(len(order))).sum())
-    print(f"wrote {len(order):,} prompts to {output} in {schedule}'s admission order ({moved:,} moved; {schedule} "
-          f"simulated {entry['makespan_s']:,.1f} s, prefill saved {entry['prefill_token_saving']:.3f})")
-    print(f"what an engine serving in arrival order makes of it: {follow_up(config, output)}")
+    done = f"{schedule} simulated {entry['makespan_s']:,.1f} s, prefill saved {entry['prefill_token_saving']:.3f}"
+    if list(paths) == [0]:
+        moved = int((orders[0] != np.arange(count)).sum())
+        print(f"wrote {count:,} prompts to {paths[0]} in {schedule}'s admission order ({moved:,} moved; {done})")
+        print(f"what an engine serving in arrival order makes of it: {follow_up(config, paths[0])}")
+        return 0
+    print(f"wrote {count:,} prompts for {len(paths)} engines in {schedule}'s split and admission order ({done}):")
+    for k, output in paths.items():
+        print(f"  engine {k}: {len(orders[k]):,} prompts, {output}")
+    print(f"what engine k serving in arrival order makes of its file: {follow_up(config, paths[min(paths)])} "
+          f"(each file in turn; the batch takes as long as the slowest)")
     return 0
 
 

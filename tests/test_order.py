@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchlab.order import OrderError, admission_order, order_main
+from batchlab.order import OrderError, admission_orders, order_main
 from batchlab.records import admission_ranks, request_columns
 from scheduler import schedule_config
 from scheduler.model_spec import model_spec
@@ -68,18 +68,19 @@ def test_admission_ranks():
     assert admission_ranks([]).tolist() == []
 
 
-def test_admission_order_refuses_what_is_not_one_batch(tmp_path):
-    base = {"schedule": np.array(["fcfs"] * 3, dtype=object), "req_id": np.array([0, 1, 2]),
-            "arrival_s": np.zeros(3), "admission": np.array([2, 0, 1])}
-    assert admission_order(base, "fcfs", tmp_path).tolist() == [1, 2, 0]
+def test_admission_orders_and_what_is_not_one_batch(tmp_path):
+    base = {"schedule": np.array(["fcfs"] * 4, dtype=object), "req_id": np.array([0, 1, 2, 3]),
+            "arrival_s": np.zeros(4), "admission": np.array([2, 0, 1, 3])}
+    assert {k: v.tolist() for k, v in admission_orders(base, "fcfs", tmp_path).items()} == {0: [1, 2, 0, 3]}
+    # replicas rank their own admissions
+    split = {**base, "replica": np.array([1, 2, 2, 1]), "admission": np.array([1, 1, 0, 0])}
+    assert {k: v.tolist() for k, v in admission_orders(split, "fcfs", tmp_path).items()} == {1: [3, 0], 2: [2, 1]}
     with pytest.raises(OrderError, match="arrive over 1.5 s; an order is for a batch sent at once"):
-        admission_order({**base, "arrival_s": np.array([0.0, 1.5, 0.0])}, "fcfs", tmp_path)
-    with pytest.raises(OrderError, match="replicas"):
-        admission_order({**base, "replica": np.array([0, 1, 0])}, "fcfs", tmp_path)
-    with pytest.raises(OrderError, match="1 of 3 requests were never admitted under fcfs"):
-        admission_order({**base, "admission": np.array([1, -1, 0])}, "fcfs", tmp_path)
+        admission_orders({**base, "arrival_s": np.array([0.0, 1.5, 0.0, 0.0])}, "fcfs", tmp_path)
+    with pytest.raises(OrderError, match="1 of 4 requests were never admitted under fcfs"):
+        admission_orders({**base, "admission": np.array([1, -1, 0, 2])}, "fcfs", tmp_path)
     with pytest.raises(OrderError, match="no admission column"):
-        admission_order({k: v for k, v in base.items() if k != "admission"}, "fcfs", tmp_path)
+        admission_orders({k: v for k, v in base.items() if k != "admission"}, "fcfs", tmp_path)
 
 
 def batchlab(*args):
@@ -179,6 +180,34 @@ def test_order_refuses_with_what_to_do(prompts_run, capsys):
     assert "not a prompts file; give --prompts FILE" in capsys.readouterr().err
     assert order_main([str(other), str(tmp / "x.jsonl"), "--prompts", str(prompts)]) == 0
     assert not (tmp / ".x.jsonl.partial").exists()
+
+
+def test_order_over_replicas_writes_each_engine_its_share(prompts_run):
+    """Two engines, the batch split by prefix (BatchLLM's sharding): one file each, together the
+    whole batch once, each in its engine's admission order, and fcfs over engine 2's file runs as
+    that engine ran `sorted`."""
+    import pandas as pd
+
+    tmp, prompts, lines = prompts_run
+    run = tmp / "replicas"
+    result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", *SMALL_GPU, "replicas=2",
+                      "schedule.names=[sorted]", "report=false", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    assert order_main([str(run), str(tmp / "split.jsonl")]) == 0
+    requests = pd.read_parquet(run / "requests.parquet")
+    written = {}
+    for k in (1, 2):
+        mine = requests[requests.replica == k].sort_values("admission")
+        written[k] = (tmp / f"split.replica{k}.jsonl").read_bytes().splitlines(keepends=True)
+        assert written[k] == [lines[i] for i in mine.req_id]
+    assert sorted(written[1] + written[2]) == sorted(lines) and not (tmp / "split.jsonl").exists()
+    follow = batchlab("simulate", "workload=prompts", f"workload.path={tmp / 'split.replica2.jsonl'}", *SMALL_GPU,
+                      "schedule.names=[fcfs]", "report=false", f"hydra.run.dir={tmp / 'follow2'}")
+    assert follow.returncode == 0, follow.stderr
+    steps = pd.read_parquet(run / "steps.parquet")
+    steps = steps[steps.replica == 2].drop(columns=["schedule", "replica"]).reset_index(drop=True)
+    again = pd.read_parquet(tmp / "follow2" / "steps.parquet").drop(columns="schedule").reset_index(drop=True)
+    pd.testing.assert_frame_equal(steps, again)
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
