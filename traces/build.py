@@ -16,6 +16,7 @@ GENERATORS = {
     "system_prompt_workload": synthetic.system_prompt_workload,
     "prefix_tree_workload": synthetic.prefix_tree_workload,
     "agent_sessions": synthetic.agent_sessions,
+    "mixed_batch": synthetic.mixed_batch,
 }
 LOADERS = {"mooncake": loaders.load_mooncake, "azure": loaders.load_azure, "lengths": loaders.load_length_csv}
 

@@ -93,6 +93,46 @@ def prefix_tree_workload(fanouts: tuple[int, ...] = (4, 4), level_lens: tuple[in
                     "synthetic:prefix_tree_workload")
 
 
+_CLASS_BASE = 1 << 43  # the templates of mixed_batch's classes
+
+
+def mixed_batch(prompt_lens: tuple[int, ...] = (3000, 300), output_lens: tuple[int, ...] = (30, 600),
+                counts: tuple[int, ...] = (3000, 3000), shared: float = 0.35, share_degree: int = 8,
+                template_len: int = 16, shuffle: bool = True, seed: int = 0) -> Workload:
+    """Classes of requests of different shapes in one batch (BlendServe, arXiv 2411.16102: an
+    offline batch mixes compute-heavy requests, long prompts and short outputs, with
+    memory-heavy ones, short prompts and long outputs). Class ``c`` has ``counts[c]`` requests
+    of ``prompt_lens[c]`` prompt and ``output_lens[c]`` output tokens; each prompt is its class's
+    template (``template_len`` tokens), then a prefix of ``shared`` x its length that
+    ``share_degree`` requests of the class share, then tokens of its own."""
+    if not (len(prompt_lens) == len(output_lens) == len(counts)) or not prompt_lens:
+        raise ConfigError("mixed_batch: prompt_lens, output_lens and counts need the same, non-zero length")
+    _positive("mixed_batch", share_degree=share_degree, template_len=template_len,
+              **{f"{name}[{i}]": v for name, values in (("prompt_lens", prompt_lens), ("output_lens", output_lens),
+                                                         ("counts", counts)) for i, v in enumerate(values)})
+    if isinstance(shared, bool) or not isinstance(shared, (int, float)) or not 0 <= shared < 1:
+        raise ConfigError(f"mixed_batch: shared is {shared!r}; expected a fraction of the prompt in [0, 1)")
+    prompts, outputs = [], []
+    group = _PREFIX_BASE
+    own = _DISTINCT_BASE
+    for c, (length, output, count) in enumerate(zip(prompt_lens, output_lens, counts)):
+        prefix = round(shared * length)
+        if template_len + prefix >= length:
+            raise ConfigError(f"mixed_batch: class {c}'s prompt of {length} tokens leaves none of its own after "
+                              f"the template ({template_len}) and the shared prefix ({prefix})")
+        for index in range(count):
+            if index % share_degree == 0:
+                group += 1
+            head = ((_CLASS_BASE + c, template_len),) + (((group, prefix),) if prefix else ())
+            prompts.append(head + ((own, length - template_len - prefix),))
+            outputs.append(output)
+            own += 1
+    order = np.random.default_rng(seed).permutation(len(prompts)) if shuffle else np.arange(len(prompts))
+    requests = tuple(Request(i, 0.0, prompts[j], outputs[j]) for i, j in enumerate(order.tolist()))
+    shapes = "+".join(f"{n}x{p}/{o}" for p, o, n in zip(prompt_lens, output_lens, counts))
+    return Workload(f"mixed({shapes},shared{shared:g},sd{share_degree})", requests, "synthetic:mixed_batch")
+
+
 _SESSION_BASE = 1 << 42  # agents' own context: task, outputs, observations
 
 
