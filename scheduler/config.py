@@ -10,14 +10,16 @@ from dataclasses import dataclass, fields, replace
 from .errors import ConfigError
 from .kv_blocks import CACHING_MODES
 
-ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt")
+ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt", "blend")
+RANKS_WHOLE_QUEUE = ("lpm", "blend")  # orders that rank the whole waiting queue before each step
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     name: str
     order: str = "fcfs"                 # fcfs | decode_ratio | lpm | prompt (sorted by prompt:
-                                        # the prefix tree depth first, as a presorted batch)
+                                        # the prefix tree depth first, as a presorted batch) |
+                                        # blend (BlendServe: depth first, shapes mixed; blend.py)
     grouping: bool = False              # global prefix groups (BatchLLM §4.2-4.3.1); members
                                         # share their group's prefix blocks, whatever ``caching``
     caching: str = "lru"                # lru | off (see kv_blocks.py)
@@ -74,6 +76,10 @@ SCHEDULES: dict[str, ScheduleConfig] = {
     # requests in the prefix tree's depth-first order, so that prompts sharing a prefix are
     # admitted one after the other while the LRU cache holds it; otherwise fcfs.
     "sorted": ScheduleConfig("sorted", order="prompt"),
+    # vLLM given the batch in BlendServe's order (arXiv 2411.16102): prefixes kept together as
+    # sorted keeps them, compute-heavy and memory-heavy prompts taken in turns; reads output
+    # lengths (BlendServe estimates them), as the order needs a request's shape.
+    "blend": ScheduleConfig("blend", order="blend", use_output_lengths=True),
 }
 
 

@@ -14,7 +14,7 @@ give the same plans, allocations and releases, in the same order.
 from __future__ import annotations
 
 from .admission import admit, cached_tokens_of, loads_done
-from .config import ScheduleConfig
+from .config import RANKS_WHOLE_QUEUE, ScheduleConfig
 from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
@@ -126,8 +126,8 @@ class Scheduler:
         stores, self._host_stores = self._host_stores, {}  # filled before this step
         if cfg.grouping:
             self._maybe_regroup()
-        if cfg.order == "lpm":
-            self.waiting.resort_lpm(lambda unit: cached_tokens_of(self, unit))
+        if cfg.order in RANKS_WHOLE_QUEUE:
+            self.waiting.resort(lambda unit: cached_tokens_of(self, unit))
         tokens_left = cfg.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         scheduled: set[int] = set()

@@ -53,8 +53,8 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     tokens_left = cfg.max_num_batched_tokens - batch
     if tokens_left <= 0:
         return True
-    if cfg.order == "lpm":
-        return False  # the head may change as evictions change cache matches
+    if cfg.order == "lpm" or scheduler.waiting.stale:
+        return False  # the head may change as evictions change cache matches, or new units are ranked
     state = head.prefix if hasattr(head, "prefix") else head
     return admission(scheduler, state, tokens_left) is None
 

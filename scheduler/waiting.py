@@ -10,6 +10,7 @@ import heapq
 from collections import deque
 from typing import Callable, Union
 
+from .blend import blend_order
 from .config import ScheduleConfig
 from .group_state import GroupState
 from .request import RequestState
@@ -28,6 +29,7 @@ class WaitingQueue:
         self._heap: list[list] = []  # [primary, arrival_s, seq, unit]
         self._seq = 0
         self._lpm_sorted = False
+        self.stale = False  # blend: units pushed since the queue was last ranked
         self.ordered_requests = 0  # requests inside the ordered part (a group counts its members)
 
     def __len__(self) -> int:
@@ -48,6 +50,7 @@ class WaitingQueue:
         self._seq += 1
         heapq.heappush(self._heap, [self._primary(unit), unit.arrival_s, self._seq, unit])
         self.ordered_requests += _size(unit)
+        self.stale = self.config.order == "blend"
 
     def push_front(self, unit: Unit) -> None:
         self.front.appendleft(unit)
@@ -82,6 +85,35 @@ class WaitingQueue:
             (removed if predicate(unit) else kept).append(unit)
         self.front = kept
         return removed
+
+    def resort(self, cached_tokens: Callable[[Unit], int]) -> None:
+        """Orders that rank the whole queue before a step: lpm (cache matches change), blend
+        (after new units)."""
+        if self.config.order == "lpm":
+            self.resort_lpm(cached_tokens)
+        elif self.stale:
+            self._resort_blend()
+
+    def _resort_blend(self) -> None:
+        """BlendServe's order (blend.py) over everything waiting, ties in arrival order; output
+        tokens as the schedule knows them (one a request where it may not read them)."""
+        self._heap.sort(key=lambda entry: (entry[1], entry[2]))
+        units = [entry[3] for entry in self._heap]
+        aware = self.config.use_output_lengths
+        prompts, prefill, output = [], [], []
+        for unit in units:
+            if isinstance(unit, GroupState):
+                prompts.append(unit.prefix.prompt)
+                prefill.append(unit.prefill_tokens)
+                output.append(unit.output_tokens if aware else len(unit.members))
+            else:
+                prompts.append(unit.prompt)
+                prefill.append(unit.prompt_len)
+                output.append(unit.output_len if aware else 1)
+        for rank, index in enumerate(blend_order(prompts, prefill, output)):
+            self._heap[index][0] = float(rank)
+        heapq.heapify(self._heap)
+        self.stale = False
 
     def resort_lpm(self, cached_tokens: Callable[[Unit], int]) -> None:
         """SGLang LPM: longest cached prefix first, FCFS beyond ``lpm_fallback_queue``."""

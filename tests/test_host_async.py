@@ -76,7 +76,7 @@ def test_the_engine_computes_the_same_when_loads_wait():
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted"]), st.integers(0, 6), st.integers(1, 12),
+@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted", "blend"]), st.integers(0, 6), st.integers(1, 12),
        st.sampled_from([1, 3, 8, 64]), st.integers(0, 3))
 def test_transfers_stay_consistent_when_loads_take_steps(requests, name, spare_blocks, host_blocks, budget, delay):
     """Random workloads; each load is reported done ``delay`` steps after it started (0: at

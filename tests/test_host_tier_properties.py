@@ -50,7 +50,7 @@ class Shadow:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted"]), st.integers(0, 6), st.integers(1, 12),
+@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted", "blend"]), st.integers(0, 6), st.integers(1, 12),
        st.sampled_from([1, 3, 8, 64]))
 def test_transfers_follow_what_the_blocks_and_the_host_hold(requests, name, spare_blocks, host_blocks, budget):
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
