@@ -92,3 +92,18 @@ def test_blend_reads_output_lengths_only_where_allowed():
     outputs = lambda outcome: [workload.requests[i].output_len for i in order(outcome)[:40]]
     assert set(outputs(aware)) == {30, 600}  # the two shapes taken in turns from the start
     assert set(outputs(blind)) == {30}  # blind, the classes are alike: one class's subtree first
+
+
+def test_fcfs_over_blends_admission_order_is_blend():
+    """What `batchlab order --schedule blend` hands an engine serving in arrival order: the
+    batch in blend's first admissions, which fcfs then runs exactly as blend did."""
+    from scheduler import Request
+    from traces.workload import Workload
+
+    workload = mixed_batch(counts=(600, 600), shared=0.35)
+    blend = simulate(workload, schedule_config("blend"), COST, BLOCKS, 16)
+    order = [s.req_id for s in sorted(blend.scheduler.states.values(), key=lambda s: s.first_admission)]
+    sent = Workload("sent", tuple(Request(i, 0.0, workload.requests[j].prompt, workload.requests[j].output_len)
+                                  for i, j in enumerate(order)))
+    fcfs = simulate(sent, schedule_config("fcfs"), COST, BLOCKS, 16)
+    assert fcfs.makespan_s == blend.makespan_s and fcfs.scheduler.stats == blend.scheduler.stats
