@@ -39,7 +39,6 @@ class WaitingQueue:
     def _primary(self, unit: Unit) -> float | tuple:
         order = self.config.order
         if order == "blend":  # behind every ranked unit until the queue is ranked again
-            self._unranked += 1
             return _UNRANKED
         if order == "prompt":  # segment chains compare as the prefix tree's depth-first order
             return unit.prefix.prompt if isinstance(unit, GroupState) else unit.prompt
@@ -52,8 +51,10 @@ class WaitingQueue:
 
     def push(self, unit: Unit) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, [self._primary(unit), unit.arrival_s, self._seq, unit])
+        primary = self._primary(unit)
+        heapq.heappush(self._heap, [primary, unit.arrival_s, self._seq, unit])
         self.ordered_requests += _size(unit)
+        self._unranked += primary is _UNRANKED
 
     @property
     def stale(self) -> bool:

@@ -126,3 +126,23 @@ def test_arrivals_are_ranked_in_batches_not_one_by_one(monkeypatch):
     calls.clear()
     simulate(mixed_batch(counts=(500, 500), shared=0.2), schedule_config("blend"), COST, BLOCKS, 16)
     assert calls == [1000]  # offline: the whole batch ranked once
+
+
+def test_mixed_batch_says_what_is_wrong():
+    from scheduler.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"shared is 1.0; expected a fraction of the prompt in \[0, 1\)"):
+        mixed_batch(shared=1.0)
+    with pytest.raises(ConfigError, match="class 1's prompt of 100 tokens leaves none of its own after the template "
+                                          r"\(16\) and the shared prefix \(90\)"):
+        mixed_batch(prompt_lens=(3000, 100), shared=0.9)
+    with pytest.raises(ConfigError, match="prompt_lens, output_lens and counts need the same"):
+        mixed_batch(counts=(10,))
+    with pytest.raises(ConfigError, match=r"counts\[1\] is 0; expected an integer >= 1"):
+        mixed_batch(counts=(10, 0))
+    workload = mixed_batch(prompt_lens=(64, 48), output_lens=(4, 9), counts=(5, 3), shared=0.5, share_degree=2,
+                           template_len=8, shuffle=False)
+    first, last = workload.requests[0], workload.requests[-1]
+    assert first.prompt_len == 64 and first.output_len == 4 and first.prompt[1][1] == 32
+    assert last.prompt_len == 48 and last.output_len == 9 and last.prompt[0] != first.prompt[0]
+    assert workload.requests[0].prompt[1] == workload.requests[1].prompt[1] != workload.requests[2].prompt[1]
