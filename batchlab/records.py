@@ -93,7 +93,8 @@ def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, pr
             "kv_block_manager": "compiled" if BlockManager is NativeBlockManager else "python",
             "profile_lookup": "compiled" if compiled("Bilinear", "sim._interp") else "python",
             "workload_source": workload.source, "workload_notes": list(workload.notes),
-            "num_requests": len(workload), "model": model.name, "hardware": hardware,
+            "num_requests": len(workload), "workload_offline": workload.is_offline,  # sent at once
+            "model": model.name, "hardware": hardware,
             "profile_kind": profile_kind, "profile": profile, "profile_provenance": provenance,
             "kv_capacity_blocks": kv_blocks, "block_size": block_size,
             "kv_bytes_per_block": kv_bytes_per_block or model.kv_bytes_per_token * block_size}

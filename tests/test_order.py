@@ -124,7 +124,25 @@ def prompts_run(tmp_path_factory):
     result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", *SMALL_GPU,
                       "schedule.names=[fcfs,sorted,batchllm]", "report=false", f"hydra.run.dir={tmp / 'run'}")
     assert result.returncode == 0, result.stderr
+    (tmp / "simulate.out").write_text(result.stdout)
     return tmp, prompts, lines
+
+
+def test_simulate_over_prompts_says_how_to_send_them_in_order(prompts_run):
+    tmp, prompts, _ = prompts_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["workload_offline"] is True
+    sorted_s = summary["schedules"]["sorted"]["makespan_s"]
+    assert (f"runs your prompts as sorted did ({sorted_s:,.1f} s against fcfs's "
+            f"{summary['schedules']['fcfs']['makespan_s']:,.1f} s) when sent in its order: "
+            f"batchlab order {tmp / 'run'} ORDERED.jsonl --schedule sorted") in (tmp / "simulate.out").read_text()
+    # arriving over time there is no batch to order, and no hint
+    result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", *SMALL_GPU,
+                      "workload.arrivals.process=poisson", "workload.arrivals.rate=50", "schedule.names=[fcfs,sorted]",
+                      "report=false", f"hydra.run.dir={tmp / 'arriving'}")
+    assert result.returncode == 0, result.stderr
+    assert "batchlab order" not in result.stdout
+    assert json.loads((tmp / "arriving" / "summary.json").read_text())["workload_offline"] is False
 
 
 def test_order_writes_the_lines_in_admission_order_and_fcfs_over_them_runs_as_sorted(prompts_run):
