@@ -248,3 +248,24 @@ def test_sorted_keeps_what_an_unbounded_cache_keeps_of_a_real_trace():
     assert 0.24 < unbounded < 0.25
     assert saved("fcfs", 25_720) < 0.06 * unbounded
     assert saved("sorted", 25_720) > 0.995 * unbounded
+
+
+def test_order_from_a_measured_engine_run(tmp_path):
+    """`batchlab run` (the engine, tiny model) over a prompts file writes the same admission
+    column; the order taken from it keeps each shared prefix's prompts together, depth first."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for index in range(12):
+        prefix = [10 + int(index % 3)] * 40
+        rows.append({"prompt_token_ids": prefix + rng.integers(20, 200, 8).tolist(), "max_tokens": 3})
+    prompts = tmp_path / "batch.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = batchlab("run", "workload=prompts", f"workload.path={prompts}", "schedule.names=[sorted]",
+                      "report=false", "progress=false", f"hydra.run.dir={tmp_path / 'measured'}")
+    assert result.returncode == 0, result.stderr
+    assert order_main([str(tmp_path / "measured"), str(tmp_path / "ordered.jsonl")]) == 0
+    written = [json.loads(line)["prompt_token_ids"] for line in (tmp_path / "ordered.jsonl").read_text().splitlines()]
+    assert sorted(written) == sorted(row["prompt_token_ids"] for row in rows)
+    prefixes = [tokens[0] for tokens in written]
+    runs = [p for i, p in enumerate(prefixes) if i == 0 or prefixes[i - 1] != p]
+    assert sorted(runs) == [10, 11, 12]  # three runs of four: each prefix's prompts one after the other
