@@ -146,3 +146,23 @@ def test_mixed_batch_says_what_is_wrong():
     assert first.prompt_len == 64 and first.output_len == 4 and first.prompt[1][1] == 32
     assert last.prompt_len == 48 and last.output_len == 9 and last.prompt[0] != first.prompt[0]
     assert workload.requests[0].prompt[1] == workload.requests[1].prompt[1] != workload.requests[2].prompt[1]
+
+
+def test_perfect_overlap_widens_blends_lead():
+    """benchmarks/blendserve_mix.py --overlap: the same plans costed as if each step overlapped its
+    compute and memory time are never slower than summed kernels, and blend's lead over sorted,
+    a few percent with summed kernels, grows with the overlap (the README's explanation of
+    BlendServe's larger gains)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "blendserve_mix.py"
+    spec = importlib.util.spec_from_file_location("blendserve_mix", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (row,) = bench.overlapped("h100-sxm", "llama-3.1-8b", shared_values=(0.35,), counts=(1000, 1000))
+    for name in ("fcfs", "sorted", "blend"):
+        summed, overlapped = row[name]
+        assert 0.5 * summed < overlapped < summed, name
+    lead = lambda index: row["sorted"][index] / row["blend"][index]
+    assert lead(0) > 1.0 and lead(1) > lead(0) + 0.05
