@@ -21,7 +21,8 @@ from sim.hardware import HARDWARE_PRESETS
 from .calibration import calibration_note, check_model, load_calibrations
 from .command import CONF_DIR, guarded, say
 from .records import finite_json, request_columns
-from .simulate import _with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
+from .simulate import (_with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas,
+                       workload_of)
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:
@@ -81,9 +82,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.cost_model import CostModel
     from sim.hardware import hardware_spec, kv_capacity_blocks
     from sim.roofline import build_roofline_profile
-    from traces.build import build_workload
 
-    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    workload = workload_of(cfg, base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
     overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]

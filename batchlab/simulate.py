@@ -19,15 +19,26 @@ from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
 
+def workload_of(cfg: DictConfig, base_dir: str):
+    """The composed config's workload, with output-length estimates where it asks for them."""
+    from traces.build import build_workload
+
+    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    estimate = cfg.get("output_estimate")
+    if estimate is not None and estimate.get("cv"):
+        from traces.estimates import with_output_estimates
+        workload = with_output_estimates(workload, estimate.cv, int(estimate.get("seed", 0)))
+    return workload
+
+
 def build_setup(cfg: DictConfig, base_dir: str):
     """Workload, model, hardware, cost model and KV capacity from a composed config."""
     from sim.cost_model import CostModel
     from sim.hardware import hardware_spec, kv_capacity_blocks
     from sim.profile import Profile
     from sim.roofline import build_roofline_profile
-    from traces.build import build_workload
 
-    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    workload = workload_of(cfg, base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
     overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     calibration = None

@@ -30,7 +30,7 @@ class GroupState:
         self.arrival_s = self.prefix.arrival_s
         # the prefix once, then each member's own part
         self.prefill_tokens = prefix_len + sum(map(_PROMPT_LEN, members)) - prefix_len * len(members)
-        self.output_tokens = sum(map(_OUTPUT_LEN, members))
+        self.output_tokens = sum(member.expected_output_len for member in members)  # as policies see them
         for member in members:
             member.group = self
 
@@ -75,7 +75,6 @@ def regroup_waiting(scheduler: "Scheduler") -> None:
 _ARRIVAL = attrgetter("arrival_s")
 _ARRIVAL_THEN_ID = attrgetter("arrival_s", "req_id")
 _PROMPT_LEN = attrgetter("prompt_len")
-_OUTPUT_LEN = attrgetter("output_len")
 
 
 def shared_prefix_groups(scheduler: "Scheduler", cohort: "DecodeCohort",

@@ -27,6 +27,9 @@ class Request:
     # turn): the generated blocks are cached under those prompts' identities, as vLLM caches
     # filled blocks. None: no later prompt holds it.
     output_segment: int | None = None
+    # what a policy that may read output lengths sees (use_output_lengths): an estimate, as a
+    # real scheduler has at best; None: the length itself
+    output_estimate: int | None = None
 
     def __post_init__(self) -> None:
         where = f"request {self.req_id}"
@@ -37,6 +40,9 @@ class Request:
             raise WorkloadError(f"{where}: output_len is {self.output_len!r}; expected an integer >= 1")
         if not (self.arrival_s >= 0.0):  # also rejects NaN
             raise WorkloadError(f"{where}: arrival_s is {self.arrival_s!r}; expected a time >= 0")
+        estimate = self.output_estimate
+        if estimate is not None and (not isinstance(estimate, int) or isinstance(estimate, bool) or estimate <= 0):
+            raise WorkloadError(f"{where}: output_estimate is {estimate!r}; expected an integer >= 1 or None")
 
     def with_arrival(self, arrival_s: float) -> "Request":
         """This request arriving at ``arrival_s`` (its prompt, already checked, is not checked
@@ -102,6 +108,13 @@ class RequestState:
     def of(cls, request: Request) -> "RequestState":
         return cls(request.req_id, request, request.prompt, request.prompt_len,
                    request.output_len, request.arrival_s)
+
+    @property
+    def expected_output_len(self) -> int:
+        """The output length a policy reading output lengths sees: the request's estimate where
+        the workload gives one, else the length itself."""
+        estimate = None if self.request is None else self.request.output_estimate
+        return self.output_len if estimate is None else estimate
 
     @property
     def is_prefix(self) -> bool:

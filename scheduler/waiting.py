@@ -47,7 +47,7 @@ class WaitingQueue:
         aware = self.config.use_output_lengths
         if isinstance(unit, GroupState):  # BatchLLM Eq. 4
             return -(unit.output_tokens if aware else 1) / unit.prefill_tokens
-        return -(unit.output_len if aware else 1) / unit.prompt_len  # Eq. 3
+        return -(unit.expected_output_len if aware else 1) / unit.prompt_len  # Eq. 3
 
     def push(self, unit: Unit) -> None:
         self._seq += 1
@@ -123,7 +123,7 @@ class WaitingQueue:
             else:
                 prompts.append(unit.prompt)
                 prefill.append(unit.prompt_len)
-                output.append(unit.output_len if aware else 1)
+                output.append(unit.expected_output_len if aware else 1)
         for rank, index in enumerate(blend_order(prompts, prefill, output)):
             self._heap[index][0] = float(rank)
         heapq.heapify(self._heap)
