@@ -106,6 +106,17 @@ def _prompts_path(config: dict, given: str | None, run_dir: Path) -> Path:
     return Path(workload["path"])
 
 
+def _check_unchanged(summary: dict, path: Path) -> None:
+    """The run's own workload file must be as the run read it (size and modification time)."""
+    seen = summary.get("workload_file")
+    if not seen or not path.is_file() or str(path.resolve()) != seen["path"]:
+        return
+    stat = path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (seen["bytes"], seen["mtime_ns"]):
+        raise OrderError(f"{path}: changed since the run read it ({seen['bytes']:,} bytes then, {stat.st_size:,} "
+                         f"now, or a newer modification time); simulate it again")
+
+
 def _lines(path: Path) -> list[bytes]:
     """The non-blank lines of ``path`` (request i is the i-th, as the prompts loader counts)."""
     if not path.is_file():
@@ -148,6 +159,7 @@ def order_main(argv: list[str]) -> int:
         for output in paths.values():
             if output.exists() and path.exists() and output.resolve() == path.resolve():
                 raise OrderError(f"{output}: that is the prompts file itself; write the order to another file")
+        _check_unchanged(summary, path)
         lines = _lines(path)
         count = sum(map(len, orders.values()))
         if len(lines) != count:

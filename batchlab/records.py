@@ -88,7 +88,7 @@ def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, pr
     from scheduler._compiled import compiled
     from scheduler.kv_blocks import BlockManager, NativeBlockManager
 
-    return {"batchlab_version": __version__, "mode": mode, "workload": workload.name,
+    meta = {"batchlab_version": __version__, "mode": mode, "workload": workload.name,
             # the wall times depend on them (the records do not)
             "kv_block_manager": "compiled" if BlockManager is NativeBlockManager else "python",
             "profile_lookup": "compiled" if compiled("Bilinear", "sim._interp") else "python",
@@ -98,6 +98,11 @@ def run_meta(workload, model, *, mode: str, hardware: str, profile_kind: str, pr
             "profile_kind": profile_kind, "profile": profile, "profile_provenance": provenance,
             "kv_capacity_blocks": kv_blocks, "block_size": block_size,
             "kv_bytes_per_block": kv_bytes_per_block or model.kv_bytes_per_token * block_size}
+    source = Path(workload.source)
+    if source.is_file():  # what it was when read: batchlab order refuses a file changed since
+        stat = source.stat()
+        meta["workload_file"] = {"path": str(source.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return meta
 
 
 class RunWriter:

@@ -198,6 +198,21 @@ def test_order_refuses_with_what_to_do(prompts_run, capsys):
     assert "not a prompts file; give --prompts FILE" in capsys.readouterr().err
     assert order_main([str(other), str(tmp / "x.jsonl"), "--prompts", str(prompts)]) == 0
     assert not (tmp / ".x.jsonl.partial").exists()
+    # the run's own prompts file touched since the run read it: refused
+    moved = tmp / "moved"
+    shutil.copytree(run, moved / "run")
+    shutil.copy2(prompts, moved / "batch.jsonl")
+    summary = json.loads((moved / "run" / "summary.json").read_text())
+    assert summary["workload_file"]["path"] == str(prompts.resolve())
+    summary["workload_file"]["path"] = str((moved / "batch.jsonl").resolve())
+    (moved / "run" / "summary.json").write_text(json.dumps(summary))
+    config = (moved / "run" / "config.yaml").read_text().replace(str(prompts), str(moved / "batch.jsonl"))
+    (moved / "run" / "config.yaml").write_text(config)
+    assert order_main([str(moved / "run"), str(tmp / "y.jsonl")]) == 0
+    stat = (moved / "batch.jsonl").stat()
+    os.utime(moved / "batch.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert order_main([str(moved / "run"), str(tmp / "z.jsonl")]) == 2
+    assert "batch.jsonl: changed since the run read it" in capsys.readouterr().err and not (tmp / "z.jsonl").exists()
 
 
 def test_order_over_replicas_writes_each_engine_its_share(prompts_run):
