@@ -28,3 +28,17 @@ def guarded(name: str, run_dir: Path, work: Callable[[], T], kept: str | None = 
         say(f"batchlab {name}: interrupted; " + (kept or f"the records of every finished schedule are in {run_dir} "
             f"(summary.json says complete: false; steps flushed so far are under parts/)"))
         sys.exit(130)
+
+
+def workload_of(cfg, base_dir: str):
+    """The composed config's workload, with output-length estimates where it asks for them."""
+    from omegaconf import OmegaConf
+
+    from traces.build import build_workload
+
+    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    estimate = cfg.get("output_estimate")
+    if estimate is not None and estimate.get("cv"):
+        from traces.estimates import with_output_estimates
+        workload = with_output_estimates(workload, estimate.cv, int(estimate.get("seed", 0)))
+    return workload

@@ -19,10 +19,9 @@ from scheduler.model_spec import model_spec
 from sim.hardware import HARDWARE_PRESETS
 
 from .calibration import calibration_note, check_model, load_calibrations
-from .command import CONF_DIR, guarded, say
+from .command import CONF_DIR, guarded, say, workload_of
 from .records import finite_json, request_columns
-from .simulate import (_with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas,
-                       workload_of)
+from .simulate import _with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:

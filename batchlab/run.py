@@ -15,7 +15,7 @@ from scheduler import schedule_config
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say
+from .command import CONF_DIR, guarded, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
@@ -78,7 +78,6 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from engine.runner import ModelRunner
-    from traces.build import build_workload
 
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}")
@@ -91,7 +90,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         raise ConfigError(f"model {model.name!r} in {cfg.dtype} ({weight_bytes / 1e9:.2f} GB) plus a KV cache of "
                           f"{cfg.kv_blocks} blocks ({kv_bytes / 1e9:.2f} GB) does not fit in the {free / 1e9:.2f} GB "
                           f"free on {device_name}")
-    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    workload = workload_of(cfg, base_dir)
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
     dtype = getattr(torch, cfg.dtype)

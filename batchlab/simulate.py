@@ -14,21 +14,9 @@ from scheduler import schedule_config
 from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say
+from .command import CONF_DIR, guarded, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
-
-
-def workload_of(cfg: DictConfig, base_dir: str):
-    """The composed config's workload, with output-length estimates where it asks for them."""
-    from traces.build import build_workload
-
-    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
-    estimate = cfg.get("output_estimate")
-    if estimate is not None and estimate.get("cv"):
-        from traces.estimates import with_output_estimates
-        workload = with_output_estimates(workload, estimate.cv, int(estimate.get("seed", 0)))
-    return workload
 
 
 def build_setup(cfg: DictConfig, base_dir: str):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say
+from .command import CONF_DIR, guarded, say, workload_of
 from .records import RunWriter, finite_json, requests_frame, run_meta
 from .run import device_memory, load_weights
 
@@ -55,11 +55,10 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.profile import Profile
     from sim.profile_check import check_profile_matches
     from sim.simulator import simulate
-    from traces.build import build_workload
 
     device_memory(cfg.device)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    workload = workload_of(cfg, base_dir)
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]
     kv_blocks, block_size = int(cfg.kv_blocks), int(cfg.schedule.block_size)

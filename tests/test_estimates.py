@@ -57,3 +57,15 @@ def test_output_aware_policies_read_the_estimate_and_requests_generate_their_len
     assert [outcome.scheduler.states[i].num_output_tokens for i in (0, 1)] == [4, 40]
     # blind to outputs, estimates change nothing
     assert _admitted(misled, "decode_first")[0] == _admitted(truth, "decode_first")[0]
+
+
+def test_the_engine_generates_the_same_tokens_whatever_the_estimates():
+    from test_engine import tokens_of
+    from traces.synthetic import mixed_batch
+
+    workload = mixed_batch(prompt_lens=(48, 20), output_lens=(3, 12), counts=(6, 6), shared=0.3, share_degree=3,
+                           template_len=4)
+    baseline, _ = tokens_of(workload, "fcfs")
+    for cv in (0.0, 2.0):
+        tokens, outcome = tokens_of(with_output_estimates(workload, cv, seed=2), "blend", max_num_batched_tokens=32)
+        assert tokens == baseline, cv
