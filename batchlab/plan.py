@@ -120,7 +120,11 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 continue
             fitted += 1
             replicas = gpus // tp
-            cost = CostModel(build_roofline_profile(model, hardware), model)
+            if hardware.step_overlap:
+                from sim.overlap import OverlapCostModel
+                cost = OverlapCostModel(model, hardware)
+            else:
+                cost = CostModel(build_roofline_profile(model, hardware), model)
             router, shards = split_for_replicas(cfg, workload, replicas, block_size)
             shared = pooled and router is not None and replicas > 1  # one engine keeps its tier
             for config in configs:

@@ -38,6 +38,9 @@ def build_setup(cfg: DictConfig, base_dir: str):
     if cfg.profile and calibration is not None:
         raise ConfigError(f"profile={cfg.profile} and calibration={cfg.calibration}: a calibration fits the roofline "
                           f"profile; give one or the other")
+    if cfg.profile and hardware.step_overlap:
+        raise ConfigError(f"profile={cfg.profile} and hardware.overrides.step_overlap=true: overlap splits each "
+                          f"kernel into its compute and memory time, which only the roofline profile has (profile=null)")
     if cfg.profile:
         from sim.profile_check import check_profile_matches
         if hardware.tensor_parallel > 1:
@@ -51,7 +54,13 @@ def build_setup(cfg: DictConfig, base_dir: str):
             from .calibration import calibration_note
             profile.provenance["calibration"] = calibration_note(calibration)
     block_size = int(cfg.schedule.block_size)
-    return workload, model, hardware, CostModel(profile, model), kv_capacity_blocks(model, hardware, block_size)
+    cost = CostModel(profile, model)
+    if hardware.step_overlap:
+        from sim.overlap import OverlapCostModel
+        cost = OverlapCostModel(model, hardware)
+        if "calibration" in profile.provenance:
+            cost.profile.provenance["calibration"] = profile.provenance["calibration"]
+    return workload, model, hardware, cost, kv_capacity_blocks(model, hardware, block_size)
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,

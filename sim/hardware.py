@@ -62,6 +62,8 @@ class HardwareSpec:
     pool_bandwidth: float = 50 * GB           # bytes/s another machine's tier -> this GPU (RDMA NIC)
     host_load_overlap: bool = False           # loads pipelined layer by layer under the step's kernels
                                               # (LMCache's layerwise mode): only what they do not hide
+    step_overlap: bool = False                # a step's compute-bound and memory-bound kernels run at once
+                                              # (NanoFlow): it takes the larger of the two (sim/overlap.py)
 
     def __post_init__(self) -> None:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
@@ -74,7 +76,7 @@ class HardwareSpec:
         for field_name in ("host_bandwidth", "pool_bandwidth"):
             if not getattr(self, field_name) > 0:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0 (bytes/s)")
-        for field_name in ("host_store_blocking", "host_load_overlap"):
+        for field_name in ("host_store_blocking", "host_load_overlap", "step_overlap"):
             if not isinstance(getattr(self, field_name), bool):
                 raise ConfigError(f"hardware {self.name!r}: {field_name} is {getattr(self, field_name)!r}; "
                                   f"expected true or false")

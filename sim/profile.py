@@ -210,7 +210,8 @@ class Profile:
     def label(self) -> str:
         source = self.provenance.get("device") or self.provenance.get("hardware") or "?"
         calibrated = ", calibrated" if "calibration" in self.provenance else ""
-        return f"{self.kind} ({source}, {self.model}, {self.dtype}{calibrated})"
+        overlapped = ", steps overlapped" if self.provenance.get("step_overlap") else ""
+        return f"{self.kind} ({source}, {self.model}, {self.dtype}{calibrated}{overlapped})"
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
