@@ -22,7 +22,9 @@ which the roofline here, a sum of kernel times, does not model. ``--overlap`` bo
 overlap could give: the same plans (an offline batch's plans do not depend on step times) costed
 as perfect overlap, each step the larger of its kernels' compute time and their memory time
 (two rooflines: one without bandwidth limits, one without FLOP limits; launches and host work in
-both), BlendServe's "practical optimum" assumption.
+both), BlendServe's "practical optimum" assumption. The simulator's own option for it,
+``hardware.overrides.step_overlap=true`` (sim/overlap.py), gives the same figures to the bit
+(tests/test_overlap.py): this post-hoc costing is kept as its independent check.
 """
 from __future__ import annotations
 
