@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 from .errors import ConfigError
 from .kv_blocks import CACHING_MODES
 
-ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt", "blend")
+ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt", "blend", "priority")
 RANKS_WHOLE_QUEUE = ("lpm", "blend")  # orders that rank the whole waiting queue before each step
 
 
@@ -19,7 +19,8 @@ class ScheduleConfig:
     name: str
     order: str = "fcfs"                 # fcfs | decode_ratio | lpm | prompt (sorted by prompt:
                                         # the prefix tree depth first, as a presorted batch) |
-                                        # blend (BlendServe: depth first, shapes mixed; blend.py)
+                                        # blend (BlendServe: depth first, shapes mixed; blend.py) |
+                                        # priority (Request.priority, lower first; vLLM's policy)
     grouping: bool = False              # global prefix groups (BatchLLM §4.2-4.3.1); members
                                         # share their group's prefix blocks, whatever ``caching``
     caching: str = "lru"                # lru | off (see kv_blocks.py)
@@ -80,6 +81,9 @@ SCHEDULES: dict[str, ScheduleConfig] = {
     # sorted keeps them, compute-heavy and memory-heavy prompts taken in turns; reads output
     # lengths (BlendServe estimates them), as the order needs a request's shape.
     "blend": ScheduleConfig("blend", order="blend", use_output_lengths=True),
+    # vLLM's --scheduling-policy priority: waiting requests by Request.priority (lower first),
+    # then arrival. Agents' turns carry their session's index: the oldest session's turn first.
+    "priority": ScheduleConfig("priority", order="priority"),
 }
 
 

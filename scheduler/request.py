@@ -30,6 +30,9 @@ class Request:
     # what a policy that may read output lengths sees (use_output_lengths): an estimate, as a
     # real scheduler has at best; None: the length itself
     output_estimate: int | None = None
+    # order=priority (vLLM's --scheduling-policy priority): lower first, ties by arrival; None: its
+    # arrival time. Agents' turns carry their session's index: the oldest session's turn first
+    priority: float | None = None
 
     def __post_init__(self) -> None:
         where = f"request {self.req_id}"
@@ -40,6 +43,10 @@ class Request:
             raise WorkloadError(f"{where}: output_len is {self.output_len!r}; expected an integer >= 1")
         if not (self.arrival_s >= 0.0):  # also rejects NaN
             raise WorkloadError(f"{where}: arrival_s is {self.arrival_s!r}; expected a time >= 0")
+        priority = self.priority
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))
+                                     or priority != priority or abs(priority) == float("inf")):
+            raise WorkloadError(f"{where}: priority is {priority!r}; expected a finite number or None")
         estimate = self.output_estimate
         if estimate is not None and (not isinstance(estimate, int) or isinstance(estimate, bool) or estimate <= 0):
             raise WorkloadError(f"{where}: output_estimate is {estimate!r}; expected an integer >= 1 or None")

@@ -19,6 +19,11 @@ Unit = Union[RequestState, GroupState]
 _UNRANKED = float("inf")
 
 
+def _priority(state: RequestState) -> float:
+    priority = state.request.priority if state.request is not None else None
+    return state.arrival_s if priority is None else float(priority)
+
+
 def _size(unit: Unit) -> int:
     return len(unit.members) if isinstance(unit, GroupState) else 1
 
@@ -40,6 +45,9 @@ class WaitingQueue:
         order = self.config.order
         if order == "blend":  # behind every ranked unit until the queue is ranked again
             return _UNRANKED
+        if order == "priority":
+            members = unit.members if isinstance(unit, GroupState) else (unit,)
+            return min(_priority(member) for member in members)
         if order == "prompt":  # segment chains compare as the prefix tree's depth-first order
             return unit.prefix.prompt if isinstance(unit, GroupState) else unit.prompt
         if order != "decode_ratio":

@@ -136,7 +136,7 @@ def test_scheduling_never_changes_greedy_tokens():
     workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
     baseline, _ = tokens_of(workload, "fcfs", max_num_batched_tokens=512)
     assert all(len(t) == 12 for t in baseline.values())
-    for schedule in ("fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend"):
+    for schedule in ("fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority"):
         for chunk in (16, 64, 512):
             for caching in ("lru", "off"):
                 tokens, _ = tokens_of(workload, schedule, max_num_batched_tokens=chunk, caching=caching)
@@ -149,7 +149,7 @@ def test_scheduling_never_changes_greedy_tokens():
     assert outcome.scheduler.stats.num_group_preemptions > 0 and tokens == baseline
 
 
-@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend"])
+@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority"])
 def test_engine_executes_exactly_the_simulators_plans(schedule):
     workload = prefix_tree_workload((2, 3), (40, 20), 10, 2, 5, shuffle=True, seed=6)
     config = schedule_config(schedule, max_num_batched_tokens=48)

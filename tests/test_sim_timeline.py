@@ -79,7 +79,7 @@ WORKLOADS = {
 
 
 @pytest.mark.parametrize("workload_name", sorted(WORKLOADS))
-@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend"])
+@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority"])
 def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
     from sim.hardware import hardware_spec
     from sim.roofline import build_roofline_profile

@@ -158,7 +158,7 @@ def agent_sessions(num_sessions: int = 256, turns: int = 8, system_len: int = 20
             req_id = session * turns + turn
             answer = base + 1 + 2 * turn  # this turn's output, as the next turns' prompts carry it
             requests.append(Request(req_id, 0.0, tuple(chain), output_len,
-                                    output_segment=answer if turn + 1 < turns else None))
+                                    output_segment=answer if turn + 1 < turns else None, priority=session))
             ids.append(req_id)
             chain += [(base + 1 + 2 * turn, output_len), (base + 2 + 2 * turn, observation_len)]
         sessions.append(tuple(ids))
