@@ -86,12 +86,26 @@ def test_token_ids_text_counts_and_generated_outputs(tmp_path, tokenizer_dir):
     ({"input_ids": [1, -2], "output_len": 3}, "token ids must lie"),
     ({"input_ids": [1, 2], "output_len": 3, "arrival_s": -1}, "arrival_s is -1"),
     ({"prompt": "some text", "output_len": 3}, "tokenizer directory"),
+    ({"input_ids": [1, 2], "output_len": 3, "priority": "high"}, "priority is 'high'; expected a finite number"),
 ])
 def test_bad_lines_name_the_file_line_and_what_was_expected(tmp_path, line, message):
     path = write_lines(tmp_path / "bad.jsonl", [{"input_ids": [1], "output_len": 1}, line])
     with pytest.raises(TraceError, match=message) as raised:
         list(read_prompt_records(path))
     assert raised.value.line == 2 and str(raised.value).startswith(f"{path}:2: ")
+
+
+def test_a_lines_priority_reaches_its_request(tmp_path):
+    """vLLM takes a priority per request (the OpenAI API's body too); schedule priority reads it."""
+    from traces.prompt_records import load_prompts
+
+    path = write_lines(tmp_path / "p.jsonl", [{"input_ids": [1, 2], "output_len": 3, "priority": 2},
+                                              {"input_ids": [3], "output_len": 3},
+                                              {"custom_id": "x", "body": {"input_ids": [4], "max_tokens": 2,
+                                                                          "priority": -1.5}}])
+    workload, records = load_prompts(path)
+    assert [r.priority for r in records] == [2, None, -1.5]
+    assert [r.priority for r in workload.requests] == [2, None, -1.5]
 
 
 def test_default_output_length_and_limit(tmp_path):

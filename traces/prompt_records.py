@@ -43,6 +43,7 @@ class PromptRecord:
     arrival_s: float
     prompt_from: str            # e.g. "token ids (input_ids)", "chat messages"
     output_from: str            # e.g. "count (output_len)", "limit (max_tokens)", "default"
+    priority: float | None = None  # `priority` (vLLM's per-request priority; order=priority)
 
 
 class Tokenizer:
@@ -182,17 +183,17 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
     tokenizer = Tokenizer(tokenizer_dir)
     last_report = time.perf_counter()
     count = 0
-    pending: list[tuple] = []  # (line, prompt, prompt_from, output length, output_from, arrival)
+    pending: list[tuple] = []  # (line, prompt, prompt_from, output length, output_from, arrival, priority)
 
     def flush() -> Iterator[PromptRecord]:
         nonlocal count, last_report
         texts = [v for entry in pending for v in (entry[1], entry[3]) if isinstance(v, Text)]
         ids = iter(tokenizer.tokenize(texts) if texts else [])
-        for line, prompt, prompt_from, length, output_from, arrival in pending:
+        for line, prompt, prompt_from, length, output_from, arrival, priority in pending:
             array = _token_array(next(ids), path, line) if isinstance(prompt, Text) else prompt
             if isinstance(length, Text):
                 length = max(1, len(next(ids)))
-            yield PromptRecord(line, array, length, arrival, prompt_from, output_from)
+            yield PromptRecord(line, array, length, arrival, prompt_from, output_from, priority)
             count += 1
             if progress is not None and time.perf_counter() - last_report >= progress_every_s:
                 last_report = time.perf_counter()
@@ -210,7 +211,12 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
         arrival = record.get("arrival_s", 0.0)
         if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not arrival >= 0:
             raise TraceError(path, line, f"arrival_s is {arrival!r}; expected seconds >= 0")
-        pending.append((line, prompt, prompt_from, length, output_from, float(arrival)))
+        priority = next((scope["priority"] for scope in scopes if "priority" in scope), None)
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))
+                                     or not abs(priority) < float("inf")):
+            raise TraceError(path, line, f"priority is {priority!r}; expected a finite number (lower runs first "
+                                         f"under schedule priority)")
+        pending.append((line, prompt, prompt_from, length, output_from, float(arrival), priority))
         if len(pending) >= BATCH:
             yield from flush()
     yield from flush()
@@ -227,7 +233,7 @@ def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, outp
     if not records:
         raise TraceError(path, None, "no prompts")
     chains = chains_from_tokens([r.tokens for r in records])
-    requests = tuple(Request(index, r.arrival_s, chain, r.output_len)
+    requests = tuple(Request(index, r.arrival_s, chain, r.output_len, priority=r.priority)
                      for index, (r, chain) in enumerate(zip(records, chains)))
     tokens = segment_token_table(chains, [r.tokens for r in records])
     return Workload(f"prompts:{Path(path).stem}", requests, str(path), segment_tokens=tokens), records
