@@ -78,9 +78,8 @@ def gpu_prices(cfg: DictConfig, presets: set[str]) -> dict[str, float]:
 
 def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from reports.metrics import summarize
-    from sim.cost_model import CostModel
     from sim.hardware import hardware_spec, kv_capacity_blocks
-    from sim.roofline import build_roofline_profile
+    from sim.overlap import roofline_cost_model
 
     workload = workload_of(cfg, base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
@@ -120,11 +119,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 continue
             fitted += 1
             replicas = gpus // tp
-            if hardware.step_overlap:
-                from sim.overlap import OverlapCostModel
-                cost = OverlapCostModel(model, hardware)
-            else:
-                cost = CostModel(build_roofline_profile(model, hardware), model)
+            cost = roofline_cost_model(model, hardware)
             router, shards = split_for_replicas(cfg, workload, replicas, block_size)
             shared = pooled and router is not None and replicas > 1  # one engine keeps its tier
             for config in configs:

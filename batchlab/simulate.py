@@ -23,8 +23,8 @@ def build_setup(cfg: DictConfig, base_dir: str):
     """Workload, model, hardware, cost model and KV capacity from a composed config."""
     from sim.cost_model import CostModel
     from sim.hardware import hardware_spec, kv_capacity_blocks
+    from sim.overlap import roofline_cost_model
     from sim.profile import Profile
-    from sim.roofline import build_roofline_profile
 
     workload = workload_of(cfg, base_dir)
     model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
@@ -48,18 +48,13 @@ def build_setup(cfg: DictConfig, base_dir: str):
                               f"{hardware.tensor_parallel} applies to the roofline profile only (profile=null)")
         profile = Profile.load(Path(base_dir) / cfg.profile)
         check_profile_matches(profile, model)
+        cost = CostModel(profile, model)
     else:
-        profile = build_roofline_profile(model, hardware)
+        cost = roofline_cost_model(model, hardware)
         if calibration is not None:
             from .calibration import calibration_note
-            profile.provenance["calibration"] = calibration_note(calibration)
+            cost.profile.provenance["calibration"] = calibration_note(calibration)
     block_size = int(cfg.schedule.block_size)
-    cost = CostModel(profile, model)
-    if hardware.step_overlap:
-        from sim.overlap import OverlapCostModel
-        cost = OverlapCostModel(model, hardware)
-        if "calibration" in profile.provenance:
-            cost.profile.provenance["calibration"] = profile.provenance["calibration"]
     return workload, model, hardware, cost, kv_capacity_blocks(model, hardware, block_size)
 
 
@@ -141,7 +136,7 @@ def pooled_host_tier(cfg: DictConfig, overrides: dict, routed: bool, replicas: i
     return shared
 
 
-def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
+def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     import numpy as np
 
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
@@ -189,7 +184,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             say(f"{config.name}: replicas' requests and last finishes: " + ", ".join(
                 f"{r['requests']:,} / {r['last_finish_s']:,.1f} s" for r in extra["replicas"]))
     writer.write(complete=True)
-    return writer.summaries
+    return writer
 
 
 def _with_replicas(tables: list[dict]) -> dict:
@@ -208,13 +203,14 @@ def _with_replicas(tables: list[dict]) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="simulate")
 def simulate_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summaries = guarded("simulate", run_dir, lambda: run_simulation(cfg, run_dir, get_original_cwd()))
+    writer = guarded("simulate", run_dir, lambda: run_simulation(cfg, run_dir, get_original_cwd()))
+    summaries = writer.summaries
     print(comparison_table(summaries))
     if cfg.report:
         from reports.build import build_report
         print(f"report: {build_report([run_dir], run_dir)}")
     print(f"run records: {run_dir}")
-    hint = order_hint(cfg, summaries, run_dir)
+    hint = order_hint(cfg, summaries, writer.meta["workload_offline"], run_dir)
     if hint:
         print(hint)
 
@@ -222,16 +218,12 @@ def simulate_main(cfg: DictConfig) -> None:
 ARRIVAL_ORDER = ("sorted", "blend")  # schedules an engine serving in arrival order reproduces from their order
 
 
-def order_hint(cfg: DictConfig, summaries: dict, run_dir: Path) -> str | None:
-    """Over the user's own prompts sent at once: how to hand an engine that serves in arrival
-    order (vLLM, SGLang) the order of `sorted` or `blend`, whichever ran faster; fcfs over that
-    order runs as the schedule did (tests/test_order.py, tests/test_blend.py)."""
-    import json
-
-    summary = run_dir / "summary.json"
+def order_hint(cfg: DictConfig, summaries: dict, offline: bool, run_dir: Path) -> str | None:
+    """Over the user's own prompts sent at once (``offline``): how to hand an engine that serves
+    in arrival order (vLLM, SGLang) the order of `sorted` or `blend`, whichever ran faster; fcfs
+    over that order runs as the schedule did (tests/test_order.py, tests/test_blend.py)."""
     ordered = [name for name in summaries if name in ARRIVAL_ORDER]
-    if cfg.workload.get("kind") != "prompts" or not ordered or not summary.exists() \
-            or not json.loads(summary.read_text()).get("workload_offline"):
+    if cfg.workload.get("kind") != "prompts" or not ordered or not offline:
         return None
     best = min(ordered, key=lambda name: summaries[name]["makespan_s"])
     against = f" against fcfs's {summaries['fcfs']['makespan_s']:,.1f} s" if "fcfs" in summaries else ""

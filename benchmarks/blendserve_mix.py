@@ -24,12 +24,12 @@ as perfect overlap, each step the larger of its kernels' compute time and their 
 (two rooflines: one without bandwidth limits, one without FLOP limits; launches and host work in
 both), BlendServe's "practical optimum" assumption. The simulator's own option for it,
 ``hardware.overrides.step_overlap=true`` (sim/overlap.py), gives the same figures to the bit
-(tests/test_overlap.py): this post-hoc costing is kept as its independent check.
+(tests/test_overlap.py): this costing of a summed-kernel run's plans with that option's two
+rooflines checks that the option composes them step by step and stretch by stretch alike.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -40,6 +40,7 @@ from scheduler import schedule_config  # noqa: E402
 from scheduler.model_spec import model_spec  # noqa: E402
 from sim.cost_model import CostModel  # noqa: E402
 from sim.hardware import hardware_spec, kv_capacity_blocks  # noqa: E402
+from sim.overlap import OverlapCostModel  # noqa: E402
 from sim.roofline import build_roofline_profile  # noqa: E402
 from sim.simulator import simulate  # noqa: E402
 from traces.synthetic import mixed_batch  # noqa: E402
@@ -69,9 +70,8 @@ def overlapped(hardware_name: str, model_name: str, shared_values=(0.05, 0.35), 
     """Makespans as simulated and under perfect compute/memory overlap, same plans."""
     model, hardware = model_spec(model_name), hardware_spec(hardware_name)
     cost = CostModel(build_roofline_profile(model, hardware), model)
-    unbounded = 1e30
-    compute = CostModel(build_roofline_profile(model, dataclasses.replace(hardware, hbm_bandwidth=unbounded)), model)
-    memory = CostModel(build_roofline_profile(model, dataclasses.replace(hardware, peak_flops=unbounded)), model)
+    sides = OverlapCostModel(model, hardware)  # its two rooflines, applied here to another run's plans
+    compute, memory = sides.compute, sides.memory
     blocks = kv_capacity_blocks(model, hardware, 16)
     rows = []
     for shared in shared_values:
@@ -79,10 +79,8 @@ def overlapped(hardware_name: str, model_name: str, shared_values=(0.05, 0.35), 
         row = {"shared": shared}
         for name in ("fcfs", "sorted", "blend"):
             bound = [0.0]
-            config = schedule_config(name)
-            on_plan = lambda plan: bound.__setitem__(0, bound[0] + max(compute.for_schedule(name).step(plan)[0],
-                                                                       memory.for_schedule(name).step(plan)[0]))
-            outcome = simulate(workload, config, cost, blocks, 16, fast_forward=False, on_plan=on_plan)
+            on_plan = lambda plan: bound.__setitem__(0, bound[0] + max(compute.step(plan)[0], memory.step(plan)[0]))
+            outcome = simulate(workload, schedule_config(name), cost, blocks, 16, fast_forward=False, on_plan=on_plan)
             row[name] = (outcome.makespan_s, bound[0])
         rows.append(row)
     return rows

@@ -44,8 +44,7 @@ class Request:
         if not (self.arrival_s >= 0.0):  # also rejects NaN
             raise WorkloadError(f"{where}: arrival_s is {self.arrival_s!r}; expected a time >= 0")
         priority = self.priority
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))
-                                     or priority != priority or abs(priority) == float("inf")):
+        if priority is not None and not is_finite_number(priority):
             raise WorkloadError(f"{where}: priority is {priority!r}; expected a finite number or None")
         estimate = self.output_estimate
         if estimate is not None and (not isinstance(estimate, int) or isinstance(estimate, bool) or estimate <= 0):
@@ -61,6 +60,11 @@ class Request:
             object.__setattr__(copy, name, getattr(self, name))
         object.__setattr__(copy, "arrival_s", arrival_s)
         return copy
+
+
+def is_finite_number(value) -> bool:
+    """A real number (not a bool), neither NaN nor infinite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) < float("inf")
 
 
 _REQUEST_FIELDS = tuple(f.name for f in fields(Request) if f.name != "arrival_s")

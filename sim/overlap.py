@@ -39,8 +39,6 @@ class OverlapCostModel:
                                  model)
         self.memory = CostModel(build_roofline_profile(model, dataclasses.replace(hardware, peak_flops=UNLIMITED)),
                                 model)
-        self.model = model
-        self.schedule = None
         self.prefix_aware = self.compute.prefix_aware
 
     def for_schedule(self, schedule: str) -> "OverlapCostModel":
@@ -60,3 +58,11 @@ class OverlapCostModel:
 
     def load_seconds(self, tokens: int, remote: int = 0) -> float:
         return self.compute.load_seconds(tokens, remote)  # host copies: neither FLOPs nor HBM
+
+
+def roofline_cost_model(model: ModelSpec, hardware: HardwareSpec) -> "CostModel | OverlapCostModel":
+    """The analytic roofline's cost model for ``hardware``: kernel times summed, or, where it
+    says ``step_overlap``, each step the larger of its compute and memory times."""
+    if hardware.step_overlap:
+        return OverlapCostModel(model, hardware)
+    return CostModel(build_roofline_profile(model, hardware), model)

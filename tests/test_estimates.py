@@ -34,7 +34,7 @@ def test_estimates_are_off_by_a_lognormal_factor_of_mean_one():
     assert [r.output_estimate for r in again.requests] == [r.output_estimate for r in noisy.requests]
     assert [r.output_estimate for r in with_output_estimates(workload, 1.0, seed=5).requests] != \
         [r.output_estimate for r in noisy.requests]
-    with pytest.raises(ConfigError, match="output_estimate_cv is -1; expected a coefficient of variation >= 0"):
+    with pytest.raises(ConfigError, match="output_estimate.cv is -1; expected a coefficient of variation >= 0"):
         with_output_estimates(workload, -1)
 
 

@@ -83,6 +83,9 @@ def test_overlap_is_a_roofline_option():
     with pytest.raises(ConfigError, match="step_overlap is 'yes'; expected true or false"):
         dataclasses.replace(HARDWARE, step_overlap="yes")
     assert "steps overlapped" in OVERLAP.profile.label
+    from sim.overlap import roofline_cost_model
+    assert isinstance(roofline_cost_model(MODEL, dataclasses.replace(HARDWARE, step_overlap=True)), OverlapCostModel)
+    assert type(roofline_cost_model(MODEL, HARDWARE)) is CostModel
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "batchlab.cli", "simulate", "model=tiny",
                              "profile=profiles/tiny-cpu-float32-torch", "hardware.overrides.step_overlap=true",

@@ -23,7 +23,7 @@ def with_output_estimates(workload: Workload, cv: float, seed: int = 0) -> Workl
     """``workload`` with each request's ``output_estimate`` off by a lognormal factor (mean 1,
     coefficient of variation ``cv``); ``cv=0``: the workload as it is (policies see the truth)."""
     if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not cv >= 0:
-        raise ConfigError(f"output_estimate_cv is {cv!r}; expected a coefficient of variation >= 0")
+        raise ConfigError(f"output_estimate.cv is {cv!r}; expected a coefficient of variation >= 0")
     if cv == 0:
         return workload
     sigma = math.sqrt(math.log1p(cv * cv))

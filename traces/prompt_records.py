@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from scheduler.request import is_finite_number
+
 from .errors import TraceError, json_lines
 from .token_chains import TokenError, as_token_array, chains_from_tokens, segment_token_table
 from .workload import Workload
@@ -212,8 +214,7 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
         if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not arrival >= 0:
             raise TraceError(path, line, f"arrival_s is {arrival!r}; expected seconds >= 0")
         priority = next((scope["priority"] for scope in scopes if "priority" in scope), None)
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))
-                                     or not abs(priority) < float("inf")):
+        if priority is not None and not is_finite_number(priority):
             raise TraceError(path, line, f"priority is {priority!r}; expected a finite number (lower runs first "
                                          f"under schedule priority)")
         pending.append((line, prompt, prompt_from, length, output_from, float(arrival), priority))
