@@ -2,7 +2,9 @@
 
 Conventions follow Hugging Face's ``LlamaForCausalLM``: RMSNorm in fp32, rotate-half RoPE with
 ``inv_freq = theta ** (-2i/d)`` (with Llama 3.1's frequency scaling where the model has it),
-grouped-query attention, SwiGLU MLP, optional tied embeddings, optional q/k/v biases (Qwen2).
+grouped-query attention, SwiGLU MLP, optional tied embeddings, optional q/k/v biases (Qwen2),
+optional per-head q/k RMSNorm (Qwen3) and a mixture of SwiGLU experts in place of the MLP
+(Qwen3-MoE, Mixtral: softmax router in fp32, top-k, optionally renormalised).
 """
 from __future__ import annotations
 
@@ -86,13 +88,45 @@ def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, in
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
+def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec) -> torch.Tensor:
+    """A mixture of SwiGLU experts: each token's top ``experts_per_token`` experts by the
+    router's softmax (fp32), weighted by their probabilities (renormalised over the chosen ones
+    where the model does), the (token, expert) pairs sorted by expert so that each expert
+    multiplies all its tokens at once."""
+    probs = torch.softmax((h @ layer.router.T).float(), dim=-1)
+    weights, chosen = torch.topk(probs, spec.experts_per_token, dim=-1)
+    if spec.norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    weights, chosen = weights.to(h.dtype).flatten(), chosen.flatten()
+    order = torch.argsort(chosen, stable=True)
+    rows = order // spec.experts_per_token  # each pair's token
+    counts = torch.bincount(chosen, minlength=spec.num_experts).tolist()
+    out = torch.zeros_like(h)
+    width = spec.moe_intermediate_size
+    start = 0
+    for expert, taken in enumerate(counts):
+        if not taken:
+            continue
+        pairs = order[start:start + taken]
+        tokens = rows[start:start + taken]
+        start += taken
+        gate_up = h[tokens] @ layer.expert_gate_up[expert].T
+        hidden = torch.nn.functional.silu(gate_up[:, :width]) * gate_up[:, width:]
+        out.index_add_(0, tokens, (hidden @ layer.expert_down[expert].T) * weights[pairs, None])
+    return out
+
+
 class LlamaModel:
     def __init__(self, spec: ModelSpec, weights: Weights, backend: AttentionBackend) -> None:
         if spec.head_dim % 2:
             raise ConfigError(f"model {spec.name!r}: head_dim must be even for RoPE")
-        if (weights.layers[0].q_bias is not None) != spec.qkv_bias:
-            raise ConfigError(f"model {spec.name!r}: qkv_bias is {spec.qkv_bias} but the weights "
-                              f"{'have' if weights.layers[0].q_bias is not None else 'lack'} q/k/v biases")
+        first = weights.layers[0]
+        for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
+                                      (first.q_norm is not None, spec.qk_norm, "qk_norm"),
+                                      (first.router is not None, bool(spec.num_experts), "num_experts")):
+            if present != wanted:
+                raise ConfigError(f"model {spec.name!r}: {what} is {getattr(spec, what)} but the weights "
+                                  f"{'have' if present else 'lack'} {what.replace('num_', '')}")
         self.spec = spec
         self.weights = weights
         self.backend = backend
@@ -118,6 +152,11 @@ class LlamaModel:
                 q = q.view(count, spec.num_heads, spec.head_dim)
                 k = k.view(count, spec.num_kv_heads, spec.head_dim)
                 v = v.view(count, spec.num_kv_heads, spec.head_dim)
+            if layer.q_norm is not None:
+                with timer("norms"):
+                    d = spec.head_dim
+                    q = backend.rms_norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
+                    k = backend.rms_norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
             with timer("rope_kv_store"):
                 q, k = backend.rope(q, k, positions, cos, sin, self.inv_freq)
                 backend.store_kv(cache, index, slots, k, v)
@@ -128,7 +167,10 @@ class LlamaModel:
             with timer("norms"):
                 h = backend.rms_norm(x, layer.post_norm, eps)
             with timer("mlp"):
-                x = x + (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+                if layer.router is None:
+                    x = x + (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+                else:
+                    x = x + experts_mlp(h, layer, spec)
         with timer("lm_head_sampling"):
             final = backend.rms_norm(x[logit_rows].contiguous(), w.norm, eps)
             return final @ w.lm_head.T

@@ -17,17 +17,24 @@ class LayerWeights:
     k: torch.Tensor
     v: torch.Tensor
     o: torch.Tensor
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
+    gate: torch.Tensor | None  # the dense MLP's (None in a mixture-of-experts layer)
+    up: torch.Tensor | None
+    down: torch.Tensor | None
     input_norm: torch.Tensor
     post_norm: torch.Tensor
     q_bias: torch.Tensor | None = None  # Qwen2's q/k/v projection biases
     k_bias: torch.Tensor | None = None
     v_bias: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None  # Qwen3's per-head RMSNorm weights [head_dim]
+    k_norm: torch.Tensor | None = None
+    router: torch.Tensor | None = None        # [experts, hidden]
+    expert_gate_up: torch.Tensor | None = None  # [experts, 2 x width, hidden]: gate rows, then up rows
+    expert_down: torch.Tensor | None = None     # [experts, hidden, width]
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+QK_NORMS = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
+DENSE_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
 
 
 @dataclass
@@ -38,26 +45,44 @@ class Weights:
     lm_head: torch.Tensor
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Hugging Face Llama names, for loading the same weights into transformers."""
+        """Hugging Face names, for loading the same weights into transformers 5's modules
+        (experts as its fused 3-D ``gate_up_proj`` / ``down_proj``; checkpoints on disk keep
+        one tensor per expert, which ``load_safetensors`` reads)."""
         state = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm,
                  "lm_head.weight": self.lm_head}
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
                           p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o,
-                          p + "mlp.gate_proj.weight": layer.gate, p + "mlp.up_proj.weight": layer.up,
-                          p + "mlp.down_proj.weight": layer.down, p + "input_layernorm.weight": layer.input_norm,
+                          p + "input_layernorm.weight": layer.input_norm,
                           p + "post_attention_layernorm.weight": layer.post_norm})
-            state.update({p + hf: getattr(layer, field) for field, hf in BIASES.items()
+            if layer.router is not None:
+                state.update({p + "mlp.gate.weight": layer.router, p + "mlp.experts.gate_up_proj": layer.expert_gate_up,
+                              p + "mlp.experts.down_proj": layer.expert_down})
+            else:
+                state.update({p + hf: getattr(layer, field) for field, hf in DENSE_MLP.items()})
+            state.update({p + hf: getattr(layer, field) for field, hf in {**BIASES, **QK_NORMS}.items()
                           if getattr(layer, field) is not None})
         return state
 
 
 def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     h, d, I = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    return {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
-            "o": (h, spec.num_heads * d), "gate": (I, h), "up": (I, h), "down": (h, I),
-            "input_norm": (h,), "post_norm": (h,)}
+    shapes = {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
+              "o": (h, spec.num_heads * d), "input_norm": (h,), "post_norm": (h,)}
+    if spec.num_experts:
+        E, W = spec.num_experts, spec.moe_intermediate_size
+        shapes.update(router=(E, h), expert_gate_up=(E, 2 * W, h), expert_down=(E, h, W))
+    else:
+        shapes.update(gate=(I, h), up=(I, h), down=(h, I))
+    if spec.qk_norm:
+        shapes.update(q_norm=(d,), k_norm=(d,))
+    return shapes
+
+
+# a checkpoint's names for one expert's matrices (Qwen3-MoE, Mixtral), as transformers writes them
+EXPERT_NAMES = {"qwen": ("mlp.gate.weight", "mlp.experts.{e}.", ("gate_proj", "up_proj", "down_proj")),
+                "mixtral": ("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{e}.", ("w1", "w3", "w2"))}
 
 
 def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -71,12 +96,18 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         return (1.0 + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype, device=device)
 
     layers = []
+    shapes = _shapes(spec)
+    dense = {"gate": None, "up": None, "down": None}
     for _ in range(spec.num_layers):
-        shapes = _shapes(spec)
-        tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) == 2}
+        tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) >= 2}
+        if spec.num_experts:  # a router wide enough that every token's choice is clear-cut, not a tie
+            tensors["router"] = normal(*shapes["router"], std=0.5)
         if spec.qkv_bias:  # large enough to move the logits, so that a dropped bias shows in tests
             tensors.update({f"{name}_bias": normal(shapes[name][0], std=0.5) for name in ("q", "k", "v")})
-        layers.append(LayerWeights(**tensors, input_norm=norm(spec.hidden_size), post_norm=norm(spec.hidden_size)))
+        if spec.qk_norm:
+            tensors.update(q_norm=norm(spec.head_dim), k_norm=norm(spec.head_dim))
+        layers.append(LayerWeights(**{**dense, **tensors}, input_norm=norm(spec.hidden_size),
+                                   post_norm=norm(spec.hidden_size)))
     embed = normal(spec.vocab_size, spec.hidden_size, std=0.5)
     lm_head = embed if spec.tie_embeddings else normal(spec.vocab_size, spec.hidden_size, std=0.5)
     return Weights(embed, layers, norm(spec.hidden_size), lm_head)
@@ -122,15 +153,19 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         return tensor.to(dtype=dtype, device=device)
 
     shapes = _shapes(spec)
-    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
-             "input_norm": "input_layernorm", "post_norm": "post_attention_layernorm"}
+    names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+             "o": "self_attn.o_proj.weight", "input_norm": "input_layernorm.weight",
+             "post_norm": "post_attention_layernorm.weight"}
+    names.update(DENSE_MLP if not spec.num_experts else {})
+    names.update(QK_NORMS if spec.qk_norm else {})
     layers = []
     for i in range(spec.num_layers):
-        fields = {field: take(f"model.layers.{i}.{hf}.weight", shapes[field]) for field, hf in names.items()}
+        fields = {field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in names.items()}
         if spec.qkv_bias:
             fields.update({field: take(f"model.layers.{i}.{hf}", (shapes[field[0]][0],)) for field, hf in BIASES.items()})
-        layers.append(LayerWeights(**fields))
+        if spec.num_experts:
+            fields.update(_experts(f"model.layers.{i}.", spec, tensors, take))
+        layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, **fields}))
     embed = take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     lm_head = embed if spec.tie_embeddings and "lm_head.weight" not in tensors else \
         take("lm_head.weight", (spec.vocab_size, spec.hidden_size))
@@ -142,3 +177,18 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         raise ConfigError(f"weights directory {directory}: tensors the model {spec.name!r} does not use: {shown} "
                           f"(another architecture or configuration?)")
     return weights
+
+
+def _experts(prefix: str, spec: ModelSpec, tensors: dict, take) -> dict[str, torch.Tensor]:
+    """One layer's router and experts from a checkpoint's per-expert tensors (Qwen3-MoE's or
+    Mixtral's names, whichever the checkpoint has), stacked as the engine holds them."""
+    style = "mixtral" if prefix + EXPERT_NAMES["mixtral"][0] in tensors else "qwen"
+    router_name, expert, (gate, up, down) = EXPERT_NAMES[style]
+    h, W = spec.hidden_size, spec.moe_intermediate_size
+    router = take(prefix + router_name, (spec.num_experts, h))
+    gates_ups, downs = [], []
+    for e in range(spec.num_experts):
+        name = prefix + expert.format(e=e)
+        gates_ups.append(torch.cat([take(f"{name}{gate}.weight", (W, h)), take(f"{name}{up}.weight", (W, h))]))
+        downs.append(take(f"{name}{down}.weight", (h, W)))
+    return {"router": router, "expert_gate_up": torch.stack(gates_ups), "expert_down": torch.stack(downs)}

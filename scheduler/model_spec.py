@@ -33,6 +33,12 @@ class ModelSpec:
     rope_high_freq_factor: float = 4.0
     rope_original_max_position: int = 8192
     qkv_bias: bool = False          # biases on the q, k and v projections (Qwen2)
+    qk_norm: bool = False           # RMSNorm over each head's query and key before RoPE (Qwen3)
+    # mixture of experts in every layer's MLP (Mixtral, Qwen3-MoE); 0 experts: a dense MLP
+    num_experts: int = 0
+    experts_per_token: int = 0      # experts each token is routed to (top-k)
+    moe_intermediate_size: int = 0  # each expert's SwiGLU width
+    norm_topk_prob: bool = True     # the top-k routing weights renormalised to sum to 1
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -44,6 +50,18 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r}: RoPE scaling needs factor >= 1 and high_freq_factor > "
                               f"low_freq_factor > 0, got {self.rope_scaling_factor}, {self.rope_high_freq_factor}, "
                               f"{self.rope_low_freq_factor}")
+        if not isinstance(self.num_experts, int) or self.num_experts < 0:
+            raise ConfigError(f"model {self.name!r}: num_experts is {self.num_experts!r}; expected an integer >= 0 "
+                              f"(0: a dense MLP)")
+        if self.num_experts:
+            if not (isinstance(self.experts_per_token, int) and 1 <= self.experts_per_token <= self.num_experts
+                    and isinstance(self.moe_intermediate_size, int) and self.moe_intermediate_size >= 1):
+                raise ConfigError(f"model {self.name!r}: {self.num_experts} experts need 1 <= experts_per_token <= "
+                                  f"num_experts and moe_intermediate_size >= 1, got {self.experts_per_token!r} and "
+                                  f"{self.moe_intermediate_size!r}")
+        elif self.experts_per_token or self.moe_intermediate_size:
+            raise ConfigError(f"model {self.name!r}: experts_per_token / moe_intermediate_size without num_experts "
+                              f"(0 experts is a dense MLP)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
@@ -52,10 +70,25 @@ class ModelSpec:
     def num_params(self) -> int:
         h, d = self.hidden_size, self.head_dim
         attention = (h + self.qkv_bias) * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
-        mlp = 3 * h * self.intermediate_size
-        per_layer = attention + mlp + 2 * h
+        per_layer = attention + self.mlp_params + 2 * h + (2 * d if self.qk_norm else 0)
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + embeddings + h
+
+    @property
+    def mlp_params(self) -> int:
+        """One layer's MLP: SwiGLU, or every expert's and the router."""
+        h = self.hidden_size
+        if self.num_experts:
+            return self.num_experts * (3 * h * self.moe_intermediate_size + h)
+        return 3 * h * self.intermediate_size
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token's forward pass multiplies by (its experts only)."""
+        if not self.num_experts:
+            return self.num_params
+        inactive = (self.num_experts - self.experts_per_token) * 3 * self.hidden_size * self.moe_intermediate_size
+        return self.num_params - self.num_layers * inactive
 
     @property
     def weight_bytes_total(self) -> float:
@@ -68,7 +101,8 @@ class ModelSpec:
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model") -> "ModelSpec":
         """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
-        (with Llama 3.1's RoPE scaling) and Qwen2 (q/k/v biases). What the engine would compute
+        (with Llama 3.1's RoPE scaling), Qwen2 (q/k/v biases), Qwen3 (q/k norms), Qwen3-MoE and
+        Mixtral (mixtures of experts). What the engine would compute
         differently (another RoPE scaling, an o_proj or MLP bias) is refused, not ignored."""
         try:
             heads = config["num_attention_heads"]
@@ -85,14 +119,15 @@ class ModelSpec:
                                rope_high_freq_factor=float(rope["high_freq_factor"]),
                                rope_original_max_position=int(rope["original_max_position_embeddings"]))
             model_type = config.get("model_type", "llama")
-            if model_type not in ("llama", "qwen2"):
-                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements llama and qwen2")
-            if config.get("attention_bias") and model_type == "llama" or config.get("mlp_bias"):
+            if model_type not in MODEL_TYPES:
+                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
+                                  f"{', '.join(MODEL_TYPES)}")
+            if config.get("attention_bias") and model_type != "qwen2" or config.get("mlp_bias"):
                 raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
                                   "implemented by the engine")
-            if config.get("use_sliding_window"):
-                raise ConfigError(f"model config {name!r}: use_sliding_window: sliding-window attention is not "
-                                  "implemented by the engine")
+            if config.get("use_sliding_window") or model_type == "mixtral" and config.get("sliding_window"):
+                raise ConfigError(f"model config {name!r}: use_sliding_window / sliding_window: sliding-window "
+                                  "attention is not implemented by the engine")
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
@@ -100,7 +135,8 @@ class ModelSpec:
                        tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
                        max_position=int(config.get("max_position_embeddings", 131072)),
-                       qkv_bias=model_type == "qwen2", **scaling)
+                       qkv_bias=model_type == "qwen2", qk_norm=model_type.startswith("qwen3"),
+                       **_experts(config, model_type, name), **scaling)
         except KeyError as error:
             raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
 
@@ -112,6 +148,27 @@ class ModelSpec:
             ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
         return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in self.__dataclass_fields__
                 if k not in ignored and getattr(self, k) != getattr(other, k)]
+
+
+MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+
+
+def _experts(config: dict, model_type: str, name: str) -> dict:
+    """The mixture-of-experts fields of a Mixtral or Qwen3-MoE config (none for dense types)."""
+    if model_type == "mixtral":  # every layer sparse, experts as wide as intermediate_size, top-k renormalised
+        return dict(num_experts=config["num_local_experts"], experts_per_token=config["num_experts_per_tok"],
+                    moe_intermediate_size=config["intermediate_size"], norm_topk_prob=True)
+    if model_type != "qwen3_moe":
+        return {}
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        raise ConfigError(f"model config {name!r}: mlp_only_layers / decoder_sparse_step != 1 (dense layers among "
+                          f"the sparse ones) are not implemented by the engine")
+    experts = config.get("num_experts", config.get("num_local_experts"))
+    if experts is None:
+        raise KeyError("num_experts")
+    return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
+                moe_intermediate_size=config["moe_intermediate_size"],
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)))
 
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
@@ -126,8 +183,22 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                              rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
     "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0,
                                rope_scaling_factor=8.0),
+    "qwen3-8b": ModelSpec("qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                          max_position=40960, qk_norm=True),
+    # mixtures of experts: all experts' weights resident, experts_per_token of them per token
+    "qwen3-30b-a3b": ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 6144, 151936, rope_theta=1000000.0,
+                               rms_norm_eps=1e-6, max_position=40960, qk_norm=True, num_experts=128,
+                               experts_per_token=8, moe_intermediate_size=768),
+    "qwen3-235b-a22b": ModelSpec("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 12288, 151936, rope_theta=1000000.0,
+                                 rms_norm_eps=1e-6, max_position=40960, qk_norm=True, num_experts=128,
+                                 experts_per_token=8, moe_intermediate_size=1536),
+    "mixtral-8x7b": ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, rope_theta=1000000.0,
+                              max_position=32768, num_experts=8, experts_per_token=2, moe_intermediate_size=14336),
     # small enough for the CPU engine and tests; same architecture
     "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
+    # tiny's attention with Qwen3-MoE's layers: q/k norms, 8 experts of width 32, top 2
+    "tiny-moe": ModelSpec("tiny-moe", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096,
+                          qk_norm=True, num_experts=8, experts_per_token=2, moe_intermediate_size=32),
 }
 
 

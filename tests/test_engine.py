@@ -20,8 +20,9 @@ SPEC = model_spec("tiny")
 
 
 def hf_config(spec):
-    """The Hugging Face config of ``spec``: Llama (RoPE default or llama3-scaled), or Qwen2 with
-    its q/k/v biases."""
+    """The Hugging Face config of ``spec``: Llama (RoPE default or llama3-scaled), Qwen2 with
+    its q/k/v biases, Qwen3 with its q/k norms, Qwen3-MoE (q/k norms and experts) or Mixtral
+    (experts without q/k norms)."""
     transformers = pytest.importorskip("transformers")
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
     if spec.rope_scaling_factor != 1.0:
@@ -34,6 +35,18 @@ def hf_config(spec):
                   max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
     if spec.qkv_bias:
         return transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
+    experts = dict(num_experts_per_tok=spec.experts_per_token)
+    if spec.num_experts and spec.qk_norm:
+        return (transformers.Qwen3MoeConfig(**common, head_dim=spec.head_dim, num_experts=spec.num_experts,
+                                            moe_intermediate_size=spec.moe_intermediate_size,
+                                            norm_topk_prob=spec.norm_topk_prob, **experts),
+                transformers.Qwen3MoeForCausalLM)
+    if spec.num_experts:
+        assert spec.norm_topk_prob and spec.moe_intermediate_size == spec.intermediate_size  # Mixtral's way
+        return (transformers.MixtralConfig(**common, head_dim=spec.head_dim, num_local_experts=spec.num_experts,
+                                           **experts), transformers.MixtralForCausalLM)
+    if spec.qk_norm:
+        return transformers.Qwen3Config(**common, head_dim=spec.head_dim), transformers.Qwen3ForCausalLM
     return (transformers.LlamaConfig(**common, head_dim=spec.head_dim, attention_bias=False, mlp_bias=False),
             transformers.LlamaForCausalLM)
 
@@ -93,17 +106,20 @@ def capture_logits(runner) -> dict[int, list[torch.Tensor]]:
     return seen
 
 
-def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias=False):
+def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias=False, drop=None):
     """Largest difference between the engine's logits and Hugging Face's for the same weights,
-    teacher-forced with the engine's own tokens."""
+    teacher-forced with the engine's own tokens. ``drop``: (spec field set False, the layer
+    weights it removes) for an engine without that feature."""
     from dataclasses import replace
 
     weights = random_weights(spec, seed=1)
     reference = hf_model(weights, spec)
     if drop_bias:
-        weights = replace(weights, layers=[replace(layer, q_bias=None, k_bias=None, v_bias=None)
-                                           for layer in weights.layers])
-        engine_spec = replace(spec, qkv_bias=False)
+        drop = ("qkv_bias", ("q_bias", "k_bias", "v_bias"))
+    if drop is not None:
+        field, removed = drop
+        weights = replace(weights, layers=[replace(layer, **dict.fromkeys(removed)) for layer in weights.layers])
+        engine_spec = replace(spec, **{field: False})
     engine_spec = engine_spec or spec
     workload = shared_workload()
     runner = ModelRunner(engine_spec, 128, 16, weights=weights, keep_logits=True)
@@ -126,8 +142,8 @@ def teacher_forced_difference(spec, schedule, chunk, engine_spec=None, drop_bias
     return worst
 
 
-def tokens_of(workload, schedule, blocks=256, **overrides):
-    runner = ModelRunner(SPEC, blocks, 16, weights=random_weights(SPEC, seed=2))
+def tokens_of(workload, schedule, blocks=256, spec=SPEC, **overrides):
+    runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2))
     outcome = run_engine(workload, schedule_config(schedule, **overrides), runner, blocks, 16)
     return {r: tuple(t) for r, t in runner.outputs.items()}, outcome
 

@@ -1,0 +1,129 @@
+"""Qwen3's q/k norms and mixtures of experts (Qwen3-MoE, Mixtral): the engine against
+transformers' own models, checkpoints as transformers writes them, the presets against the
+published configs and parameter counts."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.weights import load_safetensors, random_weights
+from scheduler.errors import ConfigError
+from scheduler.model_spec import ModelSpec, model_spec
+from test_engine import hf_model, teacher_forced_difference, tokens_of
+
+torch.set_num_threads(1)
+TINY_MOE = model_spec("tiny-moe")  # Qwen3-MoE's layer: q/k norms, 8 experts, top 2 renormalised
+QWEN3_LIKE = model_spec("tiny", rope_theta=1000000.0, rms_norm_eps=1e-6, qk_norm=True)
+MIXTRAL_LIKE = model_spec("tiny", num_experts=4, experts_per_token=2, moe_intermediate_size=128)
+
+
+@pytest.mark.parametrize("spec, drop", [
+    (QWEN3_LIKE, ("qk_norm", ("q_norm", "k_norm"))),
+    (TINY_MOE, ("norm_topk_prob", ())),
+    (replace(TINY_MOE, norm_topk_prob=False, experts_per_token=3), ("qk_norm", ("q_norm", "k_norm"))),
+    (MIXTRAL_LIKE, ("norm_topk_prob", ())),
+], ids=["qwen3", "qwen3-moe", "qwen3-moe-top3-unnormalised", "mixtral"])
+def test_the_engine_computes_what_transformers_does(spec, drop):
+    """Teacher-forced logits within 1e-4 of transformers' Qwen3 / Qwen3-MoE / Mixtral over a
+    batchllm run with chunked prefill and shared prefixes; the test sees the feature: without it
+    (no q/k norms, or the routing weights normalised the other way) the engine is far off."""
+    assert teacher_forced_difference(spec, "batchllm", 7) <= 1e-4
+    if drop[0] == "norm_topk_prob":
+        flipped = replace(spec, norm_topk_prob=not spec.norm_topk_prob)
+        assert teacher_forced_difference(spec, "batchllm", 7, engine_spec=flipped) > 1e-3
+    else:
+        assert teacher_forced_difference(spec, "batchllm", 7, drop=drop) > 1e-3
+
+
+def test_every_expert_is_used_and_scheduling_never_changes_the_tokens():
+    from engine.model import experts_mlp
+    from traces.synthetic import batchllm_microbenchmark
+
+    weights = random_weights(TINY_MOE, seed=2)
+    h = torch.randn(64, TINY_MOE.hidden_size, generator=torch.Generator().manual_seed(0))
+    chosen = torch.topk(h @ weights.layers[0].router.T, TINY_MOE.experts_per_token, dim=-1).indices
+    assert set(chosen.flatten().tolist()) == set(range(TINY_MOE.num_experts))  # the loop meets every expert
+    # one expert's output moved: the layer's output moves for exactly the tokens routed to it
+    moved = replace(weights.layers[0], expert_down=weights.layers[0].expert_down.clone())
+    moved.expert_down[3] += 1.0
+    changed = (experts_mlp(h, moved, TINY_MOE) - experts_mlp(h, weights.layers[0], TINY_MOE)).abs().amax(dim=1) > 0
+    assert torch.equal(changed, (chosen == 3).any(dim=1))
+
+    workload = batchllm_microbenchmark(24, 13, 10, 3, 18, seed=4)
+    baseline, _ = tokens_of(workload, "fcfs", spec=TINY_MOE, max_num_batched_tokens=512)
+    assert all(len(t) == 10 for t in baseline.values())
+    for schedule, chunk in (("batchllm", 16), ("sorted", 64), ("decode_first", 7)):
+        assert tokens_of(workload, schedule, spec=TINY_MOE, max_num_batched_tokens=chunk)[0] == baseline, schedule
+
+
+@pytest.mark.parametrize("spec", [TINY_MOE, MIXTRAL_LIKE, QWEN3_LIKE], ids=["qwen3-moe", "mixtral", "qwen3"])
+def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
+    """save_pretrained writes one tensor per expert (Qwen3-MoE's gate_proj/up_proj/down_proj,
+    Mixtral's block_sparse_moe w1/w3/w2) and a config.json: the engine reads both back."""
+    import json
+
+    weights = random_weights(spec, seed=3)
+    hf_model(weights, spec).save_pretrained(tmp_path)
+    checkpoint = ModelSpec.from_hf_config(json.loads((tmp_path / "config.json").read_text()))
+    assert spec.architecture_differences(checkpoint) == []
+    loaded = load_safetensors(tmp_path, spec)
+    for mine, theirs in zip(weights.layers, loaded.layers):
+        for field in ("q", "o", "q_norm", "router", "expert_gate_up", "expert_down", "gate", "down"):
+            a, b = getattr(mine, field), getattr(theirs, field)
+            assert (a is None and b is None) or torch.equal(a, b), field
+    if spec.num_experts:  # the same checkpoint read as a dense model
+        with pytest.raises(ConfigError, match=r"tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' not found"):
+            load_safetensors(tmp_path, replace(spec, num_experts=0, experts_per_token=0, moe_intermediate_size=0))
+    if spec.qk_norm:  # ... or as one without q/k norms
+        with pytest.raises(ConfigError, match=r"does not use: model\.layers\.0\.self_attn\.k_norm"):
+            load_safetensors(tmp_path, replace(spec, qk_norm=False))
+
+
+# the published config.json of each model (Hugging Face hub), as far as the engine reads it
+QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 32,
+            "num_hidden_layers": 36, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000, "rope_scaling": None, "max_position_embeddings": 40960, "vocab_size": 151936,
+            "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False}
+QWEN3_30B_A3B = {**QWEN3_8B, "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+                 "num_hidden_layers": 48, "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
+                 "moe_intermediate_size": 768, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": []}
+QWEN3_235B_A22B = {**QWEN3_30B_A3B, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 94,
+                   "num_attention_heads": 64, "moe_intermediate_size": 1536}
+MIXTRAL_8X7B = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+                "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+                "rms_norm_eps": 1e-05, "rope_theta": 1e6, "max_position_embeddings": 32768, "sliding_window": None,
+                "vocab_size": 32000, "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize("preset, config, total, active", [
+    # the model cards: Qwen3-30B-A3B "30.5B in total and 3.3B activated", Qwen3-235B-A22B "235B
+    # in total and 22B activated", Mixtral (Mistral AI, 2023-12-11) "46.7B total parameters but
+    # only uses 12.9B parameters per token"; Qwen3-8B "8.2B"
+    ("qwen3-8b", QWEN3_8B, 8.2e9, 8.2e9),
+    ("qwen3-30b-a3b", QWEN3_30B_A3B, 30.5e9, 3.3e9),
+    ("qwen3-235b-a22b", QWEN3_235B_A22B, 235e9, 22e9),
+    ("mixtral-8x7b", MIXTRAL_8X7B, 46.7e9, 12.9e9),
+])
+def test_presets_are_the_published_checkpoints(preset, config, total, active):
+    spec = model_spec(preset)
+    assert spec.architecture_differences(ModelSpec.from_hf_config(config)) == []
+    assert spec.num_params == pytest.approx(total, rel=0.01)
+    assert spec.active_params == pytest.approx(active, rel=0.02)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mlp_only_layers": [3]}, "mlp_only_layers"),
+    ({"decoder_sparse_step": 2}, "decoder_sparse_step"),
+    ({"num_experts_per_tok": 200}, "experts_per_token"),
+    ({"num_experts": None}, "missing key 'num_experts'"),
+    ({"use_sliding_window": True}, "sliding-window"),
+    ({"attention_bias": True}, "attention_bias"),
+])
+def test_moe_configs_the_engine_would_compute_differently_are_refused(change, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelSpec.from_hf_config({**QWEN3_30B_A3B, **change})
+    with pytest.raises(ConfigError, match="sliding"):
+        ModelSpec.from_hf_config({**MIXTRAL_8X7B, "sliding_window": 4096})
+    with pytest.raises(ConfigError, match="without num_experts"):
+        model_spec("tiny", experts_per_token=2)
