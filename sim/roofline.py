@@ -30,33 +30,67 @@ QUERIES = _rounded_grid(1 << 16, 49)
 CONTEXTS = _rounded_grid(1 << 21, 64)
 
 
-def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
+def experts_touched(model: ModelSpec, tokens: np.ndarray) -> np.ndarray:
+    """Experts a step of ``tokens`` tokens reads, expected, if routing picks each token's
+    ``experts_per_token`` uniformly among ``num_experts``: each expert is missed by all of them
+    with probability (1 - k/E)^T. Real routers are skewed (fewer distinct experts at mid
+    batches, so this errs towards dearer steps there); a decode of one token reads k, a prefill
+    of thousands all of them."""
+    E, k = model.num_experts, model.experts_per_token
+    return E * -np.expm1(tokens * np.log1p(-k / E)) if k < E else np.full_like(tokens, float(E))
+
+
+def experts_mlp_seconds(model: ModelSpec, T: np.ndarray, width: int, roof, gemm, router: bool = True) -> np.ndarray:
+    """A mixture-of-experts layer (one GPU's share, experts ``width`` wide): the router's GEMM
+    and softmax/top-k (``router``), then grouped gate+up and down GEMMs (vLLM's fused MoE: one
+    launch each) that read the weights of the experts touched and multiply each token by its k
+    experts, the SiLU-and-multiply, and the weighted sum of each token's k outputs
+    (benchmarks/moe_kernel.py holds the part after the router to vLLM's published kernel times)."""
+    h, E, k = model.hidden_size, model.num_experts, model.experts_per_token
+    act, wb = model.activation_bytes, model.weight_bytes
+    touched = experts_touched(model, T)
+    pairs = T * k  # (token, expert) rows through the grouped GEMMs
+    grouped = roof(2 * pairs * 3 * h * width, touched * 3 * h * width * wb + pairs * (2 * h + 3 * width) * act, 2)
+    experts = grouped + roof(0, pairs * 3 * width * act) + roof(0, pairs * h * act + T * h * act)
+    return experts + (gemm(T, h, E) + roof(0, T * E * 4 + pairs * 8, launches=2) if router else 0.0)
+
+
+def roofs(model: ModelSpec, hardware: HardwareSpec):
+    """(roof, gemm): a kernel's seconds from its FLOPs, bytes and launches; a GEMM's of
+    ``tokens`` rows through a ``k`` x ``n`` weight."""
     flops_rate = hardware.peak_flops * hardware.compute_efficiency
     bytes_rate = hardware.hbm_bandwidth * hardware.memory_efficiency
     launch = hardware.kernel_launch_s
+    act, wb = model.activation_bytes, model.weight_bytes
 
     def roof(flops, nbytes, launches=1):
         return np.maximum(flops / flops_rate, nbytes / bytes_rate) + launches * launch
 
+    def gemm(tokens, k, n):
+        return roof(2 * tokens * k * n, k * n * wb + tokens * (k + n) * act)
+    return roof, gemm
+
+
+def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
+    roof, gemm = roofs(model, hardware)
     part = shard(model, hardware)  # one GPU's share (the whole model on one GPU)
     h, d, I, V = model.hidden_size, model.head_dim, part.intermediate_size, part.vocab_size
     nh, nkv = part.num_heads, part.num_kv_heads
-    act, wb = model.activation_bytes, model.weight_bytes
+    act = model.activation_bytes
     allreduce = hardware.allreduce_s  # of the hidden states of T tokens: T * h * act bytes
     qkv = (nh + 2 * nkv) * d
     T = TOKENS
-
-    def gemm(tokens, k, n):
-        return roof(2 * tokens * k * n, k * n * wb + tokens * (k + n) * act)
-
+    if model.num_experts:
+        mlp = experts_mlp_seconds(model, T, -(-model.moe_intermediate_size // hardware.tensor_parallel), roof, gemm)
+    else:  # gate+up GEMM, down GEMM, SiLU-and-multiply
+        mlp = gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)
+    # two RMSNorms, two residual adds, RoPE, KV-cache store (and Qwen3's q/k norms)
+    norms = T * (10 * h + 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)) * act
     tables = {
         "linear_qkv": Table(("tokens",), (T,), gemm(T, h, qkv)),
         "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
-        # gate+up GEMM, down GEMM, SiLU-and-multiply
-        "mlp": Table(("tokens",), (T,), gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)
-                     + allreduce(T * h * act)),
-        # two RMSNorms, two residual adds, RoPE, KV-cache store
-        "elementwise": Table(("tokens",), (T,), roof(0, T * (10 * h + 4 * nkv * d) * act, launches=5)),
+        "mlp": Table(("tokens",), (T,), mlp + allreduce(T * h * act)),
+        "elementwise": Table(("tokens",), (T,), roof(0, norms, launches=5 + 2 * model.qk_norm)),
     }
     q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
     past = np.maximum(c - q, 0)

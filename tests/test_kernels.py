@@ -124,7 +124,8 @@ def test_host_wrappers_check_their_inputs():
                                torch.ones(1, dtype=torch.int32, device=DEVICE), 1.0)
 
 
-def test_engine_with_triton_backend_gives_the_torch_backends_tokens():
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])  # tiny-moe: q/k norms through the RMSNorm kernel
+def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
     from engine.weights import random_weights
@@ -136,7 +137,7 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens():
     from scheduler import Request
     from traces.workload import Workload
 
-    spec = model_spec("tiny", num_layers=1)
+    spec = model_spec(preset, num_layers=1)
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
     # two groups of three sharing 32 tokens, and two ungrouped requests still decoding while the
     # groups do: steps with shared-prefix decodes (fused kernel) beside plain ones (paged decode)
