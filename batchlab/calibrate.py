@@ -19,12 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
-from scheduler.model_spec import model_spec
 from sim.hardware import hardware_spec
 from traces.bench_results import METRIC_LABELS, read_bench_points
 
 from .calibration import CLIENT_METRICS, PARAMETERS, Setting, at_bound, fit, held_out, predict
-from .command import CONF_DIR, guarded, say
+from .command import CONF_DIR, guarded, model_of, say
 from .records import finite_json
 
 
@@ -53,7 +52,7 @@ def _scale(metric: str) -> float:
 def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     started = time.perf_counter()
     points = read_bench_points(measurement_files(cfg.measurements, base_dir))
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, base_dir, costs_only=True)
     hardware_overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     hardware = hardware_spec(cfg.hardware.preset, **hardware_overrides)
     schedule = schedule_config(cfg.schedule.name, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))

@@ -42,3 +42,48 @@ def workload_of(cfg, base_dir: str):
         from traces.estimates import with_output_estimates
         workload = with_output_estimates(workload, estimate.cv, int(estimate.get("seed", 0)))
     return workload
+
+
+def read_hf_config(path: Path) -> dict:
+    """A Hugging Face ``config.json`` (``path`` the file, or the directory holding it) as a dict."""
+    import json
+
+    from scheduler.errors import ConfigError
+
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file (model.config names a Hugging Face config.json, or the "
+                          f"checkpoint directory holding one)")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise ConfigError(f"{file}: malformed JSON ({getattr(error, 'msg', error)}{where})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file}: expected a JSON object (a model's config.json), got {type(config).__name__}")
+    return config
+
+
+def model_of(cfg, base_dir: str, costs_only: bool = False):
+    """The composed config's model: a preset (``model=NAME``), or a Hugging Face config.json
+    (``model=hf model.config=PATH``; for ``batchlab run`` and the engine, the checkpoint's own
+    when ``weights=`` is given without it), with ``model.overrides`` applied. ``costs_only``:
+    the model is only simulated, so what changes only its numbers (RoPE scaling, biases) is taken."""
+    from omegaconf import OmegaConf
+
+    from scheduler.config import with_overrides
+    from scheduler.errors import ConfigError
+    from scheduler.model_spec import ModelSpec, model_spec
+
+    overrides = OmegaConf.to_container(cfg.model.overrides, resolve=True)
+    if cfg.model.get("preset") is not None:
+        return model_spec(cfg.model.preset, **overrides)
+    path = cfg.model.get("config") or cfg.get("weights")
+    if not path:
+        raise ConfigError("model=hf needs model.config=PATH: a Hugging Face config.json, or the checkpoint "
+                          "directory holding one")
+    path = Path(base_dir) / str(path)
+    name = (path if path.is_dir() else path.parent if path.name == "config.json" else path.with_suffix("")).name
+    spec = ModelSpec.from_hf_config(read_hf_config(path), name=name, costs_only=costs_only)
+    return with_overrides("model", spec, overrides)

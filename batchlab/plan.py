@@ -15,11 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
-from scheduler.model_spec import model_spec
 from sim.hardware import HARDWARE_PRESETS
 
 from .calibration import calibration_note, check_model, load_calibrations
-from .command import CONF_DIR, guarded, say, workload_of
+from .command import CONF_DIR, guarded, model_of, say, workload_of
 from .records import finite_json, request_columns
 from .simulate import _with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
 
@@ -82,7 +81,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.overlap import roofline_cost_model
 
     workload = workload_of(cfg, base_dir)
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, base_dir, costs_only=True)
     overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
     block_size, sharding = int(cfg.schedule.block_size), cfg.sharding

@@ -13,9 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
-from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say, workload_of
+from .command import CONF_DIR, guarded, model_of, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
@@ -40,22 +39,18 @@ def check_checkpoint_config(directory: Path, model) -> None:
     """A checkpoint whose ``config.json`` describes another architecture than ``model`` (the
     preset with its overrides) is refused, naming the fields: loaded anyway, the engine would
     compute another model than the checkpoint's."""
-    import json
-
     from scheduler.model_spec import ModelSpec
+
+    from .command import read_hf_config
 
     path = directory / "config.json"
     if not path.exists():
         return
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
-    differences = model.architecture_differences(ModelSpec.from_hf_config(config, name=str(directory)))
+    differences = model.architecture_differences(ModelSpec.from_hf_config(read_hf_config(path), name=str(directory)))
     if differences:
         raise ConfigError(f"{path} describes another model than {model.name!r} ({'; '.join(differences)}, "
-                          f"preset vs checkpoint): pick the matching model= preset, or set the fields with "
-                          f"model.overrides.<field>=<value>")
+                          f"preset vs checkpoint): use model=hf (the checkpoint's own config.json), pick the "
+                          f"matching model= preset, or set the fields with model.overrides.<field>=<value>")
 
 
 def load_weights(cfg: DictConfig, model, base_dir: str):
@@ -81,7 +76,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
 
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}")
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, base_dir)
     device_name, free = device_memory(cfg.device)
     weight_bytes = model.num_params * DTYPES[cfg.dtype]
     block_size = int(cfg.schedule.block_size)

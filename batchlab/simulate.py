@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
-from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say, workload_of
+from .command import CONF_DIR, guarded, model_of, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
@@ -27,7 +26,7 @@ def build_setup(cfg: DictConfig, base_dir: str):
     from sim.profile import Profile
 
     workload = workload_of(cfg, base_dir)
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, base_dir, costs_only=True)
     overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     calibration = None
     if cfg.get("calibration"):

@@ -10,9 +10,8 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from scheduler import schedule_config
-from scheduler.model_spec import model_spec
 
-from .command import CONF_DIR, guarded, say, workload_of
+from .command import CONF_DIR, guarded, model_of, say, workload_of
 from .records import RunWriter, finite_json, requests_frame, run_meta
 from .run import device_memory, load_weights
 
@@ -31,7 +30,7 @@ def measure_profile(cfg: DictConfig, out: Path, weights=None) -> Path:
     from engine.profiler import profile_engine
 
     device_memory(cfg.device)
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, get_original_cwd())
     # the shapes are measured in a KV cache of the run's size (validate) or profile.yaml's
     weights = weights if weights is not None else load_weights(cfg, model, get_original_cwd())
     runner = _runner(cfg, model, int(cfg.kv_blocks), weights)
@@ -57,7 +56,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from sim.simulator import simulate
 
     device_memory(cfg.device)
-    model = model_spec(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    model = model_of(cfg, base_dir)
     workload = workload_of(cfg, base_dir)
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]

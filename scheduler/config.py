@@ -92,13 +92,19 @@ def from_presets(kind: str, presets: dict, name: str, overrides: dict):
     choices for an unknown name, or the field for an unknown option."""
     if name not in presets:
         raise ConfigError(f"unknown {kind} {name!r}; expected one of {sorted(presets)}")
+    return with_overrides(kind, presets[name], overrides)
+
+
+def with_overrides(kind: str, spec, overrides: dict):
+    """``spec`` (a dataclass named ``spec.name``) with the non-None ``overrides`` applied."""
+    name = spec.name
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in fields(presets[name])} - {"name"}
+    known = {f.name for f in fields(spec)} - {"name"}
     unknown = set(overrides) - known
     if unknown:
         raise ConfigError(f"{kind} {name!r}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
     try:
-        return replace(presets[name], **overrides)
+        return replace(spec, **overrides)
     except TypeError as error:
         raise ConfigError(f"{kind} {name!r}: {error}") from None
 

@@ -99,20 +99,23 @@ class ModelSpec:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
 
     @classmethod
-    def from_hf_config(cls, config: dict, name: str = "hf-model") -> "ModelSpec":
+    def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False) -> "ModelSpec":
         """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
-        (with Llama 3.1's RoPE scaling), Qwen2 (q/k/v biases), Qwen3 (q/k norms), Qwen3-MoE and
-        Mixtral (mixtures of experts). What the engine would compute
-        differently (another RoPE scaling, an o_proj or MLP bias) is refused, not ignored."""
+        (with Llama 3.1's RoPE scaling), Mistral without a sliding window, Qwen2 (q/k/v biases),
+        Qwen3 (q/k norms), Qwen3-MoE and Mixtral (mixtures of experts). What the engine would
+        compute differently (another RoPE scaling, an o_proj or MLP bias) is refused, not
+        ignored; ``costs_only`` (a model only simulated) accepts them, as they do not change what
+        a step costs. A sliding window, which does, is refused either way."""
         try:
             heads = config["num_attention_heads"]
             rope = dict(config.get("rope_scaling") or {})
             rope.update(config.get("rope_parameters") or {})
             theta = config.get("rope_theta") or rope.get("rope_theta", 10000.0)
             rope_type = rope.get("rope_type", rope.get("type", "default"))
-            if rope_type not in ("default", "llama3"):
+            if rope_type not in ("default", "llama3") and not costs_only:
                 raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
-                                  "(default and llama3 are)")
+                                  "(default and llama3 are); batchlab simulate and plan take it, as RoPE does not "
+                                  "change what a step costs")
             scaling = {}
             if rope_type == "llama3":
                 scaling = dict(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
@@ -122,12 +125,12 @@ class ModelSpec:
             if model_type not in MODEL_TYPES:
                 raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
                                   f"{', '.join(MODEL_TYPES)}")
-            if config.get("attention_bias") and model_type != "qwen2" or config.get("mlp_bias"):
+            if (config.get("attention_bias") and model_type != "qwen2" or config.get("mlp_bias")) and not costs_only:
                 raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
                                   "implemented by the engine")
-            if config.get("use_sliding_window") or model_type == "mixtral" and config.get("sliding_window"):
+            if config.get("use_sliding_window") or model_type in ("mixtral", "mistral") and config.get("sliding_window"):
                 raise ConfigError(f"model config {name!r}: use_sliding_window / sliding_window: sliding-window "
-                                  "attention is not implemented by the engine")
+                                  "attention is neither implemented by the engine nor modelled by the simulator")
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
@@ -150,7 +153,7 @@ class ModelSpec:
                 if k not in ignored and getattr(self, k) != getattr(other, k)]
 
 
-MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
 
 
 def _experts(config: dict, model_type: str, name: str) -> dict:
