@@ -7,6 +7,7 @@ interpreter on CPU, nothing written). Writes ``benchmarks/results/kernels-<devic
    of 4096 tokens, block size 16, random block tables.
 2. Shared-prefix attention vs per-request paged decode attention: prefix 2048, suffix 128,
    16 requests per prefix, 8 prefixes (goal >= 5x; FlashInfer reports up to 31x for cascade).
+3. The fused MoE kernel at Mixtral's and Qwen3-30B-A3B's expert shapes (bench_moe_kernel.py).
 Each also swept over Triton's launch options (num_warps 2/4/8 x num_stages 2/3/4) and its split
 length (decode: 16/32/64 blocks; shared prefix: 8/16/32/128 prefix blocks, 128 = unsplit), sorted fastest first, so that one GPU call says
 whether the defaults should change.
@@ -133,6 +134,8 @@ def main(argv: list[str]) -> int:
     results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
                                 "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
                                 "speedup": per_request_ms / shared_ms, "layout_per_step_ms": layout_ms}
+    from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
+    results["fused_moe"] = moe_results(bench, device, dry, results["device"])
     if dry:
         print(json.dumps(results, indent=2))
         return 0
@@ -147,6 +150,10 @@ def main(argv: list[str]) -> int:
           f"defaults, {best_decode['fraction_of_copy_bandwidth']:.1%} at best ({best_decode})")
     print(f"shared prefix: {results['shared_prefix']['speedup']:.2f}x over per-request attention with the defaults, "
           f"{best_shared['speedup']:.2f}x at best ({best_shared})")
+    for row in results["fused_moe"]["rows"]:
+        print(f"fused MoE {row['model']} batch {row['batch']}: {row['kernel_us']:.1f} us, torch loop "
+              f"{row['torch_loop_us']:.1f} us, roofline {row['roofline_us']:.1f} us, vLLM on an H100 "
+              f"{row['vllm_h100_published_us']} us")
     print(f"written: {path}")
     return 0
 

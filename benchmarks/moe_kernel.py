@@ -32,12 +32,13 @@ def published_rows(path: Path = PUBLISHED) -> list[dict]:
         return list(csv.DictReader(line for line in handle if not line.startswith("#")))
 
 
-def predicted_us(model_name: str, tensor_parallel: int, weight_dtype: str, batch: int) -> float:
+def predicted_us(model_name: str, tensor_parallel: int, weight_dtype: str, batch: int,
+                 hardware_preset: str = "h100-sxm") -> float:
     """The roofline's fused_experts time for one layer, microseconds."""
     fp8 = weight_dtype == "fp8"
     model = model_spec(model_name, **({"weight_bytes": 1.0} if fp8 else {}))
-    base = hardware_spec("h100-sxm")
-    hardware = hardware_spec("h100-sxm", tensor_parallel=tensor_parallel,
+    base = hardware_spec(hardware_preset)
+    hardware = hardware_spec(hardware_preset, tensor_parallel=tensor_parallel,
                              **({"peak_flops": 2 * base.peak_flops} if fp8 else {}))
     roof, gemm = roofs(model, hardware)
     width = -(-model.moe_intermediate_size // tensor_parallel)

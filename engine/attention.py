@@ -13,6 +13,8 @@ import torch
 
 from scheduler.errors import ConfigError
 
+from .experts import experts_reference
+
 
 @dataclass
 class AttentionMetadata:
@@ -52,6 +54,11 @@ class AttentionBackend:
 
     def store_kv(self, cache, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         cache.store(layer, slots, key, value)
+
+    def experts(self, h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
+                down: torch.Tensor) -> torch.Tensor:
+        """A mixture-of-experts layer's experts (engine/experts.py), after the router's choice."""
+        return experts_reference(h, weights, chosen, gate_up, down)
 
 
 class TorchAttentionBackend(AttentionBackend):

@@ -18,6 +18,7 @@ from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec
 
 from .attention import AttentionBackend, AttentionMetadata
+from .experts import experts_reference, route
 from .kv_cache import PagedKVCache
 from .weights import Weights
 
@@ -88,32 +89,12 @@ def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, in
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
-def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec) -> torch.Tensor:
-    """A mixture of SwiGLU experts: each token's top ``experts_per_token`` experts by the
-    router's softmax (fp32), weighted by their probabilities (renormalised over the chosen ones
-    where the model does), the (token, expert) pairs sorted by expert so that each expert
-    multiplies all its tokens at once."""
-    probs = torch.softmax((h @ layer.router.T).float(), dim=-1)
-    weights, chosen = torch.topk(probs, spec.experts_per_token, dim=-1)
-    if spec.norm_topk_prob:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    weights, chosen = weights.to(h.dtype).flatten(), chosen.flatten()
-    order = torch.argsort(chosen, stable=True)
-    rows = order // spec.experts_per_token  # each pair's token
-    counts = torch.bincount(chosen, minlength=spec.num_experts).tolist()
-    out = torch.zeros_like(h)
-    width = spec.moe_intermediate_size
-    start = 0
-    for expert, taken in enumerate(counts):
-        if not taken:
-            continue
-        pairs = order[start:start + taken]
-        tokens = rows[start:start + taken]
-        start += taken
-        gate_up = h[tokens] @ layer.expert_gate_up[expert].T
-        hidden = torch.nn.functional.silu(gate_up[:, :width]) * gate_up[:, width:]
-        out.index_add_(0, tokens, (hidden @ layer.expert_down[expert].T) * weights[pairs, None])
-    return out
+def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBackend | None = None) -> torch.Tensor:
+    """A mixture of SwiGLU experts in place of the MLP: the router's top ``experts_per_token``
+    (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default)."""
+    weights, chosen = route(h, layer.router, spec.experts_per_token, spec.norm_topk_prob)
+    experts = backend.experts if backend is not None else experts_reference
+    return experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down)
 
 
 class LlamaModel:
@@ -170,7 +151,7 @@ class LlamaModel:
                 if layer.router is None:
                     x = x + (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
                 else:
-                    x = x + experts_mlp(h, layer, spec)
+                    x = x + experts_mlp(h, layer, spec, backend)
         with timer("lm_head_sampling"):
             final = backend.rms_norm(x[logit_rows].contiguous(), w.norm, eps)
             return final @ w.lm_head.T

@@ -12,6 +12,7 @@ import torch
 from engine.attention import BACKENDS, AttentionBackend
 
 from .paged_decode import paged_decode_attention
+from .fused_moe import fused_experts
 from .kv_store import store_kv
 from .paged_prefill import paged_prefill_attention
 from .rmsnorm import rms_norm
@@ -41,6 +42,9 @@ class TritonAttentionBackend(AttentionBackend):
 
     def store_kv(self, cache, layer, slots, key, value):
         store_kv(key.contiguous(), value.contiguous(), cache.key[layer], cache.value[layer], slots)
+
+    def experts(self, h, weights, chosen, gate_up, down):
+        return fused_experts(h.contiguous(), weights, chosen, gate_up, down)
 
     def forward(self, layer, query, cache, meta):
         output = torch.empty_like(query)

@@ -18,7 +18,7 @@ import time
 
 # integer arguments that are multiples of 16 for real models (strides of [.., heads, 128]
 # tensors, the split length); the launcher marks them so at run time, and so does this check
-ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "blocks_per_split", "hidden"}
+ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "blocks_per_split", "hidden", "width"}
 WIDE = re.compile(r"ld\.global(?:\.nc)?\.v4\.|cp\.async\.cg\.shared\.global")  # 16 bytes a thread
 NARROW = re.compile(r"ld\.global(?:\.nc)?\.b16\b")  # one bf16 element a thread
 
@@ -35,6 +35,7 @@ def aligned_attrs(kernel, signature: dict) -> dict:
 
 def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
     from .common import _merge_kernel
+    from .fused_moe import _down_kernel, _gate_up_kernel
     from .kv_store import _kv_store_kernel
     from .paged_decode import _paged_decode_kernel
     from .paged_prefill import _paged_prefill_kernel
@@ -77,6 +78,16 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
          {"x_ptr": ptr, "positions_ptr": "*i64", "inv_freq_ptr": "*fp32", "heads": i32, "HEAD_DIM": c, "HALF": c,
           "BLOCK_H": c},
          {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": 32}),
+        # Qwen3-30B-A3B's experts: hidden 2048, width 768
+        (_gate_up_kernel,
+         {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "sorted_ptr": "*i32", "block_expert_ptr": "*i32", "pairs": i32,
+          "top_k": i32, "hidden": i32, "width": i32, "BLOCK_M": c, "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c},
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision}),
+        (_down_kernel,
+         {"act_ptr": ptr, "w_ptr": ptr, "weights_ptr": "*fp32", "out_ptr": ptr, "sorted_ptr": "*i32",
+          "block_expert_ptr": "*i32", "pairs": i32, "hidden": i32, "width": i32, "BLOCK_M": c, "BLOCK_N": c,
+          "BLOCK_K": c, "DOT_PRECISION": c},
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision}),
         (_kv_store_kernel,
          {"k_ptr": ptr, "v_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "slots_ptr": "*i64", "ROW": c,
           "BLOCK": c},

@@ -169,13 +169,13 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 14  # 7 kernels x (bf16, fp32)
+    assert result.stdout.count("ok ") == 18  # 9 kernels x (bf16, fp32)
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
     # 16 bytes a thread (vector loads or pipelined async copies), never element by element
     import re
 
     bf16 = re.findall(r"ok (\w+) +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
-    assert len(bf16) == 7 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
+    assert len(bf16) == 9 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -241,3 +241,36 @@ def test_gpu_kernel_benchmark_dry_run():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"speedup"' in result.stdout and '"fraction_of_copy_bandwidth"' in result.stdout
+    assert '"kernel_over_roofline"' in result.stdout  # the fused MoE rows (benchmarks/bench_moe_kernel.py)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens, hidden, width, experts, top_k", [
+    (1, 64, 32, 8, 2),     # one token: six experts idle, their blocks skipped
+    (37, 64, 48, 8, 2),    # ragged: runs of every length, a width that is no power of two
+    (20, 80, 96, 4, 3),    # hidden and width past one tile, three experts a token
+])
+def test_fused_experts_match_the_engines_torch_experts(dtype, tokens, hidden, width, experts, top_k):
+    from engine.experts import experts_reference, route
+    from kernels.fused_moe import fused_experts
+
+    generator = torch.Generator().manual_seed(tokens)
+    rand = lambda *shape, std=1.0: (torch.randn(*shape, generator=generator) * std).to(DEVICE, dtype)
+    x, router = rand(tokens, hidden), rand(experts, hidden)
+    gate_up, down = rand(experts, 2 * width, hidden, std=0.2), rand(experts, hidden, width, std=0.2)
+    weights, chosen = route(x, router, top_k, renormalise=top_k == 2)
+    reference = experts_reference(x, weights, chosen, gate_up, down)
+    out = fused_experts(x, weights, chosen, gate_up, down, block_m=16, block_n=32, block_k=32, poison=True)
+    assert out.dtype == dtype and out.shape == reference.shape
+    assert relative_error(out, reference) <= TOLERANCE[dtype]
+
+
+def test_align_by_expert_pads_each_experts_run_to_whole_blocks():
+    from kernels.fused_moe import align_by_expert
+
+    chosen = torch.tensor([[2, 0], [2, 3], [0, 2]])  # pairs 0..5: experts 2, 0, 2, 3, 0, 2
+    sorted_ids, block_expert = align_by_expert(chosen, 4, 4)
+    pad = 6
+    assert sorted_ids.tolist()[:12] == [1, 4, pad, pad, 0, 2, 5, pad, 3, pad, pad, pad]
+    assert block_expert.tolist()[:3] == [0, 2, 3] and set(block_expert.tolist()[3:]) <= {-1}
+    assert len(block_expert) * 4 == len(sorted_ids) >= 6 + 4 * 3  # the bound, no host sync
