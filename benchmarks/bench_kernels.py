@@ -134,15 +134,16 @@ def main(argv: list[str]) -> int:
     results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
                                 "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
                                 "speedup": per_request_ms / shared_ms, "layout_per_step_ms": layout_ms}
+    out = Path(__file__).resolve().parent / "results"
+    path = out / f"kernels-{results['device'].replace(' ', '-')}-{results['date']}.json"
+    if not dry:  # the attention figures kept before the MoE benchmark runs (a stage's time may end)
+        out.mkdir(exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
     from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
     results["fused_moe"] = moe_results(bench, device, dry, results["device"])
     if dry:
         print(json.dumps(results, indent=2))
         return 0
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    name = results["device"].replace(" ", "-")
-    path = out / f"kernels-{name}-{results['date']}.json"
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     best_decode, best_shared = results["paged_decode_sweep"][0], results["shared_prefix_sweep"][0]

@@ -51,7 +51,7 @@ def moe_results(bench, device: str, dry: bool, device_name: str = "") -> dict:
         for batch in ((5,) if dry else (64, 1024)):
             x = torch.randn((batch, hidden), device=device, dtype=dtype)
             weights, chosen = route(x, router, top_k, True)
-            options = ((16,), (32,), (32,)) if dry else ((16, 32, 64), (64, 128), (64, 128))
+            options = ((16,), (32,), (32,)) if dry else ((16, 64), (64, 128), (64,))
             for block_m, block_n, block_k in product(*options):
                 ms = bench(lambda: fused_experts(x, weights, chosen, gate_up, down, block_m=block_m,
                                                  block_n=block_n, block_k=block_k))

@@ -6,7 +6,9 @@
 #   bash benchmarks/gpu_session.sh wheels
 # Then, each through the device tool with carry [".whl"], results under $OUT:
 #   bash benchmarks/gpu_session.sh kernels           # kernel tests on CUDA (Triton backend gives
-#                                                    # the torch backend's tokens), bench_kernels.py
+#                                                    # the torch backend's tokens, tiny-moe's experts
+#                                                    # through the fused MoE kernel), bench_kernels.py
+#                                                    # (attention, then the fused MoE kernel)
 #   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
 #   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
 #   bash benchmarks/gpu_session.sh all               # the three above in one call, each time-limited,
