@@ -47,16 +47,21 @@ def align_by_expert(chosen: torch.Tensor, num_experts: int, block_m: int) -> tup
 
 
 @triton.jit
+def _block_pairs(sorted_ptr, block, pairs, BLOCK_M: tl.constexpr):
+    """The pair ids of a block's rows, and which are pairs rather than padding."""
+    pair = tl.load(sorted_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))
+    return pair, pair < pairs
+
+
+@triton.jit
 def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, pairs, top_k, hidden, width,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
-    if expert < 0:
+    if expert < 0:  # past the last expert's blocks
         return
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ptr + rows)
-    valid = pair < pairs
+    pair, valid = _block_pairs(sorted_ptr, block, pairs, BLOCK_M)
     token = (pair // top_k).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < width
@@ -84,11 +89,9 @@ def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
-    if expert < 0:
+    if expert < 0:  # past the last expert's blocks
         return
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ptr + rows)
-    valid = pair < pairs
+    pair, valid = _block_pairs(sorted_ptr, block, pairs, BLOCK_M)
     pair64 = pair.to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < hidden
