@@ -27,7 +27,7 @@ from traces.bench_results import BenchPoint
 
 from .records import outcome_summary
 
-FRACTIONS = ("compute_efficiency", "memory_efficiency")
+FRACTIONS = ("compute_efficiency", "memory_efficiency", "moe_compute_efficiency")
 SECONDS = ("step_overhead_s", "step_overhead_per_request_s", "kernel_launch_s", "client_overhead_s")
 PARAMETERS = FRACTIONS + SECONDS
 DEFAULT_FIT = ("compute_efficiency", "memory_efficiency", "step_overhead_s", "step_overhead_per_request_s",
@@ -127,6 +127,27 @@ class Fit:
     evaluations: int
 
 
+def _where_fractions_bind(names, u: np.ndarray, r: np.ndarray, errors_at, evaluations: int):
+    """An efficiency whose roofline nothing is bound by at its start (a step takes the larger of
+    its compute and memory times: lowering a fraction that loses that race changes nothing) has
+    no gradient, and the fit would leave it there. Such a fraction is started lower, a quarter at
+    a time (at most 4 times), until the figures move with it."""
+    for j, name in enumerate(names):
+        if name not in FRACTIONS:
+            continue
+        for _ in range(4):
+            nudged = u.copy()
+            nudged[j] += 1e-3
+            evaluations += 1
+            if np.any(errors_at(nudged) != r) or u[j] * 4 > _bounds(name)[1]:
+                break
+            u = u.copy()
+            u[j] *= 4
+            r = errors_at(u)
+            evaluations += 1
+    return u, r, evaluations
+
+
 def fit(points, setting: Setting, names, start: dict[str, float], max_iterations: int = 40,
         progress: Callable[[str], None] | None = None) -> Fit:
     """Levenberg-Marquardt over the named parameters from ``start`` (every parameter's value)."""
@@ -141,6 +162,7 @@ def fit(points, setting: Setting, names, start: dict[str, float], max_iterations
 
     u = _bounded(names, np.array([_to_free(n, start[n]) for n in names]))
     r, evaluations, damping, iterations = errors_at(u), 1, 1e-2, 0
+    u, r, evaluations = _where_fractions_bind(names, u, r, errors_at, evaluations)
     cost = float(r @ r)
     for iterations in range(1, max_iterations + 1):
         jacobian = np.empty((len(r), len(u)))

@@ -42,7 +42,9 @@ def predicted_us(model_name: str, tensor_parallel: int, weight_dtype: str, batch
                              **({"peak_flops": 2 * base.peak_flops} if fp8 else {}))
     roof, gemm = roofs(model, hardware)
     width = -(-model.moe_intermediate_size // tensor_parallel)
-    return float(experts_mlp_seconds(model, np.array([float(batch)]), width, roof, gemm, router=False)[0]) * 1e6
+    grouped = roofs(model, hardware, experts=True)[0]
+    return float(experts_mlp_seconds(model, np.array([float(batch)]), width, roof, gemm, router=False,
+                                     grouped_roof=grouped)[0]) * 1e6
 
 
 def comparison() -> list[tuple[str, int, float, float, float]]:

@@ -45,6 +45,9 @@ class HardwareSpec:
     hbm_bandwidth: float              # bytes/s
     memory_bytes: float
     compute_efficiency: float = 0.7   # achievable fraction of peak FLOP/s in large GEMMs
+    # ... in a mixture-of-experts layer's grouped GEMMs (vLLM's fused MoE), which run further from
+    # peak the narrower the experts (README: 49 % at Mixtral's width, about 10 % at Qwen3's)
+    moe_compute_efficiency: float = 0.7
     memory_efficiency: float = 0.8    # achievable fraction of HBM bandwidth
     kernel_launch_s: float = 4e-6     # per kernel launch
     step_overhead_s: float = 1.5e-3   # scheduler, input preparation, sampling launch, per step
@@ -69,7 +72,7 @@ class HardwareSpec:
         for field_name in ("peak_flops", "hbm_bandwidth", "memory_bytes"):
             if not getattr(self, field_name) > 0:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be > 0")
-        for field_name in ("compute_efficiency", "memory_efficiency", "memory_utilization",
+        for field_name in ("compute_efficiency", "moe_compute_efficiency", "memory_efficiency", "memory_utilization",
                            "interconnect_efficiency", "host_efficiency"):
             if not 0 < getattr(self, field_name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {field_name} must be in (0, 1]")

@@ -40,7 +40,8 @@ def experts_touched(model: ModelSpec, tokens: np.ndarray) -> np.ndarray:
     return E * -np.expm1(tokens * np.log1p(-k / E)) if k < E else np.full_like(tokens, float(E))
 
 
-def experts_mlp_seconds(model: ModelSpec, T: np.ndarray, width: int, roof, gemm, router: bool = True) -> np.ndarray:
+def experts_mlp_seconds(model: ModelSpec, T: np.ndarray, width: int, roof, gemm, router: bool = True,
+                        grouped_roof=None) -> np.ndarray:
     """A mixture-of-experts layer (one GPU's share, experts ``width`` wide): the router's GEMM
     and softmax/top-k (``router``), then grouped gate+up and down GEMMs (vLLM's fused MoE: one
     launch each) that read the weights of the experts touched and multiply each token by its k
@@ -50,15 +51,17 @@ def experts_mlp_seconds(model: ModelSpec, T: np.ndarray, width: int, roof, gemm,
     act, wb = model.activation_bytes, model.weight_bytes
     touched = experts_touched(model, T)
     pairs = T * k  # (token, expert) rows through the grouped GEMMs
-    grouped = roof(2 * pairs * 3 * h * width, touched * 3 * h * width * wb + pairs * (2 * h + 3 * width) * act, 2)
+    grouped = (grouped_roof or roof)(2 * pairs * 3 * h * width, touched * 3 * h * width * wb + pairs * (2 * h + 3 * width) * act, 2)
     experts = grouped + roof(0, pairs * 3 * width * act) + roof(0, pairs * h * act + T * h * act)
     return experts + (gemm(T, h, E) + roof(0, T * E * 4 + pairs * 8, launches=2) if router else 0.0)
 
 
-def roofs(model: ModelSpec, hardware: HardwareSpec):
+def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
     """(roof, gemm): a kernel's seconds from its FLOPs, bytes and launches; a GEMM's of
-    ``tokens`` rows through a ``k`` x ``n`` weight."""
-    flops_rate = hardware.peak_flops * hardware.compute_efficiency
+    ``tokens`` rows through a ``k`` x ``n`` weight. ``experts``: at the compute efficiency of a
+    mixture-of-experts layer's grouped GEMMs."""
+    efficiency = hardware.moe_compute_efficiency if experts else hardware.compute_efficiency
+    flops_rate = hardware.peak_flops * efficiency
     bytes_rate = hardware.hbm_bandwidth * hardware.memory_efficiency
     launch = hardware.kernel_launch_s
     act, wb = model.activation_bytes, model.weight_bytes
@@ -81,7 +84,8 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     qkv = (nh + 2 * nkv) * d
     T = TOKENS
     if model.num_experts:
-        mlp = experts_mlp_seconds(model, T, -(-model.moe_intermediate_size // hardware.tensor_parallel), roof, gemm)
+        width = -(-model.moe_intermediate_size // hardware.tensor_parallel)
+        mlp = experts_mlp_seconds(model, T, width, roof, gemm, grouped_roof=roofs(model, hardware, experts=True)[0])
     else:  # gate+up GEMM, down GEMM, SiLU-and-multiply
         mlp = gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)
     # two RMSNorms, two residual adds, RoPE, KV-cache store (and Qwen3's q/k norms)
@@ -127,6 +131,7 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     provenance = {"hardware": hardware.label, "generator": "batchlab roofline", "date": date.today().isoformat(),
                   "peak_flops": hardware.peak_flops, "hbm_bandwidth": hardware.hbm_bandwidth,
                   "compute_efficiency": hardware.compute_efficiency,
+                  "moe_compute_efficiency": hardware.moe_compute_efficiency,
                   "memory_efficiency": hardware.memory_efficiency, "step_overhead_s": hardware.step_overhead_s,
                   "step_overhead_per_request_s": hardware.step_overhead_per_request_s,
                   "kernel_launch_s": hardware.kernel_launch_s, "host_bandwidth": hardware.host_bandwidth,
