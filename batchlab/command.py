@@ -69,7 +69,8 @@ def model_of(cfg, base_dir: str, costs_only: bool = False):
     """The composed config's model: a preset (``model=NAME``), or a Hugging Face config.json
     (``model=hf model.config=PATH``; for ``batchlab run`` and the engine, the checkpoint's own
     when ``weights=`` is given without it), with ``model.overrides`` applied. ``costs_only``:
-    the model is only simulated, so what changes only its numbers (RoPE scaling, biases) is taken."""
+    the model is only simulated, so what changes only its numbers (RoPE scaling, biases) is
+    taken, and a quantized checkpoint's weights cost the bytes its method says."""
     from omegaconf import OmegaConf
 
     from scheduler.config import with_overrides
@@ -85,5 +86,6 @@ def model_of(cfg, base_dir: str, costs_only: bool = False):
                           "directory holding one")
     path = Path(base_dir) / str(path)
     name = (path if path.is_dir() else path.parent if path.name == "config.json" else path.with_suffix("")).name
-    spec = ModelSpec.from_hf_config(read_hf_config(path), name=name, costs_only=costs_only)
+    spec = ModelSpec.from_hf_config(read_hf_config(path), name=name, costs_only=costs_only,
+                                    weight_bytes=overrides.get("weight_bytes"))
     return with_overrides("model", spec, overrides)

@@ -99,7 +99,8 @@ class ModelSpec:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
 
     @classmethod
-    def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False) -> "ModelSpec":
+    def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False,
+                       weight_bytes: float | None = None) -> "ModelSpec":
         """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
         (with Llama 3.1's RoPE scaling), Mistral without a sliding window, Qwen2 (q/k/v biases),
         Qwen3 (q/k norms), Qwen3-MoE and Mixtral (mixtures of experts). What the engine would
@@ -139,7 +140,8 @@ class ModelSpec:
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
                        max_position=int(config.get("max_position_embeddings", 131072)),
                        qkv_bias=model_type == "qwen2", qk_norm=model_type.startswith("qwen3"),
-                       **_experts(config, model_type, name), **scaling)
+                       **_experts(config, model_type, name), **scaling,
+                       **_quantized(config, name, costs_only, weight_bytes))
         except KeyError as error:
             raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
 
@@ -154,6 +156,31 @@ class ModelSpec:
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+
+
+def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
+    """``weight_bytes`` of a quantized checkpoint (its ``quantization_config``), for simulation."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return {}
+    method = quant.get("quant_method", "unnamed")
+    if not costs_only:
+        raise ConfigError(f"model config {name!r}: quantization_config ({method}): the engine runs unquantized "
+                          f"weights only; batchlab simulate and plan take it")
+    if weight_bytes is not None:
+        return {"weight_bytes": weight_bytes}
+    bits = quant.get("bits") or quant.get("w_bit")
+    if method == "fp8":
+        bits = 8
+    elif method == "bitsandbytes":
+        bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
+    elif method == "compressed-tensors":
+        widths = {group.get("weights", {}).get("num_bits") for group in (quant.get("config_groups") or {}).values()}
+        bits = widths.pop() if len(widths) == 1 else None
+    if not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
+        raise ConfigError(f"model config {name!r}: quantization_config {method!r}: how many bits a weight takes is "
+                          f"not known to batchlab; give it as model.overrides.weight_bytes=B (bytes a weight)")
+    return {"weight_bytes": bits / 8}
 
 
 def _experts(config: dict, model_type: str, name: str) -> dict:

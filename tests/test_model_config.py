@@ -103,3 +103,38 @@ def test_mistral_without_a_window_is_llama():
         ModelSpec.from_hf_config({**config, "model_type": "llama"})) == []
     with pytest.raises(ConfigError, match="sliding"):
         ModelSpec.from_hf_config({**config, "sliding_window": 4096})
+
+
+@pytest.mark.parametrize("quant, weight_bytes", [
+    ({"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}, 1.0),  # Qwen3-*-FP8
+    ({"quant_method": "awq", "bits": 4, "group_size": 128}, 0.5),
+    ({"quant_method": "gptq", "bits": 8}, 1.0),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, 0.5),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}, 0.5),
+])
+def test_a_quantized_checkpoint_is_simulated_with_its_weights_bytes(quant, weight_bytes):
+    from test_moe import QWEN3_30B_A3B
+
+    config = {**QWEN3_30B_A3B, "quantization_config": quant}
+    assert ModelSpec.from_hf_config(config, costs_only=True).weight_bytes == weight_bytes
+    with pytest.raises(ConfigError, match="the engine runs unquantized weights only"):
+        ModelSpec.from_hf_config(config)
+
+
+def test_a_quantization_batchlab_cannot_size_asks_for_weight_bytes(tmp_path):
+    config = {**QWEN3_8B, "quantization_config": {"quant_method": "hqq"}}
+    with pytest.raises(ConfigError, match=r"'hqq': how many bits .* model\.overrides\.weight_bytes=B"):
+        ModelSpec.from_hf_config(config, costs_only=True)
+    assert ModelSpec.from_hf_config(config, costs_only=True, weight_bytes=0.6).weight_bytes == 0.6
+    # through the command: the fp8 checkpoint's KV cache is the preset's with one byte a weight
+    (tmp_path / "fp8.json").write_text(json.dumps({**QWEN3_8B, "quantization_config": {"quant_method": "fp8"}}))
+    (tmp_path / "hqq.json").write_text(json.dumps(config))
+    runs = {}
+    for label, args in (("fp8", ["model=hf", f"model.config={tmp_path / 'fp8.json'}"]),
+                        ("preset", ["model=qwen3-8b", "model.overrides.weight_bytes=1.0"]),
+                        ("hqq", ["model=hf", f"model.config={tmp_path / 'hqq.json'}", "model.overrides.weight_bytes=1"])):
+        result = batchlab("simulate", *args, *SMALL, "schedule.names=[fcfs]", f"hydra.run.dir={tmp_path / label}")
+        assert result.returncode == 0, result.stderr
+        runs[label] = json.loads((tmp_path / label / "summary.json").read_text())
+    blocks = {label: summary["kv_capacity_blocks"] for label, summary in runs.items()}
+    assert blocks["fp8"] == blocks["preset"] == blocks["hqq"] > 22_726  # bf16 weights leave 22,726 blocks
