@@ -91,10 +91,15 @@ def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, in
 
 def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBackend | None = None) -> torch.Tensor:
     """A mixture of SwiGLU experts in place of the MLP: the router's top ``experts_per_token``
-    (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default)."""
+    (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default),
+    plus a shared expert where the model has one."""
     weights, chosen = route(h, layer.router, spec.experts_per_token, spec.norm_topk_prob)
     experts = backend.experts if backend is not None else experts_reference
-    return experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down)
+    out = experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down)
+    if layer.shared_gate is not None:  # Qwen2-MoE's shared expert, scaled by its sigmoid gate
+        shared = (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+        out = out + torch.sigmoid(h @ layer.shared_gate.T) * shared
+    return out
 
 
 class LlamaModel:
@@ -104,7 +109,9 @@ class LlamaModel:
         first = weights.layers[0]
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
-                                      (first.router is not None, bool(spec.num_experts), "num_experts")):
+                                      (first.router is not None, bool(spec.num_experts), "num_experts"),
+                                      (first.shared_gate is not None, bool(spec.shared_expert_intermediate_size),
+                                       "shared_expert_intermediate_size")):
             if present != wanted:
                 raise ConfigError(f"model {spec.name!r}: {what} is {getattr(spec, what)} but the weights "
                                   f"{'have' if present else 'lack'} {what.replace('num_', '')}")

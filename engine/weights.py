@@ -17,7 +17,7 @@ class LayerWeights:
     k: torch.Tensor
     v: torch.Tensor
     o: torch.Tensor
-    gate: torch.Tensor | None  # the dense MLP's (None in a mixture-of-experts layer)
+    gate: torch.Tensor | None  # the dense MLP's, or a mixture's shared expert (None: neither)
     up: torch.Tensor | None
     down: torch.Tensor | None
     input_norm: torch.Tensor
@@ -30,11 +30,14 @@ class LayerWeights:
     router: torch.Tensor | None = None        # [experts, hidden]
     expert_gate_up: torch.Tensor | None = None  # [experts, 2 x width, hidden]: gate rows, then up rows
     expert_down: torch.Tensor | None = None     # [experts, hidden, width]
+    shared_gate: torch.Tensor | None = None     # [1, hidden]: the shared expert's sigmoid gate (Qwen2-MoE)
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
 QK_NORMS = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
 DENSE_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
+SHARED_EXPERT = {"gate": "mlp.shared_expert.gate_proj.weight", "up": "mlp.shared_expert.up_proj.weight",
+                 "down": "mlp.shared_expert.down_proj.weight", "shared_gate": "mlp.shared_expert_gate.weight"}
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Weights:
             if layer.router is not None:
                 state.update({p + "mlp.gate.weight": layer.router, p + "mlp.experts.gate_up_proj": layer.expert_gate_up,
                               p + "mlp.experts.down_proj": layer.expert_down})
+                if layer.shared_gate is not None:
+                    state.update({p + hf: getattr(layer, field) for field, hf in SHARED_EXPERT.items()})
             else:
                 state.update({p + hf: getattr(layer, field) for field, hf in DENSE_MLP.items()})
             state.update({p + hf: getattr(layer, field) for field, hf in {**BIASES, **QK_NORMS}.items()
@@ -71,8 +76,10 @@ def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     shapes = {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
               "o": (h, spec.num_heads * d), "input_norm": (h,), "post_norm": (h,)}
     if spec.num_experts:
-        E, W = spec.num_experts, spec.moe_intermediate_size
+        E, W, S = spec.num_experts, spec.moe_intermediate_size, spec.shared_expert_intermediate_size
         shapes.update(router=(E, h), expert_gate_up=(E, 2 * W, h), expert_down=(E, h, W))
+        if S:
+            shapes.update(gate=(S, h), up=(S, h), down=(h, S), shared_gate=(1, h))
     else:
         shapes.update(gate=(I, h), up=(I, h), down=(h, I))
     if spec.qk_norm:
@@ -102,6 +109,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) >= 2}
         if spec.num_experts:  # a router wide enough that every token's choice is clear-cut, not a tie
             tensors["router"] = normal(*shapes["router"], std=0.5)
+        if spec.shared_expert_intermediate_size:  # a gate that varies from token to token
+            tensors["shared_gate"] = normal(*shapes["shared_gate"], std=0.5)
         if spec.qkv_bias:  # large enough to move the logits, so that a dropped bias shows in tests
             tensors.update({f"{name}_bias": normal(shapes[name][0], std=0.5) for name in ("q", "k", "v")})
         if spec.qk_norm:
@@ -156,7 +165,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
     names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
              "o": "self_attn.o_proj.weight", "input_norm": "input_layernorm.weight",
              "post_norm": "post_attention_layernorm.weight"}
-    names.update(DENSE_MLP if not spec.num_experts else {})
+    names.update(DENSE_MLP if not spec.num_experts else SHARED_EXPERT if spec.shared_expert_intermediate_size else {})
     names.update(QK_NORMS if spec.qk_norm else {})
     layers = []
     for i in range(spec.num_layers):

@@ -39,6 +39,8 @@ class ModelSpec:
     experts_per_token: int = 0      # experts each token is routed to (top-k)
     moe_intermediate_size: int = 0  # each expert's SwiGLU width
     norm_topk_prob: bool = True     # the top-k routing weights renormalised to sum to 1
+    # a SwiGLU expert every token goes through, scaled by a sigmoid gate (Qwen2-MoE); 0: none
+    shared_expert_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -59,9 +61,12 @@ class ModelSpec:
                 raise ConfigError(f"model {self.name!r}: {self.num_experts} experts need 1 <= experts_per_token <= "
                                   f"num_experts and moe_intermediate_size >= 1, got {self.experts_per_token!r} and "
                                   f"{self.moe_intermediate_size!r}")
-        elif self.experts_per_token or self.moe_intermediate_size:
-            raise ConfigError(f"model {self.name!r}: experts_per_token / moe_intermediate_size without num_experts "
-                              f"(0 experts is a dense MLP)")
+        elif self.experts_per_token or self.moe_intermediate_size or self.shared_expert_intermediate_size:
+            raise ConfigError(f"model {self.name!r}: experts_per_token / moe_intermediate_size / "
+                              f"shared_expert_intermediate_size without num_experts (0 experts is a dense MLP)")
+        if not isinstance(self.shared_expert_intermediate_size, int) or self.shared_expert_intermediate_size < 0:
+            raise ConfigError(f"model {self.name!r}: shared_expert_intermediate_size is "
+                              f"{self.shared_expert_intermediate_size!r}; expected an integer >= 0 (0: none)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
@@ -79,7 +84,8 @@ class ModelSpec:
         """One layer's MLP: SwiGLU, or every expert's and the router."""
         h = self.hidden_size
         if self.num_experts:
-            return self.num_experts * (3 * h * self.moe_intermediate_size + h)
+            shared = self.shared_expert_intermediate_size
+            return self.num_experts * (3 * h * self.moe_intermediate_size + h) + (3 * h * shared + h if shared else 0)
         return 3 * h * self.intermediate_size
 
     @property
@@ -126,7 +132,8 @@ class ModelSpec:
             if model_type not in MODEL_TYPES:
                 raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
                                   f"{', '.join(MODEL_TYPES)}")
-            if (config.get("attention_bias") and model_type != "qwen2" or config.get("mlp_bias")) and not costs_only:
+            biased = model_type in ("qwen2", "qwen2_moe")  # q/k/v biases, whatever attention_bias says
+            if (config.get("attention_bias") and not biased or config.get("mlp_bias")) and not costs_only:
                 raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
                                   "implemented by the engine")
             if config.get("use_sliding_window") or model_type in ("mixtral", "mistral") and config.get("sliding_window"):
@@ -139,7 +146,7 @@ class ModelSpec:
                        tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
                        max_position=int(config.get("max_position_embeddings", 131072)),
-                       qkv_bias=model_type == "qwen2", qk_norm=model_type.startswith("qwen3"),
+                       qkv_bias=biased, qk_norm=model_type.startswith("qwen3"),
                        **_experts(config, model_type, name), **scaling,
                        **_quantized(config, name, costs_only, weight_bytes))
         except KeyError as error:
@@ -155,7 +162,7 @@ class ModelSpec:
                 if k not in ignored and getattr(self, k) != getattr(other, k)]
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral")
 
 
 def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
@@ -184,11 +191,12 @@ def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | 
 
 
 def _experts(config: dict, model_type: str, name: str) -> dict:
-    """The mixture-of-experts fields of a Mixtral or Qwen3-MoE config (none for dense types)."""
+    """The mixture-of-experts fields of a Mixtral, Qwen2-MoE or Qwen3-MoE config (none for dense
+    types)."""
     if model_type == "mixtral":  # every layer sparse, experts as wide as intermediate_size, top-k renormalised
         return dict(num_experts=config["num_local_experts"], experts_per_token=config["num_experts_per_tok"],
                     moe_intermediate_size=config["intermediate_size"], norm_topk_prob=True)
-    if model_type != "qwen3_moe":
+    if model_type not in ("qwen3_moe", "qwen2_moe"):
         return {}
     if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
         raise ConfigError(f"model config {name!r}: mlp_only_layers / decoder_sparse_step != 1 (dense layers among "
@@ -196,9 +204,10 @@ def _experts(config: dict, model_type: str, name: str) -> dict:
     experts = config.get("num_experts", config.get("num_local_experts"))
     if experts is None:
         raise KeyError("num_experts")
+    shared = config.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
     return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
                 moe_intermediate_size=config["moe_intermediate_size"],
-                norm_topk_prob=bool(config.get("norm_topk_prob", False)))
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)), shared_expert_intermediate_size=shared)
 
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
@@ -222,6 +231,11 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "qwen3-235b-a22b": ModelSpec("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 12288, 151936, rope_theta=1000000.0,
                                  rms_norm_eps=1e-6, max_position=40960, qk_norm=True, num_experts=128,
                                  experts_per_token=8, moe_intermediate_size=1536),
+    # Qwen2-MoE: q/k/v biases, a shared expert beside the routed ones
+    "qwen2-57b-a14b": ModelSpec("qwen2-57b-a14b", 28, 3584, 28, 4, 128, 18944, 151936, rope_theta=1000000.0,
+                                rms_norm_eps=1e-6, max_position=65536, qkv_bias=True, num_experts=64,
+                                experts_per_token=8, moe_intermediate_size=2560, norm_topk_prob=False,
+                                shared_expert_intermediate_size=20480),
     "mixtral-8x7b": ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, rope_theta=1000000.0,
                               max_position=32768, num_experts=8, experts_per_token=2, moe_intermediate_size=14336),
     # small enough for the CPU engine and tests; same architecture

@@ -83,11 +83,16 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     allreduce = hardware.allreduce_s  # of the hidden states of T tokens: T * h * act bytes
     qkv = (nh + 2 * nkv) * d
     T = TOKENS
+    def swiglu(width):  # gate+up GEMM, down GEMM, SiLU-and-multiply
+        return gemm(T, h, 2 * width) + gemm(T, width, h) + roof(0, T * 3 * width * act)
+
     if model.num_experts:
         width = -(-model.moe_intermediate_size // hardware.tensor_parallel)
         mlp = experts_mlp_seconds(model, T, width, roof, gemm, grouped_roof=roofs(model, hardware, experts=True)[0])
-    else:  # gate+up GEMM, down GEMM, SiLU-and-multiply
-        mlp = gemm(T, h, 2 * I) + gemm(T, I, h) + roof(0, T * 3 * I * act)
+        if model.shared_expert_intermediate_size:  # a SwiGLU every token takes, and its gate
+            mlp = mlp + swiglu(-(-model.shared_expert_intermediate_size // hardware.tensor_parallel)) + gemm(T, h, 1)
+    else:
+        mlp = swiglu(I)
     # two RMSNorms, two residual adds, RoPE, KV-cache store (and Qwen3's q/k norms)
     norms = T * (10 * h + 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)) * act
     tables = {

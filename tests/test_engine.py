@@ -21,8 +21,8 @@ SPEC = model_spec("tiny")
 
 def hf_config(spec):
     """The Hugging Face config of ``spec``: Llama (RoPE default or llama3-scaled), Qwen2 with
-    its q/k/v biases, Qwen3 with its q/k norms, Qwen3-MoE (q/k norms and experts) or Mixtral
-    (experts without q/k norms)."""
+    its q/k/v biases, Qwen2-MoE (biases and experts, a shared one), Qwen3 with its q/k norms,
+    Qwen3-MoE (q/k norms and experts) or Mixtral (experts without q/k norms)."""
     transformers = pytest.importorskip("transformers")
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
     if spec.rope_scaling_factor != 1.0:
@@ -33,9 +33,15 @@ def hf_config(spec):
                   num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                   num_key_value_heads=spec.num_kv_heads, rms_norm_eps=spec.rms_norm_eps, rope_parameters=rope,
                   max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
+    experts = dict(num_experts_per_tok=spec.experts_per_token)
+    if spec.qkv_bias and spec.num_experts:
+        return (transformers.Qwen2MoeConfig(**common, num_experts=spec.num_experts,
+                                            moe_intermediate_size=spec.moe_intermediate_size,
+                                            shared_expert_intermediate_size=spec.shared_expert_intermediate_size,
+                                            norm_topk_prob=spec.norm_topk_prob, **experts),
+                transformers.Qwen2MoeForCausalLM)
     if spec.qkv_bias:
         return transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
-    experts = dict(num_experts_per_tok=spec.experts_per_token)
     if spec.num_experts and spec.qk_norm:
         return (transformers.Qwen3MoeConfig(**common, head_dim=spec.head_dim, num_experts=spec.num_experts,
                                             moe_intermediate_size=spec.moe_intermediate_size,
@@ -273,7 +279,7 @@ def test_presets_are_the_published_checkpoints(preset, config):
 @pytest.mark.parametrize("change, message", [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
     ({"attention_bias": True}, "attention_bias"),
-    ({"model_type": "qwen2_moe"}, "model_type 'qwen2_moe'"),  # shared experts: not implemented
+    ({"model_type": "deepseek_v3"}, "model_type 'deepseek_v3'"),  # MLA: not implemented
     ({"model_type": "qwen2", "use_sliding_window": True}, "sliding-window"),
 ])
 def test_checkpoint_configs_the_engine_would_compute_differently_are_refused(change, message):

@@ -15,6 +15,10 @@ torch.set_num_threads(1)
 TINY_MOE = model_spec("tiny-moe")  # Qwen3-MoE's layer: q/k norms, 8 experts, top 2 renormalised
 QWEN3_LIKE = model_spec("tiny", rope_theta=1000000.0, rms_norm_eps=1e-6, qk_norm=True)
 MIXTRAL_LIKE = model_spec("tiny", num_experts=4, experts_per_token=2, moe_intermediate_size=128)
+# Qwen2-MoE's layer: q/k/v biases, 8 experts, top 2 not renormalised, a shared expert of width 48
+QWEN2_MOE_LIKE = model_spec("tiny", rope_theta=1000000.0, rms_norm_eps=1e-6, qkv_bias=True, num_experts=8,
+                            experts_per_token=2, moe_intermediate_size=32, norm_topk_prob=False,
+                            shared_expert_intermediate_size=48)
 
 
 @pytest.mark.parametrize("spec, drop", [
@@ -22,11 +26,13 @@ MIXTRAL_LIKE = model_spec("tiny", num_experts=4, experts_per_token=2, moe_interm
     (TINY_MOE, ("norm_topk_prob", ())),
     (replace(TINY_MOE, norm_topk_prob=False, experts_per_token=3), ("qk_norm", ("q_norm", "k_norm"))),
     (MIXTRAL_LIKE, ("norm_topk_prob", ())),
-], ids=["qwen3", "qwen3-moe", "qwen3-moe-top3-unnormalised", "mixtral"])
+    (QWEN2_MOE_LIKE, ("shared_expert_intermediate_size", ("gate", "up", "down", "shared_gate"))),
+], ids=["qwen3", "qwen3-moe", "qwen3-moe-top3-unnormalised", "mixtral", "qwen2-moe"])
 def test_the_engine_computes_what_transformers_does(spec, drop):
-    """Teacher-forced logits within 1e-4 of transformers' Qwen3 / Qwen3-MoE / Mixtral over a
-    batchllm run with chunked prefill and shared prefixes; the test sees the feature: without it
-    (no q/k norms, or the routing weights normalised the other way) the engine is far off."""
+    """Teacher-forced logits within 1e-4 of transformers' Qwen3 / Qwen3-MoE / Mixtral / Qwen2-MoE
+    over a batchllm run with chunked prefill and shared prefixes; the test sees the feature:
+    without it (no q/k norms, the routing weights normalised the other way, no shared expert)
+    the engine is far off."""
     assert teacher_forced_difference(spec, "batchllm", 7) <= 1e-4
     if drop[0] == "norm_topk_prob":
         flipped = replace(spec, norm_topk_prob=not spec.norm_topk_prob)
@@ -56,7 +62,8 @@ def test_every_expert_is_used_and_scheduling_never_changes_the_tokens():
         assert tokens_of(workload, schedule, spec=TINY_MOE, max_num_batched_tokens=chunk)[0] == baseline, schedule
 
 
-@pytest.mark.parametrize("spec", [TINY_MOE, MIXTRAL_LIKE, QWEN3_LIKE], ids=["qwen3-moe", "mixtral", "qwen3"])
+@pytest.mark.parametrize("spec", [TINY_MOE, MIXTRAL_LIKE, QWEN3_LIKE, QWEN2_MOE_LIKE],
+                         ids=["qwen3-moe", "mixtral", "qwen3", "qwen2-moe"])
 def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
     """save_pretrained writes one tensor per expert (Qwen3-MoE's gate_proj/up_proj/down_proj,
     Mixtral's block_sparse_moe w1/w3/w2) and a config.json: the engine reads both back."""
@@ -68,12 +75,17 @@ def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
     assert spec.architecture_differences(checkpoint) == []
     loaded = load_safetensors(tmp_path, spec)
     for mine, theirs in zip(weights.layers, loaded.layers):
-        for field in ("q", "o", "q_norm", "router", "expert_gate_up", "expert_down", "gate", "down"):
+        for field in ("q", "o", "q_norm", "router", "expert_gate_up", "expert_down", "gate", "down", "shared_gate",
+                      "k_bias"):
             a, b = getattr(mine, field), getattr(theirs, field)
             assert (a is None and b is None) or torch.equal(a, b), field
     if spec.num_experts:  # the same checkpoint read as a dense model
         with pytest.raises(ConfigError, match=r"tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' not found"):
-            load_safetensors(tmp_path, replace(spec, num_experts=0, experts_per_token=0, moe_intermediate_size=0))
+            load_safetensors(tmp_path, replace(spec, num_experts=0, experts_per_token=0, moe_intermediate_size=0,
+                                               shared_expert_intermediate_size=0))
+    if spec.shared_expert_intermediate_size:  # ... or as one without its shared expert
+        with pytest.raises(ConfigError, match=r"does not use: model\.layers\.0\.mlp\.shared_expert"):
+            load_safetensors(tmp_path, replace(spec, shared_expert_intermediate_size=0))
     if spec.qk_norm:  # ... or as one without q/k norms
         with pytest.raises(ConfigError, match=r"does not use: model\.layers\.0\.self_attn\.k_norm"):
             load_safetensors(tmp_path, replace(spec, qk_norm=False))
@@ -90,6 +102,12 @@ QWEN3_30B_A3B = {**QWEN3_8B, "model_type": "qwen3_moe", "hidden_size": 2048, "in
                  "mlp_only_layers": []}
 QWEN3_235B_A22B = {**QWEN3_30B_A3B, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 94,
                    "num_attention_heads": 64, "moe_intermediate_size": 1536}
+QWEN2_57B_A14B = {"model_type": "qwen2_moe", "hidden_size": 3584, "intermediate_size": 18944,
+                  "moe_intermediate_size": 2560, "shared_expert_intermediate_size": 20480, "num_experts": 64,
+                  "num_experts_per_tok": 8, "norm_topk_prob": False, "num_attention_heads": 28, "num_hidden_layers": 28,
+                  "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+                  "max_position_embeddings": 65536, "vocab_size": 151936, "tie_word_embeddings": False,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": False}
 MIXTRAL_8X7B = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                 "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
                 "rms_norm_eps": 1e-05, "rope_theta": 1e6, "max_position_embeddings": 32768, "sliding_window": None,
@@ -104,6 +122,8 @@ MIXTRAL_8X7B = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size
     ("qwen3-30b-a3b", QWEN3_30B_A3B, 30.5e9, 3.3e9),
     ("qwen3-235b-a22b", QWEN3_235B_A22B, 235e9, 22e9),
     ("mixtral-8x7b", MIXTRAL_8X7B, 46.7e9, 12.9e9),
+    # Qwen2-57B-A14B: "57B parameters in total, 14B activated"
+    ("qwen2-57b-a14b", QWEN2_57B_A14B, 57.4e9, 14.2e9),
 ])
 def test_presets_are_the_published_checkpoints(preset, config, total, active):
     spec = model_spec(preset)
@@ -205,3 +225,26 @@ def test_calibrated_to_vllm_serving_qwen3_moe_on_an_h100():
     after = predict(points[0], setting, result.values)
     for metric, measured in points[0].measured.items():
         assert after[metric] == pytest.approx(measured, rel=0.05), metric
+
+
+def test_qwen15_moe_a27b_counts_as_its_card_says():
+    """Qwen1.5-MoE-A2.7B (no preset): "14.3B parameters in total and 2.7B activated"."""
+    config = {**QWEN2_57B_A14B, "hidden_size": 2048, "intermediate_size": 5632, "moe_intermediate_size": 1408,
+              "shared_expert_intermediate_size": 5632, "num_experts": 60, "num_experts_per_tok": 4,
+              "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 24}
+    spec = ModelSpec.from_hf_config(config)
+    assert spec.num_params == pytest.approx(14.3e9, rel=0.01) and spec.active_params == pytest.approx(2.7e9, rel=0.02)
+
+
+def test_the_shared_expert_is_read_by_every_step():
+    """A one-token step of Qwen2-57B-A14B reads its shared expert's 3 x 3584 x 20480 bf16 weights
+    beside the 8 routed experts': the roofline charges that read (and a few launches) on top."""
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    hardware = hardware_spec("h100-sxm")
+    spec = model_spec("qwen2-57b-a14b")
+    mlp = {shared: build_roofline_profile(replace(spec, shared_expert_intermediate_size=shared), hardware)
+           .tables["mlp"].scalar(1) for shared in (0, 20480)}
+    read = 3 * 3584 * 20480 * 2 / (hardware.hbm_bandwidth * hardware.memory_efficiency)
+    assert mlp[20480] - mlp[0] == pytest.approx(read, rel=0.1)
