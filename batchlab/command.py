@@ -79,7 +79,7 @@ def model_of(cfg, base_dir: str, costs_only: bool = False):
 
     overrides = OmegaConf.to_container(cfg.model.overrides, resolve=True)
     if cfg.model.get("preset") is not None:
-        return model_spec(cfg.model.preset, **overrides)
+        return _engine_can_run(model_spec(cfg.model.preset, **overrides), costs_only)
     path = cfg.model.get("config") or cfg.get("weights")
     if not path:
         raise ConfigError("model=hf needs model.config=PATH: a Hugging Face config.json, or the checkpoint "
@@ -88,4 +88,14 @@ def model_of(cfg, base_dir: str, costs_only: bool = False):
     name = (path if path.is_dir() else path.parent if path.name == "config.json" else path.with_suffix("")).name
     spec = ModelSpec.from_hf_config(read_hf_config(path), name=name, costs_only=costs_only,
                                     weight_bytes=overrides.get("weight_bytes"))
-    return with_overrides("model", spec, overrides)
+    return _engine_can_run(with_overrides("model", spec, overrides), costs_only)
+
+
+def _engine_can_run(spec, costs_only: bool):
+    """``spec``, unless the engine is to run it and cannot (latent attention is simulated only)."""
+    from scheduler.errors import ConfigError
+
+    if spec.mla and not costs_only:
+        raise ConfigError(f"model {spec.name!r}: latent attention (DeepSeek, Kimi K2) is simulated only; the engine "
+                          f"does not implement it (batchlab simulate, plan and calibrate take it)")
+    return spec

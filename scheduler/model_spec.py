@@ -39,8 +39,17 @@ class ModelSpec:
     experts_per_token: int = 0      # experts each token is routed to (top-k)
     moe_intermediate_size: int = 0  # each expert's SwiGLU width
     norm_topk_prob: bool = True     # the top-k routing weights renormalised to sum to 1
-    # a SwiGLU expert every token goes through, scaled by a sigmoid gate (Qwen2-MoE); 0: none
+    # a SwiGLU expert every token goes through (Qwen2-MoE, DeepSeek: their widths summed); 0: none
     shared_expert_intermediate_size: int = 0
+    shared_expert_gate: bool = True  # ... scaled by a sigmoid gate (Qwen2-MoE's; DeepSeek's has none)
+    first_dense_layers: int = 0      # leading layers with a dense MLP of intermediate_size (DeepSeek)
+    # multi-head latent attention (DeepSeek-V2/V3, Kimi K2), simulated only: each token's keys and
+    # values cached as one latent of kv_lora_rank plus a RoPE key of qk_rope_head_dim shared by the
+    # heads (num_kv_heads 1); head_dim is the query/key part without RoPE, v_head_dim the values'
+    kv_lora_rank: int = 0            # 0: ordinary (grouped-query) attention
+    q_lora_rank: int = 0             # queries through a low-rank projection of this width (0: none)
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -67,25 +76,50 @@ class ModelSpec:
         if not isinstance(self.shared_expert_intermediate_size, int) or self.shared_expert_intermediate_size < 0:
             raise ConfigError(f"model {self.name!r}: shared_expert_intermediate_size is "
                               f"{self.shared_expert_intermediate_size!r}; expected an integer >= 0 (0: none)")
+        for field_name in ("first_dense_layers", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"model {self.name!r}: {field_name} is {value!r}; expected an integer >= 0")
+        if self.first_dense_layers and not (self.num_experts and self.first_dense_layers < self.num_layers):
+            raise ConfigError(f"model {self.name!r}: first_dense_layers {self.first_dense_layers} needs experts in "
+                              f"the layers after them (num_experts, fewer than {self.num_layers} dense layers)")
+        if self.mla and not (self.qk_rope_head_dim and self.v_head_dim and self.num_kv_heads == 1):
+            raise ConfigError(f"model {self.name!r}: latent attention (kv_lora_rank {self.kv_lora_rank}) needs "
+                              f"qk_rope_head_dim and v_head_dim >= 1 and num_kv_heads 1 (the shared latent)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
 
     @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def attention_params(self) -> int:
+        """One layer's attention projections (and their norms, biases)."""
+        h, d, heads = self.hidden_size, self.head_dim, self.num_heads
+        if not self.mla:
+            return (h + self.qkv_bias) * (heads + 2 * self.num_kv_heads) * d + heads * d * h + 2 * d * self.qk_norm
+        latent, rope, q_lora = self.kv_lora_rank, self.qk_rope_head_dim, self.q_lora_rank
+        query = heads * (d + rope)
+        queries = h * q_lora + q_lora + q_lora * query if q_lora else h * query
+        return queries + h * (latent + rope) + latent + latent * heads * (d + self.v_head_dim) + heads * self.v_head_dim * h
+
+    @property
     def num_params(self) -> int:
-        h, d = self.hidden_size, self.head_dim
-        attention = (h + self.qkv_bias) * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
-        per_layer = attention + self.mlp_params + 2 * h + (2 * d if self.qk_norm else 0)
+        h, dense = self.hidden_size, self.first_dense_layers
+        mlps = dense * 3 * h * self.intermediate_size + (self.num_layers - dense) * self.mlp_params
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + h
+        return self.num_layers * (self.attention_params + 2 * h) + mlps + embeddings + h
 
     @property
     def mlp_params(self) -> int:
-        """One layer's MLP: SwiGLU, or every expert's and the router."""
+        """One layer's MLP: SwiGLU, or every expert's, the router and a shared expert (and gate)."""
         h = self.hidden_size
         if self.num_experts:
             shared = self.shared_expert_intermediate_size
-            return self.num_experts * (3 * h * self.moe_intermediate_size + h) + (3 * h * shared + h if shared else 0)
+            shared_params = 3 * h * shared + h * self.shared_expert_gate if shared else 0
+            return self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared_params
         return 3 * h * self.intermediate_size
 
     @property
@@ -94,7 +128,7 @@ class ModelSpec:
         if not self.num_experts:
             return self.num_params
         inactive = (self.num_experts - self.experts_per_token) * 3 * self.hidden_size * self.moe_intermediate_size
-        return self.num_params - self.num_layers * inactive
+        return self.num_params - (self.num_layers - self.first_dense_layers) * inactive
 
     @property
     def weight_bytes_total(self) -> float:
@@ -102,6 +136,8 @@ class ModelSpec:
 
     @property
     def kv_bytes_per_token(self) -> int:
+        if self.mla:  # one latent and one RoPE key a layer, shared by every head
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.activation_bytes
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
 
     @classmethod
@@ -109,11 +145,20 @@ class ModelSpec:
                        weight_bytes: float | None = None) -> "ModelSpec":
         """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
         (with Llama 3.1's RoPE scaling), Mistral without a sliding window, Qwen2 (q/k/v biases),
-        Qwen3 (q/k norms), Qwen3-MoE and Mixtral (mixtures of experts). What the engine would
-        compute differently (another RoPE scaling, an o_proj or MLP bias) is refused, not
+        Qwen3 (q/k norms), Qwen2-MoE, Qwen3-MoE and Mixtral (mixtures of experts). What the engine
+        would compute differently (another RoPE scaling, an o_proj or MLP bias) is refused, not
         ignored; ``costs_only`` (a model only simulated) accepts them, as they do not change what
-        a step costs. A sliding window, which does, is refused either way."""
+        a step costs, and DeepSeek-V2/V3 and Kimi K2 (latent attention). A sliding window, which
+        does, is refused either way. A quantized checkpoint (``quantization_config``) is refused
+        by the engine; simulated, its weights take the bytes its method says (fp8: 1, 4-bit AWQ
+        or GPTQ: 0.5), or ``weight_bytes`` where given."""
         try:
+            model_type = config.get("model_type", "llama")
+            if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
+                simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
+                             f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
+                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
+                                  f"{', '.join(MODEL_TYPES)}{simulated}")
             heads = config["num_attention_heads"]
             rope = dict(config.get("rope_scaling") or {})
             rope.update(config.get("rope_parameters") or {})
@@ -128,10 +173,6 @@ class ModelSpec:
                 scaling = dict(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
                                rope_high_freq_factor=float(rope["high_freq_factor"]),
                                rope_original_max_position=int(rope["original_max_position_embeddings"]))
-            model_type = config.get("model_type", "llama")
-            if model_type not in MODEL_TYPES:
-                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
-                                  f"{', '.join(MODEL_TYPES)}")
             biased = model_type in ("qwen2", "qwen2_moe")  # q/k/v biases, whatever attention_bias says
             if (config.get("attention_bias") and not biased or config.get("mlp_bias")) and not costs_only:
                 raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
@@ -139,9 +180,12 @@ class ModelSpec:
             if config.get("use_sliding_window") or model_type in ("mixtral", "mistral") and config.get("sliding_window"):
                 raise ConfigError(f"model config {name!r}: use_sliding_window / sliding_window: sliding-window "
                                   "attention is neither implemented by the engine nor modelled by the simulator")
+            attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
+                             head_dim=config.get("head_dim") or config["hidden_size"] // heads)
+            if model_type in SIMULATED_TYPES:
+                attention = _latent_attention(config, name)
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-                       num_heads=heads, num_kv_heads=config.get("num_key_value_heads", heads),
-                       head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                       num_heads=heads, **attention,
                        intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
                        tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
@@ -163,6 +207,22 @@ class ModelSpec:
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral")
+SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")  # latent attention: no engine
+
+
+def _latent_attention(config: dict, name: str) -> dict:
+    """DeepSeek-V2/V3's (and Kimi K2's) latent attention and MoE layout, for simulation."""
+    if config.get("moe_layer_freq", 1) != 1:
+        raise ConfigError(f"model config {name!r}: moe_layer_freq {config['moe_layer_freq']} (dense layers among the "
+                          f"sparse ones) is not modelled")
+    width = config["moe_intermediate_size"]
+    return dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
+                q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
+                v_head_dim=config["v_head_dim"], num_experts=config["n_routed_experts"],
+                experts_per_token=config["num_experts_per_tok"], moe_intermediate_size=width,
+                shared_expert_intermediate_size=width * (config.get("n_shared_experts") or 0),
+                shared_expert_gate=False, first_dense_layers=config.get("first_k_dense_replace", 0),
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)))
 
 
 def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
@@ -236,6 +296,17 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                                 rms_norm_eps=1e-6, max_position=65536, qkv_bias=True, num_experts=64,
                                 experts_per_token=8, moe_intermediate_size=2560, norm_topk_prob=False,
                                 shared_expert_intermediate_size=20480),
+    # latent attention, simulated only; the released weights are fp8 (one byte a weight)
+    "deepseek-v3": ModelSpec("deepseek-v3", 61, 7168, 128, 1, 128, 18432, 129280, rms_norm_eps=1e-6,
+                             max_position=163840, weight_bytes=1.0, num_experts=256, experts_per_token=8,
+                             moe_intermediate_size=2048, shared_expert_intermediate_size=2048,
+                             shared_expert_gate=False, first_dense_layers=3, kv_lora_rank=512, q_lora_rank=1536,
+                             qk_rope_head_dim=64, v_head_dim=128),
+    "kimi-k2": ModelSpec("kimi-k2", 61, 7168, 64, 1, 128, 18432, 163840, rope_theta=50000.0, rms_norm_eps=1e-6,
+                         max_position=131072, weight_bytes=1.0, num_experts=384, experts_per_token=8,
+                         moe_intermediate_size=2048, shared_expert_intermediate_size=2048, shared_expert_gate=False,
+                         first_dense_layers=1, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
+                         v_head_dim=128),
     "mixtral-8x7b": ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, rope_theta=1000000.0,
                               max_position=32768, num_experts=8, experts_per_token=2, moe_intermediate_size=14336),
     # small enough for the CPU engine and tests; same architecture

@@ -14,6 +14,7 @@ import numpy as np
 from scheduler.model_spec import ModelSpec
 
 from .hardware import HardwareSpec, shard
+from .latent_attention import latent_attention_tables
 from .profile import Profile, Table
 
 
@@ -74,32 +75,12 @@ def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
     return roof, gemm
 
 
-def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
-    roof, gemm = roofs(model, hardware)
-    part = shard(model, hardware)  # one GPU's share (the whole model on one GPU)
-    h, d, I, V = model.hidden_size, model.head_dim, part.intermediate_size, part.vocab_size
-    nh, nkv = part.num_heads, part.num_kv_heads
+def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gemm, T, allreduce) -> dict:
     act = model.activation_bytes
-    allreduce = hardware.allreduce_s  # of the hidden states of T tokens: T * h * act bytes
-    qkv = (nh + 2 * nkv) * d
-    T = TOKENS
-    def swiglu(width):  # gate+up GEMM, down GEMM, SiLU-and-multiply
-        return gemm(T, h, 2 * width) + gemm(T, width, h) + roof(0, T * 3 * width * act)
-
-    if model.num_experts:
-        width = -(-model.moe_intermediate_size // hardware.tensor_parallel)
-        mlp = experts_mlp_seconds(model, T, width, roof, gemm, grouped_roof=roofs(model, hardware, experts=True)[0])
-        if model.shared_expert_intermediate_size:  # a SwiGLU every token takes, and its gate
-            mlp = mlp + swiglu(-(-model.shared_expert_intermediate_size // hardware.tensor_parallel)) + gemm(T, h, 1)
-    else:
-        mlp = swiglu(I)
-    # two RMSNorms, two residual adds, RoPE, KV-cache store (and Qwen3's q/k norms)
-    norms = T * (10 * h + 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)) * act
+    h = model.hidden_size
     tables = {
-        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, qkv)),
+        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, (nh + 2 * nkv) * d)),
         "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
-        "mlp": Table(("tokens",), (T,), mlp + allreduce(T * h * act)),
-        "elementwise": Table(("tokens",), (T,), roof(0, norms, launches=5 + 2 * model.qk_norm)),
     }
     q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
     past = np.maximum(c - q, 0)
@@ -116,6 +97,40 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
         4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
         + roof(0, 4 * q * nh * d * 4, launches=0))
+    return tables
+
+
+def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
+    roof, gemm = roofs(model, hardware)
+    part = shard(model, hardware)  # one GPU's share (the whole model on one GPU)
+    h, d, I, V = model.hidden_size, model.head_dim, part.intermediate_size, part.vocab_size
+    nh, nkv = part.num_heads, part.num_kv_heads
+    act = model.activation_bytes
+    allreduce = hardware.allreduce_s  # of the hidden states of T tokens: T * h * act bytes
+    T = TOKENS
+    def swiglu(width):  # gate+up GEMM, down GEMM, SiLU-and-multiply
+        return gemm(T, h, 2 * width) + gemm(T, width, h) + roof(0, T * 3 * width * act)
+
+    if model.num_experts:
+        width = -(-model.moe_intermediate_size // hardware.tensor_parallel)
+        mlp = experts_mlp_seconds(model, T, width, roof, gemm, grouped_roof=roofs(model, hardware, experts=True)[0])
+        if model.shared_expert_intermediate_size:  # a SwiGLU every token takes, and its gate
+            mlp = mlp + swiglu(-(-model.shared_expert_intermediate_size // hardware.tensor_parallel)) + gemm(T, h, 1)
+    else:
+        mlp = swiglu(I)
+    if model.first_dense_layers:  # tables hold a mean layer: the dense ones' share of the MLPs
+        dense = model.first_dense_layers / model.num_layers
+        mlp = dense * swiglu(I) + (1 - dense) * mlp
+    tables = {"mlp": Table(("tokens",), (T,), mlp + allreduce(T * h * act))}
+    if model.mla:
+        attention, kv_bytes = latent_attention_tables(model, nh, roof, gemm, T, (QUERIES, CONTEXTS), allreduce)
+        tables.update(attention)
+    else:
+        tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce))
+        kv_bytes = 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)  # KV store (and Qwen3's q/k norms)
+    # two RMSNorms, two residual adds, RoPE, the KV-cache store
+    tables["elementwise"] = Table(("tokens",), (T,), roof(0, T * (10 * h + kv_bytes) * act,
+                                                           launches=5 + 2 * (model.qk_norm or model.mla)))
     sampled = np.concatenate([[0.0], QUERIES])
     lm = gemm(sampled, h, V) + roof(0, sampled * V * 4) + hardware.gather_s(sampled * model.vocab_size * 4)
     lm[0] = 0.0
