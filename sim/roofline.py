@@ -114,8 +114,9 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     if model.num_experts:
         width = -(-model.moe_intermediate_size // hardware.tensor_parallel)
         mlp = experts_mlp_seconds(model, T, width, roof, gemm, grouped_roof=roofs(model, hardware, experts=True)[0])
-        if model.shared_expert_intermediate_size:  # a SwiGLU every token takes, and its gate
-            mlp = mlp + swiglu(-(-model.shared_expert_intermediate_size // hardware.tensor_parallel)) + gemm(T, h, 1)
+        if model.shared_expert_intermediate_size:  # a SwiGLU every token takes (and its gate, Qwen2-MoE's)
+            shared = -(-model.shared_expert_intermediate_size // hardware.tensor_parallel)
+            mlp = mlp + swiglu(shared) + (gemm(T, h, 1) if model.shared_expert_gate else 0.0)
     else:
         mlp = swiglu(I)
     if model.first_dense_layers:  # tables hold a mean layer: the dense ones' share of the MLPs
