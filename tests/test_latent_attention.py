@@ -62,3 +62,18 @@ def test_every_gpu_holds_the_whole_latent_and_a_prefix_hit_still_up_projects_it(
     # 128 new tokens after 4,096 cached: their attention over the context, and the cached latents'
     # up-projection to keys and values, which a cache hit does not save
     assert prefill.scalar(128, 4224) - prefill.scalar(128, 128) > up
+
+
+def test_deepseek_v2_lite_queries_without_a_low_rank_projection():
+    """DeepSeek-V2-Lite (q_lora_rank null: one query projection; two shared experts): 15.7B
+    parameters in total (arXiv 2405.04434). Its 2.4B activated leaves out the input embedding,
+    which batchlab counts (2.66B), as Qwen's and Mistral's figures do."""
+    config = {**DEEPSEEK_V3, "model_type": "deepseek_v2", "hidden_size": 2048, "intermediate_size": 10944,
+              "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+              "num_key_value_heads": 16, "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+              "first_k_dense_replace": 1, "q_lora_rank": None, "vocab_size": 102400, "norm_topk_prob": False}
+    del config["quantization_config"]
+    spec = ModelSpec.from_hf_config(config, costs_only=True)
+    assert spec.q_lora_rank == 0 and spec.shared_expert_intermediate_size == 2 * 1408
+    assert spec.num_params == pytest.approx(15.7e9, rel=0.01)
+    assert spec.active_params - 102400 * 2048 == pytest.approx(2.4e9, rel=0.03)
