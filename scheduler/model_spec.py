@@ -181,16 +181,17 @@ class ModelSpec:
                 raise ConfigError(f"model config {name!r}: use_sliding_window / sliding_window: sliding-window "
                                   "attention is neither implemented by the engine nor modelled by the simulator")
             attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
-                             head_dim=config.get("head_dim") or config["hidden_size"] // heads)
+                             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                             qk_norm=model_type.startswith("qwen3"))
             if model_type in SIMULATED_TYPES:
-                attention = _latent_attention(config, name)
+                attention = _simulated_layout(config, model_type, name)
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, **attention,
                        intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
                        tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
                        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
                        max_position=int(config.get("max_position_embeddings", 131072)),
-                       qkv_bias=biased, qk_norm=model_type.startswith("qwen3"),
+                       qkv_bias=biased,
                        **_experts(config, model_type, name), **scaling,
                        **_quantized(config, name, costs_only, weight_bytes))
         except KeyError as error:
@@ -207,18 +208,29 @@ class ModelSpec:
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral")
-SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")  # latent attention: no engine
+# no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
+SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
 
 
-def _latent_attention(config: dict, name: str) -> dict:
-    """DeepSeek-V2/V3's (and Kimi K2's) latent attention and MoE layout, for simulation."""
+def _simulated_layout(config: dict, model_type: str, name: str) -> dict:
+    """The attention and MoE layout of DeepSeek-V2/V3 and Kimi K2 (latent attention) or GLM-4.5
+    (grouped-query attention; what only the engine would compute differently, its partial RoPE,
+    biases and sigmoid routing, ignored), all with ungated shared experts after dense first
+    layers, for simulation."""
     if config.get("moe_layer_freq", 1) != 1:
         raise ConfigError(f"model config {name!r}: moe_layer_freq {config['moe_layer_freq']} (dense layers among the "
                           f"sparse ones) is not modelled")
     width = config["moe_intermediate_size"]
-    return dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
-                q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
-                v_head_dim=config["v_head_dim"], num_experts=config["n_routed_experts"],
+    if model_type == "glm4_moe":
+        heads = config["num_attention_heads"]
+        attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
+                         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                         qk_norm=bool(config.get("use_qk_norm", False)))
+    else:
+        attention = dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
+                         q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
+                         v_head_dim=config["v_head_dim"])
+    return dict(**attention, num_experts=config["n_routed_experts"],
                 experts_per_token=config["num_experts_per_tok"], moe_intermediate_size=width,
                 shared_expert_intermediate_size=width * (config.get("n_shared_experts") or 0),
                 shared_expert_gate=False, first_dense_layers=config.get("first_k_dense_replace", 0),

@@ -77,3 +77,28 @@ def test_deepseek_v2_lite_queries_without_a_low_rank_projection():
     assert spec.q_lora_rank == 0 and spec.shared_expert_intermediate_size == 2 * 1408
     assert spec.num_params == pytest.approx(15.7e9, rel=0.01)
     assert spec.active_params - 102400 * 2048 == pytest.approx(2.4e9, rel=0.03)
+
+
+GLM_45 = {"model_type": "glm4_moe", "hidden_size": 5120, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+          "num_hidden_layers": 92, "num_attention_heads": 96, "num_key_value_heads": 8, "head_dim": 128,
+          "n_routed_experts": 160, "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+          "vocab_size": 151552, "attention_bias": True, "partial_rotary_factor": 0.5, "use_qk_norm": False,
+          "rope_theta": 1000000, "rms_norm_eps": 1e-05, "max_position_embeddings": 131072,
+          "tie_word_embeddings": False, "norm_topk_prob": True, "num_nextn_predict_layers": 1}
+GLM_45_AIR = {**GLM_45, "hidden_size": 4096, "intermediate_size": 10944, "moe_intermediate_size": 1408,
+              "num_hidden_layers": 46, "n_routed_experts": 128, "first_k_dense_replace": 1}
+
+
+@pytest.mark.parametrize("config, total, active", [(GLM_45, 355e9, 32e9), (GLM_45_AIR, 106e9, 12e9)],
+                         ids=["glm-4.5", "glm-4.5-air"])
+def test_glm45_is_simulated_from_its_config(config, total, active):
+    """GLM-4.5 (355B total, 32B active) and GLM-4.5-Air (106B, 12B), their cards' figures: the
+    activated counts leave out the embeddings (batchlab counts them), the totals hold within 1 %
+    whether or not their one multi-token-prediction layer is in them (batchlab leaves it out).
+    Simulated only: partial RoPE and sigmoid routing are not in the engine."""
+    spec = ModelSpec.from_hf_config(config, costs_only=True)
+    assert not spec.mla and spec.num_kv_heads == 8 and spec.first_dense_layers == config["first_k_dense_replace"]
+    assert spec.num_params == pytest.approx(total, rel=0.01)
+    assert spec.active_params - 2 * spec.vocab_size * spec.hidden_size == pytest.approx(active, rel=0.02)
+    with pytest.raises(ConfigError, match="simulated only"):
+        ModelSpec.from_hf_config(config)
