@@ -106,9 +106,9 @@ class LlamaModel:
     def __init__(self, spec: ModelSpec, weights: Weights, backend: AttentionBackend) -> None:
         if spec.head_dim % 2:
             raise ConfigError(f"model {spec.name!r}: head_dim must be even for RoPE")
-        if spec.mla or (spec.shared_expert_intermediate_size and not spec.shared_expert_gate):
-            raise ConfigError(f"model {spec.name!r}: latent attention and ungated shared experts (DeepSeek) are "
-                              f"simulated only; the engine does not implement them")
+        if spec.mla or spec.first_dense_layers or (spec.shared_expert_intermediate_size and not spec.shared_expert_gate):
+            raise ConfigError(f"model {spec.name!r}: latent attention, dense first layers and ungated shared experts "
+                              f"(DeepSeek, GLM-4.5) are simulated only; the engine does not implement them")
         first = weights.layers[0]
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
