@@ -102,3 +102,15 @@ def test_glm45_is_simulated_from_its_config(config, total, active):
     assert spec.active_params - 2 * spec.vocab_size * spec.hidden_size == pytest.approx(active, rel=0.02)
     with pytest.raises(ConfigError, match="simulated only"):
         ModelSpec.from_hf_config(config)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(first_dense_layers=1),
+    dict(shared_expert_intermediate_size=32, shared_expert_gate=False),
+], ids=["dense-first-layers", "ungated-shared-expert"])
+def test_the_engine_refuses_a_layout_it_would_compute_otherwise(fields):
+    from engine.runner import ModelRunner
+
+    spec = model_spec("tiny", num_experts=4, experts_per_token=2, moe_intermediate_size=32, **fields)
+    with pytest.raises(ConfigError, match="simulated only; the engine does not implement them"):
+        ModelRunner(spec, 16, 16)
