@@ -154,7 +154,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     if replicas > 1 and sharding == "prefix" and not workload.is_offline:
         say("note: prefix sharding balances each replica's work over the whole replay, not over time; with "
             "arrivals, bursts of one prefix land on one replica (sharding=round_robin spreads them)")
-    say(f"model {model.name} on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
+    say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
     progress = say if cfg.progress else None
     for config in configs:

@@ -130,6 +130,14 @@ class ModelSpec:
         inactive = (self.num_experts - self.experts_per_token) * 3 * self.hidden_size * self.moe_intermediate_size
         return self.num_params - (self.num_layers - self.first_dense_layers) * inactive
 
+    def describe(self) -> str:
+        """Its size in a few words: parameters (active ones where experts are), the bytes a
+        weight takes, the KV bytes a token caches."""
+        active = f", {self.active_params / 1e9:.1f}B active" if self.num_experts else ""
+        unit = "byte" if self.weight_bytes == 1 else "bytes"
+        return (f"{self.num_params / 1e9:.1f}B parameters{active}, {self.weight_bytes:g} {unit} a weight, "
+                f"{self.kv_bytes_per_token / 1024:,.0f} KiB of KV a token")
+
     @property
     def weight_bytes_total(self) -> float:
         return self.num_params * self.weight_bytes

@@ -35,7 +35,7 @@ def test_a_config_json_simulates_as_the_preset_it_describes(tmp_path):
     result = batchlab("simulate", "model=hf", f"model.config={checkpoint / 'config.json'}", *SMALL,
                       f"hydra.run.dir={tmp_path / 'yarn'}")
     assert result.returncode == 0, result.stderr
-    assert "model Qwen3-8B on h100-sxm" in result.stderr
+    assert "model Qwen3-8B (8.2B parameters, 2 bytes a weight, 144 KiB of KV a token) on h100-sxm" in result.stderr
     assert makespans(tmp_path / "yarn")[1] == runs["preset"][1]
 
 
