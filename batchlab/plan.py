@@ -101,7 +101,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         for calibration in calibrations.values():
             check_model(calibration, model.name, say)
     say(f"workload {workload.describe()}")
-    say(f"model {model.name} on " + ", ".join(f"{gpus} x {name}" for name, gpus in options)
+    say(f"model {model.name} ({model.describe()}) on " + ", ".join(f"{gpus} x {name}" for name, gpus in options)
         + f", schedules {list(cfg.schedule.names)}, {sharding} sharding")
     rows, skipped = [], []
     progress = say if cfg.progress else None
