@@ -92,10 +92,7 @@ def model_of(cfg, base_dir: str, costs_only: bool = False):
 
 
 def _engine_can_run(spec, costs_only: bool):
-    """``spec``, unless the engine is to run it and cannot (latent attention is simulated only)."""
-    from scheduler.errors import ConfigError
-
-    if spec.mla and not costs_only:
-        raise ConfigError(f"model {spec.name!r}: latent attention (DeepSeek, Kimi K2) is simulated only; the engine "
-                          f"does not implement it (batchlab simulate, plan and calibrate take it)")
+    """``spec``, unless the engine is to run it and cannot (``ModelSpec.simulated_only``)."""
+    if not costs_only:
+        spec.check_engine_runs()
     return spec

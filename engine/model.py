@@ -89,6 +89,11 @@ def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, in
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
+def swiglu(h: torch.Tensor, layer) -> torch.Tensor:
+    """The layer's dense SwiGLU MLP (or a mixture's shared expert): down(silu(gate h) * up h)."""
+    return (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+
+
 def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBackend | None = None) -> torch.Tensor:
     """A mixture of SwiGLU experts in place of the MLP: the router's top ``experts_per_token``
     (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default),
@@ -97,8 +102,7 @@ def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBacke
     experts = backend.experts if backend is not None else experts_reference
     out = experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down)
     if layer.shared_gate is not None:  # Qwen2-MoE's shared expert, scaled by its sigmoid gate
-        shared = (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
-        out = out + torch.sigmoid(h @ layer.shared_gate.T) * shared
+        out = out + torch.sigmoid(h @ layer.shared_gate.T) * swiglu(h, layer)
     return out
 
 
@@ -106,9 +110,7 @@ class LlamaModel:
     def __init__(self, spec: ModelSpec, weights: Weights, backend: AttentionBackend) -> None:
         if spec.head_dim % 2:
             raise ConfigError(f"model {spec.name!r}: head_dim must be even for RoPE")
-        if spec.mla or spec.first_dense_layers or (spec.shared_expert_intermediate_size and not spec.shared_expert_gate):
-            raise ConfigError(f"model {spec.name!r}: latent attention, dense first layers and ungated shared experts "
-                              f"(DeepSeek, GLM-4.5) are simulated only; the engine does not implement them")
+        spec.check_engine_runs()
         first = weights.layers[0]
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
@@ -159,7 +161,7 @@ class LlamaModel:
                 h = backend.rms_norm(x, layer.post_norm, eps)
             with timer("mlp"):
                 if layer.router is None:
-                    x = x + (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+                    x = x + swiglu(h, layer)
                 else:
                     x = x + experts_mlp(h, layer, spec, backend)
         with timer("lm_head_sampling"):

@@ -106,11 +106,10 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
     shapes = _shapes(spec)
     dense = {"gate": None, "up": None, "down": None}
     for _ in range(spec.num_layers):
-        tensors = {name: normal(*shape) for name, shape in shapes.items() if len(shape) >= 2}
-        if spec.num_experts:  # a router wide enough that every token's choice is clear-cut, not a tie
-            tensors["router"] = normal(*shapes["router"], std=0.5)
-        if spec.shared_expert_intermediate_size:  # a gate that varies from token to token
-            tensors["shared_gate"] = normal(*shapes["shared_gate"], std=0.5)
+        # a router wide enough that every token's choice is clear-cut, not a tie; a shared expert's
+        # gate that varies from token to token
+        tensors = {name: normal(*shape, std=0.5 if name in ("router", "shared_gate") else 0.02)
+                   for name, shape in shapes.items() if len(shape) >= 2}
         if spec.qkv_bias:  # large enough to move the logits, so that a dropped bias shows in tests
             tensors.update({f"{name}_bias": normal(shapes[name][0], std=0.5) for name in ("q", "k", "v")})
         if spec.qk_norm:

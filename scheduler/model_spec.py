@@ -95,6 +95,22 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def simulated_only(self) -> str:
+        """What in this model the engine does not implement (it is then simulated only), as
+        words for an error; "" when the engine runs it."""
+        parts = [what for present, what in ((self.mla, "latent attention (DeepSeek, Kimi K2)"),
+                                            (self.first_dense_layers, "dense first layers"),
+                                            (self.shared_expert_intermediate_size and not self.shared_expert_gate,
+                                             "ungated shared experts (DeepSeek, GLM-4.5)")) if present]
+        return ", ".join(parts)
+
+    def check_engine_runs(self) -> None:
+        """A ConfigError naming what of this model the engine does not implement, if anything."""
+        if self.simulated_only:
+            raise ConfigError(f"model {self.name!r}: {self.simulated_only}: simulated only; the engine does not "
+                              f"implement them (batchlab simulate, plan and calibrate take them)")
+
+    @property
     def attention_params(self) -> int:
         """One layer's attention projections (and their norms, biases)."""
         h, d, heads = self.hidden_size, self.head_dim, self.num_heads
@@ -192,7 +208,7 @@ class ModelSpec:
                              head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                              qk_norm=model_type.startswith("qwen3"))
             if model_type in SIMULATED_TYPES:
-                attention = _simulated_layout(config, model_type, name)
+                attention = _simulated_layout(config, model_type, name, attention)
             return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                        num_heads=heads, **attention,
                        intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
@@ -220,7 +236,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "
 SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
 
 
-def _simulated_layout(config: dict, model_type: str, name: str) -> dict:
+def _simulated_layout(config: dict, model_type: str, name: str, grouped_query: dict) -> dict:
     """The attention and MoE layout of DeepSeek-V2/V3 and Kimi K2 (latent attention) or GLM-4.5
     (grouped-query attention; what only the engine would compute differently, its partial RoPE,
     biases and sigmoid routing, ignored), all with ungated shared experts after dense first
@@ -229,11 +245,8 @@ def _simulated_layout(config: dict, model_type: str, name: str) -> dict:
         raise ConfigError(f"model config {name!r}: moe_layer_freq {config['moe_layer_freq']} (dense layers among the "
                           f"sparse ones) is not modelled")
     width = config["moe_intermediate_size"]
-    if model_type == "glm4_moe":
-        heads = config["num_attention_heads"]
-        attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
-                         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-                         qk_norm=bool(config.get("use_qk_norm", False)))
+    if model_type == "glm4_moe":  # ``grouped_query``: the heads and head size as other types read them
+        attention = {**grouped_query, "qk_norm": bool(config.get("use_qk_norm", False))}
     else:
         attention = dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
                          q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
