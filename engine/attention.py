@@ -36,9 +36,14 @@ class AttentionBackend:
     name = "abstract"
     # does forward() read a group's shared prefix once for all its members (plan.shared_prefix_groups)?
     prefix_aware = False
+    # does forward() take a sliding window and attention sinks (gpt-oss, Mistral 7B v0.1)?
+    windows_and_sinks = False
 
-    def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata) -> torch.Tensor:
-        """``query`` [tokens, heads, head_dim] -> output [tokens, heads, head_dim]."""
+    def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata, window: int | None = None,
+                sinks: torch.Tensor | None = None) -> torch.Tensor:
+        """``query`` [tokens, heads, head_dim] -> output [tokens, heads, head_dim]. ``window``:
+        each query sees its last ``window`` positions only (itself included); ``sinks`` [heads]:
+        a logit per head that joins the softmax's denominator and nothing else."""
         raise NotImplementedError
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,9 +61,10 @@ class AttentionBackend:
         cache.store(layer, slots, key, value)
 
     def experts(self, h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
-                down: torch.Tensor) -> torch.Tensor:
-        """A mixture-of-experts layer's experts (engine/experts.py), after the router's choice."""
-        return experts_reference(h, weights, chosen, gate_up, down)
+                down: torch.Tensor, **gpt_oss) -> torch.Tensor:
+        """A mixture-of-experts layer's experts (engine/experts.py), after the router's choice;
+        ``gpt_oss``: its biases and clamped SwiGLU, for a backend that takes them."""
+        return experts_reference(h, weights, chosen, gate_up, down, **gpt_oss)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -66,8 +72,9 @@ class TorchAttentionBackend(AttentionBackend):
     attention in fp32. Works on CPU and GPU; the oracle for the Triton kernels."""
 
     name = "torch"
+    windows_and_sinks = True
 
-    def forward(self, layer, query, cache, meta):
+    def forward(self, layer, query, cache, meta, window=None, sinks=None):
         output = torch.empty_like(query)
         block_size = cache.block_size
         heads = query.shape[1]
@@ -85,9 +92,16 @@ class TorchAttentionBackend(AttentionBackend):
             q = query[start:start + q_len].float()
             scores = torch.einsum("qhd,khd->hqk", q, keys) * meta.scale
             positions = torch.arange(ctx_len - q_len, ctx_len, device=query.device)
-            mask = torch.arange(ctx_len, device=query.device)[None, :] > positions[:, None]
+            keys_at = torch.arange(ctx_len, device=query.device)[None, :]
+            mask = keys_at > positions[:, None]
+            if window:
+                mask |= keys_at <= positions[:, None] - window
             scores.masked_fill_(mask[None], float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
+            if sinks is None:
+                probs = torch.softmax(scores, dim=-1)
+            else:  # the sink's column joins the softmax, then is dropped
+                sink = sinks.float()[:, None, None].expand(-1, q_len, 1)
+                probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
             output[start:start + q_len] = torch.einsum("hqk,khd->qhd", probs, values).to(query.dtype)
         return output
 

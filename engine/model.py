@@ -71,6 +71,8 @@ def rope_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
     d = spec.head_dim
     inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
     factor = spec.rope_scaling_factor
+    if spec.rope_yarn:
+        return yarn_inv_freq(spec, inv_freq)
     if factor == 1.0:
         return inv_freq
     low, high, original = spec.rope_low_freq_factor, spec.rope_high_freq_factor, spec.rope_original_max_position
@@ -79,6 +81,26 @@ def rope_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
     blended = (1 - weight) * inv_freq / factor + weight * inv_freq
     scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
     return torch.where((wavelength <= original / low) & (wavelength >= original / high), blended, scaled)
+
+
+def yarn_inv_freq(spec: ModelSpec, inv_freq: torch.Tensor) -> torch.Tensor:
+    """YaRN's frequencies (arXiv 2309.00071, as transformers computes them): the dimensions that
+    turn fewer than beta_slow times over the original context are interpolated (divided by the
+    factor), those that turn more than beta_fast times kept, a linear ramp between. (YaRN's
+    scale of cos and sin, rope_attention_factor, scales every query-key product by its square:
+    the model applies it to the softmax scale.)"""
+    d, base, original = spec.head_dim, spec.rope_theta, spec.rope_original_max_position
+
+    def dimension(rotations: float) -> float:  # the dimension that turns ``rotations`` times over the context
+        return d * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+    low, high = dimension(spec.rope_beta_fast), dimension(spec.rope_beta_slow)
+    if spec.rope_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32, device=inv_freq.device) - low) / (high - low)).clamp(0, 1)
+    return inv_freq / spec.rope_scaling_factor * ramp + inv_freq * (1 - ramp)
 
 
 def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
@@ -98,9 +120,11 @@ def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBacke
     """A mixture of SwiGLU experts in place of the MLP: the router's top ``experts_per_token``
     (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default),
     plus a shared expert where the model has one."""
-    weights, chosen = route(h, layer.router, spec.experts_per_token, spec.norm_topk_prob)
+    weights, chosen = route(h, layer.router, spec.experts_per_token, spec.norm_topk_prob, layer.router_bias)
     experts = backend.experts if backend is not None else experts_reference
-    out = experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down)
+    gpt_oss = dict(gate_up_bias=layer.expert_gate_up_bias, down_bias=layer.expert_down_bias,
+                   limit=spec.swiglu_limit, alpha=spec.swiglu_alpha) if spec.expert_bias or spec.swiglu_limit else {}
+    out = experts(h, weights, chosen, layer.expert_gate_up, layer.expert_down, **gpt_oss)
     if layer.shared_gate is not None:  # Qwen2-MoE's shared expert, scaled by its sigmoid gate
         out = out + torch.sigmoid(h @ layer.shared_gate.T) * swiglu(h, layer)
     return out
@@ -111,8 +135,17 @@ class LlamaModel:
         if spec.head_dim % 2:
             raise ConfigError(f"model {spec.name!r}: head_dim must be even for RoPE")
         spec.check_engine_runs()
+        if (spec.sliding_layers or spec.attention_sinks) and not backend.windows_and_sinks:
+            raise ConfigError(f"model {spec.name!r}: sliding windows and attention sinks are not implemented by the "
+                              f"{backend.name!r} attention backend; backend=torch runs them")
+        if (spec.expert_bias or spec.swiglu_limit) and type(backend).experts is not AttentionBackend.experts:
+            raise ConfigError(f"model {spec.name!r}: expert biases and the clamped SwiGLU (gpt-oss) are not "
+                              f"implemented by the {backend.name!r} backend's experts; backend=torch runs them")
         first = weights.layers[0]
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
+                                      (first.o_bias is not None, spec.o_bias, "o_bias"),
+                                      (first.sinks is not None, spec.attention_sinks, "attention_sinks"),
+                                      (first.router_bias is not None, spec.expert_bias, "expert_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
                                       (first.router is not None, bool(spec.num_experts), "num_experts"),
                                       (first.shared_gate is not None, bool(spec.shared_expert_intermediate_size),
@@ -134,7 +167,8 @@ class LlamaModel:
         count = tokens.shape[0]
         x = w.embed[tokens]
         cos, sin = rope_tables(spec, positions, x.dtype, self.inv_freq)
-        meta.scale = spec.head_dim ** -0.5
+        meta.scale = spec.head_dim ** -0.5 * spec.rope_attention_factor ** 2  # YaRN scales queries and keys
+        sliding = set(spec.sliding_layers)
         for index, layer in enumerate(w.layers):
             with timer("norms"):
                 h = backend.rms_norm(x, layer.input_norm, eps)
@@ -154,9 +188,12 @@ class LlamaModel:
                 q, k = backend.rope(q, k, positions, cos, sin, self.inv_freq)
                 backend.store_kv(cache, index, slots, k, v)
             with timer("attention"):
-                attn = self.backend.forward(index, q, cache, meta)
+                window = spec.sliding_window if index in sliding else None
+                attn = self.backend.forward(index, q, cache, meta, window, layer.sinks) if window or \
+                    layer.sinks is not None else self.backend.forward(index, q, cache, meta)
             with timer("linear_o"):
-                x = x + attn.reshape(count, -1) @ layer.o.T
+                out = attn.reshape(count, -1) @ layer.o.T
+                x = x + (out if layer.o_bias is None else out + layer.o_bias)
             with timer("norms"):
                 h = backend.rms_norm(x, layer.post_norm, eps)
             with timer("mlp"):

@@ -31,11 +31,18 @@ class LayerWeights:
     expert_gate_up: torch.Tensor | None = None  # [experts, 2 x width, hidden]: gate rows, then up rows
     expert_down: torch.Tensor | None = None     # [experts, hidden, width]
     shared_gate: torch.Tensor | None = None     # [1, hidden]: the shared expert's sigmoid gate (Qwen2-MoE)
+    # gpt-oss: an o_proj bias, a sink logit per head, router and expert biases
+    o_bias: torch.Tensor | None = None
+    sinks: torch.Tensor | None = None                # [heads]
+    router_bias: torch.Tensor | None = None          # [experts]
+    expert_gate_up_bias: torch.Tensor | None = None  # [experts, 2 x width]: gate, then up
+    expert_down_bias: torch.Tensor | None = None     # [experts, hidden]
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
 QK_NORMS = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
 DENSE_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
+GPT_OSS_ATTENTION = {"o_bias": "self_attn.o_proj.bias", "sinks": "self_attn.sinks"}
 SHARED_EXPERT = {"gate": "mlp.shared_expert.gate_proj.weight", "up": "mlp.shared_expert.up_proj.weight",
                  "down": "mlp.shared_expert.down_proj.weight", "shared_gate": "mlp.shared_expert_gate.weight"}
 
@@ -59,16 +66,47 @@ class Weights:
                           p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o,
                           p + "input_layernorm.weight": layer.input_norm,
                           p + "post_attention_layernorm.weight": layer.post_norm})
-            if layer.router is not None:
+            if layer.router_bias is not None:  # gpt-oss's layout
+                state.update(gpt_oss_experts(layer, p))
+            elif layer.router is not None:
                 state.update({p + "mlp.gate.weight": layer.router, p + "mlp.experts.gate_up_proj": layer.expert_gate_up,
                               p + "mlp.experts.down_proj": layer.expert_down})
                 if layer.shared_gate is not None:
                     state.update({p + hf: getattr(layer, field) for field, hf in SHARED_EXPERT.items()})
             else:
                 state.update({p + hf: getattr(layer, field) for field, hf in DENSE_MLP.items()})
-            state.update({p + hf: getattr(layer, field) for field, hf in {**BIASES, **QK_NORMS}.items()
+            state.update({p + hf: getattr(layer, field) for field, hf in {**BIASES, **QK_NORMS, **GPT_OSS_ATTENTION}.items()
                           if getattr(layer, field) is not None})
         return state
+
+
+def gpt_oss_experts(layer: LayerWeights, prefix: str) -> dict[str, torch.Tensor]:
+    """One layer's router and experts in gpt-oss's checkpoint layout: ``gate_up_proj`` [experts,
+    hidden, 2 x width] with gate and up columns interleaved, ``down_proj`` [experts, width,
+    hidden], and their biases."""
+    width = layer.expert_down.shape[2]
+
+    def interleave(x):  # [experts, 2 x width, ...]: gate rows then up rows -> alternating
+        return torch.stack((x[:, :width], x[:, width:]), dim=2).flatten(1, 2)
+    p = prefix + "mlp."
+    return {p + "router.weight": layer.router, p + "router.bias": layer.router_bias,
+            p + "experts.gate_up_proj": interleave(layer.expert_gate_up).transpose(1, 2),
+            p + "experts.gate_up_proj_bias": interleave(layer.expert_gate_up_bias),
+            p + "experts.down_proj": layer.expert_down.transpose(1, 2), p + "experts.down_proj_bias": layer.expert_down_bias}
+
+
+def _from_gpt_oss(prefix: str, spec: ModelSpec, take) -> dict[str, torch.Tensor]:
+    """The inverse of ``gpt_oss_experts``: one layer's router and experts as the engine holds them."""
+    E, h, W = spec.num_experts, spec.hidden_size, spec.moe_intermediate_size
+    p = prefix + "mlp."
+
+    def split(x):  # [experts, 2 x width, ...] alternating -> gate rows then up rows
+        return torch.cat((x[:, 0::2], x[:, 1::2]), dim=1)
+    return {"router": take(p + "router.weight", (E, h)), "router_bias": take(p + "router.bias", (E,)),
+            "expert_gate_up": split(take(p + "experts.gate_up_proj", (E, h, 2 * W)).transpose(1, 2)).contiguous(),
+            "expert_gate_up_bias": split(take(p + "experts.gate_up_proj_bias", (E, 2 * W))).contiguous(),
+            "expert_down": take(p + "experts.down_proj", (E, W, h)).transpose(1, 2).contiguous(),
+            "expert_down_bias": take(p + "experts.down_proj_bias", (E, h))}
 
 
 def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -84,6 +122,13 @@ def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         shapes.update(gate=(I, h), up=(I, h), down=(h, I))
     if spec.qk_norm:
         shapes.update(q_norm=(d,), k_norm=(d,))
+    if spec.o_bias:
+        shapes.update(o_bias=(h,))
+    if spec.attention_sinks:
+        shapes.update(sinks=(spec.num_heads,))
+    if spec.expert_bias:
+        E, W = spec.num_experts, spec.moe_intermediate_size
+        shapes.update(router_bias=(E,), expert_gate_up_bias=(E, 2 * W), expert_down_bias=(E, h))
     return shapes
 
 
@@ -109,9 +154,13 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         # a router wide enough that every token's choice is clear-cut, not a tie; a shared expert's
         # gate that varies from token to token
         tensors = {name: normal(*shape, std=0.5 if name in ("router", "shared_gate") else 0.02)
-                   for name, shape in shapes.items() if len(shape) >= 2}
+                   for name, shape in shapes.items() if len(shape) >= 2 and not name.endswith("_bias")}
         if spec.qkv_bias:  # large enough to move the logits, so that a dropped bias shows in tests
             tensors.update({f"{name}_bias": normal(shapes[name][0], std=0.5) for name in ("q", "k", "v")})
+        # gpt-oss's: sinks near the scores' scale, biases that move the router's choice and the outputs
+        tensors.update({name: normal(*shapes[name], std={"sinks": 1.0, "router_bias": 0.5}.get(name, 0.1))
+                        for name in ("o_bias", "sinks", "router_bias", "expert_gate_up_bias", "expert_down_bias")
+                        if name in shapes})
         if spec.qk_norm:
             tensors.update(q_norm=norm(spec.head_dim), k_norm=norm(spec.head_dim))
         layers.append(LayerWeights(**{**dense, **tensors}, input_norm=norm(spec.hidden_size),
@@ -171,7 +220,11 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         fields = {field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in names.items()}
         if spec.qkv_bias:
             fields.update({field: take(f"model.layers.{i}.{hf}", (shapes[field[0]][0],)) for field, hf in BIASES.items()})
-        if spec.num_experts:
+        fields.update({field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in GPT_OSS_ATTENTION.items()
+                       if field in shapes})
+        if spec.expert_bias:
+            fields.update(_from_gpt_oss(f"model.layers.{i}.", spec, take))
+        elif spec.num_experts:
             fields.update(_experts(f"model.layers.{i}.", spec, tensors, take))
         layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, **fields}))
     embed = take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))

@@ -6,6 +6,7 @@ Preset dimensions are those of the models' published Hugging Face ``config.json`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -50,6 +51,27 @@ class ModelSpec:
     q_lora_rank: int = 0             # queries through a low-rank projection of this width (0: none)
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # sliding-window attention: the layers listed attend to their last sliding_window positions
+    # (their own included), the others to the whole context (Mistral 7B v0.1: every layer, 4096;
+    # gpt-oss: every other layer, 128). The KV cache still holds every layer's keys and values.
+    sliding_window: int | None = None
+    sliding_layers: tuple = ()
+    attention_sinks: bool = False   # a learned logit per head joins each softmax's denominator (gpt-oss)
+    o_bias: bool = False            # a bias on the output projection (gpt-oss, with qkv_bias)
+    # gpt-oss's experts: biases on the router and the experts' projections, and a clamped SwiGLU,
+    # (up + 1) g sigmoid(alpha g) with g = gate clamped above at limit and up to +-limit; limit 0:
+    # the plain SwiGLU
+    expert_bias: bool = False
+    swiglu_limit: float = 0.0
+    swiglu_alpha: float = 1.0
+    expert_weight_bytes: float = 0.0  # bytes a routed expert's weight takes where not weight_bytes (MXFP4)
+    # YaRN RoPE (arXiv 2309.00071; rope_type "yarn") with rope_scaling_factor and
+    # rope_original_max_position, instead of Llama 3.1's scaling
+    rope_yarn: bool = False
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_truncate: bool = True
+    rope_attention_factor: float = 1.0  # YaRN's scale of cos and sin
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -86,6 +108,12 @@ class ModelSpec:
         if self.mla and not (self.qk_rope_head_dim and self.v_head_dim and self.num_kv_heads == 1):
             raise ConfigError(f"model {self.name!r}: latent attention (kv_lora_rank {self.kv_lora_rank}) needs "
                               f"qk_rope_head_dim and v_head_dim >= 1 and num_kv_heads 1 (the shared latent)")
+        object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers or ()))
+        if self.sliding_layers and not (isinstance(self.sliding_window, int) and self.sliding_window >= 1
+                                        and all(isinstance(i, int) and 0 <= i < self.num_layers
+                                                for i in self.sliding_layers)):
+            raise ConfigError(f"model {self.name!r}: sliding_layers {list(self.sliding_layers)} need sliding_window "
+                              f">= 1 (got {self.sliding_window!r}) and layer indices below {self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
@@ -115,7 +143,8 @@ class ModelSpec:
         """One layer's attention projections (and their norms, biases)."""
         h, d, heads = self.hidden_size, self.head_dim, self.num_heads
         if not self.mla:
-            return (h + self.qkv_bias) * (heads + 2 * self.num_kv_heads) * d + heads * d * h + 2 * d * self.qk_norm
+            return ((h + self.qkv_bias) * (heads + 2 * self.num_kv_heads) * d + heads * d * h + 2 * d * self.qk_norm
+                    + h * self.o_bias + heads * self.attention_sinks)
         latent, rope, q_lora = self.kv_lora_rank, self.qk_rope_head_dim, self.q_lora_rank
         query = heads * (d + rope)
         queries = h * q_lora + q_lora + q_lora * query if q_lora else h * query
@@ -135,28 +164,47 @@ class ModelSpec:
         if self.num_experts:
             shared = self.shared_expert_intermediate_size
             shared_params = 3 * h * shared + h * self.shared_expert_gate if shared else 0
-            return self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared_params
+            return self.num_experts * (self.expert_params + h + self.expert_bias) + shared_params
         return 3 * h * self.intermediate_size
+
+    @property
+    def expert_params(self) -> int:
+        """One routed expert's SwiGLU (and its biases, gpt-oss's)."""
+        h, width = self.hidden_size, self.moe_intermediate_size
+        return 3 * h * width + (2 * width + h) * self.expert_bias
+
+    @property
+    def routed_expert_params(self) -> int:
+        return (self.num_layers - self.first_dense_layers) * self.num_experts * self.expert_params
 
     @property
     def active_params(self) -> int:
         """Parameters one token's forward pass multiplies by (its experts only)."""
         if not self.num_experts:
             return self.num_params
-        inactive = (self.num_experts - self.experts_per_token) * 3 * self.hidden_size * self.moe_intermediate_size
+        inactive = (self.num_experts - self.experts_per_token) * self.expert_params
         return self.num_params - (self.num_layers - self.first_dense_layers) * inactive
+
+    @property
+    def expert_bytes(self) -> float:
+        """Bytes a routed expert's weight takes."""
+        return self.expert_weight_bytes or self.weight_bytes
 
     def describe(self) -> str:
         """Its size in a few words: parameters (active ones where experts are), the bytes a
         weight takes, the KV bytes a token caches."""
         active = f", {self.active_params / 1e9:.1f}B active" if self.num_experts else ""
         unit = "byte" if self.weight_bytes == 1 else "bytes"
-        return (f"{self.num_params / 1e9:.1f}B parameters{active}, {self.weight_bytes:g} {unit} a weight, "
-                f"{self.kv_bytes_per_token / 1024:,.0f} KiB of KV a token")
+        experts = f" ({self.expert_bytes:.3g} an expert's)" if self.expert_bytes != self.weight_bytes else ""
+        window = (f", a {self.sliding_window}-token window in {len(self.sliding_layers)} of {self.num_layers} layers"
+                  if self.sliding_layers else "")
+        return (f"{self.num_params / 1e9:.1f}B parameters{active}, {self.weight_bytes:g} {unit} a weight{experts}, "
+                f"{self.kv_bytes_per_token / 1024:,.0f} KiB of KV a token{window}")
 
     @property
     def weight_bytes_total(self) -> float:
-        return self.num_params * self.weight_bytes
+        routed = self.routed_expert_params if self.num_experts else 0
+        return (self.num_params - routed) * self.weight_bytes + routed * self.expert_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -167,141 +215,36 @@ class ModelSpec:
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False,
                        weight_bytes: float | None = None) -> "ModelSpec":
-        """From a Hugging Face Llama-family ``config.json`` (transformers 4 or 5 layout): Llama
-        (with Llama 3.1's RoPE scaling), Mistral without a sliding window, Qwen2 (q/k/v biases),
-        Qwen3 (q/k norms), Qwen2-MoE, Qwen3-MoE and Mixtral (mixtures of experts). What the engine
-        would compute differently (another RoPE scaling, an o_proj or MLP bias) is refused, not
-        ignored; ``costs_only`` (a model only simulated) accepts them, as they do not change what
-        a step costs, and DeepSeek-V2/V3 and Kimi K2 (latent attention). A sliding window, which
-        does, is refused either way. A quantized checkpoint (``quantization_config``) is refused
-        by the engine; simulated, its weights take the bytes its method says (fp8: 1, 4-bit AWQ
-        or GPTQ: 0.5), or ``weight_bytes`` where given."""
-        try:
-            model_type = config.get("model_type", "llama")
-            if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
-                simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
-                             f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
-                raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
-                                  f"{', '.join(MODEL_TYPES)}{simulated}")
-            heads = config["num_attention_heads"]
-            rope = dict(config.get("rope_scaling") or {})
-            rope.update(config.get("rope_parameters") or {})
-            theta = config.get("rope_theta") or rope.get("rope_theta", 10000.0)
-            rope_type = rope.get("rope_type", rope.get("type", "default"))
-            if rope_type not in ("default", "llama3") and not costs_only:
-                raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
-                                  "(default and llama3 are); batchlab simulate and plan take it, as RoPE does not "
-                                  "change what a step costs")
-            scaling = {}
-            if rope_type == "llama3":
-                scaling = dict(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
-                               rope_high_freq_factor=float(rope["high_freq_factor"]),
-                               rope_original_max_position=int(rope["original_max_position_embeddings"]))
-            biased = model_type in ("qwen2", "qwen2_moe")  # q/k/v biases, whatever attention_bias says
-            if (config.get("attention_bias") and not biased or config.get("mlp_bias")) and not costs_only:
-                raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
-                                  "implemented by the engine")
-            if config.get("use_sliding_window") or model_type in ("mixtral", "mistral") and config.get("sliding_window"):
-                raise ConfigError(f"model config {name!r}: use_sliding_window / sliding_window: sliding-window "
-                                  "attention is neither implemented by the engine nor modelled by the simulator")
-            attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
-                             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-                             qk_norm=model_type.startswith("qwen3"))
-            if model_type in SIMULATED_TYPES:
-                attention = _simulated_layout(config, model_type, name, attention)
-            return cls(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-                       num_heads=heads, **attention,
-                       intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-                       tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_theta=float(theta),
-                       rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                       max_position=int(config.get("max_position_embeddings", 131072)),
-                       qkv_bias=biased,
-                       **_experts(config, model_type, name), **scaling,
-                       **_quantized(config, name, costs_only, weight_bytes))
-        except KeyError as error:
-            raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
+        """From a Hugging Face ``config.json`` (transformers 4 or 5 layout): Llama (with Llama
+        3.1's RoPE scaling), Mistral (with or without its sliding window), Qwen2 (q/k/v biases),
+        Qwen3 (q/k norms), Qwen2-MoE, Qwen3-MoE, Mixtral and gpt-oss (mixtures of experts; gpt-oss
+        with attention sinks, alternating sliding windows, YaRN and its clamped SwiGLU). What the
+        engine would compute differently (another RoPE type, an o_proj or MLP bias) is refused,
+        not ignored; ``costs_only`` (a model only simulated) accepts them, as they do not change
+        what a step costs, and DeepSeek-V2/V3 and Kimi K2 (latent attention) and GLM-4.5. A
+        quantized checkpoint (``quantization_config``) is refused by the engine; simulated, its
+        weights take the bytes its method says (fp8: 1, 4-bit AWQ or GPTQ: 0.5, gpt-oss's MXFP4
+        experts: 4.25 bits), or ``weight_bytes`` where given (scheduler/hf_config.py)."""
+        from .hf_config import spec_fields
+
+        return cls(**spec_fields(config, name, costs_only, weight_bytes))
 
     def architecture_differences(self, other: "ModelSpec") -> list[str]:
         """The fields that change what the model computes (not its name, context limit or the
         simulator's byte counts) on which ``other`` differs, as "field: mine vs other's"."""
-        ignored = {"name", "max_position", "activation_bytes", "weight_bytes"}
+        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes"}
         if self.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
             ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
+        if not (self.rope_yarn or other.rope_yarn):
+            ignored |= {"rope_beta_fast", "rope_beta_slow", "rope_truncate", "rope_attention_factor"}
+        if not (self.sliding_layers or other.sliding_layers):
+            ignored.add("sliding_window")
         return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in self.__dataclass_fields__
                 if k not in ignored and getattr(self, k) != getattr(other, k)]
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral")
-# no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
-SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
-
-
-def _simulated_layout(config: dict, model_type: str, name: str, grouped_query: dict) -> dict:
-    """The attention and MoE layout of DeepSeek-V2/V3 and Kimi K2 (latent attention) or GLM-4.5
-    (grouped-query attention; what only the engine would compute differently, its partial RoPE,
-    biases and sigmoid routing, ignored), all with ungated shared experts after dense first
-    layers, for simulation."""
-    if config.get("moe_layer_freq", 1) != 1:
-        raise ConfigError(f"model config {name!r}: moe_layer_freq {config['moe_layer_freq']} (dense layers among the "
-                          f"sparse ones) is not modelled")
-    width = config["moe_intermediate_size"]
-    if model_type == "glm4_moe":  # ``grouped_query``: the heads and head size as other types read them
-        attention = {**grouped_query, "qk_norm": bool(config.get("use_qk_norm", False))}
-    else:
-        attention = dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
-                         q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
-                         v_head_dim=config["v_head_dim"])
-    return dict(**attention, num_experts=config["n_routed_experts"],
-                experts_per_token=config["num_experts_per_tok"], moe_intermediate_size=width,
-                shared_expert_intermediate_size=width * (config.get("n_shared_experts") or 0),
-                shared_expert_gate=False, first_dense_layers=config.get("first_k_dense_replace", 0),
-                norm_topk_prob=bool(config.get("norm_topk_prob", False)))
-
-
-def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
-    """``weight_bytes`` of a quantized checkpoint (its ``quantization_config``), for simulation."""
-    quant = config.get("quantization_config")
-    if not quant:
-        return {}
-    method = quant.get("quant_method", "unnamed")
-    if not costs_only:
-        raise ConfigError(f"model config {name!r}: quantization_config ({method}): the engine runs unquantized "
-                          f"weights only; batchlab simulate and plan take it")
-    if weight_bytes is not None:
-        return {"weight_bytes": weight_bytes}
-    bits = quant.get("bits") or quant.get("w_bit")
-    if method == "fp8":
-        bits = 8
-    elif method == "bitsandbytes":
-        bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
-    elif method == "compressed-tensors":
-        widths = {group.get("weights", {}).get("num_bits") for group in (quant.get("config_groups") or {}).values()}
-        bits = widths.pop() if len(widths) == 1 else None
-    if not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
-        raise ConfigError(f"model config {name!r}: quantization_config {method!r}: how many bits a weight takes is "
-                          f"not known to batchlab; give it as model.overrides.weight_bytes=B (bytes a weight)")
-    return {"weight_bytes": bits / 8}
-
-
-def _experts(config: dict, model_type: str, name: str) -> dict:
-    """The mixture-of-experts fields of a Mixtral, Qwen2-MoE or Qwen3-MoE config (none for dense
-    types)."""
-    if model_type == "mixtral":  # every layer sparse, experts as wide as intermediate_size, top-k renormalised
-        return dict(num_experts=config["num_local_experts"], experts_per_token=config["num_experts_per_tok"],
-                    moe_intermediate_size=config["intermediate_size"], norm_topk_prob=True)
-    if model_type not in ("qwen3_moe", "qwen2_moe"):
-        return {}
-    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
-        raise ConfigError(f"model config {name!r}: mlp_only_layers / decoder_sparse_step != 1 (dense layers among "
-                          f"the sparse ones) are not implemented by the engine")
-    experts = config.get("num_experts", config.get("num_local_experts"))
-    if experts is None:
-        raise KeyError("num_experts")
-    shared = config.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
-    return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
-                moe_intermediate_size=config["moe_intermediate_size"],
-                norm_topk_prob=bool(config.get("norm_topk_prob", False)), shared_expert_intermediate_size=shared)
-
+_GPT_OSS_YARN = dict(rope_yarn=True, rope_scaling_factor=32.0, rope_original_max_position=4096, rope_truncate=False,
+                     rope_attention_factor=0.1 * math.log(32.0) + 1.0)
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
     "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0,
@@ -334,19 +277,33 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                              max_position=163840, weight_bytes=1.0, num_experts=256, experts_per_token=8,
                              moe_intermediate_size=2048, shared_expert_intermediate_size=2048,
                              shared_expert_gate=False, first_dense_layers=3, kv_lora_rank=512, q_lora_rank=1536,
-                             qk_rope_head_dim=64, v_head_dim=128),
+                             qk_rope_head_dim=64, v_head_dim=128, rope_yarn=True, rope_scaling_factor=40.0,
+                             rope_original_max_position=4096),
     "kimi-k2": ModelSpec("kimi-k2", 61, 7168, 64, 1, 128, 18432, 163840, rope_theta=50000.0, rms_norm_eps=1e-6,
                          max_position=131072, weight_bytes=1.0, num_experts=384, experts_per_token=8,
                          moe_intermediate_size=2048, shared_expert_intermediate_size=2048, shared_expert_gate=False,
                          first_dense_layers=1, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
-                         v_head_dim=128),
+                         v_head_dim=128, rope_yarn=True, rope_scaling_factor=32.0, rope_original_max_position=4096,
+                         rope_beta_fast=1.0),
     "mixtral-8x7b": ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, rope_theta=1000000.0,
                               max_position=32768, num_experts=8, experts_per_token=2, moe_intermediate_size=14336),
+    # gpt-oss: attention sinks, a 128-token window in every other layer (the first sliding), biases on
+    # every projection, YaRN; 4 of 128 (32) experts with biases and the clamped SwiGLU, MXFP4 as released
+    **{name: ModelSpec(name, layers, 2880, 64, 8, 64, 2880, 201088, rope_theta=150000.0, qkv_bias=True, o_bias=True,
+                       attention_sinks=True, sliding_window=128, sliding_layers=tuple(range(0, layers, 2)),
+                       num_experts=experts, experts_per_token=4, moe_intermediate_size=2880, expert_bias=True,
+                       swiglu_limit=7.0, swiglu_alpha=1.702, expert_weight_bytes=4.25 / 8, **_GPT_OSS_YARN)
+       for name, layers, experts in (("gpt-oss-120b", 36, 128), ("gpt-oss-20b", 24, 32))},
     # small enough for the CPU engine and tests; same architecture
     "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
     # tiny's attention with Qwen3-MoE's layers: q/k norms, 8 experts of width 32, top 2
     "tiny-moe": ModelSpec("tiny-moe", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096,
                           qk_norm=True, num_experts=8, experts_per_token=2, moe_intermediate_size=32),
+    # tiny with gpt-oss's layers: sinks, an 8-token window in layer 0, biases, YaRN, 8 clamped experts
+    "tiny-gpt-oss": ModelSpec("tiny-gpt-oss", 2, 64, 4, 2, 16, 32, 512, rope_theta=150000.0, max_position=4096,
+                              qkv_bias=True, o_bias=True, attention_sinks=True, sliding_window=8, sliding_layers=(0,),
+                              num_experts=8, experts_per_token=2, moe_intermediate_size=32, expert_bias=True,
+                              swiglu_limit=7.0, swiglu_alpha=1.702, **{**_GPT_OSS_YARN, "rope_original_max_position": 128}),
 }
 
 

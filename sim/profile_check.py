@@ -12,8 +12,10 @@ def check_profile_matches(profile, model: ModelSpec, dtype: str | None = None) -
                           f"measure one with batchlab profile, or drop profile= to use the roofline")
     measured_config = profile.provenance.get("model_config")
     if measured_config:
-        differing = sorted(k for k, v in measured_config.items()
-                           if k in model.__dataclass_fields__ and getattr(model, k) != v)
+        def mine(field):  # as JSON keeps it: a tuple comes back a list
+            value = getattr(model, field)
+            return list(value) if isinstance(value, tuple) else value
+        differing = sorted(k for k, v in measured_config.items() if k in model.__dataclass_fields__ and mine(k) != v)
         if differing:
             raise ConfigError(f"profile for {profile.model!r} was measured with a different model config "
                               f"({', '.join(f'{k}: {measured_config[k]} there, {getattr(model, k)} here' for k in differing)})")

@@ -49,12 +49,21 @@ def experts_mlp_seconds(model: ModelSpec, T: np.ndarray, width: int, roof, gemm,
     experts, the SiLU-and-multiply, and the weighted sum of each token's k outputs
     (benchmarks/moe_kernel.py holds the part after the router to vLLM's published kernel times)."""
     h, E, k = model.hidden_size, model.num_experts, model.experts_per_token
-    act, wb = model.activation_bytes, model.weight_bytes
+    act, wb = model.activation_bytes, model.expert_bytes
     touched = experts_touched(model, T)
     pairs = T * k  # (token, expert) rows through the grouped GEMMs
     grouped = (grouped_roof or roof)(2 * pairs * 3 * h * width, touched * 3 * h * width * wb + pairs * (2 * h + 3 * width) * act, 2)
     experts = grouped + roof(0, pairs * 3 * width * act) + roof(0, pairs * h * act + T * h * act)
     return experts + (gemm(T, h, E) + roof(0, T * E * 4 + pairs * 8, launches=2) if router else 0.0)
+
+
+def windowed_pairs(past: np.ndarray, context: np.ndarray, window: int) -> np.ndarray:
+    """(query, key) pairs of a prefill chunk at positions past .. context - 1 in a layer where
+    each token attends to its last ``window`` positions (itself included): the sum over n =
+    past + 1 .. context of min(n, window)."""
+    top = np.minimum(context, window)  # positions up to the window: n keys each
+    rising = np.where(top > past, (top * (top + 1) - past * (past + 1)) / 2, 0.0)
+    return rising + np.maximum(context - np.maximum(past, window), 0) * window
 
 
 def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
@@ -83,11 +92,20 @@ def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gem
         "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
     }
     q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
+    # sliding-window layers see at most their window: the tables hold the mean layer
+    sliding = len(model.sliding_layers) / model.num_layers
+    window = model.sliding_window or 1
+
+    def mean_layer(full, windowed):
+        return (1 - sliding) * full + sliding * windowed if sliding else full
     past = np.maximum(c - q, 0)
+    pairs = mean_layer(q * past + q * (q + 1) / 2, windowed_pairs(past, c, window))
+    read = mean_layer(c, np.minimum(c, q + window - 1))
     tables["attn_prefill"] = Table(("query_tokens", "context"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * (q * past + q * (q + 1) / 2), (c * 2 * nkv * d + 2 * q * nh * d) * act))
+        4 * nh * d * pairs, (read * 2 * nkv * d + 2 * q * nh * d) * act))
+    seen = mean_layer(c, np.minimum(c, window))  # a decode's keys; a group's prefix at most the window too
     tables["attn_decode"] = Table(("batch", "mean_context"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * c, (q * c * 2 * nkv * d + 2 * q * nh * d) * act))
+        4 * nh * d * q * seen, (q * seen * 2 * nkv * d + 2 * q * nh * d) * act))
     # one read of the prefix KV serves all the group's queries (Hydragen / BatchLLM), plus the
     # log-sum-exp merge of the prefix and per-request partial outputs. No launch per group: one
     # fused launch covers every group's prefix and every request's own blocks (BatchLLM §5,
@@ -95,7 +113,7 @@ def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gem
     # launches per group and layer, as before, cost a step of 60 groups of 2 about 15 ms on an
     # A100: more than reading each prefix twice.
     tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * c, (c * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
+        4 * nh * d * q * seen, (seen * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
         + roof(0, 4 * q * nh * d * 4, launches=0))
     return tables
 

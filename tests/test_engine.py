@@ -20,12 +20,17 @@ SPEC = model_spec("tiny")
 
 
 def hf_config(spec):
-    """The Hugging Face config of ``spec``: Llama (RoPE default or llama3-scaled), Qwen2 with
-    its q/k/v biases, Qwen2-MoE (biases and experts, a shared one), Qwen3 with its q/k norms,
-    Qwen3-MoE (q/k norms and experts) or Mixtral (experts without q/k norms)."""
+    """The Hugging Face config of ``spec``: Llama (RoPE default, llama3-scaled or YaRN), Qwen2
+    with its q/k/v biases, Qwen2-MoE (biases and experts, a shared one), Qwen3 with its q/k
+    norms, Qwen3-MoE (q/k norms and experts), Mixtral (experts without q/k norms), Mistral (a
+    sliding window in every layer) or gpt-oss (expert biases, sinks, alternating windows)."""
     transformers = pytest.importorskip("transformers")
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
-    if spec.rope_scaling_factor != 1.0:
+    if spec.rope_yarn:
+        rope.update(rope_type="yarn", factor=spec.rope_scaling_factor, beta_fast=spec.rope_beta_fast,
+                    beta_slow=spec.rope_beta_slow, truncate=spec.rope_truncate,
+                    original_max_position_embeddings=spec.rope_original_max_position)
+    elif spec.rope_scaling_factor != 1.0:
         rope.update(rope_type="llama3", factor=spec.rope_scaling_factor, low_freq_factor=spec.rope_low_freq_factor,
                     high_freq_factor=spec.rope_high_freq_factor,
                     original_max_position_embeddings=spec.rope_original_max_position)
@@ -34,6 +39,18 @@ def hf_config(spec):
                   num_key_value_heads=spec.num_kv_heads, rms_norm_eps=spec.rms_norm_eps, rope_parameters=rope,
                   max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
     experts = dict(num_experts_per_tok=spec.experts_per_token)
+    if spec.expert_bias:
+        assert spec.qkv_bias and spec.o_bias and spec.attention_sinks and spec.norm_topk_prob
+        types = ["sliding_attention" if i in spec.sliding_layers else "full_attention" for i in range(spec.num_layers)]
+        return (transformers.GptOssConfig(**{**common, "intermediate_size": spec.moe_intermediate_size},
+                                          head_dim=spec.head_dim, num_local_experts=spec.num_experts,
+                                          sliding_window=spec.sliding_window, layer_types=types,
+                                          swiglu_limit=spec.swiglu_limit, swiglu_alpha=spec.swiglu_alpha,
+                                          attention_bias=True, **experts), transformers.GptOssForCausalLM)
+    if spec.sliding_layers:
+        assert len(spec.sliding_layers) == spec.num_layers and not spec.num_experts  # Mistral's way
+        return (transformers.MistralConfig(**common, head_dim=spec.head_dim, sliding_window=spec.sliding_window),
+                transformers.MistralForCausalLM)
     if spec.qkv_bias and spec.num_experts:
         return (transformers.Qwen2MoeConfig(**common, num_experts=spec.num_experts,
                                             moe_intermediate_size=spec.moe_intermediate_size,
@@ -277,10 +294,10 @@ def test_presets_are_the_published_checkpoints(preset, config):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
+    ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "RoPE type 'longrope'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"model_type": "deepseek_v3"}, "model_type 'deepseek_v3'"),  # MLA: not implemented
-    ({"model_type": "qwen2", "use_sliding_window": True}, "sliding-window"),
+    ({"model_type": "gpt_oss", "layer_types": ["sliding_attention"]}, "layer_types must list"),
 ])
 def test_checkpoint_configs_the_engine_would_compute_differently_are_refused(change, message):
     from scheduler.model_spec import ModelSpec

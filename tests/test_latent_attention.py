@@ -20,7 +20,9 @@ DEEPSEEK_V3 = {
                             "weight_block_size": [128, 128]}}
 KIMI_K2 = {**DEEPSEEK_V3, "model_type": "kimi_k2", "num_attention_heads": 64, "num_key_value_heads": 64,
            "n_routed_experts": 384, "first_k_dense_replace": 1, "vocab_size": 163840, "rope_theta": 50000.0,
-           "max_position_embeddings": 131072}
+           "max_position_embeddings": 131072,
+           "rope_scaling": {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096, "beta_fast": 1.0,
+                            "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}}
 
 
 @pytest.mark.parametrize("preset, config, total, active", [

@@ -29,7 +29,7 @@ def test_a_config_json_simulates_as_the_preset_it_describes(tmp_path):
         runs[label] = makespans(tmp_path / label)
     assert runs["hf"][1] == runs["preset"][1]  # the same model, step for step
     assert runs["hf"][0]["model"] == "Qwen3-8B" and runs["preset"][0]["model"] == "qwen3-8b"
-    # the file itself, and a RoPE the engine does not implement (yarn), which costs nothing more
+    # the file itself, and with YaRN, which costs nothing more
     yarn = {**QWEN3_8B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
     (checkpoint / "config.json").write_text(json.dumps(yarn))
     result = batchlab("simulate", "model=hf", f"model.config={checkpoint / 'config.json'}", *SMALL,
@@ -43,13 +43,13 @@ def test_a_config_json_simulates_as_the_preset_it_describes(tmp_path):
     (["model=hf"], "model=hf needs model.config=PATH"),
     (["model=hf", "model.config=nowhere/config.json"], r"nowhere/config\.json: no such file"),
     (["model=hf", "model.config={bad}"], r"malformed JSON \(Expecting ':' delimiter at line 2, column 17\)"),
-    (["model=hf", "model.config={window}"], "sliding-window attention is neither implemented"),
-    (["model=hf", "model.config={window}", "model.overrides.hidden_sise=8"], "sliding-window"),
+    (["model=hf", "model.config={window}"], "sliding layers need sliding_window >= 1, got None"),
+    (["model=hf", "model.config={window}", "model.overrides.hidden_sise=8"], "sliding_window >= 1"),
     (["model=hf", "model.config={good}", "model.overrides.hidden_sise=8"], r"unknown field\(s\) \['hidden_sise'\]"),
 ])
 def test_bad_model_configs_are_one_clear_line(tmp_path, args, message):
     files = {"bad": '{"model_type": "qwen3",\n  "hidden_size" 8}', "good": json.dumps(QWEN3_8B),
-             "window": json.dumps({**QWEN3_8B, "use_sliding_window": True, "sliding_window": 4096})}
+             "window": json.dumps({**QWEN3_8B, "use_sliding_window": True, "sliding_window": None})}
     for name, text in files.items():
         (tmp_path / f"{name}.json").write_text(text)
     args = [a.format(**{name: tmp_path / f"{name}.json" for name in files}) for a in args]
@@ -76,11 +76,11 @@ def test_the_engine_runs_a_checkpoint_from_its_own_config(tmp_path):
     assert summary["model"] == "ckpt" and summary["complete"]
     assert summary["profile_provenance"]["weights"] == str(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0,
+    config["rope_parameters"] = {"rope_type": "longrope", "factor": 2.0, "rope_theta": 10000.0,
                                  "original_max_position_embeddings": 64}
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    result = batchlab("run", "model=hf", f"weights={tmp_path / 'ckpt'}", *small, f"hydra.run.dir={tmp_path / 'yarn'}")
-    assert result.returncode == 2 and "RoPE type 'yarn' is not implemented by the engine" in result.stderr
+    result = batchlab("run", "model=hf", f"weights={tmp_path / 'ckpt'}", *small, f"hydra.run.dir={tmp_path / 'long'}")
+    assert result.returncode == 2 and "RoPE type 'longrope' is not implemented by the engine" in result.stderr
 
 
 def test_mistral_without_a_window_is_llama():
@@ -101,8 +101,7 @@ def test_mistral_without_a_window_is_llama():
               "rope_theta": 1e6, "sliding_window": None}
     assert ModelSpec.from_hf_config(config).architecture_differences(
         ModelSpec.from_hf_config({**config, "model_type": "llama"})) == []
-    with pytest.raises(ConfigError, match="sliding"):
-        ModelSpec.from_hf_config({**config, "sliding_window": 4096})
+    assert ModelSpec.from_hf_config({**config, "sliding_window": 4096}).sliding_layers == (0, 1)  # Mistral 7B v0.1's
 
 
 @pytest.mark.parametrize("quant, weight_bytes", [

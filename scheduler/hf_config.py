@@ -1,0 +1,194 @@
+"""A ``ModelSpec`` from a Hugging Face ``config.json`` (transformers 4 or 5 layout).
+
+What the engine would compute differently from what the config says (a RoPE type, bias or
+layer pattern it lacks) is refused, not ignored; a model only simulated (``costs_only``) is
+given more room: what does not change a step's cost is accepted.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError
+
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss")
+# no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
+SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
+# bits a weight takes under a quantization method that names no ``bits``
+_METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
+
+
+def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
+    """The ``ModelSpec`` fields ``config`` describes (see ``ModelSpec.from_hf_config``)."""
+    try:
+        model_type = config.get("model_type", "llama")
+        if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
+            simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
+                         f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
+            raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
+                              f"{', '.join(MODEL_TYPES)}{simulated}")
+        heads = config["num_attention_heads"]
+        gpt_oss = model_type == "gpt_oss"
+        biased = model_type in ("qwen2", "qwen2_moe")  # q/k/v biases, whatever attention_bias says
+        if (config.get("attention_bias") and not (biased or gpt_oss) or config.get("mlp_bias")) and not costs_only:
+            raise ConfigError(f"model config {name!r}: attention_bias / mlp_bias (o_proj or MLP biases) are not "
+                              "implemented by the engine")
+        attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
+                         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                         qk_norm=model_type.startswith("qwen3"), **_sliding(config, model_type, name))
+        if model_type in SIMULATED_TYPES:
+            attention = _simulated_layout(config, model_type, name, attention)
+        if gpt_oss:  # biases on all four projections, sinks, clamped SwiGLU experts with biases
+            attention.update(o_bias=bool(config.get("attention_bias", True)), attention_sinks=True)
+        return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
+                    num_heads=heads, **attention,
+                    intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+                    tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+                    rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+                    max_position=int(config.get("max_position_embeddings", 131072)),
+                    qkv_bias=biased or gpt_oss and bool(config.get("attention_bias", True)),
+                    **_experts(config, model_type, name), **_rope(config, model_type, name, costs_only),
+                    **_quantized(config, name, costs_only, weight_bytes))
+    except KeyError as error:
+        raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
+
+
+def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
+    """RoPE's theta and scaling: none, Llama 3.1's or YaRN (the engine's three); any other type
+    only where simulated (RoPE does not change what a step costs)."""
+    rope = dict(config.get("rope_scaling") or {})
+    rope.update(config.get("rope_parameters") or {})
+    default_theta = 150000.0 if model_type == "gpt_oss" else 10000.0
+    theta = config.get("rope_theta") or rope.get("rope_theta", default_theta)
+    if model_type == "gpt_oss" and not rope.get("factor"):  # transformers' default for gpt-oss
+        rope.update(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+                    original_max_position_embeddings=4096)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    fields = {"rope_theta": float(theta)}
+    if rope_type == "llama3":
+        fields.update(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
+                      rope_high_freq_factor=float(rope["high_freq_factor"]),
+                      rope_original_max_position=int(rope["original_max_position_embeddings"]))
+    elif rope_type == "yarn" and (costs_only or rope.get("partial_rotary_factor", 1.0) == 1.0):
+        factor = float(rope.get("factor") or config["max_position_embeddings"] / rope["original_max_position_embeddings"])
+        fields.update(rope_scaling_factor=factor, rope_yarn=True,
+                      rope_original_max_position=int(rope["original_max_position_embeddings"]),
+                      rope_beta_fast=float(rope.get("beta_fast") or 32.0),
+                      rope_beta_slow=float(rope.get("beta_slow") or 1.0),
+                      rope_truncate=bool(rope.get("truncate", True)),
+                      rope_attention_factor=_yarn_attention_factor(rope, factor))
+    elif rope_type != "default" and not costs_only:
+        raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
+                          "(default, llama3 and yarn are); batchlab simulate and plan take it, as RoPE does not "
+                          "change what a step costs")
+    return fields
+
+
+def _yarn_attention_factor(rope: dict, factor: float) -> float:
+    """YaRN's scale of cos and sin: given, or 0.1 ln(factor) + 1 (DeepSeek's mscale ratio where
+    both mscale and mscale_all_dim are given), as transformers computes it."""
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+
+    def mscale(scale: float = 1.0) -> float:
+        return 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+    if rope.get("mscale") and rope.get("mscale_all_dim"):
+        return mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+    return mscale()
+
+
+def _sliding(config: dict, model_type: str, name: str) -> dict:
+    """``sliding_window`` and ``sliding_layers`` from the config's ``layer_types`` (gpt-oss,
+    transformers 5), Qwen2's ``use_sliding_window`` from ``max_window_layers`` on, or Mistral's
+    and Mixtral's window on every layer."""
+    layers, window = config["num_hidden_layers"], config.get("sliding_window")
+    types = config.get("layer_types")
+    if model_type == "gpt_oss" and types is None:  # transformers' default: every other layer, the first sliding
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if types is not None:
+        if len(types) != layers or set(types) - {"sliding_attention", "full_attention"}:
+            raise ConfigError(f"model config {name!r}: layer_types must list 'sliding_attention' or "
+                              f"'full_attention' for each of the {layers} layers")
+        sliding = tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")
+    elif model_type in ("mistral", "mixtral"):
+        sliding = tuple(range(layers)) if window else ()
+    elif config.get("use_sliding_window"):
+        sliding = tuple(range(config.get("max_window_layers", 28), layers))
+    else:
+        sliding = ()
+    if model_type.startswith("qwen") and not config.get("use_sliding_window"):
+        sliding = ()  # Qwen's layer_types name windows its attention ignores unless use_sliding_window is set
+    if sliding and not (isinstance(window, int) and window >= 1):
+        raise ConfigError(f"model config {name!r}: sliding layers need sliding_window >= 1, got {window!r}")
+    return dict(sliding_window=window, sliding_layers=sliding) if sliding else {}
+
+
+def _simulated_layout(config: dict, model_type: str, name: str, grouped_query: dict) -> dict:
+    """The attention and MoE layout of DeepSeek-V2/V3 and Kimi K2 (latent attention) or GLM-4.5
+    (grouped-query attention; what only the engine would compute differently, its partial RoPE,
+    biases and sigmoid routing, ignored), all with ungated shared experts after dense first
+    layers, for simulation."""
+    if config.get("moe_layer_freq", 1) != 1:
+        raise ConfigError(f"model config {name!r}: moe_layer_freq {config['moe_layer_freq']} (dense layers among the "
+                          f"sparse ones) is not modelled")
+    width = config["moe_intermediate_size"]
+    if model_type == "glm4_moe":  # ``grouped_query``: the heads and head size as other types read them
+        attention = {**grouped_query, "qk_norm": bool(config.get("use_qk_norm", False))}
+    else:
+        attention = dict(num_kv_heads=1, head_dim=config["qk_nope_head_dim"], kv_lora_rank=config["kv_lora_rank"],
+                         q_lora_rank=config.get("q_lora_rank") or 0, qk_rope_head_dim=config["qk_rope_head_dim"],
+                         v_head_dim=config["v_head_dim"])
+    return dict(**attention, num_experts=config["n_routed_experts"],
+                experts_per_token=config["num_experts_per_tok"], moe_intermediate_size=width,
+                shared_expert_intermediate_size=width * (config.get("n_shared_experts") or 0),
+                shared_expert_gate=False, first_dense_layers=config.get("first_k_dense_replace", 0),
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)))
+
+
+def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
+    """``weight_bytes`` of a quantized checkpoint (its ``quantization_config``), for simulation;
+    ``expert_weight_bytes`` where only the routed experts are quantized (gpt-oss's MXFP4)."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return {}
+    method = quant.get("quant_method", "unnamed")
+    if not costs_only:
+        raise ConfigError(f"model config {name!r}: quantization_config ({method}): the engine runs unquantized "
+                          f"weights only; batchlab simulate and plan take it")
+    if weight_bytes is not None:
+        return {"weight_bytes": weight_bytes}
+    bits = _METHOD_BITS.get(method) or quant.get("bits") or quant.get("w_bit")
+    if method == "bitsandbytes":
+        bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
+    elif method == "compressed-tensors":
+        widths = {group.get("weights", {}).get("num_bits") for group in (quant.get("config_groups") or {}).values()}
+        bits = widths.pop() if len(widths) == 1 else None
+    if not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
+        raise ConfigError(f"model config {name!r}: quantization_config {method!r}: how many bits a weight takes is "
+                          f"not known to batchlab; give it as model.overrides.weight_bytes=B (bytes a weight)")
+    if method == "mxfp4":  # gpt-oss: the experts only; attention, router, embeddings stay bf16
+        return {"expert_weight_bytes": bits / 8}
+    return {"weight_bytes": bits / 8}
+
+
+def _experts(config: dict, model_type: str, name: str) -> dict:
+    """The mixture-of-experts fields of a Mixtral, gpt-oss, Qwen2-MoE or Qwen3-MoE config (none
+    for dense types)."""
+    if model_type in ("mixtral", "gpt_oss"):  # every layer sparse, experts intermediate_size wide, top-k renormalised
+        fields = dict(num_experts=config["num_local_experts"], experts_per_token=config["num_experts_per_tok"],
+                      moe_intermediate_size=config["intermediate_size"], norm_topk_prob=True)
+        if model_type == "gpt_oss":  # softmax over the top k logits (the same); biases; the clamped SwiGLU
+            fields.update(expert_bias=True, swiglu_limit=float(config.get("swiglu_limit", 7.0)),
+                          swiglu_alpha=float(config.get("swiglu_alpha", 1.702)))
+        return fields
+    if model_type not in ("qwen3_moe", "qwen2_moe"):
+        return {}
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        raise ConfigError(f"model config {name!r}: mlp_only_layers / decoder_sparse_step != 1 (dense layers among "
+                          f"the sparse ones) are not implemented by the engine")
+    experts = config.get("num_experts", config.get("num_local_experts"))
+    if experts is None:
+        raise KeyError("num_experts")
+    shared = config.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
+    return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
+                moe_intermediate_size=config["moe_intermediate_size"],
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)), shared_expert_intermediate_size=shared)
