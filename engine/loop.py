@@ -35,7 +35,8 @@ class EngineOutcome:
 def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, num_kv_blocks: int,
                block_size: int = 16, online: bool | None = None, step_dir: Path | None = None,
                progress: Callable[[str], None] | None = None, keep_plans: bool = False) -> EngineOutcome:
-    scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True)
+    scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=True,
+                          window_blocks=runner.spec.window_blocks(block_size))
     closed, _, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     if closed is None:
         online = (not workload.is_offline) if online is None else online

@@ -10,6 +10,8 @@ import torch
 from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec
 
+from .mxfp4 import dequantize_mxfp4
+
 
 @dataclass
 class LayerWeights:
@@ -95,18 +97,28 @@ def gpt_oss_experts(layer: LayerWeights, prefix: str) -> dict[str, torch.Tensor]
             p + "experts.down_proj": layer.expert_down.transpose(1, 2), p + "experts.down_proj_bias": layer.expert_down_bias}
 
 
-def _from_gpt_oss(prefix: str, spec: ModelSpec, take) -> dict[str, torch.Tensor]:
-    """The inverse of ``gpt_oss_experts``: one layer's router and experts as the engine holds them."""
+def _from_gpt_oss(prefix: str, spec: ModelSpec, take, tensors: dict) -> dict[str, torch.Tensor]:
+    """The inverse of ``gpt_oss_experts``: one layer's router and experts as the engine holds them;
+    the experts from MXFP4 blocks and scales where the checkpoint has them (as released)."""
     E, h, W = spec.num_experts, spec.hidden_size, spec.moe_intermediate_size
     p = prefix + "mlp."
 
     def split(x):  # [experts, 2 x width, ...] alternating -> gate rows then up rows
         return torch.cat((x[:, 0::2], x[:, 1::2]), dim=1)
-    return {"router": take(p + "router.weight", (E, h)), "router_bias": take(p + "router.bias", (E,)),
-            "expert_gate_up": split(take(p + "experts.gate_up_proj", (E, h, 2 * W)).transpose(1, 2)).contiguous(),
+    if p + "experts.gate_up_proj_blocks" in tensors:  # [experts, rows, columns / 32, 16] and scales
+        def mxfp4(name, rows, columns):
+            blocks = take(f"{p}experts.{name}_blocks", (E, rows, columns // 32, 16), raw=True)
+            scales = take(f"{p}experts.{name}_scales", (E, rows, columns // 32), raw=True)
+            return dequantize_mxfp4(blocks, scales, torch.float32)
+        gate_up, down = mxfp4("gate_up_proj", 2 * W, h), mxfp4("down_proj", h, W)
+    else:
+        gate_up = take(p + "experts.gate_up_proj", (E, h, 2 * W)).transpose(1, 2)
+        down = take(p + "experts.down_proj", (E, W, h)).transpose(1, 2)
+    like = take(p + "router.weight", (E, h))
+    return {"router": like, "router_bias": take(p + "router.bias", (E,)),
+            "expert_gate_up": split(gate_up).to(like).contiguous(),
             "expert_gate_up_bias": split(take(p + "experts.gate_up_proj_bias", (E, 2 * W))).contiguous(),
-            "expert_down": take(p + "experts.down_proj", (E, W, h)).transpose(1, 2).contiguous(),
-            "expert_down_bias": take(p + "experts.down_proj_bias", (E, h))}
+            "expert_down": down.to(like).contiguous(), "expert_down_bias": take(p + "experts.down_proj_bias", (E, h))}
 
 
 def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -199,7 +211,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
 
     used: set[str] = set()
 
-    def take(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def take(key: str, shape: tuple[int, ...], raw: bool = False) -> torch.Tensor:
         if key not in tensors:
             raise ConfigError(f"weights directory {directory}: tensor {key!r} not found")
         used.add(key)
@@ -207,7 +219,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         if tuple(tensor.shape) != shape:
             raise ConfigError(f"weights directory {directory}: {key} has shape {tuple(tensor.shape)}; "
                               f"the model config expects {shape}")
-        return tensor.to(dtype=dtype, device=device)
+        return tensor.to(device=device) if raw else tensor.to(dtype=dtype, device=device)
 
     shapes = _shapes(spec)
     names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
@@ -223,7 +235,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         fields.update({field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in GPT_OSS_ATTENTION.items()
                        if field in shapes})
         if spec.expert_bias:
-            fields.update(_from_gpt_oss(f"model.layers.{i}.", spec, take))
+            fields.update(_from_gpt_oss(f"model.layers.{i}.", spec, take, tensors))
         elif spec.num_experts:
             fields.update(_experts(f"model.layers.{i}.", spec, tensors, take))
         layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, **fields}))

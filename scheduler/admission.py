@@ -8,12 +8,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .contract import ScheduledChunk
+from .errors import WorkloadError
 from .group_state import GroupState
 from .host_tier import as_ints
 from .request import RequestState
 
 if TYPE_CHECKING:
+    from .request import Request
     from .scheduler import Scheduler
+
+
+def check_fits(scheduler: "Scheduler", request: "Request") -> None:
+    """A WorkloadError where ``request`` needs more KV blocks than the whole cache holds (less
+    the blocks a running request holds for its sliding window)."""
+    if request.prompt_len + request.output_len - 1 > scheduler._capacity_tokens:
+        kv, window = scheduler.kv, scheduler.window_blocks
+        need = kv.blocks_for(request.prompt_len + request.output_len - 1)
+        held = f", {window} of which it holds for its sliding layers' window" if window else ""
+        raise WorkloadError(
+            f"request {request.req_id}: needs {need} KV blocks ({request.prompt_len} prompt + {request.output_len} "
+            f"output tokens, block size {scheduler.block_size}) but the KV cache holds only {kv.num_blocks} blocks{held}")
 
 
 def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
@@ -73,10 +87,11 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     count = min(count, tokens_left)
     need = kv.blocks_for(computed + count) - num_hits
     free_after = kv.num_free_blocks - free_hits
-    if need > free_after:
+    window = scheduler.window_blocks  # its sliding layers' window, taken too
+    if need + window > free_after:
         return None
     threshold = scheduler._kv_threshold_blocks
-    if threshold is not None and scheduler.running and kv.num_blocks - free_after + need > threshold:
+    if threshold is not None and scheduler.running and kv.num_blocks - free_after + need + window > threshold:
         return None
     return hits, computed, count, need, loaded
 
@@ -92,6 +107,8 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
+    if scheduler.window_blocks:
+        state.window_blocks = scheduler.kv.allocate(scheduler.window_blocks)
     if loaded:  # their KV comes back from host memory into the first new blocks
         keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])
         remote = scheduler.host.load(keys, scheduler.replica)

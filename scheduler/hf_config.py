@@ -151,6 +151,8 @@ def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | 
     if not quant:
         return {}
     method = quant.get("quant_method", "unnamed")
+    if method == "mxfp4":  # gpt-oss: the experts only (the engine dequantizes them when it loads them)
+        return {"expert_weight_bytes": _METHOD_BITS[method] / 8}
     if not costs_only:
         raise ConfigError(f"model config {name!r}: quantization_config ({method}): the engine runs unquantized "
                           f"weights only; batchlab simulate and plan take it")
@@ -165,8 +167,6 @@ def _quantized(config: dict, name: str, costs_only: bool, weight_bytes: float | 
     if not isinstance(bits, (int, float)) or not 1 <= bits <= 16:
         raise ConfigError(f"model config {name!r}: quantization_config {method!r}: how many bits a weight takes is "
                           f"not known to batchlab; give it as model.overrides.weight_bytes=B (bytes a weight)")
-    if method == "mxfp4":  # gpt-oss: the experts only; attention, router, embeddings stay bf16
-        return {"expert_weight_bytes": bits / 8}
     return {"weight_bytes": bits / 8}
 
 

@@ -56,6 +56,10 @@ class ModelSpec:
     # gpt-oss: every other layer, 128). The KV cache still holds every layer's keys and values.
     sliding_window: int | None = None
     sliding_layers: tuple = ()
+    # where some layers slide and some do not, the KV cache counts the full layers' keys for
+    # every token and each running request's sliding layers' last window (vLLM's hybrid KV cache
+    # manager, its default); True: every layer's for every token (--disable-hybrid-kv-cache-manager)
+    sliding_kv_full: bool = False
     attention_sinks: bool = False   # a learned logit per head joins each softmax's denominator (gpt-oss)
     o_bias: bool = False            # a bias on the output projection (gpt-oss, with qkv_bias)
     # gpt-oss's experts: biases on the router and the experts' projections, and a clamped SwiGLU,
@@ -197,7 +201,7 @@ class ModelSpec:
         unit = "byte" if self.weight_bytes == 1 else "bytes"
         experts = f" ({self.expert_bytes:.3g} an expert's)" if self.expert_bytes != self.weight_bytes else ""
         window = (f", a {self.sliding_window}-token window in {len(self.sliding_layers)} of {self.num_layers} layers"
-                  if self.sliding_layers else "")
+                  + (" (their KV kept for the window only)" if self.kv_hybrid else "") if self.sliding_layers else "")
         return (f"{self.num_params / 1e9:.1f}B parameters{active}, {self.weight_bytes:g} {unit} a weight{experts}, "
                 f"{self.kv_bytes_per_token / 1024:,.0f} KiB of KV a token{window}")
 
@@ -207,10 +211,35 @@ class ModelSpec:
         return (self.num_params - routed) * self.weight_bytes + routed * self.expert_bytes
 
     @property
+    def kv_hybrid(self) -> bool:
+        """Do the sliding layers keep only their window in the KV cache (``sliding_kv_full``)?"""
+        return 0 < len(self.sliding_layers) < self.num_layers and not self.sliding_kv_full
+
+    @property
     def kv_bytes_per_token(self) -> int:
+        """The KV bytes a cache block holds per token: every layer's, or the full layers' only
+        where the sliding ones keep their window apart (``kv_hybrid``)."""
+        if self.kv_hybrid:
+            return self.kv_bytes_every_layer // self.num_layers * (self.num_layers - len(self.sliding_layers))
+        return self.kv_bytes_every_layer
+
+    @property
+    def kv_bytes_every_layer(self) -> int:
+        """KV bytes a token takes in every layer (what the engine's cache stores)."""
         if self.mla:  # one latent and one RoPE key a layer, shared by every head
             return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.activation_bytes
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
+
+    def window_blocks(self, block_size: int) -> int:
+        """Blocks (of ``kv_bytes_per_token`` a token) a running request holds for its sliding
+        layers' window where ``kv_hybrid``: vLLM keeps the blocks a window of W tokens can
+        touch, ceil((W - 1) / block size) + 1 of each sliding layer, freeing older ones (a
+        request shorter than its window holds as many; not told apart here). 0 otherwise."""
+        if not self.kv_hybrid:
+            return 0
+        per_layer = -(-(self.sliding_window - 1) // block_size) + 1
+        full = self.num_layers - len(self.sliding_layers)
+        return -(-per_layer * len(self.sliding_layers) // full)
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False,
@@ -232,7 +261,7 @@ class ModelSpec:
     def architecture_differences(self, other: "ModelSpec") -> list[str]:
         """The fields that change what the model computes (not its name, context limit or the
         simulator's byte counts) on which ``other`` differs, as "field: mine vs other's"."""
-        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes"}
+        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes", "sliding_kv_full"}
         if self.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
             ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
         if not (self.rope_yarn or other.rope_yarn):

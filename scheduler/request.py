@@ -81,7 +81,7 @@ class RequestState:
     __slots__ = (
         "req_id", "request", "prompt", "prompt_len", "output_len", "arrival_s",
         "num_computed_tokens", "num_output_tokens", "num_tokens", "output_token_ids",
-        "block_table", "block_keys", "num_keys", "num_registered_blocks", "group", "admit_seq",
+        "block_table", "window_blocks", "block_keys", "num_keys", "num_registered_blocks", "group", "admit_seq",
         "first_scheduled_s", "first_admission", "first_token_s", "finish_s",
         "num_preemptions", "num_cached_tokens", "num_prompt_tokens_computed", "cohort_offset",
     )
@@ -99,6 +99,7 @@ class RequestState:
         self.num_tokens = prompt_len          # prompt + tokens sampled so far
         self.output_token_ids: list[int] = []
         self.block_table: list[int] = []
+        self.window_blocks: list[int] = []    # its sliding layers' window, held while it runs (kv_hybrid)
         self.block_keys = None                # int64 array of its blocks' identities
         self.num_keys = 0                     # len(block_keys) once computed
         self.num_registered_blocks = 0

@@ -13,7 +13,7 @@ give the same plans, allocations and releases, in the same order.
 """
 from __future__ import annotations
 
-from .admission import admit, cached_tokens_of, loads_done
+from .admission import admit, cached_tokens_of, check_fits, loads_done
 from .config import RANKS_WHOLE_QUEUE, ScheduleConfig
 from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
@@ -32,12 +32,15 @@ from .waiting import WaitingQueue
 class Scheduler:
     def __init__(self, config: ScheduleConfig, num_kv_blocks: int, block_size: int = 16,
                  emit_block_ids: bool = True, lazy_decodes: bool = True, host: HostTier | None = None,
-                 replica: int = 0, chains: ChainIndex | None = None) -> None:
+                 replica: int = 0, chains: ChainIndex | None = None, window_blocks: int = 0) -> None:
         """``lazy_decodes=False``: every step one request at a time (the reference the decode cohort
         is tested against). ``host``: a tier shared with other simulated engines (``replica`` names
-        this one in it, ``chains`` their common block identities) instead of one of its own."""
+        this one in it, ``chains`` their common block identities) instead of one of its own.
+        ``window_blocks``: blocks each running request holds besides its own, for a model's
+        sliding layers' window (``ModelSpec.window_blocks``)."""
         self.config = config
         self.block_size = block_size
+        self.window_blocks = window_blocks
         self.kv = BlockManager(num_kv_blocks, block_size, config.caching)
         own = HostTier(config.host_cache_blocks) if config.host_cache_blocks and host is None else None
         self.host = (host if host is not None else own) if config.caching != "off" else None
@@ -69,7 +72,7 @@ class Scheduler:
         self._finished_last_update: tuple[int, ...] = ()
         self._num_unfinished = 0
         self._num_added = 0
-        self._capacity_tokens = self.kv.num_blocks * block_size  # the most tokens one request may hold
+        self._capacity_tokens = (self.kv.num_blocks - window_blocks) * block_size  # the most one request may hold
         self._joined_step, self._joined_ok = -1, True  # _join_decodes' answer, and for which step
         threshold = config.kv_threshold
         self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)
@@ -78,12 +81,7 @@ class Scheduler:
     def check_fits(self, request: Request) -> None:
         """Raises when ``request`` could never run: more KV blocks than the whole cache holds.
         Drivers call it for a whole workload before doing any work."""
-        if request.prompt_len + request.output_len - 1 > self._capacity_tokens:
-            need = self.kv.blocks_for(request.prompt_len + request.output_len - 1)
-            raise WorkloadError(
-                f"request {request.req_id}: needs {need} KV blocks ({request.prompt_len} prompt + "
-                f"{request.output_len} output tokens, block size {self.block_size}) but the KV cache "
-                f"holds only {self.kv.num_blocks} blocks")
+        check_fits(self, request)
 
     def add(self, request: Request) -> None:
         if request.req_id in self.states:
@@ -368,6 +366,9 @@ class Scheduler:
 
     def _leave_running(self, state: RequestState) -> None:
         del self.running[state.req_id]
+        if state.window_blocks:
+            self.kv.release(state.window_blocks)
+            state.window_blocks = []
         if state.cohort_offset is not None:
             self.cohort.leave(state, self.step)
         else:

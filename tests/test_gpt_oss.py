@@ -125,9 +125,12 @@ def test_gpt_oss_presets_are_the_published_checkpoints(preset, config, total, ac
     assert spec.num_params == pytest.approx(total, rel=0.001)
     assert spec.active_params - spec.vocab_size * spec.hidden_size == pytest.approx(active, rel=0.002)
     assert spec.weight_bytes_total / 2**30 == pytest.approx(gib, rel=0.005)
-    assert spec.kv_bytes_per_token == 2 * spec.num_layers * 8 * 64 * 2  # every layer's, windows or not
-    with pytest.raises(ConfigError, match="mxfp4"):  # the engine runs unquantized weights only
-        ModelSpec.from_hf_config(config)
+    assert spec.kv_bytes_every_layer == 2 * spec.num_layers * 8 * 64 * 2
+    # vLLM's hybrid KV cache manager: blocks hold the full layers (every other), and each running
+    # request 9 blocks for its sliding layers' last 128 tokens; without it, every layer's KV
+    assert spec.kv_bytes_per_token == spec.kv_bytes_every_layer // 2 and spec.window_blocks(16) == 9
+    assert replace(spec, sliding_kv_full=True).kv_bytes_per_token == spec.kv_bytes_every_layer
+    assert ModelSpec.from_hf_config(config).expert_weight_bytes == 4.25 / 8  # the engine dequantizes them
 
 
 def test_configs_name_their_windows():
@@ -189,3 +192,83 @@ def test_gpt_oss_on_eight_h200s_against_vllms_published_throughput():
                          / p.measured["output_tokens_per_s"] for p in points]
     assert all(0.75 <= r <= 1.15 for r in ratios["preset"]), ratios
     assert all(r > 1.5 for r in ratios["no host costs"]), ratios
+
+
+@pytest.mark.parametrize("window, block_size", [(128, 16), (8, 16), (16, 16), (17, 16), (4096, 32), (1, 16)])
+def test_window_blocks_are_the_most_a_window_touches(window, block_size):
+    """vLLM's sliding-window manager keeps the blocks holding a request's last ``window``
+    positions: at most as many as any window of that many positions touches."""
+    spec = replace(TINY_OSS, sliding_window=window)  # one sliding layer, one full: one block for one
+    touched = max(p // block_size - max(p - window + 1, 0) // block_size + 1 for p in range(4 * window + 64))
+    assert spec.window_blocks(block_size) == touched
+
+
+def test_running_requests_hold_their_window_blocks():
+    """With a window reserve each running request holds its blocks and the reserve: a cache of
+    40 blocks runs at most 5 requests of 5 blocks and 3 reserved, and gives every block back."""
+    from scheduler import Request, Scheduler, StepResult, schedule_config
+
+    config = schedule_config("fcfs", max_num_batched_tokens=4096, max_num_seqs=None)
+    for reserve, most in ((3, 5), (0, 8)):
+        scheduler = Scheduler(config, 40, 16, window_blocks=reserve)
+        for i in range(12):
+            scheduler.add(Request(i, 0.0, ((i, 70),), 10))
+        peak, now = 0, 0.0
+        while scheduler.has_unfinished:
+            plan = scheduler.schedule(now)
+            peak = max(peak, len(scheduler.running))
+            used = 40 - scheduler.kv.num_free_blocks
+            assert used == sum(len(s.block_table) + len(s.window_blocks) for s in scheduler.running.values())
+            scheduler.update(plan, StepResult(plan.step, 1.0), now)
+            now += 1.0
+        assert peak == most and scheduler.kv.num_free_blocks == 40
+    with pytest.raises(Exception, match="3 of which it holds for its sliding layers' window"):
+        Scheduler(config, 40, 16, window_blocks=3).add(Request(99, 0.0, ((99, 600),), 10))
+
+
+def _mxfp4(generator, *shape):
+    """Random MXFP4 blocks (every code) and scales (2^-8 .. 2^3) of ``shape`` [..., groups]."""
+    blocks = torch.randint(0, 256, (*shape, 16), generator=generator, dtype=torch.uint8)
+    return blocks, torch.randint(119, 131, shape, generator=generator, dtype=torch.uint8)
+
+
+def test_mxfp4_dequantization_is_transformers():
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    from engine.mxfp4 import dequantize_mxfp4
+
+    blocks, scales = _mxfp4(torch.Generator().manual_seed(0), 3, 10, 4)
+    theirs = mxfp4.convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)  # [3, 128, 10]
+    assert torch.equal(dequantize_mxfp4(blocks, scales, torch.float32).transpose(1, 2), theirs)
+    assert torch.equal(dequantize_mxfp4(blocks, scales, torch.bfloat16).float().transpose(1, 2), theirs)
+
+
+def test_a_released_mxfp4_checkpoint_loads(tmp_path):
+    """A checkpoint laid out as released (experts as MXFP4 blocks and scales, quantization_config
+    mxfp4) loads into the experts transformers' own dequantization gives, as a bf16 copy of it."""
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    from safetensors.torch import load_file, save_file
+
+    spec = replace(TINY_OSS, intermediate_size=64, moe_intermediate_size=64)  # widths of whole 32-blocks
+    hf_model(random_weights(spec, seed=3), spec).save_pretrained(tmp_path / "bf16")
+    tensors = load_file(tmp_path / "bf16" / "model.safetensors")
+    released = dict(tensors)
+    generator = torch.Generator().manual_seed(1)
+    E, h, W = spec.num_experts, spec.hidden_size, spec.moe_intermediate_size
+    for layer in range(spec.num_layers):
+        p = f"model.layers.{layer}.mlp.experts."
+        for name, rows, columns in (("gate_up_proj", 2 * W, h), ("down_proj", h, W)):
+            blocks, scales = _mxfp4(generator, E, rows, columns // 32)
+            del released[p + name]
+            released.update({p + name + "_blocks": blocks, p + name + "_scales": scales})
+            tensors[p + name] = mxfp4.convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).contiguous()
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    (tmp_path / "mxfp4").mkdir()
+    save_file(released, tmp_path / "mxfp4" / "model.safetensors")
+    save_file(tensors, tmp_path / "bf16" / "model.safetensors")
+    checkpoint = ModelSpec.from_hf_config({**config, "quantization_config": {"quant_method": "mxfp4"}})
+    assert checkpoint.architecture_differences(spec) == []
+    quantized, plain = load_safetensors(tmp_path / "mxfp4", spec), load_safetensors(tmp_path / "bf16", spec)
+    for mine, theirs in zip(quantized.layers, plain.layers):
+        assert torch.equal(mine.expert_gate_up, theirs.expert_gate_up)
+        assert torch.equal(mine.expert_down, theirs.expert_down)
+    assert quantized.layers[0].expert_down.abs().max() > 0.01  # real values, not zeros

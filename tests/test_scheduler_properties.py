@@ -75,10 +75,13 @@ def drive(scheduler: Scheduler, requests: list[Request]):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]))
-def test_invariants_hold_under_memory_pressure(requests, name, spare_blocks, budget):
-    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
-    scheduler = Scheduler(schedule_config(name, max_num_batched_tokens=budget), need + spare_blocks, BLOCK)
+@given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]),
+       st.sampled_from([0, 0, 1, 3]))
+def test_invariants_hold_under_memory_pressure(requests, name, spare_blocks, budget, window):
+    """``window``: blocks each running request holds for a sliding window (vLLM's hybrid cache)."""
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + window
+    scheduler = Scheduler(schedule_config(name, max_num_batched_tokens=budget), need + spare_blocks, BLOCK,
+                          window_blocks=window)
     computed, skipped, discarded, finished = drive(scheduler, requests)
     # every request finishes exactly once
     assert sorted(finished) == sorted(r.req_id for r in requests)
@@ -124,15 +127,16 @@ def _plans(scheduler: Scheduler, requests: list[Request], sample: bool) -> list[
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]),
-       st.booleans())
-def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_blocks, budget, sample):
+       st.booleans(), st.sampled_from([0, 0, 2]))
+def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_blocks, budget, sample, window):
     """The lazy decode cohort is an optimisation only: plans (block ids included), preemptions,
     finishes, KV usage and every request's counters (brought up to date by ``sync``, step by
-    step) are those of one-by-one scheduling."""
-    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
+    step) are those of one-by-one scheduling, with or without sliding-window blocks."""
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + window
     config = schedule_config(name, max_num_batched_tokens=budget)
-    lazy = _plans(Scheduler(config, need + spare_blocks, BLOCK), requests, sample)
-    eager = _plans(Scheduler(config, need + spare_blocks, BLOCK, lazy_decodes=False), requests, sample)
+    lazy = _plans(Scheduler(config, need + spare_blocks, BLOCK, window_blocks=window), requests, sample)
+    eager = _plans(Scheduler(config, need + spare_blocks, BLOCK, lazy_decodes=False, window_blocks=window),
+                   requests, sample)
     assert lazy == eager
 
 
