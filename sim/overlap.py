@@ -33,6 +33,7 @@ class OverlapCostModel:
     steps one by one agree to the bit, as they do there."""
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec) -> None:
+        self.model = model
         self.profile = build_roofline_profile(model, hardware)
         self.profile.provenance["step_overlap"] = True
         self.compute = CostModel(build_roofline_profile(model, dataclasses.replace(hardware, hbm_bandwidth=UNLIMITED)),
