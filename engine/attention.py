@@ -38,6 +38,8 @@ class AttentionBackend:
     prefix_aware = False
     # does forward() take a sliding window and attention sinks (gpt-oss, Mistral 7B v0.1)?
     windows_and_sinks = False
+    # does experts() take gpt-oss's biases and clamped SwiGLU (the reference here does)?
+    gpt_oss_experts = True
 
     def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata, window: int | None = None,
                 sinks: torch.Tensor | None = None) -> torch.Tensor:

@@ -138,7 +138,7 @@ class LlamaModel:
         if (spec.sliding_layers or spec.attention_sinks) and not backend.windows_and_sinks:
             raise ConfigError(f"model {spec.name!r}: sliding windows and attention sinks are not implemented by the "
                               f"{backend.name!r} attention backend; backend=torch runs them")
-        if (spec.expert_bias or spec.swiglu_limit) and type(backend).experts is not AttentionBackend.experts:
+        if (spec.expert_bias or spec.swiglu_limit) and not backend.gpt_oss_experts:
             raise ConfigError(f"model {spec.name!r}: expert biases and the clamped SwiGLU (gpt-oss) are not "
                               f"implemented by the {backend.name!r} backend's experts; backend=torch runs them")
         first = weights.layers[0]

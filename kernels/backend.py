@@ -33,6 +33,7 @@ def _table(tables: list, device) -> torch.Tensor:
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     prefix_aware = True
+    windows_and_sinks = True
 
     def rms_norm(self, x, weight, eps):
         return rms_norm(x.contiguous(), weight, eps)
@@ -43,10 +44,12 @@ class TritonAttentionBackend(AttentionBackend):
     def store_kv(self, cache, layer, slots, key, value):
         store_kv(key.contiguous(), value.contiguous(), cache.key[layer], cache.value[layer], slots)
 
-    def experts(self, h, weights, chosen, gate_up, down):
-        return fused_experts(h.contiguous(), weights, chosen, gate_up, down)
+    def experts(self, h, weights, chosen, gate_up, down, **gpt_oss):
+        return fused_experts(h.contiguous(), weights, chosen, gate_up, down, **gpt_oss)
 
-    def forward(self, layer, query, cache, meta):
+    def forward(self, layer, query, cache, meta, window=None, sinks=None):
+        """A sliding-window layer's decodes all go through paged decode (its window holds little
+        of a shared prefix, and the fused kernel reads every prefix whole)."""
         output = torch.empty_like(query)
         key, value = cache.key[layer], cache.value[layer]
         step = meta.backend_state.get("triton")
@@ -55,17 +58,18 @@ class TritonAttentionBackend(AttentionBackend):
         decodes, prefill = step
         for rows, tables, contexts, groups, layout, max_context in decodes:
             queries = query[rows].contiguous()
-            if groups:
+            if groups and not window:
                 result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale,
-                                                        layout=layout)
+                                                        layout=layout, sinks=sinks)
             else:
                 result = paged_decode_attention(queries, key, value, tables, contexts, meta.scale,
-                                                max_context=max_context)
+                                                max_context=max_context, window=window, sinks=sinks)
             output[rows] = result
         if prefill is not None:
             index, tables, starts, lens, contexts, max_query_len = prefill
             output[index] = paged_prefill_attention(query[index].contiguous(), key, value, tables, starts, lens,
-                                                    contexts, meta.scale, max_query_len=max_query_len)
+                                                    contexts, meta.scale, max_query_len=max_query_len,
+                                                    window=window, sinks=sinks)
         return output
 
     @staticmethod

@@ -22,11 +22,13 @@ def dot(a, b, DOT_PRECISION: tl.constexpr):
 @triton.jit
 def attend_blocks(q, k_base, v_base, table_ptr, first_block, end_token, positions, stride_kb, stride_ks,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr, CAUSAL: tl.constexpr):
+                  DOT_PRECISION: tl.constexpr, CAUSAL: tl.constexpr, window=0, WINDOW: tl.constexpr = False):
     """Attention of the rows ``q`` [BLOCK_M, HEAD_DIM] (fp32, pre-scaled by log2(e)/sqrt(d))
     over tokens [first_block * BLOCK_SIZE, end_token) of one kv head, read through a block
-    table; with ``CAUSAL``, row r sees only tokens at or before ``positions[r]``. Returns
-    (unnormalised output, running max, running sum) of a base-2 softmax."""
+    table; with ``CAUSAL``, row r sees only tokens at or before ``positions[r]``; with
+    ``WINDOW``, only tokens after ``positions[r] - window`` (a sliding window of ``window``
+    positions, its own included). Returns (unnormalised output, running max, running sum) of a
+    base-2 softmax."""
     offs = tl.arange(0, BLOCK_SIZE)
     dims = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -41,10 +43,12 @@ def attend_blocks(q, k_base, v_base, table_ptr, first_block, end_token, position
         k = tl.load(k_base + address, mask=valid[:, None], other=0.0)
         v = tl.load(v_base + address, mask=valid[:, None], other=0.0)
         s = dot(q.to(k.dtype), tl.trans(k), DOT_PRECISION)
+        keep = valid[None, :]
         if CAUSAL:
-            s = tl.where(valid[None, :] & (tokens[None, :] <= positions[:, None]), s, float("-inf"))
-        else:
-            s = tl.where(valid[None, :], s, float("-inf"))
+            keep = keep & (tokens[None, :] <= positions[:, None])
+        if WINDOW:
+            keep = keep & (tokens[None, :] > positions[:, None] - window)
+        s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])
@@ -56,30 +60,57 @@ def attend_blocks(q, k_base, v_base, table_ptr, first_block, end_token, position
 
 
 @triton.jit
-def _merge_kernel(parts_ptr, lse_ptr, out_ptr, num_parts, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p])."""
+def _merge_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_parts, heads, HEAD_DIM: tl.constexpr,
+                  BLOCK_P: tl.constexpr, SINKS: tl.constexpr):
+    """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p]);
+    with ``SINKS``, the denominator also takes e^sink of the row's head (r mod ``heads``)."""
     row = tl.program_id(0).to(tl.int64)
     p = tl.arange(0, BLOCK_P)
     dims = tl.arange(0, HEAD_DIM)
     lse = tl.load(lse_ptr + row * num_parts + p, mask=p < num_parts, other=float("-inf"))
     top = tl.max(lse, 0)
+    if SINKS:
+        sink = tl.load(sinks_ptr + row % heads).to(tl.float32) * LOG2E
+        top = tl.maximum(top, sink)
     top = tl.where(top == float("-inf"), 0.0, top)
     weight = tl.exp2(lse - top)
     parts = tl.load(parts_ptr + row * num_parts * HEAD_DIM + p[:, None] * HEAD_DIM + dims[None, :],
                     mask=p[:, None] < num_parts, other=0.0)
     total = tl.sum(weight, 0)
+    if SINKS:
+        total += tl.exp2(sink - top)
     merged = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     tl.store(out_ptr + row * HEAD_DIM + dims, merged.to(out_ptr.dtype.element_ty))
 
 
-def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``parts`` [rows, P, D] fp32, ``lse`` [rows, P] fp32 (base 2) -> ``out`` [rows, D]."""
+def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
+                   sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """``parts`` [rows, P, D] fp32, ``lse`` [rows, P] fp32 (base 2) -> ``out`` [rows, D];
+    ``sinks`` [heads] (natural-log logits; rows are sequence x heads + head): each head's sink
+    joins the softmax's denominator (gpt-oss)."""
     rows, num_parts, head_dim = parts.shape
     assert lse.shape == (rows, num_parts) and parts.dtype == lse.dtype == torch.float32
     assert parts.is_contiguous() and lse.is_contiguous() and out.is_contiguous() and out.shape == (rows, head_dim)
-    _merge_kernel[(rows,)](parts, lse, out, num_parts, HEAD_DIM=head_dim,
-                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2))
+    heads = 1 if sinks is None else check_sinks(sinks, rows)
+    _merge_kernel[(rows,)](parts, lse, out, lse if sinks is None else sinks, num_parts, heads, HEAD_DIM=head_dim,
+                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None)
     return out
+
+
+def check_sinks(sinks: torch.Tensor, rows: int) -> int:
+    """The number of heads of a contiguous 1-D ``sinks`` that divides ``rows`` (a ValueError otherwise)."""
+    if sinks.dim() != 1 or not sinks.is_contiguous() or rows % max(sinks.numel(), 1):
+        raise ValueError(f"sinks must be a contiguous [heads] tensor, got {tuple(sinks.shape)}")
+    return sinks.numel()
+
+
+def window_of(window: int | None) -> int:
+    """A sliding window's length (0: none), checked."""
+    if window is None:
+        return 0
+    if not isinstance(window, int) or window < 0:
+        raise ValueError(f"window is {window!r}; expected an integer >= 1, or 0 / None for none")
+    return window
 
 
 def launch_options(num_warps: int | None, num_stages: int | None) -> dict:

@@ -50,9 +50,9 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
         (_paged_decode_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "parts_ptr": "*fp32",
           "lse_ptr": "*fp32", "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32,
-          "blocks_per_split": i32, "num_splits": i32, "scale": f32, "GROUP": c, "BLOCK_G": c, "HEAD_DIM": c,
-          "BLOCK_SIZE": c, "DOT_PRECISION": c},
-         {**attention, "BLOCK_G": 16}),
+          "blocks_per_split": i32, "num_splits": i32, "scale": f32, "window": i32, "GROUP": c, "BLOCK_G": c,
+          "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c, "WINDOW": c},
+         {**attention, "BLOCK_G": 16, "WINDOW": False}),
         (_shared_prefix_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "skip_ptr": "*i32",
           "group_rows_ptr": "*i32", "group_size_ptr": "*i32", "group_prefix_ptr": "*i32", "group_seq_ptr": "*i32",
@@ -64,12 +64,13 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
-          "stride_kh": i32, "stride_t": i32, "scale": f32, "GROUP": c, "BLOCK_M": c, "HEAD_DIM": c,
-          "BLOCK_SIZE": c, "DOT_PRECISION": c},
-         {**attention, "BLOCK_M": 64}),
+          "stride_kh": i32, "stride_t": i32, "scale": f32, "window": i32, "sinks_ptr": ptr, "GROUP": c,
+          "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c, "WINDOW": c, "SINKS": c},
+         {**attention, "BLOCK_M": 64, "WINDOW": False, "SINKS": False}),
         (_merge_kernel,
-         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "num_parts": i32, "HEAD_DIM": c, "BLOCK_P": c},
-         {"HEAD_DIM": 128, "BLOCK_P": 4}),
+         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_parts": i32, "heads": i32,
+          "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c},
+         {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
           "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c},
@@ -80,19 +81,40 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
          {"HEAD_DIM": 128, "HALF": 64, "BLOCK_H": 32}),
         # Qwen3-30B-A3B's experts: hidden 2048, width 768
         (_gate_up_kernel,
-         {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "sorted_ptr": "*i32", "block_expert_ptr": "*i32", "pairs": i32,
-          "top_k": i32, "hidden": i32, "width": i32, "BLOCK_M": c, "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c},
-         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision}),
+         {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "sorted_ptr": "*i32", "block_expert_ptr": "*i32",
+          "bias_ptr": ptr, "pairs": i32, "top_k": i32, "hidden": i32, "width": i32, "limit": f32, "alpha": f32,
+          "BLOCK_M": c, "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c, "BIAS": c, "CLAMP": c},
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision, "BIAS": False, "CLAMP": False}),
         (_down_kernel,
          {"act_ptr": ptr, "w_ptr": ptr, "weights_ptr": "*fp32", "out_ptr": ptr, "sorted_ptr": "*i32",
-          "block_expert_ptr": "*i32", "pairs": i32, "hidden": i32, "width": i32, "BLOCK_M": c, "BLOCK_N": c,
-          "BLOCK_K": c, "DOT_PRECISION": c},
-         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision}),
+          "block_expert_ptr": "*i32", "bias_ptr": ptr, "pairs": i32, "hidden": i32, "width": i32, "BLOCK_M": c,
+          "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c, "BIAS": c},
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision, "BIAS": False}),
         (_kv_store_kernel,
          {"k_ptr": ptr, "v_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "slots_ptr": "*i64", "ROW": c,
           "BLOCK": c},
          {"ROW": 1024, "BLOCK": 1024}),
     ]
+
+
+def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
+    """The kernels gpt-oss runs differently, at its shapes (head size 64, 8 query heads a kv
+    head, experts 2,880 wide): sliding windows, attention sinks, expert biases and the clamped
+    SwiGLU."""
+    oss = {"GROUP": 8, "HEAD_DIM": 64}
+    variants = []
+    for kernel, signature, constants in signatures(dtype):
+        name = kernel.__name__
+        if name in ("_paged_decode_kernel", "_paged_prefill_kernel"):
+            constants = {**constants, **oss, "WINDOW": True, **({"SINKS": True} if "SINKS" in constants else {})}
+        elif name == "_merge_kernel":
+            constants = {**constants, "HEAD_DIM": 64, "SINKS": True}
+        elif name in ("_gate_up_kernel", "_down_kernel"):
+            constants = {**constants, "BIAS": True, **({"CLAMP": True} if "CLAMP" in constants else {})}
+        else:
+            continue
+        variants.append((kernel, signature, constants))
+    return variants
 
 
 def main(arch: int = 90) -> int:
@@ -106,7 +128,7 @@ def main(arch: int = 90) -> int:
 
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
-        for kernel, signature, constants in signatures(dtype):
+        for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
             compiled = triton.compile(source, target=target)
@@ -115,7 +137,8 @@ def main(arch: int = 90) -> int:
                 print(f"FAILED {kernel.__name__} {dtype}: no cubin")
                 return 1
             mix = load_mix(compiled.asm["ptx"])
-            print(f"ok {kernel.__name__:<24} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
+            label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else "")
+            print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
                   f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages")
     return 0

@@ -54,9 +54,9 @@ def _block_pairs(sorted_ptr, block, pairs, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, pairs, top_k, hidden, width,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
+def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, bias_ptr, pairs, top_k, hidden, width,
+                    limit, alpha, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BIAS: tl.constexpr, CLAMP: tl.constexpr):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
     if expert < 0:  # past the last expert's blocks
@@ -79,14 +79,24 @@ def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, pairs, 
         gate += dot(a, g, DOT_PRECISION)
         up += dot(a, u, DOT_PRECISION)
     dtype = out_ptr.dtype.element_ty
-    act = gate / (1.0 + tl.exp(-gate)) * up  # in fp32, rounded once when stored
+    if BIAS:  # [experts, 2 x width]: gate, then up
+        bias = bias_ptr + expert.to(tl.int64) * (2 * width)
+        gate += tl.load(bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        up += tl.load(bias + width + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if CLAMP:  # gpt-oss: (up + 1) g sigmoid(alpha g), g clamped above, up both ways
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        act = (up + 1.0) * gate / (1.0 + tl.exp(-alpha * gate))
+    else:
+        act = gate / (1.0 + tl.exp(-gate)) * up  # in fp32, rounded once when stored
     out = out_ptr + pair.to(tl.int64)[:, None] * width + cols[None, :]
     tl.store(out, act.to(dtype, fp_downcast_rounding=ROUND), mask=valid[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_ptr, pairs, hidden, width,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_ptr, bias_ptr, pairs, hidden, width,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BIAS: tl.constexpr):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
     if expert < 0:  # past the last expert's blocks
@@ -105,6 +115,8 @@ def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_
         w = tl.load(w_expert + cols[None, :] * width + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
         acc += dot(a, w, DOT_PRECISION)
     dtype = out_ptr.dtype.element_ty
+    if BIAS:  # [experts, hidden], before the routing weight (gpt-oss)
+        acc += tl.load(bias_ptr + expert.to(tl.int64) * hidden + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     scale = tl.load(weights_ptr + pair64, mask=valid, other=0.0)  # fp32: one 4-byte load a row
     product = acc * scale[:, None]
     tl.store(out_ptr + pair64[:, None] * hidden + cols[None, :], product.to(dtype, fp_downcast_rounding=ROUND),
@@ -113,10 +125,13 @@ def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_
 
 def fused_experts(x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
                   down: torch.Tensor, block_m: int = 16, block_n: int = 64, block_k: int = 64,
-                  poison: bool = False) -> torch.Tensor:
+                  poison: bool = False, gate_up_bias: torch.Tensor | None = None,
+                  down_bias: torch.Tensor | None = None, limit: float = 0.0, alpha: float = 1.0) -> torch.Tensor:
     """``x`` [tokens, hidden]; ``weights``, ``chosen`` [tokens, k] (routing weights in x's
     dtype, expert ids); ``gate_up`` [experts, 2 x width, hidden]; ``down`` [experts, hidden,
-    width]. Returns [tokens, hidden]. ``poison``: the per-pair buffers start as NaN (tests)."""
+    width]. Returns [tokens, hidden]. ``poison``: the per-pair buffers start as NaN (tests).
+    gpt-oss's experts: ``gate_up_bias`` [experts, 2 x width], ``down_bias`` [experts, hidden]
+    and its clamped SwiGLU (``limit`` > 0, ``alpha``), as engine/experts.py computes them."""
     if x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"expected contiguous x [tokens, hidden], got {tuple(x.shape)}")
     tokens, hidden = x.shape
@@ -130,6 +145,10 @@ def fused_experts(x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, 
     if not (x.dtype == gate_up.dtype == down.dtype == weights.dtype):
         raise ValueError(f"x, gate_up, down and weights must share a dtype, got {x.dtype}, {gate_up.dtype}, "
                          f"{down.dtype}, {weights.dtype}")
+    for name, bias, shape in (("gate_up_bias", gate_up_bias, (experts, 2 * width)),
+                              ("down_bias", down_bias, (experts, hidden))):
+        if bias is not None and (tuple(bias.shape) != shape or not bias.is_contiguous() or bias.dtype != x.dtype):
+            raise ValueError(f"expected contiguous {name} {list(shape)} in {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
     top_k = chosen.shape[1]
     pairs = tokens * top_k
     fill = torch.full if poison else (lambda shape, value, **kw: torch.empty(shape, **kw))
@@ -140,9 +159,11 @@ def fused_experts(x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, 
         precision = dot_precision(x.dtype)
         blocks = block_expert.numel()
         _gate_up_kernel[(blocks, triton.cdiv(width, block_n))](
-            x, gate_up, act, sorted_ids, block_expert, pairs, top_k, hidden, width,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision)
+            x, gate_up, act, sorted_ids, block_expert, x if gate_up_bias is None else gate_up_bias, pairs, top_k,
+            hidden, width, float(limit), float(alpha), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            DOT_PRECISION=precision, BIAS=gate_up_bias is not None, CLAMP=limit > 0)
         _down_kernel[(blocks, triton.cdiv(hidden, block_n))](
-            act, down, weights.reshape(-1).float(), products, sorted_ids, block_expert, pairs, hidden, width,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision)
+            act, down, weights.reshape(-1).float(), products, sorted_ids, block_expert,
+            x if down_bias is None else down_bias, pairs, hidden, width,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=precision, BIAS=down_bias is not None)
     return products.view(tokens, top_k, hidden).sum(dim=1)

@@ -7,14 +7,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, attend_blocks, dot_precision
+from .common import LOG2E, attend_blocks, check_sinks, dot_precision, window_of
 
 
 @triton.jit
 def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_start_ptr, query_len_ptr, context_ptr,
-                          stride_qt, stride_kb, stride_ks, stride_kh, stride_t, scale,
+                          stride_qt, stride_kb, stride_ks, stride_kh, stride_t, scale, window, sinks_ptr,
                           GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-                          BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                          BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr,
+                          SINKS: tl.constexpr):
     chunk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     tile = tl.program_id(2)
@@ -30,9 +31,14 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_start_
         q = tl.load(q_ptr + (q_start + rows)[:, None] * stride_qt + head * HEAD_DIM + dims[None, :],
                     mask=live[:, None], other=0.0).to(tl.float32) * (scale * LOG2E)
         last = tl.minimum(context, context - q_len + (tile + 1) * BLOCK_M)  # causal: no later keys
+        first = 0
+        if WINDOW:  # no key before the tile's first query's window
+            first = tl.maximum(context - q_len + tile * BLOCK_M - window + 1, 0) // BLOCK_SIZE
         acc, m_i, l_i = attend_blocks(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
-                                      tables_ptr + chunk * stride_t, 0, last, positions, stride_kb, stride_ks,
-                                      BLOCK_SIZE, HEAD_DIM, BLOCK_M, DOT_PRECISION, True)
+                                      tables_ptr + chunk * stride_t, first, last, positions, stride_kb, stride_ks,
+                                      BLOCK_SIZE, HEAD_DIM, BLOCK_M, DOT_PRECISION, True, window, WINDOW)
+        if SINKS:  # the head's sink joins the denominator (m_i is finite: a query sees itself)
+            l_i += tl.exp2(tl.load(sinks_ptr + head).to(tl.float32) * LOG2E - tl.where(live, m_i, 0.0))
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(out_ptr + (q_start + rows)[:, None] * stride_qt + head * HEAD_DIM + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=live[:, None])
@@ -41,11 +47,14 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_start_
 def paged_prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                             block_tables: torch.Tensor, query_starts: torch.Tensor, query_lens: torch.Tensor,
                             context_lens: torch.Tensor, scale: float, block_m: int = 16,
-                            out: torch.Tensor | None = None, max_query_len: int | None = None) -> torch.Tensor:
+                            out: torch.Tensor | None = None, max_query_len: int | None = None,
+                            window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """``query`` [tokens, heads, d] packed; per chunk int32 ``query_starts``, ``query_lens``,
     ``context_lens`` and a row of int32 ``block_tables`` -> output [tokens, heads, d].
     ``max_query_len``: the longest chunk, from a caller that has checked every chunk's queries
-    against its context on the host (both are read from the device otherwise, which waits)."""
+    against its context on the host (both are read from the device otherwise, which waits).
+    ``window``: each query sees its last ``window`` positions only; ``sinks`` [heads]: a logit
+    per head in the softmax's denominator (gpt-oss)."""
     tokens, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     chunks = query_lens.shape[0]
@@ -63,12 +72,16 @@ def paged_prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor shaped and typed like query")
+    window = window_of(window)
+    if sinks is not None:
+        check_sinks(sinks, heads)
     if chunks == 0:
         return out
     tiles = triton.cdiv(max_query_len, block_m)
     _paged_prefill_kernel[(chunks, heads, tiles)](
         query, key_cache, value_cache, out, block_tables, query_starts, query_lens, context_lens,
         query.stride(0), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
-        scale, GROUP=heads // kv_heads, BLOCK_M=block_m, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        DOT_PRECISION=dot_precision(query.dtype))
+        scale, window, query if sinks is None else sinks, GROUP=heads // kv_heads, BLOCK_M=block_m,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), WINDOW=window > 0,
+        SINKS=sinks is not None)
     return out

@@ -122,13 +122,16 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    groups: list[tuple[int, list[int]]], scale: float,
                                    out: torch.Tensor | None = None,
                                    layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
-                                   num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+                                   num_warps: int | None = None, num_stages: int | None = None,
+                                   sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
     step's ``shared_prefix_layout``, built once for all layers (built here otherwise).
     ``prefix_blocks_per_split``: KV blocks of a prefix one program reads.
-    ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None)."""
+    ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None).
+    ``sinks`` [heads]: a logit per head in the softmax's denominator (gpt-oss; no sliding window
+    here: the backend sends a windowed layer's decodes to paged decode)."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -155,5 +158,5 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor shaped and typed like query")
-    merge_partials(parts, lse, out.view(seqs * heads, head_dim))
+    merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
     return out

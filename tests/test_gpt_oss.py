@@ -78,7 +78,7 @@ def test_backends_without_windows_or_sinks_refuse_the_model():
         name, windows_and_sinks = "plain", False
 
     class OwnExperts(TorchAttentionBackend):
-        name = "own-experts"
+        name, gpt_oss_experts = "own-experts", False
 
         def experts(self, h, weights, chosen, gate_up, down):
             raise AssertionError("not called")

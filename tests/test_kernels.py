@@ -10,7 +10,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kernels.paged_decode import paged_decode_attention, paged_decode_reference  # noqa: E402
+from kernels.paged_decode import paged_decode_attention, paged_decode_reference, softmax_with_sinks  # noqa: E402
 from kernels.paged_prefill import paged_prefill_attention  # noqa: E402
 from kernels.shared_prefix import shared_prefix_decode_attention  # noqa: E402
 
@@ -20,6 +20,14 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 # nearest even): elementwise kernels that round twice may then be 2 bf16 ulps off. On a GPU the
 # 1e-2 above holds for them too.
 ELEMENTWISE_BF16 = 2e-2 if os.environ.get("TRITON_INTERPRET") == "1" else 1e-2
+
+
+def attention_tolerance(dtype, sinks) -> float:
+    """Sinks shrink the outputs (a share of each softmax goes to the sink) while the interpreter's
+    truncating casts of probabilities and outputs stay as large: bf16 with sinks, measured
+    against the largest output, gets the interpreter's allowance (about 0.75 % an element there,
+    0.55 % without sinks)."""
+    return ELEMENTWISE_BF16 if sinks and dtype == torch.bfloat16 else TOLERANCE[dtype]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,26 +55,37 @@ def random_tables(contexts, block_size, num_blocks, generator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("heads, kv_heads, contexts, per_split", [
-    (4, 2, [5, 33, 64], 2),     # ragged, split-KV with a partial last split
-    (2, 2, [1, 17], 32),        # no GQA, a one-token context, one split
-    (8, 2, [47], 1),            # GQA 4, every block its own split
+@pytest.mark.parametrize("heads, kv_heads, contexts, per_split, window, sinks", [
+    (4, 2, [5, 33, 64], 2, 0, False),     # ragged, split-KV with a partial last split
+    (2, 2, [1, 17], 32, 0, False),        # no GQA, a one-token context, one split
+    (8, 2, [47], 1, 0, False),            # GQA 4, every block its own split
+    # gpt-oss: a window shorter than some contexts (and not a whole number of blocks), sinks
+    (4, 2, [5, 33, 64, 20], 1, 19, True),
+    (8, 2, [47, 3], 32, 8, False),
+    (4, 2, [40, 64], 2, 0, True),
 ])
-def test_paged_decode_matches_reference(dtype, heads, kv_heads, contexts, per_split):
+def test_paged_decode_matches_reference(dtype, heads, kv_heads, contexts, per_split, window, sinks):
     block_size, head_dim = 16, 16
     key, value, generator = caches(24, block_size, kv_heads, head_dim, dtype, seed=len(contexts) + heads)
     tables = random_tables(contexts, block_size, 24, generator)
     context = torch.tensor(contexts, dtype=torch.int32, device=DEVICE)
     query = torch.randn((len(contexts), heads, head_dim), generator=generator).to(DEVICE, dtype)
+    sink = (4.0 + torch.randn(heads, generator=generator)).to(DEVICE, dtype) if sinks else None
     out = torch.full_like(query, float("nan"))
-    paged_decode_attention(query, key, value, tables, context, 0.3, blocks_per_split=per_split, out=out)
+    paged_decode_attention(query, key, value, tables, context, 0.3, blocks_per_split=per_split, out=out,
+                           window=window, sinks=sink)
     # the reference in fp32 from the same (bf16) inputs, not rounded to bf16 itself
-    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, context, 0.3)
-    assert relative_error(out, ref) <= TOLERANCE[dtype]
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, context, 0.3, window, sink)
+    assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
+    if window or sinks:  # the test sees the feature: the same call without it is far off
+        plain = paged_decode_reference(query.float(), key.float(), value.float(), tables, context, 0.3)
+        assert relative_error(plain, ref) > 0.05
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_paged_prefill_matches_reference(dtype):
+@pytest.mark.parametrize("dtype, window, sinks", [(torch.float32, 0, False), (torch.bfloat16, 0, False),
+                                                  (torch.float32, 9, True), (torch.bfloat16, 20, True),
+                                                  (torch.float32, 5, False)])
+def test_paged_prefill_matches_reference(dtype, window, sinks):
     block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
     key, value, generator = caches(24, block_size, kv_heads, head_dim, dtype, seed=7)
     # chunks: a whole prompt; a chunk after 21 cached tokens; a 1-token chunk; 19 queries (2 tiles)
@@ -75,9 +94,11 @@ def test_paged_prefill_matches_reference(dtype):
     starts = torch.tensor([sum(query_lens[:i]) for i in range(4)], dtype=torch.int32, device=DEVICE)
     query = torch.randn((sum(query_lens), heads, head_dim), generator=generator).to(DEVICE, dtype)
     # fill the cache at the queries' own positions too, as the engine does before attention
+    sink = (4.0 + torch.randn(heads, generator=generator)).to(DEVICE, dtype) if sinks else None
     out = torch.full_like(query, float("nan"))
     paged_prefill_attention(query, key, value, tables, starts, torch.tensor(query_lens, dtype=torch.int32,
-                            device=DEVICE), torch.tensor(contexts, dtype=torch.int32, device=DEVICE), 0.25, out=out)
+                            device=DEVICE), torch.tensor(contexts, dtype=torch.int32, device=DEVICE), 0.25, out=out,
+                            window=window, sinks=sink)
     ref = torch.empty_like(query, dtype=torch.float32)  # fp32 reference from the same inputs
     for i, (q_len, ctx) in enumerate(zip(query_lens, contexts)):
         blocks = tables[i, : -(-ctx // block_size)].long()
@@ -86,14 +107,19 @@ def test_paged_prefill_matches_reference(dtype):
         q = query[int(starts[i]): int(starts[i]) + q_len].float()
         scores = torch.einsum("qhd,khd->hqk", q, k) * 0.25
         positions = torch.arange(ctx - q_len, ctx, device=DEVICE)
-        scores.masked_fill_(torch.arange(ctx, device=DEVICE)[None, :] > positions[:, None], float("-inf"))
-        ref[int(starts[i]): int(starts[i]) + q_len] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
-    assert relative_error(out, ref) <= TOLERANCE[dtype]
+        keys_at = torch.arange(ctx, device=DEVICE)[None, :]
+        hidden = keys_at > positions[:, None]
+        if window:
+            hidden |= keys_at <= positions[:, None] - window
+        scores.masked_fill_(hidden, float("-inf"))
+        ref[int(starts[i]): int(starts[i]) + q_len] = torch.einsum("hqk,khd->qhd", softmax_with_sinks(scores, sink), v)
+    assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
 
 
-@pytest.mark.parametrize("dtype, blocks_per_split", [(torch.float32, 32), (torch.bfloat16, 32), (torch.float32, 2),
-                                                     (torch.float32, 1)])
-def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split):
+@pytest.mark.parametrize("dtype, blocks_per_split, sinks", [(torch.float32, 32, False), (torch.bfloat16, 32, False),
+                                                            (torch.float32, 2, False), (torch.float32, 1, False),
+                                                            (torch.bfloat16, 2, True)])
+def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks):
     # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
     # prefix are then empty and must weigh nothing in the merge)
     block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
@@ -103,12 +129,13 @@ def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split):
                            [12, 13, 14, 16, 0], [12, 13, 14, 15, 0]], dtype=torch.int32, device=DEVICE)
     contexts = torch.tensor([40, 33, 77, 21, 55, 63], dtype=torch.int32, device=DEVICE)
     query = torch.randn((6, heads, head_dim), generator=generator).to(DEVICE, dtype)
+    sink = (4.0 + torch.randn(heads, generator=generator)).to(DEVICE, dtype) if sinks else None
     out = torch.full_like(query, float("nan"))
     # two groups (prefix 32 and 48 tokens) and one request in no group
     shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (48, [4, 5])], 0.25,
-                                   out=out, prefix_blocks_per_split=blocks_per_split)
-    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25)
-    assert relative_error(out, ref) <= TOLERANCE[dtype]
+                                   out=out, prefix_blocks_per_split=blocks_per_split, sinks=sink)
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
+    assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
     with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
         shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 3])], 0.25)
 
@@ -124,7 +151,8 @@ def test_host_wrappers_check_their_inputs():
                                torch.ones(1, dtype=torch.int32, device=DEVICE), 1.0)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])  # tiny-moe: q/k norms through the RMSNorm kernel
+# tiny-moe: q/k norms through the RMSNorm kernel; tiny-gpt-oss: windows, sinks, expert biases and the clamp
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss"])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
@@ -137,7 +165,7 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from scheduler import Request
     from traces.workload import Workload
 
-    spec = model_spec(preset, num_layers=1)
+    spec = model_spec(preset, num_layers=2 if preset == "tiny-gpt-oss" else 1)  # a window layer, a full one
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
     # two groups of three sharing 32 tokens, and two ungrouped requests still decoding while the
     # groups do: steps with shared-prefix decodes (fused kernel) beside plain ones (paged decode)
@@ -169,13 +197,17 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 18  # 9 kernels x (bf16, fp32)
+    assert result.stdout.count("ok ") == 28  # (9 kernels + 5 gpt-oss variants) x (bf16, fp32)
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
-    # 16 bytes a thread (vector loads or pipelined async copies), never element by element
+    # 16 bytes a thread (vector loads or pipelined async copies), never element by element; the
+    # gpt-oss variants read one 2-byte sink a program besides
     import re
 
     bf16 = re.findall(r"ok (\w+) +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
     assert len(bf16) == 9 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
+    oss = re.findall(r"ok (\w+)\+gpt-oss +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
+    assert len(oss) == 5 and all(int(narrow) <= 1 for _, _, narrow in oss), oss
+    assert all(int(wide) > 0 for name, wide, _ in oss if name != "_merge_kernel"), oss
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -249,6 +281,7 @@ def test_gpu_kernel_benchmark_dry_run():
     (1, 64, 32, 8, 2),     # one token: six experts idle, their blocks skipped
     (37, 64, 48, 8, 2),    # ragged: runs of every length, a width that is no power of two
     (20, 80, 96, 4, 3),    # hidden and width past one tile, three experts a token
+    (37, 64, 48, 8, -2),   # gpt-oss: biases and the clamped SwiGLU at a limit the gates cross
 ])
 def test_fused_experts_match_the_engines_torch_experts(dtype, tokens, hidden, width, experts, top_k):
     from engine.experts import experts_reference, route
@@ -258,11 +291,19 @@ def test_fused_experts_match_the_engines_torch_experts(dtype, tokens, hidden, wi
     rand = lambda *shape, std=1.0: (torch.randn(*shape, generator=generator) * std).to(DEVICE, dtype)
     x, router = rand(tokens, hidden), rand(experts, hidden)
     gate_up, down = rand(experts, 2 * width, hidden, std=0.2), rand(experts, hidden, width, std=0.2)
+    gpt_oss = {}
+    if top_k < 0:  # gpt-oss's experts
+        top_k = -top_k
+        gpt_oss = dict(gate_up_bias=rand(experts, 2 * width, std=0.5), down_bias=rand(experts, hidden, std=0.5),
+                       limit=0.6, alpha=1.702)
     weights, chosen = route(x, router, top_k, renormalise=top_k == 2)
-    reference = experts_reference(x, weights, chosen, gate_up, down)
-    out = fused_experts(x, weights, chosen, gate_up, down, block_m=16, block_n=32, block_k=32, poison=True)
+    reference = experts_reference(x, weights, chosen, gate_up, down, **gpt_oss)
+    out = fused_experts(x, weights, chosen, gate_up, down, block_m=16, block_n=32, block_k=32, poison=True, **gpt_oss)
     assert out.dtype == dtype and out.shape == reference.shape
     assert relative_error(out, reference) <= TOLERANCE[dtype]
+    if gpt_oss:  # the clamp binds: without it the output moves
+        unclamped = experts_reference(x, weights, chosen, gate_up, down, **{**gpt_oss, "limit": 1e6})
+        assert relative_error(unclamped, reference) > 0.05
 
 
 def test_align_by_expert_pads_each_experts_run_to_whole_blocks():
