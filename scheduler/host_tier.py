@@ -88,6 +88,14 @@ def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int
     begin = state.num_registered_blocks
     keys = as_ints(keys[begin:upto])
     stored, dropped = scheduler.host.store(keys, scheduler.replica)
+    drops = scheduler._host_drops
+    if drops and stored and scheduler._transfers:
+        # stored again before a plan told the executor to drop it: it never will (a plan's stores
+        # come before its drops), so the executor still holds it, and nothing is copied
+        again = set(stored).intersection(drops)
+        if again:
+            drops[:] = [key for key in drops if key not in again]
+            stored = [key for key in stored if key not in again]
     scheduler._stored_blocks += len(stored)
     if scheduler._transfers:
         pending = scheduler._host_stores  # identity -> block, for the next plan
@@ -98,4 +106,4 @@ def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int
             pending.update((key, block) for key, block in zip(keys, state.block_table[begin:upto]) if key in new)
         for key in dropped:  # an executor copies what the tier keeps, and forgets what it drops
             if pending.pop(key, None) is None:
-                scheduler._host_drops.append(key)
+                drops.append(key)
