@@ -189,8 +189,8 @@ class LlamaModel:
                 backend.store_kv(cache, index, slots, k, v)
             with timer("attention"):
                 window = spec.sliding_window if index in sliding else None
-                attn = self.backend.forward(index, q, cache, meta, window, layer.sinks) if window or \
-                    layer.sinks is not None else self.backend.forward(index, q, cache, meta)
+                extra = (window, layer.sinks) if window or layer.sinks is not None else ()  # gpt-oss, Mistral
+                attn = self.backend.forward(index, q, cache, meta, *extra)
             with timer("linear_o"):
                 out = attn.reshape(count, -1) @ layer.o.T
                 x = x + (out if layer.o_bias is None else out + layer.o_bias)
