@@ -19,15 +19,24 @@ if TYPE_CHECKING:
 
 
 def check_fits(scheduler: "Scheduler", request: "Request") -> None:
-    """A WorkloadError where ``request`` needs more KV blocks than the whole cache holds (less
-    the blocks a running request holds for its sliding window)."""
-    if request.prompt_len + request.output_len - 1 > scheduler._capacity_tokens:
-        kv, window = scheduler.kv, scheduler.window_blocks
-        need = kv.blocks_for(request.prompt_len + request.output_len - 1)
-        held = f", {window} of which it holds for its sliding layers' window" if window else ""
+    """A WorkloadError where ``request`` needs more KV blocks than the whole cache holds (with
+    the blocks it holds for its sliding window while it runs)."""
+    tokens = request.prompt_len + request.output_len - 1
+    kv = scheduler.kv
+    window = window_blocks_of(scheduler, tokens)
+    if tokens > scheduler._capacity_tokens or window and kv.blocks_for(tokens) + window > kv.num_blocks:
+        held = f", {window} of which it would hold for its sliding layers' window" if window else ""
         raise WorkloadError(
-            f"request {request.req_id}: needs {need} KV blocks ({request.prompt_len} prompt + {request.output_len} "
-            f"output tokens, block size {scheduler.block_size}) but the KV cache holds only {kv.num_blocks} blocks{held}")
+            f"request {request.req_id}: needs {kv.blocks_for(tokens)} KV blocks ({request.prompt_len} prompt + "
+            f"{request.output_len} output tokens, block size {scheduler.block_size}) but the KV cache holds only "
+            f"{kv.num_blocks} blocks{held}")
+
+
+def window_blocks_of(scheduler: "Scheduler", tokens: int) -> int:
+    """Blocks a request that will hold ``tokens`` tokens keeps for its sliding layers' window
+    while it runs: the scheduler's ``window_blocks``, or as many as its tokens fill if fewer."""
+    window = scheduler.window_blocks
+    return min(window, scheduler.kv.blocks_for(max(tokens, 1))) if window else 0
 
 
 def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
@@ -87,8 +96,8 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     count = min(count, tokens_left)
     need = kv.blocks_for(computed + count) - num_hits
     free_after = kv.num_free_blocks - free_hits
-    window = scheduler.window_blocks  # its sliding layers' window, taken too
-    if need + window > free_after:
+    window = window_blocks_of(scheduler, num_tokens + state.output_len - state.num_output_tokens - 1)
+    if need + window > free_after:  # its sliding layers' window taken too
         return None
     threshold = scheduler._kv_threshold_blocks
     if threshold is not None and scheduler.running and kv.num_blocks - free_after + need + window > threshold:
@@ -108,7 +117,8 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
     if scheduler.window_blocks:
-        state.window_blocks = scheduler.kv.allocate(scheduler.window_blocks)
+        window = window_blocks_of(scheduler, state.num_tokens + state.output_len - state.num_output_tokens - 1)
+        state.window_blocks = scheduler.kv.allocate(window)
     if loaded:  # their KV comes back from host memory into the first new blocks
         keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])
         remote = scheduler.host.load(keys, scheduler.replica)

@@ -234,7 +234,8 @@ class ModelSpec:
         """Blocks (of ``kv_bytes_per_token`` a token) a running request holds for its sliding
         layers' window where ``kv_hybrid``: vLLM keeps the blocks a window of W tokens can
         touch, ceil((W - 1) / block size) + 1 of each sliding layer, freeing older ones (a
-        request shorter than its window holds as many; not told apart here). 0 otherwise."""
+        request shorter than that holds what its tokens fill: the scheduler's
+        ``window_blocks_of``). 0 otherwise."""
         if not self.kv_hybrid:
             return 0
         per_layer = -(-(self.sliding_window - 1) // block_size) + 1

@@ -72,7 +72,7 @@ class Scheduler:
         self._finished_last_update: tuple[int, ...] = ()
         self._num_unfinished = 0
         self._num_added = 0
-        self._capacity_tokens = (self.kv.num_blocks - window_blocks) * block_size  # the most one request may hold
+        self._capacity_tokens = self.kv.num_blocks * block_size  # the most tokens one request may hold
         self._joined_step, self._joined_ok = -1, True  # _join_decodes' answer, and for which step
         threshold = config.kv_threshold
         self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)

@@ -222,8 +222,13 @@ def test_running_requests_hold_their_window_blocks():
             scheduler.update(plan, StepResult(plan.step, 1.0), now)
             now += 1.0
         assert peak == most and scheduler.kv.num_free_blocks == 40
-    with pytest.raises(Exception, match="3 of which it holds for its sliding layers' window"):
+    with pytest.raises(Exception, match="needs 39 KV blocks .* holds only 40 blocks, 3 of which it would hold for"):
         Scheduler(config, 40, 16, window_blocks=3).add(Request(99, 0.0, ((99, 600),), 10))
+    # a request shorter than its window holds as many window blocks as its tokens fill
+    scheduler = Scheduler(config, 40, 16, window_blocks=3)
+    scheduler.add(Request(0, 0.0, ((0, 20),), 5))  # 24 tokens: 2 blocks, and 2 for its window
+    scheduler.schedule(0.0)
+    assert len(scheduler.states[0].window_blocks) == 2 and scheduler.kv.num_free_blocks == 36
 
 
 def _mxfp4(generator, *shape):
