@@ -63,12 +63,16 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
         rope.update(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
                     original_max_position_embeddings=4096)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if partial != 1.0 and not costs_only:
+        raise ConfigError(f"model config {name!r}: partial_rotary_factor {partial} (RoPE over part of each head) is "
+                          "not implemented by the engine; batchlab simulate and plan take it")
     fields = {"rope_theta": float(theta)}
     if rope_type == "llama3":
         fields.update(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
                       rope_high_freq_factor=float(rope["high_freq_factor"]),
                       rope_original_max_position=int(rope["original_max_position_embeddings"]))
-    elif rope_type == "yarn" and (costs_only or rope.get("partial_rotary_factor", 1.0) == 1.0):
+    elif rope_type == "yarn":
         factor = float(rope.get("factor") or config["max_position_embeddings"] / rope["original_max_position_embeddings"])
         fields.update(rope_scaling_factor=factor, rope_yarn=True,
                       rope_original_max_position=int(rope["original_max_position_embeddings"]),

@@ -298,6 +298,8 @@ def test_presets_are_the_published_checkpoints(preset, config):
     ({"attention_bias": True}, "attention_bias"),
     ({"model_type": "deepseek_v3"}, "model_type 'deepseek_v3'"),  # MLA: not implemented
     ({"model_type": "gpt_oss", "layer_types": ["sliding_attention"]}, "layer_types must list"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192,
+                       "partial_rotary_factor": 0.5}}, "partial_rotary_factor 0.5"),
 ])
 def test_checkpoint_configs_the_engine_would_compute_differently_are_refused(change, message):
     from scheduler.model_spec import ModelSpec
