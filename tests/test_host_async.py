@@ -77,13 +77,15 @@ def test_the_engine_computes_the_same_when_loads_wait():
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted", "blend"]), st.integers(0, 6), st.integers(1, 12),
-       st.sampled_from([1, 3, 8, 64]), st.integers(0, 3))
-def test_transfers_stay_consistent_when_loads_take_steps(requests, name, spare_blocks, host_blocks, budget, delay):
+       st.sampled_from([1, 3, 8, 64]), st.integers(0, 3), st.sampled_from([0, 0, 2]))
+def test_transfers_stay_consistent_when_loads_take_steps(requests, name, spare_blocks, host_blocks, budget, delay,
+                                                         window):
     """Random workloads; each load is reported done ``delay`` steps after it started (0: at
-    once, as the engine does). The shadow executor's checks hold, and everything finishes."""
-    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
+    once, as the engine does); ``window``: blocks a running request holds for a sliding window.
+    The shadow executor's checks hold, and everything finishes."""
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + window
     config = schedule_config(name, max_num_batched_tokens=budget, host_cache_blocks=host_blocks, host_load_async=True)
-    scheduler = Scheduler(config, need + spare_blocks, BLOCK)
+    scheduler = Scheduler(config, need + spare_blocks, BLOCK, window_blocks=window)
     shadow = Shadow(scheduler, requests)
     pending = sorted(requests, key=lambda r: r.arrival_s)
     progress: dict[int, int] = {}
