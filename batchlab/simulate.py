@@ -156,6 +156,9 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
             "arrivals, bursts of one prefix land on one replica (sharding=round_robin spreads them)")
     say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
+    from sim.hardware import kv_reserve_note
+    if not cfg.profile and kv_reserve_note(model, hardware):
+        say(kv_reserve_note(model, hardware))
     progress = say if cfg.progress else None
     for config in configs:
         started = time.perf_counter()

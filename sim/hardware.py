@@ -178,3 +178,18 @@ def kv_capacity_blocks(model: ModelSpec, hardware: HardwareSpec, block_size: int
     if blocks < 1:
         raise ConfigError(f"model {model.name!r} on {hardware.label!r}: no room for a single KV block")
     return blocks
+
+
+def kv_reserve_note(model: ModelSpec, hardware: HardwareSpec) -> str:
+    """A warning where the activation reserve is a large share (15 % or more) of the memory the
+    weights leave: the KV cache, and every figure under memory pressure, then hangs on a guess
+    (vLLM's logs show ~9 GiB besides weights and KV for gpt-oss-120b on one H100, against the
+    2 GB reserve); "" otherwise."""
+    left = hardware.memory_bytes * hardware.memory_utilization - shard(model, hardware).weight_bytes
+    reserve = hardware.activation_reserve_bytes
+    if left <= 0 or reserve < 0.15 * left:
+        return ""
+    return (f"note: the weights leave {left / GB:.1f} GB a GPU, and {reserve / GB:.1f} GB of it are reserved for "
+            f"activations (hardware.overrides.activation_reserve_bytes): a misjudged reserve moves the KV cache by "
+            f"as much. Compare the KV blocks with your engine's log (vLLM: 'Available KV cache memory') and set "
+            f"the reserve to match")

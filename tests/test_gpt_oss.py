@@ -277,3 +277,14 @@ def test_a_released_mxfp4_checkpoint_loads(tmp_path):
         assert torch.equal(mine.expert_gate_up, theirs.expert_gate_up)
         assert torch.equal(mine.expert_down, theirs.expert_down)
     assert quantized.layers[0].expert_down.abs().max() > 0.01  # real values, not zeros
+
+
+def test_a_kv_cache_that_hangs_on_the_activation_reserve_is_flagged():
+    """Where the 2 GB reserve is 15 % or more of what the weights leave (gpt-oss-120b or
+    Qwen3-30B-A3B on one H100), simulate says the KV blocks hang on it; not where it is small."""
+    from sim.hardware import hardware_spec, kv_reserve_note
+
+    assert "weights leave 6.8 GB a GPU" in kv_reserve_note(model_spec("gpt-oss-120b"), hardware_spec("h100-sxm"))
+    assert kv_reserve_note(model_spec("qwen3-30b-a3b"), hardware_spec("h100-sxm"))
+    assert kv_reserve_note(model_spec("gpt-oss-120b"), hardware_spec("h200")) == ""
+    assert kv_reserve_note(model_spec("llama-3.1-8b"), hardware_spec("h100-sxm")) == ""
