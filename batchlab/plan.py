@@ -77,7 +77,7 @@ def gpu_prices(cfg: DictConfig, presets: set[str]) -> dict[str, float]:
 
 def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from reports.metrics import summarize
-    from sim.hardware import hardware_spec, kv_capacity_blocks
+    from sim.hardware import hardware_spec, kv_capacity_blocks, kv_reserve_note
     from sim.overlap import roofline_cost_model
 
     workload = workload_of(cfg, base_dir)
@@ -117,6 +117,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 say(f"{preset} tensor parallel {tp}: skipped ({error})")
                 continue
             fitted += 1
+            if kv_reserve_note(model, hardware):  # the KV blocks hang on the activation reserve here
+                say(f"{preset} tensor parallel {tp}: {kv_reserve_note(model, hardware)}")
             replicas = gpus // tp
             cost = roofline_cost_model(model, hardware)
             router, shards = split_for_replicas(cfg, workload, replicas, block_size)
