@@ -87,6 +87,22 @@ def main(argv: list[str]) -> int:
         sweep.append({"num_warps": warps, "num_stages": stages, "blocks_per_split": split, "ms": ms,
                       "fraction_of_copy_bandwidth": kv_bytes / (ms / 1e3) / copy_bw})
     results["paged_decode_sweep"] = sorted(sweep, key=lambda row: row["ms"])
+    # gpt-oss's sliding layers: the same decodes over a 128-token window (8 in a dry run), with
+    # sinks; bandwidth over the blocks the window touches
+    window = 8 if dry else 128
+    sinks = torch.randn(heads, device=device, dtype=dtype)
+    window_ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
+                                                        max_context=context, window=window, sinks=sinks))
+    if dry:  # the windowed kernel must agree with its reference
+        from kernels.paged_decode import paged_decode_reference
+        torch.testing.assert_close(
+            paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5, window=window, sinks=sinks),
+            paged_decode_reference(query, key, value, tables, contexts, head_dim ** -0.5, window, sinks),
+            rtol=1e-4, atol=1e-5)
+    window_bytes = kv_bytes * (-(-(window - 1) // block_size) + 1) * block_size / context  # its blocks' share
+    results["paged_decode_window"] = {"seqs": seqs, "context": context, "window": window, "sinks": True,
+                                      "ms": window_ms, "speedup_over_full_context": decode_ms / window_ms,
+                                      "fraction_of_copy_bandwidth": window_bytes / (window_ms / 1e3) / copy_bw}
 
     prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
     seqs = per_group * groups

@@ -274,6 +274,7 @@ def test_gpu_kernel_benchmark_dry_run():
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"speedup"' in result.stdout and '"fraction_of_copy_bandwidth"' in result.stdout
     assert '"kernel_over_roofline"' in result.stdout  # the fused MoE rows (benchmarks/bench_moe_kernel.py)
+    assert '"speedup_over_full_context"' in result.stdout  # gpt-oss's windowed decode
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
