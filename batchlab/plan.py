@@ -117,8 +117,9 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 say(f"{preset} tensor parallel {tp}: skipped ({error})")
                 continue
             fitted += 1
-            if kv_reserve_note(model, hardware):  # the KV blocks hang on the activation reserve here
-                say(f"{preset} tensor parallel {tp}: {kv_reserve_note(model, hardware)}")
+            note = kv_reserve_note(model, hardware)  # the KV blocks hang on the activation reserve here
+            if note:
+                say(f"{preset} tensor parallel {tp}: {note}")
             replicas = gpus // tp
             cost = roofline_cost_model(model, hardware)
             router, shards = split_for_replicas(cfg, workload, replicas, block_size)

@@ -157,8 +157,9 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
     from sim.hardware import kv_reserve_note
-    if not cfg.profile and kv_reserve_note(model, hardware):
-        say(kv_reserve_note(model, hardware))
+    note = "" if cfg.profile else kv_reserve_note(model, hardware)
+    if note:
+        say(note)
     progress = say if cfg.progress else None
     for config in configs:
         started = time.perf_counter()

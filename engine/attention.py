@@ -69,6 +69,15 @@ class AttentionBackend:
         return experts_reference(h, weights, chosen, gate_up, down, **gpt_oss)
 
 
+def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dimension of ``scores`` [heads, ..., keys]; ``sinks`` [heads]: a
+    column per head that joins the softmax and is dropped (gpt-oss)."""
+    if sinks is None:
+        return torch.softmax(scores, -1)
+    sink = sinks.float().view(-1, *([1] * (scores.dim() - 1))).expand(*scores.shape[:-1], 1)
+    return torch.softmax(torch.cat((scores, sink), -1), -1)[..., :-1]
+
+
 class TorchAttentionBackend(AttentionBackend):
     """Reference: gathers each chunk's context from the paged cache and runs causal softmax
     attention in fp32. Works on CPU and GPU; the oracle for the Triton kernels."""
@@ -99,11 +108,7 @@ class TorchAttentionBackend(AttentionBackend):
             if window:
                 mask |= keys_at <= positions[:, None] - window
             scores.masked_fill_(mask[None], float("-inf"))
-            if sinks is None:
-                probs = torch.softmax(scores, dim=-1)
-            else:  # the sink's column joins the softmax, then is dropped
-                sink = sinks.float()[:, None, None].expand(-1, q_len, 1)
-                probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+            probs = softmax_with_sinks(scores, sinks)
             output[start:start + q_len] = torch.einsum("hqk,khd->qhd", probs, values).to(query.dtype)
         return output
 

@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.attention import softmax_with_sinks
+
 from .common import LOG2E, attend_blocks, dot_precision, launch_options, merge_partials, window_of
 
 
@@ -109,11 +111,3 @@ def paged_decode_reference(query, key_cache, value_cache, block_tables, context_
         out[s] = torch.einsum("hk,khd->hd", softmax_with_sinks(scores, sinks), v).to(query.dtype)
     return out
 
-
-def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over the last dimension of ``scores`` [heads, ..., keys]; ``sinks`` [heads]: a
-    column per head that joins the softmax and is dropped."""
-    if sinks is None:
-        return torch.softmax(scores, -1)
-    sink = sinks.float().view(-1, *([1] * (scores.dim() - 1))).expand(*scores.shape[:-1], 1)
-    return torch.softmax(torch.cat((scores, sink), -1), -1)[..., :-1]

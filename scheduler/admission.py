@@ -65,7 +65,8 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
 
 def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
-    new blocks, blocks loaded from the host tier), or None when it does not fit. Changes
+    new blocks, blocks loaded from the host tier, blocks for its sliding window), or None when
+    it does not fit. Changes
     nothing. ``hits`` is None where they are cache hits, counted but not listed (a blocked head
     is asked every step, and its hundreds of hits are listed only when ``try_admit`` admits
     it). Tokens already there are the hits' and the loaded blocks'; the loaded blocks take new
@@ -102,7 +103,7 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     threshold = scheduler._kv_threshold_blocks
     if threshold is not None and scheduler.running and kv.num_blocks - free_after + need + window > threshold:
         return None
-    return hits, computed, count, need, loaded
+    return hits, computed, count, need, loaded, window
 
 
 def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_left: int) -> int:
@@ -110,14 +111,13 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     needs = admission(scheduler, state, tokens_left)
     if needs is None:
         return 0
-    hits, computed, count, need, loaded = needs
+    hits, computed, count, need, loaded, window = needs
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
         hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size - loaded)
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
-    if scheduler.window_blocks:
-        window = window_blocks_of(scheduler, state.num_tokens + state.output_len - state.num_output_tokens - 1)
+    if window:
         state.window_blocks = scheduler.kv.allocate(window)
     if loaded:  # their KV comes back from host memory into the first new blocks
         keys = as_ints(scheduler._keys(state)[len(hits):len(hits) + loaded])

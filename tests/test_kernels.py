@@ -10,7 +10,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kernels.paged_decode import paged_decode_attention, paged_decode_reference, softmax_with_sinks  # noqa: E402
+from engine.attention import softmax_with_sinks  # noqa: E402
+from kernels.paged_decode import paged_decode_attention, paged_decode_reference  # noqa: E402
 from kernels.paged_prefill import paged_prefill_attention  # noqa: E402
 from kernels.shared_prefix import shared_prefix_decode_attention  # noqa: E402
 

@@ -62,11 +62,12 @@ def test_every_expert_is_used_and_scheduling_never_changes_the_tokens():
         assert tokens_of(workload, schedule, spec=TINY_MOE, max_num_batched_tokens=chunk)[0] == baseline, schedule
 
 
-@pytest.mark.parametrize("spec", [TINY_MOE, MIXTRAL_LIKE, QWEN3_LIKE, QWEN2_MOE_LIKE],
-                         ids=["qwen3-moe", "mixtral", "qwen3", "qwen2-moe"])
+@pytest.mark.parametrize("spec", [TINY_MOE, MIXTRAL_LIKE, QWEN3_LIKE, QWEN2_MOE_LIKE, model_spec("tiny-gpt-oss")],
+                         ids=["qwen3-moe", "mixtral", "qwen3", "qwen2-moe", "gpt-oss"])
 def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
     """save_pretrained writes one tensor per expert (Qwen3-MoE's gate_proj/up_proj/down_proj,
-    Mixtral's block_sparse_moe w1/w3/w2) and a config.json: the engine reads both back."""
+    Mixtral's block_sparse_moe w1/w3/w2), or gpt-oss's fused experts (gate and up interleaved,
+    down transposed, their biases), and a config.json: the engine reads both back."""
     import json
 
     weights = random_weights(spec, seed=3)
@@ -76,7 +77,7 @@ def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
     loaded = load_safetensors(tmp_path, spec)
     for mine, theirs in zip(weights.layers, loaded.layers):
         for field in ("q", "o", "q_norm", "router", "expert_gate_up", "expert_down", "gate", "down", "shared_gate",
-                      "k_bias"):
+                      "k_bias", "o_bias", "sinks", "router_bias", "expert_gate_up_bias", "expert_down_bias"):
             a, b = getattr(mine, field), getattr(theirs, field)
             assert (a is None and b is None) or torch.equal(a, b), field
     if spec.num_experts:  # the same checkpoint read as a dense model
