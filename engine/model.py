@@ -3,8 +3,10 @@
 Conventions follow Hugging Face's ``LlamaForCausalLM``: RMSNorm in fp32, rotate-half RoPE with
 ``inv_freq = theta ** (-2i/d)`` (with Llama 3.1's frequency scaling where the model has it),
 grouped-query attention, SwiGLU MLP, optional tied embeddings, optional q/k/v biases (Qwen2),
-optional per-head q/k RMSNorm (Qwen3) and a mixture of SwiGLU experts in place of the MLP
-(Qwen3-MoE, Mixtral: softmax router in fp32, top-k, optionally renormalised).
+optional per-head q/k RMSNorm (Qwen3), a mixture of SwiGLU experts in place of the MLP
+(Qwen3-MoE, Mixtral: softmax router in fp32, top-k, optionally renormalised), gpt-oss's sinks,
+biases and clamped experts, and Gemma 3's layer (its norms, GeGLU, scaled embeddings, two RoPE
+bases); sliding windows on the layers a model names.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .experts import experts_reference, route
 from .kv_cache import PagedKVCache
 from .weights import Weights
 
+NOUNS = {"gemma": "Gemma's norms on the attention's and the MLP's outputs"}
 ENGINE_KERNELS = ("linear_qkv", "rope_kv_store", "attention", "linear_o", "mlp", "norms", "lm_head_sampling")
 
 
@@ -73,8 +76,8 @@ def rope_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
     factor = spec.rope_scaling_factor
     if spec.rope_yarn:
         return yarn_inv_freq(spec, inv_freq)
-    if factor == 1.0:
-        return inv_freq
+    if factor == 1.0 or spec.rope_linear:  # linear: positions divided by the factor (Gemma 3's full layers)
+        return inv_freq / factor
     low, high, original = spec.rope_low_freq_factor, spec.rope_high_freq_factor, spec.rope_original_max_position
     wavelength = 2 * math.pi / inv_freq
     weight = (original / wavelength - low) / (high - low)  # 0 at the long end of the band, 1 at the short end
@@ -103,6 +106,15 @@ def yarn_inv_freq(spec: ModelSpec, inv_freq: torch.Tensor) -> torch.Tensor:
     return inv_freq / spec.rope_scaling_factor * ramp + inv_freq * (1 - ramp)
 
 
+def local_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor | None:
+    """The sliding layers' RoPE frequencies where they have a base of their own (Gemma 3: 10,000,
+    unscaled); None where they share the full layers'."""
+    if not spec.rope_local_theta:
+        return None
+    d = spec.head_dim
+    return 1.0 / (spec.rope_local_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+
+
 def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
     if inv_freq is None:
         inv_freq = rope_inv_freq(spec, positions.device)
@@ -111,9 +123,18 @@ def rope_tables(spec: ModelSpec, positions: torch.Tensor, dtype: torch.dtype, in
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
-def swiglu(h: torch.Tensor, layer) -> torch.Tensor:
-    """The layer's dense SwiGLU MLP (or a mixture's shared expert): down(silu(gate h) * up h)."""
-    return (torch.nn.functional.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
+def swiglu(h: torch.Tensor, layer, gelu: bool = False) -> torch.Tensor:
+    """The layer's dense SwiGLU MLP (or a mixture's shared expert): down(silu(gate h) * up h);
+    ``gelu``: GELU (tanh approximation) in place of SiLU (Gemma's GeGLU)."""
+    gate = h @ layer.gate.T
+    gate = torch.nn.functional.gelu(gate, approximate="tanh") if gelu else torch.nn.functional.silu(gate)
+    return (gate * (h @ layer.up.T)) @ layer.down.T
+
+
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: x / rms(x) times (1 + w), the product taken in fp32 before the cast."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())).to(x.dtype)
 
 
 def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBackend | None = None) -> torch.Tensor:
@@ -147,31 +168,40 @@ class LlamaModel:
                                       (first.sinks is not None, spec.attention_sinks, "attention_sinks"),
                                       (first.router_bias is not None, spec.expert_bias, "expert_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
+                                      (first.attn_out_norm is not None, spec.gemma, "gemma"),
                                       (first.router is not None, bool(spec.num_experts), "num_experts"),
                                       (first.shared_gate is not None, bool(spec.shared_expert_intermediate_size),
                                        "shared_expert_intermediate_size")):
             if present != wanted:
                 raise ConfigError(f"model {spec.name!r}: {what} is {getattr(spec, what)} but the weights "
-                                  f"{'have' if present else 'lack'} {what.replace('num_', '')}")
+                                  f"{'have' if present else 'lack'} {NOUNS.get(what, what.replace('num_', ''))}")
         self.spec = spec
         self.weights = weights
         self.backend = backend
         self.inv_freq = rope_inv_freq(spec, weights.embed.device)
+        self.local_inv_freq = local_inv_freq(spec, weights.embed.device)
+        # Gemma's norms (on every norm, q/k included) bypass the backend's kernel (Llama's convention)
+        self.norm = gemma_rms_norm if spec.gemma else backend.rms_norm
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: PagedKVCache,
                 meta: AttentionMetadata, logit_rows: torch.Tensor, timer: KernelTimer) -> torch.Tensor:
         """Logits of the rows ``logit_rows`` of the packed batch."""
-        spec, w, backend = self.spec, self.weights, self.backend
+        spec, w, backend, norm = self.spec, self.weights, self.backend, self.norm
         eps = spec.rms_norm_eps
         count = tokens.shape[0]
         x = w.embed[tokens]
-        cos, sin = rope_tables(spec, positions, x.dtype, self.inv_freq)
-        meta.scale = spec.head_dim ** -0.5 * spec.rope_attention_factor ** 2  # YaRN scales queries and keys
+        if spec.gemma:  # Gemma scales its embeddings by sqrt(hidden), the factor rounded to their dtype
+            x = x * torch.tensor(spec.hidden_size ** 0.5, dtype=x.dtype)
+        rope = {False: (*rope_tables(spec, positions, x.dtype, self.inv_freq), self.inv_freq)}
+        rope[True] = rope[False] if self.local_inv_freq is None else \
+            (*rope_tables(spec, positions, x.dtype, self.local_inv_freq), self.local_inv_freq)
+        # YaRN scales queries and keys; Gemma 3 scales by its query_pre_attn_scalar, not head_dim
+        meta.scale = (spec.query_pre_attn_scalar or spec.head_dim) ** -0.5 * spec.rope_attention_factor ** 2
         sliding = set(spec.sliding_layers)
         for index, layer in enumerate(w.layers):
             with timer("norms"):
-                h = backend.rms_norm(x, layer.input_norm, eps)
+                h = norm(x, layer.input_norm, eps)
             with timer("linear_qkv"):
                 q, k, v = h @ layer.q.T, h @ layer.k.T, h @ layer.v.T
                 if layer.q_bias is not None:
@@ -182,10 +212,11 @@ class LlamaModel:
             if layer.q_norm is not None:
                 with timer("norms"):
                     d = spec.head_dim
-                    q = backend.rms_norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
-                    k = backend.rms_norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
+                    q = norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
+                    k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
             with timer("rope_kv_store"):
-                q, k = backend.rope(q, k, positions, cos, sin, self.inv_freq)
+                cos, sin, inv_freq = rope[index in sliding]
+                q, k = backend.rope(q, k, positions, cos, sin, inv_freq)
                 backend.store_kv(cache, index, slots, k, v)
             with timer("attention"):
                 window = spec.sliding_window if index in sliding else None
@@ -193,14 +224,19 @@ class LlamaModel:
                 attn = self.backend.forward(index, q, cache, meta, *extra)
             with timer("linear_o"):
                 out = attn.reshape(count, -1) @ layer.o.T
-                x = x + (out if layer.o_bias is None else out + layer.o_bias)
+                out = out if layer.o_bias is None else out + layer.o_bias
+            if layer.attn_out_norm is not None:  # Gemma: the attention's output normalised too
+                with timer("norms"):
+                    out = norm(out, layer.attn_out_norm, eps)
+            x = x + out
             with timer("norms"):
-                h = backend.rms_norm(x, layer.post_norm, eps)
+                h = norm(x, layer.post_norm, eps)
             with timer("mlp"):
-                if layer.router is None:
-                    x = x + swiglu(h, layer)
-                else:
-                    x = x + experts_mlp(h, layer, spec, backend)
+                out = swiglu(h, layer, spec.gemma) if layer.router is None else experts_mlp(h, layer, spec, backend)
+            if layer.mlp_out_norm is not None:
+                with timer("norms"):
+                    out = norm(out, layer.mlp_out_norm, eps)
+            x = x + out
         with timer("lm_head_sampling"):
-            final = backend.rms_norm(x[logit_rows].contiguous(), w.norm, eps)
+            final = norm(x[logit_rows].contiguous(), w.norm, eps)
             return final @ w.lm_head.T

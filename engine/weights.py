@@ -39,12 +39,22 @@ class LayerWeights:
     router_bias: torch.Tensor | None = None          # [experts]
     expert_gate_up_bias: torch.Tensor | None = None  # [experts, 2 x width]: gate, then up
     expert_down_bias: torch.Tensor | None = None     # [experts, hidden]
+    # Gemma 3: norms on the attention's and the MLP's outputs (its pre-MLP norm is post_norm)
+    attn_out_norm: torch.Tensor | None = None
+    mlp_out_norm: torch.Tensor | None = None
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
 QK_NORMS = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
 DENSE_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
 GPT_OSS_ATTENTION = {"o_bias": "self_attn.o_proj.bias", "sinks": "self_attn.sinks"}
+# the layer norms' names: Llama's "post_attention_layernorm" is the MLP's input norm; Gemma 3
+# normalises the attention's output with it and names the MLP's input norm otherwise
+NORMS = {"input_norm": "input_layernorm.weight", "post_norm": "post_attention_layernorm.weight"}
+GEMMA_NORMS = {"input_norm": "input_layernorm.weight", "attn_out_norm": "post_attention_layernorm.weight",
+               "post_norm": "pre_feedforward_layernorm.weight", "mlp_out_norm": "post_feedforward_layernorm.weight"}
+TEXT_PREFIXES = ("model.", "language_model.model.", "model.language_model.")  # transformers 4, 5
+NOT_TEXT = {"vision_tower", "multi_modal_projector"}
 SHARED_EXPERT = {"gate": "mlp.shared_expert.gate_proj.weight", "up": "mlp.shared_expert.up_proj.weight",
                  "down": "mlp.shared_expert.down_proj.weight", "shared_gate": "mlp.shared_expert_gate.weight"}
 
@@ -65,9 +75,9 @@ class Weights:
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
-                          p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o,
-                          p + "input_layernorm.weight": layer.input_norm,
-                          p + "post_attention_layernorm.weight": layer.post_norm})
+                          p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o})
+            norms = NORMS if layer.attn_out_norm is None else GEMMA_NORMS
+            state.update({p + hf: getattr(layer, field) for field, hf in norms.items()})
             if layer.router_bias is not None:  # gpt-oss's layout
                 state.update(gpt_oss_experts(layer, p))
             elif layer.router is not None:
@@ -141,6 +151,8 @@ def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.expert_bias:
         E, W = spec.num_experts, spec.moe_intermediate_size
         shapes.update(router_bias=(E,), expert_gate_up_bias=(E, 2 * W), expert_down_bias=(E, h))
+    if spec.gemma:
+        shapes.update(attn_out_norm=(h,), mlp_out_norm=(h,))
     return shapes
 
 
@@ -156,8 +168,9 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
     def normal(*shape, std=0.02):
         return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
 
-    def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests
-        return (1.0 + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype, device=device)
+    def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests (Gemma's: 1 + w)
+        return ((0.0 if spec.gemma else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
+                                                                                             device=device)
 
     layers = []
     shapes = _shapes(spec)
@@ -175,6 +188,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
                         if name in shapes})
         if spec.qk_norm:
             tensors.update(q_norm=norm(spec.head_dim), k_norm=norm(spec.head_dim))
+        if spec.gemma:
+            tensors.update(attn_out_norm=norm(spec.hidden_size), mlp_out_norm=norm(spec.hidden_size))
         layers.append(LayerWeights(**{**dense, **tensors}, input_norm=norm(spec.hidden_size),
                                    post_norm=norm(spec.hidden_size)))
     embed = normal(spec.vocab_size, spec.hidden_size, std=0.5)
@@ -222,29 +237,33 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         return tensor.to(device=device) if raw else tensor.to(dtype=dtype, device=device)
 
     shapes = _shapes(spec)
+    # a multimodal checkpoint (Gemma 3 4B-27B) holds the text model under another prefix: its vision
+    # tower and projector are left unused
+    prefix = next((p for p in TEXT_PREFIXES if p + "embed_tokens.weight" in tensors), "model.")
     names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-             "o": "self_attn.o_proj.weight", "input_norm": "input_layernorm.weight",
-             "post_norm": "post_attention_layernorm.weight"}
+             "o": "self_attn.o_proj.weight", **(GEMMA_NORMS if spec.gemma else NORMS)}
     names.update(DENSE_MLP if not spec.num_experts else SHARED_EXPERT if spec.shared_expert_intermediate_size else {})
     names.update(QK_NORMS if spec.qk_norm else {})
     layers = []
     for i in range(spec.num_layers):
-        fields = {field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in names.items()}
+        layer = f"{prefix}layers.{i}."
+        fields = {field: take(layer + hf, shapes[field]) for field, hf in names.items()}
         if spec.qkv_bias:
-            fields.update({field: take(f"model.layers.{i}.{hf}", (shapes[field[0]][0],)) for field, hf in BIASES.items()})
-        fields.update({field: take(f"model.layers.{i}.{hf}", shapes[field]) for field, hf in GPT_OSS_ATTENTION.items()
+            fields.update({field: take(layer + hf, (shapes[field[0]][0],)) for field, hf in BIASES.items()})
+        fields.update({field: take(layer + hf, shapes[field]) for field, hf in GPT_OSS_ATTENTION.items()
                        if field in shapes})
         if spec.expert_bias:
-            fields.update(_from_gpt_oss(f"model.layers.{i}.", spec, take, tensors))
+            fields.update(_from_gpt_oss(layer, spec, take, tensors))
         elif spec.num_experts:
-            fields.update(_experts(f"model.layers.{i}.", spec, tensors, take))
+            fields.update(_experts(layer, spec, tensors, take))
         layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, **fields}))
-    embed = take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
+    embed = take(prefix + "embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     lm_head = embed if spec.tie_embeddings and "lm_head.weight" not in tensors else \
         take("lm_head.weight", (spec.vocab_size, spec.hidden_size))
-    weights = Weights(embed, layers, take("model.norm.weight", (spec.hidden_size,)), lm_head)
+    weights = Weights(embed, layers, take(prefix + "norm.weight", (spec.hidden_size,)), lm_head)
     # a tensor the engine would not use (a bias, another layer) means another architecture: refused
-    unused = sorted(k for k in set(tensors) - used if not k.endswith("rotary_emb.inv_freq"))
+    unused = sorted(k for k in set(tensors) - used if not k.endswith("rotary_emb.inv_freq")
+                    and not (prefix != "model." and set(k.split(".")[:2]) & NOT_TEXT))
     if unused:
         shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
         raise ConfigError(f"weights directory {directory}: tensors the model {spec.name!r} does not use: {shown} "

@@ -36,7 +36,10 @@ def window_blocks_of(scheduler: "Scheduler", tokens: int) -> int:
     """Blocks a request that will hold ``tokens`` tokens keeps for its sliding layers' window
     while it runs: the scheduler's ``window_blocks``, or as many as its tokens fill if fewer."""
     window = scheduler.window_blocks
-    return min(window, scheduler.kv.blocks_for(max(tokens, 1))) if window else 0
+    if not window:
+        return 0
+    filled = scheduler.kv.blocks_for(max(tokens, 1))
+    return min(window, filled) if isinstance(window, int) else window.held(filled)
 
 
 def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:

@@ -10,17 +10,29 @@ import math
 
 from .errors import ConfigError
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss", "gemma3_text",
+               "gemma3")
 # no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
 SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
 # bits a weight takes under a quantization method that names no ``bits``
 _METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
+# transformers' Gemma3TextConfig defaults: the released multimodal configs (4B, 12B, 27B) name
+# only what differs from them in their ``text_config``
+GEMMA3_TEXT_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                            num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131072,
+                            rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=256, sliding_window=4096,
+                            sliding_window_pattern=6, rope_theta=1e6, rope_local_base_freq=1e4,
+                            hidden_activation="gelu_pytorch_tanh")
 
 
 def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
     """The ``ModelSpec`` fields ``config`` describes (see ``ModelSpec.from_hf_config``)."""
     try:
         model_type = config.get("model_type", "llama")
+        if model_type in ("gemma3", "gemma3_text"):  # the multimodal models' text part, as Gemma3ForCausalLM runs it
+            config = _gemma3_text(config.get("text_config") or {} if model_type == "gemma3" else config, name,
+                                  costs_only)
+            model_type = "gemma3_text"
         if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
             simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
                          f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
@@ -39,6 +51,8 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             attention = _simulated_layout(config, model_type, name, attention)
         if gpt_oss:  # biases on all four projections, sinks, clamped SwiGLU experts with biases
             attention.update(o_bias=bool(config.get("attention_bias", True)), attention_sinks=True)
+        if model_type == "gemma3_text":  # q/k norms, Gemma's norms and GELU, its softmax scale
+            attention.update(qk_norm=True, gemma=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]))
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                     num_heads=heads, **attention,
                     intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
@@ -56,8 +70,10 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
     """RoPE's theta and scaling: none, Llama 3.1's or YaRN (the engine's three); any other type
     only where simulated (RoPE does not change what a step costs)."""
     rope = dict(config.get("rope_scaling") or {})
-    rope.update(config.get("rope_parameters") or {})
-    default_theta = 150000.0 if model_type == "gpt_oss" else 10000.0
+    parameters = dict(config.get("rope_parameters") or {})
+    local = parameters.pop("sliding_attention", None)  # transformers 5's Gemma 3: RoPE per layer type
+    rope.update(parameters.pop("full_attention", None) or parameters)
+    default_theta = {"gpt_oss": 150000.0, "gemma3_text": 1e6}.get(model_type, 10000.0)
     theta = config.get("rope_theta") or rope.get("rope_theta", default_theta)
     if model_type == "gpt_oss" and not rope.get("factor"):  # transformers' default for gpt-oss
         rope.update(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
@@ -68,7 +84,14 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
         raise ConfigError(f"model config {name!r}: partial_rotary_factor {partial} (RoPE over part of each head) is "
                           "not implemented by the engine; batchlab simulate and plan take it")
     fields = {"rope_theta": float(theta)}
-    if rope_type == "llama3":
+    if model_type == "gemma3_text":  # the sliding layers: their own base, never scaled
+        if local and local.get("rope_type", "default") != "default" and not costs_only:
+            raise ConfigError(f"model config {name!r}: RoPE type {local['rope_type']!r} on the sliding layers is not "
+                              "implemented by the engine (default is)")
+        fields["rope_local_theta"] = float((local or {}).get("rope_theta") or config.get("rope_local_base_freq", 1e4))
+    if rope_type == "linear":
+        fields.update(rope_scaling_factor=float(rope["factor"]), rope_linear=True)
+    elif rope_type == "llama3":
         fields.update(rope_scaling_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
                       rope_high_freq_factor=float(rope["high_freq_factor"]),
                       rope_original_max_position=int(rope["original_max_position_embeddings"]))
@@ -82,9 +105,27 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
                       rope_attention_factor=_yarn_attention_factor(rope, factor))
     elif rope_type != "default" and not costs_only:
         raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
-                          "(default, llama3 and yarn are); batchlab simulate and plan take it, as RoPE does not "
+                          "(default, linear, llama3 and yarn are); batchlab simulate and plan take it, as RoPE does not "
                           "change what a step costs")
     return fields
+
+
+def _gemma3_text(text: dict, name: str, costs_only: bool) -> dict:
+    """A Gemma 3 text config with transformers' defaults filled in and its layer types (every
+    ``sliding_window_pattern``-th layer full) spelled out; what the engine would compute
+    differently (soft-capped logits, bidirectional attention, another activation) refused."""
+    config = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in text.items() if v is not None}}
+    pattern, layers = config["sliding_window_pattern"], config["num_hidden_layers"]
+    config.setdefault("layer_types", ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                      for i in range(layers)])
+    odd = [f"{key} {text[key]!r}" for key in ("attn_logit_softcapping", "final_logit_softcapping",
+                                               "use_bidirectional_attention") if text.get(key)]
+    if config["hidden_activation"] != "gelu_pytorch_tanh":
+        odd.append(f"hidden_activation {config['hidden_activation']!r}")
+    if odd and not costs_only:
+        raise ConfigError(f"model config {name!r}: {', '.join(odd)}: not implemented by the engine (Gemma 3's "
+                          f"text model is); batchlab simulate and plan take it")
+    return config
 
 
 def _yarn_attention_factor(rope: dict, factor: float) -> float:

@@ -6,10 +6,22 @@ Preset dimensions are those of the models' published Hugging Face ``config.json`
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigError
+
+
+class WindowBlocks(NamedTuple):
+    """The KV blocks a running request holds for its sliding layers' window (``ModelSpec.window_blocks``):
+    ``per_group`` in each of ``sliding_groups`` groups of pages, counted in blocks of ``full_groups`` pages."""
+    per_group: int
+    sliding_groups: int = 1
+    full_groups: int = 1
+
+    def held(self, filled_blocks: int) -> int:
+        """Blocks held by a request whose tokens fill ``filled_blocks`` blocks."""
+        return -(-min(self.per_group, filled_blocks) * self.sliding_groups // self.full_groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +88,13 @@ class ModelSpec:
     rope_beta_slow: float = 1.0
     rope_truncate: bool = True
     rope_attention_factor: float = 1.0  # YaRN's scale of cos and sin
+    # Gemma 3's layer (gemma3_text): RMSNorm as x (1 + w), multiplied in fp32; norms on the outputs
+    # of attention and the MLP besides their inputs; embeddings times sqrt(hidden_size); GELU (tanh)
+    # in place of SiLU. Its RoPE: linear scaling on the full layers, another base on the sliding ones
+    gemma: bool = False
+    query_pre_attn_scalar: float = 0.0  # softmax scale 1 / sqrt(this) (0: head_dim; Gemma 3 27B: 168)
+    rope_linear: bool = False           # "linear" RoPE scaling: every frequency / rope_scaling_factor
+    rope_local_theta: float = 0.0       # the sliding layers' RoPE base, unscaled (0: the full layers' RoPE)
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -118,6 +137,9 @@ class ModelSpec:
                                                 for i in self.sliding_layers)):
             raise ConfigError(f"model {self.name!r}: sliding_layers {list(self.sliding_layers)} need sliding_window "
                               f">= 1 (got {self.sliding_window!r}) and layer indices below {self.num_layers}")
+        if self.rope_linear and self.rope_yarn or self.rope_local_theta < 0 or self.query_pre_attn_scalar < 0:
+            raise ConfigError(f"model {self.name!r}: rope_linear and rope_yarn exclude each other, and "
+                              f"rope_local_theta and query_pre_attn_scalar are >= 0 (0: unused)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
@@ -159,7 +181,7 @@ class ModelSpec:
         h, dense = self.hidden_size, self.first_dense_layers
         mlps = dense * 3 * h * self.intermediate_size + (self.num_layers - dense) * self.mlp_params
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        return self.num_layers * (self.attention_params + 2 * h) + mlps + embeddings + h
+        return self.num_layers * (self.attention_params + (2 + 2 * self.gemma) * h) + mlps + embeddings + h
 
     @property
     def mlp_params(self) -> int:
@@ -216,11 +238,26 @@ class ModelSpec:
         return 0 < len(self.sliding_layers) < self.num_layers and not self.sliding_kv_full
 
     @property
+    def kv_groups(self) -> tuple[int, int, int]:
+        """vLLM's hybrid KV cache layout (its ``_get_kv_cache_groups_uniform_page_size``): layers
+        of one kind in groups of ``size`` (the fewer kind's count, or the more numerous one's
+        where that is under 1.5 times it), the last group of a kind padded; a page holds ``size``
+        layers. Returns (size, full-layer groups, sliding-layer groups)."""
+        sliding = len(self.sliding_layers)
+        full = self.num_layers - sliding
+        size = min(full, sliding)
+        if max(full, sliding) < 1.5 * size:
+            size = max(full, sliding)
+        return size, -(-full // size), -(-sliding // size)
+
+    @property
     def kv_bytes_per_token(self) -> int:
-        """The KV bytes a cache block holds per token: every layer's, or the full layers' only
-        where the sliding ones keep their window apart (``kv_hybrid``)."""
+        """The KV bytes a cache block holds per token: every layer's, or where the sliding layers
+        keep their window apart (``kv_hybrid``) the full layers' pages (``kv_groups``: their
+        groups times the layers a page holds, padding included)."""
         if self.kv_hybrid:
-            return self.kv_bytes_every_layer // self.num_layers * (self.num_layers - len(self.sliding_layers))
+            size, full_groups, _ = self.kv_groups
+            return self.kv_bytes_every_layer // self.num_layers * size * full_groups
         return self.kv_bytes_every_layer
 
     @property
@@ -230,17 +267,16 @@ class ModelSpec:
             return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.activation_bytes
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
 
-    def window_blocks(self, block_size: int) -> int:
-        """Blocks (of ``kv_bytes_per_token`` a token) a running request holds for its sliding
-        layers' window where ``kv_hybrid``: vLLM keeps the blocks a window of W tokens can
-        touch, ceil((W - 1) / block size) + 1 of each sliding layer, freeing older ones (a
-        request shorter than that holds what its tokens fill: the scheduler's
+    def window_blocks(self, block_size: int) -> "WindowBlocks | int":
+        """What a running request holds for its sliding layers' window where ``kv_hybrid``: in
+        each sliding group, the blocks a window of W tokens can touch, ceil((W - 1) / block size)
+        + 1 (vLLM frees older ones), counted in blocks of ``kv_bytes_per_token`` (the full groups'
+        pages); a request shorter than that holds what its tokens fill (the scheduler's
         ``window_blocks_of``). 0 otherwise."""
         if not self.kv_hybrid:
             return 0
-        per_layer = -(-(self.sliding_window - 1) // block_size) + 1
-        full = self.num_layers - len(self.sliding_layers)
-        return -(-per_layer * len(self.sliding_layers) // full)
+        _, full_groups, sliding_groups = self.kv_groups
+        return WindowBlocks(-(-(self.sliding_window - 1) // block_size) + 1, sliding_groups, full_groups)
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False,
@@ -273,71 +309,6 @@ class ModelSpec:
                 if k not in ignored and getattr(self, k) != getattr(other, k)]
 
 
-_GPT_OSS_YARN = dict(rope_yarn=True, rope_scaling_factor=32.0, rope_original_max_position=4096, rope_truncate=False,
-                     rope_attention_factor=0.1 * math.log(32.0) + 1.0)
+from .model_presets import MODEL_PRESETS, model_spec  # noqa: E402  (the presets need ModelSpec)
 
-MODEL_PRESETS: dict[str, ModelSpec] = {
-    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0,
-                              rope_scaling_factor=8.0),
-    "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, max_position=4096),
-    "qwen2.5-7b": ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, rope_theta=1000000.0,
-                            rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
-    "qwen2.5-0.5b": ModelSpec("qwen2.5-0.5b", 24, 896, 14, 2, 64, 4864, 151936, tie_embeddings=True,
-                              rope_theta=1000000.0, rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
-    "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, rope_theta=1000000.0,
-                             rms_norm_eps=1e-6, max_position=32768, qkv_bias=True),
-    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, rope_theta=500000.0,
-                               rope_scaling_factor=8.0),
-    "qwen3-8b": ModelSpec("qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                          max_position=40960, qk_norm=True),
-    # mixtures of experts: all experts' weights resident, experts_per_token of them per token
-    "qwen3-30b-a3b": ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 6144, 151936, rope_theta=1000000.0,
-                               rms_norm_eps=1e-6, max_position=40960, qk_norm=True, num_experts=128,
-                               experts_per_token=8, moe_intermediate_size=768),
-    "qwen3-235b-a22b": ModelSpec("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 12288, 151936, rope_theta=1000000.0,
-                                 rms_norm_eps=1e-6, max_position=40960, qk_norm=True, num_experts=128,
-                                 experts_per_token=8, moe_intermediate_size=1536),
-    # Qwen2-MoE: q/k/v biases, a shared expert beside the routed ones
-    "qwen2-57b-a14b": ModelSpec("qwen2-57b-a14b", 28, 3584, 28, 4, 128, 18944, 151936, rope_theta=1000000.0,
-                                rms_norm_eps=1e-6, max_position=65536, qkv_bias=True, num_experts=64,
-                                experts_per_token=8, moe_intermediate_size=2560, norm_topk_prob=False,
-                                shared_expert_intermediate_size=20480),
-    # latent attention, simulated only; the released weights are fp8 (one byte a weight)
-    "deepseek-v3": ModelSpec("deepseek-v3", 61, 7168, 128, 1, 128, 18432, 129280, rms_norm_eps=1e-6,
-                             max_position=163840, weight_bytes=1.0, num_experts=256, experts_per_token=8,
-                             moe_intermediate_size=2048, shared_expert_intermediate_size=2048,
-                             shared_expert_gate=False, first_dense_layers=3, kv_lora_rank=512, q_lora_rank=1536,
-                             qk_rope_head_dim=64, v_head_dim=128, rope_yarn=True, rope_scaling_factor=40.0,
-                             rope_original_max_position=4096),
-    "kimi-k2": ModelSpec("kimi-k2", 61, 7168, 64, 1, 128, 18432, 163840, rope_theta=50000.0, rms_norm_eps=1e-6,
-                         max_position=131072, weight_bytes=1.0, num_experts=384, experts_per_token=8,
-                         moe_intermediate_size=2048, shared_expert_intermediate_size=2048, shared_expert_gate=False,
-                         first_dense_layers=1, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
-                         v_head_dim=128, rope_yarn=True, rope_scaling_factor=32.0, rope_original_max_position=4096,
-                         rope_beta_fast=1.0),
-    "mixtral-8x7b": ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, rope_theta=1000000.0,
-                              max_position=32768, num_experts=8, experts_per_token=2, moe_intermediate_size=14336),
-    # gpt-oss: attention sinks, a 128-token window in every other layer (the first sliding), biases on
-    # every projection, YaRN; 4 of 128 (32) experts with biases and the clamped SwiGLU, MXFP4 as released
-    **{name: ModelSpec(name, layers, 2880, 64, 8, 64, 2880, 201088, rope_theta=150000.0, qkv_bias=True, o_bias=True,
-                       attention_sinks=True, sliding_window=128, sliding_layers=tuple(range(0, layers, 2)),
-                       num_experts=experts, experts_per_token=4, moe_intermediate_size=2880, expert_bias=True,
-                       swiglu_limit=7.0, swiglu_alpha=1.702, expert_weight_bytes=4.25 / 8, **_GPT_OSS_YARN)
-       for name, layers, experts in (("gpt-oss-120b", 36, 128), ("gpt-oss-20b", 24, 32))},
-    # small enough for the CPU engine and tests; same architecture
-    "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
-    # tiny's attention with Qwen3-MoE's layers: q/k norms, 8 experts of width 32, top 2
-    "tiny-moe": ModelSpec("tiny-moe", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096,
-                          qk_norm=True, num_experts=8, experts_per_token=2, moe_intermediate_size=32),
-    # tiny with gpt-oss's layers: sinks, an 8-token window in layer 0, biases, YaRN, 8 clamped experts
-    "tiny-gpt-oss": ModelSpec("tiny-gpt-oss", 2, 64, 4, 2, 16, 32, 512, rope_theta=150000.0, max_position=4096,
-                              qkv_bias=True, o_bias=True, attention_sinks=True, sliding_window=8, sliding_layers=(0,),
-                              num_experts=8, experts_per_token=2, moe_intermediate_size=32, expert_bias=True,
-                              swiglu_limit=7.0, swiglu_alpha=1.702, **{**_GPT_OSS_YARN, "rope_original_max_position": 128}),
-}
-
-
-def model_spec(name: str, **overrides: object) -> ModelSpec:
-    from .config import from_presets
-
-    return from_presets("model", MODEL_PRESETS, name, overrides)
+__all__ = ["ModelSpec", "WindowBlocks", "MODEL_PRESETS", "model_spec"]

@@ -32,12 +32,12 @@ from .waiting import WaitingQueue
 class Scheduler:
     def __init__(self, config: ScheduleConfig, num_kv_blocks: int, block_size: int = 16,
                  emit_block_ids: bool = True, lazy_decodes: bool = True, host: HostTier | None = None,
-                 replica: int = 0, chains: ChainIndex | None = None, window_blocks: int = 0) -> None:
+                 replica: int = 0, chains: ChainIndex | None = None, window_blocks=0) -> None:
         """``lazy_decodes=False``: every step one request at a time (the reference the decode cohort
         is tested against). ``host``: a tier shared with other simulated engines (``replica`` names
         this one in it, ``chains`` their common block identities) instead of one of its own.
         ``window_blocks``: blocks each running request holds besides its own, for a model's
-        sliding layers' window (``ModelSpec.window_blocks``)."""
+        sliding layers' window (a count, or ``ModelSpec.window_blocks``'s ``WindowBlocks``)."""
         self.config = config
         self.block_size = block_size
         self.window_blocks = window_blocks

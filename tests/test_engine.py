@@ -23,13 +23,15 @@ def hf_config(spec):
     """The Hugging Face config of ``spec``: Llama (RoPE default, llama3-scaled or YaRN), Qwen2
     with its q/k/v biases, Qwen2-MoE (biases and experts, a shared one), Qwen3 with its q/k
     norms, Qwen3-MoE (q/k norms and experts), Mixtral (experts without q/k norms), Mistral (a
-    sliding window in every layer) or gpt-oss (expert biases, sinks, alternating windows)."""
+    sliding window in every layer), gpt-oss (expert biases, sinks, alternating windows) or Gemma 3."""
     transformers = pytest.importorskip("transformers")
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
     if spec.rope_yarn:
         rope.update(rope_type="yarn", factor=spec.rope_scaling_factor, beta_fast=spec.rope_beta_fast,
                     beta_slow=spec.rope_beta_slow, truncate=spec.rope_truncate,
                     original_max_position_embeddings=spec.rope_original_max_position)
+    elif spec.rope_linear:
+        rope.update(rope_type="linear", factor=spec.rope_scaling_factor)
     elif spec.rope_scaling_factor != 1.0:
         rope.update(rope_type="llama3", factor=spec.rope_scaling_factor, low_freq_factor=spec.rope_low_freq_factor,
                     high_freq_factor=spec.rope_high_freq_factor,
@@ -39,9 +41,16 @@ def hf_config(spec):
                   num_key_value_heads=spec.num_kv_heads, rms_norm_eps=spec.rms_norm_eps, rope_parameters=rope,
                   max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
     experts = dict(num_experts_per_tok=spec.experts_per_token)
+    types = ["sliding_attention" if i in spec.sliding_layers else "full_attention" for i in range(spec.num_layers)]
+    if spec.gemma:  # RoPE per layer type: the full layers' (linearly scaled or not), the sliding ones' base
+        local = {"rope_type": "default", "rope_theta": spec.rope_local_theta or spec.rope_theta}
+        return (transformers.Gemma3TextConfig(**{**common, "rope_parameters": {"full_attention": rope,
+                                                                               "sliding_attention": local}},
+                                              head_dim=spec.head_dim, sliding_window=spec.sliding_window,
+                                              layer_types=types, query_pre_attn_scalar=spec.query_pre_attn_scalar),
+                transformers.Gemma3ForCausalLM)
     if spec.expert_bias:
         assert spec.qkv_bias and spec.o_bias and spec.attention_sinks and spec.norm_topk_prob
-        types = ["sliding_attention" if i in spec.sliding_layers else "full_attention" for i in range(spec.num_layers)]
         return (transformers.GptOssConfig(**{**common, "intermediate_size": spec.moe_intermediate_size},
                                           head_dim=spec.head_dim, num_local_experts=spec.num_experts,
                                           sliding_window=spec.sliding_window, layer_types=types,

@@ -114,7 +114,7 @@ def test_gpt_oss_presets_are_the_published_checkpoints(preset, config, total, ac
     assert spec.kv_bytes_every_layer == 2 * spec.num_layers * 8 * 64 * 2
     # vLLM's hybrid KV cache manager: blocks hold the full layers (every other), and each running
     # request 9 blocks for its sliding layers' last 128 tokens; without it, every layer's KV
-    assert spec.kv_bytes_per_token == spec.kv_bytes_every_layer // 2 and spec.window_blocks(16) == 9
+    assert spec.kv_bytes_per_token == spec.kv_bytes_every_layer // 2 and spec.window_blocks(16) == (9, 1, 1)
     assert replace(spec, sliding_kv_full=True).kv_bytes_per_token == spec.kv_bytes_every_layer
     assert ModelSpec.from_hf_config(config).expert_weight_bytes == 4.25 / 8  # the engine dequantizes them
 
@@ -186,7 +186,7 @@ def test_window_blocks_are_the_most_a_window_touches(window, block_size):
     positions: at most as many as any window of that many positions touches."""
     spec = replace(TINY_OSS, sliding_window=window)  # one sliding layer, one full: one block for one
     touched = max(p // block_size - max(p - window + 1, 0) // block_size + 1 for p in range(4 * window + 64))
-    assert spec.window_blocks(block_size) == touched
+    assert spec.window_blocks(block_size) == (touched, 1, 1)
 
 
 def test_running_requests_hold_their_window_blocks():
