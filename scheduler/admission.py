@@ -32,13 +32,16 @@ def check_fits(scheduler: "Scheduler", request: "Request") -> None:
             f"{kv.num_blocks} blocks{held}")
 
 
-def window_blocks_of(scheduler: "Scheduler", tokens: int) -> int:
+def window_blocks_of(scheduler: "Scheduler", tokens: int, shared: int = 0) -> int:
     """Blocks a request that will hold ``tokens`` tokens keeps for its sliding layers' window
-    while it runs: the scheduler's ``window_blocks``, or as many as its tokens fill if fewer."""
+    while it runs: the scheduler's ``window_blocks``, or as many as its tokens fill if fewer.
+    ``shared``: its first blocks, which running requests hold too (a group's prefix, a prefix
+    hit in use): their window blocks are theirs already, as vLLM shares a prefix's blocks in
+    every group; only the rest of its window is its own."""
     window = scheduler.window_blocks
-    if not window:
+    filled = scheduler.kv.blocks_for(max(tokens, 1)) - shared
+    if not window or filled <= 0:
         return 0
-    filled = scheduler.kv.blocks_for(max(tokens, 1))
     return min(window, filled) if isinstance(window, int) else window.held(filled)
 
 
@@ -100,7 +103,8 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     count = min(count, tokens_left)
     need = kv.blocks_for(computed + count) - num_hits
     free_after = kv.num_free_blocks - free_hits
-    window = window_blocks_of(scheduler, num_tokens + state.output_len - state.num_output_tokens - 1)
+    window = window_blocks_of(scheduler, num_tokens + state.output_len - state.num_output_tokens - 1,
+                              num_hits - free_hits)
     if need + window > free_after:  # its sliding layers' window taken too
         return None
     threshold = scheduler._kv_threshold_blocks

@@ -147,9 +147,10 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     else:
         tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce))
         kv_bytes = 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)  # KV store (and Qwen3's q/k norms)
-    # two RMSNorms, two residual adds, RoPE, the KV-cache store
-    tables["elementwise"] = Table(("tokens",), (T,), roof(0, T * (10 * h + kv_bytes) * act,
-                                                           launches=5 + 2 * (model.qk_norm or model.mla)))
+    # two RMSNorms (Gemma: four), two residual adds, RoPE, the KV-cache store
+    norms = 4 if model.gemma else 2
+    tables["elementwise"] = Table(("tokens",), (T,), roof(0, T * ((6 + 2 * norms) * h + kv_bytes) * act,
+                                                           launches=3 + norms + 2 * (model.qk_norm or model.mla)))
     sampled = np.concatenate([[0.0], QUERIES])
     lm = gemm(sampled, h, V) + roof(0, sampled * V * 4) + hardware.gather_s(sampled * model.vocab_size * 4)
     lm[0] = 0.0

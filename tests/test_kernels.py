@@ -152,8 +152,9 @@ def test_host_wrappers_check_their_inputs():
                                torch.ones(1, dtype=torch.int32, device=DEVICE), 1.0)
 
 
-# tiny-moe: q/k norms through the RMSNorm kernel; tiny-gpt-oss: windows, sinks, expert biases and the clamp
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss"])
+# tiny-moe: q/k norms through the RMSNorm kernel; tiny-gpt-oss: windows, sinks, expert biases and the clamp;
+# tiny-gemma3: windows with the sliding layers' own RoPE frequencies through the RoPE kernel
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3"])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
@@ -166,7 +167,8 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from scheduler import Request
     from traces.workload import Workload
 
-    spec = model_spec(preset, num_layers=2 if preset == "tiny-gpt-oss" else 1)  # a window layer, a full one
+    layers = {"tiny-gpt-oss": dict(num_layers=2), "tiny-gemma3": dict(num_layers=2, sliding_layers=(0,))}
+    spec = model_spec(preset, **layers.get(preset, dict(num_layers=1)))  # a window layer, a full one
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
     # two groups of three sharing 32 tokens, and two ungrouped requests still decoding while the
     # groups do: steps with shared-prefix decodes (fused kernel) beside plain ones (paged decode)
