@@ -142,3 +142,30 @@ def test_short_requests_hold_what_their_tokens_fill_in_every_sliding_group():
     scheduler.add(Request(0, 0.0, ((0, 20),), 5))  # 24 tokens: 2 blocks, and 2 in each of 2 sliding groups
     scheduler.schedule(0.0)
     assert len(scheduler.states[0].window_blocks) == 4 and scheduler.kv.num_free_blocks == 34
+
+
+def test_a_window_in_a_prefix_running_requests_hold_is_shared():
+    """vLLM shares a cached block in every group, the sliding ones too: a request whose window
+    reaches back into a prefix another running request holds is charged only the rest of its
+    window; one whose prefix hit nobody running holds (a cached, free block) pays it all."""
+    from scheduler import Request, Scheduler, StepResult, schedule_config
+
+    def admitted(scheduler, request, now):
+        scheduler.add(request)
+        plan = scheduler.schedule(now)
+        scheduler.update(plan, StepResult(plan.step, 1.0), now)
+        return scheduler.states[request.req_id]
+
+    # a window of 4 blocks in each of 2 sliding groups; 96 shared tokens (6 blocks), 16 own, 4 out
+    scheduler = Scheduler(schedule_config("fcfs", max_num_batched_tokens=512), 64, 16,
+                          window_blocks=WindowBlocks(4, 2, 1))
+    first = admitted(scheduler, Request(0, 0.0, ((7, 96), (8, 16)), 4), 0.0)
+    assert len(first.window_blocks) == 8  # 115 tokens fill 8 blocks: 4 in each group
+    second = admitted(scheduler, Request(1, 0.0, ((7, 96), (9, 16)), 4), 1.0)
+    assert second.num_computed_tokens >= 96  # the prefix hit, held by the first
+    assert len(second.window_blocks) == 4  # its own 2 blocks in each group; the prefix's are the first's
+    while scheduler.has_unfinished:
+        plan = scheduler.schedule(2.0)
+        scheduler.update(plan, StepResult(plan.step, 1.0), 2.0)
+    third = admitted(scheduler, Request(2, 0.0, ((7, 96), (10, 16)), 4), 3.0)
+    assert third.num_computed_tokens >= 96 and len(third.window_blocks) == 8  # a hit on free cached blocks
