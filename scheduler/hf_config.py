@@ -67,8 +67,9 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
 
 
 def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
-    """RoPE's theta and scaling: none, Llama 3.1's or YaRN (the engine's three); any other type
-    only where simulated (RoPE does not change what a step costs)."""
+    """RoPE's theta and scaling: none, linear, Llama 3.1's or YaRN (the engine's four), and Gemma
+    3's sliding layers' own base; any other type only where simulated (RoPE does not change what
+    a step costs)."""
     rope = dict(config.get("rope_scaling") or {})
     parameters = dict(config.get("rope_parameters") or {})
     local = parameters.pop("sliding_attention", None)  # transformers 5's Gemma 3: RoPE per layer type

@@ -1,6 +1,7 @@
 """Gemma 3 (its text model): the engine against transformers' Gemma3ForCausalLM, the presets
 against the published configs and the Gemma 3 technical report, and vLLM's hybrid KV cache
-layout (pages of a group of layers, the sliding groups padded) against its own examples."""
+layout (pages of a group of layers, the sliding groups padded) against its own examples. (That
+scheduling never changes its tokens: tests/test_gpt_oss.py, with gpt-oss's.)"""
 import json
 from dataclasses import replace
 
@@ -10,7 +11,7 @@ import torch
 from engine.weights import load_safetensors, random_weights
 from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec, WindowBlocks, model_spec
-from test_engine import hf_model, teacher_forced_difference, tokens_of
+from test_engine import hf_model, teacher_forced_difference
 
 torch.set_num_threads(1)
 TINY = model_spec("tiny-gemma3")  # windows of 8 in layers 0 and 1, two RoPE bases, linear x8, query scalar 24
@@ -28,16 +29,6 @@ def test_the_engine_computes_what_transformers_does(engine_change):
         assert teacher_forced_difference(TINY, "batchllm", 7) <= 1e-4
     else:
         assert teacher_forced_difference(TINY, "batchllm", 7, engine_spec=replace(TINY, **engine_change)) > 1e-3
-
-
-def test_scheduling_never_changes_gemma3_tokens():
-    from traces.synthetic import batchllm_microbenchmark
-
-    workload = batchllm_microbenchmark(24, 13, 10, 3, 18, seed=4)
-    baseline, _ = tokens_of(workload, "fcfs", spec=TINY, max_num_batched_tokens=512)
-    assert all(len(t) == 10 for t in baseline.values())
-    for schedule, chunk in (("batchllm", 16), ("prefix_grouped", 5), ("decode_first", 7)):
-        assert tokens_of(workload, schedule, spec=TINY, max_num_batched_tokens=chunk)[0] == baseline, schedule
 
 
 def test_checkpoints_load_as_saved_and_as_released(tmp_path):

@@ -46,14 +46,18 @@ def test_the_engine_computes_what_transformers_does(spec, engine_change, drop):
         assert teacher_forced_difference(spec, "batchllm", 7, engine_spec=replace(spec, **engine_change)) > 1e-3
 
 
-def test_scheduling_never_changes_gpt_oss_tokens():
+@pytest.mark.parametrize("preset", ["tiny-gpt-oss", "tiny-gemma3"])
+def test_scheduling_never_changes_windowed_models_tokens(preset):
+    """gpt-oss's and Gemma 3's layers (windows, sinks; two RoPE bases): the same greedy tokens
+    whatever the schedule and chunk size."""
     from traces.synthetic import batchllm_microbenchmark
 
+    spec = model_spec(preset)
     workload = batchllm_microbenchmark(24, 13, 10, 3, 18, seed=4)
-    baseline, _ = tokens_of(workload, "fcfs", spec=TINY_OSS, max_num_batched_tokens=512)
+    baseline, _ = tokens_of(workload, "fcfs", spec=spec, max_num_batched_tokens=512)
     assert all(len(t) == 10 for t in baseline.values())
     for schedule, chunk in (("batchllm", 16), ("prefix_grouped", 5), ("decode_first", 7)):
-        assert tokens_of(workload, schedule, spec=TINY_OSS, max_num_batched_tokens=chunk)[0] == baseline, schedule
+        assert tokens_of(workload, schedule, spec=spec, max_num_batched_tokens=chunk)[0] == baseline, schedule
 
 
 def test_backends_without_windows_or_sinks_refuse_the_model():
