@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -131,12 +132,6 @@ def swiglu(h: torch.Tensor, layer, gelu: bool = False) -> torch.Tensor:
     return (gate * (h @ layer.up.T)) @ layer.down.T
 
 
-def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gemma's RMSNorm: x / rms(x) times (1 + w), the product taken in fp32 before the cast."""
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())).to(x.dtype)
-
-
 def experts_mlp(h: torch.Tensor, layer, spec: ModelSpec, backend: AttentionBackend | None = None) -> torch.Tensor:
     """A mixture of SwiGLU experts in place of the MLP: the router's top ``experts_per_token``
     (engine/experts.py), then the experts' work on ``backend`` (the torch reference by default),
@@ -180,8 +175,7 @@ class LlamaModel:
         self.backend = backend
         self.inv_freq = rope_inv_freq(spec, weights.embed.device)
         self.local_inv_freq = local_inv_freq(spec, weights.embed.device)
-        # Gemma's norms (on every norm, q/k included) bypass the backend's kernel (Llama's convention)
-        self.norm = gemma_rms_norm if spec.gemma else backend.rms_norm
+        self.norm = partial(backend.rms_norm, gemma=True) if spec.gemma else backend.rms_norm  # every norm, q/k too
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: PagedKVCache,

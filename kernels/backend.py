@@ -35,8 +35,8 @@ class TritonAttentionBackend(AttentionBackend):
     prefix_aware = True
     windows_and_sinks = True
 
-    def rms_norm(self, x, weight, eps):
-        return rms_norm(x.contiguous(), weight, eps)
+    def rms_norm(self, x, weight, eps, gemma=False):
+        return rms_norm(x.contiguous(), weight, eps, gemma=gemma)
 
     def rope(self, q, k, positions, cos, sin, inv_freq):
         return apply_rope_(q.contiguous(), positions, inv_freq), apply_rope_(k.contiguous(), positions, inv_freq)

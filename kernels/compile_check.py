@@ -73,8 +73,8 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
          {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
-          "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c},
-         {"HAS_RESIDUAL": True, "BLOCK": 4096}),
+          "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c},
+         {"HAS_RESIDUAL": True, "BLOCK": 4096, "GEMMA": False}),
         (_rope_kernel,
          {"x_ptr": ptr, "positions_ptr": "*i64", "inv_freq_ptr": "*fp32", "heads": i32, "HEAD_DIM": c, "HALF": c,
           "BLOCK_H": c},
@@ -100,7 +100,7 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
 def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     """The kernels gpt-oss runs differently, at its shapes (head size 64, 8 query heads a kv
     head, experts 2,880 wide): sliding windows, attention sinks, expert biases and the clamped
-    SwiGLU."""
+    SwiGLU; and Gemma 3's RMSNorm."""
     oss = {"GROUP": 8, "HEAD_DIM": 64}
     variants = []
     for kernel, signature, constants in signatures(dtype):
@@ -111,6 +111,8 @@ def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
             constants = {**constants, "HEAD_DIM": 64, "SINKS": True}
         elif name in ("_gate_up_kernel", "_down_kernel"):
             constants = {**constants, "BIAS": True, **({"CLAMP": True} if "CLAMP" in constants else {})}
+        elif name == "_rmsnorm_kernel":  # Gemma 3's norm (its hidden size 5,376: a block of 8,192)
+            constants = {**constants, "BLOCK": 8192, "GEMMA": True}
         else:
             continue
         variants.append((kernel, signature, constants))
@@ -137,7 +139,8 @@ def main(arch: int = 90) -> int:
                 print(f"FAILED {kernel.__name__} {dtype}: no cubin")
                 return 1
             mix = load_mix(compiled.asm["ptx"])
-            label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else "")
+            label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
+                                       "+gemma" if constants.get("GEMMA") else "")
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
                   f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages")

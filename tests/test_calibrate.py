@@ -190,6 +190,7 @@ def test_the_command_fits_reports_and_refuses_bad_settings(tmp_path):
     assert used.returncode == 0, used.stderr
     given = [f"hardware.overrides.{k}={v!r}" for k, v in calibration["fitted_hardware"].items()]
     by_hand = batchlab("simulate", *small, *given, f"hydra.run.dir={tmp_path / 'by_hand'}")
+    assert by_hand.returncode == 0, by_hand.stderr
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("used", "by_hand")]
     assert summaries[0]["schedules"]["fcfs"]["makespan_s"] == summaries[1]["schedules"]["fcfs"]["makespan_s"]
     assert summaries[0]["profile"].endswith("calibrated)") and not summaries[1]["profile"].endswith("calibrated)")

@@ -200,7 +200,7 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 28  # (9 kernels + 5 gpt-oss variants) x (bf16, fp32)
+    assert result.stdout.count("ok ") == 30  # (9 kernels + 5 gpt-oss variants + Gemma's norm) x (bf16, fp32)
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
     # 16 bytes a thread (vector loads or pipelined async copies), never element by element; the
     # gpt-oss variants read one 2-byte sink a program besides
@@ -210,21 +210,27 @@ def test_kernels_compile_for_sm90():
     assert len(bf16) == 9 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
     oss = re.findall(r"ok (\w+)\+gpt-oss +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
     assert len(oss) == 5 and all(int(narrow) <= 1 for _, _, narrow in oss), oss
+    assert re.search(r"ok _rmsnorm_kernel\+gemma +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,", result.stdout)
     assert all(int(wide) > 0 for name, wide, _ in oss if name != "_merge_kernel"), oss
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rmsnorm_with_and_without_residual(dtype):
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+def test_rmsnorm_with_and_without_residual(dtype, gemma):
+    """Llama's convention (normed, rounded, times w) and Gemma's (times 1 + w, rounded once);
+    each against its reference, and the two far apart on the same weights."""
     from kernels.rmsnorm import rms_norm, rms_norm_reference
 
     generator = torch.Generator().manual_seed(5)
     x = torch.randn((5, 48), generator=generator).to(DEVICE, dtype)  # non-power-of-two hidden
     residual = torch.randn((5, 48), generator=generator).to(DEVICE, dtype)
-    weight = (1 + 0.1 * torch.randn(48, generator=generator)).to(DEVICE, dtype)
+    weight = ((0 if gemma else 1) + 0.1 * torch.randn(48, generator=generator)).to(DEVICE, dtype)
     tolerance = ELEMENTWISE_BF16 if dtype == torch.bfloat16 else TOLERANCE[dtype]
-    assert relative_error(rms_norm(x, weight, 1e-5), rms_norm_reference(x, weight, 1e-5)) <= tolerance
-    normed, new_residual = rms_norm(x, weight, 1e-5, residual)
-    ref_normed, ref_residual = rms_norm_reference(x, weight, 1e-5, residual)
+    normed = rms_norm(x, weight, 1e-5, gemma=gemma)
+    assert relative_error(normed, rms_norm_reference(x, weight, 1e-5, gemma=gemma)) <= tolerance
+    assert relative_error(normed, rms_norm_reference(x, weight, 1e-5, gemma=not gemma)) > 0.3
+    normed, new_residual = rms_norm(x, weight, 1e-5, residual, gemma=gemma)
+    ref_normed, ref_residual = rms_norm_reference(x, weight, 1e-5, residual, gemma=gemma)
     assert relative_error(normed, ref_normed) <= tolerance
     if dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") != "1":
         assert torch.equal(new_residual, ref_residual)  # one rounding of the same sum: bit-equal

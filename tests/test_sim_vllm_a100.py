@@ -4,7 +4,6 @@ C requests in flight, C x 20 requests (johnmusgrave.com/p/vllm-throughput-latenc
 about 75 output tokens/s at C = 1 (77 % of the memory-bandwidth ceiling), 6.6x that at C = 8.
 The simulator runs the same as an offline batch capped at C running requests (``max_num_seqs``),
 which keeps C in flight as the client did."""
-import pytest
 
 from scheduler import Request, schedule_config
 from scheduler.model_spec import model_spec
