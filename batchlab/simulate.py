@@ -156,10 +156,10 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
             "arrivals, bursts of one prefix land on one replica (sharding=round_robin spreads them)")
     say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
-    from sim.hardware import kv_reserve_note
-    note = "" if cfg.profile else kv_reserve_note(model, hardware)
-    if note:
-        say(note)
+    from sim.hardware import kv_reserve_note, window_blocks_note
+    for note in ("" if cfg.profile else kv_reserve_note(model, hardware), window_blocks_note(model, block_size)):
+        if note:
+            say(note)
     progress = say if cfg.progress else None
     for config in configs:
         started = time.perf_counter()

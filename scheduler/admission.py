@@ -39,8 +39,10 @@ def window_blocks_of(scheduler: "Scheduler", tokens: int, shared: int = 0) -> in
     hit in use): their window blocks are theirs already, as vLLM shares a prefix's blocks in
     every group; only the rest of its window is its own."""
     window = scheduler.window_blocks
+    if not window:
+        return 0
     filled = scheduler.kv.blocks_for(max(tokens, 1)) - shared
-    if not window or filled <= 0:
+    if filled <= 0:
         return 0
     return min(window, filled) if isinstance(window, int) else window.held(filled)
 

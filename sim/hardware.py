@@ -193,3 +193,17 @@ def kv_reserve_note(model: ModelSpec, hardware: HardwareSpec) -> str:
             f"activations (hardware.overrides.activation_reserve_bytes): a misjudged reserve moves the KV cache by "
             f"as much. Compare the KV blocks with your engine's log (vLLM: 'Available KV cache memory') and set "
             f"the reserve to match")
+
+
+def window_blocks_note(model: ModelSpec, block_size: int) -> str:
+    """What a running request of a model with vLLM's hybrid KV cache holds besides its blocks
+    (its sliding layers' window: ``ModelSpec.window_blocks``); "" for other models."""
+    window = model.window_blocks(block_size)
+    if not window:
+        return ""
+    size, _, groups = model.kv_groups
+    most = window.held(1 << 30)
+    return (f"note: each running request also holds up to {most:,} blocks for its sliding layers' last "
+            f"{model.sliding_window:,} tokens ({window.per_group} in each of {groups} groups of {size} layers; fewer "
+            f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens; "
+            f"model.overrides.sliding_kv_full=true keeps every layer's KV for every token instead")

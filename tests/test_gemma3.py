@@ -120,10 +120,16 @@ def test_kv_groups_follow_vllms_hybrid_layout(full, sliding, layout):
 
 
 def test_gemma3_27b_caches_ten_layers_a_token_and_390_window_blocks():
+    from sim.hardware import window_blocks_note
+
     spec = model_spec("gemma-3-27b")
     assert spec.kv_bytes_every_layer == 62 * 2 * 16 * 128 * 2
     assert spec.kv_bytes_per_token == 10 * 2 * 16 * 128 * 2  # 80 KiB: the ten full layers
     assert spec.window_blocks(16) == (65, 6, 1)  # ceil(1023 / 16) + 1 in each of six sliding groups
+    assert "holds up to 390 blocks for its sliding layers' last 1,024 tokens (65 in each of 6 groups of 10" \
+        in window_blocks_note(spec, 16)
+    assert window_blocks_note(model_spec("llama-3.1-8b"), 16) == ""
+    assert window_blocks_note(replace(spec, sliding_kv_full=True), 16) == ""
 
 
 def test_short_requests_hold_what_their_tokens_fill_in_every_sliding_group():
