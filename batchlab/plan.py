@@ -20,7 +20,7 @@ from sim.hardware import HARDWARE_PRESETS
 from .calibration import calibration_note, check_model, load_calibrations
 from .command import CONF_DIR, guarded, model_of, say, workload_of
 from .records import finite_json, request_columns
-from .simulate import _with_replicas, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
+from .simulate import _with_replicas, block_size_of, host_tier_overrides, pooled_host_tier, simulate_replicas, split_for_replicas
 
 
 def tensor_parallel_sizes(gpus: int) -> list[int]:
@@ -84,7 +84,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     model = model_of(cfg, base_dir, costs_only=True)
     overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
-    block_size, sharding = int(cfg.schedule.block_size), cfg.sharding
+    block_size, sharding = block_size_of(cfg, model), cfg.sharding
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")

@@ -53,8 +53,12 @@ def build_setup(cfg: DictConfig, base_dir: str):
         if calibration is not None:
             from .calibration import calibration_note
             cost.profile.provenance["calibration"] = calibration_note(calibration)
-    block_size = int(cfg.schedule.block_size)
-    return workload, model, hardware, cost, kv_capacity_blocks(model, hardware, block_size)
+    return workload, model, hardware, cost, kv_capacity_blocks(model, hardware, block_size_of(cfg, model))
+
+
+def block_size_of(cfg: DictConfig, model) -> int:
+    """``schedule.block_size``, or the larger block vLLM serves a linear-attention model with."""
+    return model.vllm_block_size(int(cfg.schedule.block_size))
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,
@@ -115,7 +119,7 @@ def host_tier_overrides(cfg: DictConfig, model, overrides: dict) -> dict:
         return overrides
     if "host_cache_blocks" in overrides:
         raise ConfigError("host_kv_gb and schedule.overrides.host_cache_blocks both size the host tier; give one")
-    block_bytes = model.kv_bytes_per_token * int(cfg.schedule.block_size)
+    block_bytes = model.kv_bytes_per_token * block_size_of(cfg, model)
     return {**overrides, "host_cache_blocks": int(gigabytes * 1e9 // block_bytes)}
 
 
@@ -141,7 +145,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     workload, model, hardware, cost, kv_blocks = build_setup(cfg, base_dir)
     overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]  # fail early on typos
-    block_size = int(cfg.schedule.block_size)
+    block_size = block_size_of(cfg, model)
     replicas, sharding = cfg.get("replicas", 1), cfg.get("sharding", "prefix")
     router, shards = split_for_replicas(cfg, workload, replicas, block_size)
     shared_host = pooled_host_tier(cfg, overrides, router is not None, replicas)

@@ -13,7 +13,10 @@ from .errors import ConfigError
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss", "gemma3_text",
                "gemma3")
 # no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
-SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
+# linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5 and its MoE, their text part)
+SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe", "qwen3_next", "qwen3_5_text",
+                   "qwen3_5_moe_text")
+LINEAR_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 # bits a weight takes under a quantization method that names no ``bits``
 _METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
 # transformers' Gemma3TextConfig defaults: the released multimodal configs (4B, 12B, 27B) name
@@ -33,6 +36,9 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             config = _gemma3_text(config.get("text_config") or {} if model_type == "gemma3" else config, name,
                                   costs_only)
             model_type = "gemma3_text"
+        elif model_type in ("qwen3_5", "qwen3_5_moe"):  # the multimodal models' text part
+            config = {**config, **(config.get("text_config") or {})}
+            model_type = config.get("model_type", model_type + "_text")
         if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
             simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
                          f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
@@ -47,10 +53,12 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
         attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
                          head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                          qk_norm=model_type.startswith("qwen3"), **_sliding(config, model_type, name))
-        if model_type in SIMULATED_TYPES:
+        if model_type in SIMULATED_TYPES and model_type not in LINEAR_TYPES:
             attention = _simulated_layout(config, model_type, name, attention)
         if gpt_oss:  # biases on all four projections, sinks, clamped SwiGLU experts with biases
             attention.update(o_bias=bool(config.get("attention_bias", True)), attention_sinks=True)
+        if model_type in LINEAR_TYPES:
+            attention.update(_linear_attention(config))
         if model_type == "gemma3_text":  # q/k norms, Gemma's norms and GELU, its softmax scale
             attention.update(qk_norm=True, gemma=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]))
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
@@ -111,6 +119,24 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
     return fields
 
 
+def _linear_attention(config: dict) -> dict:
+    """Qwen3-Next's and Qwen3.5's Gated DeltaNet layers (``layer_types``, or three in every
+    ``full_attention_interval``) and their gated full-attention layers; transformers' defaults
+    where a key is missing; the recurrent state in ``mamba_ssm_dtype`` (Qwen3.5: float32)."""
+    layers = config["num_hidden_layers"]
+    interval = config.get("full_attention_interval", 4)
+    types = config.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                          for i in range(layers)]
+    return dict(linear_layers=tuple(i for i, kind in enumerate(types) if kind == "linear_attention"),
+                linear_key_heads=config.get("linear_num_key_heads", 16),
+                linear_value_heads=config.get("linear_num_value_heads", 32),
+                linear_key_dim=config.get("linear_key_head_dim", 128),
+                linear_value_dim=config.get("linear_value_head_dim", 128),
+                linear_conv_kernel=config.get("linear_conv_kernel_dim", 4),
+                state_bytes={"float32": 4}.get(config.get("mamba_ssm_dtype"), 2),
+                attn_output_gate=bool(config.get("attn_output_gate", True)))
+
+
 def _gemma3_text(text: dict, name: str, costs_only: bool) -> dict:
     """A Gemma 3 text config with transformers' defaults filled in and its layer types (every
     ``sliding_window_pattern``-th layer full) spelled out; what the engine would compute
@@ -151,9 +177,9 @@ def _sliding(config: dict, model_type: str, name: str) -> dict:
     if model_type == "gpt_oss" and types is None:  # transformers' default: every other layer, the first sliding
         types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     if types is not None:
-        if len(types) != layers or set(types) - {"sliding_attention", "full_attention"}:
-            raise ConfigError(f"model config {name!r}: layer_types must list 'sliding_attention' or "
-                              f"'full_attention' for each of the {layers} layers")
+        if len(types) != layers or set(types) - {"sliding_attention", "full_attention", "linear_attention"}:
+            raise ConfigError(f"model config {name!r}: layer_types must list 'sliding_attention', 'full_attention' "
+                              f"or 'linear_attention' for each of the {layers} layers")
         sliding = tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")
     elif model_type in ("mistral", "mixtral"):
         sliding = tuple(range(layers)) if window else ()
@@ -226,7 +252,7 @@ def _experts(config: dict, model_type: str, name: str) -> dict:
             fields.update(expert_bias=True, swiglu_limit=float(config.get("swiglu_limit", 7.0)),
                           swiglu_alpha=float(config.get("swiglu_alpha", 1.702)))
         return fields
-    if model_type not in ("qwen3_moe", "qwen2_moe"):
+    if model_type not in ("qwen3_moe", "qwen2_moe", "qwen3_next", "qwen3_5_moe_text"):
         return {}
     if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
         raise ConfigError(f"model config {name!r}: mlp_only_layers / decoder_sparse_step != 1 (dense layers among "
@@ -234,7 +260,7 @@ def _experts(config: dict, model_type: str, name: str) -> dict:
     experts = config.get("num_experts", config.get("num_local_experts"))
     if experts is None:
         raise KeyError("num_experts")
-    shared = config.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
+    shared = config.get("shared_expert_intermediate_size", 0) if model_type != "qwen3_moe" else 0  # gated
     return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
                 moe_intermediate_size=config["moe_intermediate_size"],
                 norm_topk_prob=bool(config.get("norm_topk_prob", False)), shared_expert_intermediate_size=shared)

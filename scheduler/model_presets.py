@@ -70,6 +70,15 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
            ("gemma-3-1b", 26, 1152, 4, 1, 256, 6912, 512, 256), ("gemma-3-4b", 34, 2560, 8, 4, 256, 10240, 1024, 256),
            ("gemma-3-12b", 48, 3840, 16, 8, 256, 15360, 1024, 256),
            ("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 1024, 168))},
+    # Qwen3-Next (simulated only): Gated DeltaNet in three layers of four, gated attention with
+    # q/k norms in the fourth (head size 256, RoPE on a quarter of it), 10 of 512 experts and a
+    # gated shared expert; the recurrent state in bf16 (its config names no mamba_ssm_dtype)
+    "qwen3-next-80b-a3b": ModelSpec("qwen3-next-80b-a3b", 48, 2048, 16, 2, 256, 5120, 151936, rope_theta=1e7,
+                                    rms_norm_eps=1e-6, max_position=262144, qk_norm=True, num_experts=512,
+                                    experts_per_token=10, moe_intermediate_size=512,
+                                    shared_expert_intermediate_size=512, attn_output_gate=True,
+                                    linear_layers=tuple(i for i in range(48) if (i + 1) % 4), linear_key_heads=16,
+                                    linear_value_heads=32, linear_key_dim=128, linear_value_dim=128),
     # small enough for the CPU engine and tests; same architecture
     "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
     # tiny's attention with Qwen3-MoE's layers: q/k norms, 8 experts of width 32, top 2

@@ -95,6 +95,17 @@ class ModelSpec:
     query_pre_attn_scalar: float = 0.0  # softmax scale 1 / sqrt(this) (0: head_dim; Gemma 3 27B: 168)
     rope_linear: bool = False           # "linear" RoPE scaling: every frequency / rope_scaling_factor
     rope_local_theta: float = 0.0       # the sliding layers' RoPE base, unscaled (0: the full layers' RoPE)
+    # linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5), simulated only: the layers listed keep
+    # no KV but a recurrent state of linear_value_heads x linear_key_dim x linear_value_dim values
+    # (state_bytes each: fp32 as Qwen3.5 is released) and their short convolution's last inputs
+    linear_layers: tuple = ()
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_dim: int = 0
+    linear_value_dim: int = 0
+    linear_conv_kernel: int = 4
+    state_bytes: int = 2
+    attn_output_gate: bool = False  # the full layers' queries twice as wide: a sigmoid gate on their output
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -137,6 +148,15 @@ class ModelSpec:
                                                 for i in self.sliding_layers)):
             raise ConfigError(f"model {self.name!r}: sliding_layers {list(self.sliding_layers)} need sliding_window "
                               f">= 1 (got {self.sliding_window!r}) and layer indices below {self.num_layers}")
+        object.__setattr__(self, "linear_layers", tuple(self.linear_layers or ()))
+        if self.linear_layers and not (all(isinstance(i, int) and 0 <= i < self.num_layers for i in self.linear_layers)
+                                       and len(self.linear_layers) < self.num_layers
+                                       and not set(self.linear_layers) & set(self.sliding_layers)
+                                       and min(self.linear_key_heads, self.linear_value_heads, self.linear_key_dim,
+                                               self.linear_value_dim, self.linear_conv_kernel) >= 1):
+            raise ConfigError(f"model {self.name!r}: linear_layers {list(self.linear_layers)} need layer indices below "
+                              f"{self.num_layers} (some full-attention layers left, none sliding) and linear_key_heads, "
+                              f"linear_value_heads, linear_key_dim, linear_value_dim, linear_conv_kernel >= 1")
         if self.rope_linear and self.rope_yarn or self.rope_local_theta < 0 or self.query_pre_attn_scalar < 0:
             raise ConfigError(f"model {self.name!r}: rope_linear and rope_yarn exclude each other, and "
                               f"rope_local_theta and query_pre_attn_scalar are >= 0 (0: unused)")
@@ -153,6 +173,7 @@ class ModelSpec:
         """What in this model the engine does not implement (it is then simulated only), as
         words for an error; "" when the engine runs it."""
         parts = [what for present, what in ((self.mla, "latent attention (DeepSeek, Kimi K2)"),
+                                            (self.linear_layers, "linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5)"),
                                             (self.first_dense_layers, "dense first layers"),
                                             (self.shared_expert_intermediate_size and not self.shared_expert_gate,
                                              "ungated shared experts (DeepSeek, GLM-4.5)")) if present]
@@ -169,8 +190,8 @@ class ModelSpec:
         """One layer's attention projections (and their norms, biases)."""
         h, d, heads = self.hidden_size, self.head_dim, self.num_heads
         if not self.mla:
-            return ((h + self.qkv_bias) * (heads + 2 * self.num_kv_heads) * d + heads * d * h + 2 * d * self.qk_norm
-                    + h * self.o_bias + heads * self.attention_sinks)
+            return ((h + self.qkv_bias) * (heads * (1 + self.attn_output_gate) + 2 * self.num_kv_heads) * d
+                    + heads * d * h + 2 * d * self.qk_norm + h * self.o_bias + heads * self.attention_sinks)
         latent, rope, q_lora = self.kv_lora_rank, self.qk_rope_head_dim, self.q_lora_rank
         query = heads * (d + rope)
         queries = h * q_lora + q_lora + q_lora * query if q_lora else h * query
@@ -181,7 +202,36 @@ class ModelSpec:
         h, dense = self.hidden_size, self.first_dense_layers
         mlps = dense * 3 * h * self.intermediate_size + (self.num_layers - dense) * self.mlp_params
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        return self.num_layers * (self.attention_params + (2 + 2 * self.gemma) * h) + mlps + embeddings + h
+        linear = len(self.linear_layers)
+        return ((self.num_layers - linear) * self.attention_params + linear * self.linear_params
+                + self.num_layers * (2 + 2 * self.gemma) * h + mlps + embeddings + h)
+
+    @property
+    def linear_params(self) -> int:
+        """One Gated DeltaNet layer: q/k/v/z, beta and decay projections, the short convolution,
+        the decay's A and dt bias, the gated output norm, the output projection."""
+        keys, values = self.linear_key_heads * self.linear_key_dim, self.linear_value_heads * self.linear_value_dim
+        heads, h = self.linear_value_heads, self.hidden_size
+        return (h * (2 * keys + 2 * values + 2 * heads) + (2 * keys + values) * self.linear_conv_kernel + 2 * heads
+                + self.linear_value_dim + values * h)
+
+    @property
+    def state_bytes_per_layer(self) -> int:
+        """A request's state in one linear-attention layer: the recurrent state and the short
+        convolution's last kernel - 1 inputs (vLLM's mamba state shapes)."""
+        keys, values = self.linear_key_heads * self.linear_key_dim, self.linear_value_heads * self.linear_value_dim
+        return (self.linear_value_heads * self.linear_key_dim * self.linear_value_dim * self.state_bytes
+                + (2 * keys + values) * (self.linear_conv_kernel - 1) * self.activation_bytes)
+
+    def vllm_block_size(self, block_size: int) -> int:
+        """The block size vLLM serves the model with: ``block_size``, or for linear attention the
+        smallest multiple of 16 whose attention page (a layer's KV for that many tokens) holds a
+        layer's state, if larger (its ``HybridAttentionMambaModelConfig``); its prefix cache
+        then hits whole blocks of that many tokens only."""
+        if not self.linear_layers:
+            return block_size
+        attention_token = self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers))
+        return max(block_size, 16 * -(-self.state_bytes_per_layer // (16 * attention_token)))
 
     @property
     def mlp_params(self) -> int:
@@ -224,6 +274,9 @@ class ModelSpec:
         experts = f" ({self.expert_bytes:.3g} an expert's)" if self.expert_bytes != self.weight_bytes else ""
         window = (f", a {self.sliding_window}-token window in {len(self.sliding_layers)} of {self.num_layers} layers"
                   + (" (their KV kept for the window only)" if self.kv_hybrid else "") if self.sliding_layers else "")
+        if self.linear_layers:
+            window = (f", linear attention in {len(self.linear_layers)} of {self.num_layers} layers "
+                      f"({self.state_bytes_per_layer * len(self.linear_layers) / 2**20:,.0f} MiB of state a request)")
         return (f"{self.num_params / 1e9:.1f}B parameters{active}, {self.weight_bytes:g} {unit} a weight{experts}, "
                 f"{self.kv_bytes_per_token / 1024:,.0f} KiB of KV a token{window}")
 
@@ -235,7 +288,7 @@ class ModelSpec:
     @property
     def kv_hybrid(self) -> bool:
         """Do the sliding layers keep only their window in the KV cache (``sliding_kv_full``)?"""
-        return 0 < len(self.sliding_layers) < self.num_layers and not self.sliding_kv_full
+        return 0 < len(self.sliding_layers) < self.num_layers and not self.sliding_kv_full or bool(self.linear_layers)
 
     @property
     def kv_groups(self) -> tuple[int, int, int]:
@@ -243,7 +296,7 @@ class ModelSpec:
         of one kind in groups of ``size`` (the fewer kind's count, or the more numerous one's
         where that is under 1.5 times it), the last group of a kind padded; a page holds ``size``
         layers. Returns (size, full-layer groups, sliding-layer groups)."""
-        sliding = len(self.sliding_layers)
+        sliding = len(self.sliding_layers or self.linear_layers)  # the other kind: sliding or linear layers
         full = self.num_layers - sliding
         size = min(full, sliding)
         if max(full, sliding) < 1.5 * size:
@@ -257,7 +310,7 @@ class ModelSpec:
         groups times the layers a page holds, padding included)."""
         if self.kv_hybrid:
             size, full_groups, _ = self.kv_groups
-            return self.kv_bytes_every_layer // self.num_layers * size * full_groups
+            return self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers)) * size * full_groups
         return self.kv_bytes_every_layer
 
     @property
@@ -265,7 +318,8 @@ class ModelSpec:
         """KV bytes a token takes in every layer (what the engine's cache stores)."""
         if self.mla:  # one latent and one RoPE key a layer, shared by every head
             return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.activation_bytes
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.activation_bytes
+        layers = self.num_layers - len(self.linear_layers)  # linear-attention layers keep a state instead
+        return 2 * layers * self.num_kv_heads * self.head_dim * self.activation_bytes
 
     def window_blocks(self, block_size: int) -> "WindowBlocks | int":
         """What a running request holds for its sliding layers' window where ``kv_hybrid``: in
@@ -276,6 +330,8 @@ class ModelSpec:
         if not self.kv_hybrid:
             return 0
         _, full_groups, sliding_groups = self.kv_groups
+        if self.linear_layers:  # vLLM: a page of state a linear-attention group (block_size from vllm_block_size)
+            return WindowBlocks(1, sliding_groups, full_groups)
         return WindowBlocks(-(-(self.sliding_window - 1) // block_size) + 1, sliding_groups, full_groups)
 
     @classmethod

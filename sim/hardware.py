@@ -203,6 +203,10 @@ def window_blocks_note(model: ModelSpec, block_size: int) -> str:
         return ""
     size, _, groups = model.kv_groups
     most = window.held(1 << 30)
+    if model.linear_layers:
+        return (f"note: blocks of {block_size:,} tokens, as vLLM serves this model (its attention page holds a "
+                f"linear-attention layer's state; its prefix cache hits whole blocks only), and each running request "
+                f"also holds {most} for its linear-attention layers' state ({groups} groups of {size} layers)")
     return (f"note: each running request also holds up to {most:,} blocks for its sliding layers' last "
             f"{model.sliding_window:,} tokens ({window.per_group} in each of {groups} groups of {size} layers; fewer "
             f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens; "

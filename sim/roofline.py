@@ -15,6 +15,7 @@ from scheduler.model_spec import ModelSpec
 
 from .hardware import HardwareSpec, shard
 from .latent_attention import latent_attention_tables
+from .linear_attention import blend_linear_attention
 from .profile import Profile, Table
 
 
@@ -88,7 +89,7 @@ def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gem
     act = model.activation_bytes
     h = model.hidden_size
     tables = {
-        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, (nh + 2 * nkv) * d)),
+        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, (nh * (1 + model.attn_output_gate) + 2 * nkv) * d)),
         "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
     }
     q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
@@ -147,6 +148,7 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
     else:
         tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce))
         kv_bytes = 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)  # KV store (and Qwen3's q/k norms)
+        blend_linear_attention(model, tables, hardware.tensor_parallel, roof, gemm, T, (QUERIES, CONTEXTS))
     # two RMSNorms (Gemma: four), two residual adds, RoPE, the KV-cache store
     norms = 4 if model.gemma else 2
     tables["elementwise"] = Table(("tokens",), (T,), roof(0, T * ((6 + 2 * norms) * h + kv_bytes) * act,
