@@ -287,7 +287,8 @@ class ModelSpec:
 
     @property
     def kv_hybrid(self) -> bool:
-        """Do the sliding layers keep only their window in the KV cache (``sliding_kv_full``)?"""
+        """Do the sliding layers keep only their window in the KV cache (unless ``sliding_kv_full``),
+        or linear-attention layers a state, apart from the full layers' KV (vLLM's hybrid cache)?"""
         return 0 < len(self.sliding_layers) < self.num_layers and not self.sliding_kv_full or bool(self.linear_layers)
 
     @property
@@ -326,7 +327,8 @@ class ModelSpec:
         each sliding group, the blocks a window of W tokens can touch, ceil((W - 1) / block size)
         + 1 (vLLM frees older ones), counted in blocks of ``kv_bytes_per_token`` (the full groups'
         pages); a request shorter than that holds what its tokens fill (the scheduler's
-        ``window_blocks_of``). 0 otherwise."""
+        ``window_blocks_of``). For linear attention, one page of state in each linear group.
+        0 otherwise."""
         if not self.kv_hybrid:
             return 0
         _, full_groups, sliding_groups = self.kv_groups
@@ -355,7 +357,8 @@ class ModelSpec:
     def architecture_differences(self, other: "ModelSpec") -> list[str]:
         """The fields that change what the model computes (not its name, context limit or the
         simulator's byte counts) on which ``other`` differs, as "field: mine vs other's"."""
-        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes", "sliding_kv_full"}
+        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes", "sliding_kv_full",
+                   "state_bytes"}
         if self.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
             ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
         if not (self.rope_yarn or other.rope_yarn):
