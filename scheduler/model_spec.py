@@ -13,8 +13,9 @@ from .errors import ConfigError
 
 
 class WindowBlocks(NamedTuple):
-    """The KV blocks a running request holds for its sliding layers' window (``ModelSpec.window_blocks``):
-    ``per_group`` in each of ``sliding_groups`` groups of pages, counted in blocks of ``full_groups`` pages."""
+    """The KV blocks a running request holds for its sliding layers' window, or its linear layers'
+    state (``ModelSpec.window_blocks``): ``per_group`` in each of ``sliding_groups`` groups of pages,
+    counted in blocks of ``full_groups`` pages."""
     per_group: int
     sliding_groups: int = 1
     full_groups: int = 1
