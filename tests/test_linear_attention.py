@@ -57,13 +57,13 @@ def test_qwen3_next_preset_is_the_published_model():
 def test_vllm_block_size_and_state_pages():
     """vLLM raises the attention block size to the smallest multiple of 16 whose page (one
     layer's KV for that many tokens) holds a linear layer's state, and pads the state page to
-    it. With Qwen3-Next's attention and DeltaNet sizes and the fp32 state Qwen3.5 is released
-    with, that is the 1,056-token block and 0.76 % padding vLLM logs for Qwen3.5-35B-A3B (ROCm
-    issue #6055: "Setting attention block size to 1056 tokens", "Padding mamba page size by
-    0.76%"); with a bf16 state, 544."""
-    fp32 = model_spec("qwen3-next-80b-a3b", state_bytes=4)
-    assert fp32.vllm_block_size(16) == 1056
-    page = 1056 * fp32.kv_bytes_every_layer // 12  # one attention layer's KV for a block
+    it. For Qwen3.5-35B-A3B (its sizes as THUDM/slime's scripts/models/qwen3.5-35B-A3B.sh gives
+    them, its float32 state) that is the 1,056-token block and 0.76 % padding vLLM logs for it
+    (ROCm issue #6055: "Setting attention block size to 1056 tokens", "Padding mamba page size
+    by 0.76%"); Qwen3-Next in bf16, 544. The preset has the model card's 35B (3B active)."""
+    fp32 = model_spec("qwen3.5-35b-a3b")
+    assert fp32.num_params == pytest.approx(35e9, rel=0.015) and fp32.vllm_block_size(16) == 1056
+    page = 1056 * fp32.kv_bytes_every_layer // 10  # one attention layer's KV for a block (10 full layers)
     assert 100 * (page - fp32.state_bytes_per_layer) / fp32.state_bytes_per_layer == pytest.approx(0.76, abs=0.005)
     spec = model_spec("qwen3-next-80b-a3b")
     assert spec.state_bytes_per_layer == 32 * 128 * 128 * 2 + (2 * 16 * 128 + 32 * 128) * 3 * 2
