@@ -56,7 +56,7 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     hardware_overrides = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     hardware = hardware_spec(cfg.hardware.preset, **hardware_overrides)
     schedule = schedule_config(cfg.schedule.name, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
-    setting = Setting(model, hardware, schedule, int(cfg.block_size), int(cfg.seed))
+    setting = Setting(model, hardware, schedule, model.vllm_block_size(int(cfg.block_size)), int(cfg.seed))
     names = list(cfg.fit)
     unknown = [name for name in names if name not in PARAMETERS]
     if unknown or not names:
