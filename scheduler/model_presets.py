@@ -87,6 +87,11 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                                  attn_output_gate=True, linear_layers=tuple(i for i in range(40) if (i + 1) % 4),
                                  linear_key_heads=16, linear_value_heads=32, linear_key_dim=128, linear_value_dim=128,
                                  state_bytes=4),
+    # Qwen3.5-27B's text model: dense (SwiGLU 17,408 wide), 64 layers, 48 DeltaNet value heads
+    "qwen3.5-27b": ModelSpec("qwen3.5-27b", 64, 5120, 24, 4, 256, 17408, 248320, rope_theta=1e7, rms_norm_eps=1e-6,
+                             max_position=262144, qk_norm=True, attn_output_gate=True,
+                             linear_layers=tuple(i for i in range(64) if (i + 1) % 4), linear_key_heads=16,
+                             linear_value_heads=48, linear_key_dim=128, linear_value_dim=128, state_bytes=4),
     # small enough for the CPU engine and tests; same architecture
     "tiny": ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 512, tie_embeddings=True, max_position=4096),
     # tiny's attention with Qwen3-MoE's layers: q/k norms, 8 experts of width 32, top 2

@@ -76,6 +76,29 @@ def test_vllm_block_size_and_state_pages():
     assert 3 * 12 * spec.state_bytes_per_layer <= 3 * spec.kv_bytes_per_token * 544  # the 3 blocks hold 36 states
 
 
+# Qwen3.5-27B's config.json text part (as published copies of it give it), multimodal layout
+QWEN35_27B = {"model_type": "qwen3_5", "text_config": {
+    "attention_bias": False, "attn_output_gate": True, "full_attention_interval": 4, "head_dim": 256,
+    "hidden_act": "silu", "hidden_size": 5120, "intermediate_size": 17408, "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 48, "linear_value_head_dim": 128,
+    "mamba_ssm_dtype": "float32", "max_position_embeddings": 262144, "mlp_only_layers": [], "model_type": "qwen3_5_text",
+    "num_attention_heads": 24, "num_hidden_layers": 64, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "partial_rotary_factor": 0.25,
+                        "rope_theta": 10000000, "rope_type": "default"},
+    "tie_word_embeddings": False, "vocab_size": 248320}}
+
+
+def test_qwen35_27b_is_served_in_784_token_blocks():
+    """The published Qwen3.5-27B config reads as the preset (26.9B: the card's 27B), and vLLM
+    0.19.1 serving it logs "Setting attention block size to 784 tokens" and "Padding mamba page
+    size by 0.13%" (a public lm-eval run of a W4A16 copy: the weights' format does not enter)."""
+    spec = ModelSpec.from_hf_config(QWEN35_27B, costs_only=True)
+    assert spec.architecture_differences(model_spec("qwen3.5-27b")) == [] and spec.state_bytes == 4
+    assert spec.num_params == pytest.approx(27e9, rel=0.01) and spec.vllm_block_size(16) == 784
+    page = 784 * spec.kv_bytes_every_layer // 16
+    assert 100 * (page - spec.state_bytes_per_layer) / spec.state_bytes_per_layer == pytest.approx(0.13, abs=0.005)
+
+
 def test_linear_layers_cost_the_same_at_any_context():
     """The roofline's decode and prefill tables hold the mean layer: the linear layers' share
     does not grow with the context (only the full layers' does), their state is read and
