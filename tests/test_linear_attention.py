@@ -139,6 +139,9 @@ def test_simulate_serves_it_in_vllm_blocks(tmp_path):
     assert "KV blocks of 288 tokens" in said
     # 6 linear layers and 2 full: a group of the 2 full layers, three of 2 linear ones
     assert "each running request also holds 3 for its linear-attention layers' state (3 groups of 2 layers)" in said
+    # 6 whole blocks (1,728 tokens) of each 2,000-token prefix against 125 (2,000) at 16 tokens
+    assert (f"grouping them saves {4 * 7 * 1728 / (32 * 2200):.3f} of the prompt tokens, against "
+            f"{4 * 7 * 2000 / (32 * 2200):.3f} with 16-token blocks") in said
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["block_size"] == 288
     # 4 groups of 8 sharing 2,000 prompt tokens of 2,200: 7 members of each reuse 6 whole blocks
