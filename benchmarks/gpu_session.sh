@@ -20,7 +20,8 @@
 # engine, the roofline's experts-touched model) on an H200 (61 GB of bf16 weights):
 #   MODEL=qwen3-30b-a3b bash benchmarks/gpu_session.sh profile, then ... validate; and gpt-oss
 # (sliding windows, sinks, the clamped experts with biases through the Triton kernels; 42 GB of
-# bf16 weights): MODEL=gpt-oss-20b ... profile, then ... validate. A dry run of the
+# bf16 weights): MODEL=gpt-oss-20b ... profile, then ... validate; and Gemma 3 (1,024-token windows
+# in five layers of six, Gemma's norms through the RMSNorm kernel; 7.2 GiB): MODEL=gemma-3-4b. A dry run of the
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
 #   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
 #   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
