@@ -36,13 +36,14 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             config = _gemma3_text(config.get("text_config") or {} if model_type == "gemma3" else config, name,
                                   costs_only)
             model_type = "gemma3_text"
-        elif model_type in ("qwen3_5", "qwen3_5_moe"):  # the multimodal models' text part
-            config = {**config, **(config.get("text_config") or {})}
-            model_type = config.get("model_type", model_type + "_text")
+        asked = model_type
+        if model_type in ("qwen3_5", "qwen3_5_moe"):  # the multimodal models' text part
+            text = config.get("text_config") or {}
+            config, model_type = {**config, **text}, text.get("model_type") or model_type + "_text"
         if model_type not in MODEL_TYPES and not (costs_only and model_type in SIMULATED_TYPES):
             simulated = (f"; {', '.join(SIMULATED_TYPES)} are simulated only (batchlab simulate, plan, "
                          f"calibrate)") if model_type in SIMULATED_TYPES or not costs_only else ""
-            raise ConfigError(f"model config {name!r}: model_type {model_type!r}; the engine implements "
+            raise ConfigError(f"model config {name!r}: model_type {asked!r}; the engine implements "
                               f"{', '.join(MODEL_TYPES)}{simulated}")
         heads = config["num_attention_heads"]
         gpt_oss = model_type == "gpt_oss"

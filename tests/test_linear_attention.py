@@ -30,9 +30,13 @@ def test_parameters_are_transformers_own(config_class, model_class, extra):
     spec = ModelSpec.from_hf_config(config.to_dict(), costs_only=True)
     assert spec.num_params == sum(p.numel() for p in model.parameters())
     assert spec.linear_layers == (0, 1, 2, 4, 5, 6) and spec.attn_output_gate and spec.qk_norm
-    if config_class.startswith("Qwen3_5"):
+    if config_class.startswith("Qwen3_5"):  # the multimodal layout, with or without the text part's type
         outer = {"model_type": config.model_type.removesuffix("_text"), "text_config": config.to_dict()}
         assert ModelSpec.from_hf_config(outer, costs_only=True).architecture_differences(spec) == []
+        del outer["text_config"]["model_type"]
+        assert ModelSpec.from_hf_config(outer, costs_only=True).architecture_differences(spec) == []
+        with pytest.raises(ConfigError, match=f"model_type '{outer['model_type']}'; .* simulated only"):
+            ModelSpec.from_hf_config(outer)
     with pytest.raises(ConfigError, match="linear attention .*simulated only"):
         spec.check_engine_runs()
 
