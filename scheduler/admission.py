@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 def check_fits(scheduler: "Scheduler", request: "Request") -> None:
     """A WorkloadError where ``request`` needs more KV blocks than the whole cache holds (with
-    the blocks it holds for its sliding window while it runs)."""
+    the blocks it holds for its sliding window, or linear layers' state, while it runs)."""
     tokens = request.prompt_len + request.output_len - 1
     kv = scheduler.kv
     window = window_blocks_of(scheduler, tokens)
     if tokens > scheduler._capacity_tokens or window and kv.blocks_for(tokens) + window > kv.num_blocks:
-        held = f", {window} of which it would hold for its sliding layers' window" if window else ""
+        held = (f", {window} of which it would hold for its sliding layers' window or linear layers' state"
+                if window else "")
         raise WorkloadError(
             f"request {request.req_id}: needs {kv.blocks_for(tokens)} KV blocks ({request.prompt_len} prompt + "
             f"{request.output_len} output tokens, block size {scheduler.block_size}) but the KV cache holds only "
@@ -37,7 +38,9 @@ def window_blocks_of(scheduler: "Scheduler", tokens: int, shared: int = 0) -> in
     while it runs: the scheduler's ``window_blocks``, or as many as its tokens fill if fewer.
     ``shared``: its first blocks, which running requests hold too (a group's prefix, a prefix
     hit in use): their window blocks are theirs already, as vLLM shares a prefix's blocks in
-    every group; only the rest of its window is its own."""
+    every group; only the rest of its window is its own. (A linear-attention model's state, one
+    block a group, is its own whatever it shares: the blocks it has past the shared ones always
+    fill at least one, as a prefix hit stops a token short of the prompt.)"""
     window = scheduler.window_blocks
     if not window:
         return 0

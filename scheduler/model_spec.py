@@ -152,7 +152,7 @@ class ModelSpec:
         object.__setattr__(self, "linear_layers", tuple(self.linear_layers or ()))
         if self.linear_layers and not (all(isinstance(i, int) and 0 <= i < self.num_layers for i in self.linear_layers)
                                        and len(self.linear_layers) < self.num_layers
-                                       and not set(self.linear_layers) & set(self.sliding_layers)
+                                       and not self.sliding_layers  # no model has both kinds
                                        and min(self.linear_key_heads, self.linear_value_heads, self.linear_key_dim,
                                                self.linear_value_dim, self.linear_conv_kernel) >= 1):
             raise ConfigError(f"model {self.name!r}: linear_layers {list(self.linear_layers)} need layer indices below "
@@ -228,7 +228,8 @@ class ModelSpec:
         """The block size vLLM serves the model with: ``block_size``, or for linear attention the
         smallest multiple of 16 whose attention page (a layer's KV for that many tokens) holds a
         layer's state, if larger (its ``HybridAttentionMambaModelConfig``); its prefix cache
-        then hits whole blocks of that many tokens only."""
+        then hits whole blocks of that many tokens only. (Under tensor parallelism both pages
+        divide by the same number of GPUs where the heads divide: the same block.)"""
         if not self.linear_layers:
             return block_size
         attention_token = self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers))

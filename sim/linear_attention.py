@@ -38,8 +38,9 @@ def blend_linear_attention(model: ModelSpec, tables: dict, tensor_parallel: int,
         old = tables[name]
         tables[name] = Table(old.axes, old.grids, (1 - share) * old.values + share * linear)
     blend("linear_qkv", gemm(T, h, 2 * keys + 2 * values + 2 * nv))
-    blend("linear_o", gemm(T, values, h) + (tables["linear_o"].values - gemm(T, model.num_heads // tensor_parallel
-                                                                              * model.head_dim, h)))
+    # the output projection from the value heads instead of the attention heads; the all-reduce after it stays
+    full_o = gemm(T, model.num_heads // tensor_parallel * model.head_dim, h)
+    blend("linear_o", tables["linear_o"].values - full_o + gemm(T, values, h))
     q, _ = np.meshgrid(*grid, indexing="ij")
     per_token = nv * (4 * dk * dv + 2 * CHUNK * (dk + dv))
     blend("attn_prefill", roof(2 * q * per_token, state_rw + q * (2 * keys + 2 * values) * act, launches=3))

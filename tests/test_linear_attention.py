@@ -2,6 +2,7 @@
 transformers' own models, vLLM's block size and state pages against its code and a published
 log, the roofline's context-free state traffic, and the engine's refusal."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,6 +57,8 @@ def test_qwen3_next_preset_is_the_published_model():
                  "tie_word_embeddings": False, "rms_norm_eps": 1e-6, "norm_topk_prob": True,
                  "full_attention_interval": 4}
     assert spec.architecture_differences(ModelSpec.from_hf_config(published, costs_only=True)) == []
+    with pytest.raises(ConfigError, match="none sliding"):  # a window on a full layer besides: no such model
+        model_spec("qwen3-next-80b-a3b", sliding_window=8, sliding_layers=(3,))
 
 
 def test_vllm_block_size_and_state_pages():
@@ -112,7 +115,7 @@ def test_linear_layers_cost_the_same_at_any_context():
 
     hardware = hardware_spec("h200", tensor_parallel=2)
     spec = model_spec("qwen3-next-80b-a3b")
-    full = ModelSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "linear_layers": ()})
+    full = replace(spec, linear_layers=())
     mixed, plain = (build_roofline_profile(m, hardware).tables for m in (spec, full))
     for name in ("attn_decode", "attn_prefill"):
         grow_mixed = mixed[name].values[:, 1:] - mixed[name].values[:, :1]
