@@ -11,7 +11,8 @@ from scheduler.model_spec import ModelSpec
 class PagedKVCache:
     def __init__(self, spec: ModelSpec, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: str | torch.device) -> None:
-        shape = (spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
+        # the attention layers' keys and values (a linear-attention layer keeps a state instead)
+        shape = (spec.num_layers - len(spec.linear_layers), num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
         need = 2 * torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
         if torch.device(device).type == "cuda":
             free, _ = torch.cuda.mem_get_info(torch.device(device))

@@ -5,8 +5,10 @@ Conventions follow Hugging Face's ``LlamaForCausalLM``: RMSNorm in fp32, rotate-
 grouped-query attention, SwiGLU MLP, optional tied embeddings, optional q/k/v biases (Qwen2),
 optional per-head q/k RMSNorm (Qwen3), a mixture of SwiGLU experts in place of the MLP
 (Qwen3-MoE, Mixtral: softmax router in fp32, top-k, optionally renormalised), gpt-oss's sinks,
-biases and clamped experts, and Gemma 3's layer (its norms, GeGLU, scaled embeddings, two RoPE
-bases); sliding windows on the layers a model names.
+biases and clamped experts, Gemma 3's layer (its norms, GeGLU, scaled embeddings, two RoPE
+bases), and Qwen3-Next's and Qwen3.5's (Gated DeltaNet in place of attention in the layers a
+model names, engine/linear_state.py; a sigmoid gate on the other layers' attention output, RoPE
+over part of each head); sliding windows on the layers a model names.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from scheduler.model_spec import ModelSpec
 from .attention import AttentionBackend, AttentionMetadata
 from .experts import experts_reference, route
 from .kv_cache import PagedKVCache
+from .linear_state import linear_attention
 from .weights import Weights
 
 NOUNS = {"gemma": "Gemma's norms on the attention's and the MLP's outputs"}
@@ -72,7 +75,7 @@ def rope_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
     context / low_freq_factor are divided by the factor, those shorter than original context /
     high_freq_factor are kept, and the band between blends the two linearly in original
     context / wavelength."""
-    d = spec.head_dim
+    d = spec.rotary_dim
     inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
     factor = spec.rope_scaling_factor
     if spec.rope_yarn:
@@ -93,7 +96,7 @@ def yarn_inv_freq(spec: ModelSpec, inv_freq: torch.Tensor) -> torch.Tensor:
     factor), those that turn more than beta_fast times kept, a linear ramp between. (YaRN's
     scale of cos and sin, rope_attention_factor, scales every query-key product by its square:
     the model applies it to the softmax scale.)"""
-    d, base, original = spec.head_dim, spec.rope_theta, spec.rope_original_max_position
+    d, base, original = spec.rotary_dim, spec.rope_theta, spec.rope_original_max_position
 
     def dimension(rotations: float) -> float:  # the dimension that turns ``rotations`` times over the context
         return d * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
@@ -112,7 +115,7 @@ def local_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor 
     unscaled); None where they share the full layers'."""
     if not spec.rope_local_theta:
         return None
-    d = spec.head_dim
+    d = spec.rotary_dim
     return 1.0 / (spec.rope_local_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
 
 
@@ -157,7 +160,7 @@ class LlamaModel:
         if (spec.expert_bias or spec.swiglu_limit) and not backend.gpt_oss_experts:
             raise ConfigError(f"model {spec.name!r}: expert biases and the clamped SwiGLU (gpt-oss) are not "
                               f"implemented by the {backend.name!r} backend's experts; backend=torch runs them")
-        first = weights.layers[0]
+        first = next(layer for layer in weights.layers if layer.linear is None)  # attention's, not DeltaNet's
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
                                       (first.o_bias is not None, spec.o_bias, "o_bias"),
                                       (first.sinks is not None, spec.attention_sinks, "attention_sinks"),
@@ -175,7 +178,11 @@ class LlamaModel:
         self.backend = backend
         self.inv_freq = rope_inv_freq(spec, weights.embed.device)
         self.local_inv_freq = local_inv_freq(spec, weights.embed.device)
-        self.norm = partial(backend.rms_norm, gemma=True) if spec.gemma else backend.rms_norm  # every norm, q/k too
+        # every norm, q/k too; Qwen3.5's and Qwen3-Next's are Gemma's (DeltaNet's gated output norm aside)
+        self.norm = partial(backend.rms_norm, gemma=True) if spec.gemma or spec.zero_centered_norms else backend.rms_norm
+        self.linear_index = {layer: i for i, layer in enumerate(spec.linear_layers)}  # -> its state's index
+        full = [i for i in range(spec.num_layers) if i not in self.linear_index]
+        self.kv_index = {layer: i for i, layer in enumerate(full)}  # the KV cache holds attention layers only
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: PagedKVCache,
@@ -183,7 +190,6 @@ class LlamaModel:
         """Logits of the rows ``logit_rows`` of the packed batch."""
         spec, w, backend, norm = self.spec, self.weights, self.backend, self.norm
         eps = spec.rms_norm_eps
-        count = tokens.shape[0]
         x = w.embed[tokens]
         if spec.gemma:  # Gemma scales its embeddings by sqrt(hidden), the factor rounded to their dtype
             x = x * torch.tensor(spec.hidden_size ** 0.5, dtype=x.dtype)
@@ -196,33 +202,10 @@ class LlamaModel:
         for index, layer in enumerate(w.layers):
             with timer("norms"):
                 h = norm(x, layer.input_norm, eps)
-            with timer("linear_qkv"):
-                q, k, v = h @ layer.q.T, h @ layer.k.T, h @ layer.v.T
-                if layer.q_bias is not None:
-                    q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
-                q = q.view(count, spec.num_heads, spec.head_dim)
-                k = k.view(count, spec.num_kv_heads, spec.head_dim)
-                v = v.view(count, spec.num_kv_heads, spec.head_dim)
-            if layer.q_norm is not None:
-                with timer("norms"):
-                    d = spec.head_dim
-                    q = norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
-                    k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
-            with timer("rope_kv_store"):
-                cos, sin, inv_freq = rope[index in sliding]
-                q, k = backend.rope(q, k, positions, cos, sin, inv_freq)
-                backend.store_kv(cache, index, slots, k, v)
-            with timer("attention"):
-                window = spec.sliding_window if index in sliding else None
-                extra = (window, layer.sinks) if window or layer.sinks is not None else ()  # gpt-oss, Mistral
-                attn = self.backend.forward(index, q, cache, meta, *extra)
-            with timer("linear_o"):
-                out = attn.reshape(count, -1) @ layer.o.T
-                out = out if layer.o_bias is None else out + layer.o_bias
-            if layer.attn_out_norm is not None:  # Gemma: the attention's output normalised too
-                with timer("norms"):
-                    out = norm(out, layer.attn_out_norm, eps)
-            x = x + out
+            if layer.linear is not None:
+                x = x + linear_attention(h, layer.linear, spec, self.linear_index[index], meta.linear_states, eps, timer)
+            else:
+                x = x + self._attention(index, layer, h, positions, slots, cache, meta, rope[index in sliding], timer)
             with timer("norms"):
                 h = norm(x, layer.post_norm, eps)
             with timer("mlp"):
@@ -234,3 +217,48 @@ class LlamaModel:
         with timer("lm_head_sampling"):
             final = norm(x[logit_rows].contiguous(), w.norm, eps)
             return final @ w.lm_head.T
+
+    def _attention(self, index, layer, h, positions, slots, cache, meta, rope, timer) -> torch.Tensor:
+        """Layer ``index``'s attention (its KV in the cache's layer ``kv_index[index]``), the
+        output projection, and Gemma's norm on it."""
+        spec, backend, norm, eps = self.spec, self.backend, self.norm, self.spec.rms_norm_eps
+        count, kv_layer = h.shape[0], self.kv_index[index]
+        with timer("linear_qkv"):
+            q, k, v = h @ layer.q.T, h @ layer.k.T, h @ layer.v.T
+            if layer.q_bias is not None:
+                q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
+            gate = None
+            if spec.attn_output_gate:  # each head's queries, then its gate's
+                q, gate = q.view(count, spec.num_heads, 2 * spec.head_dim).chunk(2, dim=-1)
+                gate = gate.reshape(count, -1)
+            q = q.reshape(count, spec.num_heads, spec.head_dim)
+            k = k.view(count, spec.num_kv_heads, spec.head_dim)
+            v = v.view(count, spec.num_kv_heads, spec.head_dim)
+        if layer.q_norm is not None:
+            with timer("norms"):
+                d = spec.head_dim
+                q = norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
+                k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
+        with timer("rope_kv_store"):
+            cos, sin, inv_freq = rope
+            r = spec.rotary_dim
+            if r == spec.head_dim:
+                q, k = backend.rope(q, k, positions, cos, sin, inv_freq)
+            else:  # RoPE over each head's first r dimensions, the rest passed through
+                turned = backend.rope(q[..., :r].contiguous(), k[..., :r].contiguous(), positions, cos, sin, inv_freq)
+                q, k = (torch.cat((a, b[..., r:]), dim=-1) for a, b in zip(turned, (q, k)))
+            backend.store_kv(cache, kv_layer, slots, k, v)
+        with timer("attention"):
+            window = spec.sliding_window if index in spec.sliding_layers else None
+            extra = (window, layer.sinks) if window or layer.sinks is not None else ()  # gpt-oss, Mistral
+            attn = backend.forward(kv_layer, q, cache, meta, *extra)
+        with timer("linear_o"):
+            attn = attn.reshape(count, -1)
+            if gate is not None:
+                attn = attn * torch.sigmoid(gate)
+            out = attn @ layer.o.T
+            out = out if layer.o_bias is None else out + layer.o_bias
+        if layer.attn_out_norm is not None:  # Gemma: the attention's output normalised too
+            with timer("norms"):
+                out = norm(out, layer.attn_out_norm, eps)
+        return out

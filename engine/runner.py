@@ -18,6 +18,7 @@ from scheduler.request import Request
 from .attention import AttentionMetadata, make_backend
 from .host_memory import for_device as host_memory_for
 from .kv_cache import PagedKVCache
+from .linear_state import LinearStates
 from .model import KernelTimer, LlamaModel
 from .tokens import check_token_table, prompt_tokens
 from .weights import Weights, random_weights
@@ -37,6 +38,7 @@ class ModelRunner:
         self.block_size = block_size
         self.model = LlamaModel(spec, weights or random_weights(spec, seed, dtype, self.device), make_backend(backend))
         self.cache = PagedKVCache(spec, num_kv_blocks, block_size, dtype, self.device)
+        self.states = LinearStates(spec, block_size, dtype, self.device) if spec.linear_layers else None
         self.requests: dict[int, Request] = {}
         self.outputs: dict[int, list[int]] = {}
         self.prefixes: dict[int, tuple] = {}   # group prefix id -> the prompt it is cut from
@@ -75,6 +77,8 @@ class ModelRunner:
         timer = KernelTimer(self.device, self.time_kernels)
         if plan.host_stores or plan.host_loads or plan.host_drops:
             self.cache.host_transfers(plan.host_stores, plan.host_loads, plan.host_drops)
+            if self.states is not None:
+                self.states.host_transfers(plan.host_stores, plan.host_loads, plan.host_drops)
         block_size = self.block_size
         tokens, positions, slots = [], [], []
         meta = AttentionMetadata([], [], [], [])
@@ -104,6 +108,8 @@ class ModelRunner:
             (group.prefix_len, group.prefix_block_ids, tuple(index_of[r] for r in group.req_ids if r in index_of))
             for group in plan.shared_prefix_groups)
         sampled: dict[int, int] = {}
+        if self.states is not None:
+            meta.linear_states = self.states.begin(plan.chunks, meta.query_starts)
         if plan.chunks:
             as_tensor = lambda parts: torch.as_tensor(np.concatenate(parts), device=self.device)
             logits = self.model.forward(as_tensor(tokens), as_tensor(positions), as_tensor(slots), self.cache, meta,
@@ -118,6 +124,8 @@ class ModelRunner:
                 if request is not None and request.output_segment is not None and len(output) == request.output_len:
                     # later prompts carry this output (an agent's next turn): they read these tokens
                     self.generated[request.output_segment] = np.asarray(output, dtype=np.int64)
+            if self.states is not None:  # finished requests and prefixes drop their running states
+                self.states.finish(meta.linear_states, {c.req_id for c in plan.chunks if self._finished(c)})
             if self.keep_logits:
                 self.last_logits = {r: logits[i].detach().cpu() for i, r in enumerate(samplers)}
         if self.device.type == "cuda":
@@ -126,3 +134,9 @@ class ModelRunner:
         kernels = dict(timer.times)  # after the synchronize above: CUDA events are done
         kernels["overhead"] = max(duration - sum(kernels.values()), 0.0)
         return StepResult(plan.step, duration, sampled, kernels)
+
+    def _finished(self, chunk) -> bool:
+        if chunk.req_id < 0:
+            return chunk.end >= chunk.prompt_len
+        request = self.requests.get(chunk.req_id)
+        return request is not None and len(self.outputs[chunk.req_id]) >= request.output_len

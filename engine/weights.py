@@ -10,15 +10,16 @@ import torch
 from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec
 
+from .linear_weights import LinearWeights, hf_linear_state, load_linear, random_linear
 from .mxfp4 import dequantize_mxfp4
 
 
 @dataclass
 class LayerWeights:
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    o: torch.Tensor
+    q: torch.Tensor | None  # [heads x head_dim (x 2 with a gate on the output: each head's rows, then its gate's), hidden]
+    k: torch.Tensor | None  # (the four None in a linear-attention layer)
+    v: torch.Tensor | None
+    o: torch.Tensor | None
     gate: torch.Tensor | None  # the dense MLP's, or a mixture's shared expert (None: neither)
     up: torch.Tensor | None
     down: torch.Tensor | None
@@ -42,6 +43,7 @@ class LayerWeights:
     # Gemma 3: norms on the attention's and the MLP's outputs (its pre-MLP norm is post_norm)
     attn_out_norm: torch.Tensor | None = None
     mlp_out_norm: torch.Tensor | None = None
+    linear: LinearWeights | None = None  # Gated DeltaNet in place of attention (Qwen3-Next, Qwen3.5)
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
@@ -74,8 +76,11 @@ class Weights:
                  "lm_head.weight": self.lm_head}
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
-            state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
-                          p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o})
+            if layer.linear is not None:
+                state.update(hf_linear_state(layer.linear, p))
+            else:
+                state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
+                              p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o})
             norms = NORMS if layer.attn_out_norm is None else GEMMA_NORMS
             state.update({p + hf: getattr(layer, field) for field, hf in norms.items()})
             if layer.router_bias is not None:  # gpt-oss's layout
@@ -133,7 +138,7 @@ def _from_gpt_oss(prefix: str, spec: ModelSpec, take, tensors: dict) -> dict[str
 
 def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     h, d, I = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    shapes = {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
+    shapes = {"q": (spec.num_heads * d * (1 + spec.attn_output_gate), h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
               "o": (h, spec.num_heads * d), "input_norm": (h,), "post_norm": (h,)}
     if spec.num_experts:
         E, W, S = spec.num_experts, spec.moe_intermediate_size, spec.shared_expert_intermediate_size
@@ -169,13 +174,13 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
 
     def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests (Gemma's: 1 + w)
-        return ((0.0 if spec.gemma else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
+        return ((0.0 if spec.gemma or spec.zero_centered_norms else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
                                                                                              device=device)
 
     layers = []
     shapes = _shapes(spec)
     dense = {"gate": None, "up": None, "down": None}
-    for _ in range(spec.num_layers):
+    for index in range(spec.num_layers):
         # a router wide enough that every token's choice is clear-cut, not a tie; a shared expert's
         # gate that varies from token to token
         tensors = {name: normal(*shape, std=0.5 if name in ("router", "shared_gate") else 0.02)
@@ -188,6 +193,9 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
                         if name in shapes})
         if spec.qk_norm:
             tensors.update(q_norm=norm(spec.head_dim), k_norm=norm(spec.head_dim))
+        if index in spec.linear_layers:  # DeltaNet in place of attention
+            tensors.update(dict.fromkeys(("q", "k", "v", "o", "q_norm", "k_norm")),
+                           linear=random_linear(spec, generator, dtype, device))
         if spec.gemma:
             tensors.update(attn_out_norm=norm(spec.hidden_size), mlp_out_norm=norm(spec.hidden_size))
         layers.append(LayerWeights(**{**dense, **tensors}, input_norm=norm(spec.hidden_size),
@@ -245,9 +253,14 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
     names.update(DENSE_MLP if not spec.num_experts else SHARED_EXPERT if spec.shared_expert_intermediate_size else {})
     names.update(QK_NORMS if spec.qk_norm else {})
     layers = []
+    attention = ("q", "k", "v", "o", "q_norm", "k_norm")
     for i in range(spec.num_layers):
         layer = f"{prefix}layers.{i}."
-        fields = {field: take(layer + hf, shapes[field]) for field, hf in names.items()}
+        linear = i in spec.linear_layers
+        fields = {field: take(layer + hf, shapes[field]) for field, hf in names.items()
+                  if not (linear and field in attention)}
+        if linear:
+            fields.update(dict.fromkeys(attention), linear=load_linear(layer, spec, take, tensors))
         if spec.qkv_bias:
             fields.update({field: take(layer + hf, (shapes[field[0]][0],)) for field, hf in BIASES.items()})
         fields.update({field: take(layer + hf, shapes[field]) for field, hf in GPT_OSS_ATTENTION.items()

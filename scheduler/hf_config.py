@@ -10,12 +10,11 @@ import math
 
 from .errors import ConfigError
 
+# linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5 and its MoE, their text part) on the torch backend
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss", "gemma3_text",
-               "gemma3")
-# no engine for these: latent attention (DeepSeek, Kimi K2); partial RoPE, sigmoid routing (GLM)
-# linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5 and its MoE, their text part)
-SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe", "qwen3_next", "qwen3_5_text",
-                   "qwen3_5_moe_text")
+               "gemma3", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+# no engine for these: latent attention (DeepSeek, Kimi K2); sigmoid routing (GLM)
+SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
 LINEAR_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 # bits a weight takes under a quantization method that names no ``bits``
 _METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
@@ -89,11 +88,8 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
         rope.update(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
                     original_max_position_embeddings=4096)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-    if partial != 1.0 and not costs_only:
-        raise ConfigError(f"model config {name!r}: partial_rotary_factor {partial} (RoPE over part of each head) is "
-                          "not implemented by the engine; batchlab simulate and plan take it")
-    fields = {"rope_theta": float(theta)}
+    partial = float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
+    fields = {"rope_theta": float(theta), "partial_rotary_factor": partial}
     if model_type == "gemma3_text":  # the sliding layers: their own base, never scaled
         if local and local.get("rope_type", "default") != "default" and not costs_only:
             raise ConfigError(f"model config {name!r}: RoPE type {local['rope_type']!r} on the sliding layers is not "
@@ -129,6 +125,7 @@ def _linear_attention(config: dict) -> dict:
     types = config.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
                                           for i in range(layers)]
     return dict(linear_layers=tuple(i for i, kind in enumerate(types) if kind == "linear_attention"),
+                zero_centered_norms=True,
                 linear_key_heads=config.get("linear_num_key_heads", 16),
                 linear_value_heads=config.get("linear_num_value_heads", 32),
                 linear_key_dim=config.get("linear_key_head_dim", 128),

@@ -9,6 +9,8 @@ from .model_spec import ModelSpec
 _GPT_OSS_YARN = dict(rope_yarn=True, rope_scaling_factor=32.0, rope_original_max_position=4096, rope_truncate=False,
                      rope_attention_factor=0.1 * math.log(32.0) + 1.0)
 
+# Qwen3-Next's and Qwen3.5's: RoPE on a quarter of each head, norms as x (1 + w)
+_QWEN_NEXT = dict(partial_rotary_factor=0.25, zero_centered_norms=True)
 MODEL_PRESETS: dict[str, ModelSpec] = {
     "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, rope_theta=500000.0,
                               rope_scaling_factor=8.0),
@@ -70,13 +72,13 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
            ("gemma-3-1b", 26, 1152, 4, 1, 256, 6912, 512, 256), ("gemma-3-4b", 34, 2560, 8, 4, 256, 10240, 1024, 256),
            ("gemma-3-12b", 48, 3840, 16, 8, 256, 15360, 1024, 256),
            ("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 1024, 168))},
-    # Qwen3-Next (simulated only): Gated DeltaNet in three layers of four, gated attention with
+    # Qwen3-Next: Gated DeltaNet in three layers of four, gated attention with
     # q/k norms in the fourth (head size 256, RoPE on a quarter of it), 10 of 512 experts and a
     # gated shared expert; the recurrent state in bf16 (its config names no mamba_ssm_dtype)
     "qwen3-next-80b-a3b": ModelSpec("qwen3-next-80b-a3b", 48, 2048, 16, 2, 256, 5120, 151936, rope_theta=1e7,
                                     rms_norm_eps=1e-6, max_position=262144, qk_norm=True, num_experts=512,
                                     experts_per_token=10, moe_intermediate_size=512,
-                                    shared_expert_intermediate_size=512, attn_output_gate=True,
+                                    shared_expert_intermediate_size=512, attn_output_gate=True, **_QWEN_NEXT,
                                     linear_layers=tuple(i for i in range(48) if (i + 1) % 4), linear_key_heads=16,
                                     linear_value_heads=32, linear_key_dim=128, linear_value_dim=128),
     # Qwen3.5-35B-A3B's text model: Qwen3-Next's layers, 40 of them, 8 of 256 experts, a larger
@@ -84,12 +86,12 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "qwen3.5-35b-a3b": ModelSpec("qwen3.5-35b-a3b", 40, 2048, 16, 2, 256, 5120, 248320, rope_theta=1e7,
                                  rms_norm_eps=1e-6, max_position=262144, qk_norm=True, num_experts=256,
                                  experts_per_token=8, moe_intermediate_size=512, shared_expert_intermediate_size=512,
-                                 attn_output_gate=True, linear_layers=tuple(i for i in range(40) if (i + 1) % 4),
+                                 attn_output_gate=True, **_QWEN_NEXT, linear_layers=tuple(i for i in range(40) if (i + 1) % 4),
                                  linear_key_heads=16, linear_value_heads=32, linear_key_dim=128, linear_value_dim=128,
                                  state_bytes=4),
     # Qwen3.5-27B's text model: dense (SwiGLU 17,408 wide), 64 layers, 48 DeltaNet value heads
     "qwen3.5-27b": ModelSpec("qwen3.5-27b", 64, 5120, 24, 4, 256, 17408, 248320, rope_theta=1e7, rms_norm_eps=1e-6,
-                             max_position=262144, qk_norm=True, attn_output_gate=True,
+                             max_position=262144, qk_norm=True, attn_output_gate=True, **_QWEN_NEXT,
                              linear_layers=tuple(i for i in range(64) if (i + 1) % 4), linear_key_heads=16,
                              linear_value_heads=48, linear_key_dim=128, linear_value_dim=128, state_bytes=4),
     # small enough for the CPU engine and tests; same architecture
@@ -104,6 +106,12 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                               swiglu_limit=7.0, swiglu_alpha=1.702, **{**_GPT_OSS_YARN, "rope_original_max_position": 128}),
     # tiny with Gemma 3's layers: an 8-token window in layers 0 and 1, layer 2 full, both RoPE bases,
     # linear scaling, a query scalar other than head_dim
+    # tiny with Qwen3.5's layers: Gated DeltaNet in layers 0-2 (2 key heads of 16, 4 value heads of 8, an
+    # fp32 state), gated attention with q/k norms and RoPE on a quarter of each head in layer 3
+    "tiny-qwen3.5": ModelSpec("tiny-qwen3.5", 4, 64, 4, 2, 32, 128, 512, tie_embeddings=True, rope_theta=1e7,
+                              rms_norm_eps=1e-6, max_position=4096, qk_norm=True, attn_output_gate=True, **_QWEN_NEXT,
+                              linear_layers=(0, 1, 2), linear_key_heads=2, linear_value_heads=4, linear_key_dim=16,
+                              linear_value_dim=8, state_bytes=4),
     "tiny-gemma3": ModelSpec("tiny-gemma3", 3, 64, 4, 2, 16, 128, 512, tie_embeddings=True, rope_theta=1e6,
                              rope_local_theta=1e4, rope_linear=True, rope_scaling_factor=8.0, rms_norm_eps=1e-6,
                              max_position=4096, qk_norm=True, gemma=True, sliding_window=8, sliding_layers=(0, 1),

@@ -96,7 +96,10 @@ class ModelSpec:
     query_pre_attn_scalar: float = 0.0  # softmax scale 1 / sqrt(this) (0: head_dim; Gemma 3 27B: 168)
     rope_linear: bool = False           # "linear" RoPE scaling: every frequency / rope_scaling_factor
     rope_local_theta: float = 0.0       # the sliding layers' RoPE base, unscaled (0: the full layers' RoPE)
-    # linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5), simulated only: the layers listed keep
+    # RoPE over the first partial_rotary_factor of each head's dimensions (Qwen3-Next, Qwen3.5: 0.25)
+    partial_rotary_factor: float = 1.0
+    zero_centered_norms: bool = False  # RMSNorm as x (1 + w) in fp32, as Gemma's (Qwen3-Next, Qwen3.5)
+    # linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5; the engine's torch backend): the layers listed keep
     # no KV but a recurrent state of linear_value_heads x linear_key_dim x linear_value_dim values
     # (state_bytes each: fp32 as Qwen3.5 is released) and their short convolution's last inputs
     linear_layers: tuple = ()
@@ -158,6 +161,9 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r}: linear_layers {list(self.linear_layers)} need layer indices below "
                               f"{self.num_layers} (some full-attention layers left, none sliding) and linear_key_heads, "
                               f"linear_value_heads, linear_key_dim, linear_value_dim, linear_conv_kernel >= 1")
+        if not (0 < self.partial_rotary_factor <= 1 and self.rotary_dim % 2 == 0 and self.rotary_dim >= 2):
+            raise ConfigError(f"model {self.name!r}: partial_rotary_factor {self.partial_rotary_factor} of head_dim "
+                              f"{self.head_dim} gives {self.rotary_dim} rotated dimensions; expected an even number >= 2")
         if self.rope_linear and self.rope_yarn or self.rope_local_theta < 0 or self.query_pre_attn_scalar < 0:
             raise ConfigError(f"model {self.name!r}: rope_linear and rope_yarn exclude each other, and "
                               f"rope_local_theta and query_pre_attn_scalar are >= 0 (0: unused)")
@@ -170,11 +176,15 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def rotary_dim(self) -> int:
+        """The dimensions of each query and key head RoPE turns (the first ones; the rest pass)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
     def simulated_only(self) -> str:
         """What in this model the engine does not implement (it is then simulated only), as
         words for an error; "" when the engine runs it."""
         parts = [what for present, what in ((self.mla, "latent attention (DeepSeek, Kimi K2)"),
-                                            (self.linear_layers, "linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5)"),
                                             (self.first_dense_layers, "dense first layers"),
                                             (self.shared_expert_intermediate_size and not self.shared_expert_gate,
                                              "ungated shared experts (DeepSeek, GLM-4.5)")) if present]

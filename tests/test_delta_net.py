@@ -1,0 +1,154 @@
+"""Gated DeltaNet in the engine (Qwen3.5, Qwen3-Next): the chunked delta rule against
+transformers' token-by-token recurrence, the engine against transformers' Qwen3_5ForCausalLM,
+and scheduling (prefix hits, groups, chunks, preemption) that never changes its tokens, though
+a request that starts at a shared prefix starts from a state kept for a block."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.delta_net import delta_rule_chunk, delta_rule_step, l2_normalise
+from engine.weights import load_safetensors, random_weights
+from scheduler.model_spec import ModelSpec, model_spec
+from test_engine import hf_model, teacher_forced_difference, tokens_of
+
+torch.set_num_threads(1)
+TINY = model_spec("tiny-qwen3.5")  # DeltaNet in layers 0-2, gated attention with RoPE on 8 of 32 dims in 3
+
+
+def test_the_chunked_delta_rule_is_the_recurrence():
+    """``delta_rule_chunk`` (blocks of 64 solved as one triangular system) against transformers'
+    token-by-token reference, from a non-zero state, 150 tokens (not a multiple of 64), grouped
+    value heads; the states it hands out at cuts are the recurrence's at those tokens; the
+    one-token step for a batch is the same recurrence."""
+    recurrent = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5").torch_recurrent_gated_delta_rule
+    generator = torch.Generator().manual_seed(0)
+    n, heads, dk, dv = 150, 3, 16, 8
+    q, k = torch.randn(n, heads, dk, generator=generator), torch.randn(n, heads, dk, generator=generator)
+    v = torch.randn(n, heads, dv, generator=generator)
+    g, beta = -2 * torch.rand(n, heads, generator=generator), torch.rand(n, heads, generator=generator)
+    start = 0.1 * torch.randn(heads, dk, dv, generator=generator)
+
+    def reference(upto):
+        return recurrent(q[None, :upto], k[None, :upto], v[None, :upto], g[None, :upto], beta[None, :upto],
+                         initial_state=start[None], output_final_state=True, use_qk_l2norm_in_kernel=True)
+    expected, final = reference(n)
+    qn, kn = l2_normalise(q) * dk ** -0.5, l2_normalise(k)
+    out, state, saved = delta_rule_chunk(qn, kn, v, g, beta, start, cuts=(37, 64, 100))
+    assert (out - expected[0]).abs().max() < 1e-5 and (state - final[0]).abs().max() < 1e-5
+    for cut, kept in zip((37, 64, 100), saved):
+        assert (kept - reference(cut)[1][0]).abs().max() < 1e-5
+    one, after = delta_rule_step(qn[:2, None].squeeze(1), kn[:2], v[:2], g[:2], beta[:2], start.expand(2, -1, -1, -1))
+    assert (one[0] - expected[0, 0]).abs().max() < 1e-6 and (after[0] - reference(1)[1][0]).abs().max() < 1e-6
+    assert (one[1] - expected[0, 0]).abs().max() > 1e-2  # the second row is its own request, from the same state
+
+
+@pytest.mark.parametrize("engine_change", [None, {"partial_rotary_factor": 1.0}, {"zero_centered_norms": False}],
+                         ids=["qwen3.5", "full-rope", "plain-norms"])
+def test_the_engine_computes_what_transformers_does(engine_change):
+    """Teacher-forced logits against transformers' Qwen3_5ForCausalLM with the same weights, over
+    a batchllm run with 7-token chunks and shared prefixes (a group starts from the state kept
+    for its prefix's last block). Within 3e-4 (logits reach 26; the engine's own fp32 run differs
+    from its fp64 run by 8e-5: transformers' DeltaNet runs in fp32 whatever the model's dtype);
+    RoPE over whole heads or Llama's norms put it far off."""
+    if engine_change is None:
+        assert teacher_forced_difference(TINY, "batchllm", 7) <= 3e-4
+    else:
+        assert teacher_forced_difference(TINY, "batchllm", 7, engine_spec=replace(TINY, **engine_change)) > 1e-2
+
+
+def test_scheduling_never_changes_its_tokens():
+    """The same greedy tokens under every schedule and chunk size, and with too few blocks for
+    the batch (preempted requests start again from a hit's state or from nothing); prefixes were
+    shared, and requests started from states kept for blocks."""
+    from traces.synthetic import batchllm_microbenchmark
+
+    from engine.linear_state import LinearStates
+
+    workload = batchllm_microbenchmark(40, 13, 10, 3, 18, seed=4)
+    baseline, outcome = tokens_of(workload, "fcfs", spec=TINY, max_num_batched_tokens=512, caching="off")
+    assert all(len(t) == 10 for t in baseline.values())
+    starts = []
+    original = LinearStates.finish
+
+    def counting(self, steps, done):  # how many chunks started from a block's state, per run
+        original(self, steps, done)
+        starts[-1] = self.block_starts
+    LinearStates.finish = counting
+    try:
+        for schedule, chunk, blocks in (("batchllm", 16, 256), ("prefix_grouped", 5, 256), ("decode_first", 7, 256),
+                                        ("lpm", 512, 256), ("fcfs", 16, 12), ("prefix_grouped", 16, 13)):
+            starts.append(0)
+            tokens, outcome = tokens_of(workload, schedule, blocks, spec=TINY, max_num_batched_tokens=chunk)
+            assert tokens == baseline, (schedule, chunk, blocks)
+            stats = outcome.scheduler.stats
+            assert starts[-1] > 0, schedule
+            if blocks < 20:  # preempted requests computed again, from their hits
+                assert stats.num_preemptions > 0, schedule
+            else:
+                assert stats.computed_prefill_tokens < stats.logical_prefill_tokens, schedule  # prefixes were shared
+    finally:
+        LinearStates.finish = original
+
+
+def test_a_request_without_a_state_to_start_from_is_refused():
+    """A request that would start past a block whose state was not kept is an error, not a
+    silent start from zeros (the test drops every kept state after each step)."""
+    from engine.linear_state import LinearStates
+    from traces.synthetic import batchllm_microbenchmark
+
+    original = LinearStates.finish
+
+    def forgetful(self, steps, done):
+        original(self, steps, done)
+        self.blocks.clear()
+    LinearStates.finish = forgetful
+    try:
+        with pytest.raises(AssertionError, match="no linear-attention state there"):
+            tokens_of(batchllm_microbenchmark(40, 13, 10, 3, 18, seed=4), "batchllm", spec=TINY,
+                      max_num_batched_tokens=16)
+    finally:
+        LinearStates.finish = original
+
+
+def test_checkpoints_load_as_saved(tmp_path):
+    """save_pretrained's checkpoint (Qwen3.5's names: in_proj_qkv, in_proj_z, conv1d, A_log, ...)
+    and config.json read back as the same model and weights."""
+    weights = random_weights(TINY, seed=3)
+    hf_model(weights, TINY).save_pretrained(tmp_path)
+    saved = ModelSpec.from_hf_config(json.loads((tmp_path / "config.json").read_text()))
+    assert TINY.architecture_differences(saved) == []
+    loaded = load_safetensors(tmp_path, TINY)
+    for mine, theirs in zip(weights.layers, loaded.layers):
+        if mine.linear is None:
+            assert torch.equal(mine.q, theirs.q) and torch.equal(mine.q_norm, theirs.q_norm)
+        else:
+            for field in ("qkv", "z", "b", "a", "conv", "dt_bias", "a_log", "norm", "out"):
+                assert torch.equal(getattr(mine.linear, field), getattr(theirs.linear, field)), field
+
+
+def test_qwen3_next_checkpoints_run_as_transformers_does(tmp_path):
+    """Qwen3-Next's layout (each key head's query, key, values and gates fused in one projection,
+    its betas and decay inputs in another; experts and a gated shared expert) read from
+    save_pretrained's checkpoint of transformers' own Qwen3NextForCausalLM, its weights drawn at
+    scales where every part shows: the engine's teacher-forced logits match that model's."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen3NextConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+        linear_value_head_dim=8, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=24,
+        shared_expert_intermediate_size=40, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25})
+    torch.manual_seed(0)
+    model = transformers.Qwen3NextForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "A_log" not in name:  # its own decays kept
+                big = "embed" in name or "lm_head" in name or name.endswith("mlp.gate.weight")
+                parameter.normal_(0, 0.5 if big else 0.15 if parameter.dim() > 1 else 0.1)
+    model.save_pretrained(tmp_path)
+    spec = ModelSpec.from_hf_config(json.loads((tmp_path / "config.json").read_text()))
+    assert spec.linear_layers == (0, 1, 2) and spec.num_experts == 8 and spec.zero_centered_norms
+    loaded = (load_safetensors(tmp_path, spec), model)
+    assert teacher_forced_difference(spec, "batchllm", 7, loaded=loaded) <= 3e-4  # measured 5.3e-5
