@@ -52,6 +52,7 @@ class LinearStates:
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block id -> states after its last token
         self.host: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}    # a host tier's copies, by identity
         self.block_starts = 0  # chunks that started from a block's state (a prefix hit, a group's prefix)
+        self.missing_ok = False  # a start with no state there starts from zeros (the profiler's synthetic steps)
 
     def begin(self, chunks, rows) -> list[ChunkStates]:
         """Each chunk's start states (its own running ones, updated in place, or copies), holders
@@ -77,10 +78,10 @@ class LinearStates:
                     state.source = block
                 elif state.start % size == 0 and block in self.blocks:
                     state.conv, state.rec = self.blocks[block]
-                else:
+                elif not self.missing_ok:
                     raise AssertionError(f"request {state.req_id} starts at token {state.start} with no linear-attention "
                                          f"state there (not its own last position, no state kept for block {block})")
-                self.block_starts += 1
+                self.block_starts += state.source is not None or state.conv is not self.zero_conv
             state.conv, state.rec = state.conv.clone(), state.rec.clone()  # zeros or a block's: shared
         holders = [s for s in steps if s.source is None]
         waiting = [s for s in steps if s.source is not None]
@@ -96,7 +97,10 @@ class LinearStates:
 
     def finish(self, steps: list[ChunkStates], done: set) -> None:
         """After a step: the blocks its chunks began filling drop their old states, those they
-        filled keep their new ones, each request keeps its end state (unless ``done``)."""
+        filled keep their new ones, each request keeps its end state (unless ``done``). Nothing is
+        kept of synthetic steps (``missing_ok``)."""
+        if self.missing_ok:
+            return
         size = self.block_size
         for state in steps:
             for position in range(-(-state.start // size) * size, state.end, size):
