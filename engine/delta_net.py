@@ -28,18 +28,20 @@ def delta_rule_chunk(q, k, v, g, beta, state, cuts=()):
     dim], all fp32. Returns the outputs [n, heads, value dim], the state after the last token, and
     the states after each token count in ``cuts`` (ascending, within 1..n-1)."""
     n = q.shape[0]
-    edges = sorted({*range(SUB, n, SUB), *cuts, n})
-    outputs, saved, begin = [], [], 0
-    for end in edges:
-        out, state = _block(q[begin:end], k[begin:end], v[begin:end], g[begin:end], beta[begin:end], state)
+    outputs, saved = [], []
+    for begin in range(0, n, SUB):
+        end = min(begin + SUB, n)
+        inner = [c - begin for c in cuts if begin < c <= end]
+        out, state, states = _block(q[begin:end], k[begin:end], v[begin:end], g[begin:end], beta[begin:end], state,
+                                    inner)
         outputs.append(out)
-        if end in cuts:
-            saved.append(state)
-        begin = end
+        saved += states
     return torch.cat(outputs), state, saved
 
 
-def _block(q, k, v, g, beta, state):
+def _block(q, k, v, g, beta, state, cuts=()):
+    """One block's outputs, end state, and the states after each of ``cuts`` tokens into it:
+    gamma_c S_0 + sum_{i<c} (gamma_c / gamma_i) k_i delta_i^T, from the block's deltas."""
     q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, m, dim]
     decay = g.transpose(0, 1).cumsum(-1)  # log gamma_t [heads, m]
     beta = beta.transpose(0, 1)
@@ -53,9 +55,12 @@ def _block(q, k, v, g, beta, state):
     right = beta[..., None] * (v - gamma * (k @ state))
     deltas = torch.linalg.solve_triangular(eye + strict, right, upper=False, unitriangular=True)
     out = gamma * (q @ state) + ((q @ k.transpose(1, 2)) * ratio) @ deltas
-    last = decay[:, -1:]  # log gamma of the block's last token
-    state = last.exp()[..., None] * state + k.transpose(1, 2) @ ((last - decay).exp()[..., None] * deltas)
-    return out.transpose(0, 1), state
+
+    def after(c):  # the state after the block's first c tokens
+        last = decay[:, c - 1:c]  # log gamma of its c-th token
+        return last.exp()[..., None] * state + k[:, :c].transpose(1, 2) @ ((last - decay[:, :c]).exp()[..., None]
+                                                                            * deltas[:, :c])
+    return out.transpose(0, 1), after(m), [after(c) for c in cuts]
 
 
 def delta_rule_step(q, k, v, g, beta, state):

@@ -153,8 +153,9 @@ def test_host_wrappers_check_their_inputs():
 
 
 # tiny-moe: q/k norms through the RMSNorm kernel; tiny-gpt-oss: windows, sinks, expert biases and the clamp;
-# tiny-gemma3: windows with the sliding layers' own RoPE frequencies through the RoPE kernel
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3"])
+# tiny-gemma3: windows with the sliding layers' own RoPE frequencies through the RoPE kernel;
+# tiny-qwen3.5: RoPE over a quarter of each head through it, DeltaNet (torch) beside the kernels
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5"])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
@@ -167,7 +168,8 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from scheduler import Request
     from traces.workload import Workload
 
-    layers = {"tiny-gpt-oss": dict(num_layers=2), "tiny-gemma3": dict(num_layers=2, sliding_layers=(0,))}
+    layers = {"tiny-gpt-oss": dict(num_layers=2), "tiny-gemma3": dict(num_layers=2, sliding_layers=(0,)),
+              "tiny-qwen3.5": dict(num_layers=2, linear_layers=(0,))}
     spec = model_spec(preset, **layers.get(preset, dict(num_layers=1)))  # a window layer, a full one
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
     # two groups of three sharing 32 tokens, and two ungrouped requests still decoding while the
