@@ -79,7 +79,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     model = model_of(cfg, base_dir)
     device_name, free = device_memory(cfg.device)
     weight_bytes = model.num_params * DTYPES[cfg.dtype]
-    block_size = int(cfg.schedule.block_size)
+    block_size = model.vllm_block_size(int(cfg.schedule.block_size))  # a linear-attention model's: vLLM's
     kv_bytes = int(cfg.kv_blocks) * block_size * model.kv_bytes_every_layer * DTYPES[cfg.dtype] // model.activation_bytes
     if weight_bytes + kv_bytes > free:
         raise ConfigError(f"model {model.name!r} in {cfg.dtype} ({weight_bytes / 1e9:.2f} GB) plus a KV cache of "

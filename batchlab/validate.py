@@ -22,7 +22,7 @@ def _runner(cfg: DictConfig, model, kv_blocks: int, weights):
     from engine.runner import ModelRunner
 
     block_size = cfg.schedule.block_size if "schedule" in cfg else cfg.block_size
-    return ModelRunner(model, kv_blocks, int(block_size), cfg.device, getattr(torch, cfg.dtype), cfg.backend, weights)
+    return ModelRunner(model, kv_blocks, model.vllm_block_size(int(block_size)), cfg.device, getattr(torch, cfg.dtype), cfg.backend, weights)
 
 
 def measure_profile(cfg: DictConfig, out: Path, weights=None) -> Path:
@@ -60,7 +60,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     workload = workload_of(cfg, base_dir)
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]
-    kv_blocks, block_size = int(cfg.kv_blocks), int(cfg.schedule.block_size)
+    kv_blocks, block_size = int(cfg.kv_blocks), model.vllm_block_size(int(cfg.schedule.block_size))
     profile = None
     if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile

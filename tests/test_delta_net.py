@@ -152,3 +152,25 @@ def test_qwen3_next_checkpoints_run_as_transformers_does(tmp_path):
     assert spec.linear_layers == (0, 1, 2) and spec.num_experts == 8 and spec.zero_centered_norms
     loaded = (load_safetensors(tmp_path, spec), model)
     assert teacher_forced_difference(spec, "batchllm", 7, loaded=loaded) <= 3e-4  # measured 5.3e-5
+
+
+def test_vllms_larger_blocks_give_the_same_tokens():
+    """A state too large for a 16-token page: vLLM's block (and batchlab run's) is 48 tokens; the
+    engine keeps a state per 48-token block (groups share 96 of their 100 prefix tokens), chunks of
+    16 end inside them, and the tokens are the 16-token blocks'."""
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+    from scheduler import schedule_config
+    from traces.synthetic import batchllm_microbenchmark
+
+    spec = replace(TINY, linear_value_dim=32)
+    assert spec.vllm_block_size(16) == 48
+    workload = batchllm_microbenchmark(100, 13, 6, 3, 9, seed=5)
+    tokens = {}
+    for block in (16, 48):
+        runner = ModelRunner(spec, 4096 // block, block, weights=random_weights(spec, seed=2))
+        outcome = run_engine(workload, schedule_config("batchllm", max_num_batched_tokens=16), runner, 4096 // block,
+                             block)
+        tokens[block] = runner.outputs
+        assert runner.states.block_starts > 0 and outcome.scheduler.stats.computed_prefill_tokens < 9 * 113
+    assert tokens[48] == tokens[16]
