@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -81,10 +82,14 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     weight_bytes = model.num_params * DTYPES[cfg.dtype]
     block_size = model.vllm_block_size(int(cfg.schedule.block_size))  # a linear-attention model's: vLLM's
     kv_bytes = int(cfg.kv_blocks) * block_size * model.kv_bytes_every_layer * DTYPES[cfg.dtype] // model.activation_bytes
-    if weight_bytes + kv_bytes > free:
+    # a linear-attention model's engine keeps, besides, a state (fp32) for every full block, at most one a block
+    engine_states = replace(model, state_bytes=4, activation_bytes=DTYPES[cfg.dtype]) if model.linear_layers else model
+    states = int(cfg.kv_blocks) * len(model.linear_layers) * engine_states.state_bytes_per_layer
+    if weight_bytes + kv_bytes + states > free:
+        kept = f" and DeltaNet states for them ({states / 1e9:.2f} GB)" if states else ""
         raise ConfigError(f"model {model.name!r} in {cfg.dtype} ({weight_bytes / 1e9:.2f} GB) plus a KV cache of "
-                          f"{cfg.kv_blocks} blocks ({kv_bytes / 1e9:.2f} GB) does not fit in the {free / 1e9:.2f} GB "
-                          f"free on {device_name}")
+                          f"{cfg.kv_blocks} blocks ({kv_bytes / 1e9:.2f} GB){kept} does not fit in the "
+                          f"{free / 1e9:.2f} GB free on {device_name}")
     workload = workload_of(cfg, base_dir)
     overrides = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
     configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]

@@ -29,6 +29,8 @@ def test_run_writes_measured_records_a_report_compares_with_a_simulation(tmp_pat
     pytest.param(["device=cuda"], "no CUDA device", marks=pytest.mark.skipif(
         __import__("torch").cuda.is_available(), reason="this machine has a CUDA device")),
     (["model=llama-3.1-70b", "dtype=float32"], "does not fit"),
+    # the engine's DeltaNet states count too: 3 layers x (4 x 16 x 8 fp32 values + 3 x 96 conv inputs) a block
+    (["model=tiny-qwen3.5", "kv_blocks=50000000"], "(409.60 GB) and DeltaNet states for them (480.00 GB) does not fit"),
 ])
 def test_run_errors_before_any_work(tmp_path, overrides, message):
     result = batchlab("run", *SMALL, *overrides, f"hydra.run.dir={tmp_path}")
