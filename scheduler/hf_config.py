@@ -63,7 +63,7 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             attention.update(qk_norm=True, gemma=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]))
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                     num_heads=heads, **attention,
-                    intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+                    intermediate_size=_dense_width(config, model_type), vocab_size=config["vocab_size"],
                     tie_embeddings=bool(config.get("tie_word_embeddings", False)),
                     rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
                     max_position=int(config.get("max_position_embeddings", 131072)),
@@ -72,6 +72,13 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
                     **_quantized(config, name, costs_only, weight_bytes))
     except KeyError as error:
         raise ConfigError(f"model config {name!r}: missing key {error.args[0]!r}") from None
+
+
+def _dense_width(config: dict, model_type: str) -> int:
+    """The dense MLP's width; Qwen3.5-MoE's configs name none (every layer sparse): its experts'."""
+    if model_type == "qwen3_5_moe_text" and "intermediate_size" not in config:
+        return config["moe_intermediate_size"]
+    return config["intermediate_size"]
 
 
 def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
@@ -259,6 +266,8 @@ def _experts(config: dict, model_type: str, name: str) -> dict:
     if experts is None:
         raise KeyError("num_experts")
     shared = config.get("shared_expert_intermediate_size", 0) if model_type != "qwen3_moe" else 0  # gated
+    # transformers' defaults: Qwen3-Next renormalises unless told not to; Qwen3.5-MoE always does (no such key)
+    renormalised = True if model_type == "qwen3_5_moe_text" else config.get("norm_topk_prob", model_type == "qwen3_next")
     return dict(num_experts=experts, experts_per_token=config["num_experts_per_tok"],
                 moe_intermediate_size=config["moe_intermediate_size"],
-                norm_topk_prob=bool(config.get("norm_topk_prob", False)), shared_expert_intermediate_size=shared)
+                norm_topk_prob=bool(renormalised), shared_expert_intermediate_size=shared)

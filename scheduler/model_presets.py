@@ -83,7 +83,7 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                                     linear_value_heads=32, linear_key_dim=128, linear_value_dim=128),
     # Qwen3.5-35B-A3B's text model: Qwen3-Next's layers, 40 of them, 8 of 256 experts, a larger
     # vocabulary, the state in float32 (mamba_ssm_dtype, as Qwen3.5 is released)
-    "qwen3.5-35b-a3b": ModelSpec("qwen3.5-35b-a3b", 40, 2048, 16, 2, 256, 5120, 248320, rope_theta=1e7,
+    "qwen3.5-35b-a3b": ModelSpec("qwen3.5-35b-a3b", 40, 2048, 16, 2, 256, 512, 248320, rope_theta=1e7,
                                  rms_norm_eps=1e-6, max_position=262144, qk_norm=True, num_experts=256,
                                  experts_per_token=8, moe_intermediate_size=512, shared_expert_intermediate_size=512,
                                  attn_output_gate=True, **_QWEN_NEXT, linear_layers=tuple(i for i in range(40) if (i + 1) % 4),

@@ -44,18 +44,41 @@ def test_the_chunked_delta_rule_is_the_recurrence():
     assert (one[1] - expected[0, 0]).abs().max() > 1e-2  # the second row is its own request, from the same state
 
 
-@pytest.mark.parametrize("engine_change", [None, {"partial_rotary_factor": 1.0}, {"zero_centered_norms": False}],
-                         ids=["qwen3.5", "full-rope", "plain-norms"])
-def test_the_engine_computes_what_transformers_does(engine_change):
-    """Teacher-forced logits against transformers' Qwen3_5ForCausalLM with the same weights, over
-    a batchllm run with 7-token chunks and shared prefixes (a group starts from the state kept
-    for its prefix's last block). Within 3e-4 (logits reach 26; the engine's own fp32 run differs
-    from its fp64 run by 8e-5: transformers' DeltaNet runs in fp32 whatever the model's dtype);
-    RoPE over whole heads or Llama's norms put it far off."""
+MOE = replace(TINY, num_experts=8, experts_per_token=2, moe_intermediate_size=24, shared_expert_intermediate_size=40)
+
+
+@pytest.mark.parametrize("spec, engine_change", [
+    (TINY, None), (TINY, {"partial_rotary_factor": 1.0}), (TINY, {"zero_centered_norms": False}),
+    (MOE, None), (MOE, {"norm_topk_prob": False})], ids=["qwen3.5", "full-rope", "plain-norms", "moe", "moe-unnormalised"])
+def test_the_engine_computes_what_transformers_does(spec, engine_change):
+    """Teacher-forced logits against transformers' Qwen3_5ForCausalLM (and Qwen3_5MoeForCausalLM:
+    experts and a gated shared expert) with the same weights, over a batchllm run with 7-token
+    chunks and shared prefixes (a group starts from the state kept for its prefix's last block).
+    Within 3e-4 (measured 1.2e-4 and 2.6e-5; logits reach 26, and the engine's own fp32 run
+    differs from its fp64 run by 8e-5: transformers' DeltaNet runs in fp32 whatever the model's
+    dtype); RoPE over whole heads, Llama's norms or unrenormalised routing put it far off."""
     if engine_change is None:
-        assert teacher_forced_difference(TINY, "batchllm", 7) <= 3e-4
+        assert teacher_forced_difference(spec, "batchllm", 7) <= 3e-4
     else:
-        assert teacher_forced_difference(TINY, "batchllm", 7, engine_spec=replace(TINY, **engine_change)) > 1e-2
+        assert teacher_forced_difference(spec, "batchllm", 7, engine_spec=replace(spec, **engine_change)) > 1e-2
+
+
+def test_qwen35_moe_configs_read_as_transformers_runs_them():
+    """transformers' default Qwen3_5MoeTextConfig (Qwen3.5-35B-A3B's, its docstring says) names
+    no dense width and no norm_topk_prob: it reads (the experts' width stands in), as the preset
+    (with the released RoPE base), and its router renormalises the top k, as transformers' always
+    does; Qwen3-Next's renormalises unless its config says otherwise."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen3_5MoeTextConfig().to_dict()
+    assert "intermediate_size" not in config and "norm_topk_prob" not in config
+    config["rope_parameters"] = {**config["rope_parameters"], "rope_theta": 1e7}
+    spec = ModelSpec.from_hf_config(config)
+    assert spec.norm_topk_prob and spec.architecture_differences(model_spec("qwen3.5-35b-a3b")) == []
+    nxt = transformers.Qwen3NextConfig().to_dict()
+    assert ModelSpec.from_hf_config(nxt).norm_topk_prob and nxt["norm_topk_prob"]
+    assert not ModelSpec.from_hf_config({**nxt, "norm_topk_prob": False}).norm_topk_prob
+    del nxt["norm_topk_prob"]
+    assert ModelSpec.from_hf_config(nxt).norm_topk_prob
 
 
 def test_scheduling_never_changes_its_tokens():
