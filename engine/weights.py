@@ -56,7 +56,8 @@ NORMS = {"input_norm": "input_layernorm.weight", "post_norm": "post_attention_la
 GEMMA_NORMS = {"input_norm": "input_layernorm.weight", "attn_out_norm": "post_attention_layernorm.weight",
                "post_norm": "pre_feedforward_layernorm.weight", "mlp_out_norm": "post_feedforward_layernorm.weight"}
 TEXT_PREFIXES = ("model.", "language_model.model.", "model.language_model.")  # transformers 4, 5
-NOT_TEXT = {"vision_tower", "multi_modal_projector"}
+NOT_TEXT = {"vision_tower", "multi_modal_projector", "visual"}  # Gemma 3's, Qwen3.5's vision parts
+NOT_USED = ("mtp.", "model.mtp.")  # Qwen3-Next's and Qwen3.5's multi-token prediction layers (speculative decoding)
 SHARED_EXPERT = {"gate": "mlp.shared_expert.gate_proj.weight", "up": "mlp.shared_expert.up_proj.weight",
                  "down": "mlp.shared_expert.down_proj.weight", "shared_gate": "mlp.shared_expert_gate.weight"}
 
@@ -276,7 +277,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
     weights = Weights(embed, layers, take(prefix + "norm.weight", (spec.hidden_size,)), lm_head)
     # a tensor the engine would not use (a bias, another layer) means another architecture: refused
     unused = sorted(k for k in set(tensors) - used if not k.endswith("rotary_emb.inv_freq")
-                    and not (prefix != "model." and set(k.split(".")[:2]) & NOT_TEXT))
+                    and not (prefix != "model." and set(k.split(".")[:2]) & NOT_TEXT) and not k.startswith(NOT_USED))
     if unused:
         shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
         raise ConfigError(f"weights directory {directory}: tensors the model {spec.name!r} does not use: {shown} "

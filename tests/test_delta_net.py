@@ -197,3 +197,29 @@ def test_vllms_larger_blocks_give_the_same_tokens():
         tokens[block] = runner.outputs
         assert runner.states.block_starts > 0 and outcome.scheduler.stats.computed_prefill_tokens < 9 * 113
     assert tokens[48] == tokens[16]
+
+
+def test_a_checkpoint_laid_out_as_released_loads(tmp_path):
+    """Qwen3.5 is released multimodal: its text model under ``model.language_model.``, a vision
+    tower under ``model.visual.``, and multi-token prediction layers under ``mtp.`` (for
+    speculative decoding, which the engine does not do); the text model loads, the rest unused,
+    and another stray tensor is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    from scheduler.errors import ConfigError
+
+    weights = random_weights(TINY, seed=3)
+    hf_model(weights, TINY).save_pretrained(tmp_path / "saved")
+    state = load_file(tmp_path / "saved" / "model.safetensors")
+    released = {k.replace("model.", "model.language_model.", 1): v for k, v in state.items()}
+    released.update({"model.visual.blocks.0.attn.qkv.weight": torch.ones(2, 2), "mtp.fc.weight": torch.ones(2, 2),
+                     "mtp.layers.0.self_attn.q_proj.weight": torch.ones(2, 2)})
+    (tmp_path / "released").mkdir()
+    save_file(released, tmp_path / "released" / "model.safetensors")
+    loaded = load_safetensors(tmp_path / "released", TINY)
+    assert torch.equal(loaded.layers[0].linear.qkv, weights.layers[0].linear.qkv)
+    assert torch.equal(loaded.layers[3].q, weights.layers[3].q) and torch.equal(loaded.embed, weights.embed)
+    save_file({**released, "model.language_model.layers.0.linear_attn.extra": torch.ones(2)},
+              tmp_path / "released" / "model.safetensors")
+    with pytest.raises(ConfigError, match="does not use: model.language_model.layers.0.linear_attn.extra"):
+        load_safetensors(tmp_path / "released", TINY)
