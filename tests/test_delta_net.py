@@ -11,7 +11,7 @@ import torch
 from engine.delta_net import delta_rule_chunk, delta_rule_step, l2_normalise
 from engine.weights import load_safetensors, random_weights
 from scheduler.model_spec import ModelSpec, model_spec
-from test_engine import hf_model, teacher_forced_difference, tokens_of
+from test_engine import saved_checkpoint, teacher_forced_difference, tokens_of
 
 torch.set_num_threads(1)
 TINY = model_spec("tiny-qwen3.5")  # DeltaNet in layers 0-2, gated attention with RoPE on 8 of 32 dims in 3
@@ -135,22 +135,6 @@ def test_a_request_without_a_state_to_start_from_is_refused():
         LinearStates.finish = original
 
 
-def test_checkpoints_load_as_saved(tmp_path):
-    """save_pretrained's checkpoint (Qwen3.5's names: in_proj_qkv, in_proj_z, conv1d, A_log, ...)
-    and config.json read back as the same model and weights."""
-    weights = random_weights(TINY, seed=3)
-    hf_model(weights, TINY).save_pretrained(tmp_path)
-    saved = ModelSpec.from_hf_config(json.loads((tmp_path / "config.json").read_text()))
-    assert TINY.architecture_differences(saved) == []
-    loaded = load_safetensors(tmp_path, TINY)
-    for mine, theirs in zip(weights.layers, loaded.layers):
-        if mine.linear is None:
-            assert torch.equal(mine.q, theirs.q) and torch.equal(mine.q_norm, theirs.q_norm)
-        else:
-            for field in ("qkv", "z", "b", "a", "conv", "dt_bias", "a_log", "norm", "out"):
-                assert torch.equal(getattr(mine.linear, field), getattr(theirs.linear, field)), field
-
-
 def test_qwen3_next_checkpoints_run_as_transformers_does(tmp_path):
     """Qwen3-Next's layout (each key head's query, key, values and gates fused in one projection,
     its betas and decay inputs in another; experts and a gated shared expert) read from
@@ -199,26 +183,32 @@ def test_vllms_larger_blocks_give_the_same_tokens():
     assert tokens[48] == tokens[16]
 
 
-def test_a_checkpoint_laid_out_as_released_loads(tmp_path):
-    """Qwen3.5 is released multimodal: its text model under ``model.language_model.``, a vision
-    tower under ``model.visual.``, and multi-token prediction layers under ``mtp.`` (for
-    speculative decoding, which the engine does not do); the text model loads, the rest unused,
-    and another stray tensor is still refused."""
+def test_checkpoints_load_as_saved_and_as_released(tmp_path):
+    """save_pretrained's checkpoint (Qwen3.5's names: in_proj_qkv, in_proj_z, conv1d, A_log, ...)
+    and config.json read back as the same model and weights. Qwen3.5 is released multimodal: its
+    text model under ``model.language_model.``, a vision tower under ``model.visual.``, and
+    multi-token prediction layers under ``mtp.`` (for speculative decoding, which the engine does
+    not do); the text model loads, the rest unused, and another stray tensor is still refused."""
     from safetensors.torch import load_file, save_file
 
     from scheduler.errors import ConfigError
 
-    weights = random_weights(TINY, seed=3)
-    hf_model(weights, TINY).save_pretrained(tmp_path / "saved")
+    weights = saved_checkpoint(TINY, tmp_path / "saved")
     state = load_file(tmp_path / "saved" / "model.safetensors")
     released = {k.replace("model.", "model.language_model.", 1): v for k, v in state.items()}
     released.update({"model.visual.blocks.0.attn.qkv.weight": torch.ones(2, 2), "mtp.fc.weight": torch.ones(2, 2),
                      "mtp.layers.0.self_attn.q_proj.weight": torch.ones(2, 2)})
     (tmp_path / "released").mkdir()
     save_file(released, tmp_path / "released" / "model.safetensors")
-    loaded = load_safetensors(tmp_path / "released", TINY)
-    assert torch.equal(loaded.layers[0].linear.qkv, weights.layers[0].linear.qkv)
-    assert torch.equal(loaded.layers[3].q, weights.layers[3].q) and torch.equal(loaded.embed, weights.embed)
+    for directory in ("saved", "released"):
+        loaded = load_safetensors(tmp_path / directory, TINY)
+        assert torch.equal(loaded.embed, weights.embed)
+        for mine, theirs in zip(weights.layers, loaded.layers):
+            if mine.linear is None:
+                assert torch.equal(mine.q, theirs.q) and torch.equal(mine.q_norm, theirs.q_norm)
+            else:
+                for field in ("qkv", "z", "b", "a", "conv", "dt_bias", "a_log", "norm", "out"):
+                    assert torch.equal(getattr(mine.linear, field), getattr(theirs.linear, field)), field
     save_file({**released, "model.language_model.layers.0.linear_attn.extra": torch.ones(2)},
               tmp_path / "released" / "model.safetensors")
     with pytest.raises(ConfigError, match="does not use: model.language_model.layers.0.linear_attn.extra"):

@@ -107,6 +107,19 @@ def hf_model(weights, spec=SPEC):
     return model
 
 
+def saved_checkpoint(spec, directory):
+    """Seeded weights (seed 3) that transformers' save_pretrained writes into ``directory``, its
+    config.json checked to read back as ``spec``; the weights."""
+    import json
+
+    from scheduler.model_spec import ModelSpec
+
+    weights = random_weights(spec, seed=3)
+    hf_model(weights, spec).save_pretrained(directory)
+    assert spec.architecture_differences(ModelSpec.from_hf_config(json.loads((directory / "config.json").read_text()))) == []
+    return weights
+
+
 def shared_workload():
     # shared prefixes of different depths, a strict-prefix prompt, lengths not multiples of 16
     return prefix_tree_workload((2, 2), (37, 11), 9, 2, 6, shuffle=True, seed=3)

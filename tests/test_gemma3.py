@@ -2,16 +2,15 @@
 against the published configs and the Gemma 3 technical report, and vLLM's hybrid KV cache
 layout (pages of a group of layers, the sliding groups padded) against its own examples. (That
 scheduling never changes its tokens: tests/test_gpt_oss.py, with gpt-oss's.)"""
-import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from engine.weights import load_safetensors, random_weights
+from engine.weights import load_safetensors
 from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec, WindowBlocks, model_spec
-from test_engine import hf_model, teacher_forced_difference
+from test_engine import saved_checkpoint, teacher_forced_difference
 
 torch.set_num_threads(1)
 TINY = model_spec("tiny-gemma3")  # windows of 8 in layers 0 and 1, two RoPE bases, linear x8, query scalar 24
@@ -37,10 +36,7 @@ def test_checkpoints_load_as_saved_and_as_released(tmp_path):
     ``language_model.model.``, as the 4B-27B are released) loads without its vision tower."""
     from safetensors.torch import load_file, save_file
 
-    weights = random_weights(TINY, seed=3)
-    hf_model(weights, TINY).save_pretrained(tmp_path / "saved")
-    saved = ModelSpec.from_hf_config(json.loads((tmp_path / "saved" / "config.json").read_text()))
-    assert TINY.architecture_differences(saved) == []
+    weights = saved_checkpoint(TINY, tmp_path / "saved")
     state = load_file(tmp_path / "saved" / "model.safetensors")
     released = {k.replace("model.", "language_model.model.", 1): v for k, v in state.items()}
     released["vision_tower.vision_model.embeddings.patch_embedding.weight"] = torch.ones(2, 2)

@@ -9,7 +9,7 @@ import torch
 from engine.weights import load_safetensors, random_weights
 from scheduler.errors import ConfigError
 from scheduler.model_spec import ModelSpec, model_spec
-from test_engine import hf_model, teacher_forced_difference, tokens_of
+from test_engine import saved_checkpoint, teacher_forced_difference, tokens_of
 
 torch.set_num_threads(1)
 TINY_MOE = model_spec("tiny-moe")  # Qwen3-MoE's layer: q/k norms, 8 experts, top 2 renormalised
@@ -68,12 +68,7 @@ def test_checkpoints_as_transformers_writes_them_load(tmp_path, spec):
     """save_pretrained writes one tensor per expert (Qwen3-MoE's gate_proj/up_proj/down_proj,
     Mixtral's block_sparse_moe w1/w3/w2), or gpt-oss's fused experts (gate and up interleaved,
     down transposed, their biases), and a config.json: the engine reads both back."""
-    import json
-
-    weights = random_weights(spec, seed=3)
-    hf_model(weights, spec).save_pretrained(tmp_path)
-    checkpoint = ModelSpec.from_hf_config(json.loads((tmp_path / "config.json").read_text()))
-    assert spec.architecture_differences(checkpoint) == []
+    weights = saved_checkpoint(spec, tmp_path)
     loaded = load_safetensors(tmp_path, spec)
     for mine, theirs in zip(weights.layers, loaded.layers):
         for field in ("q", "o", "q_norm", "router", "expert_gate_up", "expert_down", "gate", "down", "shared_gate",
