@@ -119,7 +119,8 @@ class LinearStates:
         for block, identity in stores:
             if block in self.blocks:
                 self.host[identity] = tuple(t.to("cpu", copy=True) for t in self.blocks[block])
-        for block, identity in loads:
+        for block, identity in loads:  # a state the block held before is another content's
+            self.blocks.pop(block, None)
             if identity in self.host:
                 self.blocks[block] = tuple(t.to(self.zero_rec.device) for t in self.host[identity])
         for identity in drops:

@@ -213,3 +213,27 @@ def test_checkpoints_load_as_saved_and_as_released(tmp_path):
               tmp_path / "released" / "model.safetensors")
     with pytest.raises(ConfigError, match="does not use: model.language_model.layers.0.linear_attn.extra"):
         load_safetensors(tmp_path / "released", TINY)
+
+
+def test_a_host_tier_carries_the_states_with_the_blocks():
+    """With a host tier (fcfs, a 12-block cache, evictions copied out and loaded back into other
+    blocks), every logits row equals a run whose cache never evicts: the block states travel
+    with the KV (without their copies the logits are far off)."""
+    from engine.linear_state import LinearStates
+    from test_host_tier import engine_logits
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
+    baseline, _ = engine_logits(workload, 256, spec=TINY, max_num_batched_tokens=512)
+
+    def worst(logits):
+        return max((logits[r] - baseline[r]).abs().max().item() for r in baseline)
+    logits, outcome = engine_logits(workload, 12, spec=TINY, max_num_batched_tokens=16, host_cache_blocks=256)
+    assert outcome.scheduler.stats.host_loaded_blocks > 0 and worst(logits) < 3e-4
+    original = LinearStates.host_transfers
+    LinearStates.host_transfers = lambda self, stores, loads, drops=(): None
+    try:
+        logits, _ = engine_logits(workload, 12, spec=TINY, max_num_batched_tokens=16, host_cache_blocks=256)
+    finally:
+        LinearStates.host_transfers = original
+    assert worst(logits) > 1e-2

@@ -139,8 +139,9 @@ def test_host_kv_gb_sizes_the_tier_in_blocks_of_the_models_kv():
         host_tier_overrides(cfg(8), MODEL, {"host_cache_blocks": 5})
 
 
-def engine_logits(workload, blocks: int, **overrides):
-    """Every logits row the CPU engine samples from, by request, and the run's outcome."""
+def engine_logits(workload, blocks: int, spec=None, **overrides):
+    """Every logits row the CPU engine samples from, by request, and the run's outcome (``spec``:
+    tiny's by default)."""
     import torch
 
     from engine.loop import run_engine
@@ -149,7 +150,7 @@ def engine_logits(workload, blocks: int, **overrides):
 
     from test_engine import capture_logits
 
-    spec = model_spec("tiny")
+    spec = spec or model_spec("tiny")
     runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2), keep_logits=True)
     seen = capture_logits(runner)
     outcome = run_engine(workload, schedule_config("fcfs", **overrides), runner, blocks, 16)
