@@ -97,10 +97,8 @@ class LinearStates:
 
     def finish(self, steps: list[ChunkStates], done: set) -> None:
         """After a step: the blocks its chunks began filling drop their old states, those they
-        filled keep their new ones, each request keeps its end state (unless ``done``). Nothing is
-        kept of synthetic steps (``missing_ok``)."""
-        if self.missing_ok:
-            return
+        filled keep their new ones, each request keeps its end state (unless ``done``). Of
+        synthetic steps (``missing_ok``) the same work is done and nothing kept."""
         size = self.block_size
         for state in steps:
             for position in range(-(-state.start // size) * size, state.end, size):
@@ -113,6 +111,9 @@ class LinearStates:
                 self.running.pop(state.req_id, None)
             else:
                 self.running[state.req_id] = (state.end, state.conv, state.rec)
+        if self.missing_ok:  # a profiler's requests: the work measured, the states of no use
+            self.running.clear()
+            self.blocks.clear()
 
     def host_transfers(self, stores, loads, drops=()) -> None:
         """A host tier's copies follow the KV blocks' (PagedKVCache.host_transfers)."""

@@ -237,3 +237,18 @@ def test_a_host_tier_carries_the_states_with_the_blocks():
     finally:
         LinearStates.host_transfers = original
     assert worst(logits) > 1e-2
+
+
+def test_a_profile_of_a_linear_attention_model_keeps_no_states(tmp_path):
+    """The profiler's synthetic requests start mid-sequence: from zero states, doing the work a
+    run does (states kept at block ends, each request's kept), then none kept; the profile loads
+    and names the model."""
+    from conftest import SMALL_GRIDS
+    from engine.profiler import profile_engine
+    from engine.runner import ModelRunner
+    from sim.profile import Profile
+
+    runner = ModelRunner(TINY, 64, 16)
+    profile = Profile.load(profile_engine(runner, tmp_path, "float32", "torch", repeats=1, grids=SMALL_GRIDS))
+    assert profile.tables["attn_prefill"].values.min() > 0 and profile.tables["attn_decode"].values.min() > 0
+    assert runner.states.missing_ok and not runner.states.running and not runner.states.blocks
