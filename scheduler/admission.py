@@ -96,6 +96,10 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
         hits = None
         limit = min(len(keys), (num_tokens - 1) // size)
         num_hits, free_hits = kv.match_count(keys, limit)
+        if scheduler.snapshots is not None and num_hits:  # a hit ends where a state snapshot is cached
+            cut = scheduler.snapshots.hits(keys, num_hits)
+            if cut < num_hits:
+                num_hits, free_hits = kv.match_count(keys, cut)
         host = scheduler.host
         if host is not None and num_hits < limit and (group is None or state.request is None):
             loaded = host.count(keys, num_hits, limit)
@@ -126,6 +130,8 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     hits, computed, count, need, loaded, window = needs
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
         hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size - loaded)
+        if scheduler.snapshots is not None:  # it starts from the snapshot after them
+            scheduler.snapshots.use(scheduler._keys(state), len(hits))
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
@@ -179,6 +185,8 @@ def cached_tokens_of(scheduler: "Scheduler", unit) -> int:
     state = unit.prefix if isinstance(unit, GroupState) else unit
     keys = scheduler._keys(state)
     hits = len(scheduler.kv.lookup(keys, len(keys)))
+    if scheduler.snapshots is not None:
+        hits = scheduler.snapshots.hits(keys, hits)
     if scheduler.host is not None:
         hits += scheduler.host.count(keys, hits, len(keys))
     return hits * scheduler.block_size

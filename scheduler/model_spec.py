@@ -25,6 +25,11 @@ class WindowBlocks(NamedTuple):
         return -(-min(self.per_group, filled_blocks) * self.sliding_groups // self.full_groups)
 
 
+class StateBlocks(WindowBlocks):
+    """A linear-attention model's ``WindowBlocks``: the state pages a running request holds, the
+    size of the snapshot each block boundary it computes leaves in the prefix cache."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
@@ -345,7 +350,7 @@ class ModelSpec:
             return 0
         _, full_groups, sliding_groups = self.kv_groups
         if self.linear_layers:  # vLLM: a page of state a linear-attention group (block_size from vllm_block_size)
-            return WindowBlocks(1, sliding_groups, full_groups)
+            return StateBlocks(1, sliding_groups, full_groups)
         return WindowBlocks(-(-(self.sliding_window - 1) // block_size) + 1, sliding_groups, full_groups)
 
     @classmethod
@@ -383,4 +388,4 @@ class ModelSpec:
 
 from .model_presets import MODEL_PRESETS, model_spec  # noqa: E402  (the presets need ModelSpec)
 
-__all__ = ["ModelSpec", "WindowBlocks", "MODEL_PRESETS", "model_spec"]
+__all__ = ["ModelSpec", "WindowBlocks", "StateBlocks", "MODEL_PRESETS", "model_spec"]

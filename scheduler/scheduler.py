@@ -23,7 +23,9 @@ from .host_tier import HostTier, write_through
 from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
+from .model_spec import StateBlocks
 from .request import Request, RequestState
+from .state_snapshots import StateSnapshots
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
 from .waiting import WaitingQueue
@@ -36,8 +38,8 @@ class Scheduler:
         """``lazy_decodes=False``: every step one request at a time (the reference the decode cohort
         is tested against). ``host``: a tier shared with other simulated engines (``replica`` names
         this one in it, ``chains`` their common block identities) instead of one of its own.
-        ``window_blocks``: blocks each running request holds besides its own, for a model's
-        sliding layers' window (a count, or ``ModelSpec.window_blocks``'s ``WindowBlocks``)."""
+        ``window_blocks``: blocks each running request holds besides its own (``ModelSpec.window_blocks``:
+        for its sliding layers' window, or its linear layers' state, whose snapshots are cached)."""
         self.config = config
         self.block_size = block_size
         self.window_blocks = window_blocks
@@ -58,6 +60,8 @@ class Scheduler:
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
+        self.snapshots = StateSnapshots(self.kv, self.chains, window_blocks.held(1)) \
+            if isinstance(window_blocks, StateBlocks) and config.caching == "lru" else None
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode
@@ -244,16 +248,17 @@ class Scheduler:
         # schedule) leaves its prompt's blocks to the LRU cache, for later arrivals to hit.
         if self.kv.caching == "off" or (state.group is not None and state.request is not None):
             return
-        keys = state.block_keys
-        if keys is None:
-            keys = self._keys(state)
-        upto = end // self.block_size
-        if upto > state.num_keys:
-            upto = state.num_keys
+        keys = self._keys(state)
+        self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))
+
+    def _register_blocks(self, state: RequestState, keys, upto: int) -> None:
+        """``state``'s blocks up to ``upto`` findable by ``keys`` (written through; state snapshots)."""
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:  # write-through
                 write_through(self, state, keys, upto)
+            if self.snapshots is not None:
+                self.snapshots.keep(keys, state.num_registered_blocks, upto)
             state.num_registered_blocks = upto
 
     def _register_output(self, state: RequestState) -> None:
@@ -265,11 +270,7 @@ class Scheduler:
         request = state.request
         keys = self.chains.full_block_keys(request.prompt + ((request.output_segment, request.output_len),))
         upto = min(len(keys), (state.prompt_len + request.output_len - 1) // self.block_size, len(state.block_table))
-        if upto > state.num_registered_blocks:
-            self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
-            if self.host is not None:
-                write_through(self, state, keys, upto)
-            state.num_registered_blocks = upto
+        self._register_blocks(state, keys, upto)
 
     def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
         start = state.num_computed_tokens

@@ -2,7 +2,7 @@
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scheduler import SCHEDULES, Request, Scheduler, StepResult, group_requests, schedule_config
-from scheduler.model_spec import WindowBlocks
+from scheduler.model_spec import StateBlocks, WindowBlocks
 
 BLOCK = 2
 
@@ -82,10 +82,11 @@ def most_held(window) -> int:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]),
-       st.sampled_from([0, 0, 1, 3, WindowBlocks(2, 3, 1), WindowBlocks(3, 1, 2)]))
+       st.sampled_from([0, 0, 1, 3, WindowBlocks(2, 3, 1), WindowBlocks(3, 1, 2), StateBlocks(1, 3, 1)]))
 def test_invariants_hold_under_memory_pressure(requests, name, spare_blocks, budget, window):
     """``window``: blocks each running request holds for a sliding window (vLLM's hybrid cache:
-    a count, or so many in each of several sliding groups)."""
+    a count, or so many in each of several sliding groups), or for a linear model's state (whose
+    snapshots then take blocks of the LRU cache)."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
     scheduler = Scheduler(schedule_config(name, max_num_batched_tokens=budget), need + spare_blocks, BLOCK,
                           window_blocks=window)
@@ -134,7 +135,7 @@ def _plans(scheduler: Scheduler, requests: list[Request], sample: bool) -> list[
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(sorted(SCHEDULES)), st.integers(0, 12), st.sampled_from([1, 3, 8, 64]),
-       st.booleans(), st.sampled_from([0, 0, 2, WindowBlocks(2, 3, 1)]))
+       st.booleans(), st.sampled_from([0, 0, 2, WindowBlocks(2, 3, 1), StateBlocks(1, 3, 1)]))
 def test_decode_cohort_plans_equal_one_by_one_scheduling(requests, name, spare_blocks, budget, sample, window):
     """The lazy decode cohort is an optimisation only: plans (block ids included), preemptions,
     finishes, KV usage and every request's counters (brought up to date by ``sync``, step by
