@@ -21,7 +21,11 @@
 #   MODEL=qwen3-30b-a3b bash benchmarks/gpu_session.sh profile, then ... validate; and gpt-oss
 # (sliding windows, sinks, the clamped experts with biases through the Triton kernels; 42 GB of
 # bf16 weights): MODEL=gpt-oss-20b ... profile, then ... validate; and Gemma 3 (1,024-token windows
-# in five layers of six, Gemma's norms through the RMSNorm kernel; 7.2 GiB): MODEL=gemma-3-4b. A dry run of the
+# in five layers of six, Gemma's norms through the RMSNorm kernel; 7.2 GiB): MODEL=gemma-3-4b; and Qwen3.5
+# (Gated DeltaNet in torch beside the Triton attention, 784-token blocks; 54 GB of bf16 weights, the
+# engine's fp32 block states 151 MB a block: about 105 GB at the default 256 blocks, an H200 only):
+# MODEL=qwen3.5-27b ... validate workload.params.prefix_len=1568 (prefixes of two whole blocks;
+# untested on a GPU, dry-run on CPU with MODEL=tiny-qwen3.5). A dry run of the
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
 #   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
 #   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
