@@ -157,6 +157,7 @@ def main(argv: list[str]) -> int:
         path.write_text(json.dumps(results, indent=2))
     from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
     results["fused_moe"] = moe_results(bench, device, dry, results["device"])
+    results["delta_step"] = delta_step_results(bench, device, dry, copy_bw)
     if dry:
         print(json.dumps(results, indent=2))
         return 0
@@ -171,8 +172,37 @@ def main(argv: list[str]) -> int:
         print(f"fused MoE {row['model']} batch {row['batch']}: {row['kernel_us']:.1f} us, torch loop "
               f"{row['torch_loop_us']:.1f} us, roofline {row['roofline_us']:.1f} us, vLLM on an H100 "
               f"{row['vllm_h100_published_us']} us")
+    delta = results["delta_step"]
+    print(f"DeltaNet decode step (batch {delta['batch']}, {delta['heads']} heads of {delta['key_dim']} x "
+          f"{delta['value_dim']}): {delta['kernel_ms']:.3f} ms fused, {delta['torch_ms']:.3f} ms in torch "
+          f"({delta['speedup']:.2f}x), {delta['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth")
     print(f"written: {path}")
     return 0
+
+
+def delta_step_results(bench, device: str, dry: bool, copy_bw: float) -> dict:
+    """The fused Gated DeltaNet decode step (kernels/delta_rule.py) against the engine's torch step,
+    at a Qwen3.5-27B linear layer's shapes (48 value heads of 128 x 128 fp32 states) for 64
+    decoding requests; its state read and written once, as a fraction of the copy bandwidth."""
+    from engine.delta_net import delta_rule_step as reference
+    from engine.delta_net import l2_normalise
+    from kernels.delta_rule import delta_rule_step
+
+    batch, heads, key_dim, value_dim = (2, 2, 16, 8) if dry else (64, 48, 128, 128)
+    q = l2_normalise(torch.randn(batch, heads, key_dim, device=device)) * key_dim ** -0.5
+    k = l2_normalise(torch.randn(batch, heads, key_dim, device=device))
+    v = torch.randn(batch, heads, value_dim, device=device)
+    g, beta = -torch.rand(batch, heads, device=device), torch.rand(batch, heads, device=device)
+    state = torch.randn(batch, heads, key_dim, value_dim, device=device)
+    if dry:  # the kernel must agree with the engine's step
+        expected = reference(q, k, v, g, beta, state.clone())[0]
+        torch.testing.assert_close(delta_rule_step(q, k, v, g, beta, state.clone())[0], expected, rtol=1e-5, atol=1e-5)
+    kernel_ms = bench(lambda: delta_rule_step(q, k, v, g, beta, state))
+    torch_ms = bench(lambda: reference(q, k, v, g, beta, state))
+    moved = 2 * state.numel() * 4  # read once, written once
+    return {"batch": batch, "heads": heads, "key_dim": key_dim, "value_dim": value_dim, "kernel_ms": kernel_ms,
+            "torch_ms": torch_ms, "speedup": torch_ms / kernel_ms,
+            "fraction_of_copy_bandwidth": moved / (kernel_ms / 1e3) / copy_bw}
 
 
 if __name__ == "__main__":

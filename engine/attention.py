@@ -13,6 +13,7 @@ import torch
 
 from scheduler.errors import ConfigError
 
+from .delta_net import delta_rule_step
 from .experts import experts_reference
 
 
@@ -67,6 +68,10 @@ class AttentionBackend:
 
     def store_kv(self, cache, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         cache.store(layer, slots, key, value)
+
+    def delta_step(self, q, k, v, g, beta, state):
+        """A batch's Gated DeltaNet decode step (engine/delta_net.py's signature): outputs and new states."""
+        return delta_rule_step(q, k, v, g, beta, state)
 
     def experts(self, h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
                 down: torch.Tensor, **gpt_oss) -> torch.Tensor:

@@ -129,10 +129,11 @@ class LinearStates:
 
 
 def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, layer: int, steps: list[ChunkStates],
-                     eps: float, timer) -> torch.Tensor:
+                     eps: float, timer, step=delta_rule_step) -> torch.Tensor:
     """The ``layer``-th Gated DeltaNet layer over the packed batch ``h`` [tokens, hidden], its
     states in and out through ``steps`` (one a chunk). ``timer``: the engine's KernelTimer (the
-    projections as linear_qkv and linear_o, the convolution and recurrence as attention)."""
+    projections as linear_qkv and linear_o, the convolution and recurrence as attention);
+    ``step``: the decodes' recurrence step (an attention backend's ``delta_step``)."""
     _, values, heads = sizes(spec)
     with timer("linear_qkv"):
         mixed, z = h @ weights.qkv.T, h @ weights.z.T
@@ -140,14 +141,15 @@ def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, l
         g = -weights.a_log.float().exp() * torch.nn.functional.softplus((h @ weights.a.T).float()
                                                                          + weights.dt_bias.float())
     with timer("attention"):
-        out = _recurrence(mixed, g, beta, weights, spec, layer, steps)
+        out = _recurrence(mixed, g, beta, weights, spec, layer, steps, step)
     with timer("norms"):
         gated = gated_rms_norm(out.to(h.dtype), z.view(-1, heads, spec.linear_value_dim), weights.norm, eps)
     with timer("linear_o"):
         return gated.reshape(h.shape[0], values) @ weights.out.T
 
 
-def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, steps: list[ChunkStates]):
+def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, steps: list[ChunkStates],
+                step=delta_rule_step):
     """The convolution and the delta rule for every chunk: outputs [tokens, value heads, value dim], fp32."""
     keys, values, heads = sizes(spec)
     dk, dv = spec.linear_key_dim, spec.linear_value_dim
@@ -169,7 +171,7 @@ def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: 
         inputs = torch.cat((history, mixed[at, None, :]), dim=1)
         conv = torch.nn.functional.silu((inputs.float() * weights.conv.float().T[None]).sum(1))
         q, k, v = split(conv)
-        result, rec = delta_rule_step(q, k, v, g[at], beta[at], torch.stack([steps[i].rec[layer] for i in singles]))
+        result, rec = step(q, k, v, g[at], beta[at], torch.stack([steps[i].rec[layer] for i in singles]))
         out[at] = result
         for j, i in enumerate(singles):
             steps[i].conv[layer], steps[i].rec[layer] = inputs[j, 1:], rec[j]

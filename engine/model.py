@@ -203,7 +203,8 @@ class LlamaModel:
             with timer("norms"):
                 h = norm(x, layer.input_norm, eps)
             if layer.linear is not None:
-                x = x + linear_attention(h, layer.linear, spec, self.linear_index[index], meta.linear_states, eps, timer)
+                x = x + linear_attention(h, layer.linear, spec, self.linear_index[index], meta.linear_states, eps, timer,
+                                         backend.delta_step)
             else:
                 x = x + self._attention(index, layer, h, positions, slots, cache, meta, rope[index in sliding], timer)
             with timer("norms"):

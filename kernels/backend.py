@@ -11,6 +11,7 @@ import torch
 
 from engine.attention import BACKENDS, AttentionBackend
 
+from .delta_rule import delta_rule_step
 from .paged_decode import paged_decode_attention
 from .fused_moe import fused_experts
 from .kv_store import store_kv
@@ -43,6 +44,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     def store_kv(self, cache, layer, slots, key, value):
         store_kv(key.contiguous(), value.contiguous(), cache.key[layer], cache.value[layer], slots)
+
+    def delta_step(self, q, k, v, g, beta, state):
+        return delta_rule_step(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(),
+                               state.contiguous())
 
     def experts(self, h, weights, chosen, gate_up, down, **gpt_oss):
         return fused_experts(h.contiguous(), weights, chosen, gate_up, down, **gpt_oss)

@@ -119,6 +119,18 @@ def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     return variants
 
 
+def fp32_only() -> list[tuple[object, dict, dict]]:
+    """Kernels whose data are fp32 whatever the model's dtype: the DeltaNet decode step (its
+    states), at Qwen3.5's head sizes (128 x 128)."""
+    from .delta_rule import _delta_step_kernel
+
+    f = "*fp32"
+    return [(_delta_step_kernel,
+             {"q_ptr": f, "k_ptr": f, "v_ptr": f, "g_ptr": f, "beta_ptr": f, "state_ptr": f, "out_ptr": f,
+              "KEY_DIM": "constexpr", "VALUE_DIM": "constexpr", "BLOCK_K": "constexpr", "BLOCK_V": "constexpr"},
+             {"KEY_DIM": 128, "VALUE_DIM": 128, "BLOCK_K": 128, "BLOCK_V": 32})]
+
+
 def main(arch: int = 90) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_check: unset TRITON_INTERPRET first (interpreted kernels cannot be compiled)")
@@ -130,7 +142,8 @@ def main(arch: int = 90) -> int:
 
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
-        for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype):
+        for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + \
+                (fp32_only() if dtype == "fp32" else []):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
             compiled = triton.compile(source, target=target)

@@ -202,7 +202,8 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 30  # (9 kernels + 5 gpt-oss variants + Gemma's norm) x (bf16, fp32)
+    # (9 kernels + 5 gpt-oss variants + Gemma's norm) x (bf16, fp32), and the fp32 DeltaNet step
+    assert result.stdout.count("ok ") == 31
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
     # 16 bytes a thread (vector loads or pipelined async copies), never element by element; the
     # gpt-oss variants read one 2-byte sink a program besides
@@ -213,6 +214,7 @@ def test_kernels_compile_for_sm90():
     oss = re.findall(r"ok (\w+)\+gpt-oss +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
     assert len(oss) == 5 and all(int(narrow) <= 1 for _, _, narrow in oss), oss
     assert re.search(r"ok _rmsnorm_kernel\+gemma +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,", result.stdout)
+    assert re.search(r"ok _delta_step_kernel +fp32 .*16-byte loads [1-9]\d*,", result.stdout)  # the state tile
     assert all(int(wide) > 0 for name, wide, _ in oss if name != "_merge_kernel"), oss
 
 
@@ -286,6 +288,7 @@ def test_gpu_kernel_benchmark_dry_run():
     assert '"speedup"' in result.stdout and '"fraction_of_copy_bandwidth"' in result.stdout
     assert '"kernel_over_roofline"' in result.stdout  # the fused MoE rows (benchmarks/bench_moe_kernel.py)
     assert '"speedup_over_full_context"' in result.stdout  # gpt-oss's windowed decode
+    assert '"delta_step"' in result.stdout  # the fused DeltaNet decode step against the torch step
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -327,3 +330,30 @@ def test_align_by_expert_pads_each_experts_run_to_whole_blocks():
     assert sorted_ids.tolist()[:12] == [1, 4, pad, pad, 0, 2, 5, pad, 3, pad, pad, pad]
     assert block_expert.tolist()[:3] == [0, 2, 3] and set(block_expert.tolist()[3:]) <= {-1}
     assert len(block_expert) * 4 == len(sorted_ids) >= 6 + 4 * 3  # the bound, no host sync
+
+
+@pytest.mark.parametrize("batch, heads, key_dim, value_dim", [(3, 2, 16, 12), (2, 4, 12, 40)])
+def test_delta_rule_step_matches_the_engines_torch_step(batch, heads, key_dim, value_dim):
+    """The fused DeltaNet decode step against the engine's torch step: random non-zero states,
+    key and value dims that are not powers of two (12: a masked tile; 40: two column blocks),
+    output poisoned first, the state updated in place; bad inputs refused."""
+    from engine.delta_net import delta_rule_step as reference
+    from engine.delta_net import l2_normalise
+    from kernels.delta_rule import delta_rule_step
+
+    generator = torch.Generator().manual_seed(5)
+    q = l2_normalise(torch.randn(batch, heads, key_dim, generator=generator)) * key_dim ** -0.5
+    k = l2_normalise(torch.randn(batch, heads, key_dim, generator=generator))
+    v = torch.randn(batch, heads, value_dim, generator=generator)
+    g, beta = -2 * torch.rand(batch, heads, generator=generator), torch.rand(batch, heads, generator=generator)
+    state = torch.randn(batch, heads, key_dim, value_dim, generator=generator)
+    expected, expected_state = reference(q, k, v, g, beta, state.clone())
+    mine = state.clone().to(DEVICE)
+    out = torch.full((batch, heads, value_dim), float("nan"), device=DEVICE)
+    result, updated = delta_rule_step(*(t.to(DEVICE) for t in (q, k, v, g, beta)), mine, out=out)
+    assert result is out and updated is mine
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.cpu(), expected_state, rtol=1e-5, atol=1e-5)
+    assert (mine.cpu() - state).abs().max() > 0.1
+    with pytest.raises(ValueError, match="beta is .* expected"):
+        delta_rule_step(q, k, v, g, beta.double(), state.clone())
