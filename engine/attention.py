@@ -27,7 +27,7 @@ class AttentionMetadata:
     block_tables: list
     shared_prefix_groups: tuple = ()  # (prefix_len, prefix_block_ids, chunk indices)
     scale: float = 1.0
-    linear_states: list = field(default_factory=list)  # each chunk's DeltaNet states (engine/linear_state.py)
+    linear_states: object = None  # the step's DeltaNet states (engine/linear_state.py's StepStates)
     # what a backend derives from the metadata once per step and reuses in every layer
     backend_state: dict = field(default_factory=dict)
 

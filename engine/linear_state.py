@@ -40,6 +40,19 @@ class ChunkStates:
     made: dict = field(default_factory=dict)
 
 
+@dataclass
+class StepStates:
+    """A step's states: its chunks (holders of a block before the chunks that start from it), and
+    those of its one-token chunks that start from their own or a kept state (its decodes),
+    batched: ``conv`` [linear layers, singles, kernel - 1, channels] and ``rec`` [linear layers,
+    singles, value heads, key dim, value dim], each single's ``ChunkStates`` holding views of
+    them, so that a layer steps them all on one contiguous slice, in place."""
+    chunks: list
+    singles: list
+    conv: torch.Tensor | None = None
+    rec: torch.Tensor | None = None
+
+
 class LinearStates:
     def __init__(self, spec: ModelSpec, block_size: int, dtype: torch.dtype, device: torch.device) -> None:
         keys, values, heads = sizes(spec)
@@ -54,7 +67,7 @@ class LinearStates:
         self.block_starts = 0  # chunks that started from a block's state (a prefix hit, a group's prefix)
         self.missing_ok = False  # a start with no state there starts from zeros (the profiler's synthetic steps)
 
-    def begin(self, chunks, rows) -> list[ChunkStates]:
+    def begin(self, chunks, rows) -> StepStates:
         """Each chunk's start states (its own running ones, updated in place, or copies), holders
         of a block before the chunks that start from it in the same step; ``rows``: where each
         chunk's tokens start in the packed batch."""
@@ -82,7 +95,8 @@ class LinearStates:
                     raise AssertionError(f"request {state.req_id} starts at token {state.start} with no linear-attention "
                                          f"state there (not its own last position, no state kept for block {block})")
                 self.block_starts += state.source is not None or state.conv is not self.zero_conv
-            state.conv, state.rec = state.conv.clone(), state.rec.clone()  # zeros or a block's: shared
+            if state.end - state.start > 1 or state.source is not None:  # a single's are copied below
+                state.conv, state.rec = state.conv.clone(), state.rec.clone()  # zeros or a block's: shared
         holders = [s for s in steps if s.source is None]
         waiting = [s for s in steps if s.source is not None]
         while waiting:  # holders first: a chain of same-step hits resolves in order
@@ -93,13 +107,24 @@ class LinearStates:
                                      "by chunks that fill them themselves")
             holders += now
             waiting = [s for s in waiting if s.source not in ready]
-        return holders
+        stepping = {state.req_id for state in steps}
+        for req_id, (position, conv, rec) in self.running.items():  # out of this step: off an old step's batch
+            if req_id not in stepping and rec._base is not None:
+                self.running[req_id] = (position, conv.clone(), rec.clone())
+        singles = [i for i, s in enumerate(holders) if s.end - s.start == 1 and s.source is None]
+        step = StepStates(holders, singles)
+        if singles:
+            step.conv = torch.stack([holders[i].conv for i in singles], dim=1)
+            step.rec = torch.stack([holders[i].rec for i in singles], dim=1)
+            for j, i in enumerate(singles):
+                holders[i].conv, holders[i].rec = step.conv[:, j], step.rec[:, j]
+        return step
 
-    def finish(self, steps: list[ChunkStates], done: set) -> None:
+    def finish(self, step: StepStates, done: set) -> None:
         """After a step: the blocks its chunks began filling drop their old states, those they
         filled keep their new ones, each request keeps its end state (unless ``done``). Of
         synthetic steps (``missing_ok``) the same work is done and nothing kept."""
-        size = self.block_size
+        size, steps = self.block_size, step.chunks
         for state in steps:
             for position in range(-(-state.start // size) * size, state.end, size):
                 self.blocks.pop(state.table[position // size], None)
@@ -128,10 +153,10 @@ class LinearStates:
             self.host.pop(identity, None)
 
 
-def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, layer: int, steps: list[ChunkStates],
+def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, layer: int, states: StepStates,
                      eps: float, timer, step=delta_rule_step) -> torch.Tensor:
     """The ``layer``-th Gated DeltaNet layer over the packed batch ``h`` [tokens, hidden], its
-    states in and out through ``steps`` (one a chunk). ``timer``: the engine's KernelTimer (the
+    states in and out through ``states``. ``timer``: the engine's KernelTimer (the
     projections as linear_qkv and linear_o, the convolution and recurrence as attention);
     ``step``: the decodes' recurrence step (an attention backend's ``delta_step``)."""
     _, values, heads = sizes(spec)
@@ -141,14 +166,14 @@ def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, l
         g = -weights.a_log.float().exp() * torch.nn.functional.softplus((h @ weights.a.T).float()
                                                                          + weights.dt_bias.float())
     with timer("attention"):
-        out = _recurrence(mixed, g, beta, weights, spec, layer, steps, step)
+        out = _recurrence(mixed, g, beta, weights, spec, layer, states, step)
     with timer("norms"):
         gated = gated_rms_norm(out.to(h.dtype), z.view(-1, heads, spec.linear_value_dim), weights.norm, eps)
     with timer("linear_o"):
         return gated.reshape(h.shape[0], values) @ weights.out.T
 
 
-def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, steps: list[ChunkStates],
+def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, states: StepStates,
                 step=delta_rule_step):
     """The convolution and the delta rule for every chunk: outputs [tokens, value heads, value dim], fp32."""
     keys, values, heads = sizes(spec)
@@ -164,19 +189,22 @@ def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: 
         return q, k, v.reshape(-1, heads, dv)
 
     made = {}  # block id -> this layer's states after it, as chunks make them
-    singles = [i for i, s in enumerate(steps) if s.end - s.start == 1 and s.source is None]
-    if singles:  # decodes (and one-token chunks) together, one recurrence step
+    steps, singles = states.chunks, states.singles
+    if singles:  # decodes (and one-token chunks) together, one recurrence step on the batched states
         at = torch.tensor([steps[i].row for i in singles], device=mixed.device)
-        history = torch.stack([steps[i].conv[layer] for i in singles])      # [batch, kernel - 1, channels]
+        history, state = states.conv[layer], states.rec[layer]   # [batch, kernel - 1, channels], [batch, heads, ..]
         inputs = torch.cat((history, mixed[at, None, :]), dim=1)
         conv = torch.nn.functional.silu((inputs.float() * weights.conv.float().T[None]).sum(1))
         q, k, v = split(conv)
-        result, rec = step(q, k, v, g[at], beta[at], torch.stack([steps[i].rec[layer] for i in singles]))
+        result, rec = step(q, k, v, g[at], beta[at], state)
+        if rec is not state:  # the torch step's new tensor (the Triton kernel's is the same, updated)
+            state.copy_(rec)
+        history.copy_(inputs[:, 1:])
         out[at] = result
-        for j, i in enumerate(singles):
-            steps[i].conv[layer], steps[i].rec[layer] = inputs[j, 1:], rec[j]
-            steps[i].made[layer] = [(inputs[j, 1:], rec[j])] * len(steps[i].cuts)
-            made.update({block: steps[i].made[layer][0] for _, block in steps[i].cuts})
+        for j, i in enumerate(singles):  # a block its decode fills: the state after it (views: this layer's slice)
+            if steps[i].cuts:
+                steps[i].made[layer] = [(history[j], state[j])]
+                made[steps[i].cuts[0][1]] = steps[i].made[layer][0]
     done = set(singles)
     for i, state in enumerate(steps):
         if i in done:
