@@ -163,6 +163,7 @@ class Profiler:
             for queries in grid["queries"]:
                 if queries <= context:
                     cells["prefill", queries, context] = [(context, queries, False)]
+                    cells["prefill2", queries, context] = [(context, queries, False)] * 2  # the second one warm
         for batch in grid["batches"]:
             for context in grid["contexts"]:
                 cells["decode", batch, context] = [(context, 1, True)] * batch
@@ -305,6 +306,24 @@ class Profiler:
         finally:
             self.forget()
 
+    def _prefill_table(self, seconds) -> np.ndarray:
+        """A [queries, contexts] table per layer of ``seconds(queries, context)`` for a chunk."""
+        QUERIES, CONTEXTS = self.grids["queries"], self.grids["contexts"]
+        table = np.zeros((len(QUERIES), len(CONTEXTS)))
+        for j, context in enumerate(CONTEXTS):
+            valid = 0  # the last row with queries <= context: a chunk cannot have more
+            for i, queries in enumerate(QUERIES):
+                if queries <= context:
+                    table[i, j] = seconds(queries, context) / self.layers
+                    valid = i
+                else:
+                    # no such chunk exists, but bilinear interpolation reads the cell: extend
+                    # the column linearly in queries (each query reads the whole context).
+                    # Filling it with a (queries, queries) chunk's time, as before, made
+                    # chunks near the diagonal cost up to twice what they measure.
+                    table[i, j] = table[valid, j] * queries / QUERIES[valid]
+        return table
+
     def tables(self) -> dict[str, tuple]:
         """The profile's tables from the passes measured so far."""
         m = self.medians()
@@ -316,20 +335,13 @@ class Profiler:
             tables[name] = (("tokens",), (np.array(TOKENS, float),), np.array([m["tokens", t][name] / L for t in TOKENS]))
         tables["elementwise"] = (("tokens",), (np.array(TOKENS, float),),
                                  np.array([self._elementwise(m["tokens", t]) for t in TOKENS]))
-        prefill = np.zeros((len(QUERIES), len(CONTEXTS)))
-        for j, context in enumerate(CONTEXTS):
-            valid = 0  # the last row with queries <= context: a chunk cannot have more
-            for i, queries in enumerate(QUERIES):
-                if queries <= context:
-                    prefill[i, j] = m["prefill", queries, context]["attention"] / L
-                    valid = i
-                else:
-                    # no such chunk exists, but bilinear interpolation reads the cell: extend
-                    # the column linearly in queries (each query reads the whole context).
-                    # Filling it with a (queries, queries) chunk's time, as before, made
-                    # chunks near the diagonal cost up to twice what they measure.
-                    prefill[i, j] = prefill[valid, j] * queries / QUERIES[valid]
-        tables["attn_prefill"] = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)), prefill)
+        axes = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)))
+        first = lambda q, c: m["prefill", q, c]["attention"]  # noqa: E731  (a step's only chunk)
+        # a second chunk of the same shape: what two cost beyond one, kept within [half, all] of
+        # one alone (a difference of two medians: noise must not make it free or dearer)
+        warm = lambda q, c: min(max(m["prefill2", q, c]["attention"] - first(q, c), first(q, c) / 2), first(q, c))  # noqa: E731
+        tables["attn_prefill"] = (*axes, self._prefill_table(first))
+        tables["attn_prefill_warm"] = (*axes, self._prefill_table(warm))
         decode = np.array([[m["decode", b, c]["attention"] / L for c in CONTEXTS] for b in BATCHES])
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
         fcfs = np.array([statistics.median(self.scheduler_samples[b]["fcfs"]) for b in BATCHES])

@@ -51,6 +51,8 @@ class CostModel:
         self._dense = _memo(lambda n: tuple(profile.tables[k].scalar(n) for k in DENSE))
         self._sampling = _memo(profile.tables["lm_head_sampling"].scalar)
         self._prefill_at = profile.tables["attn_prefill"].point_lookup()
+        warm = profile.tables.get("attn_prefill_warm")  # a step's chunks after its first (measured profiles)
+        self._prefill_warm_at = warm.point_lookup() if warm is not None else self._prefill_at
         self._decode_at = profile.tables["attn_decode"].point_lookup()
         step = profile.tables["step_overhead"]
         extra = profile.tables.get(f"{SCHEDULE_OVERHEAD}{schedule}") if schedule else None
@@ -161,7 +163,7 @@ class CostModel:
         decode_context = decodes.context_sum
         listed_decodes = []
         prefill = self._prefill_at
-        attn_prefill = 0.0  # summed chunk by chunk, in plan order
+        attn_prefill = 0.0  # summed chunk by chunk, in plan order: the first as a step's only one, the rest warm
         num_prefills = 0
         for chunk in plan.listed:
             count = chunk.num_tokens
@@ -174,6 +176,7 @@ class CostModel:
             else:
                 attn_prefill += prefill(count, start + count)
                 num_prefills += 1
+                prefill = self._prefill_warm_at
         batch += len(listed_decodes)
         if self.prefix_aware and plan.shared_prefix_groups:
             attn_shared, shared_tokens = self._shared_attention(plan, decodes.req_ids, listed_decodes)

@@ -38,6 +38,9 @@ OPTIONAL_KERNEL_AXES: dict[str, tuple[str, ...]] = {
     # a host-memory KV tier's copies (measured, engine/profile_host.py; or the roofline's): loads,
     # stores, and loads of another machine's blocks (roofline only); a tier needs the first two
     "host_kv_copy": ("tokens",), "host_kv_store": ("tokens",), "host_kv_remote_copy": ("tokens",),
+    # per layer: a prompt chunk's attention after a step's first (measured profiles: on a CPU
+    # the chunks after the first run warm); absent, every chunk costs attn_prefill
+    "attn_prefill_warm": ("query_tokens", "context"),
 }
 # "schedule_overhead_<schedule>": that schedule's scheduler work per step beyond what
 # step_overhead holds (fcfs's), e.g. finding the shared-prefix groups of a step's decodes

@@ -239,3 +239,32 @@ def test_a_profile_measured_before_the_tier_tables_refuses_a_tier():
     assert cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, 0, 0, (), (), (), 0, ()))[0] > 0
     with pytest.raises(ConfigError, match=r"no host_kv_copy / host_kv_store table .* \(batchlab profile\)"):
         cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, 64, 0, (), (), (), 0, ()))
+
+
+def test_a_steps_chunks_after_its_first_cost_what_they_measure_warm(tmp_path):
+    """The profile measures each prefill cell alone and twice in one step: the second chunk's
+    cost (attn_prefill_warm, within half to all of one alone) is what a step's later chunks are
+    charged; the first costs attn_prefill. Without the table (older or roofline profiles) every
+    chunk costs attn_prefill."""
+    from scheduler import BatchPlan, ScheduledChunk
+    from sim.cost_model import KERNELS
+    from sim.profile import Table, constant_profile
+
+    torch.set_num_threads(1)
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    profile = Profile.load(profile_engine(runner, tmp_path, "float32", "torch", repeats=1, grids=SMALL_GRIDS))
+    first, warm = profile.tables["attn_prefill"].values, profile.tables["attn_prefill_warm"].values
+    assert np.all(warm >= first / 2 - 1e-12) and np.all(warm <= first + 1e-12) and np.all(warm > 0)
+
+    grid = (np.array([1.0, 64.0]), np.array([1.0, 64.0]))
+    tables = dict(constant_profile(0.0, 0.0).tables, attn_prefill=Table(("query_tokens", "context"), grid,
+                                                                         np.full((2, 2), 2.0)))
+    plan = BatchPlan(0, tuple(ScheduledChunk(r, 0, 8, (), False, 20) for r in range(3)))
+    spec = model_spec("tiny", num_layers=1)
+
+    def attention(tables) -> float:
+        return dict(zip(KERNELS, CostModel(Profile("measured", "any", "any", tables, {}), spec).step(plan)[1]))[
+            "attn_prefill"]
+    assert attention(tables) == 3 * 2.0
+    assert attention(dict(tables, attn_prefill_warm=Table(("query_tokens", "context"), grid, np.full((2, 2), 1.0)))) \
+        == 2.0 + 2 * 1.0
