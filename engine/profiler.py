@@ -316,11 +316,9 @@ class Profiler:
                 if queries <= context:
                     table[i, j] = seconds(queries, context) / self.layers
                     valid = i
-                else:
-                    # no such chunk exists, but bilinear interpolation reads the cell: extend
-                    # the column linearly in queries (each query reads the whole context).
-                    # Filling it with a (queries, queries) chunk's time, as before, made
-                    # chunks near the diagonal cost up to twice what they measure.
+                else:  # no such chunk, but interpolation reads the cell: the column extended linearly
+                    # in queries (a (queries, queries) chunk's time, as before, made chunks near
+                    # the diagonal cost up to twice what they measure)
                     table[i, j] = table[valid, j] * queries / QUERIES[valid]
         return table
 
@@ -337,11 +335,10 @@ class Profiler:
                                  np.array([self._elementwise(m["tokens", t]) for t in TOKENS]))
         axes = (("query_tokens", "context"), (np.array(QUERIES, float), np.array(CONTEXTS, float)))
         first = lambda q, c: m["prefill", q, c]["attention"]  # noqa: E731  (a step's only chunk)
-        # a second chunk of the same shape: what two cost beyond one, kept within [half, all] of
-        # one alone (a difference of two medians: noise must not make it free or dearer)
+        # a second one: two's cost beyond one's, within half to all of one's (medians' difference: noisy)
         warm = lambda q, c: min(max(m["prefill2", q, c]["attention"] - first(q, c), first(q, c) / 2), first(q, c))  # noqa: E731
-        tables["attn_prefill"] = (*axes, self._prefill_table(first))
-        tables["attn_prefill_warm"] = (*axes, self._prefill_table(warm))
+        tables["attn_prefill"], tables["attn_prefill_warm"] = (*axes, self._prefill_table(first)), \
+            (*axes, self._prefill_table(warm))
         decode = np.array([[m["decode", b, c]["attention"] / L for c in CONTEXTS] for b in BATCHES])
         tables["attn_decode"] = (("batch", "mean_context"), (np.array(BATCHES, float), np.array(CONTEXTS, float)), decode)
         fcfs = np.array([statistics.median(self.scheduler_samples[b]["fcfs"]) for b in BATCHES])
