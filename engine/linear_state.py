@@ -17,7 +17,7 @@ import torch
 
 from scheduler.model_spec import ModelSpec
 
-from .delta_net import causal_conv, delta_rule_chunk, delta_rule_step, gated_rms_norm, l2_normalise
+from .delta_net import causal_conv, delta_rule_chunk, gated_rms_norm, l2_normalise
 from .linear_weights import LinearWeights, sizes
 
 
@@ -72,18 +72,20 @@ class LinearStates:
         of a block before the chunks that start from it in the same step; ``rows``: where each
         chunk's tokens start in the packed batch."""
         size = self.block_size
-        steps, made_here = [], {}
+        steps, made_here = [], set()
         for chunk, row in zip(chunks, rows):
             state = ChunkStates(chunk.req_id, chunk.start, chunk.end, chunk.block_ids, row, self.zero_conv,
                                 self.zero_rec)
             first = -(-(chunk.start + 1) // size) * size  # the first block end after the chunk's start
             state.cuts = [(p - chunk.start, chunk.block_ids[p // size - 1]) for p in range(first, chunk.end + 1, size)]
-            made_here.update({block: True for _, block in state.cuts})
+            made_here.update(block for _, block in state.cuts)
             steps.append(state)
         for state in steps:
             running = self.running.get(state.req_id)
             if running is not None and running[0] == state.start and state.start:
-                state.conv, state.rec = running[1], running[2]  # its own: updated in place
+                state.conv, state.rec = running[1], running[2]  # its own: updated in place, unless a view
+                if state.end - state.start > 1 and state.rec._base is not None:  # of an old step's batch
+                    state.conv, state.rec = state.conv.clone(), state.rec.clone()
                 continue
             if state.start:
                 block = state.table[state.start // size - 1]
@@ -92,8 +94,9 @@ class LinearStates:
                 elif state.start % size == 0 and block in self.blocks:
                     state.conv, state.rec = self.blocks[block]
                 elif not self.missing_ok:
-                    raise AssertionError(f"request {state.req_id} starts at token {state.start} with no linear-attention "
-                                         f"state there (not its own last position, no state kept for block {block})")
+                    raise AssertionError(f"request {state.req_id} starts at token {state.start} with no "
+                                         f"linear-attention state there (not its own last position, no state kept "
+                                         f"for block {block})")
                 self.block_starts += state.source is not None or state.conv is not self.zero_conv
             if state.end - state.start > 1 or state.source is not None:  # a single's are copied below
                 state.conv, state.rec = state.conv.clone(), state.rec.clone()  # zeros or a block's: shared
@@ -103,8 +106,8 @@ class LinearStates:
             ready = {block for s in holders for _, block in s.cuts}
             now = [s for s in waiting if s.source in ready]
             if not now:
-                raise AssertionError(f"blocks {sorted({s.source for s in waiting})} are hit in the step that fills them, "
-                                     "by chunks that fill them themselves")
+                raise AssertionError(f"blocks {sorted({s.source for s in waiting})} are hit in the step that fills "
+                                     "them, by chunks that fill them themselves")
             holders += now
             waiting = [s for s in waiting if s.source not in ready]
         stepping = {state.req_id for state in steps}
@@ -154,7 +157,7 @@ class LinearStates:
 
 
 def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, layer: int, states: StepStates,
-                     eps: float, timer, step=delta_rule_step) -> torch.Tensor:
+                     eps: float, timer, step) -> torch.Tensor:
     """The ``layer``-th Gated DeltaNet layer over the packed batch ``h`` [tokens, hidden], its
     states in and out through ``states``. ``timer``: the engine's KernelTimer (the
     projections as linear_qkv and linear_o, the convolution and recurrence as attention);
@@ -173,8 +176,7 @@ def linear_attention(h: torch.Tensor, weights: LinearWeights, spec: ModelSpec, l
         return gated.reshape(h.shape[0], values) @ weights.out.T
 
 
-def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, states: StepStates,
-                step=delta_rule_step):
+def _recurrence(mixed, g, beta, weights: LinearWeights, spec: ModelSpec, layer: int, states: StepStates, step):
     """The convolution and the delta rule for every chunk: outputs [tokens, value heads, value dim], fp32."""
     keys, values, heads = sizes(spec)
     dk, dv = spec.linear_key_dim, spec.linear_value_dim

@@ -179,7 +179,9 @@ class LlamaModel:
         self.inv_freq = rope_inv_freq(spec, weights.embed.device)
         self.local_inv_freq = local_inv_freq(spec, weights.embed.device)
         # every norm, q/k too; Qwen3.5's and Qwen3-Next's are Gemma's (DeltaNet's gated output norm aside)
-        self.norm = partial(backend.rms_norm, gemma=True) if spec.gemma or spec.zero_centered_norms else backend.rms_norm
+        one_plus_w = spec.gemma or spec.zero_centered_norms
+        self.norm = partial(backend.rms_norm, gemma=True) if one_plus_w else backend.rms_norm
+        self.sliding = set(spec.sliding_layers)
         self.linear_index = {layer: i for i, layer in enumerate(spec.linear_layers)}  # -> its state's index
         full = [i for i in range(spec.num_layers) if i not in self.linear_index]
         self.kv_index = {layer: i for i, layer in enumerate(full)}  # the KV cache holds attention layers only
@@ -198,15 +200,15 @@ class LlamaModel:
             (*rope_tables(spec, positions, x.dtype, self.local_inv_freq), self.local_inv_freq)
         # YaRN scales queries and keys; Gemma 3 scales by its query_pre_attn_scalar, not head_dim
         meta.scale = (spec.query_pre_attn_scalar or spec.head_dim) ** -0.5 * spec.rope_attention_factor ** 2
-        sliding = set(spec.sliding_layers)
         for index, layer in enumerate(w.layers):
             with timer("norms"):
                 h = norm(x, layer.input_norm, eps)
             if layer.linear is not None:
-                x = x + linear_attention(h, layer.linear, spec, self.linear_index[index], meta.linear_states, eps, timer,
-                                         backend.delta_step)
+                x = x + linear_attention(h, layer.linear, spec, self.linear_index[index], meta.linear_states, eps,
+                                         timer, backend.delta_step)
             else:
-                x = x + self._attention(index, layer, h, positions, slots, cache, meta, rope[index in sliding], timer)
+                rope_of = rope[index in self.sliding]
+                x = x + self._attention(index, layer, h, positions, slots, cache, meta, rope_of, timer)
             with timer("norms"):
                 h = norm(x, layer.post_norm, eps)
             with timer("mlp"):
@@ -250,7 +252,7 @@ class LlamaModel:
                 q, k = (torch.cat((a, b[..., r:]), dim=-1) for a, b in zip(turned, (q, k)))
             backend.store_kv(cache, kv_layer, slots, k, v)
         with timer("attention"):
-            window = spec.sliding_window if index in spec.sliding_layers else None
+            window = spec.sliding_window if index in self.sliding else None
             extra = (window, layer.sinks) if window or layer.sinks is not None else ()  # gpt-oss, Mistral
             attn = backend.forward(kv_layer, q, cache, meta, *extra)
         with timer("linear_o"):

@@ -129,9 +129,10 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
         return 0
     hits, computed, count, need, loaded, window = needs
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
-        hits = scheduler.kv.lookup(scheduler._keys(state), computed // scheduler.block_size - loaded)
+        keys = scheduler._keys(state)
+        hits = scheduler.kv.lookup(keys, computed // scheduler.block_size - loaded)
         if scheduler.snapshots is not None:  # it starts from the snapshot after them
-            scheduler.snapshots.use(scheduler._keys(state), len(hits))
+            scheduler.snapshots.use(keys, len(hits))
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)

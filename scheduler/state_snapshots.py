@@ -44,7 +44,7 @@ class StateSnapshots:
         kv = self.kv
         for i in range(begin, end):
             snapshot = self.keys(int(keys[i]))
-            if kv.match_count(snapshot, len(snapshot))[0] == len(snapshot):
+            if self._cached(snapshot):
                 continue  # kept already (another request computed the same prefix)
             blocks = kv.allocate(self.blocks)
             if blocks is None:
@@ -56,13 +56,12 @@ class StateSnapshots:
 
     def hits(self, keys, num_hits: int) -> int:
         """``num_hits`` cached KV blocks cut back to the last whose snapshot is cached (0 where none)."""
-        kv = self.kv
-        while num_hits:
-            snapshot = self.keys(int(keys[num_hits - 1]))
-            if kv.match_count(snapshot, len(snapshot))[0] == len(snapshot):
-                return num_hits
+        while num_hits and not self._cached(self.keys(int(keys[num_hits - 1]))):
             num_hits -= 1
-        return 0
+        return num_hits
+
+    def _cached(self, snapshot: tuple[int, ...]) -> bool:
+        return self.kv.match_count(snapshot, len(snapshot))[0] == len(snapshot)
 
     def use(self, keys, num_hits: int) -> None:
         """A request starts from the snapshot after its ``num_hits``-th block: it becomes the most

@@ -39,9 +39,10 @@ def test_the_chunked_delta_rule_is_the_recurrence():
     assert (out - expected[0]).abs().max() < 1e-5 and (state - final[0]).abs().max() < 1e-5
     for cut, kept in zip((37, 64, 100), saved):
         assert (kept - reference(cut)[1][0]).abs().max() < 1e-5
-    one, after = delta_rule_step(qn[:2, None].squeeze(1), kn[:2], v[:2], g[:2], beta[:2], start.expand(2, -1, -1, -1))
+    # two requests from the same state, each its own first token: the first is the recurrence's
+    one, after = delta_rule_step(qn[:2], kn[:2], v[:2], g[:2], beta[:2], start.expand(2, -1, -1, -1))
     assert (one[0] - expected[0, 0]).abs().max() < 1e-6 and (after[0] - reference(1)[1][0]).abs().max() < 1e-6
-    assert (one[1] - expected[0, 0]).abs().max() > 1e-2  # the second row is its own request, from the same state
+    assert (one[1] - expected[0, 0]).abs().max() > 1e-2  # the second's token differs, so does its output
 
 
 MOE = replace(TINY, num_experts=8, experts_per_token=2, moe_intermediate_size=24, shared_expert_intermediate_size=40)
@@ -49,7 +50,8 @@ MOE = replace(TINY, num_experts=8, experts_per_token=2, moe_intermediate_size=24
 
 @pytest.mark.parametrize("spec, engine_change", [
     (TINY, None), (TINY, {"partial_rotary_factor": 1.0}), (TINY, {"zero_centered_norms": False}),
-    (MOE, None), (MOE, {"norm_topk_prob": False})], ids=["qwen3.5", "full-rope", "plain-norms", "moe", "moe-unnormalised"])
+    (MOE, None), (MOE, {"norm_topk_prob": False})],
+    ids=["qwen3.5", "full-rope", "plain-norms", "moe", "moe-unnormalised"])
 def test_the_engine_computes_what_transformers_does(spec, engine_change):
     """Teacher-forced logits against transformers' Qwen3_5ForCausalLM (and Qwen3_5MoeForCausalLM:
     experts and a gated shared expert) with the same weights, over a batchllm run with 7-token
@@ -100,8 +102,9 @@ def test_scheduling_never_changes_its_tokens():
         starts[-1] = self.block_starts
     LinearStates.finish = counting
     try:
-        for schedule, chunk, blocks in (("batchllm", 16, 256), ("prefix_grouped", 5, 256), ("decode_first", 7, 256),
-                                        ("lpm", 512, 256), ("fcfs", 16, 16), ("lpm", 16, 16), ("prefix_grouped", 16, 13)):
+        runs = (("batchllm", 16, 256), ("prefix_grouped", 5, 256), ("decode_first", 7, 256), ("lpm", 512, 256),
+                ("fcfs", 16, 16), ("lpm", 16, 16), ("prefix_grouped", 16, 13))
+        for schedule, chunk, blocks in runs:
             starts.append(0)
             tokens, outcome = tokens_of(workload, schedule, blocks, spec=TINY, max_num_batched_tokens=chunk)
             assert tokens == baseline, (schedule, chunk, blocks)
