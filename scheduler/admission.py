@@ -96,8 +96,9 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
         hits = None
         limit = min(len(keys), (num_tokens - 1) // size)
         num_hits, free_hits = kv.match_count(keys, limit)
-        if scheduler.snapshots is not None and num_hits:  # a hit ends where a state snapshot is cached
-            cut = scheduler.snapshots.hits(keys, num_hits)
+        free_pages = 0
+        if scheduler.pages is not None and num_hits:  # with its last blocks' sliding or state pages
+            cut, free_pages = scheduler.pages.hit(keys, num_hits)
             if cut < num_hits:
                 num_hits, free_hits = kv.match_count(keys, cut)
         host = scheduler.host
@@ -112,8 +113,11 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     count = min(count, tokens_left)
     need = kv.blocks_for(computed + count) - num_hits
     free_after = kv.num_free_blocks - free_hits
-    window = window_blocks_of(scheduler, num_tokens + state.output_len - state.num_output_tokens - 1,
-                              num_hits - free_hits)
+    tokens = num_tokens + state.output_len - state.num_output_tokens - 1
+    if hits is None and scheduler.pages is not None:  # the pages of its hit's last blocks taken with it
+        window = scheduler.pages.cost(kv.blocks_for(max(tokens, 1)), num_hits, free_pages)
+    else:
+        window = window_blocks_of(scheduler, tokens, num_hits - free_hits)
     if need + window > free_after:  # its sliding layers' window taken too
         return None
     threshold = scheduler._kv_threshold_blocks
@@ -128,13 +132,16 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     if needs is None:
         return 0
     hits, computed, count, need, loaded, window = needs
+    pages = None
     if hits is None:  # the cache hits counted, listed now (nothing changed since)
         keys = scheduler._keys(state)
         hits = scheduler.kv.lookup(keys, computed // scheduler.block_size - loaded)
-        if scheduler.snapshots is not None:  # it starts from the snapshot after them
-            scheduler.snapshots.use(keys, len(hits))
+        pages = scheduler.pages
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
+    if pages is not None:  # it holds its hit's last pages, and reserves the rest of its window
+        window = pages.hold(state, keys, len(hits), scheduler.kv.blocks_for(
+            max(state.num_tokens + state.output_len - state.num_output_tokens - 1, 1)))
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
     if window:
         state.window_blocks = scheduler.kv.allocate(window)
@@ -186,8 +193,8 @@ def cached_tokens_of(scheduler: "Scheduler", unit) -> int:
     state = unit.prefix if isinstance(unit, GroupState) else unit
     keys = scheduler._keys(state)
     hits = len(scheduler.kv.lookup(keys, len(keys)))
-    if scheduler.snapshots is not None:
-        hits = scheduler.snapshots.hits(keys, hits)
+    if scheduler.pages is not None:
+        hits = scheduler.pages.hits(keys, hits)
     if scheduler.host is not None:
         hits += scheduler.host.count(keys, hits, len(keys))
     return hits * scheduler.block_size

@@ -141,9 +141,9 @@ class PythonBlockManager:
                     free += 1
             return hits, free
         keys = _as_index(keys[:max_blocks])
-        if int(keys[-1]) >= len(self._block_of):  # keys increase along a prompt
-            known = keys < len(self._block_of)
-            keys = keys[:int(np.argmin(known))] if not known.all() else keys
+        known = keys < len(self._block_of)  # a key never registered ends the hits
+        if not known.all():
+            keys = keys[:int(np.argmin(known))]
         found = self._block_of[keys]
         misses = np.flatnonzero(found < 0)
         if len(misses):
@@ -272,7 +272,7 @@ class PythonBlockManager:
             return
         if end - begin <= _SMALL:
             keys = keys[begin:end]
-            self._fit_keys(int(keys[-1]))  # keys increase along a prompt
+            self._fit_keys(int(max(keys)))  # (along a prompt the last; not so a window's pages)
             key_of, block_of = self._key_of_v, self._block_of_v
             for block, key in zip(blocks[begin:end], keys.tolist() if isinstance(keys, np.ndarray) else keys):
                 if key_of[block] < 0 and block_of[key] < 0:
@@ -280,7 +280,7 @@ class PythonBlockManager:
                     key_of[block] = key
             return
         keys = _as_index(keys[begin:end])
-        self._fit_keys(int(keys[-1]))  # keys increase along a prompt; numpy bounds-checks the rest
+        self._fit_keys(int(keys.max()))
         blocks = np.array(blocks[begin:end], dtype=np.int64)
         # blocks of one request are distinct, and so are its keys: no pair affects another
         new = (self._key_of[blocks] < 0) & (self._block_of[keys] < 0)

@@ -24,10 +24,20 @@ class WindowBlocks(NamedTuple):
         """Blocks held by a request whose tokens fill ``filled_blocks`` blocks."""
         return -(-min(self.per_group, filled_blocks) * self.sliding_groups // self.full_groups)
 
+    @property
+    def need(self) -> int:
+        """The last blocks of a prefix hit whose sliding pages must be cached with it: those a
+        window of W tokens reaches back over, ceil((W - 1) / block size) (scheduler/window_pages.py)."""
+        return max(1, self.per_group - 1)
+
 
 class StateBlocks(WindowBlocks):
-    """A linear-attention model's ``WindowBlocks``: the state pages a running request holds, the
-    size of the snapshot each block boundary it computes leaves in the prefix cache."""
+    """A linear-attention model's ``WindowBlocks``: the state pages a running request holds; a
+    hit needs the state after its last block."""
+
+    @property
+    def need(self) -> int:
+        return 1
 
 
 @dataclass(frozen=True, slots=True)

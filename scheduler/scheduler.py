@@ -23,9 +23,9 @@ from .host_tier import HostTier, write_through
 from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
-from .model_spec import StateBlocks
+from .model_spec import WindowBlocks
 from .request import Request, RequestState
-from .state_snapshots import StateSnapshots
+from .window_pages import WindowPages
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
 from .waiting import WaitingQueue
@@ -39,7 +39,7 @@ class Scheduler:
         is tested against). ``host``: a tier shared with other simulated engines (``replica`` names
         this one in it, ``chains`` their common block identities) instead of one of its own.
         ``window_blocks``: blocks each running request holds besides its own (``ModelSpec.window_blocks``:
-        for its sliding layers' window, or its linear layers' state, whose snapshots are cached)."""
+        for its sliding layers' window, or its linear layers' state: window_pages.py)."""
         self.config = config
         self.block_size = block_size
         self.window_blocks = window_blocks
@@ -60,8 +60,9 @@ class Scheduler:
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
-        self.snapshots = StateSnapshots(self.kv, self.chains, window_blocks.held(1)) \
-            if isinstance(window_blocks, StateBlocks) and config.caching == "lru" else None
+        # the pages of a hybrid model's sliding or linear groups, cached by block (window_pages.py)
+        self.pages = WindowPages(self.kv, self.chains, window_blocks) \
+            if isinstance(window_blocks, WindowBlocks) and config.caching == "lru" else None
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode
@@ -257,8 +258,8 @@ class Scheduler:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:  # write-through
                 write_through(self, state, keys, upto)
-            if self.snapshots is not None:
-                self.snapshots.keep(keys, state.num_registered_blocks, upto)
+            if self.pages is not None:
+                self.pages.keep(state, keys, state.num_registered_blocks, upto)
             state.num_registered_blocks = upto
 
     def _register_output(self, state: RequestState) -> None:
@@ -370,6 +371,8 @@ class Scheduler:
         if state.window_blocks:
             self.kv.release(state.window_blocks)
             state.window_blocks = []
+        if self.pages is not None:
+            self.pages.leave(state)
         if state.cohort_offset is not None:
             self.cohort.leave(state, self.step)
         else:
@@ -382,9 +385,9 @@ class Scheduler:
         self.cohort.sync_all(self.step)
 
     def _finish(self, state: RequestState, now: float) -> None:
-        self._leave_running(state)
         if state.request is not None and state.request.output_segment is not None:
             self._register_output(state)
+        self._leave_running(state)
         self.kv.release(state.block_table)
         state.block_table = []
         state.block_keys = None  # a million finished requests' keys were gigabytes

@@ -134,7 +134,9 @@ def test_short_requests_hold_what_their_tokens_fill_in_every_sliding_group():
     scheduler = Scheduler(schedule_config("fcfs"), 40, 16, window_blocks=WindowBlocks(3, 2, 1))
     scheduler.add(Request(0, 0.0, ((0, 20),), 5))  # 24 tokens: 2 blocks, and 2 in each of 2 sliding groups
     scheduler.schedule(0.0)
-    assert len(scheduler.states[0].window_blocks) == 4 and scheduler.kv.num_free_blocks == 34
+    # its window: the pages of its full block (cached by it) and a reserve for the rest
+    assert scheduler.pages.held_blocks(0) == 2 and len(scheduler.states[0].window_blocks) == 2
+    assert scheduler.kv.num_free_blocks == 34
 
 
 def test_a_window_in_a_prefix_running_requests_hold_is_shared():
@@ -152,13 +154,22 @@ def test_a_window_in_a_prefix_running_requests_hold_is_shared():
     # a window of 4 blocks in each of 2 sliding groups; 96 shared tokens (6 blocks), 16 own, 4 out
     scheduler = Scheduler(schedule_config("fcfs", max_num_batched_tokens=512), 64, 16,
                           window_blocks=WindowBlocks(4, 2, 1))
+    pages = scheduler.pages
     first = admitted(scheduler, Request(0, 0.0, ((7, 96), (8, 16)), 4), 0.0)
-    assert len(first.window_blocks) == 8  # 115 tokens fill 8 blocks: 4 in each group
+    # 115 tokens fill 8 blocks: a window of 4 in each group, the pages of its last 3 full
+    # blocks and of the block it is in (the 4 before them freed, cached, as the window moved on)
+    assert pages.held_blocks(0) == 3 * 2 and len(first.window_blocks) == 2
     second = admitted(scheduler, Request(1, 0.0, ((7, 96), (9, 16)), 4), 1.0)
-    assert second.num_computed_tokens >= 96  # the prefix hit, held by the first
-    assert len(second.window_blocks) == 4  # its own 2 blocks in each group; the prefix's are the first's
+    assert second.num_cached_tokens == 96  # the prefix hit, held by the first
+    # the window pages of the hit's last 3 blocks are the first's; those of the 2 blocks its
+    # own tokens fill are its own (the first has taken a block for its decode): 8 + 8 for the
+    # first, 1 + 2 * 2 for the second
+    assert pages.held_blocks(1) == 3 * 2 and scheduler.kv.num_used_blocks == 8 + 8 + 1 + 2 * 2
     while scheduler.has_unfinished:
         plan = scheduler.schedule(2.0)
         scheduler.update(plan, StepResult(plan.step, 1.0), 2.0)
+    assert scheduler.kv.num_used_blocks == 0
     third = admitted(scheduler, Request(2, 0.0, ((7, 96), (10, 16)), 4), 3.0)
-    assert third.num_computed_tokens >= 96 and len(third.window_blocks) == 8  # a hit on free cached blocks
+    assert third.num_cached_tokens == 96  # a hit on free cached blocks: all of its window paid
+    # its whole window, no more: the hit's 3 sets (6 blocks, taken from the cache) and 1 set reserved
+    assert pages.held_blocks(2) + len(third.window_blocks) == 8 and scheduler.kv.num_used_blocks == 6 + 1 + 4 * 2

@@ -1,0 +1,140 @@
+"""vLLM's prefix cache for hybrid models (scheduler/window_pages.py): a hit needs the sliding
+or linear groups' pages of its last blocks, which take blocks of the same pool, are held by the
+requests whose window reaches them, and leave for the LRU queue as the window moves on."""
+from types import SimpleNamespace
+
+import pytest
+
+from fake_executor import run_to_completion
+from scheduler import Request, Scheduler, StepResult, schedule_config
+from scheduler.kv_blocks import BlockManager
+from scheduler.model_spec import StateBlocks, WindowBlocks, model_spec
+from scheduler.prompt import ChainIndex
+from scheduler.window_pages import WindowPages
+
+BLOCK = 16
+
+
+def cached_sets(blocks, need: int, size: int = 2):
+    """A pool where the sets of the KV blocks ``blocks`` (of an 8-block prompt) are cached."""
+    kv, chains = BlockManager(100, BLOCK), ChainIndex(BLOCK)
+    keys = chains.full_block_keys(((7, 8 * BLOCK),))
+    pages = WindowPages(kv, chains, WindowBlocks(need + 1, size, 1))  # a window of need + 1 blocks
+    for i in blocks:
+        state = SimpleNamespace(req_id=i, window_blocks=[])
+        pages.keep(state, keys, i, i + 1)
+        pages.leave(state)
+        kv.release(state.window_blocks)  # the set of the block it would be in (the scheduler's to release)
+    return pages, keys
+
+
+def test_a_hit_ends_where_the_pages_of_its_last_blocks_are_cached():
+    """As vLLM's managers search, right to left: a window of 3 blocks needs the sets of the 3
+    blocks before the hit's end (or of every block from the first, where fewer); a state the
+    set of the last one, whatever is missing before it."""
+    pages, keys = cached_sets([0, 1, 2, 4, 5, 7], need=3)
+    assert pages.kv.num_cached_free_blocks == 6 * 2
+    assert [pages.hits(keys, n) for n in range(9)] == [0, 1, 2, 3, 3, 3, 3, 3, 3]
+    pages, keys = cached_sets([0, 1, 2, 3, 4], need=3)
+    assert [pages.hits(keys, n) for n in (8, 5, 4)] == [5, 5, 4]
+    pages, keys = cached_sets([1, 2, 5, 6], need=3)
+    assert [pages.hits(keys, n) for n in (8, 3, 2)] == [0, 0, 0]  # block 0's set is missing
+    pages, keys = cached_sets([1, 4], need=1)
+    assert [pages.hits(keys, n) for n in range(9)] == [0, 0, 2, 2, 2, 5, 5, 5, 5]
+    assert len(set(pages.keys(keys[:1]).tolist()) | set(keys.tolist())) == 2 + 8  # identities of their own
+
+
+def test_a_hit_holds_its_last_sets_and_makes_them_the_most_recently_used():
+    pages, keys = cached_sets([0, 1, 2, 3], need=2)
+    kv = pages.kv
+    state = SimpleNamespace(req_id=9, window_blocks=[])
+    assert pages.hit(keys, 3) == (3, 2 * 2)  # the sets of blocks 1 and 2, free
+    # 10 blocks to fill, 3 of them hits: its whole window of 3 sets, the 2 free sets it takes
+    # from the cache and a reserve of 1; with the hit's sets held by another, a reserve of 3
+    assert pages.cost(10, 3, 2 * 2) == 3 * 2 and pages.cost(10, 3, 0) == 3 * 2
+    assert pages.cost(2, 1, 0) == 1 * 2  # a request of 2 blocks: 1 of its own
+    assert pages.hold(state, keys, 3, 10) == 1 * 2 and pages.held_blocks(9) == 2 * 2
+    assert kv.num_used_blocks == 4 and kv.num_cached_free_blocks == 4
+    pages.leave(state)  # blocks 1 and 2's sets: the most recently used now
+    assert kv.allocate(92 + 4) is not None  # every plain block, then the least recently used sets
+    assert pages.hits(keys, 3) == 3 and pages.hits(keys, 4) == 3
+
+
+def run(window, blocks: int, requests, pages: bool = True) -> Scheduler:
+    scheduler = Scheduler(schedule_config("fcfs", max_num_batched_tokens=512), blocks, BLOCK, window_blocks=window)
+    if not pages:  # the cache as if the window's and the states' pages were never freed
+        scheduler.pages = None
+    for request in requests:
+        scheduler.add(request)
+    run_to_completion(scheduler)
+    assert scheduler.kv.num_used_blocks == 0
+    return scheduler
+
+
+WINDOWS = [StateBlocks(1, 3, 1), WindowBlocks(3, 2, 1)]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_with_room_the_pages_change_no_hit(window):
+    """A request whose prefix another one computed hits it whole: with room for everything the
+    hits are those of a cache that keeps every group's pages."""
+    first = Request(0, 0.0, ((1, 70), (2, 9)), 4)
+    later = [Request(i, 0.0, ((1, 70), (10 + i, 9)), 4) for i in range(1, 4)]
+    plain = run(window, 200, [first, *later], pages=False)
+    cached = run(window, 200, [first, *later])
+    assert cached.stats.computed_prefill_tokens == plain.stats.computed_prefill_tokens < plain.stats.logical_prefill_tokens
+    assert cached.kv.num_cached_free_blocks > plain.kv.num_cached_free_blocks  # the pages, left cached
+
+
+@pytest.mark.parametrize("window, blocks", list(zip(WINDOWS, (16, 20))))
+def test_under_pressure_the_pages_are_evicted_first_and_take_the_hits_with_them(window, blocks):
+    """A request's pages leave for the LRU queue as its window moves on, and at its end before
+    its KV blocks: a tight cache evicts them first, and a later request sharing the prefix
+    finds its KV cached but not the pages of its last blocks, so it computes more than under a
+    cache that keeps them (vLLM PR #45845: states crowd the pool)."""
+    requests = [Request(0, 0.0, ((1, 96), (2, 9)), 2), Request(1, 0.0, ((3, 60), (4, 9)), 2),
+                Request(2, 0.0, ((1, 96), (5, 9)), 2)]
+    plain = run(window, blocks, requests, pages=False)
+    cached = run(window, blocks, requests)
+    assert cached.stats.computed_prefill_tokens > plain.stats.computed_prefill_tokens
+    assert cached.kv.num_evictions > plain.kv.num_evictions
+
+
+def test_a_long_prompt_holds_its_window_and_leaves_the_rest_cached():
+    """A 20-block prompt under a window of 4 blocks in each of 2 groups holds 8 blocks of pages
+    at every step; the sets of its first blocks are freed (cached) as it goes, so a second
+    request with the same prompt, after it, hits all but its last token's block."""
+    config = schedule_config("fcfs", max_num_batched_tokens=48)
+    scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
+    scheduler.add(Request(0, 0.0, ((1, 20 * BLOCK),), 3))
+    now, held = 0.0, set()
+    while scheduler.has_unfinished:
+        plan = scheduler.schedule(now)
+        held.add(scheduler.pages.held_blocks(0) + len(scheduler.states[0].window_blocks))
+        assert scheduler.kv.num_used_blocks == len(scheduler.states[0].block_table) + 8
+        scheduler.update(plan, StepResult(plan.step, 1.0), now)
+        now += 1.0
+    assert held == {8} and scheduler.kv.num_cached_free_blocks == 20 + 20 * 2  # its blocks and their pages
+    scheduler.add(Request(1, 0.0, ((1, 20 * BLOCK),), 3))
+    plan = scheduler.schedule(now)
+    assert scheduler.states[1].num_cached_tokens == 19 * BLOCK
+
+
+def test_an_answer_is_cached_with_its_pages_for_the_next_turn():
+    """An agent's next turn carries the answer: its blocks are registered when the request
+    finishes, before its window's pages leave, so the next turn hits past its own prompt."""
+    scheduler = run(WindowBlocks(3, 2, 1), 100, [Request(0, 0.0, ((1, 64),), 40, output_segment=77)])
+    assert scheduler.pages.hits(scheduler.chains.full_block_keys(((1, 64), (77, 40))), 6) == 6
+    scheduler.add(Request(1, 0.0, ((1, 64), (77, 40), (2, 30)), 4))
+    run_to_completion(scheduler)
+    assert scheduler.states[1].num_cached_tokens == 96  # 103 known tokens: 6 full blocks
+
+
+def test_models_pages_a_hit_needs():
+    """gemma-3: a window of 1,024 tokens, ceil(1023 / 16) blocks, in 6 groups; gpt-oss-20b: 128
+    tokens, 8 blocks in 1 group; Qwen3.5: a state in each of 3 groups, after the last block."""
+    gemma, oss, qwen = (model_spec(name) for name in ("gemma-3-27b", "gpt-oss-20b", "qwen3.5-27b"))
+    assert (gemma.window_blocks(16).need, gemma.window_blocks(16).held(1)) == (64, 6)
+    assert (oss.window_blocks(16).need, oss.window_blocks(16).held(1)) == (8, 1)
+    window = qwen.window_blocks(qwen.vllm_block_size(16))
+    assert isinstance(window, StateBlocks) and window == (1, 3, 1) and (window.need, window.held(1)) == (1, 3)
