@@ -23,9 +23,8 @@ from .host_tier import HostTier, write_through
 from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
-from .model_spec import WindowBlocks
 from .request import Request, RequestState
-from .window_pages import WindowPages
+from .window_pages import window_pages
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
 from .waiting import WaitingQueue
@@ -60,9 +59,7 @@ class Scheduler:
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
-        # the pages of a hybrid model's sliding or linear groups, cached by block (window_pages.py)
-        self.pages = WindowPages(self.kv, self.chains, window_blocks) \
-            if isinstance(window_blocks, WindowBlocks) and config.caching == "lru" else None
+        self.pages = window_pages(self.kv, self.chains, window_blocks, config.caching)  # hybrid models' pages
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode

@@ -16,19 +16,30 @@ state pages taking most of the pool at small blocks: they compete with the KV fo
 
 Here a block's pages in those groups are a set of ``size`` blocks of the block manager
 (``WindowBlocks.held(1)``: a page in each sliding or linear group, counted in blocks of the full
-groups' pages) with identities of their own, interned by the scheduler's ``ChainIndex`` as
-one-block prompts of reserved segment ids (dense, shared by every engine that shares the index).
-A running request reserves its window at admission (``window_blocks_of``), less the sets of its
-hit's last blocks, which it holds with whoever else does. Each block it computes takes a set:
-from the reserve while it lasts, then in place of its oldest (released: freed and cached, the
-window moved on). Leaving, it releases what it holds, the last block's set first (as vLLM frees,
-so evicted first), before its KV blocks (a model's first layer is a sliding or linear one).
+groups' pages) with identities of their own, interned by the scheduler's ``ChainIndex`` (runs of
+a reserved segment's: dense, shared by every engine that shares the index). A running request
+holds the sets of its last full blocks its window reaches (``per_group - 1``; none for a state)
+and one for the block it is in, no more than its window (``WindowBlocks.held``): those of its
+hit's last blocks (with whoever else holds them), and a reserve taken at admission for the rest.
+Each block it computes leaves a set, registered; the sets its window has left are released, so
+freed (where no one else holds them) and cached, the last of them first as vLLM frees them; a
+chunk longer than the window leaves the sets it passes cached at once, as does every boundary of
+a state. Leaving, a request releases what it holds before its KV blocks (a model's first layer
+is a sliding or linear one, and vLLM frees group by group), so they are evicted first.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .model_spec import WindowBlocks
+
 WINDOW_SEGMENTS = 1 << 61  # segment ids from here up name these pages, never prompt tokens
+
+
+def window_pages(kv, chains, window, caching: str) -> "WindowPages | None":
+    """The pages of ``window`` (``ModelSpec.window_blocks``: a ``WindowBlocks`` for a hybrid
+    model, else a count or 0) in an LRU prefix cache; None where there are none to cache."""
+    return WindowPages(kv, chains, window) if isinstance(window, WindowBlocks) and caching == "lru" else None
 
 
 class WindowPages:
@@ -39,6 +50,7 @@ class WindowPages:
         self.size = window.held(1)       # blocks a set takes
         self.need = window.need          # sets of a hit's last blocks it needs
         self.window = window
+        self.reads_hit = window.per_group <= window.need  # a state: the hit's snapshot is read, not held
         self._cap: dict[int, int] = {}   # request -> the sets it holds at most
         self._first = np.full(1024, -1, dtype=np.int32)  # KV block identity -> its set's first identity
         self._offsets = np.arange(self.size, dtype=np.int64)
@@ -94,7 +106,7 @@ class WindowPages:
         ``num_hits`` blocks (``free`` of its sets' blocks free), takes for its window: the
         hit's free sets, and a reserve for the sets of the blocks it will compute itself; no
         more than its whole window (``WindowBlocks.held``), which it never holds more of."""
-        if self.window.per_group <= self.need:  # a state: the hit's snapshot is read, not held
+        if self.reads_hit:
             free = 0
         return min(self.window.held(filled), free + self.window.held(filled - num_hits))
 

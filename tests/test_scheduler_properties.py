@@ -85,8 +85,8 @@ def most_held(window) -> int:
        st.sampled_from([0, 0, 1, 3, WindowBlocks(2, 3, 1), WindowBlocks(3, 1, 2), StateBlocks(1, 3, 1)]))
 def test_invariants_hold_under_memory_pressure(requests, name, spare_blocks, budget, window):
     """``window``: blocks each running request holds for a sliding window (vLLM's hybrid cache:
-    a count, or so many in each of several sliding groups), or for a linear model's state (whose
-    snapshots then take blocks of the LRU cache)."""
+    a count, or so many in each of several sliding groups), or for a linear model's state; the
+    groups' pages, in the latter two, are cached too (window_pages.py)."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
     scheduler = Scheduler(schedule_config(name, max_num_batched_tokens=budget), need + spare_blocks, BLOCK,
                           window_blocks=window)
