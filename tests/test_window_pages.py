@@ -15,10 +15,11 @@ from scheduler.window_pages import WindowPages
 BLOCK = 16
 
 
-def cached_sets(blocks, need: int, size: int = 2):
-    """A pool where the sets of the KV blocks ``blocks`` (of an 8-block prompt) are cached."""
-    kv, chains = BlockManager(100, BLOCK), ChainIndex(BLOCK)
-    keys = chains.full_block_keys(((7, 8 * BLOCK),))
+def cached_sets(blocks, need: int, size: int = 2, length: int = 8, block: int = BLOCK):
+    """A pool where the sets of the KV blocks ``blocks`` (of a ``length``-block prompt) are
+    cached; the window reaches ``need`` blocks back, a set is ``size`` blocks."""
+    kv, chains = BlockManager(100, block), ChainIndex(block)
+    keys = chains.full_block_keys(((7, length * block),))
     pages = WindowPages(kv, chains, WindowBlocks(need + 1, size, 1))  # a window of need + 1 blocks
     for i in blocks:
         state = SimpleNamespace(req_id=i, window_blocks=[])
@@ -42,6 +43,21 @@ def test_a_hit_ends_where_the_pages_of_its_last_blocks_are_cached():
     pages, keys = cached_sets([1, 4], need=1)
     assert [pages.hits(keys, n) for n in range(9)] == [0, 0, 2, 2, 2, 5, 5, 5, 5]
     assert len(set(pages.keys(keys[:1]).tolist()) | set(keys.tolist())) == 2 + 8  # identities of their own
+
+
+@pytest.mark.parametrize("cached, hit", [
+    ([False] * 10, 0), ([True], 1), ([True, False], 1), ([True, True], 2), ([True, True, False], 2),
+    ([True, True, True], 3), ([True, True, True, False], 3),
+    ([True, True, False, True, False, False, True, True, False, True, True, True], 12),
+    ([True, True, False, True, False, False, True, True, False, False, False], 8),
+    ([True, True, False, True, False, False, True, True, False, False, False, True], 8)])
+def test_vllms_own_cases_of_a_sliding_windows_hit(cached, hit):
+    """vLLM's test of its sliding-window hit (tests/v1/core/test_specialized_manager.py,
+    ``test_sliding_window_possible_cached_prefix``): blocks of 2 tokens, a window of 4, which
+    blocks' sliding pages are cached, and the hit it expects, in blocks."""
+    assert WindowBlocks(-(-(4 - 1) // 2) + 1, 1, 1).need == 2  # as ModelSpec.window_blocks makes it
+    pages, keys = cached_sets([i for i, c in enumerate(cached) if c], need=2, size=1, length=len(cached), block=2)
+    assert pages.hits(keys, len(cached)) == hit
 
 
 def test_a_hit_holds_its_last_sets_and_makes_them_the_most_recently_used():
