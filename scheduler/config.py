@@ -35,6 +35,10 @@ class ScheduleConfig:
                                         # (host_tier.py); 0: none. Idle where caching is off
     host_load_async: bool = False       # a request loading from the tier waits while others run
                                         # (vLLM's asynchronous connectors); False: loads in the step
+    # vLLM's --prefix-cache-retention-interval, for sliding-window layers' pages (window_pages.py):
+    # 0 (vLLM 0.29's default) caches only the window tails a hit can start from (a prompt's end, a
+    # shared-prefix junction), N tokens one a segment of N too, None every page (vLLM <= 0.28)
+    retention_interval: int | None = 0
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -58,6 +62,10 @@ class ScheduleConfig:
                               f"is none: give host_kv_gb=N (or host_cache_blocks)")
         if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
             raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
+        interval = self.retention_interval
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 0):
+            raise ConfigError(f"schedule {self.name!r}: retention_interval is {interval!r}; expected a whole number "
+                              f"of tokens >= 0 (a multiple of the block size), or null for every page")
 
 
 SCHEDULES: dict[str, ScheduleConfig] = {

@@ -59,7 +59,7 @@ class Scheduler:
         self.emit_block_ids = emit_block_ids
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
-        self.pages = window_pages(self.kv, self.chains, window_blocks, config.caching)  # hybrid models' pages
+        self.pages = window_pages(self.kv, self.chains, window_blocks, config)  # hybrid models' pages
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode

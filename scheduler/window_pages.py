@@ -31,22 +31,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model_spec import WindowBlocks
+from .errors import ConfigError
+from .model_spec import StateBlocks, WindowBlocks
 
 WINDOW_SEGMENTS = 1 << 61  # segment ids from here up name these pages, never prompt tokens
 
 
-def window_pages(kv, chains, window, caching: str) -> "WindowPages | None":
+def window_pages(kv, chains, window, config) -> "WindowPages | None":
     """The pages of ``window`` (``ModelSpec.window_blocks``: a ``WindowBlocks`` for a hybrid
-    model, else a count or 0) in an LRU prefix cache; None where there are none to cache."""
-    return WindowPages(kv, chains, window) if isinstance(window, WindowBlocks) and caching == "lru" else None
+    model, else a count or 0) in the LRU prefix cache of a schedule ``config``; None where there
+    are none to cache."""
+    if not isinstance(window, WindowBlocks) or config.caching != "lru":
+        return None
+    return WindowPages(kv, chains, window, config.retention_interval)
 
 
 class WindowPages:
-    def __init__(self, kv, chains, window) -> None:
-        """``window``: the model's ``WindowBlocks`` (or ``StateBlocks``)."""
+    def __init__(self, kv, chains, window, retention: int | None = None) -> None:
+        """``window``: the model's ``WindowBlocks`` (or ``StateBlocks``). ``retention``: vLLM's
+        retention interval in tokens (``ScheduleConfig.retention_interval``), for sliding windows:
+        None caches every set; 0 only the ``need`` sets before a boundary a hit can start from
+        (the prompt's end, where a resend or an extension of it resumes, and a shared-prefix
+        junction: where a hit on the full layers' blocks went further than on these pages); N
+        also those before each N tokens' end."""
         self.kv = kv
         self.chains = chains
+        self.sparse = retention is not None and not isinstance(window, StateBlocks)
+        if self.sparse and retention % chains.block_size:
+            raise ConfigError(f"retention_interval {retention} is not a multiple of the block size "
+                              f"({chains.block_size} tokens)")
+        self.segment = (retention or 0) // chains.block_size  # blocks; 0: none
+        self._bounds: dict[int, list[int]] = {}  # request -> block boundaries a hit can start from
         self.size = window.held(1)       # blocks a set takes
         self.need = window.need          # sets of a hit's last blocks it needs
         self.window = window
@@ -125,7 +140,30 @@ class WindowPages:
             kv.release(pages[:read])
             pages = pages[read:]
         self._held[state.req_id] = pages
+        if self.sparse:  # a resend or an extension of its prompt resumes at its end; a junction
+            size_tokens, prompt = self.chains.block_size, state.prompt_len
+            bounds = [(prompt - 1) // size_tokens, prompt // size_tokens]
+            full = kv.match_count(keys, min(len(keys), (state.num_tokens - 1) // size_tokens))[0]
+            if full > num_hits:  # vLLM's shared_prefix_boundary: its full layers' hit went further
+                bounds.append(full)
+            self._bounds[state.req_id] = bounds
         return self.cost(filled, num_hits, free) - free
+
+    def _retained(self, state, begin: int, end: int) -> np.ndarray | None:
+        """Which of the blocks ``begin..end`` keep their sets cached (None: all): those among
+        the ``need`` before a boundary of ``state``'s (and before ``end`` where these are the
+        blocks of its answer, which a next turn extends), and the last ``need`` of a segment."""
+        if not self.sparse:
+            return None
+        bounds = self._bounds.get(state.req_id) or [(state.prompt_len - 1) // self.chains.block_size]
+        if end * self.chains.block_size > state.prompt_len:
+            bounds = [*bounds, end]
+        blocks = np.arange(begin, end)
+        edges = np.asarray(bounds)
+        keep = ((blocks[:, None] >= edges - self.need) & (blocks[:, None] < edges)).any(axis=1)
+        if self.segment:
+            keep |= blocks % self.segment >= self.segment - self.need
+        return keep
 
     def keep(self, state, keys, begin: int, end: int) -> None:
         """``state`` has computed the KV blocks ``keys[begin:end]``: each leaves a set, registered
@@ -145,9 +183,11 @@ class WindowPages:
         if out:
             kv.release(held[:out])
             del held[:out]
+        retained = self._retained(state, begin, end)
         passed = max(0, count - cap) * size  # sets its window has passed by the chunk's end
-        if passed:  # computed, left at once: those not cached already
-            new = [ids[i:i + size] for i in range(0, passed, size) if kv.match_count(ids[i:i + size], size)[0] < size]
+        if passed:  # computed, left at once: those retained and not cached already
+            new = [ids[i:i + size] for i in range(0, passed, size) if (retained is None or retained[i // size])
+                   and kv.match_count(ids[i:i + size], size)[0] < size]
             if new:
                 new = np.concatenate(new)
                 pages = self._allocate(len(new))
@@ -159,7 +199,13 @@ class WindowPages:
         del reserve[len(reserve) - taken:]
         if taken < kept:
             pages += self._allocate(kept - taken)
-        kv.register_run(pages, ids[passed:], 0, len(pages))
+        if retained is None:
+            kv.register_run(pages, ids[passed:], 0, len(pages))
+        else:  # the others are its own while it holds them, and freed plain
+            chosen = np.repeat(retained[passed // size:], size)[:len(pages)]
+            if chosen.any():
+                kv.register_run(np.asarray(pages)[chosen].tolist(), ids[passed:passed + len(pages)][chosen], 0,
+                                int(chosen.sum()))
         held += pages
         if len(reserve) < size:  # the set of the block it is in (where it took the hit's: now its own)
             reserve += self._allocate(size - len(reserve))
@@ -183,5 +229,6 @@ class WindowPages:
         """``state`` stops running: its sets go, the last block's first (then its reserve)."""
         held = self._held.pop(state.req_id, None)
         self._cap.pop(state.req_id, None)
+        self._bounds.pop(state.req_id, None)
         if held:
             self.kv.release(held)

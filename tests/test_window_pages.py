@@ -76,8 +76,10 @@ def test_a_hit_holds_its_last_sets_and_makes_them_the_most_recently_used():
     assert pages.hits(keys, 3) == 3 and pages.hits(keys, 4) == 3
 
 
-def run(window, blocks: int, requests, pages: bool = True) -> Scheduler:
-    scheduler = Scheduler(schedule_config("fcfs", max_num_batched_tokens=512), blocks, BLOCK, window_blocks=window)
+def run(window, blocks: int, requests, pages: bool = True, retention=None) -> Scheduler:
+    """fcfs; ``retention``: vLLM's retention interval (None: every page cached, vLLM <= 0.28)."""
+    config = schedule_config("fcfs", max_num_batched_tokens=512, retention_interval=retention)
+    scheduler = Scheduler(config, blocks, BLOCK, window_blocks=window)
     if not pages:  # the cache as if the window's and the states' pages were never freed
         scheduler.pages = None
     for request in requests:
@@ -120,20 +122,43 @@ def test_a_long_prompt_holds_its_window_and_leaves_the_rest_cached():
     """A 20-block prompt under a window of 4 blocks in each of 2 groups holds 8 blocks of pages
     at every step; the sets of its first blocks are freed (cached) as it goes, so a second
     request with the same prompt, after it, hits all but its last token's block."""
-    config = schedule_config("fcfs", max_num_batched_tokens=48)
-    scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
-    scheduler.add(Request(0, 0.0, ((1, 20 * BLOCK),), 3))
-    now, held = 0.0, set()
-    while scheduler.has_unfinished:
+    for retention, cached in ((None, 20), (0, 4)):
+        config = schedule_config("fcfs", max_num_batched_tokens=48, retention_interval=retention)
+        scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
+        scheduler.add(Request(0, 0.0, ((1, 20 * BLOCK),), 3))
+        now, held = 0.0, set()
+        while scheduler.has_unfinished:
+            plan = scheduler.schedule(now)
+            held.add(scheduler.pages.held_blocks(0) + len(scheduler.states[0].window_blocks))
+            assert scheduler.kv.num_used_blocks == len(scheduler.states[0].block_table) + 8
+            scheduler.update(plan, StepResult(plan.step, 1.0), now)
+            now += 1.0
+        # its blocks and their pages: every set, or (vLLM 0.29's default) only the 3 before where a
+        # resend (block 19) or an extension (block 20) of the prompt resumes: blocks 16 to 19
+        assert held == {8} and scheduler.kv.num_cached_free_blocks == 20 + cached * 2
+        scheduler.add(Request(1, 0.0, ((1, 20 * BLOCK),), 3))
         plan = scheduler.schedule(now)
-        held.add(scheduler.pages.held_blocks(0) + len(scheduler.states[0].window_blocks))
-        assert scheduler.kv.num_used_blocks == len(scheduler.states[0].block_table) + 8
-        scheduler.update(plan, StepResult(plan.step, 1.0), now)
-        now += 1.0
-    assert held == {8} and scheduler.kv.num_cached_free_blocks == 20 + 20 * 2  # its blocks and their pages
-    scheduler.add(Request(1, 0.0, ((1, 20 * BLOCK),), 3))
-    plan = scheduler.schedule(now)
-    assert scheduler.states[1].num_cached_tokens == 19 * BLOCK
+        assert scheduler.states[1].num_cached_tokens == 19 * BLOCK
+
+
+def test_sparse_retention_keeps_a_shared_prefixs_tail_from_the_second_request_on():
+    """vLLM's retention interval 0 (its default from 0.29): the first request of a prefix keeps
+    the tail before its own prompt's end only, so the second, sharing 6 blocks of it, finds the
+    full layers' blocks but not the pages before block 6, and computes everything; its hit on the
+    full layers went further than on the pages, a junction, where it keeps the tail; the third
+    hits the prefix. Every page cached (vLLM <= 0.28): the second hits it already."""
+    requests = [Request(i, 0.0, ((1, 96), (2 + i, 160)), 2) for i in range(3)]
+    for retention, cached in ((0, [0, 0, 96]), (None, [0, 96, 96])):
+        config = schedule_config("fcfs", max_num_batched_tokens=512, retention_interval=retention)
+        scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
+        for request in requests:  # one after another
+            scheduler.add(request)
+            run_to_completion(scheduler)
+        assert [scheduler.states[i].num_cached_tokens for i in range(3)] == cached
+    with pytest.raises(Exception, match="retention_interval 24 is not a multiple of the block size"):
+        Scheduler(schedule_config("fcfs", retention_interval=24), 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
+    with pytest.raises(Exception, match="retention_interval is -16"):
+        schedule_config("fcfs", retention_interval=-16)
 
 
 def test_an_answer_is_cached_with_its_pages_for_the_next_turn():
