@@ -212,5 +212,7 @@ def window_blocks_note(model: ModelSpec, block_size: int) -> str:
     return (f"note: each running request also holds up to {most:,} blocks for its sliding layers' last "
             f"{model.sliding_window:,} tokens ({window.per_group} in each of {groups} groups of {size} layers; fewer "
             f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens, and "
-            f"leaves those its window has passed in the LRU prefix cache (a hit needs those of its last "
-            f"{window.need} blocks); model.overrides.sliding_kv_full=true keeps every layer's KV for every token instead")
+            f"leaves those its window has passed in the LRU prefix cache where a hit can start from them (a hit needs "
+            f"those of its last {window.need} blocks), as vLLM 0.29 keeps them (schedule.overrides.retention_interval="
+            f"null: every one, as vLLM 0.28); model.overrides.sliding_kv_full=true keeps every layer's KV for every "
+            f"token instead")
