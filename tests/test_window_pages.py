@@ -122,7 +122,7 @@ def test_a_long_prompt_holds_its_window_and_leaves_the_rest_cached():
     """A 20-block prompt under a window of 4 blocks in each of 2 groups holds 8 blocks of pages
     at every step; the sets of its first blocks are freed (cached) as it goes, so a second
     request with the same prompt, after it, hits all but its last token's block."""
-    for retention, cached in ((None, 20), (0, 4)):
+    for retention, cached in ((None, 20), (0, 4), (4 * BLOCK, 16)):
         config = schedule_config("fcfs", max_num_batched_tokens=48, retention_interval=retention)
         scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
         scheduler.add(Request(0, 0.0, ((1, 20 * BLOCK),), 3))
@@ -134,7 +134,8 @@ def test_a_long_prompt_holds_its_window_and_leaves_the_rest_cached():
             scheduler.update(plan, StepResult(plan.step, 1.0), now)
             now += 1.0
         # its blocks and their pages: every set, or (vLLM 0.29's default) only the 3 before where a
-        # resend (block 19) or an extension (block 20) of the prompt resumes: blocks 16 to 19
+        # resend (block 19) or an extension (block 20) of the prompt resumes: blocks 16 to 19; with
+        # an interval of 4 blocks, also the last 3 of every 4 (15 sets, block 16 besides)
         assert held == {8} and scheduler.kv.num_cached_free_blocks == 20 + cached * 2
         scheduler.add(Request(1, 0.0, ((1, 20 * BLOCK),), 3))
         plan = scheduler.schedule(now)
