@@ -50,6 +50,11 @@ def window_blocks_of(scheduler: "Scheduler", tokens: int, shared: int = 0) -> in
     return min(window, filled) if isinstance(window, int) else window.held(filled)
 
 
+def final_blocks(scheduler: "Scheduler", state: RequestState) -> int:
+    """The blocks ``state``'s tokens fill at its end (its last token is never fed back)."""
+    return scheduler.kv.blocks_for(max(state.num_tokens + state.output_len - state.num_output_tokens - 1, 1))
+
+
 def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> int:
     """Admits from the head of the waiting queue while the budget, the request count and the KV
     cache allow; appends each admission's first chunk; returns the tokens left."""
@@ -113,11 +118,11 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     count = min(count, tokens_left)
     need = kv.blocks_for(computed + count) - num_hits
     free_after = kv.num_free_blocks - free_hits
-    tokens = num_tokens + state.output_len - state.num_output_tokens - 1
     if hits is None and scheduler.pages is not None:  # the pages of its hit's last blocks taken with it
-        window = scheduler.pages.cost(kv.blocks_for(max(tokens, 1)), num_hits, free_pages)
+        window = scheduler.pages.cost(final_blocks(scheduler, state), num_hits, free_pages)
     else:
-        window = window_blocks_of(scheduler, tokens, num_hits - free_hits)
+        window = window_blocks_of(scheduler, num_tokens + state.output_len - state.num_output_tokens - 1,
+                                  num_hits - free_hits)
     if need + window > free_after:  # its sliding layers' window taken too
         return None
     threshold = scheduler._kv_threshold_blocks
@@ -140,8 +145,7 @@ def try_admit(scheduler: "Scheduler", state: RequestState, now: float, tokens_le
     waits = loaded and scheduler.config.host_load_async  # blocks for the loads only, for now
     scheduler.kv.touch(hits)
     if pages is not None:  # it holds its hit's last pages, and reserves the rest of its window
-        window = pages.hold(state, keys, len(hits), scheduler.kv.blocks_for(
-            max(state.num_tokens + state.output_len - state.num_output_tokens - 1, 1)))
+        window = pages.hold(state, keys, len(hits), final_blocks(scheduler, state))
     state.block_table = hits + scheduler.kv.allocate(loaded if waits else need)
     if window:
         state.window_blocks = scheduler.kv.allocate(window)

@@ -24,7 +24,8 @@ hit's last blocks (with whoever else holds them), and a reserve taken at admissi
 Each block it computes leaves a set, registered; the sets its window has left are released, so
 freed (where no one else holds them) and cached, the last of them first as vLLM frees them; a
 chunk longer than the window leaves the sets it passes cached at once, as does every boundary of
-a state. Leaving, a request releases what it holds before its KV blocks (a model's first layer
+a state. Under vLLM's retention interval (its default from 0.29) a sliding window's sets are
+registered only where a hit can start from them (``_retained``); the others are freed plain. Leaving, a request releases what it holds before its KV blocks (a model's first layer
 is a sliding or linear one, and vLLM frees group by group), so they are evicted first.
 """
 from __future__ import annotations
