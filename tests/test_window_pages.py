@@ -180,3 +180,23 @@ def test_models_pages_a_hit_needs():
     assert (oss.window_blocks(16).need, oss.window_blocks(16).held(1)) == (8, 1)
     window = qwen.window_blocks(qwen.vllm_block_size(16))
     assert isinstance(window, StateBlocks) and window == (1, 3, 1) and (window.need, window.held(1)) == (1, 3)
+
+
+def test_round_robin_sessions_lose_every_hit_at_once_far_below_the_pool():
+    """benchmarks/sliding_sessions.py, as vLLM issue #48435 reports it on Gemma 4 (vLLM 0.24-0.25):
+    sessions re-sent round-robin to a sliding-window model keep all their reuse, then past a
+    working set far below the pool none of it, for every request at once; vLLM 0.29's retention
+    interval moves that point up, and a cache with no sliding pages holds them all."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sliding_sessions.py"
+    spec = importlib.util.spec_from_file_location("sliding_sessions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    window = model_spec("gemma-3-27b").window_blocks(16)
+    every_page, retention, no_pages = ([bench.reused(w, r, 9600, seats, 21_000) for seats in (1, 2, 5, 6)]
+                                       for w, r in ((window, None), (window, 0), (0, None)))
+    assert every_page[0] > 0.99 and every_page[1:] == [0.0] * 3  # 42,000 tokens: 27 % of the pool
+    assert min(retention[:3]) > 0.99 and retention[3] == 0.0
+    assert min(no_pages) > 0.99
