@@ -35,9 +35,10 @@ class ScheduleConfig:
                                         # (host_tier.py); 0: none. Idle where caching is off
     host_load_async: bool = False       # a request loading from the tier waits while others run
                                         # (vLLM's asynchronous connectors); False: loads in the step
-    # vLLM's --prefix-cache-retention-interval, for sliding-window layers' pages (window_pages.py):
-    # 0 (vLLM 0.29's default) caches only the window tails a hit can start from (a prompt's end, a
-    # shared-prefix junction), N tokens one a segment of N too, None every page (vLLM <= 0.28)
+    # vLLM's --prefix-cache-retention-interval, for sliding-window pages and linear layers' state
+    # snapshots (window_pages.py): 0 (vLLM 0.29's default) caches only those a hit can start from
+    # (at a prompt's end, a shared-prefix junction), N tokens one a segment of N too, None every
+    # page (vLLM <= 0.28)
     retention_interval: int | None = 0
 
     def __post_init__(self) -> None:

@@ -24,8 +24,8 @@ hit's last blocks (with whoever else holds them), and a reserve taken at admissi
 Each block it computes leaves a set, registered; the sets its window has left are released, so
 freed (where no one else holds them) and cached, the last of them first as vLLM frees them; a
 chunk longer than the window leaves the sets it passes cached at once, as does every boundary of
-a state. Under vLLM's retention interval (its default from 0.29) a sliding window's sets are
-registered only where a hit can start from them (``_retained``); the others are freed plain. Leaving, a request releases what it holds before its KV blocks (a model's first layer
+a state. Under vLLM's retention interval (its default from 0.29) sets are registered only
+where a hit can start from them (``_retained``); the others are freed plain. Leaving, a request releases what it holds before its KV blocks (a model's first layer
 is a sliding or linear one, and vLLM frees group by group), so they are evicted first.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError
-from .model_spec import StateBlocks, WindowBlocks
+from .model_spec import WindowBlocks
 
 WINDOW_SEGMENTS = 1 << 61  # segment ids from here up name these pages, never prompt tokens
 
@@ -50,14 +50,15 @@ def window_pages(kv, chains, window, config) -> "WindowPages | None":
 class WindowPages:
     def __init__(self, kv, chains, window, retention: int | None = None) -> None:
         """``window``: the model's ``WindowBlocks`` (or ``StateBlocks``). ``retention``: vLLM's
-        retention interval in tokens (``ScheduleConfig.retention_interval``), for sliding windows:
-        None caches every set; 0 only the ``need`` sets before a boundary a hit can start from
-        (the prompt's end, where a resend or an extension of it resumes, and a shared-prefix
-        junction: where a hit on the full layers' blocks went further than on these pages); N
-        also those before each N tokens' end."""
+        retention interval in tokens (``ScheduleConfig.retention_interval``): None caches every
+        set; 0 only the ``need`` sets before a boundary a hit can start from (the prompt's end,
+        where a resend or an extension of it resumes, and a shared-prefix junction: where a hit
+        on the full layers' blocks went further than on these pages); N also those before each
+        N tokens' end (``SlidingWindowManager``'s and ``MambaManager``'s
+        ``reachable_block_mask``)."""
         self.kv = kv
         self.chains = chains
-        self.sparse = retention is not None and not isinstance(window, StateBlocks)
+        self.sparse = retention is not None
         if self.sparse and retention % chains.block_size:
             raise ConfigError(f"retention_interval {retention} is not a multiple of the block size "
                               f"({chains.block_size} tokens)")

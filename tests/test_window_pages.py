@@ -142,16 +142,30 @@ def test_a_long_prompt_holds_its_window_and_leaves_the_rest_cached():
         assert scheduler.states[1].num_cached_tokens == 19 * BLOCK
 
 
-def test_sparse_retention_keeps_a_shared_prefixs_tail_from_the_second_request_on():
+def test_a_states_snapshots_are_kept_where_a_hit_can_start():
+    """A 20-block prompt of a linear model leaves a snapshot at every boundary (vLLM 0.28), or
+    (0.29) only after blocks 18 and 19, where a resend and an extension resume; a resend hits
+    all but the last block either way."""
+    for retention, cached in ((None, 20), (0, 2)):
+        scheduler = run(StateBlocks(1, 3, 1), 200, [Request(0, 0.0, ((1, 20 * BLOCK),), 3)], retention=retention)
+        assert scheduler.kv.num_cached_free_blocks == 20 + cached * 3
+        scheduler.add(Request(1, 0.0, ((1, 20 * BLOCK),), 3))
+        scheduler.schedule(100.0)
+        assert scheduler.states[1].num_cached_tokens == 19 * BLOCK
+
+
+@pytest.mark.parametrize("window", [WindowBlocks(4, 2, 1), StateBlocks(1, 3, 1)])
+def test_sparse_retention_keeps_a_shared_prefixs_tail_from_the_second_request_on(window):
     """vLLM's retention interval 0 (its default from 0.29): the first request of a prefix keeps
     the tail before its own prompt's end only, so the second, sharing 6 blocks of it, finds the
     full layers' blocks but not the pages before block 6, and computes everything; its hit on the
     full layers went further than on the pages, a junction, where it keeps the tail; the third
-    hits the prefix. Every page cached (vLLM <= 0.28): the second hits it already."""
+    hits the prefix. Every page cached (vLLM <= 0.28): the second hits it already. A linear
+    model's state snapshots alike (vLLM's MambaManager)."""
     requests = [Request(i, 0.0, ((1, 96), (2 + i, 160)), 2) for i in range(3)]
     for retention, cached in ((0, [0, 0, 96]), (None, [0, 96, 96])):
         config = schedule_config("fcfs", max_num_batched_tokens=512, retention_interval=retention)
-        scheduler = Scheduler(config, 200, BLOCK, window_blocks=WindowBlocks(4, 2, 1))
+        scheduler = Scheduler(config, 200, BLOCK, window_blocks=window)
         for request in requests:  # one after another
             scheduler.add(request)
             run_to_completion(scheduler)
