@@ -206,9 +206,10 @@ def window_blocks_note(model: ModelSpec, block_size: int) -> str:
     if model.linear_layers:
         return (f"note: blocks of {block_size:,} tokens, as vLLM serves this model (its attention page holds a "
                 f"linear-attention layer's state; its prefix cache hits whole blocks only), and each running request "
-                f"also holds {most} for its linear-attention layers' state ({groups} groups of {size} layers); each block "
-                f"boundary it computes leaves a snapshot of the state, {most} blocks, in the LRU prefix cache (a hit needs "
-                f"the one after its last block)")
+                f"also holds {most} for its linear-attention layers' state ({groups} groups of {size} layers); a block "
+                f"boundary it computes leaves a snapshot of the state, {most} blocks, in the LRU prefix cache where a hit "
+                f"can start from it (a hit needs the one after its last block), as vLLM 0.29 keeps them "
+                f"(schedule.overrides.retention_interval=null: at every boundary, as vLLM 0.28)")
     return (f"note: each running request also holds up to {most:,} blocks for its sliding layers' last "
             f"{model.sliding_window:,} tokens ({window.per_group} in each of {groups} groups of {size} layers; fewer "
             f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens, and "
