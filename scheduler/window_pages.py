@@ -180,12 +180,19 @@ class WindowPages:
         kv, size, reserve, req_id = self.kv, self.size, state.window_blocks, state.req_id
         held = self._held.setdefault(req_id, [])
         cap = self._cap.setdefault(req_id, max(1, (len(held) + len(reserve)) // size)) - 1  # full blocks' sets
-        ids = self.keys(keys[begin:end])
         out = min(len(held) // size, max(0, len(held) // size + count - cap)) * size
         if out:
             kv.release(held[:out])
             del held[:out]
         retained = self._retained(state, begin, end)
+        if retained is None:
+            ids = self.keys(keys[begin:end])
+        else:  # identities for the retained only (the others are never looked up)
+            ids = np.full((count, size), -1, dtype=np.int64)
+            chosen = np.flatnonzero(retained)
+            if len(chosen):
+                ids[chosen] = self.keys(np.asarray(keys[begin:end])[chosen]).reshape(-1, size)
+            ids = ids.ravel()
         passed = max(0, count - cap) * size  # sets its window has passed by the chunk's end
         if passed:  # computed, left at once: those retained and not cached already
             new = [ids[i:i + size] for i in range(0, passed, size) if (retained is None or retained[i // size])
