@@ -58,16 +58,16 @@ class WindowPages:
         ``reachable_block_mask``)."""
         self.kv = kv
         self.chains = chains
+        self.window = window
+        self.size = window.held(1)       # blocks a set takes
+        self.need = window.need          # sets of a hit's last blocks it needs
+        self.reads_hit = window.per_group <= window.need  # a state: the hit's snapshot is read, not held
         self.sparse = retention is not None
         if self.sparse and retention % chains.block_size:
             raise ConfigError(f"retention_interval {retention} is not a multiple of the block size "
                               f"({chains.block_size} tokens)")
         self.segment = (retention or 0) // chains.block_size  # blocks; 0: none
         self._bounds: dict[int, list[int]] = {}  # request -> block boundaries a hit can start from
-        self.size = window.held(1)       # blocks a set takes
-        self.need = window.need          # sets of a hit's last blocks it needs
-        self.window = window
-        self.reads_hit = window.per_group <= window.need  # a state: the hit's snapshot is read, not held
         self._cap: dict[int, int] = {}   # request -> the sets it holds at most
         self._first = np.full(1024, -1, dtype=np.int32)  # KV block identity -> its set's first identity
         self._offsets = np.arange(self.size, dtype=np.int64)
