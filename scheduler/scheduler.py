@@ -250,7 +250,7 @@ class Scheduler:
         self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))
 
     def _register_blocks(self, state: RequestState, keys, upto: int) -> None:
-        """``state``'s blocks up to ``upto`` findable by ``keys`` (written through; state snapshots)."""
+        """``state``'s blocks up to ``upto`` findable by ``keys`` (written through; their window pages)."""
         if upto > state.num_registered_blocks:
             self.kv.register_run(state.block_table, keys, state.num_registered_blocks, upto)
             if self.host is not None:  # write-through

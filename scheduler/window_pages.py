@@ -25,8 +25,9 @@ Each block it computes leaves a set, registered; the sets its window has left ar
 freed (where no one else holds them) and cached, the last of them first as vLLM frees them; a
 chunk longer than the window leaves the sets it passes cached at once, as does every boundary of
 a state. Under vLLM's retention interval (its default from 0.29) sets are registered only
-where a hit can start from them (``_retained``); the others are freed plain. Leaving, a request releases what it holds before its KV blocks (a model's first layer
-is a sliding or linear one, and vLLM frees group by group), so they are evicted first.
+where a hit can start from them (``_retained``); the others are freed plain. Leaving, a request
+releases what it holds before its KV blocks (a model's first layer is a sliding or linear one,
+and vLLM frees group by group), so they are evicted first.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class WindowPages:
         self.reads_hit = window.per_group <= window.need  # a state: the hit's snapshot is read, not held
         self.sparse = retention is not None
         if self.sparse and retention % chains.block_size:
-            raise ConfigError(f"retention_interval {retention} is not a multiple of the block size "
-                              f"({chains.block_size} tokens)")
+            raise ConfigError(f"schedule retention_interval {retention} is not a multiple of the block size "
+                              f"({chains.block_size} tokens): vLLM keeps a tail every so many whole blocks")
         self.segment = (retention or 0) // chains.block_size  # blocks; 0: none
         self._bounds: dict[int, list[int]] = {}  # request -> block boundaries a hit can start from
         self._cap: dict[int, int] = {}   # request -> the sets it holds at most
@@ -73,7 +74,6 @@ class WindowPages:
         self._offsets = np.arange(self.size, dtype=np.int64)
         self._held: dict[int, list[int]] = {}  # request -> its sets' blocks, oldest set first
         self._runs = 0  # identity runs taken from the chain index
-        self.num_skipped = 0  # blocks left without one: no block free even by eviction
 
     def keys(self, kv_keys) -> np.ndarray:
         """The identities of the sets of the KV blocks ``kv_keys``, set after set (int64)."""
@@ -142,14 +142,19 @@ class WindowPages:
             kv.release(pages[:read])
             pages = pages[read:]
         self._held[state.req_id] = pages
-        if self.sparse:  # a resend or an extension of its prompt resumes at its end; a junction
-            size_tokens, prompt = self.chains.block_size, state.prompt_len
-            bounds = [(prompt - 1) // size_tokens, prompt // size_tokens]
-            full = kv.match_count(keys, min(len(keys), (state.num_tokens - 1) // size_tokens))[0]
+        if self.sparse:
+            bounds = self._prompt_bounds(state)
+            full = kv.match_count(keys, min(len(keys), (state.num_tokens - 1) // self.chains.block_size))[0]
             if full > num_hits:  # vLLM's shared_prefix_boundary: its full layers' hit went further
                 bounds.append(full)
             self._bounds[state.req_id] = bounds
         return self.cost(filled, num_hits, free) - free
+
+    def _prompt_bounds(self, state) -> list[int]:
+        """The blocks where a resend (a token short of the prompt) or an extension of ``state``'s
+        prompt resumes."""
+        size, prompt = self.chains.block_size, state.prompt_len
+        return [(prompt - 1) // size, prompt // size]
 
     def _retained(self, state, begin: int, end: int) -> np.ndarray | None:
         """Which of the blocks ``begin..end`` keep their sets cached (None: all): those among
@@ -157,7 +162,7 @@ class WindowPages:
         blocks of its answer, which a next turn extends), and the last ``need`` of a segment."""
         if not self.sparse:
             return None
-        bounds = self._bounds.get(state.req_id) or [(state.prompt_len - 1) // self.chains.block_size]
+        bounds = self._bounds.get(state.req_id) or self._prompt_bounds(state)
         if end * self.chains.block_size > state.prompt_len:
             bounds = [*bounds, end]
         blocks = np.arange(begin, end)
@@ -184,19 +189,11 @@ class WindowPages:
         if out:
             kv.release(held[:out])
             del held[:out]
-        retained = self._retained(state, begin, end)
-        if retained is None:
-            ids = self.keys(keys[begin:end])
-        else:  # identities for the retained only (the others are never looked up)
-            ids = np.full((count, size), -1, dtype=np.int64)
-            chosen = np.flatnonzero(retained)
-            if len(chosen):
-                ids[chosen] = self.keys(np.asarray(keys[begin:end])[chosen]).reshape(-1, size)
-            ids = ids.ravel()
+        ids = self._ids(keys, begin, end, self._retained(state, begin, end))
         passed = max(0, count - cap) * size  # sets its window has passed by the chunk's end
         if passed:  # computed, left at once: those retained and not cached already
-            new = [ids[i:i + size] for i in range(0, passed, size) if (retained is None or retained[i // size])
-                   and kv.match_count(ids[i:i + size], size)[0] < size]
+            new = [ids[i:i + size] for i in range(0, passed, size)
+                   if ids[i] >= 0 and kv.match_count(ids[i:i + size], size)[0] < size]
             if new:
                 new = np.concatenate(new)
                 pages = self._allocate(len(new))
@@ -208,16 +205,26 @@ class WindowPages:
         del reserve[len(reserve) - taken:]
         if taken < kept:
             pages += self._allocate(kept - taken)
-        if retained is None:
-            kv.register_run(pages, ids[passed:], 0, len(pages))
-        else:  # the others are its own while it holds them, and freed plain
-            chosen = np.repeat(retained[passed // size:], size)[:len(pages)]
-            if chosen.any():
-                kv.register_run(np.asarray(pages)[chosen].tolist(), ids[passed:passed + len(pages)][chosen], 0,
-                                int(chosen.sum()))
+        mine = ids[passed:passed + len(pages)]
+        if len(mine) and mine.min() >= 0:
+            kv.register_run(pages, mine, 0, len(pages))
+        elif len(mine):  # those not retained are its own while it holds them, and freed plain
+            chosen = mine >= 0
+            kv.register_run(np.asarray(pages)[chosen].tolist(), mine[chosen], 0, int(chosen.sum()))
         held += pages
         if len(reserve) < size:  # the set of the block it is in (where it took the hit's: now its own)
             reserve += self._allocate(size - len(reserve))
+
+    def _ids(self, keys, begin: int, end: int, retained) -> np.ndarray:
+        """The identities of the sets of the KV blocks ``keys[begin:end]``, set after set; -1 for
+        those not ``retained`` (None: all are), which are never looked up."""
+        if retained is None:
+            return self.keys(keys[begin:end])
+        ids = np.full((end - begin, self.size), -1, dtype=np.int64)
+        chosen = np.flatnonzero(retained)
+        if len(chosen):
+            ids[chosen] = self.keys(np.asarray(keys[begin:end])[chosen]).reshape(-1, self.size)
+        return ids.ravel()
 
     def _allocate(self, blocks: int) -> list[int]:
         """``blocks`` new blocks, or as many whole sets of them as can be had (where the sets a
@@ -227,7 +234,6 @@ class WindowPages:
             pages = []
             while len(pages) < blocks and (got := self.kv.allocate(self.size)) is not None:
                 pages += got
-            self.num_skipped += (blocks - len(pages)) // self.size
         return pages
 
     def held_blocks(self, req_id: int) -> int:
