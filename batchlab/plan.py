@@ -110,6 +110,7 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         for tp in tensor_parallel_sizes(gpus):
             calibrated = calibrations[preset]["fitted_hardware"] if preset in calibrations else {}
             hardware = hardware_spec(preset, **{**calibrated, **base}, tensor_parallel=tp)
+            block_size = block_size_of(cfg, model, tp)  # Gemma 4's pages can change with the split
             try:
                 kv_blocks = kv_capacity_blocks(model, hardware, block_size)
             except ConfigError as error:  # does not fit, or the heads do not split this way

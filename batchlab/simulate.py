@@ -72,9 +72,12 @@ def whole_block_note(workload, asked: int, served: int) -> str:
             f"that end on a multiple of {served:,} tokens keep the difference")
 
 
-def block_size_of(cfg: DictConfig, model) -> int:
-    """``schedule.block_size``, or the larger block vLLM serves a linear-attention model with."""
-    return model.vllm_block_size(int(cfg.schedule.block_size))
+def block_size_of(cfg: DictConfig, model, tensor_parallel: int | None = None) -> int:
+    """``schedule.block_size``, or the larger block vLLM serves a linear-attention model (or Gemma
+    4) with, on one of ``tensor_parallel`` GPUs (default: the hardware's)."""
+    if tensor_parallel is None:
+        tensor_parallel = int(OmegaConf.select(cfg, "hardware.overrides.tensor_parallel", default=None) or 1)
+    return model.vllm_block_size(int(cfg.schedule.block_size), tensor_parallel)
 
 
 def simulate_replicas(workload, shards: list, router, config, cost, kv_blocks: int, block_size: int,
@@ -177,7 +180,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
     from sim.hardware import kv_reserve_note, window_blocks_note
-    for note in ("" if cfg.profile else kv_reserve_note(model, hardware), window_blocks_note(model, block_size),
+    for note in ("" if cfg.profile else kv_reserve_note(model, hardware), window_blocks_note(model, block_size, hardware.tensor_parallel),
                  whole_block_note(workload, int(cfg.schedule.block_size), block_size)):
         if note:
             say(note)

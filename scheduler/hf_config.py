@@ -13,8 +13,9 @@ from .errors import ConfigError
 # linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5 and its MoE, their text part) on the torch backend
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss", "gemma3_text",
                "gemma3", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
-# no engine for these: latent attention (DeepSeek, Kimi K2); sigmoid routing (GLM)
-SIMULATED_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
+# no engine for these: latent attention (DeepSeek, Kimi K2); sigmoid routing (GLM); Gemma 4's full layers
+_SIMULATED_LAYOUTS = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
+SIMULATED_TYPES = _SIMULATED_LAYOUTS + ("gemma4_text",)
 LINEAR_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 # bits a weight takes under a quantization method that names no ``bits``
 _METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
@@ -25,6 +26,11 @@ GEMMA3_TEXT_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediate_si
                             rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=256, sliding_window=4096,
                             sliding_window_pattern=6, rope_theta=1e6, rope_local_base_freq=1e4,
                             hidden_activation="gelu_pytorch_tanh")
+# transformers' Gemma4TextConfig defaults (its per-layer embeddings on: the E2B and E4B models')
+GEMMA4_TEXT_DEFAULTS = dict(vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30,
+                            num_attention_heads=8, num_key_value_heads=4, head_dim=256, global_head_dim=512,
+                            max_position_embeddings=131072, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                            sliding_window=512, hidden_size_per_layer_input=256)
 
 
 def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float | None) -> dict:
@@ -36,6 +42,9 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
                                   costs_only)
             model_type = "gemma3_text"
         asked = model_type
+        if model_type in ("gemma4", "gemma4_text"):  # the multimodal models' text part
+            config = _gemma4_text(config.get("text_config") or {} if model_type == "gemma4" else config, name)
+            model_type = "gemma4_text"
         if model_type in ("qwen3_5", "qwen3_5_moe"):  # the multimodal models' text part
             text = config.get("text_config") or {}
             config, model_type = {**config, **text}, text.get("model_type") or model_type + "_text"
@@ -53,7 +62,7 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
         attention = dict(num_kv_heads=config.get("num_key_value_heads", heads),
                          head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                          qk_norm=model_type.startswith("qwen3"), **_sliding(config, model_type, name))
-        if model_type in SIMULATED_TYPES and model_type not in LINEAR_TYPES:
+        if model_type in _SIMULATED_LAYOUTS:
             attention = _simulated_layout(config, model_type, name, attention)
         if gpt_oss:  # biases on all four projections, sinks, clamped SwiGLU experts with biases
             attention.update(o_bias=bool(config.get("attention_bias", True)), attention_sinks=True)
@@ -61,6 +70,11 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             attention.update(_linear_attention(config))
         if model_type == "gemma3_text":  # q/k norms, Gemma's norms and GELU, its softmax scale
             attention.update(qk_norm=True, gemma=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]))
+        if model_type == "gemma4_text":  # its full layers' own head size and kv heads; keys as values there
+            keys_as_values = bool(config.get("attention_k_eq_v"))
+            attention.update(qk_norm=True, gemma=True, full_head_dim=int(config["global_head_dim"]),
+                             full_keys_as_values=keys_as_values,
+                             full_kv_heads=int(keys_as_values and config.get("num_global_key_value_heads") or 0))
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                     num_heads=heads, **attention,
                     intermediate_size=_dense_width(config, model_type), vocab_size=config["vocab_size"],
@@ -97,7 +111,7 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     partial = float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
     fields = {"rope_theta": float(theta), "partial_rotary_factor": partial}
-    if model_type == "gemma3_text":  # the sliding layers: their own base, never scaled
+    if model_type in ("gemma3_text", "gemma4_text"):  # the sliding layers: their own base, never scaled
         if local and local.get("rope_type", "default") != "default" and not costs_only:
             raise ConfigError(f"model config {name!r}: RoPE type {local['rope_type']!r} on the sliding layers is not "
                               "implemented by the engine (default is)")
@@ -157,6 +171,25 @@ def _gemma3_text(text: dict, name: str, costs_only: bool) -> dict:
     if odd and not costs_only:
         raise ConfigError(f"model config {name!r}: {', '.join(odd)}: not implemented by the engine (Gemma 3's "
                           f"text model is); batchlab simulate and plan take it")
+    return config
+
+
+def _gemma4_text(text: dict, name: str) -> dict:
+    """A Gemma 4 text config (26B-A4B, 31B) with transformers' defaults filled in and its layer
+    types (every sixth layer full, and the last) spelled out, for simulation: its full layers'
+    head size (``global_head_dim``) and, where keys serve as values (``attention_k_eq_v``), kv
+    heads (``num_global_key_value_heads``) their own. The E2B and E4B layouts (KV shared
+    between layers, per-layer embeddings, double-wide MLPs) are refused: not modelled."""
+    config = {**GEMMA4_TEXT_DEFAULTS, **text}
+    odd = [f"{key} {config[key]!r}" for key in ("num_kv_shared_layers", "hidden_size_per_layer_input",
+                                                 "use_double_wide_mlp") if config.get(key)]
+    if odd:
+        raise ConfigError(f"model config {name!r}: {', '.join(odd)}: Gemma 4's E2B / E4B layout (KV shared between "
+                          f"layers, per-layer embeddings) is not modelled; its 26B-A4B and 31B are")
+    layers = config["num_hidden_layers"]
+    if not config.get("layer_types"):
+        config["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 or i == layers - 1 else "sliding_attention"
+                                 for i in range(layers)]
     return config
 
 
@@ -257,6 +290,11 @@ def _experts(config: dict, model_type: str, name: str) -> dict:
             fields.update(expert_bias=True, swiglu_limit=float(config.get("swiglu_limit", 7.0)),
                           swiglu_alpha=float(config.get("swiglu_alpha", 1.702)))
         return fields
+    if model_type == "gemma4_text":  # a dense MLP besides the experts in every layer: an ungated shared expert
+        return dict(num_experts=config["num_experts"], experts_per_token=config["top_k_experts"],
+                    moe_intermediate_size=config["moe_intermediate_size"],
+                    shared_expert_intermediate_size=config["intermediate_size"],
+                    shared_expert_gate=False) if config.get("enable_moe_block") else {}
     if model_type not in ("qwen3_moe", "qwen2_moe", "qwen3_next", "qwen3_5_moe_text"):
         return {}
     if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:

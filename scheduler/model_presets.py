@@ -72,6 +72,19 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
            ("gemma-3-1b", 26, 1152, 4, 1, 256, 6912, 512, 256), ("gemma-3-4b", 34, 2560, 8, 4, 256, 10240, 1024, 256),
            ("gemma-3-12b", 48, 3840, 16, 8, 256, 15360, 1024, 256),
            ("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 1024, 168))},
+    # Gemma 4 (the 31B and 26B-A4B models' text part; simulated only): Gemma 3's windows (1,024 tokens, every
+    # sixth layer full), full layers of their own: 4 (2) kv heads of 512 whose keys serve as values; 26B-A4B:
+    # 8 of 128 experts 704 wide beside a dense GeGLU 2,112 wide in every layer
+    **{name: ModelSpec(name, layers, hidden, heads, kv, 256, width, 262144, tie_embeddings=True, rope_theta=1e6,
+                       rope_local_theta=1e4, rms_norm_eps=1e-6, max_position=262144, qk_norm=True, gemma=True,
+                       sliding_window=1024, sliding_layers=tuple(i for i in range(layers) if (i + 1) % 6),
+                       partial_rotary_factor=0.25, full_head_dim=512, full_kv_heads=full_kv, full_keys_as_values=True,
+                       **experts)
+       for name, layers, hidden, heads, kv, full_kv, width, experts in (
+           ("gemma-4-31b", 60, 5376, 32, 16, 4, 21504, {}),
+           ("gemma-4-26b-a4b", 30, 2816, 16, 8, 2, 2112, dict(
+               num_experts=128, experts_per_token=8, moe_intermediate_size=704, shared_expert_intermediate_size=2112,
+               shared_expert_gate=False)))},
     # Qwen3-Next: Gated DeltaNet in three layers of four, gated attention with
     # q/k norms in the fourth (head size 256, RoPE on a quarter of it), 10 of 512 experts and a
     # gated shared expert; the recurrent state in bf16 (its config names no mamba_ssm_dtype)

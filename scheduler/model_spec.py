@@ -14,8 +14,9 @@ from .errors import ConfigError
 
 class WindowBlocks(NamedTuple):
     """The KV blocks a running request holds for its sliding layers' window, or its linear layers'
-    state (``ModelSpec.window_blocks``): ``per_group`` in each of ``sliding_groups`` groups of pages,
-    counted in blocks of ``full_groups`` pages."""
+    state (``ModelSpec.window_blocks``): ``per_group`` blocks' pages in each sliding group, a block
+    taking ``sliding_groups`` pages there (one a group; Gemma 4: two, its sliding pages hold half a
+    block's tokens), counted in blocks of ``full_groups`` pages."""
     per_group: int
     sliding_groups: int = 1
     full_groups: int = 1
@@ -123,66 +124,16 @@ class ModelSpec:
     linear_conv_kernel: int = 4
     state_bytes: int = 2
     attn_output_gate: bool = False  # the full layers' queries twice as wide: a sigmoid gate on their output
+    # Gemma 4: the full layers' own head size and kv heads (0: head_dim, num_kv_heads, as the sliding
+    # layers'), and their keys serving as values (no v_proj; vLLM's cache stores both all the same)
+    full_head_dim: int = 0
+    full_kv_heads: int = 0
+    full_keys_as_values: bool = False
 
     def __post_init__(self) -> None:
-        for field_name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                           "intermediate_size", "vocab_size"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model {self.name!r}: {field_name} is {value!r}; expected an integer >= 1")
-        if not self.rope_scaling_factor >= 1.0 or not self.rope_high_freq_factor > self.rope_low_freq_factor > 0:
-            raise ConfigError(f"model {self.name!r}: RoPE scaling needs factor >= 1 and high_freq_factor > "
-                              f"low_freq_factor > 0, got {self.rope_scaling_factor}, {self.rope_high_freq_factor}, "
-                              f"{self.rope_low_freq_factor}")
-        if not isinstance(self.num_experts, int) or self.num_experts < 0:
-            raise ConfigError(f"model {self.name!r}: num_experts is {self.num_experts!r}; expected an integer >= 0 "
-                              f"(0: a dense MLP)")
-        if self.num_experts:
-            if not (isinstance(self.experts_per_token, int) and 1 <= self.experts_per_token <= self.num_experts
-                    and isinstance(self.moe_intermediate_size, int) and self.moe_intermediate_size >= 1):
-                raise ConfigError(f"model {self.name!r}: {self.num_experts} experts need 1 <= experts_per_token <= "
-                                  f"num_experts and moe_intermediate_size >= 1, got {self.experts_per_token!r} and "
-                                  f"{self.moe_intermediate_size!r}")
-        elif self.experts_per_token or self.moe_intermediate_size or self.shared_expert_intermediate_size:
-            raise ConfigError(f"model {self.name!r}: experts_per_token / moe_intermediate_size / "
-                              f"shared_expert_intermediate_size without num_experts (0 experts is a dense MLP)")
-        if not isinstance(self.shared_expert_intermediate_size, int) or self.shared_expert_intermediate_size < 0:
-            raise ConfigError(f"model {self.name!r}: shared_expert_intermediate_size is "
-                              f"{self.shared_expert_intermediate_size!r}; expected an integer >= 0 (0: none)")
-        for field_name in ("first_dense_layers", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"model {self.name!r}: {field_name} is {value!r}; expected an integer >= 0")
-        if self.first_dense_layers and not (self.num_experts and self.first_dense_layers < self.num_layers):
-            raise ConfigError(f"model {self.name!r}: first_dense_layers {self.first_dense_layers} needs experts in "
-                              f"the layers after them (num_experts, fewer than {self.num_layers} dense layers)")
-        if self.mla and not (self.qk_rope_head_dim and self.v_head_dim and self.num_kv_heads == 1):
-            raise ConfigError(f"model {self.name!r}: latent attention (kv_lora_rank {self.kv_lora_rank}) needs "
-                              f"qk_rope_head_dim and v_head_dim >= 1 and num_kv_heads 1 (the shared latent)")
-        object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers or ()))
-        if self.sliding_layers and not (isinstance(self.sliding_window, int) and self.sliding_window >= 1
-                                        and all(isinstance(i, int) and 0 <= i < self.num_layers
-                                                for i in self.sliding_layers)):
-            raise ConfigError(f"model {self.name!r}: sliding_layers {list(self.sliding_layers)} need sliding_window "
-                              f">= 1 (got {self.sliding_window!r}) and layer indices below {self.num_layers}")
-        object.__setattr__(self, "linear_layers", tuple(self.linear_layers or ()))
-        if self.linear_layers and not (all(isinstance(i, int) and 0 <= i < self.num_layers for i in self.linear_layers)
-                                       and len(self.linear_layers) < self.num_layers
-                                       and not self.sliding_layers  # no model has both kinds
-                                       and min(self.linear_key_heads, self.linear_value_heads, self.linear_key_dim,
-                                               self.linear_value_dim, self.linear_conv_kernel) >= 1):
-            raise ConfigError(f"model {self.name!r}: linear_layers {list(self.linear_layers)} need layer indices below "
-                              f"{self.num_layers} (some full-attention layers left, none sliding) and linear_key_heads, "
-                              f"linear_value_heads, linear_key_dim, linear_value_dim, linear_conv_kernel >= 1")
-        if not (0 < self.partial_rotary_factor <= 1 and self.rotary_dim % 2 == 0 and self.rotary_dim >= 2):
-            raise ConfigError(f"model {self.name!r}: partial_rotary_factor {self.partial_rotary_factor} of head_dim "
-                              f"{self.head_dim} gives {self.rotary_dim} rotated dimensions; expected an even number >= 2")
-        if self.rope_linear and self.rope_yarn or self.rope_local_theta < 0 or self.query_pre_attn_scalar < 0:
-            raise ConfigError(f"model {self.name!r}: rope_linear and rope_yarn exclude each other, and "
-                              f"rope_local_theta and query_pre_attn_scalar are >= 0 (0: unused)")
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
-                              f"num_kv_heads {self.num_kv_heads}")
+        from .model_checks import check_fields
+
+        check_fields(self)
 
     @property
     def mla(self) -> bool:
@@ -198,6 +149,9 @@ class ModelSpec:
         """What in this model the engine does not implement (it is then simulated only), as
         words for an error; "" when the engine runs it."""
         parts = [what for present, what in ((self.mla, "latent attention (DeepSeek, Kimi K2)"),
+                                            (self.layer_attention(True) != self.layer_attention(False)
+                                             or self.full_keys_as_values,
+                                             "full layers of their own shape (Gemma 4)"),
                                             (self.first_dense_layers, "dense first layers"),
                                             (self.shared_expert_intermediate_size and not self.shared_expert_gate,
                                              "ungated shared experts (DeepSeek, GLM-4.5)")) if present]
@@ -209,13 +163,27 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r}: {self.simulated_only}: simulated only; the engine does not "
                               f"implement them (batchlab simulate, plan and calibrate take them)")
 
-    @property
-    def attention_params(self) -> int:
-        """One layer's attention projections (and their norms, biases)."""
-        h, d, heads = self.hidden_size, self.head_dim, self.num_heads
+    def layer_attention(self, full: bool) -> tuple[int, int]:
+        """(kv heads, head size) of a full-attention layer, or of a sliding one (the same but in Gemma 4)."""
+        if full:
+            return self.full_kv_heads or self.num_kv_heads, self.full_head_dim or self.head_dim
+        return self.num_kv_heads, self.head_dim
+
+    def layer_kv_bytes(self, full: bool, tensor_parallel: int = 1) -> int:
+        """The KV bytes a token takes in one full (or sliding) attention layer, on one of
+        ``tensor_parallel`` GPUs (its kv heads split, each on every GPU where they are fewer)."""
+        heads, d = self.layer_attention(full)
+        return 2 * max(heads // tensor_parallel, 1) * d * self.activation_bytes
+
+    def attention_params(self, full: bool = True) -> int:
+        """One full (or sliding) layer's attention projections (and their norms, biases)."""
+        h, heads = self.hidden_size, self.num_heads
         if not self.mla:
-            return ((h + self.qkv_bias) * (heads * (1 + self.attn_output_gate) + 2 * self.num_kv_heads) * d
+            kv, d = self.layer_attention(full)
+            kv_outputs = (1 if full and self.full_keys_as_values else 2) * kv
+            return ((h + self.qkv_bias) * (heads * (1 + self.attn_output_gate) + kv_outputs) * d
                     + heads * d * h + 2 * d * self.qk_norm + h * self.o_bias + heads * self.attention_sinks)
+        d = self.head_dim
         latent, rope, q_lora = self.kv_lora_rank, self.qk_rope_head_dim, self.q_lora_rank
         query = heads * (d + rope)
         queries = h * q_lora + q_lora + q_lora * query if q_lora else h * query
@@ -226,8 +194,9 @@ class ModelSpec:
         h, dense = self.hidden_size, self.first_dense_layers
         mlps = dense * 3 * h * self.intermediate_size + (self.num_layers - dense) * self.mlp_params
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        linear = len(self.linear_layers)
-        return ((self.num_layers - linear) * self.attention_params + linear * self.linear_params
+        linear, sliding = len(self.linear_layers), len(self.sliding_layers)
+        attention = (self.num_layers - linear - sliding) * self.attention_params() + sliding * self.attention_params(False)
+        return (attention + linear * self.linear_params
                 + self.num_layers * (2 + 2 * self.gemma) * h + mlps + embeddings + h)
 
     @property
@@ -247,14 +216,15 @@ class ModelSpec:
         return (self.linear_value_heads * self.linear_key_dim * self.linear_value_dim * self.state_bytes
                 + (2 * keys + values) * (self.linear_conv_kernel - 1) * self.activation_bytes)
 
-    def vllm_block_size(self, block_size: int) -> int:
-        """The block size vLLM serves the model with: ``block_size``, or for linear attention the
+    def vllm_block_size(self, block_size: int, tensor_parallel: int = 1) -> int:
+        """The block size vLLM serves the model with: ``block_size`` (times ``page_tokens_ratio``
+        where its sliding and full layers' pages hold different tokens), or for linear attention the
         smallest multiple of 16 whose attention page (a layer's KV for that many tokens) holds a
         layer's state, if larger (its ``HybridAttentionMambaModelConfig``); its prefix cache
         then hits whole blocks of that many tokens only. (Under tensor parallelism both pages
         divide by the same number of GPUs where the heads divide: the same block.)"""
         if not self.linear_layers:
-            return block_size
+            return block_size * self.page_tokens_ratio(tensor_parallel)
         attention_token = self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers))
         return max(block_size, 16 * -(-self.state_bytes_per_layer // (16 * attention_token)))
 
@@ -334,20 +304,29 @@ class ModelSpec:
         """The KV bytes a cache block holds per token: every layer's, or where the sliding layers
         keep their window apart (``kv_hybrid``) the full layers' pages (``kv_groups``: their
         groups times the layers a page holds, padding included)."""
+        return self.kv_bytes_per_token_on(1)
+
+    def kv_bytes_per_token_on(self, tensor_parallel: int) -> int:
+        """``kv_bytes_per_token`` on one of ``tensor_parallel`` GPUs (``layer_kv_bytes``; latent
+        attention's on every GPU)."""
         if self.kv_hybrid:
             size, full_groups, _ = self.kv_groups
-            return self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers)) * size * full_groups
-        return self.kv_bytes_every_layer
+            return self.layer_kv_bytes(True, tensor_parallel) * size * full_groups
+        return self.kv_bytes_every_layer if self.mla else self._attention_kv_bytes(tensor_parallel)
+
+    def _attention_kv_bytes(self, tensor_parallel: int = 1) -> int:
+        sliding = len(self.sliding_layers)
+        full = self.num_layers - len(self.linear_layers) - sliding  # linear-attention layers keep a state instead
+        return full * self.layer_kv_bytes(True, tensor_parallel) + sliding * self.layer_kv_bytes(False, tensor_parallel)
 
     @property
     def kv_bytes_every_layer(self) -> int:
         """KV bytes a token takes in every layer (what the engine's cache stores)."""
         if self.mla:  # one latent and one RoPE key a layer, shared by every head
             return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.activation_bytes
-        layers = self.num_layers - len(self.linear_layers)  # linear-attention layers keep a state instead
-        return 2 * layers * self.num_kv_heads * self.head_dim * self.activation_bytes
+        return self._attention_kv_bytes()
 
-    def window_blocks(self, block_size: int) -> "WindowBlocks | int":
+    def window_blocks(self, block_size: int, tensor_parallel: int = 1) -> "WindowBlocks | int":
         """What a running request holds for its sliding layers' window where ``kv_hybrid``: in
         each sliding group, the blocks a window of W tokens can touch, ceil((W - 1) / block size)
         + 1 (vLLM frees older ones), counted in blocks of ``kv_bytes_per_token`` (the full groups'
@@ -359,7 +338,26 @@ class ModelSpec:
         _, full_groups, sliding_groups = self.kv_groups
         if self.linear_layers:  # vLLM: a page of state a linear-attention group (block_size from vllm_block_size)
             return StateBlocks(1, sliding_groups, full_groups)
-        return WindowBlocks(-(-(self.sliding_window - 1) // block_size) + 1, sliding_groups, full_groups)
+        # Gemma 4: its sliding pages hold half the tokens of its full ones (page_tokens_ratio)
+        sliding, full = self.layer_kv_bytes(False, tensor_parallel), self.layer_kv_bytes(True, tensor_parallel)
+        fewer = min(sliding, full)
+        return WindowBlocks(-(-(self.sliding_window - 1) // block_size) + 1, sliding_groups * sliding // fewer,
+                            full_groups * full // fewer)
+
+    def page_tokens_ratio(self, tensor_parallel: int = 1) -> int:
+        """Where the sliding layers' KV a token is larger or smaller than the full layers' (Gemma 4:
+        twice), vLLM's hybrid cache pages the smaller kind in blocks that many times as long, so
+        that all pages take the same bytes (its ``unify_kv_cache_spec_page_size``), and its prefix
+        cache hits the longer blocks only; 1 otherwise. On one of ``tensor_parallel`` GPUs, whose
+        share of each kind's kv heads can change the ratio (Gemma 4 26B-A4B's is 1 on four)."""
+        if not (self.kv_hybrid and self.sliding_layers):
+            return 1
+        sliding, full = self.layer_kv_bytes(False, tensor_parallel), self.layer_kv_bytes(True, tensor_parallel)
+        if max(sliding, full) % min(sliding, full):
+            raise ConfigError(f"model {self.name!r}: its sliding layers' KV a token ({sliding} bytes) and its full "
+                              f"layers' ({full}) are not multiples of one another, which vLLM's hybrid KV cache "
+                              f"cannot page; model.overrides.sliding_kv_full=true caches every layer's KV instead")
+        return max(sliding, full) // min(sliding, full)
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "hf-model", costs_only: bool = False,

@@ -43,6 +43,7 @@ class CostModel:
         self.model = model
         self.schedule = schedule
         self.layers = model.num_layers
+        self.tensor_parallel = int(profile.provenance.get("tensor_parallel", 1))  # the GPUs of one engine
         self._t = profile.tables
         # a measured backend without a shared-prefix kernel reads prefixes as ordinary decodes
         self.prefix_aware = bool(profile.provenance.get("prefix_aware_attention", True))

@@ -121,6 +121,7 @@ class Shard:
     vocab_size: int
     weight_bytes: float      # the GPU's weights
     kv_bytes_per_token: int  # the GPU's KV cache per token (all layers)
+    full_kv_heads: int = 0   # the full layers' kv heads where their own (Gemma 4; 0: num_kv_heads)
 
 
 def shard(model: ModelSpec, hardware: HardwareSpec) -> Shard:
@@ -128,17 +129,18 @@ def shard(model: ModelSpec, hardware: HardwareSpec) -> Shard:
     (as vLLM requires: query heads divisible by p, kv heads divisible by p or p by them) is
     refused."""
     p = hardware.tensor_parallel
+    full_kv = model.full_kv_heads
     if p == 1:
         return Shard(model.num_heads, model.num_kv_heads, model.intermediate_size, model.vocab_size,
-                     model.weight_bytes_total, model.kv_bytes_per_token)
-    nkv = model.num_kv_heads
-    if model.num_heads % p or (nkv % p and p % nkv):
-        raise ConfigError(f"model {model.name!r} cannot be split over tensor_parallel={p} GPUs: its {model.num_heads} "
-                          f"query heads must divide by {p}, and its {nkv} kv heads divide by {p} or {p} by them")
-    kv_heads = max(nkv // p, 1)
-    kv_per_token = model.kv_bytes_per_token // nkv * kv_heads
-    return Shard(model.num_heads // p, kv_heads, -(-model.intermediate_size // p), -(-model.vocab_size // p),
-                 model.weight_bytes_total / p, kv_per_token)
+                     model.weight_bytes_total, model.kv_bytes_per_token, full_kv)
+    for nkv in {model.num_kv_heads, full_kv or model.num_kv_heads}:
+        if model.num_heads % p or (nkv % p and p % nkv):
+            raise ConfigError(f"model {model.name!r} cannot be split over tensor_parallel={p} GPUs: its "
+                              f"{model.num_heads} query heads must divide by {p}, and its {nkv} kv heads divide by "
+                              f"{p} or {p} by them")
+    return Shard(model.num_heads // p, max(model.num_kv_heads // p, 1), -(-model.intermediate_size // p),
+                 -(-model.vocab_size // p), model.weight_bytes_total / p, model.kv_bytes_per_token_on(p),
+                 max(full_kv // p, 1) if full_kv else 0)
 
 
 HARDWARE_PRESETS: dict[str, HardwareSpec] = {
@@ -195,10 +197,10 @@ def kv_reserve_note(model: ModelSpec, hardware: HardwareSpec) -> str:
             f"the reserve to match")
 
 
-def window_blocks_note(model: ModelSpec, block_size: int) -> str:
+def window_blocks_note(model: ModelSpec, block_size: int, tensor_parallel: int = 1) -> str:
     """What a running request of a model with vLLM's hybrid KV cache holds besides its blocks
     (its sliding layers' window: ``ModelSpec.window_blocks``); "" for other models."""
-    window = model.window_blocks(block_size)
+    window = model.window_blocks(block_size, tensor_parallel)
     if not window:
         return ""
     size, _, groups = model.kv_groups
@@ -210,8 +212,17 @@ def window_blocks_note(model: ModelSpec, block_size: int) -> str:
                 f"boundary it computes leaves a snapshot of the state, {most} blocks, in the LRU prefix cache where a hit "
                 f"can start from it (a hit needs the one after its last block), as vLLM 0.29 keeps them "
                 f"(schedule.overrides.retention_interval=null: at every boundary, as vLLM 0.28)")
-    return (f"note: each running request also holds up to {most:,} blocks for its sliding layers' last "
-            f"{model.sliding_window:,} tokens ({window.per_group} in each of {groups} groups of {size} layers; fewer "
+    ratio = model.page_tokens_ratio(tensor_parallel)
+    pages = window.sliding_groups // groups  # a block's pages in one sliding group
+    per_group = f" blocks' pages, {window.per_group * pages} pages," if pages > 1 else ""
+    paged = "" if ratio == 1 else (
+        f"blocks of {block_size:,} tokens, as vLLM serves this model (its "
+        f"{'sliding' if model.layer_kv_bytes(False, tensor_parallel) > model.layer_kv_bytes(True, tensor_parallel) else 'full'}"
+        f" layers' pages hold "
+        f"1/{ratio} of the tokens of the others', so that every page takes the same bytes; its prefix cache hits "
+        f"whole blocks only); ")
+    return (f"note: {paged}each running request also holds up to {most:,} blocks for its sliding layers' last "
+            f"{model.sliding_window:,} tokens ({window.per_group}{per_group} in each of {groups} groups of {size} layers; fewer "
             f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens, and "
             f"leaves those its window has passed in the LRU prefix cache where a hit can start from them (a hit needs "
             f"those of its last {window.need} blocks), as vLLM 0.29 keeps them (schedule.overrides.retention_interval="

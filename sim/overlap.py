@@ -41,6 +41,7 @@ class OverlapCostModel:
         self.memory = CostModel(build_roofline_profile(model, dataclasses.replace(hardware, peak_flops=UNLIMITED)),
                                 model)
         self.prefix_aware = self.compute.prefix_aware
+        self.tensor_parallel = hardware.tensor_parallel
 
     def for_schedule(self, schedule: str) -> "OverlapCostModel":
         return self  # a roofline charges every schedule's host work alike

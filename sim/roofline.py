@@ -85,28 +85,44 @@ def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
     return roof, gemm
 
 
-def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gemm, T, allreduce) -> dict:
+def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gemm, T, allreduce,
+                          full_kv: int = 0) -> dict:
+    """The attention tables of grouped-query layers: ``nkv`` kv heads of size ``d`` (a GPU's
+    share), the full layers' ``full_kv`` and ``model.full_head_dim`` where their own (Gemma 4).
+    Sliding-window layers see at most their window: the tables hold the mean layer."""
     act = model.activation_bytes
     h = model.hidden_size
-    tables = {
-        "linear_qkv": Table(("tokens",), (T,), gemm(T, h, (nh * (1 + model.attn_output_gate) + 2 * nkv) * d)),
-        "linear_o": Table(("tokens",), (T,), gemm(T, nh * d, h) + allreduce(T * h * act)),
-    }
-    q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
-    # sliding-window layers see at most their window: the tables hold the mean layer
+    nkv_f, d_f = full_kv or nkv, model.full_head_dim or d
+    kv_outputs = 1 if model.full_keys_as_values else 2  # Gemma 4's full layers: keys as values, no v_proj
     sliding = len(model.sliding_layers) / model.num_layers
     window = model.sliding_window or 1
 
     def mean_layer(full, windowed):
-        return (1 - sliding) * full + sliding * windowed if sliding else full
+        same = windowed is full or np.array_equal(full, windowed)
+        return (1 - sliding) * full + sliding * windowed if sliding and not same else full
+
+    def mix(full, windowed, full_scale, sliding_scale):  # each kind's quantity times its own scale
+        if full_scale == sliding_scale:
+            return full_scale * mean_layer(full, windowed)
+        return mean_layer(full_scale * full, sliding_scale * windowed)
+    queries = nh * (1 + model.attn_output_gate)
+    tables = {
+        "linear_qkv": Table(("tokens",), (T,), mean_layer(gemm(T, h, (queries + kv_outputs * nkv_f) * d_f),
+                                                          gemm(T, h, (queries + 2 * nkv) * d))),
+        "linear_o": Table(("tokens",), (T,), mean_layer(gemm(T, nh * d_f, h), gemm(T, nh * d, h))
+                          + allreduce(T * h * act)),
+    }
+    q, c = np.meshgrid(QUERIES, CONTEXTS, indexing="ij")
     past = np.maximum(c - q, 0)
-    pairs = mean_layer(q * past + q * (q + 1) / 2, windowed_pairs(past, c, window))
-    read = mean_layer(c, np.minimum(c, q + window - 1))
+    pairs = (q * past + q * (q + 1) / 2, windowed_pairs(past, c, window))
+    read = (c, np.minimum(c, q + window - 1))
     tables["attn_prefill"] = Table(("query_tokens", "context"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * pairs, (read * 2 * nkv * d + 2 * q * nh * d) * act))
-    seen = mean_layer(c, np.minimum(c, window))  # a decode's keys; a group's prefix at most the window too
+        mix(*pairs, 4 * nh * d_f, 4 * nh * d),
+        (mix(*read, 2 * nkv_f * d_f, 2 * nkv * d) + mix(q, q, 2 * nh * d_f, 2 * nh * d)) * act))
+    seen = (c, np.minimum(c, window))  # a decode's keys; a group's prefix at most the window too
     tables["attn_decode"] = Table(("batch", "mean_context"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * seen, (q * seen * 2 * nkv * d + 2 * q * nh * d) * act))
+        mix(q * seen[0], q * seen[1], 4 * nh * d_f, 4 * nh * d),
+        (mix(q * seen[0], q * seen[1], 2 * nkv_f * d_f, 2 * nkv * d) + mix(q, q, 2 * nh * d_f, 2 * nh * d)) * act))
     # one read of the prefix KV serves all the group's queries (Hydragen / BatchLLM), plus the
     # log-sum-exp merge of the prefix and per-request partial outputs. No launch per group: one
     # fused launch covers every group's prefix and every request's own blocks (BatchLLM §5,
@@ -114,9 +130,20 @@ def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gem
     # launches per group and layer, as before, cost a step of 60 groups of 2 about 15 ms on an
     # A100: more than reading each prefix twice.
     tables["attn_shared_prefix"] = Table(("queries", "prefix_len"), (QUERIES, CONTEXTS), roof(
-        4 * nh * d * q * seen, (seen * 2 * nkv * d + 2 * q * nh * d) * act, launches=0)
-        + roof(0, 4 * q * nh * d * 4, launches=0))
+        mix(q * seen[0], q * seen[1], 4 * nh * d_f, 4 * nh * d),
+        (mix(*seen, 2 * nkv_f * d_f, 2 * nkv * d) + mix(q, q, 2 * nh * d_f, 2 * nh * d)) * act, launches=0)
+        + roof(0, mix(q, q, 4 * nh * d_f * 4, 4 * nh * d * 4), launches=0))
     return tables
+
+
+def _layer_kinds(model: ModelSpec, nkv: int, d: int, full_kv: int) -> list[tuple[float, int, int]]:
+    """(share of the layers, kv heads, head size) of the full and the sliding layers, or of every
+    layer where they do not differ."""
+    full = (full_kv or nkv, model.full_head_dim or d)
+    if full == (nkv, d):
+        return [(1.0, nkv, d)]
+    sliding = len(model.sliding_layers) / model.num_layers
+    return [(1 - sliding, *full), (sliding, nkv, d)]
 
 
 def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
@@ -146,8 +173,10 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
         attention, kv_bytes = latent_attention_tables(model, nh, roof, gemm, T, (QUERIES, CONTEXTS), allreduce)
         tables.update(attention)
     else:
-        tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce))
-        kv_bytes = 4 * nkv * d + (4 * (nh + nkv) * d if model.qk_norm else 0)  # KV store (and Qwen3's q/k norms)
+        tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce, part.full_kv_heads))
+        # the KV store (and Qwen3's q/k norms) of the mean layer
+        kv_bytes = sum(share * (4 * heads * dim + (4 * (nh + heads) * dim if model.qk_norm else 0))
+                       for share, heads, dim in _layer_kinds(model, nkv, d, part.full_kv_heads))
         blend_linear_attention(model, tables, hardware.tensor_parallel, roof, gemm, T, (QUERIES, CONTEXTS))
     # two RMSNorms (Gemma: four), two residual adds, RoPE, the KV-cache store
     norms = 4 if model.gemma else 2

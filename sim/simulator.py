@@ -116,7 +116,7 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
     started = time.perf_counter()
     cost = cost.for_schedule(config.name)  # the schedule's own scheduler work, where measured
     scheduler = Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False,
-                          window_blocks=cost.model.window_blocks(block_size))
+                          window_blocks=cost.model.window_blocks(block_size, cost.tensor_parallel))
     # the requests arrived or due, by arrival time; a closed loop's clients send them as they go
     closed, ordered, requests = arrival_order(workload)
     if ordered:  # fail before simulating anything if one cannot ever fit: if the longest does

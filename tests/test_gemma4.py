@@ -1,0 +1,143 @@
+"""Gemma 4 (26B-A4B and 31B, simulated only): the presets against transformers' own model of the
+published configs, its full layers' own shape in the cost tables, and vLLM's pages for it (its
+sliding pages hold half the tokens of its full ones) against what vLLM's users report."""
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scheduler.errors import ConfigError
+from scheduler.model_spec import ModelSpec, model_spec
+from sim.hardware import hardware_spec, shard
+from sim.roofline import build_roofline_profile
+
+# the published configs' text part (google/gemma-4-31B-it, google/gemma-4-26B-A4B-it), as released
+_ROPE = {"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+         "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}
+GEMMA4_31B = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": {
+    "attention_bias": False, "attention_k_eq_v": True, "enable_moe_block": False, "final_logit_softcapping": 30.0,
+    "global_head_dim": 512, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 5376,
+    "hidden_size_per_layer_input": 0, "intermediate_size": 21504,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 10, "max_position_embeddings": 262144,
+    "model_type": "gemma4_text", "num_attention_heads": 32, "num_global_key_value_heads": 4, "num_hidden_layers": 60,
+    "num_key_value_heads": 16, "num_kv_shared_layers": 0, "rms_norm_eps": 1e-06, "rope_parameters": _ROPE,
+    "sliding_window": 1024, "tie_word_embeddings": True, "use_double_wide_mlp": False, "vocab_size": 262144}}
+GEMMA4_26B = {**GEMMA4_31B, "text_config": {
+    **GEMMA4_31B["text_config"], "enable_moe_block": True, "hidden_size": 2816, "intermediate_size": 2112,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5, "moe_intermediate_size": 704,
+    "num_attention_heads": 16, "num_experts": 128, "num_global_key_value_heads": 2, "num_hidden_layers": 30,
+    "num_key_value_heads": 8, "top_k_experts": 8}}
+
+
+@pytest.mark.parametrize("preset, published", [("gemma-4-31b", GEMMA4_31B), ("gemma-4-26b-a4b", GEMMA4_26B)])
+def test_gemma4_presets_are_the_published_models(preset, published):
+    """The preset is what the published config describes, and has the parameters transformers'
+    Gemma4ForCausalLM builds from it (its 26B-A4B's routers' scales and three more norms a
+    layer, 342k of 25.2B, not counted); 3.8B of 26B-A4B's are active a token."""
+    spec = model_spec(preset)
+    parsed = ModelSpec.from_hf_config(published, costs_only=True)
+    assert spec.architecture_differences(parsed) == [] and parsed.max_position == spec.max_position
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Gemma4TextConfig"):
+        pytest.skip("transformers without Gemma 4")
+    import torch
+
+    with torch.device("meta"):
+        model = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**published["text_config"]))
+    assert spec.num_params == pytest.approx(sum(p.numel() for p in model.parameters()), rel=2e-5)
+    if spec.num_experts:
+        assert spec.active_params == pytest.approx(3.82e9, rel=0.005)
+
+
+def test_gemma4_is_simulated_only_and_its_small_models_refused():
+    with pytest.raises(ConfigError, match="model_type 'gemma4'.*gemma4_text are simulated only"):
+        ModelSpec.from_hf_config(GEMMA4_31B)
+    with pytest.raises(ConfigError, match=r"full layers of their own shape \(Gemma 4\)"):
+        model_spec("gemma-4-31b").check_engine_runs()
+    e4b = {**GEMMA4_31B["text_config"], "num_kv_shared_layers": 18, "hidden_size_per_layer_input": 256}
+    with pytest.raises(ConfigError, match="num_kv_shared_layers 18, hidden_size_per_layer_input 256: Gemma 4's E2B"):
+        ModelSpec.from_hf_config(e4b, costs_only=True)
+    # without attention_k_eq_v the full layers keep the sliding ones' kv heads (transformers' rule)
+    plain = ModelSpec.from_hf_config({**GEMMA4_31B["text_config"], "attention_k_eq_v": False}, costs_only=True)
+    assert plain.layer_attention(True) == (16, 512) and not plain.full_keys_as_values
+
+
+def test_vllm_pages_gemma4_in_blocks_of_32_tokens():
+    """Its sliding layers' KV a token (16 heads of 256) is twice its full layers' (4 of 512), so
+    vLLM pages the full layers in blocks of 32 tokens and the sliding ones in 16 (the same bytes a
+    page) and hits 32-token blocks; a scheduler block of 32 takes two pages in each of its five
+    sliding groups. Under tensor parallelism each GPU's share of the heads sets the ratio."""
+    spec = model_spec("gemma-4-31b")
+    assert spec.kv_groups == (10, 1, 5)
+    assert spec.layer_kv_bytes(False) == 2 * 16 * 256 * 2 == 2 * spec.layer_kv_bytes(True)
+    assert spec.kv_bytes_every_layer == 50 * 16384 + 10 * 8192
+    assert spec.kv_bytes_per_token == 10 * 8192  # the full group's pages
+    assert spec.vllm_block_size(16) == 32
+    window = spec.window_blocks(32)
+    assert window == (33, 10, 1) and window.need == 32  # the last 1,023 tokens: 64 pages of 16
+    # 31B: 16 / 4 kv heads; 26B-A4B: 8 / 2 (each kind replicated where fewer than the GPUs)
+    assert [spec.page_tokens_ratio(p) for p in (1, 2, 4, 8)] == [2, 2, 2, 1]
+    moe = model_spec("gemma-4-26b-a4b")
+    assert [moe.page_tokens_ratio(p) for p in (1, 2, 4, 8)] == [2, 2, 1, 2]
+    assert moe.window_blocks(32, 8) == (33, 5, 2)  # on eight GPUs the full pages hold the fewer tokens
+    assert spec.kv_bytes_per_token_on(8) == 10 * 2 * 1 * 512 * 2
+    assert shard(spec, hardware_spec("h100-sxm", tensor_parallel=8)).full_kv_heads == 1
+    with pytest.raises(ConfigError, match="not multiples of one another"):
+        replace(spec, full_head_dim=384).vllm_block_size(16)
+    gemma3 = model_spec("gemma-3-27b")
+    assert gemma3.vllm_block_size(16) == 16 and gemma3.window_blocks(16) == (65, 6, 1)
+
+
+def test_the_cost_tables_charge_each_kind_of_layer_its_own_shape():
+    """A model whose full layers have their own shape costs, where every layer is full, exactly
+    what a model of that shape costs; Gemma 4's decode reads its sliding layers' window with their
+    16 kv heads of 256 and its full layers' whole context with 4 of 512 (the mean layer)."""
+    hardware = hardware_spec("h100-sxm")
+    tiny = model_spec("tiny")
+    own = build_roofline_profile(replace(tiny, full_head_dim=32, full_kv_heads=1, num_kv_heads=2), hardware)
+    plain = build_roofline_profile(replace(tiny, head_dim=32, num_kv_heads=1), hardware)
+    for name in ("linear_qkv", "linear_o", "attn_prefill", "attn_decode", "attn_shared_prefix"):
+        assert np.allclose(own.tables[name].values, plain.tables[name].values, rtol=1e-12), name
+    spec = model_spec("gemma-4-31b")
+    profile = build_roofline_profile(spec, hardware)
+    rate = hardware.hbm_bandwidth * hardware.memory_efficiency
+    batch, context = 64, 32768
+    kv = (50 * 1024 * 16384 + 10 * context * 8192) / 60  # the mean layer's keys and values a decode reads
+    queries = (50 * 2 * 32 * 256 + 10 * 2 * 32 * 512) / 60 * 2  # and its queries and outputs
+    memory = batch * (kv + queries) / rate
+    assert profile.tables["attn_decode"].scalar(batch, context) == pytest.approx(memory + hardware.kernel_launch_s,
+                                                                                 rel=1e-3)
+    # the keys serve as values in the full layers: their projection a third narrower there
+    qkv = profile.tables["linear_qkv"].scalar(8192)
+    wide = build_roofline_profile(replace(spec, full_keys_as_values=False), hardware).tables["linear_qkv"].scalar(8192)
+    assert qkv < wide
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sliding_sessions.py"
+    module = importlib.util.spec_from_file_location("sliding_sessions", path)
+    bench = importlib.util.module_from_spec(module)
+    module.loader.exec_module(bench)
+    return bench
+
+
+def test_round_robin_sessions_on_gemma4_lose_their_hits_where_vllms_users_report():
+    """vLLM issue #48435 (Gemma-4-31B, a pool vLLM logs as 153,374 tokens, max_model_len
+    65,536): every hit lost past a working set of about 34-38k tokens. Read as vLLM logs it
+    (its pages over those a 65,536-token request takes), the pool is 11,545 blocks of 32 tokens
+    with 8,192 batched tokens a step (7,052 with 2,048); sessions of 4,096 tokens then keep
+    their reuse up to eight seats (32,768 tokens) and lose it all at nine (36,864) with every
+    sliding page cached, and keep it at nine under vLLM 0.29's retention interval."""
+    bench = _bench()
+    spec = model_spec("gemma-4-31b")
+    assert bench.pool_blocks(spec, 32, 153_374, 65_536, 2048) == 7052
+    blocks = bench.pool_blocks(spec, 32, 153_374, 65_536, 8192)
+    assert blocks == 11_545
+    gemma3 = model_spec("gemma-3-27b")
+    assert bench.pool_blocks(gemma3, 16, 153_600) == 9600  # without max_model_len: tokens of the full layers
+    window = spec.window_blocks(32)
+    every_page = [bench.reused(window, None, blocks, seats, 4096, 32) for seats in (8, 9)]
+    assert every_page[0] > 0.98 and every_page[1] == 0.0
+    assert bench.reused(window, 0, blocks, 9, 4096, 32) > 0.98
