@@ -103,7 +103,7 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
     parameters = dict(config.get("rope_parameters") or {})
     local = parameters.pop("sliding_attention", None)  # transformers 5's Gemma 3: RoPE per layer type
     rope.update(parameters.pop("full_attention", None) or parameters)
-    default_theta = {"gpt_oss": 150000.0, "gemma3_text": 1e6}.get(model_type, 10000.0)
+    default_theta = {"gpt_oss": 150000.0, "gemma3_text": 1e6, "gemma4_text": 1e6}.get(model_type, 10000.0)
     theta = config.get("rope_theta") or rope.get("rope_theta", default_theta)
     if model_type == "gpt_oss" and not rope.get("factor"):  # transformers' default for gpt-oss
         rope.update(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,

@@ -225,8 +225,7 @@ class ModelSpec:
         divide by the same number of GPUs where the heads divide: the same block.)"""
         if not self.linear_layers:
             return block_size * self.page_tokens_ratio(tensor_parallel)
-        attention_token = self.kv_bytes_every_layer // (self.num_layers - len(self.linear_layers))
-        return max(block_size, 16 * -(-self.state_bytes_per_layer // (16 * attention_token)))
+        return max(block_size, 16 * -(-self.state_bytes_per_layer // (16 * self.layer_kv_bytes(True))))
 
     @property
     def mlp_params(self) -> int:
