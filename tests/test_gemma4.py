@@ -141,3 +141,29 @@ def test_round_robin_sessions_on_gemma4_lose_their_hits_where_vllms_users_report
     every_page = [bench.reused(window, None, blocks, seats, 4096, 32) for seats in (8, 9)]
     assert every_page[0] > 0.98 and every_page[1] == 0.0
     assert bench.reused(window, 0, blocks, 9, 4096, 32) > 0.98
+
+
+@pytest.mark.parametrize("cached, shared, hit", [(4100, 4090, 0), (4110, 4100, 4096)])
+def test_an_edited_turn_misses_where_vllm_0_29_misses_it(cached, shared, hit):
+    """vLLM issue #57610 (vLLM 0.29, Gemma 4 26B-A4B, the default retention interval): a cached
+    prompt keeps its sliding pages only for the 64 pages of 16 before its last 32-token block
+    boundary, so a later prompt diverging inside that last block (an edited turn: the cached
+    4,100-token prompt's first 4,090 tokens and others) hits 0 blocks, and diverging after it
+    (4,110 cached, 4,100 shared) hits 4,096 tokens. Caching every page (vLLM 0.28) both hit."""
+    from scheduler import Request, Scheduler, StepResult, schedule_config
+
+    spec = model_spec("gemma-4-26b-a4b")
+    block = spec.vllm_block_size(16)
+    found = {}
+    for retention in (0, None):
+        scheduler = Scheduler(schedule_config("fcfs", retention_interval=retention), 4096, block,
+                              emit_block_ids=False, window_blocks=spec.window_blocks(block))
+        now = 0.0
+        for req_id, tail in enumerate((cached - shared, 20)):
+            scheduler.add(Request(req_id, now, ((1, shared), (2 + req_id, tail)), 1))
+            while scheduler.has_unfinished:
+                plan = scheduler.schedule(now)
+                now += 1.0
+                scheduler.update(plan, StepResult(plan.step, 1.0), now)
+        found[retention] = scheduler.states[1].num_cached_tokens
+    assert found == {0: hit, None: shared // block * block}
