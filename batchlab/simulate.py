@@ -180,7 +180,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     say(f"model {model.name} ({model.describe()}) on {where}, {kv_blocks:,} KV blocks of {block_size} tokens"
         f"{' each' if replicas > 1 else ''}, profile: {cost.profile.label}")
     from sim.hardware import kv_reserve_note, window_blocks_note
-    for note in ("" if cfg.profile else kv_reserve_note(model, hardware), window_blocks_note(model, block_size, hardware.tensor_parallel),
+    for note in ("" if cfg.profile else kv_reserve_note(model, hardware),
+                 window_blocks_note(model, block_size, hardware.tensor_parallel),
                  whole_block_note(workload, int(cfg.schedule.block_size), block_size)):
         if note:
             say(note)

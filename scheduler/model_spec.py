@@ -195,8 +195,8 @@ class ModelSpec:
         mlps = dense * 3 * h * self.intermediate_size + (self.num_layers - dense) * self.mlp_params
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
         linear, sliding = len(self.linear_layers), len(self.sliding_layers)
-        attention = (self.num_layers - linear - sliding) * self.attention_params() + sliding * self.attention_params(False)
-        return (attention + linear * self.linear_params
+        full = self.num_layers - linear - sliding
+        return (full * self.attention_params() + sliding * self.attention_params(False) + linear * self.linear_params
                 + self.num_layers * (2 + 2 * self.gemma) * h + mlps + embeddings + h)
 
     @property
@@ -221,8 +221,8 @@ class ModelSpec:
         where its sliding and full layers' pages hold different tokens), or for linear attention the
         smallest multiple of 16 whose attention page (a layer's KV for that many tokens) holds a
         layer's state, if larger (its ``HybridAttentionMambaModelConfig``); its prefix cache
-        then hits whole blocks of that many tokens only. (Under tensor parallelism both pages
-        divide by the same number of GPUs where the heads divide: the same block.)"""
+        then hits whole blocks of that many tokens only. (Under tensor parallelism the attention
+        and state pages divide by the same number of GPUs where the heads divide: the same block.)"""
         if not self.linear_layers:
             return block_size * self.page_tokens_ratio(tensor_parallel)
         return max(block_size, 16 * -(-self.state_bytes_per_layer // (16 * self.layer_kv_bytes(True))))

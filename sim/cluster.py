@@ -121,8 +121,9 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
     cost = cost.for_schedule(config.name)
     pool = HostTier(config.host_cache_blocks * replicas) if shared_host and config.host_cache_blocks else None
     chains = ChainIndex(block_size) if pool is not None else None  # one set of identities for the pool
+    window = cost.model.window_blocks(block_size, cost.tensor_parallel)
     schedulers = [Scheduler(config, num_kv_blocks, block_size, emit_block_ids=False, host=pool, replica=k,
-                            chains=chains, window_blocks=cost.model.window_blocks(block_size, cost.tensor_parallel)) for k in range(replicas)]
+                            chains=chains, window_blocks=window) for k in range(replicas)]
     closed, ordered, requests = arrival_order(workload)  # a closed loop's clients extend `requests`
     for request in ordered:  # every request checked before anything is simulated
         schedulers[0].check_fits(request)
