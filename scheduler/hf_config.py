@@ -74,7 +74,7 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             keys_as_values = bool(config.get("attention_k_eq_v"))
             attention.update(qk_norm=True, gemma=True, full_head_dim=int(config["global_head_dim"]),
                              full_keys_as_values=keys_as_values,
-                             full_kv_heads=int(keys_as_values and config.get("num_global_key_value_heads") or 0))
+                             full_kv_heads=int(config.get("num_global_key_value_heads") or 0) if keys_as_values else 0)
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                     num_heads=heads, **attention,
                     intermediate_size=_dense_width(config, model_type), vocab_size=config["vocab_size"],

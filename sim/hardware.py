@@ -212,20 +212,17 @@ def window_blocks_note(model: ModelSpec, block_size: int, tensor_parallel: int =
                 f"boundary it computes leaves a snapshot of the state, {most} blocks, in the LRU prefix cache where a hit "
                 f"can start from it (a hit needs the one after its last block), as vLLM 0.29 keeps them "
                 f"(schedule.overrides.retention_interval=null: at every boundary, as vLLM 0.28)")
-    ratio = model.page_tokens_ratio(tensor_parallel)
-    sliding_bytes, full_bytes = model.layer_kv_bytes(False, tensor_parallel), model.layer_kv_bytes(True, tensor_parallel)
-    shorter = "sliding" if sliding_bytes > full_bytes else "full"
-    pages = window.sliding_groups // groups  # a block's pages in one sliding group
+    pages = window.sliding_groups // groups  # a block's pages in one sliding group, and in a full one
+    ratio = max(pages, window.full_groups // model.kv_groups[1])  # page_tokens_ratio
     per_group = f" blocks' pages, {window.per_group * pages} pages," if pages > 1 else ""
     paged = "" if ratio == 1 else (
-        f"blocks of {block_size:,} tokens, as vLLM serves this model (its "
-        f"{shorter} layers' pages hold "
-        f"1/{ratio} of the tokens of the others', so that every page takes the same bytes; its prefix cache hits "
-        f"whole blocks only); ")
+        f"blocks of {block_size:,} tokens, as vLLM serves this model (its {'sliding' if pages > 1 else 'full'} "
+        f"layers' pages hold 1/{ratio} of the tokens of the others', so that every page takes the same bytes; its "
+        f"prefix cache hits whole blocks only); ")
     return (f"note: {paged}each running request also holds up to {most:,} blocks for its sliding layers' last "
-            f"{model.sliding_window:,} tokens ({window.per_group}{per_group} in each of {groups} groups of "
-            f"{size} layers; fewer "
-            f"where its window lies in a prefix running requests hold), the KV of {most * block_size:,} tokens, and "
+            f"{model.sliding_window:,} tokens ({window.per_group}{per_group} in each of {groups} groups of {size} "
+            f"layers; fewer where its window lies in a prefix running requests hold), the KV of {most * block_size:,} "
+            f"tokens, and "
             f"leaves those its window has passed in the LRU prefix cache where a hit can start from them (a hit needs "
             f"those of its last {window.need} blocks), as vLLM 0.29 keeps them (schedule.overrides.retention_interval="
             f"null: every one, as vLLM 0.28); model.overrides.sliding_kv_full=true keeps every layer's KV for every "

@@ -85,14 +85,14 @@ def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
     return roof, gemm
 
 
-def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gemm, T, allreduce,
-                          full_kv: int = 0) -> dict:
+def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, full: tuple[int, int], roof, gemm, T,
+                          allreduce) -> dict:
     """The attention tables of grouped-query layers: ``nkv`` kv heads of size ``d`` (a GPU's
-    share), the full layers' ``full_kv`` and ``model.full_head_dim`` where their own (Gemma 4).
+    share), the full layers' ``full`` (kv heads, head size: their own in Gemma 4, else the same).
     Sliding-window layers see at most their window: the tables hold the mean layer."""
     act = model.activation_bytes
     h = model.hidden_size
-    nkv_f, d_f = full_kv or nkv, model.full_head_dim or d
+    nkv_f, d_f = full
     kv_outputs = 1 if model.full_keys_as_values else 2  # Gemma 4's full layers: keys as values, no v_proj
     sliding = len(model.sliding_layers) / model.num_layers
     window = model.sliding_window or 1
@@ -136,10 +136,9 @@ def _grouped_query_tables(model: ModelSpec, nh: int, nkv: int, d: int, roof, gem
     return tables
 
 
-def _layer_kinds(model: ModelSpec, nkv: int, d: int, full_kv: int) -> list[tuple[float, int, int]]:
+def _layer_kinds(model: ModelSpec, nkv: int, d: int, full: tuple[int, int]) -> list[tuple[float, int, int]]:
     """(share of the layers, kv heads, head size) of the full and the sliding layers, or of every
     layer where they do not differ."""
-    full = (full_kv or nkv, model.full_head_dim or d)
     if full == (nkv, d):
         return [(1.0, nkv, d)]
     sliding = len(model.sliding_layers) / model.num_layers
@@ -173,10 +172,11 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
         attention, kv_bytes = latent_attention_tables(model, nh, roof, gemm, T, (QUERIES, CONTEXTS), allreduce)
         tables.update(attention)
     else:
-        tables.update(_grouped_query_tables(model, nh, nkv, d, roof, gemm, T, allreduce, part.full_kv_heads))
+        full = (part.full_kv_heads or nkv, model.full_head_dim or d)  # the full layers' (Gemma 4's own)
+        tables.update(_grouped_query_tables(model, nh, nkv, d, full, roof, gemm, T, allreduce))
         # the KV store (and Qwen3's q/k norms) of the mean layer
         kv_bytes = sum(share * (4 * heads * dim + (4 * (nh + heads) * dim if model.qk_norm else 0))
-                       for share, heads, dim in _layer_kinds(model, nkv, d, part.full_kv_heads))
+                       for share, heads, dim in _layer_kinds(model, nkv, d, full))
         blend_linear_attention(model, tables, hardware.tensor_parallel, roof, gemm, T, (QUERIES, CONTEXTS))
     # two RMSNorms (Gemma: four), two residual adds, RoPE, the KV-cache store
     norms = 4 if model.gemma else 2

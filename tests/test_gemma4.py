@@ -167,3 +167,19 @@ def test_an_edited_turn_misses_where_vllm_0_29_misses_it(cached, shared, hit):
                 scheduler.update(plan, StepResult(plan.step, 1.0), now)
         found[retention] = scheduler.states[1].num_cached_tokens
     assert found == {0: hit, None: shared // block * block}
+
+
+def test_simulate_serves_each_tensor_parallel_split_in_its_own_block():
+    """`simulate` and `plan` read the split from the hardware (26B-A4B: blocks of 16 on four
+    GPUs, 32 on one), and the simulator's scheduler holds the windows of that split."""
+    from omegaconf import OmegaConf
+
+    from batchlab.simulate import block_size_of
+    from sim.overlap import roofline_cost_model
+
+    moe = model_spec("gemma-4-26b-a4b")
+    cfg = OmegaConf.create({"schedule": {"block_size": 16}, "hardware": {"overrides": {"tensor_parallel": 4}}})
+    assert block_size_of(cfg, moe) == 16 and block_size_of(cfg, moe, 1) == 32
+    assert block_size_of(OmegaConf.create({"schedule": {"block_size": 16}, "hardware": {"overrides": {}}}), moe) == 32
+    cost = roofline_cost_model(moe, hardware_spec("h100-sxm", tensor_parallel=4))
+    assert cost.tensor_parallel == 4 and moe.window_blocks(16, cost.tensor_parallel) == (65, 5, 1)
