@@ -40,8 +40,9 @@ class AttentionBackend:
     prefix_aware = False
     # does forward() take a sliding window and attention sinks (gpt-oss, Mistral 7B v0.1)?
     windows_and_sinks = False
-    # does experts() take gpt-oss's biases and clamped SwiGLU (the reference here does)?
+    # does experts() take gpt-oss's biases and clamped SwiGLU, and Gemma 4's GeGLU (the reference here does)?
     gpt_oss_experts = True
+    gelu_experts = True
 
     def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata, window: int | None = None,
                 sinks: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,13 +51,14 @@ class AttentionBackend:
         a logit per head that joins the softmax's denominator and nothing else."""
         raise NotImplementedError
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
-        """Llama's RMSNorm (x / rms(x) in fp32, rounded, times w), or ``gemma``'s (times 1 + w
-        in fp32, rounded once)."""
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False,
+                 offset: float = 1.0) -> torch.Tensor:
+        """Llama's RMSNorm (x / rms(x) in fp32, rounded, times w), or ``gemma``'s (times
+        ``offset`` + w in fp32, rounded once: Gemma 3's 1 + w, Gemma 4's w with offset 0)."""
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         if gemma:
-            return (normed * (1.0 + weight.float())).to(x.dtype)
+            return (normed * (offset + weight.float())).to(x.dtype)
         return weight * normed.to(x.dtype)
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
@@ -76,7 +78,8 @@ class AttentionBackend:
     def experts(self, h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
                 down: torch.Tensor, **gpt_oss) -> torch.Tensor:
         """A mixture-of-experts layer's experts (engine/experts.py), after the router's choice;
-        ``gpt_oss``: its biases and clamped SwiGLU, for a backend that takes them."""
+        ``gpt_oss``: its biases and clamped SwiGLU (or ``gelu``: Gemma 4's GeGLU), for a backend
+        that takes them."""
         return experts_reference(h, weights, chosen, gate_up, down, **gpt_oss)
 
 

@@ -19,9 +19,13 @@ def route(h: torch.Tensor, router: torch.Tensor, top_k: int, renormalise: bool,
     return weights.to(h.dtype), chosen
 
 
-def glu(gate: torch.Tensor, up: torch.Tensor, limit: float = 0.0, alpha: float = 1.0) -> torch.Tensor:
+def glu(gate: torch.Tensor, up: torch.Tensor, limit: float = 0.0, alpha: float = 1.0,
+        gelu: bool = False) -> torch.Tensor:
     """SwiGLU, silu(gate) x up; with a ``limit``, gpt-oss's clamped variant: the gate clamped
-    above at limit, up to +-limit, and (up + 1) x gate x sigmoid(alpha x gate)."""
+    above at limit, up to +-limit, and (up + 1) x gate x sigmoid(alpha x gate); ``gelu``: GeGLU,
+    gelu(gate) x up with GELU's tanh approximation (Gemma 4's experts)."""
+    if gelu:
+        return torch.nn.functional.gelu(gate, approximate="tanh") * up
     if not limit:
         return torch.nn.functional.silu(gate) * up
     gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
@@ -30,12 +34,13 @@ def glu(gate: torch.Tensor, up: torch.Tensor, limit: float = 0.0, alpha: float =
 
 def experts_reference(h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
                       down: torch.Tensor, gate_up_bias: torch.Tensor | None = None,
-                      down_bias: torch.Tensor | None = None, limit: float = 0.0, alpha: float = 1.0) -> torch.Tensor:
+                      down_bias: torch.Tensor | None = None, limit: float = 0.0, alpha: float = 1.0,
+                      gelu: bool = False) -> torch.Tensor:
     """Each (token, expert) pair's SwiGLU output times its routing weight, summed per token; the
     pairs sorted by expert, so that each expert multiplies all its tokens at once.
     ``gate_up`` [experts, 2 x width, hidden] (gate rows, then up rows), ``down`` [experts,
     hidden, width]; the biases [experts, 2 x width] and [experts, hidden] and the clamped
-    SwiGLU (``limit``, ``alpha``) where the model has them (gpt-oss)."""
+    SwiGLU (``limit``, ``alpha``) where the model has them (gpt-oss); ``gelu``: GeGLU experts (Gemma 4)."""
     top_k, width = chosen.shape[1], down.shape[2]
     weights, chosen = weights.flatten(), chosen.flatten()
     order = torch.argsort(chosen, stable=True)
@@ -52,7 +57,7 @@ def experts_reference(h: torch.Tensor, weights: torch.Tensor, chosen: torch.Tens
         products = h[tokens] @ gate_up[expert].T
         if gate_up_bias is not None:
             products = products + gate_up_bias[expert]
-        hidden = glu(products[:, :width], products[:, width:], limit, alpha) @ down[expert].T
+        hidden = glu(products[:, :width], products[:, width:], limit, alpha, gelu) @ down[expert].T
         if down_bias is not None:
             hidden = hidden + down_bias[expert]
         out.index_add_(0, tokens, hidden * weights[pairs, None])

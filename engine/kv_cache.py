@@ -11,36 +11,58 @@ from scheduler.model_spec import ModelSpec
 class PagedKVCache:
     def __init__(self, spec: ModelSpec, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: str | torch.device) -> None:
-        # the attention layers' keys and values (a linear-attention layer keeps a state instead)
-        shape = (spec.num_layers - len(spec.linear_layers), num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
-        need = 2 * torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
+        # the attention layers' keys and values (a linear-attention layer keeps a state instead):
+        # one tensor [layers, blocks, block size, kv heads, head dim] where every layer has the same
+        # shape, else a list of each layer's [blocks, block size, kv heads, head dim] (Gemma 4's full
+        # layers have their own), indexed the same way
+        layers = [spec.layer_attention(i not in spec.sliding_layers) for i in range(spec.num_layers)
+                  if i not in spec.linear_layers]
+        shapes = [(num_blocks, block_size, heads, d) for heads, d in layers]
+        size = torch.tensor([], dtype=dtype).element_size()
+        need = 2 * sum(torch.Size(shape).numel() for shape in shapes) * size
         if torch.device(device).type == "cuda":
             free, _ = torch.cuda.mem_get_info(torch.device(device))
             if need > free:
                 raise ConfigError(f"KV cache of {num_blocks} blocks needs {need / 1e9:.2f} GB; "
                                   f"the device has {free / 1e9:.2f} GB free")
-        self.key = torch.zeros(shape, dtype=dtype, device=device)
-        self.value = torch.zeros(shape, dtype=dtype, device=device)
+        if len(set(shapes)) <= 1:
+            shape = (len(shapes), *shapes[0])
+            self.key = torch.zeros(shape, dtype=dtype, device=device)
+            self.value = torch.zeros(shape, dtype=dtype, device=device)
+        else:
+            self.key = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
+            self.value = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
         self.block_size = block_size
         self.num_blocks = num_blocks
         # a host-memory tier's copies by block identity (scheduler/host_tier.py): what the
         # scheduler's tier holds, stored and dropped as it says
-        self.host: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.host: dict[int, tuple] = {}
 
     def store(self, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Writes ``key``/``value`` ([tokens, kv heads, head dim]) at flat ``slots``."""
-        self.key[layer].view(-1, *self.key.shape[3:])[slots] = key
-        self.value[layer].view(-1, *self.value.shape[3:])[slots] = value
+        keys, values = self.key[layer], self.value[layer]
+        keys.view(-1, *keys.shape[2:])[slots] = key
+        values.view(-1, *values.shape[2:])[slots] = value
 
     def host_transfers(self, stores, loads, drops=()) -> None:
         """Copies ``stores``' blocks (filled by earlier steps) to host memory under their
         identities, then ``loads``' identities into their blocks ((block id, identity) pairs),
         then forgets ``drops``."""
+        stacked = isinstance(self.key, torch.Tensor)  # every layer's block in one copy, or layer by layer
         for block, identity in stores:
-            self.host[identity] = (self.key[:, block].to("cpu", copy=True), self.value[:, block].to("cpu", copy=True))
+            if stacked:
+                self.host[identity] = (self.key[:, block].to("cpu", copy=True), self.value[:, block].to("cpu", copy=True))
+            else:
+                self.host[identity] = ([k[block].to("cpu", copy=True) for k in self.key],
+                                       [v[block].to("cpu", copy=True) for v in self.value])
         for block, identity in loads:
             key, value = self.host[identity]
-            self.key[:, block] = key.to(self.key.device)
-            self.value[:, block] = value.to(self.value.device)
+            if stacked:
+                self.key[:, block] = key.to(self.key.device)
+                self.value[:, block] = value.to(self.value.device)
+                continue
+            for layer, (k, v) in enumerate(zip(key, value)):
+                self.key[layer][block] = k.to(self.key[layer].device)
+                self.value[layer][block] = v.to(self.value[layer].device)
         for identity in drops:
             del self.host[identity]

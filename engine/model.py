@@ -8,7 +8,9 @@ optional per-head q/k RMSNorm (Qwen3), a mixture of SwiGLU experts in place of t
 biases and clamped experts, Gemma 3's layer (its norms, GeGLU, scaled embeddings, two RoPE
 bases), and Qwen3-Next's and Qwen3.5's (Gated DeltaNet in place of attention in the layers a
 model names, engine/linear_state.py; a sigmoid gate on the other layers' attention output, RoPE
-over part of each head); sliding windows on the layers a model names.
+over part of each head), Gemma 4's (full layers of their own head size and kv heads whose keys
+serve as values, values normalised, RoPE "proportional" there, a scalar per layer, soft-capped
+logits); sliding windows on the layers a model names.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .kv_cache import PagedKVCache
 from .linear_state import linear_attention
 from .weights import Weights
 
-NOUNS = {"gemma": "Gemma's norms on the attention's and the MLP's outputs"}
+NOUNS = {"gemma": "Gemma's norms on the attention's and the MLP's outputs", "gemma4": "Gemma 4's layer scalars"}
 ENGINE_KERNELS = ("linear_qkv", "rope_kv_store", "attention", "linear_o", "mlp", "norms", "lm_head_sampling")
 
 
@@ -110,12 +112,22 @@ def yarn_inv_freq(spec: ModelSpec, inv_freq: torch.Tensor) -> torch.Tensor:
     return inv_freq / spec.rope_scaling_factor * ramp + inv_freq * (1 - ramp)
 
 
+def proportional_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor:
+    """Gemma 4's full layers' RoPE frequencies ("proportional", as transformers computes them):
+    over the whole head of ``full_head_dim``, the first partial_rotary_factor of the angles turning
+    at theta ** (-2i / head size), the rest not at all (frequency 0); linear scaling divides them."""
+    d = spec.layer_attention(True)[1]
+    angles = int(spec.partial_rotary_factor * d // 2)
+    turning = 1.0 / (spec.rope_theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64, device=device).float() / d))
+    return torch.cat((turning, torch.zeros(d // 2 - angles, device=device))) / spec.rope_scaling_factor
+
+
 def local_inv_freq(spec: ModelSpec, device: torch.device | str) -> torch.Tensor | None:
     """The sliding layers' RoPE frequencies where they have a base of their own (Gemma 3: 10,000,
-    unscaled); None where they share the full layers'."""
+    unscaled; Gemma 4's over the whole head); None where they share the full layers'."""
     if not spec.rope_local_theta:
         return None
-    d = spec.rotary_dim
+    d = spec.head_dim if spec.gemma4 else spec.rotary_dim
     return 1.0 / (spec.rope_local_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
 
 
@@ -160,6 +172,9 @@ class LlamaModel:
         if (spec.expert_bias or spec.swiglu_limit) and not backend.gpt_oss_experts:
             raise ConfigError(f"model {spec.name!r}: expert biases and the clamped SwiGLU (gpt-oss) are not "
                               f"implemented by the {backend.name!r} backend's experts; backend=torch runs them")
+        if spec.gemma4 and spec.num_experts and not backend.gelu_experts:
+            raise ConfigError(f"model {spec.name!r}: Gemma 4's GeGLU experts are not implemented by the "
+                              f"{backend.name!r} backend's experts; backend=torch runs them")
         first = next(layer for layer in weights.layers if layer.linear is None)  # attention's, not DeltaNet's
         for present, wanted, what in ((first.q_bias is not None, spec.qkv_bias, "qkv_bias"),
                                       (first.o_bias is not None, spec.o_bias, "o_bias"),
@@ -167,20 +182,32 @@ class LlamaModel:
                                       (first.router_bias is not None, spec.expert_bias, "expert_bias"),
                                       (first.q_norm is not None, spec.qk_norm, "qk_norm"),
                                       (first.attn_out_norm is not None, spec.gemma, "gemma"),
+                                      (first.layer_scalar is not None, spec.gemma4, "gemma4"),
                                       (first.router is not None, bool(spec.num_experts), "num_experts"),
-                                      (first.shared_gate is not None, bool(spec.shared_expert_intermediate_size),
-                                       "shared_expert_intermediate_size")):
+                                      (first.shared_gate is not None,
+                                       bool(spec.shared_expert_intermediate_size) and spec.shared_expert_gate,
+                                       "shared_expert_intermediate_size"),
+                                      (first.router_scale is not None, spec.gemma4 and bool(spec.num_experts),
+                                       "num_experts")):
             if present != wanted:
                 raise ConfigError(f"model {spec.name!r}: {what} is {getattr(spec, what)} but the weights "
                                   f"{'have' if present else 'lack'} {NOUNS.get(what, what.replace('num_', ''))}")
         self.spec = spec
         self.weights = weights
         self.backend = backend
-        self.inv_freq = rope_inv_freq(spec, weights.embed.device)
-        self.local_inv_freq = local_inv_freq(spec, weights.embed.device)
-        # every norm, q/k too; Qwen3.5's and Qwen3-Next's are Gemma's (DeltaNet's gated output norm aside)
+        device = weights.embed.device
+        self.inv_freq = proportional_inv_freq(spec, device) if spec.gemma4 else rope_inv_freq(spec, device)
+        self.local_inv_freq = local_inv_freq(spec, device)
+        # every norm, q/k too; Qwen3.5's and Qwen3-Next's are Gemma's (DeltaNet's gated output norm aside);
+        # Gemma 4's multiply by w itself in fp32
         one_plus_w = spec.gemma or spec.zero_centered_norms
-        self.norm = partial(backend.rms_norm, gemma=True) if one_plus_w else backend.rms_norm
+        self.norm = partial(backend.rms_norm, gemma=True, offset=0.0 if spec.gemma4 else 1.0) if one_plus_w \
+            else backend.rms_norm
+        # Gemma 4's values: normalised without a weight (one of 1s, each kind's head size)
+        self.unit = {full: torch.ones(spec.layer_attention(full)[1], dtype=weights.embed.dtype, device=device)
+                     for full in (False, True)} if spec.gemma4 else None
+        if self.unit is not None:  # and its router's input, normalised the same way
+            self.unit["hidden"] = torch.ones(spec.hidden_size, dtype=weights.embed.dtype, device=device)
         self.sliding = set(spec.sliding_layers)
         self.linear_index = {layer: i for i, layer in enumerate(spec.linear_layers)}  # -> its state's index
         full = [i for i in range(spec.num_layers) if i not in self.linear_index]
@@ -198,8 +225,6 @@ class LlamaModel:
         rope = {False: (*rope_tables(spec, positions, x.dtype, self.inv_freq), self.inv_freq)}
         rope[True] = rope[False] if self.local_inv_freq is None else \
             (*rope_tables(spec, positions, x.dtype, self.local_inv_freq), self.local_inv_freq)
-        # YaRN scales queries and keys; Gemma 3 scales by its query_pre_attn_scalar, not head_dim
-        meta.scale = (spec.query_pre_attn_scalar or spec.head_dim) ** -0.5 * spec.rope_attention_factor ** 2
         for index, layer in enumerate(w.layers):
             with timer("norms"):
                 h = norm(x, layer.input_norm, eps)
@@ -211,47 +236,79 @@ class LlamaModel:
                 x = x + self._attention(index, layer, h, positions, slots, cache, meta, rope_of, timer)
             with timer("norms"):
                 h = norm(x, layer.post_norm, eps)
-            with timer("mlp"):
-                out = swiglu(h, layer, spec.gemma) if layer.router is None else experts_mlp(h, layer, spec, backend)
+            if layer.router_scale is not None:  # Gemma 4's dense MLP and experts side by side
+                out = self._gemma4_mixture(x, h, layer, timer)
+            else:
+                with timer("mlp"):
+                    out = swiglu(h, layer, spec.gemma) if layer.router is None else experts_mlp(h, layer, spec, backend)
             if layer.mlp_out_norm is not None:
                 with timer("norms"):
                     out = norm(out, layer.mlp_out_norm, eps)
             x = x + out
+            if layer.layer_scalar is not None:  # Gemma 4: the layer's output (the residual stream) scaled
+                x = x * layer.layer_scalar
         with timer("lm_head_sampling"):
             final = norm(x[logit_rows].contiguous(), w.norm, eps)
-            return final @ w.lm_head.T
+            logits = final @ w.lm_head.T
+            cap = spec.final_logit_softcap
+            return logits if not cap else torch.tanh(logits / cap) * cap
+
+    def _gemma4_mixture(self, x, h, layer, timer) -> torch.Tensor:
+        """Gemma 4 26B-A4B's MLP: its dense GeGLU on ``h`` (the layer's pre-MLP norm of ``x``) and its
+        experts side by side, each output normalised, summed. The experts take ``x`` through a norm
+        of their own; the router takes ``x`` RMS-normalised (no weight), times its scale and
+        1 / sqrt(hidden): the top ``experts_per_token`` of its softmax, renormalised, each times its
+        expert's own scale."""
+        spec, norm, eps = self.spec, self.norm, self.spec.rms_norm_eps
+        with timer("mlp"):
+            dense = swiglu(h, layer, gelu=True)
+        with timer("norms"):
+            dense = norm(dense, layer.dense_out_norm, eps)
+            routed = norm(x, self.unit["hidden"], eps) * layer.router_scale * spec.hidden_size ** -0.5
+            into = norm(x, layer.experts_in_norm, eps)
+        with timer("mlp"):
+            weights, chosen = route(routed, layer.router, spec.experts_per_token, True)
+            weights = weights * layer.expert_scale[chosen]
+            experts = self.backend.experts(into, weights, chosen, layer.expert_gate_up, layer.expert_down, gelu=True)
+        with timer("norms"):
+            return dense + norm(experts, layer.experts_out_norm, eps)
 
     def _attention(self, index, layer, h, positions, slots, cache, meta, rope, timer) -> torch.Tensor:
         """Layer ``index``'s attention (its KV in the cache's layer ``kv_index[index]``), the
         output projection, and Gemma's norm on it."""
         spec, backend, norm, eps = self.spec, self.backend, self.norm, self.spec.rms_norm_eps
-        count, kv_layer = h.shape[0], self.kv_index[index]
+        count, kv_layer, full = h.shape[0], self.kv_index[index], index not in self.sliding
+        heads, d = spec.layer_attention(full)  # Gemma 4's full layers have their own
         with timer("linear_qkv"):
-            q, k, v = h @ layer.q.T, h @ layer.k.T, h @ layer.v.T
+            q, k = h @ layer.q.T, h @ layer.k.T
+            v = k if layer.v is None else h @ layer.v.T  # keys serving as values (Gemma 4's full layers)
             if layer.q_bias is not None:
                 q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
             gate = None
             if spec.attn_output_gate:  # each head's queries, then its gate's
-                q, gate = q.view(count, spec.num_heads, 2 * spec.head_dim).chunk(2, dim=-1)
+                q, gate = q.view(count, spec.num_heads, 2 * d).chunk(2, dim=-1)
                 gate = gate.reshape(count, -1)
-            q = q.reshape(count, spec.num_heads, spec.head_dim)
-            k = k.view(count, spec.num_kv_heads, spec.head_dim)
-            v = v.view(count, spec.num_kv_heads, spec.head_dim)
+            q = q.reshape(count, spec.num_heads, d)
+            k = k.view(count, heads, d)
+            v = v.view(count, heads, d)
         if layer.q_norm is not None:
             with timer("norms"):
-                d = spec.head_dim
                 q = norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
-                k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, spec.num_kv_heads, d)
+                k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, heads, d)
+                if self.unit is not None:  # Gemma 4: values normalised too
+                    v = norm(v.reshape(-1, d), self.unit[full], eps).view(count, heads, d)
         with timer("rope_kv_store"):
             cos, sin, inv_freq = rope
-            r = spec.rotary_dim
-            if r == spec.head_dim:
+            r = d if spec.gemma4 else spec.rotary_dim  # Gemma 4's frequencies span the head (some 0)
+            if r == d:
                 q, k = backend.rope(q, k, positions, cos, sin, inv_freq)
             else:  # RoPE over each head's first r dimensions, the rest passed through
                 turned = backend.rope(q[..., :r].contiguous(), k[..., :r].contiguous(), positions, cos, sin, inv_freq)
                 q, k = (torch.cat((a, b[..., r:]), dim=-1) for a, b in zip(turned, (q, k)))
             backend.store_kv(cache, kv_layer, slots, k, v)
         with timer("attention"):
+            # YaRN scales queries and keys; Gemma 3 scales by its query_pre_attn_scalar, not head_dim (Gemma 4: 1)
+            meta.scale = (spec.query_pre_attn_scalar or d) ** -0.5 * spec.rope_attention_factor ** 2
             window = spec.sliding_window if index in self.sliding else None
             extra = (window, layer.sinks) if window or layer.sinks is not None else ()  # gpt-oss, Mistral
             attn = backend.forward(kv_layer, q, cache, meta, *extra)

@@ -44,6 +44,14 @@ class LayerWeights:
     attn_out_norm: torch.Tensor | None = None
     mlp_out_norm: torch.Tensor | None = None
     linear: LinearWeights | None = None  # Gated DeltaNet in place of attention (Qwen3-Next, Qwen3.5)
+    layer_scalar: torch.Tensor | None = None  # Gemma 4: [1], multiplying the layer's output (the residual stream)
+    # Gemma 4's mixture (26B-A4B), beside its dense MLP: the router's scale [hidden] and each expert's
+    # [experts]; norms on the dense MLP's output, the experts' input and their output
+    router_scale: torch.Tensor | None = None
+    expert_scale: torch.Tensor | None = None
+    dense_out_norm: torch.Tensor | None = None
+    experts_in_norm: torch.Tensor | None = None
+    experts_out_norm: torch.Tensor | None = None
 
 
 BIASES = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
@@ -56,8 +64,14 @@ NORMS = {"input_norm": "input_layernorm.weight", "post_norm": "post_attention_la
 GEMMA_NORMS = {"input_norm": "input_layernorm.weight", "attn_out_norm": "post_attention_layernorm.weight",
                "post_norm": "pre_feedforward_layernorm.weight", "mlp_out_norm": "post_feedforward_layernorm.weight"}
 TEXT_PREFIXES = ("model.", "language_model.model.", "model.language_model.")  # transformers 4, 5
-NOT_TEXT = {"vision_tower", "multi_modal_projector", "visual"}  # Gemma 3's, Qwen3.5's vision parts
+# Gemma 3's, Qwen3.5's, Gemma 4's vision (and audio) parts
+NOT_TEXT = {"vision_tower", "multi_modal_projector", "visual", "audio_tower", "embed_vision", "embed_audio"}
 NOT_USED = ("mtp.", "model.mtp.")  # Qwen3-Next's and Qwen3.5's multi-token prediction layers (speculative decoding)
+GEMMA4_EXPERTS = {"router": "router.proj.weight", "router_scale": "router.scale",
+                  "expert_scale": "router.per_expert_scale", "expert_gate_up": "experts.gate_up_proj",
+                  "expert_down": "experts.down_proj", "dense_out_norm": "post_feedforward_layernorm_1.weight",
+                  "experts_in_norm": "pre_feedforward_layernorm_2.weight",
+                  "experts_out_norm": "post_feedforward_layernorm_2.weight"}
 SHARED_EXPERT = {"gate": "mlp.shared_expert.gate_proj.weight", "up": "mlp.shared_expert.up_proj.weight",
                  "down": "mlp.shared_expert.down_proj.weight", "shared_gate": "mlp.shared_expert_gate.weight"}
 
@@ -79,13 +93,18 @@ class Weights:
             p = f"model.layers.{i}."
             if layer.linear is not None:
                 state.update(hf_linear_state(layer.linear, p))
-            else:
+            else:  # no v_proj where keys serve as values (Gemma 4's full layers)
                 state.update({p + "self_attn.q_proj.weight": layer.q, p + "self_attn.k_proj.weight": layer.k,
-                              p + "self_attn.v_proj.weight": layer.v, p + "self_attn.o_proj.weight": layer.o})
+                              p + "self_attn.o_proj.weight": layer.o,
+                              **({} if layer.v is None else {p + "self_attn.v_proj.weight": layer.v})})
+            if layer.layer_scalar is not None:
+                state[p + "layer_scalar"] = layer.layer_scalar
             norms = NORMS if layer.attn_out_norm is None else GEMMA_NORMS
             state.update({p + hf: getattr(layer, field) for field, hf in norms.items()})
             if layer.router_bias is not None:  # gpt-oss's layout
                 state.update(gpt_oss_experts(layer, p))
+            elif layer.router_scale is not None:  # Gemma 4's: a dense MLP and experts side by side
+                state.update({p + hf: getattr(layer, field) for field, hf in {**DENSE_MLP, **GEMMA4_EXPERTS}.items()})
             elif layer.router is not None:
                 state.update({p + "mlp.gate.weight": layer.router, p + "mlp.experts.gate_up_proj": layer.expert_gate_up,
                               p + "mlp.experts.down_proj": layer.expert_down})
@@ -137,14 +156,24 @@ def _from_gpt_oss(prefix: str, spec: ModelSpec, take, tensors: dict) -> dict[str
             "expert_down": down.to(like).contiguous(), "expert_down_bias": take(p + "experts.down_proj_bias", (E, h))}
 
 
-def _shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    h, d, I = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    shapes = {"q": (spec.num_heads * d * (1 + spec.attn_output_gate), h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
+def _shapes(spec: ModelSpec, full: bool = True) -> dict[str, tuple[int, ...]]:
+    """One layer's weights' shapes; ``full``: a full-attention layer's (Gemma 4's have their own
+    head size and kv heads, and no v_proj where keys serve as values), else a sliding one's."""
+    h, I = spec.hidden_size, spec.intermediate_size
+    kv, d = spec.layer_attention(full)
+    shapes = {"q": (spec.num_heads * d * (1 + spec.attn_output_gate), h), "k": (kv * d, h), "v": (kv * d, h),
               "o": (h, spec.num_heads * d), "input_norm": (h,), "post_norm": (h,)}
+    if full and spec.full_keys_as_values:
+        del shapes["v"]
+    if spec.gemma4:
+        shapes.update(layer_scalar=(1,))
     if spec.num_experts:
         E, W, S = spec.num_experts, spec.moe_intermediate_size, spec.shared_expert_intermediate_size
         shapes.update(router=(E, h), expert_gate_up=(E, 2 * W, h), expert_down=(E, h, W))
-        if S:
+        if spec.gemma4:  # its dense MLP, of intermediate_size, beside the experts
+            shapes.update(gate=(I, h), up=(I, h), down=(h, I), router_scale=(h,), expert_scale=(E,),
+                          dense_out_norm=(h,), experts_in_norm=(h,), experts_out_norm=(h,))
+        elif S:
             shapes.update(gate=(S, h), up=(S, h), down=(h, S), shared_gate=(1, h))
     else:
         shapes.update(gate=(I, h), up=(I, h), down=(h, I))
@@ -175,13 +204,14 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
 
     def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests (Gemma's: 1 + w)
-        return ((0.0 if spec.gemma or spec.zero_centered_norms else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
+        one_plus_w = (spec.gemma and not spec.gemma4) or spec.zero_centered_norms
+        return ((0.0 if one_plus_w else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
                                                                                              device=device)
 
     layers = []
-    shapes = _shapes(spec)
-    dense = {"gate": None, "up": None, "down": None}
+    dense = {"gate": None, "up": None, "down": None, "v": None}
     for index in range(spec.num_layers):
+        shapes = _shapes(spec, index not in spec.sliding_layers)
         # a router wide enough that every token's choice is clear-cut, not a tie; a shared expert's
         # gate that varies from token to token
         tensors = {name: normal(*shape, std=0.5 if name in ("router", "shared_gate") else 0.02)
@@ -193,7 +223,13 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
                         for name in ("o_bias", "sinks", "router_bias", "expert_gate_up_bias", "expert_down_bias")
                         if name in shapes})
         if spec.qk_norm:
-            tensors.update(q_norm=norm(spec.head_dim), k_norm=norm(spec.head_dim))
+            tensors.update(q_norm=norm(shapes["q_norm"][0]), k_norm=norm(shapes["k_norm"][0]))
+        if spec.gemma4:  # away from 1, so that a dropped scalar shows
+            tensors.update(layer_scalar=(0.5 + torch.rand(1, generator=generator)).to(dtype=dtype, device=device))
+        if spec.gemma4 and spec.num_experts:  # the router's scale undoing its 1 / sqrt(hidden): choices clear-cut
+            tensors.update(router_scale=norm(spec.hidden_size) * spec.hidden_size ** 0.5,
+                           expert_scale=1.0 + normal(spec.num_experts, std=0.3), dense_out_norm=norm(spec.hidden_size),
+                           experts_in_norm=norm(spec.hidden_size), experts_out_norm=norm(spec.hidden_size))
         if index in spec.linear_layers:  # DeltaNet in place of attention
             tensors.update(dict.fromkeys(("q", "k", "v", "o", "q_norm", "k_norm")),
                            linear=random_linear(spec, generator, dtype, device))
@@ -245,21 +281,23 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
                               f"the model config expects {shape}")
         return tensor.to(device=device) if raw else tensor.to(dtype=dtype, device=device)
 
-    shapes = _shapes(spec)
     # a multimodal checkpoint (Gemma 3 4B-27B) holds the text model under another prefix: its vision
     # tower and projector are left unused
     prefix = next((p for p in TEXT_PREFIXES if p + "embed_tokens.weight" in tensors), "model.")
     names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
              "o": "self_attn.o_proj.weight", **(GEMMA_NORMS if spec.gemma else NORMS)}
-    names.update(DENSE_MLP if not spec.num_experts else SHARED_EXPERT if spec.shared_expert_intermediate_size else {})
+    names.update(DENSE_MLP if not spec.num_experts else {**DENSE_MLP, **GEMMA4_EXPERTS} if spec.gemma4
+                 else SHARED_EXPERT if spec.shared_expert_intermediate_size else {})
     names.update(QK_NORMS if spec.qk_norm else {})
+    names.update({"layer_scalar": "layer_scalar"} if spec.gemma4 else {})
     layers = []
     attention = ("q", "k", "v", "o", "q_norm", "k_norm")
     for i in range(spec.num_layers):
         layer = f"{prefix}layers.{i}."
         linear = i in spec.linear_layers
+        shapes = _shapes(spec, i not in spec.sliding_layers)
         fields = {field: take(layer + hf, shapes[field]) for field, hf in names.items()
-                  if not (linear and field in attention)}
+                  if not (linear and field in attention) and field in shapes}
         if linear:
             fields.update(dict.fromkeys(attention), linear=load_linear(layer, spec, take, tensors))
         if spec.qkv_bias:
@@ -268,9 +306,9 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
                        if field in shapes})
         if spec.expert_bias:
             fields.update(_from_gpt_oss(layer, spec, take, tensors))
-        elif spec.num_experts:
+        elif spec.num_experts and not spec.gemma4:  # (Gemma 4's: named above)
             fields.update(_experts(layer, spec, tensors, take))
-        layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, **fields}))
+        layers.append(LayerWeights(**{"gate": None, "up": None, "down": None, "v": None, **fields}))
     embed = take(prefix + "embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     lm_head = embed if spec.tie_embeddings and "lm_head.weight" not in tensors else \
         take("lm_head.weight", (spec.vocab_size, spec.hidden_size))

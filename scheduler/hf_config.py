@@ -12,10 +12,10 @@ from .errors import ConfigError
 
 # linear attention (Gated DeltaNet: Qwen3-Next, Qwen3.5 and its MoE, their text part) on the torch backend
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", "gpt_oss", "gemma3_text",
-               "gemma3", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
-# no engine for these: latent attention (DeepSeek, Kimi K2); sigmoid routing (GLM); Gemma 4's full layers
+               "gemma3", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "gemma4", "gemma4_text")
+# no engine for these: latent attention (DeepSeek, Kimi K2); sigmoid routing (GLM)
 _SIMULATED_LAYOUTS = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe")
-SIMULATED_TYPES = _SIMULATED_LAYOUTS + ("gemma4_text",)
+SIMULATED_TYPES = _SIMULATED_LAYOUTS
 LINEAR_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 # bits a weight takes under a quantization method that names no ``bits``
 _METHOD_BITS = {"fp8": 8, "mxfp4": 4.25}  # MXFP4: 4-bit values and one 8-bit scale a block of 32
@@ -43,7 +43,8 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             model_type = "gemma3_text"
         asked = model_type
         if model_type in ("gemma4", "gemma4_text"):  # the multimodal models' text part
-            config = _gemma4_text(config.get("text_config") or {} if model_type == "gemma4" else config, name)
+            config = _gemma4_text(config.get("text_config") or {} if model_type == "gemma4" else config, name,
+                                  costs_only)
             model_type = "gemma4_text"
         if model_type in ("qwen3_5", "qwen3_5_moe"):  # the multimodal models' text part
             text = config.get("text_config") or {}
@@ -72,8 +73,9 @@ def spec_fields(config: dict, name: str, costs_only: bool, weight_bytes: float |
             attention.update(qk_norm=True, gemma=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]))
         if model_type == "gemma4_text":  # its full layers' own head size and kv heads; keys as values there
             keys_as_values = bool(config.get("attention_k_eq_v"))
-            attention.update(qk_norm=True, gemma=True, full_head_dim=int(config["global_head_dim"]),
-                             full_keys_as_values=keys_as_values,
+            attention.update(qk_norm=True, gemma=True, gemma4=True, full_head_dim=int(config["global_head_dim"]),
+                             full_keys_as_values=keys_as_values, query_pre_attn_scalar=1.0,
+                             final_logit_softcap=float(config.get("final_logit_softcapping") or 0.0),
                              full_kv_heads=int(config.get("num_global_key_value_heads") or 0) if keys_as_values else 0)
         return dict(name=name, num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
                     num_heads=heads, **attention,
@@ -130,6 +132,9 @@ def _rope(config: dict, model_type: str, name: str, costs_only: bool) -> dict:
                       rope_beta_slow=float(rope.get("beta_slow") or 1.0),
                       rope_truncate=bool(rope.get("truncate", True)),
                       rope_attention_factor=_yarn_attention_factor(rope, factor))
+    elif rope_type == "proportional" and model_type == "gemma4_text":  # Gemma 4's full layers (ModelSpec.gemma4)
+        if float(rope.get("factor", 1.0)) != 1.0:  # its frequencies divided by the factor: linear scaling
+            fields.update(rope_scaling_factor=float(rope["factor"]), rope_linear=True)
     elif rope_type != "default" and not costs_only:
         raise ConfigError(f"model config {name!r}: RoPE type {rope_type!r} is not implemented by the engine "
                           "(default, linear, llama3 and yarn are); batchlab simulate and plan take it, as RoPE does not "
@@ -174,23 +179,50 @@ def _gemma3_text(text: dict, name: str, costs_only: bool) -> dict:
     return config
 
 
-def _gemma4_text(text: dict, name: str) -> dict:
+def _gemma4_text(text: dict, name: str, costs_only: bool) -> dict:
     """A Gemma 4 text config (26B-A4B, 31B) with transformers' defaults filled in and its layer
-    types (every sixth layer full, and the last) spelled out, for simulation: its full layers'
-    head size (``global_head_dim``) and, where keys serve as values (``attention_k_eq_v``), kv
-    heads (``num_global_key_value_heads``) their own. The E2B and E4B layouts (KV shared
-    between layers, per-layer embeddings, double-wide MLPs) are refused: not modelled."""
+    types (every sixth layer full, and the last) spelled out: its full layers' head size
+    (``global_head_dim``) and, where keys serve as values (``attention_k_eq_v``), kv heads
+    (``num_global_key_value_heads``) their own. The E2B and E4B layouts (KV shared between
+    layers, per-layer embeddings, double-wide MLPs) are refused: not modelled; what the engine
+    would compute differently (bidirectional attention, another activation) refused unless
+    simulated."""
     config = {**GEMMA4_TEXT_DEFAULTS, **text}
     odd = [f"{key} {config[key]!r}" for key in ("num_kv_shared_layers", "hidden_size_per_layer_input",
                                                  "use_double_wide_mlp") if config.get(key)]
     if odd:
         raise ConfigError(f"model config {name!r}: {', '.join(odd)}: Gemma 4's E2B / E4B layout (KV shared between "
                           f"layers, per-layer embeddings) is not modelled; its 26B-A4B and 31B are")
+    odd = [f"{key} {config[key]!r}" for key, usual in (("use_bidirectional_attention", "vision"),
+                                                       ("hidden_activation", "gelu_pytorch_tanh"))
+           if config.get(key, usual) not in (usual, None)]
+    if odd and not costs_only:
+        raise ConfigError(f"model config {name!r}: {', '.join(odd)}: not implemented by the engine (Gemma 4's text "
+                          f"model is); batchlab simulate and plan take it")
     layers = config["num_hidden_layers"]
     if not config.get("layer_types"):
         config["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 or i == layers - 1 else "sliding_attention"
                                  for i in range(layers)]
+    if config.get("per_layer_config"):  # as transformers 5 writes it: the full layers' shape layer by layer
+        config.update(_gemma4_full_layers(config, name))
     return config
+
+
+def _gemma4_full_layers(config: dict, name: str) -> dict:
+    """``global_head_dim`` and ``num_global_key_value_heads`` (with ``attention_k_eq_v``, as the
+    released configs name them) from a ``per_layer_config`` (as transformers' save_pretrained
+    writes it: {layer: {head_dim, num_key_value_heads}} for each full layer); one shape for all
+    the full layers and none for the sliding ones, or refused."""
+    full = {i for i, kind in enumerate(config["layer_types"]) if kind == "full_attention"}
+    entries = {int(layer): dict(entry) for layer, entry in config["per_layer_config"].items()}
+    shapes = {tuple(sorted(entry.items())) for entry in entries.values()}
+    if set(entries) != full or len(shapes) != 1 or set(next(iter(entries.values()))) - {"head_dim",
+                                                                                        "num_key_value_heads"}:
+        raise ConfigError(f"model config {name!r}: per_layer_config must give every full-attention layer (and only "
+                          f"those) the same head_dim and num_key_value_heads; got {config['per_layer_config']!r}")
+    entry = next(iter(entries.values()))
+    return {"global_head_dim": entry.get("head_dim", config["head_dim"]),
+            "num_global_key_value_heads": entry.get("num_key_value_heads")}
 
 
 def _yarn_attention_factor(rope: dict, factor: float) -> float:

@@ -73,9 +73,36 @@ def check_fields(spec: "ModelSpec") -> None:
         if not isinstance(value, int) or value < 0:
             raise ConfigError(f"model {spec.name!r}: {field_name} is {value!r}; expected an integer >= 0 (0: as the "
                               f"sliding layers', head_dim / num_kv_heads)")
+    if (spec.gemma4 and not (spec.gemma and spec.rope_local_theta)) or spec.final_logit_softcap < 0:
+        raise ConfigError(f"model {spec.name!r}: gemma4 is Gemma 3's layer changed (it needs gemma and the sliding "
+                          f"layers' rope_local_theta), and final_logit_softcap is >= 0 (0: none)")
     if spec.num_heads % (spec.full_kv_heads or 1):
         raise ConfigError(f"model {spec.name!r}: num_heads {spec.num_heads} is not a multiple of "
                           f"full_kv_heads {spec.full_kv_heads}")
     if spec.num_heads % spec.num_kv_heads:
         raise ConfigError(f"model {spec.name!r}: num_heads {spec.num_heads} is not a multiple of "
                           f"num_kv_heads {spec.num_kv_heads}")
+
+
+def simulated_only(spec: "ModelSpec") -> str:
+    """``ModelSpec.simulated_only``: what of ``spec`` the engine does not implement, as words."""
+    parts = [what for present, what in ((spec.mla, "latent attention (DeepSeek, Kimi K2)"),
+                                        (spec.first_dense_layers, "dense first layers"),
+                                        (spec.shared_expert_intermediate_size and not spec.shared_expert_gate
+                                         and not spec.gemma4, "ungated shared experts (DeepSeek, GLM-4.5)")) if present]
+    return ", ".join(parts)
+
+
+def architecture_differences(spec: "ModelSpec", other: "ModelSpec") -> list[str]:
+    """``ModelSpec.architecture_differences``."""
+    ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes", "sliding_kv_full",
+               "state_bytes"}
+    if spec.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
+        ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
+    if not (spec.rope_yarn or other.rope_yarn):
+        ignored |= {"rope_beta_fast", "rope_beta_slow", "rope_truncate", "rope_attention_factor"}
+    if not (spec.sliding_layers or other.sliding_layers):
+        ignored.add("sliding_window")
+    return [f"{k}: {getattr(spec, k)} vs {getattr(other, k)}" for k in spec.__dataclass_fields__
+            if k not in ignored and getattr(spec, k) != getattr(other, k)]
+

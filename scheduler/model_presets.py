@@ -3,6 +3,7 @@ knows by name (``model=NAME``), and tiny ones of the same architectures for the 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from .model_spec import ModelSpec
 
@@ -79,7 +80,7 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                        rope_local_theta=1e4, rms_norm_eps=1e-6, max_position=262144, qk_norm=True, gemma=True,
                        sliding_window=1024, sliding_layers=tuple(i for i in range(layers) if (i + 1) % 6),
                        partial_rotary_factor=0.25, full_head_dim=512, full_kv_heads=full_kv, full_keys_as_values=True,
-                       **experts)
+                       gemma4=True, query_pre_attn_scalar=1.0, final_logit_softcap=30.0, **experts)
        for name, layers, hidden, heads, kv, full_kv, width, experts in (
            ("gemma-4-31b", 60, 5376, 32, 16, 4, 21504, {}),
            ("gemma-4-26b-a4b", 30, 2816, 16, 8, 2, 2112, dict(
@@ -129,7 +130,19 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                              rope_local_theta=1e4, rope_linear=True, rope_scaling_factor=8.0, rms_norm_eps=1e-6,
                              max_position=4096, qk_norm=True, gemma=True, sliding_window=8, sliding_layers=(0, 1),
                              query_pre_attn_scalar=24),
+    # Gemma 4's layer: windows of 8 in layers 0 and 1; the full layer 2's one kv head of 32, its keys as
+    # values, RoPE on a quarter of it; the sliding layers' KV a token twice the full one's, as in the
+    # released models; a soft cap on the logits low enough to bite
+    "tiny-gemma4": ModelSpec("tiny-gemma4", 3, 64, 4, 4, 16, 128, 512, tie_embeddings=True, rope_theta=1e6,
+                             rope_local_theta=1e4, rms_norm_eps=1e-6, max_position=4096, qk_norm=True, gemma=True,
+                             gemma4=True, sliding_window=8, sliding_layers=(0, 1), query_pre_attn_scalar=1.0,
+                             partial_rotary_factor=0.25, full_head_dim=32, full_kv_heads=1, full_keys_as_values=True,
+                             final_logit_softcap=5.0),
 }
+# ... and 26B-A4B's: 2 of 4 experts 32 wide beside the dense MLP (the cost model's ungated shared expert)
+MODEL_PRESETS["tiny-gemma4-moe"] = replace(MODEL_PRESETS["tiny-gemma4"], name="tiny-gemma4-moe", num_experts=4,
+                                           experts_per_token=2, moe_intermediate_size=32,
+                                           shared_expert_intermediate_size=128, shared_expert_gate=False)
 
 
 def model_spec(name: str, **overrides: object) -> ModelSpec:

@@ -129,6 +129,12 @@ class ModelSpec:
     full_head_dim: int = 0
     full_kv_heads: int = 0
     full_keys_as_values: bool = False
+    # Gemma 4's layer on Gemma 3's (gemma): RMSNorm as x w in fp32 (not 1 + w), values RMS-normalised
+    # (no weight), a learned scalar on each layer's output, RoPE whole-head on both kinds (the full
+    # layers' "proportional": partial_rotary_factor of its frequencies, the rest 0); a mixture (26B-A4B)
+    # beside the dense MLP, routed from the layer's input, each with norms of its own
+    gemma4: bool = False
+    final_logit_softcap: float = 0.0  # logits soft-capped as c tanh(logits / c) (0: not)
 
     def __post_init__(self) -> None:
         from .model_checks import check_fields
@@ -148,14 +154,9 @@ class ModelSpec:
     def simulated_only(self) -> str:
         """What in this model the engine does not implement (it is then simulated only), as
         words for an error; "" when the engine runs it."""
-        parts = [what for present, what in ((self.mla, "latent attention (DeepSeek, Kimi K2)"),
-                                            (self.layer_attention(True) != self.layer_attention(False)
-                                             or self.full_keys_as_values,
-                                             "full layers of their own shape (Gemma 4)"),
-                                            (self.first_dense_layers, "dense first layers"),
-                                            (self.shared_expert_intermediate_size and not self.shared_expert_gate,
-                                             "ungated shared experts (DeepSeek, GLM-4.5)")) if present]
-        return ", ".join(parts)
+        from .model_checks import simulated_only
+
+        return simulated_only(self)
 
     def check_engine_runs(self) -> None:
         """A ConfigError naming what of this model the engine does not implement, if anything."""
@@ -379,17 +380,9 @@ class ModelSpec:
     def architecture_differences(self, other: "ModelSpec") -> list[str]:
         """The fields that change what the model computes (not its name, context limit or the
         simulator's byte counts) on which ``other`` differs, as "field: mine vs other's"."""
-        ignored = {"name", "max_position", "activation_bytes", "weight_bytes", "expert_weight_bytes", "sliding_kv_full",
-                   "state_bytes"}
-        if self.rope_scaling_factor == other.rope_scaling_factor == 1.0:  # no scaling: its parameters unused
-            ignored |= {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position"}
-        if not (self.rope_yarn or other.rope_yarn):
-            ignored |= {"rope_beta_fast", "rope_beta_slow", "rope_truncate", "rope_attention_factor"}
-        if not (self.sliding_layers or other.sliding_layers):
-            ignored.add("sliding_window")
-        return [f"{k}: {getattr(self, k)} vs {getattr(other, k)}" for k in self.__dataclass_fields__
-                if k not in ignored and getattr(self, k) != getattr(other, k)]
+        from .model_checks import architecture_differences
 
+        return architecture_differences(self, other)
 
 from .model_presets import MODEL_PRESETS, model_spec  # noqa: E402  (the presets need ModelSpec)
 

@@ -23,7 +23,8 @@ def hf_config(spec):
     """The Hugging Face config of ``spec``: Llama (RoPE default, llama3-scaled or YaRN), Qwen2
     with its q/k/v biases, Qwen2-MoE (biases and experts, a shared one), Qwen3 with its q/k
     norms, Qwen3-MoE (q/k norms and experts), Mixtral (experts without q/k norms), Mistral (a
-    sliding window in every layer), gpt-oss (expert biases, sinks, alternating windows) or Gemma 3."""
+    sliding window in every layer), gpt-oss (expert biases, sinks, alternating windows), Gemma 3 or
+    Gemma 4 (dense, or with its experts beside the dense MLP)."""
     transformers = pytest.importorskip("transformers")
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
     if spec.rope_yarn:
@@ -42,6 +43,24 @@ def hf_config(spec):
                   max_position_embeddings=spec.max_position, tie_word_embeddings=spec.tie_embeddings)
     experts = dict(num_experts_per_tok=spec.experts_per_token)
     types = ["sliding_attention" if i in spec.sliding_layers else "full_attention" for i in range(spec.num_layers)]
+    if spec.gemma4:  # RoPE per layer type: the full layers' proportional, the sliding ones' default
+        proportional = {"rope_type": "proportional", "rope_theta": spec.rope_theta,
+                        "partial_rotary_factor": spec.partial_rotary_factor}
+        if spec.rope_linear:
+            proportional["factor"] = spec.rope_scaling_factor
+        local = {"rope_type": "default", "rope_theta": spec.rope_local_theta}
+        kv, d = spec.layer_attention(True)
+        return (transformers.Gemma4TextConfig(**{**common, "rope_parameters": {"full_attention": proportional,
+                                                                               "sliding_attention": local}},
+                                              head_dim=spec.head_dim, global_head_dim=d,
+                                              num_global_key_value_heads=kv, attention_k_eq_v=spec.full_keys_as_values,
+                                              sliding_window=spec.sliding_window, layer_types=types,
+                                              final_logit_softcapping=spec.final_logit_softcap or None,
+                                              hidden_size_per_layer_input=0, enable_moe_block=bool(spec.num_experts),
+                                              num_experts=spec.num_experts or None,
+                                              top_k_experts=spec.experts_per_token or None,
+                                              moe_intermediate_size=spec.moe_intermediate_size or None),
+                transformers.Gemma4ForCausalLM)
     if spec.gemma:  # RoPE per layer type: the full layers' (linearly scaled or not), the sliding ones' base
         local = {"rope_type": "default", "rope_theta": spec.rope_local_theta or spec.rope_theta}
         return (transformers.Gemma3TextConfig(**{**common, "rope_parameters": {"full_attention": rope,

@@ -1,6 +1,7 @@
-"""Gemma 4 (26B-A4B and 31B, simulated only): the presets against transformers' own model of the
-published configs, its full layers' own shape in the cost tables, and vLLM's pages for it (its
-sliding pages hold half the tokens of its full ones) against what vLLM's users report."""
+"""Gemma 4 (26B-A4B and 31B): the presets against transformers' own model of the published
+configs, its full layers' own shape in the cost tables, and vLLM's pages for it (its sliding
+pages hold half the tokens of its full ones) against what vLLM's users report. (The engine on
+it: tests/test_gemma4_engine.py.)"""
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
@@ -51,11 +52,7 @@ def test_gemma4_presets_are_the_published_models(preset, published):
         assert spec.active_params == pytest.approx(3.82e9, rel=0.005)
 
 
-def test_gemma4_is_simulated_only_and_its_small_models_refused():
-    with pytest.raises(ConfigError, match="model_type 'gemma4'.*gemma4_text are simulated only"):
-        ModelSpec.from_hf_config(GEMMA4_31B)
-    with pytest.raises(ConfigError, match=r"full layers of their own shape \(Gemma 4\)"):
-        model_spec("gemma-4-31b").check_engine_runs()
+def test_gemma4_small_models_are_refused():
     e4b = {**GEMMA4_31B["text_config"], "num_kv_shared_layers": 18, "hidden_size_per_layer_input": 256}
     with pytest.raises(ConfigError, match="num_kv_shared_layers 18, hidden_size_per_layer_input 256: Gemma 4's E2B"):
         ModelSpec.from_hf_config(e4b, costs_only=True)

@@ -154,8 +154,10 @@ def test_host_wrappers_check_their_inputs():
 
 # tiny-moe: q/k norms through the RMSNorm kernel; tiny-gpt-oss: windows, sinks, expert biases and the clamp;
 # tiny-gemma3: windows with the sliding layers' own RoPE frequencies through the RoPE kernel;
-# tiny-qwen3.5: RoPE over a quarter of each head through it, DeltaNet (torch) beside the kernels
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5"])
+# tiny-qwen3.5: RoPE over a quarter of each head through it, DeltaNet (torch) beside the kernels;
+# tiny-gemma4: a full layer of its own head size and kv heads (keys as values, values normalised)
+# beside a sliding one, Gemma 4's norms (times w) through the RMSNorm kernel
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "tiny-gemma4"])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
@@ -169,6 +171,7 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from traces.workload import Workload
 
     layers = {"tiny-gpt-oss": dict(num_layers=2), "tiny-gemma3": dict(num_layers=2, sliding_layers=(0,)),
+              "tiny-gemma4": dict(num_layers=2, sliding_layers=(0,)),
               "tiny-qwen3.5": dict(num_layers=2, linear_layers=(0,))}
     spec = model_spec(preset, **layers.get(preset, dict(num_layers=1)))  # a window layer, a full one
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
