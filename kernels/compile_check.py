@@ -73,8 +73,8 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
          {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
-          "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c},
-         {"HAS_RESIDUAL": True, "BLOCK": 4096, "GEMMA": False}),
+          "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c, "OFFSET": c},
+         {"HAS_RESIDUAL": True, "BLOCK": 4096, "GEMMA": False, "OFFSET": 1.0}),
         (_rope_kernel,
          {"x_ptr": ptr, "positions_ptr": "*i64", "inv_freq_ptr": "*fp32", "heads": i32, "HEAD_DIM": c, "HALF": c,
           "BLOCK_H": c},
@@ -119,6 +119,23 @@ def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     return variants
 
 
+def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
+    """Gemma 4 31B's full layers (head size 512, 8 query heads a kv head) through the attention
+    kernels, and its RMSNorm (times w: offset 0); in bf16, as it is served."""
+    if dtype != "bf16":
+        return []
+    variants = []
+    for kernel, signature, constants in signatures(dtype):
+        if "HEAD_DIM" in constants:
+            constants = {**constants, "HEAD_DIM": 512, **({"GROUP": 8} if "GROUP" in constants else {})}
+        elif kernel.__name__ == "_rmsnorm_kernel":
+            constants = {**constants, "BLOCK": 8192, "GEMMA": True, "OFFSET": 0.0}
+        else:
+            continue
+        variants.append((kernel, signature, constants))
+    return variants
+
+
 def fp32_only() -> list[tuple[object, dict, dict]]:
     """Kernels whose data are fp32 whatever the model's dtype: the DeltaNet decode step (its
     states), at Qwen3.5's head sizes (128 x 128)."""
@@ -142,7 +159,7 @@ def main(arch: int = 90) -> int:
 
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
-        for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + \
+        for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + gemma4_variants(dtype) + \
                 (fp32_only() if dtype == "fp32" else []):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
@@ -153,7 +170,8 @@ def main(arch: int = 90) -> int:
                 return 1
             mix = load_mix(compiled.asm["ptx"])
             label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
-                                       "+gemma" if constants.get("GEMMA") else "")
+                                       "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
+                                       else "+gemma" if constants.get("GEMMA") else "")
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
                   f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages")

@@ -73,9 +73,10 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
            ("gemma-3-1b", 26, 1152, 4, 1, 256, 6912, 512, 256), ("gemma-3-4b", 34, 2560, 8, 4, 256, 10240, 1024, 256),
            ("gemma-3-12b", 48, 3840, 16, 8, 256, 15360, 1024, 256),
            ("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 1024, 168))},
-    # Gemma 4 (the 31B and 26B-A4B models' text part; simulated only): Gemma 3's windows (1,024 tokens, every
-    # sixth layer full), full layers of their own: 4 (2) kv heads of 512 whose keys serve as values; 26B-A4B:
-    # 8 of 128 experts 704 wide beside a dense GeGLU 2,112 wide in every layer
+    # Gemma 4 (the 31B and 26B-A4B models' text part): Gemma 3's windows (1,024 tokens, every sixth layer
+    # full), full layers of their own: 4 (2) kv heads of 512 whose keys serve as values, RoPE proportional on
+    # a quarter of them; Gemma 4's layer (ModelSpec.gemma4), the softmax unscaled, logits capped at 30;
+    # 26B-A4B: 8 of 128 experts 704 wide beside a dense GeGLU 2,112 wide in every layer
     **{name: ModelSpec(name, layers, hidden, heads, kv, 256, width, 262144, tie_embeddings=True, rope_theta=1e6,
                        rope_local_theta=1e4, rms_norm_eps=1e-6, max_position=262144, qk_norm=True, gemma=True,
                        sliding_window=1024, sliding_layers=tuple(i for i in range(layers) if (i + 1) % 6),

@@ -365,8 +365,9 @@ class ModelSpec:
         """From a Hugging Face ``config.json`` (transformers 4 or 5 layout): Llama (with Llama
         3.1's RoPE scaling), Mistral (with or without its sliding window), Qwen2 (q/k/v biases),
         Qwen3 (q/k norms), Qwen2-MoE, Qwen3-MoE, Mixtral and gpt-oss (mixtures of experts; gpt-oss
-        with attention sinks, alternating sliding windows, YaRN and its clamped SwiGLU) and Gemma 3
-        (its text model; windows in five layers of six, Gemma's norms and RoPE). What the
+        with attention sinks, alternating sliding windows, YaRN and its clamped SwiGLU), Gemma 3
+        (its text model; windows in five layers of six, Gemma's norms and RoPE) and Gemma 4 (31B,
+        26B-A4B: full layers of their own shape, experts beside the dense MLP). What the
         engine would compute differently (another RoPE type, an o_proj or MLP bias) is refused,
         not ignored; ``costs_only`` (a model only simulated) accepts them, as they do not change
         what a step costs, and DeepSeek-V2/V3 and Kimi K2 (latent attention) and GLM-4.5. A
