@@ -161,26 +161,29 @@ def engine_logits(workload, blocks: int, spec=None, **overrides):
     return {r: torch.stack(rows) for r, rows in seen.items()}, outcome
 
 
-def test_the_engine_loads_what_it_stored_and_computes_the_same(monkeypatch):
+@pytest.mark.parametrize("preset, blocks", [("tiny", 10), ("tiny-gemma4", 14)])
+def test_the_engine_loads_what_it_stored_and_computes_the_same(monkeypatch, preset, blocks):
     """The CPU engine with a host tier: blocks copied out as they are registered, copied back
     into fresh blocks when the scheduler loads them. Every logits row equals a run whose cache
-    never evicts (to float rounding); skipping the copies back breaks that (the test can fail)."""
+    never evicts (to float rounding); skipping the copies back breaks that (the test can fail).
+    tiny-gemma4: layers of two shapes, a cache tensor each (its windows hold 8 of the 14 blocks)."""
     from engine.kv_cache import PagedKVCache
     from traces.synthetic import batchllm_microbenchmark
 
+    spec = model_spec(preset)
     workload = batchllm_microbenchmark(40, 13, 12, 3, 18, seed=4)
-    baseline, _ = engine_logits(workload, 256, max_num_batched_tokens=512)
+    baseline, _ = engine_logits(workload, 256, spec, max_num_batched_tokens=512)
 
     def worst(logits):
         return max((logits[r] - baseline[r]).abs().max().item() for r in baseline)
 
     for chunk, tier in ((16, 256), (64, 256), (64, 12)):  # 12 blocks: the tier drops some, the engine too
-        logits, outcome = engine_logits(workload, 10, max_num_batched_tokens=chunk, host_cache_blocks=tier)
+        logits, outcome = engine_logits(workload, blocks, spec, max_num_batched_tokens=chunk, host_cache_blocks=tier)
         assert outcome.scheduler.stats.host_loaded_blocks > 0 and outcome.scheduler.kv.num_evictions > 0
         assert worst(logits) < 1e-4, (chunk, tier)
     real = PagedKVCache.host_transfers
     monkeypatch.setattr(PagedKVCache, "host_transfers", lambda self, stores, loads, drops: real(self, stores, (), drops))
-    logits, _ = engine_logits(workload, 10, max_num_batched_tokens=64, host_cache_blocks=256)
+    logits, _ = engine_logits(workload, blocks, spec, max_num_batched_tokens=64, host_cache_blocks=256)
     assert worst(logits) > 1e-3
 
 
