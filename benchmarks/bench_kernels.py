@@ -158,6 +158,7 @@ def main(argv: list[str]) -> int:
     from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
     results["fused_moe"] = moe_results(bench, device, dry, results["device"])
     results["delta_step"] = delta_step_results(bench, device, dry, copy_bw)
+    results["gemma4_full_decode"] = gemma4_decode_results(bench, device, dry, copy_bw)
     if dry:
         print(json.dumps(results, indent=2))
         return 0
@@ -176,8 +177,49 @@ def main(argv: list[str]) -> int:
     print(f"DeltaNet decode step (batch {delta['batch']}, {delta['heads']} heads of {delta['key_dim']} x "
           f"{delta['value_dim']}): {delta['kernel_ms']:.3f} ms fused, {delta['torch_ms']:.3f} ms in torch "
           f"({delta['speedup']:.2f}x), {delta['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth")
+    gemma4 = results["gemma4_full_decode"]
+    print(f"paged decode at Gemma 4 31B's full layers ({gemma4['heads']} heads, {gemma4['kv_heads']} kv heads of "
+          f"{gemma4['head_dim']}): {gemma4['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the defaults, "
+          f"{gemma4['best']['fraction_of_copy_bandwidth']:.1%} at best ({gemma4['best']})")
     print(f"written: {path}")
     return 0
+
+
+def gemma4_decode_results(bench, device: str, dry: bool, copy_bw: float) -> dict:
+    """Paged decode at Gemma 4 31B's full layers' shape (32 query heads, 4 kv heads of 512, softmax
+    scale 1; vLLM runs it on its Triton backend, FlashAttention having no head size of 512): 64
+    requests at context 4,096 in bf16, its KV read as a fraction of the copy bandwidth, with the
+    defaults and the best of a few launch settings."""
+    from kernels.paged_decode import paged_decode_attention, paged_decode_reference
+
+    heads, kv_heads, head_dim, block_size = (4, 1, 32, 16) if dry else (32, 4, 512, 16)
+    seqs, context = (2, 48) if dry else (64, 4096)
+    dtype = torch.float32 if dry else torch.bfloat16
+    blocks = seqs * context // block_size
+    key = torch.randn((blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype) / 8
+    value = torch.randn_like(key)
+    tables = torch.randperm(blocks, device=device).view(seqs, -1).to(torch.int32)
+    contexts = torch.full((seqs,), context, dtype=torch.int32, device=device)
+    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype) / 8
+    if dry:  # the kernel must agree with its reference at this head size
+        torch.testing.assert_close(paged_decode_attention(query, key, value, tables, contexts, 1.0),
+                                   paged_decode_reference(query, key, value, tables, contexts, 1.0), rtol=1e-4, atol=1e-5)
+    kv_bytes = 2 * seqs * context * kv_heads * head_dim * key.element_size()
+    rows = []
+    for warps, stages in ((4, 3),) if dry else ((4, 3), (4, 2), (8, 2), (8, 3), (2, 2)):
+        try:
+            ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, 1.0, max_context=context,
+                                                      num_warps=warps, num_stages=stages))
+        except Exception as error:  # a setting whose tiles do not fit: said, not fatal
+            rows.append({"num_warps": warps, "num_stages": stages, "error": str(error)[:200]})
+            continue
+        rows.append({"num_warps": warps, "num_stages": stages, "ms": ms,
+                     "fraction_of_copy_bandwidth": kv_bytes / (ms / 1e3) / copy_bw})
+    default_ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, 1.0, max_context=context))
+    timed = sorted((row for row in rows if "ms" in row), key=lambda row: row["ms"])
+    return {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "seqs": seqs, "context": context,
+            "ms": default_ms, "fraction_of_copy_bandwidth": kv_bytes / (default_ms / 1e3) / copy_bw,
+            "best": timed[0] if timed else None, "sweep": rows}
 
 
 def delta_step_results(bench, device: str, dry: bool, copy_bw: float) -> dict:
