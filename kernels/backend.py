@@ -35,7 +35,6 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     prefix_aware = True
     windows_and_sinks = True
-    gelu_experts = False  # kernels/fused_moe.py: SwiGLU (and gpt-oss's) only
 
     def rms_norm(self, x, weight, eps, gemma=False, offset=1.0):
         return rms_norm(x.contiguous(), weight, eps, gemma=gemma, offset=offset)

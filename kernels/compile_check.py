@@ -83,8 +83,9 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
         (_gate_up_kernel,
          {"x_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, "sorted_ptr": "*i32", "block_expert_ptr": "*i32",
           "bias_ptr": ptr, "pairs": i32, "top_k": i32, "hidden": i32, "width": i32, "limit": f32, "alpha": f32,
-          "BLOCK_M": c, "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c, "BIAS": c, "CLAMP": c},
-         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision, "BIAS": False, "CLAMP": False}),
+          "BLOCK_M": c, "BLOCK_N": c, "BLOCK_K": c, "DOT_PRECISION": c, "BIAS": c, "CLAMP": c, "GELU": c},
+         {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_PRECISION": precision, "BIAS": False, "CLAMP": False,
+          "GELU": False}),
         (_down_kernel,
          {"act_ptr": ptr, "w_ptr": ptr, "weights_ptr": "*fp32", "out_ptr": ptr, "sorted_ptr": "*i32",
           "block_expert_ptr": "*i32", "bias_ptr": ptr, "pairs": i32, "hidden": i32, "width": i32, "BLOCK_M": c,
@@ -121,7 +122,7 @@ def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
 
 def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     """Gemma 4 31B's full layers (head size 512, 8 query heads a kv head) through the attention
-    kernels, and its RMSNorm (times w: offset 0); in bf16, as it is served."""
+    kernels, its RMSNorm (times w: offset 0) and 26B-A4B's GeGLU experts; in bf16, as it is served."""
     if dtype != "bf16":
         return []
     variants = []
@@ -130,6 +131,8 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
             constants = {**constants, "HEAD_DIM": 512, **({"GROUP": 8} if "GROUP" in constants else {})}
         elif kernel.__name__ == "_rmsnorm_kernel":
             constants = {**constants, "BLOCK": 8192, "GEMMA": True, "OFFSET": 0.0}
+        elif kernel.__name__ == "_gate_up_kernel":
+            constants = {**constants, "GELU": True}
         else:
             continue
         variants.append((kernel, signature, constants))
@@ -171,6 +174,7 @@ def main(arch: int = 90) -> int:
             mix = load_mix(compiled.asm["ptx"])
             label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
+                                       or constants.get("GELU")
                                        else "+gemma" if constants.get("GEMMA") else "")
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "

@@ -56,7 +56,8 @@ def _block_pairs(sorted_ptr, block, pairs, BLOCK_M: tl.constexpr):
 @triton.jit
 def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, bias_ptr, pairs, top_k, hidden, width,
                     limit, alpha, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr, BIAS: tl.constexpr, CLAMP: tl.constexpr):
+                    DOT_PRECISION: tl.constexpr, BIAS: tl.constexpr, CLAMP: tl.constexpr,
+                    GELU: tl.constexpr = False):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
     if expert < 0:  # past the last expert's blocks
@@ -87,6 +88,9 @@ def _gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, bias_pt
         gate = tl.minimum(gate, limit)
         up = tl.minimum(tl.maximum(up, -limit), limit)
         act = (up + 1.0) * gate / (1.0 + tl.exp(-alpha * gate))
+    elif GELU:  # Gemma 4: GELU's tanh approximation, 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3))), times up
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        act = gate * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * inner))) * up  # 0.5 (1 + tanh y) = 1 - 1 / (1 + e^2y)
     else:
         act = gate / (1.0 + tl.exp(-gate)) * up  # in fp32, rounded once when stored
     out = out_ptr + pair.to(tl.int64)[:, None] * width + cols[None, :]
@@ -126,12 +130,16 @@ def _down_kernel(act_ptr, w_ptr, weights_ptr, out_ptr, sorted_ptr, block_expert_
 def fused_experts(x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, gate_up: torch.Tensor,
                   down: torch.Tensor, block_m: int = 16, block_n: int = 64, block_k: int = 64,
                   poison: bool = False, gate_up_bias: torch.Tensor | None = None,
-                  down_bias: torch.Tensor | None = None, limit: float = 0.0, alpha: float = 1.0) -> torch.Tensor:
+                  down_bias: torch.Tensor | None = None, limit: float = 0.0, alpha: float = 1.0,
+                  gelu: bool = False) -> torch.Tensor:
     """``x`` [tokens, hidden]; ``weights``, ``chosen`` [tokens, k] (routing weights in x's
     dtype, expert ids); ``gate_up`` [experts, 2 x width, hidden]; ``down`` [experts, hidden,
     width]. Returns [tokens, hidden]. ``poison``: the per-pair buffers start as NaN (tests).
     gpt-oss's experts: ``gate_up_bias`` [experts, 2 x width], ``down_bias`` [experts, hidden]
-    and its clamped SwiGLU (``limit`` > 0, ``alpha``), as engine/experts.py computes them."""
+    and its clamped SwiGLU (``limit`` > 0, ``alpha``), as engine/experts.py computes them; ``gelu``:
+    GeGLU experts (Gemma 4)."""
+    if gelu and limit > 0:
+        raise ValueError("gelu and a clamp (limit) exclude each other")
     if x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"expected contiguous x [tokens, hidden], got {tuple(x.shape)}")
     tokens, hidden = x.shape
@@ -161,7 +169,7 @@ def fused_experts(x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor, 
         _gate_up_kernel[(blocks, triton.cdiv(width, block_n))](
             x, gate_up, act, sorted_ids, block_expert, x if gate_up_bias is None else gate_up_bias, pairs, top_k,
             hidden, width, float(limit), float(alpha), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            DOT_PRECISION=precision, BIAS=gate_up_bias is not None, CLAMP=limit > 0)
+            DOT_PRECISION=precision, BIAS=gate_up_bias is not None, CLAMP=limit > 0, GELU=gelu)
         _down_kernel[(blocks, triton.cdiv(hidden, block_n))](
             act, down, weights.reshape(-1).float(), products, sorted_ids, block_expert,
             x if down_bias is None else down_bias, pairs, hidden, width,

@@ -188,8 +188,10 @@ def test_host_wrappers_check_their_inputs():
 # tiny-gemma3: windows with the sliding layers' own RoPE frequencies through the RoPE kernel;
 # tiny-qwen3.5: RoPE over a quarter of each head through it, DeltaNet (torch) beside the kernels;
 # tiny-gemma4: a full layer of its own head size and kv heads (keys as values, values normalised)
-# beside a sliding one, Gemma 4's norms (times w) through the RMSNorm kernel
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "tiny-gemma4"])
+# beside a sliding one, Gemma 4's norms (times w) through the RMSNorm kernel; tiny-gemma4-moe: its
+# GeGLU experts through the fused MoE kernel
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "tiny-gemma4",
+                                    "tiny-gemma4-moe"])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
@@ -204,6 +206,7 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
 
     layers = {"tiny-gpt-oss": dict(num_layers=2), "tiny-gemma3": dict(num_layers=2, sliding_layers=(0,)),
               "tiny-gemma4": dict(num_layers=2, sliding_layers=(0,)),
+              "tiny-gemma4-moe": dict(num_layers=2, sliding_layers=(0,)),
               "tiny-qwen3.5": dict(num_layers=2, linear_layers=(0,))}
     spec = model_spec(preset, **layers.get(preset, dict(num_layers=1)))  # a window layer, a full one
     weights = random_weights(spec, 3, torch.float32, torch.device(DEVICE))
@@ -238,8 +241,9 @@ def test_kernels_compile_for_sm90():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     # (9 kernels + 5 gpt-oss variants + Gemma's norm) x (bf16, fp32), the fp32 DeltaNet step, and
-    # Gemma 4's 6 in bf16 (the attention kernels at its full layers' head size of 512, its norm)
-    assert result.stdout.count("ok ") == 37
+    # Gemma 4's 7 in bf16 (the attention kernels at its full layers' head size of 512, its norm, its
+    # GeGLU experts)
+    assert result.stdout.count("ok ") == 38
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
     # 16 bytes a thread (vector loads or pipelined async copies), never element by element; the
     # gpt-oss variants read one 2-byte sink a program besides
@@ -255,7 +259,7 @@ def test_kernels_compile_for_sm90():
     # Hopper block may take (227 KB), so that the kernels launch on an H100 or H200
     gemma4 = re.findall(r"ok (\w+)\+gemma4 +bf16 .*16-byte loads (\d+), 2-byte loads (\d+), shared memory ([\d,]+) B",
                         result.stdout)
-    assert len(gemma4) == 6 and all(int(wide) > 0 and int(narrow) == 0 and int(shared.replace(",", "")) <= 227 * 1024
+    assert len(gemma4) == 7 and all(int(wide) > 0 and int(narrow) == 0 and int(shared.replace(",", "")) <= 227 * 1024
                                     for _, wide, narrow, shared in gemma4), gemma4
     assert all(int(wide) > 0 for name, wide, _ in oss if name != "_merge_kernel"), oss
 
@@ -340,6 +344,7 @@ def test_gpu_kernel_benchmark_dry_run():
     (37, 64, 48, 8, 2),    # ragged: runs of every length, a width that is no power of two
     (20, 80, 96, 4, 3),    # hidden and width past one tile, three experts a token
     (37, 64, 48, 8, -2),   # gpt-oss: biases and the clamped SwiGLU at a limit the gates cross
+    (37, 64, 48, 8, 20),   # Gemma 4: GeGLU experts (top 2; 20 marks them)
 ])
 def test_fused_experts_match_the_engines_torch_experts(dtype, tokens, hidden, width, experts, top_k):
     from engine.experts import experts_reference, route
@@ -354,14 +359,18 @@ def test_fused_experts_match_the_engines_torch_experts(dtype, tokens, hidden, wi
         top_k = -top_k
         gpt_oss = dict(gate_up_bias=rand(experts, 2 * width, std=0.5), down_bias=rand(experts, hidden, std=0.5),
                        limit=0.6, alpha=1.702)
+    if top_k == 20:  # Gemma 4's
+        top_k, gpt_oss = 2, dict(gelu=True)
     weights, chosen = route(x, router, top_k, renormalise=top_k == 2)
     reference = experts_reference(x, weights, chosen, gate_up, down, **gpt_oss)
     out = fused_experts(x, weights, chosen, gate_up, down, block_m=16, block_n=32, block_k=32, poison=True, **gpt_oss)
     assert out.dtype == dtype and out.shape == reference.shape
     assert relative_error(out, reference) <= TOLERANCE[dtype]
-    if gpt_oss:  # the clamp binds: without it the output moves
+    if gpt_oss.get("limit"):  # the clamp binds: without it the output moves
         unclamped = experts_reference(x, weights, chosen, gate_up, down, **{**gpt_oss, "limit": 1e6})
         assert relative_error(unclamped, reference) > 0.05
+    if gpt_oss.get("gelu"):  # GeGLU is not SwiGLU on these inputs
+        assert relative_error(experts_reference(x, weights, chosen, gate_up, down), reference) > 0.05
 
 
 def test_align_by_expert_pads_each_experts_run_to_whole_blocks():
