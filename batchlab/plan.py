@@ -82,9 +82,9 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
 
     workload = workload_of(cfg, base_dir)
     model = model_of(cfg, base_dir, costs_only=True)
-    overrides = host_tier_overrides(cfg, model, OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
-    configs = [schedule_config(name, **overrides) for name in cfg.schedule.names]
-    block_size, sharding = block_size_of(cfg, model), cfg.sharding
+    requested = OmegaConf.to_container(cfg.schedule.overrides, resolve=True)
+    overrides = host_tier_overrides(cfg, model, requested)
+    sharding = cfg.sharding
     base = OmegaConf.to_container(cfg.hardware.overrides, resolve=True)
     if "tensor_parallel" in base:
         raise ConfigError("plan tries every tensor-parallel size itself; give gpus=N, not hardware.overrides.tensor_parallel")
@@ -111,6 +111,8 @@ def run_plan(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
             calibrated = calibrations[preset]["fitted_hardware"] if preset in calibrations else {}
             hardware = hardware_spec(preset, **{**calibrated, **base}, tensor_parallel=tp)
             block_size = block_size_of(cfg, model, tp)  # Gemma 4's pages can change with the split
+            configs = [schedule_config(name, **host_tier_overrides(cfg, model, requested, tp))  # so can its tier's
+                       for name in cfg.schedule.names]
             try:
                 kv_blocks = kv_capacity_blocks(model, hardware, block_size)
             except ConfigError as error:  # does not fit, or the heads do not split this way

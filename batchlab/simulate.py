@@ -127,10 +127,11 @@ def split_for_replicas(cfg: DictConfig, workload, replicas: int, block_size: int
     return None, shard_workload(workload, replicas, sharding, block_size)
 
 
-def host_tier_overrides(cfg: DictConfig, model, overrides: dict) -> dict:
+def host_tier_overrides(cfg: DictConfig, model, overrides: dict, tensor_parallel: int | None = None) -> dict:
     """``host_kv_gb`` (GB of host memory for a KV tier behind each engine's prefix cache) as the
     schedules' ``host_cache_blocks``: the blocks of the model's whole KV (every GPU's share)
-    that fit."""
+    that fit, in the block the model is served in on ``tensor_parallel`` GPUs (``block_size_of``;
+    Gemma 4's changes with the split)."""
     gigabytes = cfg.get("host_kv_gb") or 0
     if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or gigabytes < 0:
         raise ConfigError(f"host_kv_gb is {gigabytes!r}; expected GB of host memory >= 0")
@@ -138,7 +139,7 @@ def host_tier_overrides(cfg: DictConfig, model, overrides: dict) -> dict:
         return overrides
     if "host_cache_blocks" in overrides:
         raise ConfigError("host_kv_gb and schedule.overrides.host_cache_blocks both size the host tier; give one")
-    block_bytes = model.kv_bytes_per_token * block_size_of(cfg, model)
+    block_bytes = model.kv_bytes_per_token * block_size_of(cfg, model, tensor_parallel)
     return {**overrides, "host_cache_blocks": int(gigabytes * 1e9 // block_bytes)}
 
 

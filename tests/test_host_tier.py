@@ -137,6 +137,11 @@ def test_host_kv_gb_sizes_the_tier_in_blocks_of_the_models_kv():
         host_tier_overrides(cfg(-1), MODEL, {})
     with pytest.raises(ConfigError, match="give one"):
         host_tier_overrides(cfg(8), MODEL, {"host_cache_blocks": 5})
+    # Gemma 4 26B-A4B is served in blocks of 32 tokens on one GPU, of 16 on four: a tier of as many
+    # bytes holds twice the blocks there (plan sizes each split's so)
+    gemma = model_spec("gemma-4-26b-a4b")
+    one, four = (host_tier_overrides(cfg(64), gemma, {}, tp)["host_cache_blocks"] for tp in (1, 4))
+    assert one == int(64e9 // (gemma.kv_bytes_per_token * 32)) and four == int(64e9 // (gemma.kv_bytes_per_token * 16))
 
 
 def engine_logits(workload, blocks: int, spec=None, **overrides):
