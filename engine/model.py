@@ -203,11 +203,9 @@ class LlamaModel:
         one_plus_w = spec.gemma or spec.zero_centered_norms
         self.norm = partial(backend.rms_norm, gemma=True, offset=0.0 if spec.gemma4 else 1.0) if one_plus_w \
             else backend.rms_norm
-        # Gemma 4's values: normalised without a weight (one of 1s, each kind's head size)
-        self.unit = {full: torch.ones(spec.layer_attention(full)[1], dtype=weights.embed.dtype, device=device)
-                     for full in (False, True)} if spec.gemma4 else None
-        if self.unit is not None:  # and its router's input, normalised the same way
-            self.unit["hidden"] = torch.ones(spec.hidden_size, dtype=weights.embed.dtype, device=device)
+        # Gemma 4 normalises its values and its router's input without a weight: one of 1s a size
+        sizes = {spec.head_dim, spec.layer_attention(True)[1], spec.hidden_size}
+        self.ones = {n: torch.ones(n, dtype=weights.embed.dtype, device=device) for n in sizes} if spec.gemma4 else None
         self.sliding = set(spec.sliding_layers)
         self.linear_index = {layer: i for i, layer in enumerate(spec.linear_layers)}  # -> its state's index
         full = [i for i in range(spec.num_layers) if i not in self.linear_index]
@@ -264,7 +262,7 @@ class LlamaModel:
             dense = swiglu(h, layer, gelu=True)
         with timer("norms"):
             dense = norm(dense, layer.dense_out_norm, eps)
-            routed = norm(x, self.unit["hidden"], eps) * layer.router_scale * spec.hidden_size ** -0.5
+            routed = norm(x, self.ones[spec.hidden_size], eps) * layer.router_scale * spec.hidden_size ** -0.5
             into = norm(x, layer.experts_in_norm, eps)
         with timer("mlp"):
             weights, chosen = route(routed, layer.router, spec.experts_per_token, True)
@@ -295,8 +293,8 @@ class LlamaModel:
             with timer("norms"):
                 q = norm(q.reshape(-1, d), layer.q_norm, eps).view(count, spec.num_heads, d)
                 k = norm(k.reshape(-1, d), layer.k_norm, eps).view(count, heads, d)
-                if self.unit is not None:  # Gemma 4: values normalised too
-                    v = norm(v.reshape(-1, d), self.unit[full], eps).view(count, heads, d)
+                if self.ones is not None:  # Gemma 4: values normalised too
+                    v = norm(v.reshape(-1, d), self.ones[d], eps).view(count, heads, d)
         with timer("rope_kv_store"):
             cos, sin, inv_freq = rope
             r = d if spec.gemma4 else spec.rotary_dim  # Gemma 4's frequencies span the head (some 0)
