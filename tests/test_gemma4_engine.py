@@ -94,7 +94,8 @@ def test_checkpoints_load_as_saved_and_as_released(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny-gemma4", "tiny-gemma4-moe"])
 def test_scheduling_never_changes_its_tokens(preset):
     """The same greedy tokens whatever the schedule, the chunk size and prefix caching, with
-    full layers and sliding ones of different shapes in the paged cache."""
+    full layers and sliding ones of different shapes in the paged cache; and under preemption
+    (a cache of 22 blocks, 8 of each running request's for its windows: requests recomputed)."""
     from traces.synthetic import batchllm_microbenchmark
 
     spec = model_spec(preset)
@@ -105,6 +106,10 @@ def test_scheduling_never_changes_its_tokens(preset):
                                      ("decode_first", 7, "off")):
         tokens = tokens_of(workload, schedule, spec=spec, max_num_batched_tokens=chunk, caching=caching)[0]
         assert tokens == baseline, schedule
+    longer = batchllm_microbenchmark(12, 13, 40, 3, 18, seed=4)  # outputs that outgrow the cache
+    baseline, _ = tokens_of(longer, "fcfs", spec=spec, max_num_batched_tokens=512)
+    tokens, outcome = tokens_of(longer, "fcfs", blocks=22, spec=spec, max_num_batched_tokens=64, caching="off")
+    assert outcome.scheduler.stats.num_preemptions > 0 and tokens == baseline
 
 
 def test_the_released_configs_run_in_the_engine():
