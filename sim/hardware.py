@@ -49,6 +49,10 @@ class HardwareSpec:
     # peak the narrower the experts (README: 49 % at Mixtral's width, about 10 % at Qwen3's)
     moe_compute_efficiency: float = 0.7
     memory_efficiency: float = 0.8    # achievable fraction of HBM bandwidth
+    # ... in the attention kernels' reads of the KV cache, where they fall short of the rest (0: the
+    # same as memory_efficiency). Gemma 4's full layers (head size 512) run on Triton kernels that
+    # AMD measured at 7-32 % of an MI325's bandwidth in decode (ROCm/aiter PR #5664; README)
+    attention_efficiency: float = 0.0
     kernel_launch_s: float = 4e-6     # per kernel launch
     step_overhead_s: float = 1.5e-3   # scheduler, input preparation, sampling launch, per step
     step_overhead_per_request_s: float = 1e-5
@@ -83,6 +87,8 @@ class HardwareSpec:
             if not isinstance(getattr(self, field_name), bool):
                 raise ConfigError(f"hardware {self.name!r}: {field_name} is {getattr(self, field_name)!r}; "
                                   f"expected true or false")
+        if not 0 <= self.attention_efficiency <= 1:
+            raise ConfigError(f"hardware {self.name!r}: attention_efficiency must be in [0, 1] (0: memory_efficiency's)")
         if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
             raise ConfigError(f"hardware {self.name!r}: tensor_parallel is {self.tensor_parallel!r}; "
                               f"expected a whole number of GPUs >= 1")

@@ -67,13 +67,14 @@ def windowed_pairs(past: np.ndarray, context: np.ndarray, window: int) -> np.nda
     return rising + np.maximum(context - np.maximum(past, window), 0) * window
 
 
-def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False):
+def roofs(model: ModelSpec, hardware: HardwareSpec, experts: bool = False, attention: bool = False):
     """(roof, gemm): a kernel's seconds from its FLOPs, bytes and launches; a GEMM's of
     ``tokens`` rows through a ``k`` x ``n`` weight. ``experts``: at the compute efficiency of a
-    mixture-of-experts layer's grouped GEMMs."""
+    mixture-of-experts layer's grouped GEMMs; ``attention``: bytes at the attention kernels'
+    share of the bandwidth (``attention_efficiency``, where set)."""
     efficiency = hardware.moe_compute_efficiency if experts else hardware.compute_efficiency
     flops_rate = hardware.peak_flops * efficiency
-    bytes_rate = hardware.hbm_bandwidth * hardware.memory_efficiency
+    bytes_rate = hardware.hbm_bandwidth * ((attention and hardware.attention_efficiency) or hardware.memory_efficiency)
     launch = hardware.kernel_launch_s
     act, wb = model.activation_bytes, model.weight_bytes
 
@@ -173,7 +174,8 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
         tables.update(attention)
     else:
         full = (part.full_kv_heads or nkv, model.full_head_dim or d)  # the full layers' (Gemma 4's own)
-        tables.update(_grouped_query_tables(model, nh, nkv, d, full, roof, gemm, T, allreduce))
+        attention_roof = roofs(model, hardware, attention=True)[0]
+        tables.update(_grouped_query_tables(model, nh, nkv, d, full, attention_roof, gemm, T, allreduce))
         # the KV store (and Qwen3's q/k norms) of the mean layer
         kv_bytes = sum(share * (4 * heads * dim + (4 * (nh + heads) * dim if model.qk_norm else 0))
                        for share, heads, dim in _layer_kinds(model, nkv, d, full))
@@ -208,6 +210,8 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
                   "kernel_launch_s": hardware.kernel_launch_s, "host_bandwidth": hardware.host_bandwidth,
                   "host_efficiency": hardware.host_efficiency, "host_store_blocking": hardware.host_store_blocking,
                   "pool_bandwidth": hardware.pool_bandwidth, "host_load_overlap": hardware.host_load_overlap}
+    if hardware.attention_efficiency:
+        provenance["attention_efficiency"] = hardware.attention_efficiency
     if hardware.tensor_parallel > 1:
         provenance.update(tensor_parallel=hardware.tensor_parallel,
                           interconnect_bandwidth=hardware.interconnect_bandwidth,

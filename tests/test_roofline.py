@@ -3,6 +3,7 @@ it stands for."""
 import numpy as np
 import pytest
 
+from scheduler.errors import ConfigError
 from scheduler.model_spec import model_spec
 from sim.cost_model import KERNELS, CostModel
 from sim.hardware import hardware_spec
@@ -125,3 +126,24 @@ def test_tensor_parallel_kv_capacity_and_the_splits_a_model_allows():
         kv_capacity_blocks(big, hardware_spec("h100-sxm", tensor_parallel=3), 16)
     with pytest.raises(ConfigError, match="tensor_parallel is 0"):
         hardware_spec("h100-sxm", tensor_parallel=0)
+
+
+def test_attention_efficiency_slows_the_attention_kernels_reads_only():
+    """``attention_efficiency`` unset (0) leaves every table as it was; 0.4 against a memory
+    efficiency of 0.8 doubles the attention tables where they are bound by their KV reads (a
+    decode batch at long contexts) and changes no other kernel's table."""
+    from dataclasses import replace
+
+    model, hardware = model_spec("llama-3.1-8b"), hardware_spec("h100-sxm")
+    base = build_roofline_profile(model, hardware)
+    same = build_roofline_profile(model, replace(hardware, attention_efficiency=0.0))
+    slow = build_roofline_profile(model, replace(hardware, attention_efficiency=0.4))
+    assert all(np.array_equal(base.tables[k].values, same.tables[k].values) for k in base.tables)
+    attention = {"attn_prefill", "attn_decode", "attn_shared_prefix"}
+    assert all(np.array_equal(base.tables[k].values, slow.tables[k].values) for k in base.tables if k not in attention)
+    decode, slower = base.tables["attn_decode"].values, slow.tables["attn_decode"].values
+    launch = hardware.kernel_launch_s
+    assert (slower[-1, -1] - launch) == pytest.approx(2 * (decode[-1, -1] - launch), rel=1e-9)
+    assert (slower >= decode).all() and slow.provenance["attention_efficiency"] == 0.4
+    with pytest.raises(ConfigError, match="attention_efficiency must be in"):
+        hardware_spec("h100-sxm", attention_efficiency=1.5)
