@@ -65,7 +65,7 @@ def run_calibration(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     if "client_overhead_s" in names and not any(m in p.measured for p in points for m in CLIENT_METRICS):
         names.remove("client_overhead_s")
         notes.append("no point measures TTFT or end-to-end latency: client_overhead_s not fitted")
-    start = setting.values(float(cfg.client_overhead_s))
+    start = setting.starting_values(float(cfg.client_overhead_s), names)
     models = sorted({point.model or model.name for point in points})
     say(f"calibrate: {len(points)} points, {sum(len(p.measured) for p in points)} measured figures; "
         f"fitting {', '.join(names)} for {', '.join(models)} on {hardware.label}")

@@ -27,7 +27,9 @@ from traces.bench_results import BenchPoint
 
 from .records import outcome_summary
 
-FRACTIONS = ("compute_efficiency", "memory_efficiency", "moe_compute_efficiency")
+# attention_efficiency's 0 (unset: memory_efficiency's) is no fraction to fit from: fitted, it starts
+# at memory_efficiency (``starting_values``)
+FRACTIONS = ("compute_efficiency", "memory_efficiency", "moe_compute_efficiency", "attention_efficiency")
 SECONDS = ("step_overhead_s", "step_overhead_per_request_s", "kernel_launch_s", "client_overhead_s")
 PARAMETERS = FRACTIONS + SECONDS
 DEFAULT_FIT = ("compute_efficiency", "memory_efficiency", "step_overhead_s", "step_overhead_per_request_s",
@@ -48,6 +50,14 @@ class Setting:
         """The parameters' values in this setting: the hardware's and the client's."""
         return {**{name: getattr(self.hardware, name) for name in PARAMETERS if name != "client_overhead_s"},
                 "client_overhead_s": client_overhead_s}
+
+    def starting_values(self, client_overhead_s: float, names) -> dict[str, float]:
+        """``values``, with an unset attention_efficiency that is to be fitted (``names``) started
+        at the memory efficiency, what it stands for while unset."""
+        values = self.values(client_overhead_s)
+        if "attention_efficiency" in names and not values["attention_efficiency"]:
+            values["attention_efficiency"] = values["memory_efficiency"]
+        return values
 
 
 def _costed(setting: Setting, values: dict[str, float], model_name: str | None, built: dict):
