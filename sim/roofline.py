@@ -169,12 +169,13 @@ def build_roofline_profile(model: ModelSpec, hardware: HardwareSpec) -> Profile:
         dense = model.first_dense_layers / model.num_layers
         mlp = dense * swiglu(I) + (1 - dense) * mlp
     tables = {"mlp": Table(("tokens",), (T,), mlp + allreduce(T * h * act))}
+    attention_roof = roofs(model, hardware, attention=True)[0]  # the attention kernels' (not a DeltaNet's)
     if model.mla:
-        attention, kv_bytes = latent_attention_tables(model, nh, roof, gemm, T, (QUERIES, CONTEXTS), allreduce)
+        attention, kv_bytes = latent_attention_tables(model, nh, attention_roof, gemm, T, (QUERIES, CONTEXTS),
+                                                      allreduce)
         tables.update(attention)
     else:
         full = (part.full_kv_heads or nkv, model.full_head_dim or d)  # the full layers' (Gemma 4's own)
-        attention_roof = roofs(model, hardware, attention=True)[0]
         tables.update(_grouped_query_tables(model, nh, nkv, d, full, attention_roof, gemm, T, allreduce))
         # the KV store (and Qwen3's q/k norms) of the mean layer
         kv_bytes = sum(share * (4 * heads * dim + (4 * (nh + heads) * dim if model.qk_norm else 0))
