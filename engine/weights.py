@@ -297,7 +297,7 @@ def load_safetensors(directory: str | Path, spec: ModelSpec, dtype: torch.dtype 
         linear = i in spec.linear_layers
         shapes = _shapes(spec, i not in spec.sliding_layers)
         fields = {field: take(layer + hf, shapes[field]) for field, hf in names.items()
-                  if not (linear and field in attention) and field in shapes}
+                  if not (linear and field in attention) and (field != "v" or "v" in shapes)}  # keys as values
         if linear:
             fields.update(dict.fromkeys(attention), linear=load_linear(layer, spec, take, tensors))
         if spec.qkv_bias:
