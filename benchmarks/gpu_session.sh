@@ -25,7 +25,11 @@
 # (Gated DeltaNet in torch beside the Triton attention, 784-token blocks; 54 GB of bf16 weights, the
 # engine's fp32 block states 151 MB a block: about 105 GB at the default 256 blocks, an H200 only):
 # MODEL=qwen3.5-27b ... validate workload.params.prefix_len=1568 (prefixes of two whole blocks;
-# untested on a GPU, dry-run on CPU with MODEL=tiny-qwen3.5). A dry run of the
+# untested on a GPU, dry-run on CPU with MODEL=tiny-qwen3.5); and Gemma 4 (full layers of head size
+# 512 beside sliding ones of 256, in 32-token blocks; 61 GB of bf16 weights, the engine keeping
+# every layer's KV, 880 KiB a token, so fewer blocks: MODEL=gemma-4-31b ... profile kv_blocks=1024,
+# then ... validate kv_blocks=1024 on an H200; untested on a GPU, dry-run on CPU with
+# MODEL=tiny-gemma4; the kernels stage runs its head size of 512 through the kernels). A dry run of the
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
 #   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
 #   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
@@ -72,7 +76,8 @@ case "$stage" in
   kernels)
     setup
     set +e
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/kernel_tests.log"
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_gemma4.py 2>&1 \
+      | tee "$OUT/kernel_tests.log"
     "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
     cp benchmarks/results/*.json "$OUT/" 2>/dev/null || echo "no benchmark results (no CUDA device?)"
     ;;
