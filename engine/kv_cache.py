@@ -25,7 +25,7 @@ class PagedKVCache:
             if need > free:
                 raise ConfigError(f"KV cache of {num_blocks} blocks needs {need / 1e9:.2f} GB; "
                                   f"the device has {free / 1e9:.2f} GB free")
-        if len(set(shapes)) <= 1:
+        if len(set(shapes)) == 1:
             shape = (len(shapes), *shapes[0])
             self.key = torch.zeros(shape, dtype=dtype, device=device)
             self.value = torch.zeros(shape, dtype=dtype, device=device)

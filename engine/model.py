@@ -186,12 +186,14 @@ class LlamaModel:
                                       (first.router is not None, bool(spec.num_experts), "num_experts"),
                                       (first.shared_gate is not None,
                                        bool(spec.shared_expert_intermediate_size) and spec.shared_expert_gate,
-                                       "shared_expert_intermediate_size"),
-                                      (first.router_scale is not None, spec.gemma4 and bool(spec.num_experts),
-                                       "num_experts")):
+                                       "shared_expert_intermediate_size")):
             if present != wanted:
                 raise ConfigError(f"model {spec.name!r}: {what} is {getattr(spec, what)} but the weights "
                                   f"{'have' if present else 'lack'} {NOUNS.get(what, what.replace('num_', ''))}")
+        if (first.router_scale is not None) != (spec.gemma4 and bool(spec.num_experts)):
+            raise ConfigError(f"model {spec.name!r}: gemma4 is {spec.gemma4} with {spec.num_experts} experts but the "
+                              f"weights {'have' if first.router_scale is not None else 'lack'} Gemma 4's mixture "
+                              f"(router scales, experts beside a dense MLP)")
         self.spec = spec
         self.weights = weights
         self.backend = backend

@@ -216,11 +216,10 @@ def _gemma4_full_layers(config: dict, name: str) -> dict:
     full = {i for i, kind in enumerate(config["layer_types"]) if kind == "full_attention"}
     entries = {int(layer): dict(entry) for layer, entry in config["per_layer_config"].items()}
     shapes = {tuple(sorted(entry.items())) for entry in entries.values()}
-    if set(entries) != full or len(shapes) != 1 or set(next(iter(entries.values()))) - {"head_dim",
-                                                                                        "num_key_value_heads"}:
+    entry = next(iter(entries.values()))
+    if set(entries) != full or len(shapes) != 1 or set(entry) - {"head_dim", "num_key_value_heads"}:
         raise ConfigError(f"model config {name!r}: per_layer_config must give every full-attention layer (and only "
                           f"those) the same head_dim and num_key_value_heads; got {config['per_layer_config']!r}")
-    entry = next(iter(entries.values()))
     return {"global_head_dim": entry.get("head_dim", config["head_dim"]),
             "num_global_key_value_heads": entry.get("num_key_value_heads")}
 

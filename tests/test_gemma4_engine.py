@@ -116,7 +116,8 @@ def test_the_released_configs_run_in_the_engine():
     """The published 31B and 26B-A4B configs parse for the engine as the presets (softmax scale 1,
     logits capped at 30); transformers' per_layer_config reads as the released names; the
     E2B/E4B layout, bidirectional attention, a per_layer_config that gives the full layers
-    different shapes, and the 26B-A4B's GeGLU experts on a backend without them are refused."""
+    different shapes, weights without Gemma 4's mixture, and the 26B-A4B's GeGLU experts on a
+    backend without them are refused."""
     from engine.model import LlamaModel
     from engine.weights import random_weights
     from engine.attention import TorchAttentionBackend
@@ -135,6 +136,11 @@ def test_the_released_configs_run_in_the_engine():
         ModelSpec.from_hf_config({**saved, "per_layer_config": {"5": {"head_dim": 512}, "11": {"head_dim": 256}}})
     with pytest.raises(ConfigError, match="use_bidirectional_attention 'all': not implemented by the engine"):
         ModelSpec.from_hf_config({**GEMMA4_31B["text_config"], "use_bidirectional_attention": "all"})
+
+    weights = random_weights(TINY_MOE)
+    plain = replace(weights, layers=[replace(layer, router_scale=None) for layer in weights.layers])
+    with pytest.raises(ConfigError, match="gemma4 is True with 4 experts but the weights lack Gemma 4's mixture"):
+        LlamaModel(TINY_MOE, plain, TorchAttentionBackend())
 
     class SwiGLUOnly(TorchAttentionBackend):
         name, gelu_experts = "swiglu-only", False
