@@ -31,12 +31,17 @@ def guarded(name: str, run_dir: Path, work: Callable[[], T], kept: str | None = 
 
 
 def workload_of(cfg, base_dir: str):
-    """The composed config's workload, with output-length estimates where it asks for them."""
+    """The composed config's workload, with several completions of each prompt (``samples``) and
+    output-length estimates where it asks for them."""
     from omegaconf import OmegaConf
 
     from traces.build import build_workload
 
     workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
+    samples = cfg.get("samples")
+    if samples is not None and (samples.get("n", 1) != 1 or samples.get("output_cv")):
+        from traces.samples import with_samples
+        workload = with_samples(workload, samples.get("n", 1), samples.get("output_cv", 0.0), int(samples.get("seed", 0)))
     estimate = cfg.get("output_estimate")
     if estimate is not None and estimate.get("cv"):
         from traces.estimates import with_output_estimates

@@ -54,11 +54,14 @@ def _summary(records, workload, distinct: int, block_size: int) -> list[str]:
     longest = max(r.prompt_len for r in workload.requests)
     grouping = group_requests(workload.requests, block_size)
     sources = lambda key: ", ".join(f"{n:,} {what}" for what, n in Counter(getattr(r, key) for r in records).most_common())
+    samples = sum(r.samples for r in records)
+    completions = ([f"completions: {samples:,} requests from {len(records):,} prompts (their lines' n), each a "
+                    f"request with its prompt"] if samples > len(records) else [])
     return [
-        f"prompts: {sources('prompt_from')}",
+        f"prompts: {sources('prompt_from')}", *completions,
         f"output lengths: {sources('output_from')}",
         f"{workload.describe()}",
-        f"prompt tokens: mean {prompt_tokens / len(records):,.0f}, longest {longest:,}",
+        f"prompt tokens: mean {prompt_tokens / len(workload.requests):,.0f}, longest {longest:,}",
         f"prefix sharing: {distinct:,} distinct prompt tokens of {prompt_tokens:,}: an unbounded prefix cache "
         f"would reuse {1 - distinct / prompt_tokens:.1%} of prompt tokens",
         f"global prefix groups (BatchLLM, {block_size}-token blocks): {len(grouping.groups):,} groups, "

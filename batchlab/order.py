@@ -126,6 +126,46 @@ def _lines(path: Path) -> list[bytes]:
     return lines
 
 
+def request_counts(lines: list[bytes], path: Path, samples: int = 1) -> np.ndarray:
+    """The requests each line became: its ``n`` (completions; 1 where absent), times the run's
+    ``samples.n``."""
+    import json
+
+    counts = np.full(len(lines), samples, dtype=np.int64)
+    for index, line in enumerate(lines):
+        if b'"n"' in line:  # the few lines that may carry one are parsed
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise OrderError(f"{path}, line {index + 1} of its non-blank lines: not JSON ({error})") from None
+            scopes = [record, record.get("body")] if isinstance(record.get("body"), dict) else [record]
+            n = next((scope["n"] for scope in scopes if "n" in scope), 1)
+            if type(n) is not int or n < 1:
+                raise OrderError(f"{path}, line {index + 1} of its non-blank lines: n is {n!r}; expected an integer >= 1")
+            counts[index] *= n
+    return counts
+
+
+def line_orders(orders: dict[int, np.ndarray], requests_of: np.ndarray) -> dict[int, np.ndarray]:
+    """Each engine's order of requests as an order of the lines they came from (a line's
+    completions adjacent requests, numbered in line order): each line where the first of its
+    requests was admitted. The completions of a line split over engines are refused."""
+    if (requests_of == 1).all():
+        return orders
+    line_of = np.repeat(np.arange(len(requests_of)), requests_of)
+    lines, seen = {}, np.full(len(requests_of), -1, dtype=np.int64)
+    for engine, order in orders.items():
+        mapped = line_of[order]
+        first = np.sort(np.unique(mapped, return_index=True)[1])
+        lines[engine] = mapped[first]
+        clash = seen[lines[engine]] >= 0
+        if clash.any():
+            raise OrderError(f"line {int(lines[engine][clash][0]) + 1}'s completions went to several engines; split "
+                             f"the batch by prefix (sharding=prefix), which keeps a prompt's completions on one engine")
+        seen[lines[engine]] = engine
+    return lines
+
+
 def output_paths(output: Path, engines: list[int]) -> dict[int, Path]:
     """``output`` for one engine; ``NAME.replicaK.SUFFIX`` beside it for each of several."""
     if engines == [0]:
@@ -161,12 +201,17 @@ def order_main(argv: list[str]) -> int:
                 raise OrderError(f"{output}: that is the prompts file itself; write the order to another file")
         _check_unchanged(summary, path)
         lines = _lines(path)
-        count = sum(map(len, orders.values()))
-        if len(lines) != count:
+        requests_of = request_counts(lines, path, (config.get("samples") or {}).get("n", 1))
+        simulated = sum(map(len, orders.values()))
+        if int(requests_of.sum()) != simulated:
             limit = (config.get("workload") or {}).get("limit")
-            raise OrderError(f"{path}: {len(lines):,} prompts, but the run simulated {count:,}"
+            raise OrderError(f"{path}: {len(lines):,} prompts" + (f" ({int(requests_of.sum()):,} requests with their "
+                             f"completions)" if len(lines) != requests_of.sum() else "")
+                             + f", but the run simulated {simulated:,}"
                              + (f" (workload.limit={limit})" if limit else "")
                              + "; simulate the whole file")
+        orders = line_orders(orders, requests_of)
+        count = len(lines)
         write_orders(lines, orders, paths)
     except OrderError as error:
         print(f"batchlab order: error: {error}", file=sys.stderr)
@@ -194,6 +239,10 @@ def follow_up(config: dict, output: Path) -> str:
         words.append(f"workload.tokenizer={workload['tokenizer']}")
     if workload.get("output_len"):
         words.append(f"workload.output_len={workload['output_len']}")
+    samples = config.get("samples") or {}
+    for key, plain in (("n", 1), ("output_cv", 0.0), ("seed", 0)):
+        if samples.get(key, plain) != plain:
+            words.append(f"samples.{key}={samples[key]}")
     for group in ("model", "hardware"):
         preset = (config.get(group) or {}).get("preset")
         if preset:

@@ -79,6 +79,16 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
     return tokens_left
 
 
+def beyond_prefix(scheduler: "Scheduler", state: RequestState, group) -> bool:
+    """Whether the LRU cache holds more of a group member's prompt than its group's prefix (its
+    siblings' blocks past it: completions of one prompt, deeper sharing), the prefix's blocks
+    first, as the group holds them."""
+    keys = scheduler._keys(state)
+    held = len(group.holder_blocks)
+    limit = min(len(keys), (state.num_tokens - 1) // scheduler.block_size)
+    return limit > held and scheduler.kv.match_count(keys, held + 1)[0] == held + 1
+
+
 def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     """What admitting ``state`` now would take: (hits, tokens already there, first chunk,
     new blocks, blocks loaded from the host tier, blocks for its sliding window), or None when
@@ -92,11 +102,13 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     num_tokens = state.num_tokens
     group = state.group
     loaded = 0
-    if group is not None and group.prefix_done and state.request is not None:
+    member = group is not None and group.prefix_done and state.request is not None
+    if member and (kv.caching == "off" or scheduler.pages is not None or scheduler.host is not None
+                   or not beyond_prefix(scheduler, state, group)):
         hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
         num_hits = len(hits)
         free_hits = kv.num_free_among(hits)
-    elif kv.caching != "off":
+    elif kv.caching != "off":  # (a member whose siblings left blocks past the prefix: those too)
         keys = scheduler._keys(state)
         hits = None
         limit = min(len(keys), (num_tokens - 1) // size)

@@ -242,9 +242,10 @@ class Scheduler:
         return keys
 
     def _register(self, state: RequestState, end: int) -> None:
-        # Members of a group share through it, not the cache; a request in no group (of any
-        # schedule) leaves its prompt's blocks to the LRU cache, for later arrivals to hit.
-        if self.kv.caching == "off" or (state.group is not None and state.request is not None):
+        # A request leaves its prompt's blocks to the LRU cache (where there is one), for later
+        # arrivals to hit; a group's members too, past the prefix they share through their group
+        # (their siblings' completions of one prompt, or deeper sharing, find them).
+        if self.kv.caching == "off":
             return
         keys = self._keys(state)
         self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))

@@ -64,7 +64,8 @@ def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workloa
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"workload limit is {limit!r}; expected a positive integer")
-        workload = workload.head(limit)
+        if kind != "prompts":  # read so many lines, a line's completions kept together
+            workload = workload.head(limit)
     arrivals = dict(spec.get("arrivals") or {})
     if arrivals:
         workload = with_arrivals(workload, **arrivals)

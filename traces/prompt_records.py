@@ -13,6 +13,8 @@ under ``body``, is looked into as well):
   ``max_completion_tokens`` or ``max_new_tokens`` (the engine ignores EOS, so a limit is taken
   as the length); else the caller's default.
 - arrival: ``arrival_s`` (seconds; absent: 0, an offline batch).
+- completions: ``n`` (vLLM's and OpenAI's parallel sampling): the line becomes ``n`` requests
+  with its prompt, adjacent (``traces/samples.py``); absent: 1.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class PromptRecord:
     prompt_from: str            # e.g. "token ids (input_ids)", "chat messages"
     output_from: str            # e.g. "count (output_len)", "limit (max_tokens)", "default"
     priority: float | None = None  # `priority` (vLLM's per-request priority; order=priority)
+    samples: int = 1               # `n`: completions of this prompt, each a request
 
 
 class Tokenizer:
@@ -185,17 +188,17 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
     tokenizer = Tokenizer(tokenizer_dir)
     last_report = time.perf_counter()
     count = 0
-    pending: list[tuple] = []  # (line, prompt, prompt_from, output length, output_from, arrival, priority)
+    pending: list[tuple] = []  # (line, prompt, prompt_from, output length, output_from, arrival, priority, n)
 
     def flush() -> Iterator[PromptRecord]:
         nonlocal count, last_report
         texts = [v for entry in pending for v in (entry[1], entry[3]) if isinstance(v, Text)]
         ids = iter(tokenizer.tokenize(texts) if texts else [])
-        for line, prompt, prompt_from, length, output_from, arrival, priority in pending:
+        for line, prompt, prompt_from, length, output_from, arrival, priority, samples in pending:
             array = _token_array(next(ids), path, line) if isinstance(prompt, Text) else prompt
             if isinstance(length, Text):
                 length = max(1, len(next(ids)))
-            yield PromptRecord(line, array, length, arrival, prompt_from, output_from, priority)
+            yield PromptRecord(line, array, length, arrival, prompt_from, output_from, priority, samples)
             count += 1
             if progress is not None and time.perf_counter() - last_report >= progress_every_s:
                 last_report = time.perf_counter()
@@ -217,17 +220,26 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
         if priority is not None and not is_finite_number(priority):
             raise TraceError(path, line, f"priority is {priority!r}; expected a finite number (lower runs first "
                                          f"under schedule priority)")
-        pending.append((line, prompt, prompt_from, length, output_from, float(arrival), priority))
+        pending.append((line, prompt, prompt_from, length, output_from, float(arrival), priority,
+                        line_samples(scopes, path, line)))
         if len(pending) >= BATCH:
             yield from flush()
     yield from flush()
+
+
+def line_samples(scopes, path: Path, line: int) -> int:
+    """A line's ``n`` (completions of its prompt; 1 where absent)."""
+    n = next((scope["n"] for scope in scopes if "n" in scope), 1)
+    if type(n) is not int or n < 1:
+        raise TraceError(path, line, f"n is {n!r}; expected the number of completions of this prompt, an integer >= 1")
+    return n
 
 
 def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, output_len: int | None = None,
                  limit: int | None = None, progress: Callable[[str], None] | None = None
                  ) -> tuple[Workload, list[PromptRecord]]:
     """The prompts of ``path`` as a workload (request ids in file order, prompts the paths of
-    their radix tree), and the records read."""
+    their radix tree; a line with ``n`` completions ``n`` adjacent requests), and the records read."""
     from scheduler import Request
 
     records = list(read_prompt_records(path, tokenizer_dir, output_len, limit, progress))
@@ -236,5 +248,8 @@ def load_prompts(path: str | Path, tokenizer_dir: str | Path | None = None, outp
     chains = chains_from_tokens([r.tokens for r in records])
     requests = tuple(Request(index, r.arrival_s, chain, r.output_len, priority=r.priority)
                      for index, (r, chain) in enumerate(zip(records, chains)))
+    if any(r.samples > 1 for r in records):
+        from .samples import expand
+        requests = expand(requests, [r.samples for r in records])
     tokens = segment_token_table(chains, [r.tokens for r in records])
     return Workload(f"prompts:{Path(path).stem}", requests, str(path), segment_tokens=tokens), records
