@@ -239,9 +239,31 @@ def simulate_main(cfg: DictConfig) -> None:
         from reports.build import build_report
         print(f"report: {build_report([run_dir], run_dir)}")
     print(f"run records: {run_dir}")
-    hint = order_hint(cfg, summaries, writer.meta["workload_offline"], run_dir)
-    if hint:
-        print(hint)
+    for hint in (order_hint(cfg, summaries, writer.meta["workload_offline"], run_dir), sharing_hint(cfg, summaries)):
+        if hint:
+            print(hint)
+
+
+def sharing_hint(cfg: DictConfig, summaries: dict) -> str | None:
+    """Grouped schedules without an LRU cache that computed more of the prompts than a cached
+    schedule did: their one level of groups recomputes what requests share past a group's
+    prefix (several completions of a prompt, deeper sharing); the cache under the groups finds it."""
+    overrides = dict(cfg.schedule.get("overrides") or {})
+    if overrides.get("caching") is not None:
+        return None
+    saving = {name: entry["prefill_token_saving"] for name, entry in summaries.items()}
+    cached = [name for name in saving if schedule_config(name).caching == "lru"]
+    grouped = [name for name in saving if schedule_config(name).grouping and schedule_config(name).caching == "off"]
+    if not cached or not grouped:
+        return None
+    best = max(cached, key=saving.get)
+    short = [name for name in grouped if saving[name] < saving[best] - 0.01]
+    if not short:
+        return None
+    return (f"{', '.join(short)} computed more of the prompts than {best} (prefill saved "
+            f"{', '.join(f'{saving[name]:.3f}' for name in short)} against {saving[best]:.3f}): their one level of "
+            f"prefix groups recomputes what requests share past a group's prefix (several completions of a prompt, "
+            f"deeper sharing); schedule.overrides.caching=lru gives them an LRU cache under the groups")
 
 
 ARRIVAL_ORDER = ("sorted", "blend")  # schedules an engine serving in arrival order reproduces from their order

@@ -193,3 +193,13 @@ def test_many_completions_of_one_prompt_against_hydragens_claims():
     got = bench.figures("a100-80gb")
     assert got["hydragen_drop"] < 0.15 and got["vllm_drop"] > 0.88
     assert 2.0 < got["speedup_1k"] < 4.0 and 15 < got["speedup_16k"] < 40
+
+
+def test_simulate_says_when_the_groups_recompute_what_a_cache_would_have_shared(tmp_path):
+    common = ("samples.n=4", "workload.params.num_requests=64", "schedule.names=[fcfs,batchllm]", "report=false")
+    result = _batchlab("simulate", *common, f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stderr
+    assert ("batchllm computed more of the prompts than fcfs (prefill saved 0.895 against 0.960)" in result.stdout
+            and "schedule.overrides.caching=lru" in result.stdout)
+    result = _batchlab("simulate", *common, "schedule.overrides.caching=lru", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 0 and "computed more of the prompts" not in result.stdout
