@@ -6,10 +6,9 @@ block preempts (recompute) the most recently admitted request not yet scheduled 
 
 Running decodes live in a decode cohort (cohort.py) that advances them all at once, so a step
 costs O(what changes); where the decodes due a block outnumber the free blocks, those members
-take their blocks one at a time, preempting as one-by-one scheduling would. When a step cannot
-be taken that way (more decodes than the token budget, a joining decode that would register
-cache keys), the cohort is dissolved and the step is scheduled one request at a time; both ways
-give the same plans, allocations and releases, in the same order.
+take their blocks one at a time, preempting as one-by-one scheduling would. Where it cannot (more
+decodes than the token budget, a joining decode that would register cache keys), the cohort is
+dissolved and the step scheduled request by request: the same plans, allocations and releases.
 """
 from __future__ import annotations
 
@@ -242,10 +241,10 @@ class Scheduler:
         return keys
 
     def _register(self, state: RequestState, end: int) -> None:
-        # A request leaves its prompt's blocks to the LRU cache (where there is one), for later
-        # arrivals to hit; a group's members too, past the prefix they share through their group
-        # (their siblings' completions of one prompt, or deeper sharing, find them).
-        if self.kv.caching == "off":
+        # A request leaves its prompt's blocks to the LRU cache, for later arrivals (and a group's
+        # members past its prefix, for siblings; where no window pages or host tier: admission.py)
+        if self.kv.caching == "off" or (state.group is not None and state.request is not None
+                                        and (self.pages is not None or self.host is not None)):
             return
         keys = self._keys(state)
         self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))
