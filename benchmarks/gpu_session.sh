@@ -29,7 +29,11 @@
 # 512 beside sliding ones of 256, in 32-token blocks; 61 GB of bf16 weights, the engine keeping
 # every layer's KV, 880 KiB a token, so fewer blocks: MODEL=gemma-4-31b ... profile kv_blocks=1024,
 # then ... validate kv_blocks=1024 on an H200; untested on a GPU, dry-run on CPU with
-# MODEL=tiny-gemma4; the kernels stage runs its head size of 512 through the kernels). A dry run of the
+# MODEL=tiny-gemma4; the kernels stage runs its head size of 512 through the kernels). Many
+# completions of one prompt (Hydragen's case: 16 prompts of 2,176 tokens, 16 completions each;
+# the shared-prefix kernel reads each prompt once for its completions' decodes):
+#   bash benchmarks/gpu_session.sh validate samples.n=16 workload.params.share_degree=1 \
+#     workload.params.num_requests=16   (dry-run on CPU with MODEL=tiny). A dry run of the
 # last two stages on a CPU (PROFILE keeps it off the committed profile):
 #   PYTHON=.venv/bin/python MODEL=tiny DEVICE=cpu DTYPE=float32 BACKEND=torch PROFILE=/tmp/dry \
 #   bash benchmarks/gpu_session.sh profile repeats=1   (then: ... validate repeats=1 ...)
