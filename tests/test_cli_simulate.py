@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_runs import batchlab
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("makespan_s", "throughput_tokens_per_s", "output_tokens_per_s", "prefill_tokens_logical",
             "prefill_tokens_computed", "prefill_token_saving", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
             "tpot_s_p99", "peak_kv_blocks", "num_steps", "num_preemptions", "profile_kind")
-
-
-def batchlab(*args, cwd=ROOT):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "batchlab.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_simulate_writes_records_and_prints_the_table(tmp_path):

@@ -3,12 +3,11 @@ order`, which writes a prompts file in the order a simulated schedule admitted i
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import batchlab, schedule_steps
 
 from batchlab.order import OrderError, admission_orders, order_main
 from batchlab.records import admission_ranks, request_columns
@@ -81,12 +80,6 @@ def test_admission_orders_and_what_is_not_one_batch(tmp_path):
         admission_orders({**base, "admission": np.array([1, -1, 0, 2])}, "fcfs", tmp_path)
     with pytest.raises(OrderError, match="no admission column"):
         admission_orders({k: v for k, v in base.items() if k != "admission"}, "fcfs", tmp_path)
-
-
-def batchlab(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "batchlab.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def _prompts_file(path: Path) -> list[bytes]:
@@ -164,10 +157,7 @@ def test_order_writes_the_lines_in_admission_order_and_fcfs_over_them_runs_as_so
     follow = batchlab("simulate", "workload=prompts", f"workload.path={out}", *SMALL_GPU, "schedule.names=[fcfs]",
                       "report=false", f"hydra.run.dir={tmp / 'follow'}")
     assert follow.returncode == 0, follow.stderr
-    steps = pd.read_parquet(run / "steps.parquet")
-    steps = steps[steps.schedule == "sorted"].drop(columns="schedule").reset_index(drop=True)
-    again = pd.read_parquet(tmp / "follow" / "steps.parquet").drop(columns="schedule").reset_index(drop=True)
-    pd.testing.assert_frame_equal(steps, again)
+    pd.testing.assert_frame_equal(schedule_steps(run, "sorted"), schedule_steps(tmp / "follow"))
     saving = {name: entry["prefill_token_saving"] for name, entry in summary["schedules"].items()}
     assert saving["sorted"] > saving["fcfs"]
     # no --schedule: the run's fastest

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_runs import batchlab, schedule_steps
 
 from engine.loop import run_engine
 from engine.runner import ModelRunner
@@ -121,17 +122,6 @@ def test_a_prompt_lines_n_becomes_that_many_requests(tmp_path):
         load_prompts(path)
 
 
-def _batchlab(*args):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "batchlab.cli", *args], cwd=Path(__file__).resolve().parents[1],
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_order_writes_each_line_once_where_its_first_completion_was_admitted(tmp_path):
     import pandas as pd
 
@@ -146,14 +136,14 @@ def test_order_writes_each_line_once_where_its_first_completion_was_admitted(tmp
     prompts = tmp_path / "batch.jsonl"
     prompts.write_bytes(b"".join(lines))
     run = tmp_path / "run"
-    result = _batchlab("simulate", "workload=prompts", f"workload.path={prompts}", "samples.n=2",
+    result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", "samples.n=2",
                        "schedule.names=[fcfs,sorted]", "report=false", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     requests = pd.read_parquet(run / "requests.parquet")
     counts = np.array([2 * (json.loads(line).get("n", 1)) for line in lines])
     assert len(requests[requests.schedule == "sorted"]) == counts.sum()
     out = tmp_path / "sorted.jsonl"
-    result = _batchlab("order", str(run), str(out), "--schedule", "sorted")
+    result = batchlab("order", str(run), str(out), "--schedule", "sorted")
     assert result.returncode == 0, result.stderr
     assert "wrote 24 prompts" in result.stdout and "samples.n=2" in result.stdout
     mine = requests[requests.schedule == "sorted"].sort_values("admission")
@@ -161,19 +151,16 @@ def test_order_writes_each_line_once_where_its_first_completion_was_admitted(tmp
     first = [int(line) for k, line in enumerate(line_of) if line not in line_of[:k]]
     assert out.read_bytes().splitlines(keepends=True) == [lines[i] for i in first]
     # fcfs over the written lines (their n, the run's samples.n) runs as sorted ran the original
-    follow = _batchlab("simulate", "workload=prompts", f"workload.path={out}", "samples.n=2", "schedule.names=[fcfs]",
+    follow = batchlab("simulate", "workload=prompts", f"workload.path={out}", "samples.n=2", "schedule.names=[fcfs]",
                        "report=false", f"hydra.run.dir={tmp_path / 'follow'}")
     assert follow.returncode == 0, follow.stderr
-    steps = pd.read_parquet(run / "steps.parquet")
-    steps = steps[steps.schedule == "sorted"].drop(columns="schedule").reset_index(drop=True)
-    again = pd.read_parquet(tmp_path / "follow" / "steps.parquet").drop(columns="schedule").reset_index(drop=True)
-    pd.testing.assert_frame_equal(steps, again)
+    pd.testing.assert_frame_equal(schedule_steps(run, "sorted"), schedule_steps(tmp_path / "follow"))
     # dealt out round robin, a line's completions land on several engines: refused, saying why
     split = tmp_path / "split"
-    result = _batchlab("simulate", "workload=prompts", f"workload.path={prompts}", "replicas=2",
+    result = batchlab("simulate", "workload=prompts", f"workload.path={prompts}", "replicas=2",
                        "sharding=round_robin", "schedule.names=[fcfs]", "report=false", f"hydra.run.dir={split}")
     assert result.returncode == 0, result.stderr
-    result = _batchlab("order", str(split), str(tmp_path / "rr.jsonl"))
+    result = batchlab("order", str(split), str(tmp_path / "rr.jsonl"))
     assert result.returncode == 2 and "completions went to several engines" in result.stderr
 
 
@@ -197,9 +184,9 @@ def test_many_completions_of_one_prompt_against_hydragens_claims():
 
 def test_simulate_says_when_the_groups_recompute_what_a_cache_would_have_shared(tmp_path):
     common = ("samples.n=4", "workload.params.num_requests=64", "schedule.names=[fcfs,batchllm]", "report=false")
-    result = _batchlab("simulate", *common, f"hydra.run.dir={tmp_path / 'a'}")
+    result = batchlab("simulate", *common, f"hydra.run.dir={tmp_path / 'a'}")
     assert result.returncode == 0, result.stderr
     assert ("batchllm computed more of the prompts than fcfs (prefill saved 0.895 against 0.960)" in result.stdout
             and "schedule.overrides.caching=lru" in result.stdout)
-    result = _batchlab("simulate", *common, "schedule.overrides.caching=lru", f"hydra.run.dir={tmp_path / 'b'}")
+    result = batchlab("simulate", *common, "schedule.overrides.caching=lru", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 0 and "computed more of the prompts" not in result.stdout
