@@ -88,9 +88,10 @@ def test_completions_of_a_prompt_generate_what_the_prompt_alone_generates():
     base = batchllm_microbenchmark(40, 21, 9, 2, 4, seed=2)
     workload = with_samples(base, 3)
 
-    def tokens(load, schedule, **overrides):
-        runner = ModelRunner(spec, 256, 16, weights=random_weights(spec, seed=2))
-        run_engine(load, schedule_config(schedule, **overrides), runner, 256, 16)
+    def tokens(load, schedule, blocks=256, **overrides):
+        runner = ModelRunner(spec, blocks, 16, weights=random_weights(spec, seed=2))
+        outcome = run_engine(load, schedule_config(schedule, **overrides), runner, blocks, 16)
+        tokens.preemptions = outcome.scheduler.stats.num_preemptions + outcome.scheduler.stats.num_group_preemptions
         return {r: tuple(t) for r, t in runner.outputs.items()}
 
     alone = tokens(base, "fcfs", caching="off")
@@ -100,6 +101,10 @@ def test_completions_of_a_prompt_generate_what_the_prompt_alone_generates():
         for chunk in (16, 512):
             assert tokens(workload, schedule, caching=caching, max_num_batched_tokens=chunk) == expected, \
                 (schedule, caching, chunk)
+    # a cache of a few requests' blocks: preempted completions start again from what they find
+    for schedule in ("fcfs", "batchllm"):
+        assert tokens(workload, schedule, blocks=12, caching="lru", max_num_batched_tokens=32) == expected
+        assert tokens.preemptions > 0, schedule
 
 
 def test_a_prompt_lines_n_becomes_that_many_requests(tmp_path):
