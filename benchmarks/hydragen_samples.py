@@ -19,7 +19,8 @@ prompt, attention reads it per completion) and Hydragen as ``batchllm`` (the com
 whose prompt's attention is computed once for all: the shared-prefix attention of BatchLLM §5
 and Hydragen alike), both with room for every completion at once (``max_num_seqs``, as
 Hydragen's vLLM runs set it). Printed: the decode throughput (tokens of decode-only steps over
-their time), its ratio, and how each falls from the shortest prompt to the longest.
+their time), its ratio, how each falls from the shortest prompt to the longest, and fcfs
+with vLLM's cascade attention on (``schedule.overrides.cascade_attention=true``).
 """
 from __future__ import annotations
 
@@ -45,14 +46,17 @@ def decode_throughput(run: Path) -> dict[str, float]:
     return {name: float(g.num_decode_tokens.sum() / g.duration_s.sum()) for name, g in decode.groupby("schedule")}
 
 
-def simulate(prompt_len: int, completions: int, output_len: int, hardware: str, workdir: Path) -> dict[str, float]:
+def simulate(prompt_len: int, completions: int, output_len: int, hardware: str, workdir: Path,
+             cascade: bool = False) -> dict[str, float]:
     prompts = workdir / f"prompt{prompt_len}.jsonl"
     prompts.write_text(json.dumps({"req_id": 0, "arrival_s": 0.0, "prompt": [[7, prompt_len]],
                                    "output_len": output_len}) + "\n")
-    run = workdir / f"run{prompt_len}"
+    run = workdir / f"run{prompt_len}{'-cascade' if cascade else ''}"
     command = [sys.executable, "-m", "batchlab.cli", "simulate", "workload=file", f"workload.path={prompts}",
                f"samples.n={completions}", "model=hf", f"model.config={CONFIG}", f"hardware={hardware}",
-               "hardware.overrides.tensor_parallel=8", "schedule.names=[fcfs,batchllm]",
+               "hardware.overrides.tensor_parallel=8",
+               "schedule.names=[fcfs]" if cascade else "schedule.names=[fcfs,batchllm]",
+               f"schedule.overrides.cascade_attention={str(cascade).lower()}",
                f"schedule.overrides.max_num_seqs={completions}", "report=false", "progress=false",
                f"hydra.run.dir={run}"]
     result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
@@ -65,6 +69,8 @@ def simulate(prompt_len: int, completions: int, output_len: int, hardware: str, 
 def figures(hardware: str = "a100-80gb", completions: int = 1024, prompts=(1024, 16256), output_len: int = 128):
     with tempfile.TemporaryDirectory() as tmp:
         rates = {p: simulate(p, completions, output_len, hardware, Path(tmp)) for p in prompts}
+        for p in prompts:  # vLLM with its cascade attention on (--no-disable-cascade-attn)
+            rates[p]["fcfs_cascade"] = simulate(p, completions, output_len, hardware, Path(tmp), cascade=True)["fcfs"]
     short, long = prompts[0], prompts[-1]
     return {"rates": rates,
             "speedup_1k": rates[short]["batchllm"] / rates[short]["fcfs"],
@@ -80,9 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     got = figures(args.hardware, args.completions)
     print(f"CodeLlama-13b on 8x {args.hardware}, {args.completions} completions of 128 tokens from one prompt")
-    print(f"{'prompt':>8}  {'vLLM (fcfs) tok/s':>18}  {'Hydragen (batchllm) tok/s':>26}  ratio")
+    print(f"{'prompt':>8}  {'vLLM (fcfs) tok/s':>18}  {'Hydragen (batchllm) tok/s':>26}  ratio  "
+          f"{'fcfs, cascade attention':>24}")
     for prompt, rate in got["rates"].items():
-        print(f"{prompt:>8,}  {rate['fcfs']:>18,.0f}  {rate['batchllm']:>26,.0f}  {rate['batchllm'] / rate['fcfs']:.2f}x")
+        print(f"{prompt:>8,}  {rate['fcfs']:>18,.0f}  {rate['batchllm']:>26,.0f}  {rate['batchllm'] / rate['fcfs']:.2f}x  "
+              f"{rate['fcfs_cascade']:>24,.0f}")
     print(f"speedup at 1K: {got['speedup_1k']:.2f}x (Hydragen: over {CLAIMS['speedup_1k']:g}x); at 16K: "
           f"{got['speedup_16k']:.1f}x (over {CLAIMS['speedup_16k']:g}x)")
     print(f"throughput lost from 1K to 16K: batchllm {got['hydragen_drop']:.1%} (Hydragen: under "

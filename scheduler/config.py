@@ -30,6 +30,9 @@ class ScheduleConfig:
     enable_chunked_prefill: bool = True
     use_output_lengths: bool = False    # may the policy read output lengths?
     prefix_aware_attention: bool = False  # report shared-prefix groups for the kernel
+    cascade_attention: bool = False     # vLLM's cascade attention (opt-in since vLLM PR #36318): a
+                                        # prefix every running request shares, read once (cascade.py);
+                                        # where prefix_aware_attention is on, its groups instead
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
     host_cache_blocks: int = 0          # KV blocks a host-memory tier keeps behind the LRU cache
                                         # (host_tier.py); 0: none. Idle where caching is off
@@ -58,6 +61,9 @@ class ScheduleConfig:
         if not isinstance(self.host_load_async, bool):
             raise ConfigError(f"schedule {self.name!r}: host_load_async is {self.host_load_async!r}; expected true "
                               f"or false")
+        if not isinstance(self.cascade_attention, bool):
+            raise ConfigError(f"schedule {self.name!r}: cascade_attention is {self.cascade_attention!r}; expected "
+                              f"true or false (where prefix_aware_attention is on, its groups read prefixes instead)")
         if self.host_load_async and not self.host_cache_blocks:
             raise ConfigError(f"schedule {self.name!r}: host_load_async=true times loads from a host tier, and there "
                               f"is none: give host_kv_gb=N (or host_cache_blocks)")

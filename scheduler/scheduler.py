@@ -13,6 +13,7 @@ dissolved and the step scheduled request by request: the same plans, allocations
 from __future__ import annotations
 
 from .admission import admit, cached_tokens_of, check_fits, loads_done
+from .cascade import cascade_groups
 from .config import RANKS_WHOLE_QUEUE, ScheduleConfig
 from .cohort import ADMISSION, DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
@@ -169,7 +170,7 @@ class Scheduler:
             if not chunks and self.num_waiting and not self.running and not self._loading:
                 break_deadlock(self, now, tokens_left, chunks)
 
-        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else ()
+        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else cascade_groups(self, chunks)
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
                         self._loaded_blocks * size, self._stored_blocks * size,
@@ -241,8 +242,7 @@ class Scheduler:
         return keys
 
     def _register(self, state: RequestState, end: int) -> None:
-        # A request leaves its prompt's blocks to the LRU cache, for later arrivals (and a group's
-        # members past its prefix, for siblings; where no window pages or host tier: admission.py)
+        # prompt blocks left to the LRU cache, for later arrivals (a group's members: admission.py)
         if self.kv.caching == "off" or (state.group is not None and state.request is not None
                                         and (self.pages is not None or self.host is not None)):
             return
@@ -284,7 +284,7 @@ class Scheduler:
 
     def _cohort_shared_prefix_groups(self) -> tuple[SharedPrefixGroup, ...]:
         """The shared-prefix groups of a step whose only chunks are the cohort's decodes."""
-        return shared_prefix_groups(self, self.cohort)
+        return shared_prefix_groups(self, self.cohort) if self.config.prefix_aware_attention else cascade_groups(self)
 
     def loads_done(self, req_ids) -> None:
         """These requests' loads (``BatchPlan.loading``) are in: they run from the next step."""

@@ -85,7 +85,7 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     if fits < 2:
         return None
     steps, allocated = steps[:fits], allocated[:fits]
-    groups = scheduler._cohort_shared_prefix_groups() if scheduler.config.prefix_aware_attention else ()
+    groups = scheduler._cohort_shared_prefix_groups()  # (none where neither kind of shared attention is on)
     shared = tuple((len(g.req_ids), g.prefix_len) for g in groups)
     shared_tokens = sum(m * p for m, p in shared)
     base = cohort.offset_sum + batch * step
