@@ -72,6 +72,29 @@ def whole_block_note(workload, asked: int, served: int) -> str:
             f"that end on a multiple of {served:,} tokens keep the difference")
 
 
+def cascade_note(workload, configs, block_size: int) -> str:
+    """Where every request shares a prefix that vLLM's cascade attention would read once a step
+    (whole blocks, 256 tokens or more), and a schedule without shared-prefix attention runs: the
+    override that shows what it would do."""
+    if len(workload.requests) < 8 or all(c.prefix_aware_attention or c.cascade_attention for c in configs):
+        return ""
+    common = list(workload.requests[0].prompt)
+    for request in workload.requests[1:]:
+        prompt, same = request.prompt, 0
+        while same < min(len(common), len(prompt)) and prompt[same] == common[same]:
+            same += 1
+        del common[same:]
+        if not common:
+            return ""
+    shortest = min(r.prompt_len for r in workload.requests)
+    tokens = min(sum(length for _, length in common), shortest - 1) // block_size * block_size
+    if tokens < 256:
+        return ""
+    return (f"note: every request shares its first {tokens:,} prompt tokens; vLLM's cascade attention reads such a "
+            f"prefix once a step (off by default since vLLM PR #36318; --no-disable-cascade-attn): "
+            f"schedule.overrides.cascade_attention=true shows what it would do")
+
+
 def block_size_of(cfg: DictConfig, model, tensor_parallel: int | None = None) -> int:
     """``schedule.block_size``, or the larger block vLLM serves a linear-attention model (or Gemma
     4) with, on one of ``tensor_parallel`` GPUs (default: the hardware's)."""
@@ -183,7 +206,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path, base_dir: str) -> RunWriter:
     from sim.hardware import kv_reserve_note, window_blocks_note
     for note in ("" if cfg.profile else kv_reserve_note(model, hardware),
                  window_blocks_note(model, block_size, hardware.tensor_parallel),
-                 whole_block_note(workload, int(cfg.schedule.block_size), block_size)):
+                 whole_block_note(workload, int(cfg.schedule.block_size), block_size),
+                 cascade_note(workload, configs, block_size)):
         if note:
             say(note)
     progress = say if cfg.progress else None

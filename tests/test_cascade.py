@@ -113,3 +113,16 @@ def test_the_engine_reads_the_cascade_group_through_its_shared_prefix_kernel(mon
         tokens[backend, chosen.cascade_attention] = {r: tuple(t) for r, t in runner.outputs.items()}
     assert tokens["torch", False] == tokens["torch", True] == tokens["triton", True]
     assert any(launches)  # the shared-prefix kernel ran
+
+
+def test_simulate_notes_a_prefix_every_request_shares():
+    from batchlab.simulate import cascade_note
+
+    shared = batchllm_microbenchmark(2000, 200, 10, 64, 64)
+    fcfs, batchllm = schedule_config("fcfs"), schedule_config("batchllm")
+    note = cascade_note(shared, [fcfs, batchllm], 16)
+    assert "shares its first 2,000 prompt tokens" in note and "cascade_attention=true" in note
+    assert cascade_note(batchllm_microbenchmark(2000, 200, 10, 16, 64), [fcfs], 16) == ""  # four prefixes
+    assert cascade_note(batchllm_microbenchmark(250, 200, 10, 64, 64), [fcfs], 16) == ""  # under 256 tokens
+    assert cascade_note(shared, [batchllm], 16) == ""  # its groups read the prefix once already
+    assert cascade_note(shared, [schedule_config("fcfs", cascade_attention=True)], 16) == ""
