@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "benchmarks" / "published" / "codellama-13b-config.json"
+BUDGET = 16384  # the token budget of Hydragen's vLLM (0.2.7, its requirements-dev.txt): max(max_model_len, 2048)
 CLAIMS = {"speedup_1k": 3.0, "speedup_16k": 30.0, "hydragen_drop": 0.15, "vllm_drop": 0.90}
 
 
@@ -57,7 +58,8 @@ def simulate(prompt_len: int, completions: int, output_len: int, hardware: str, 
                "hardware.overrides.tensor_parallel=8",
                "schedule.names=[fcfs]" if cascade else "schedule.names=[fcfs,batchllm]",
                f"schedule.overrides.cascade_attention={str(cascade).lower()}",
-               f"schedule.overrides.max_num_seqs={completions}", "report=false", "progress=false",
+               f"schedule.overrides.max_num_seqs={completions}", f"schedule.overrides.max_num_batched_tokens={BUDGET}",
+               "report=false", "progress=false",
                f"hydra.run.dir={run}"]
     result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             capture_output=True, text=True)
@@ -79,11 +81,34 @@ def figures(hardware: str = "a100-80gb", completions: int = 1024, prompts=(1024,
             "vllm_drop": 1 - rates[long]["fcfs"] / rates[short]["fcfs"]}
 
 
+def sweep(hardware: str = "a100-80gb", completions=(32, 128, 512, 2048), prompts=(1024, 4096, 16256),
+          output_len: int = 128) -> dict[tuple[int, int], float]:
+    """batchllm's decode throughput over fcfs's across the sweep's completions and prompt lengths
+    (Hydragen: its lead grows with both)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ratios = {}
+        for n in completions:
+            (Path(tmp) / f"n{n}").mkdir()
+            for p in prompts:
+                rate = simulate(p, n, output_len, hardware, Path(tmp) / f"n{n}")
+                ratios[n, p] = rate["batchllm"] / rate["fcfs"]
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hardware", default="a100-80gb")
     parser.add_argument("--completions", type=int, default=1024)
+    parser.add_argument("--sweep", action="store_true",
+                        help="also batchllm's lead over fcfs across 32-2,048 completions and 1K-16K prompts")
     args = parser.parse_args()
+    if args.sweep:
+        ratios = sweep(args.hardware)
+        prompts = sorted({p for _, p in ratios})
+        print("batchllm's decode throughput over fcfs's (completions down, prompt tokens across):")
+        print(f"{'':>6}" + "".join(f"{p:>9,}" for p in prompts))
+        for n in sorted({n for n, _ in ratios}):
+            print(f"{n:>6,}" + "".join(f"{ratios[n, p]:>8.2f}x" for p in prompts))
     got = figures(args.hardware, args.completions)
     print(f"CodeLlama-13b on 8x {args.hardware}, {args.completions} completions of 128 tokens from one prompt")
     print(f"{'prompt':>8}  {'vLLM (fcfs) tok/s':>18}  {'Hydragen (batchllm) tok/s':>26}  ratio  "

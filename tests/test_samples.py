@@ -174,7 +174,8 @@ def test_many_completions_of_one_prompt_against_hydragens_claims():
     CodeLlama-13b on eight A100s. Hydragen reports its throughput down by under 15 % from a 1K
     prompt to 16K, vLLM's by over 90 %, and its lead over 3x at 1K, over 30x at 16K. The
     simulator (batchllm for Hydragen, fcfs for vLLM) holds the first two; its leads are lower
-    (2.4x and 20.7x: the note in the README says where they may part)."""
+    (2.43x and 20.8x: the README says where they may part); and its lead grows with the number of
+    completions and the prompt's length, as Hydragen's does."""
     import importlib.util
     from pathlib import Path
 
@@ -187,6 +188,11 @@ def test_many_completions_of_one_prompt_against_hydragens_claims():
     assert 2.0 < got["speedup_1k"] < 4.0 and 15 < got["speedup_16k"] < 40
     for rate in got["rates"].values():  # vLLM's cascade attention reads the one prompt once too
         assert abs(rate["fcfs_cascade"] / rate["batchllm"] - 1) < 0.01
+    lead = bench.sweep("a100-80gb", completions=(32, 512, 2048), prompts=(1024, 16256))
+    for n in (32, 512, 2048):
+        assert lead[n, 16256] > 3 * lead[n, 1024]
+    for prompt in (1024, 16256):
+        assert lead[32, prompt] < lead[512, prompt] < lead[2048, prompt]
 
 
 def test_simulate_says_when_the_groups_recompute_what_a_cache_would_have_shared(tmp_path):
