@@ -39,7 +39,7 @@ def workload_of(cfg, base_dir: str):
 
     workload = build_workload(OmegaConf.to_container(cfg.workload, resolve=True), base_dir)
     samples = cfg.get("samples")
-    if samples is not None and (samples.get("n", 1) != 1 or samples.get("output_cv")):
+    if samples is not None:  # (n 1 and no spread: the workload as it is)
         from traces.samples import with_samples
         workload = with_samples(workload, samples.get("n", 1), samples.get("output_cv", 0.0), int(samples.get("seed", 0)))
     estimate = cfg.get("output_estimate")

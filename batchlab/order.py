@@ -131,18 +131,21 @@ def request_counts(lines: list[bytes], path: Path, samples: int = 1) -> np.ndarr
     ``samples.n``."""
     import json
 
+    from traces.errors import TraceError
+    from traces.prompt_records import line_samples, record_scopes
+
     counts = np.full(len(lines), samples, dtype=np.int64)
     for index, line in enumerate(lines):
-        if b'"n"' in line:  # the few lines that may carry one are parsed
+        if b'"n"' in line:  # the few lines that may carry one are parsed, as the prompts loader reads them
+            where = f"line {index + 1} of its non-blank lines"
             try:
                 record = json.loads(line)
             except ValueError as error:
-                raise OrderError(f"{path}, line {index + 1} of its non-blank lines: not JSON ({error})") from None
-            scopes = [record, record.get("body")] if isinstance(record.get("body"), dict) else [record]
-            n = next((scope["n"] for scope in scopes if "n" in scope), 1)
-            if type(n) is not int or n < 1:
-                raise OrderError(f"{path}, line {index + 1} of its non-blank lines: n is {n!r}; expected an integer >= 1")
-            counts[index] *= n
+                raise OrderError(f"{path}, {where}: not JSON ({error})") from None
+            try:
+                counts[index] *= line_samples(record_scopes(record), path, None)
+            except TraceError as error:
+                raise OrderError(f"{error} ({where})") from None
     return counts
 
 

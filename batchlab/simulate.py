@@ -276,8 +276,9 @@ def sharing_hint(cfg: DictConfig, summaries: dict) -> str | None:
     if overrides.get("caching") is not None:
         return None
     saving = {name: entry["prefill_token_saving"] for name, entry in summaries.items()}
-    cached = [name for name in saving if schedule_config(name).caching == "lru"]
-    grouped = [name for name in saving if schedule_config(name).grouping and schedule_config(name).caching == "off"]
+    configs = {name: schedule_config(name) for name in saving}
+    cached = [name for name, config in configs.items() if config.caching == "lru"]
+    grouped = [name for name, config in configs.items() if config.grouping and config.caching == "off"]
     if not cached or not grouped:
         return None
     best = max(cached, key=saving.get)

@@ -103,8 +103,7 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     group = state.group
     loaded = 0
     member = group is not None and group.prefix_done and state.request is not None
-    if member and (kv.caching == "off" or scheduler.pages is not None or scheduler.host is not None
-                   or not beyond_prefix(scheduler, state, group)):
+    if member and not (scheduler.members_cache and beyond_prefix(scheduler, state, group)):
         hits = group.holder_blocks[:]  # a member reads its group's prefix, held for it
         num_hits = len(hits)
         free_hits = kv.num_free_among(hits)

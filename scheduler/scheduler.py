@@ -60,6 +60,7 @@ class Scheduler:
         self.lazy_decodes = lazy_decodes
         self.chains = chains if chains is not None else ChainIndex(block_size)
         self.pages = window_pages(self.kv, self.chains, window_blocks, config)  # hybrid models' pages
+        self.members_cache = self.kv.caching == "lru" and self.pages is None and self.host is None  # beyond_prefix
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
         self.cohort = DecodeCohort(block_size)          # running requests in steady decode
@@ -242,9 +243,8 @@ class Scheduler:
         return keys
 
     def _register(self, state: RequestState, end: int) -> None:
-        # prompt blocks left to the LRU cache, for later arrivals (a group's members: admission.py)
-        if self.kv.caching == "off" or (state.group is not None and state.request is not None
-                                        and (self.pages is not None or self.host is not None)):
+        if self.kv.caching == "off" or (not self.members_cache and state.group is not None
+                                        and state.request is not None):  # (members: members_cache)
             return
         keys = self._keys(state)
         self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))

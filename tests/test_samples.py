@@ -203,3 +203,12 @@ def test_simulate_says_when_the_groups_recompute_what_a_cache_would_have_shared(
             and "schedule.overrides.caching=lru" in result.stdout)
     result = batchlab("simulate", *common, "schedule.overrides.caching=lru", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 0 and "computed more of the prompts" not in result.stdout
+
+
+def test_order_counts_each_lines_requests_as_the_prompts_loader_does(tmp_path):
+    from batchlab.order import OrderError, request_counts
+
+    lines = [b'{"prompt": [1, 2], "max_tokens": 2}\n', b'{"body": {"prompt": [3], "n": 3}}\n', b'{"prompt": [4], "n": 2}\n']
+    assert request_counts(lines, tmp_path / "b.jsonl", samples=2).tolist() == [2, 6, 4]
+    with pytest.raises(OrderError, match=r"b.jsonl: n is 0; expected the number of completions.*\(line 2 of its non"):
+        request_counts([lines[0], b'{"prompt": [3], "n": 0}\n'], tmp_path / "b.jsonl")

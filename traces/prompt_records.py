@@ -121,7 +121,8 @@ def _is_token_list(value) -> bool:
     return isinstance(value, list) and bool(value) and all(type(v) is int for v in value)
 
 
-def _fields(record: dict) -> list[dict]:
+def record_scopes(record: dict) -> list[dict]:
+    """Where a line's fields are looked for: the line, and an OpenAI Batch API line's ``body``."""
     body = record.get("body")
     return [record, body] if isinstance(body, dict) else [record]
 
@@ -208,7 +209,7 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
     for line, record in json_lines(path):
         if limit is not None and count + len(pending) >= limit:
             break
-        scopes = _fields(record)
+        scopes = record_scopes(record)
         prompt, prompt_from = _prompt(scopes, tokenizer, path, line)
         if not isinstance(prompt, Text):  # token ids: checked now, so the first bad line is named first
             prompt = _token_array(prompt, path, line)
@@ -227,7 +228,7 @@ def read_prompt_records(path: str | Path, tokenizer_dir: str | Path | None = Non
     yield from flush()
 
 
-def line_samples(scopes, path: Path, line: int) -> int:
+def line_samples(scopes, path: Path, line: int | None) -> int:
     """A line's ``n`` (completions of its prompt; 1 where absent)."""
     n = next((scope["n"] for scope in scopes if "n" in scope), 1)
     if type(n) is not int or n < 1:
