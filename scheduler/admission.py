@@ -139,6 +139,10 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     threshold = scheduler._kv_threshold_blocks
     if threshold is not None and scheduler.running and kv.num_blocks - free_after + need + window > threshold:
         return None
+    reserve = scheduler.reserve  # SGLang's: room for the running requests' answers and its own
+    if reserve is not None and scheduler.running and need + window + reserve.blocks(
+            scheduler, state, (num_hits + need) * size) > free_after:
+        return None
     return hits, computed, count, need, loaded, window
 
 

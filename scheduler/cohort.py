@@ -14,6 +14,7 @@ their decodes one by one: allocations, releases and plans come out in the same o
 from __future__ import annotations
 
 from bisect import bisect_left
+from heapq import heappop, heappush
 from operator import attrgetter
 
 from .contract import DecodeBatch, SharedPrefixGroup, new_decode_batch
@@ -25,14 +26,22 @@ _REQ_ID = attrgetter("req_id")
 
 
 class DecodeCohort:
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, clip: int | None = None) -> None:
+        """``clip``: ``remaining_outputs`` will be asked with it (reserve.py): members with more
+        tokens than that still to sample are tracked apart until they have fewer."""
         self.block_size = block_size
+        self.clip = clip
         self.states: list[RequestState] = []    # admission order
         self.ids: list[int] = []
         self.offsets: list[int] = []
         self.prompt_lens: list[int] = []
         self.seqs: list[int] = []               # admission sequence numbers, ascending
         self.offset_sum = 0
+        self.end_sum = 0     # members' end steps + 1: the tokens a member still samples are that - step
+        self.output_sum = 0  # members' output lengths
+        self._far: dict[int, int] = {}  # members with more than ``clip`` tokens to sample: req id -> end + 1
+        self._far_sum = 0
+        self._far_heap: list[tuple[int, int, int]] = []  # (step it comes within clip, req id, end + 1)
         self.due: dict[int, list[RequestState]] = {}   # step -> members needing a block in it
         self.ends: dict[int, list[RequestState]] = {}  # step -> members finishing in its update
         self._tables: dict[int, tuple[int, ...]] = {}  # block tables as last emitted, per member
@@ -84,6 +93,13 @@ class DecodeCohort:
             self.prompt_lens.insert(index, state.prompt_len)
             self.seqs.insert(index, seq)
         self.offset_sum += offset
+        end = self.end_step(state) + 1
+        self.end_sum += end
+        self.output_sum += state.output_len
+        if self.clip is not None and end - step > self.clip:
+            self._far[state.req_id] = end
+            self._far_sum += end
+            heappush(self._far_heap, (end - self.clip, state.req_id, end))
         self.due.setdefault(self.due_step(state), []).append(state)
         self.ends.setdefault(self.end_step(state), []).append(state)
         if state.group is not None and state.request is not None:
@@ -120,6 +136,12 @@ class DecodeCohort:
             raise AssertionError(f"request {state.req_id} is not where its admission puts it in the cohort")
         del self.states[index], self.ids[index], self.offsets[index], self.prompt_lens[index], self.seqs[index]
         self.offset_sum -= state.cohort_offset
+        end = self.end_step(state) + 1
+        self.end_sum -= end
+        self.output_sum -= state.output_len
+        if self._far.get(state.req_id) == end:
+            del self._far[state.req_id]
+            self._far_sum -= end
         for buckets, key in ((self.due, self.due_step(state)), (self.ends, self.end_step(state))):
             bucket = buckets[key]
             bucket.remove(state)
@@ -173,10 +195,27 @@ class DecodeCohort:
             self.sync(state, step)
             state.cohort_offset = None
         self.states, self.ids, self.offsets, self.prompt_lens, self.seqs = [], [], [], [], []
-        self.offset_sum = 0
+        self.offset_sum = self.end_sum = self.output_sum = self._far_sum = 0
+        self._far, self._far_heap = {}, []
         self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
         self.group_keys, self.group_values, self.stale_groups, self.shared_groups = [], [], set(), ()
         self._frozen = None
+
+    def remaining_outputs(self, step: int, clip: int | None) -> int:
+        """The tokens the members still sample from ``step`` on (this step's included), each
+        counted up to ``clip`` (the cohort's own, or None: all)."""
+        count = len(self.ids)
+        if clip is None:
+            return self.end_sum - count * step
+        if clip != self.clip:
+            raise ValueError(f"remaining outputs clipped at {clip}, tracked at {self.clip}")
+        heap, far = self._far_heap, self._far
+        while heap and heap[0][0] <= step:  # within clip from here on
+            _, req_id, end = heappop(heap)
+            if far.get(req_id) == end:  # (else it left, or joined again with another entry)
+                del far[req_id]
+                self._far_sum -= end
+        return self.end_sum - self._far_sum - (count - len(far)) * step + clip * len(far)
 
     def group_order(self) -> list[int]:
         """``by_group``'s group ids by their first member's admission."""

@@ -33,6 +33,8 @@ class ScheduleConfig:
     cascade_attention: bool = False     # vLLM's cascade attention (opt-in since vLLM PR #36318): a
                                         # prefix every running request shares, read once (cascade.py);
                                         # where prefix_aware_attention is on, its groups instead
+    new_token_ratio: float | None = None  # SGLang's admission (reserve.py): room kept for this share of
+                                        # every running answer still to come (SGLang's start: 0.7); None: none
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
     host_cache_blocks: int = 0          # KV blocks a host-memory tier keeps behind the LRU cache
                                         # (host_tier.py); 0: none. Idle where caching is off
@@ -67,6 +69,10 @@ class ScheduleConfig:
         if self.host_load_async and not self.host_cache_blocks:
             raise ConfigError(f"schedule {self.name!r}: host_load_async=true times loads from a host tier, and there "
                               f"is none: give host_kv_gb=N (or host_cache_blocks)")
+        ratio = self.new_token_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+            raise ConfigError(f"schedule {self.name!r}: new_token_ratio is {ratio!r}; expected a share of the answers "
+                              f"still to come in (0, 1] (SGLang starts at 0.7), or null for no reserve")
         if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
             raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
         interval = self.retention_interval

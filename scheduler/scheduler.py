@@ -24,6 +24,7 @@ from .kv_blocks import BlockManager
 from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
 from .prompt import ChainIndex
 from .request import Request, RequestState
+from .reserve import OutputReserve
 from .window_pages import window_pages
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
@@ -63,7 +64,9 @@ class Scheduler:
         self.members_cache = self.kv.caching == "lru" and self.pages is None and self.host is None  # beyond_prefix
         self.states: dict[int, RequestState] = {}       # every request and group prefix
         self.running: dict[int, RequestState] = {}      # in admission order
-        self.cohort = DecodeCohort(block_size)          # running requests in steady decode
+        ratio = config.new_token_ratio  # SGLang's admission: room for the answers to come (reserve.py)
+        self.reserve = None if ratio is None else OutputReserve(ratio)
+        self.cohort = DecodeCohort(block_size, None if ratio is None else self.reserve.clip)  # running, steady decode
         self._others: dict[int, RequestState] = {}      # the rest of running, in admission order
         self.waiting = WaitingQueue(config)
         self.stats = SchedulerStats()
@@ -77,8 +80,7 @@ class Scheduler:
         self._num_added = 0
         self._capacity_tokens = self.kv.num_blocks * block_size  # the most tokens one request may hold
         self._joined_step, self._joined_ok = -1, True  # _join_decodes' answer, and for which step
-        threshold = config.kv_threshold
-        self._kv_threshold_blocks = None if threshold is None else int(threshold * num_kv_blocks)
+        self._kv_threshold_blocks = None if config.kv_threshold is None else int(config.kv_threshold * num_kv_blocks)
 
     # --- workload in -----------------------------------------------------------------------
     def check_fits(self, request: Request) -> None:
@@ -117,16 +119,12 @@ class Scheduler:
     def num_waiting(self) -> int:
         return len(self.waiting) + len(self._ungrouped)
 
-    # --- grouping (online: regroup what waits, amortised) ------------------------------------
-    def _maybe_regroup(self) -> None:
-        regroup_waiting(self)
-
     # --- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> BatchPlan:
         cfg = self.config
         stores, self._host_stores = self._host_stores, {}  # filled before this step
         if cfg.grouping:
-            self._maybe_regroup()
+            regroup_waiting(self)  # online: regroup what waits, amortised
         if cfg.order in RANKS_WHOLE_QUEUE:
             self.waiting.resort(lambda unit: cached_tokens_of(self, unit))
         tokens_left = cfg.max_num_batched_tokens
@@ -173,6 +171,8 @@ class Scheduler:
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else cascade_groups(self, chunks)
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
+        if self.reserve is not None:
+            self.reserve.after_step(self, bool(preempted), chunks)
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
                         self._loaded_blocks * size, self._stored_blocks * size,
                         tuple((block, key) for key, block in stores.items()), tuple(self._host_loads),

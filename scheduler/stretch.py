@@ -53,6 +53,8 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     tokens_left = cfg.max_num_batched_tokens - batch
     if tokens_left <= 0:
         return True
+    if scheduler.reserve is not None:
+        return False  # the room kept for the answers shrinks as they decode (reserve.py): the head may fit
     if cfg.order == "lpm" or scheduler.waiting.stale:
         return False  # the head may change as evictions change cache matches, or new units are ranked
     state = head.prefix if hasattr(head, "prefix") else head
@@ -116,6 +118,8 @@ def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_ste
         state.block_table.append(block)
     last = scheduler.step + num_steps - 1
     scheduler.stats.computed_tokens += num_steps * len(states)
+    if scheduler.reserve is not None:
+        scheduler.reserve.after_step(scheduler, False, (), num_steps)
     scheduler.step += num_steps  # the members' counters follow lazily
     if events:
         cohort.rebucket_due()
