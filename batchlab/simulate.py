@@ -263,7 +263,8 @@ def simulate_main(cfg: DictConfig) -> None:
         from reports.build import build_report
         print(f"report: {build_report([run_dir], run_dir)}")
     print(f"run records: {run_dir}")
-    for hint in (order_hint(cfg, summaries, writer.meta["workload_offline"], run_dir), sharing_hint(cfg, summaries)):
+    for hint in (order_hint(cfg, summaries, writer.meta["workload_offline"], run_dir), sharing_hint(cfg, summaries),
+                 preemption_hint(cfg, summaries)):
         if hint:
             print(hint)
 
@@ -278,7 +279,8 @@ def sharing_hint(cfg: DictConfig, summaries: dict) -> str | None:
     saving = {name: entry["prefill_token_saving"] for name, entry in summaries.items()}
     configs = {name: schedule_config(name) for name in saving}
     cached = [name for name, config in configs.items() if config.caching == "lru"]
-    grouped = [name for name, config in configs.items() if config.grouping and config.caching == "off"]
+    grouped = [name for name, config in configs.items() if config.grouping and config.caching == "off"
+               and not preempts_often(summaries[name])]  # (preemptions recompute prompts too: preemption_hint)
     if not cached or not grouped:
         return None
     best = max(cached, key=saving.get)
@@ -289,6 +291,27 @@ def sharing_hint(cfg: DictConfig, summaries: dict) -> str | None:
             f"{', '.join(f'{saving[name]:.3f}' for name in short)} against {saving[best]:.3f}): their one level of "
             f"prefix groups recomputes what requests share past a group's prefix (several completions of a prompt, "
             f"deeper sharing); schedule.overrides.caching=lru gives them an LRU cache under the groups")
+
+
+PREEMPTIONS_NOTED = 0.1  # preemptions a request from which simulate names SGLang's admission
+
+
+def preempts_often(summary: dict) -> bool:
+    return summary["num_preemptions"] >= PREEMPTIONS_NOTED * max(summary["num_requests"], 1)
+
+
+def preemption_hint(cfg: DictConfig, summaries: dict) -> str | None:
+    """Schedules that preempted at least one request in ten (recomputed them): their answers
+    outgrow the KV cache; SGLang's admission keeps room for them (scheduler/reserve.py)."""
+    if (cfg.schedule.get("overrides") or {}).get("new_token_ratio") is not None:
+        return None
+    many = {name: entry["num_preemptions"] for name, entry in summaries.items() if preempts_often(entry)}
+    if not many:
+        return None
+    return (f"{', '.join(many)} preempted {', '.join(f'{count:,}' for count in many.values())} times: the answers "
+            f"outgrow the KV cache and the preempted requests are computed again; SGLang admits only where room is "
+            f"left for a share of every answer still to come: schedule.overrides.new_token_ratio=0.7 shows what that "
+            f"would do (fewer preemptions, shorter slowest times between tokens)")
 
 
 ARRIVAL_ORDER = ("sorted", "blend")  # schedules an engine serving in arrival order reproduces from their order

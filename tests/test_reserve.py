@@ -176,3 +176,20 @@ def test_the_engine_computes_the_same_tokens_with_the_reserve():
     tokens, outcome = tokens_of(workload, "fcfs", blocks=12, max_num_batched_tokens=64, new_token_ratio=0.1,
                                 caching="off")
     assert outcome.scheduler.stats.num_preemptions > 0 and tokens == baseline
+
+
+def test_simulate_names_sglangs_admission_where_schedules_preempt_often(tmp_path):
+    from cli_runs import batchlab
+
+    common = ("workload=system_prompts", "workload.params.num_system_prompts=1", "workload.params.system_len=200",
+              "workload.params.user_len_min=100", "workload.params.user_len_max=500",
+              "workload.params.output_len_min=500", "workload.params.output_len_max=4000",
+              "workload.params.num_requests=600", "schedule.names=[fcfs,batchllm]", "report=false")
+    result = batchlab("simulate", *common, f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "preempted" in line)
+    assert line.startswith("fcfs, batchllm preempted ") and "schedule.overrides.new_token_ratio=0.7" in line
+    # the prompts recomputed after preemptions are not blamed on the groups' one level
+    assert "computed more of the prompts" not in result.stdout
+    result = batchlab("simulate", *common, "schedule.overrides.new_token_ratio=0.7", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 0 and "preempted" not in result.stdout
