@@ -49,11 +49,12 @@ class OutputReserve:
         return (tokens + self._still_to_take(state, allocated_tokens)) / scheduler.block_size
 
     def _still_to_take(self, state: "RequestState", allocated_tokens: int) -> float:
-        """The prompt past its allocated blocks, and the share of its answer still to come."""
-        prompt_left = max(0, state.prompt_len - allocated_tokens)
+        """Its tokens past its allocated blocks (the prompt, and after a preemption the answer so
+        far, computed again), and the share of its answer still to come."""
+        to_compute = max(0, state.num_tokens - allocated_tokens)
         if state.request is None:  # a group's prefix: no answer
-            return prompt_left
-        return prompt_left + self.ratio * min(state.output_len - state.num_output_tokens, self.clip)
+            return to_compute
+        return to_compute + self.ratio * min(state.output_len - state.num_output_tokens, self.clip)
 
     def after_step(self, scheduler: "Scheduler", preempted: bool, chunks, steps: int = 1) -> None:
         """The share after a step that listed ``chunks`` besides the cohort's decodes, or after
