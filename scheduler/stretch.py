@@ -6,9 +6,10 @@ last step and every new KV block the decodes need is free, then the next k plans
 decodes with contexts one longer each step. The simulator costs them in one call and advances
 the scheduler in one call; a test holds the result equal to step-by-step simulation.
 
-Why a blocked head stays blocked (for the policies here, LPM excepted): a decode-only step
-frees nothing and only takes free blocks (evicting cached ones), so the head's cache hits can
-only shrink and its needs only grow; the token budget and request count stay the same.
+Why a blocked head stays blocked (for the policies here, LPM and SGLang's reserve excepted): a
+decode-only step frees nothing and only takes free blocks (evicting cached ones), so the head's
+cache hits can only shrink and its needs only grow; the token budget and request count stay the
+same. (The room SGLang's admission keeps for the answers shrinks as they decode: reserve.py.)
 """
 from __future__ import annotations
 
