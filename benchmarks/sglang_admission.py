@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.7)
     parser.add_argument("--cases", default=",".join(CASES))
     options = parser.parse_args()
-    print(f"| workload | schedule | makespan s without / with | preemptions without / with | TPOT p99 ms without / with |")
+    print("| workload | schedule | makespan s without / with | preemptions without / with | TPOT p99 ms without / with |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for key in options.cases.split(","):
