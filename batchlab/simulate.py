@@ -297,6 +297,7 @@ PREEMPTIONS_NOTED = 0.1  # preemptions a request from which simulate names SGLan
 
 
 def preempts_often(summary: dict) -> bool:
+    """Whether a schedule's summary counts at least PREEMPTIONS_NOTED preemptions a request."""
     return summary["num_preemptions"] >= PREEMPTIONS_NOTED * max(summary["num_requests"], 1)
 
 

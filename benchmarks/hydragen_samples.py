@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.simulate_cli import run_simulate  # noqa: E402
+
 CONFIG = ROOT / "benchmarks" / "published" / "codellama-13b-config.json"
 BUDGET = 16384  # the token budget of Hydragen's vLLM (0.2.7, its requirements-dev.txt): max(max_model_len, 2048)
 CLAIMS = {"speedup_1k": 3.0, "speedup_16k": 30.0, "hydragen_drop": 0.15, "vllm_drop": 0.90}
@@ -53,18 +55,12 @@ def simulate(prompt_len: int, completions: int, output_len: int, hardware: str, 
     prompts.write_text(json.dumps({"req_id": 0, "arrival_s": 0.0, "prompt": [[7, prompt_len]],
                                    "output_len": output_len}) + "\n")
     run = workdir / f"run{prompt_len}{'-cascade' if cascade else ''}"
-    command = [sys.executable, "-m", "batchlab.cli", "simulate", "workload=file", f"workload.path={prompts}",
-               f"samples.n={completions}", "model=hf", f"model.config={CONFIG}", f"hardware={hardware}",
-               "hardware.overrides.tensor_parallel=8",
-               "schedule.names=[fcfs]" if cascade else "schedule.names=[fcfs,batchllm]",
-               f"schedule.overrides.cascade_attention={str(cascade).lower()}",
-               f"schedule.overrides.max_num_seqs={completions}", f"schedule.overrides.max_num_batched_tokens={BUDGET}",
-               "report=false", "progress=false",
-               f"hydra.run.dir={run}"]
-    result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(result.stderr)
+    run_simulate(["workload=file", f"workload.path={prompts}", f"samples.n={completions}", "model=hf",
+                  f"model.config={CONFIG}", f"hardware={hardware}", "hardware.overrides.tensor_parallel=8",
+                  "schedule.names=[fcfs]" if cascade else "schedule.names=[fcfs,batchllm]",
+                  f"schedule.overrides.cascade_attention={str(cascade).lower()}",
+                  f"schedule.overrides.max_num_seqs={completions}",
+                  f"schedule.overrides.max_num_batched_tokens={BUDGET}"], run)
     return decode_throughput(run)
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.simulate_cli import run_simulate  # noqa: E402
+
 ROLLOUTS = ("workload=system_prompts", "workload.params.num_system_prompts=1", "workload.params.system_len=200",
             "workload.params.user_len_min=100", "workload.params.user_len_max=500",
             "workload.params.output_len_min=500", "workload.params.output_len_max=4000",
@@ -29,21 +31,17 @@ CASES = {
     "default": ("the default batch", ()),
     "long_answers": ("the default batch, answers of 1,000 tokens", ("workload.params.output_len=1000",
                                                                      "schedule.names=[fcfs,batchllm]")),
-    "rollouts": ("rollouts: 512 prompts x 16 completions, answers 500-4,000", ROLLOUTS + ("schedule.names=[fcfs,batchllm]",)),
+    "rollouts": ("rollouts: 512 prompts x 16 completions, answers 500-4,000",
+                 ROLLOUTS + ("schedule.names=[fcfs,batchllm]",)),
     "rollouts_lru": ("the rollouts, batchllm with caching=lru", ROLLOUTS + ("schedule.names=[batchllm]",
                                                                          "schedule.overrides.caching=lru")),
-    "mooncake": ("Mooncake's conversation trace replayed", ("+experiment=mooncake_replay", "schedule.names=[fcfs,lpm]")),
+    "mooncake": ("Mooncake's conversation trace replayed",
+                 ("+experiment=mooncake_replay", "schedule.names=[fcfs,lpm]")),
 }
 
 
 def run(args: tuple, out: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "batchlab.cli", "simulate", *args, "report=false", "progress=false",
-               f"hydra.run.dir={out}"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
-    return json.loads((out / "summary.json").read_text())["schedules"]
+    return json.loads((run_simulate(args, out) / "summary.json").read_text())["schedules"]
 
 
 def main() -> None:
@@ -51,7 +49,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.7)
     parser.add_argument("--cases", default=",".join(CASES))
     options = parser.parse_args()
-    print("| workload | schedule | makespan s without / with | preemptions without / with | TPOT p99 ms without / with |")
+    print("| workload | schedule | makespan s without / with | preemptions without / with "
+          "| TPOT p99 ms without / with |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for key in options.cases.split(","):

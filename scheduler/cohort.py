@@ -27,8 +27,8 @@ _REQ_ID = attrgetter("req_id")
 
 class DecodeCohort:
     def __init__(self, block_size: int, clip: int | None = None) -> None:
-        """``clip``: ``remaining_outputs`` will be asked with it (reserve.py): members with more
-        tokens than that still to sample are tracked apart until they have fewer."""
+        """``clip``: ``remaining_outputs`` counts each member's tokens still to sample up to it
+        (reserve.py): members with more are tracked apart until they have fewer."""
         self.block_size = block_size
         self.clip = clip
         self.states: list[RequestState] = []    # admission order
@@ -201,14 +201,13 @@ class DecodeCohort:
         self.group_keys, self.group_values, self.stale_groups, self.shared_groups = [], [], set(), ()
         self._frozen = None
 
-    def remaining_outputs(self, step: int, clip: int | None) -> int:
+    def remaining_outputs(self, step: int, clipped: bool = True) -> int:
         """The tokens the members still sample from ``step`` on (this step's included), each
-        counted up to ``clip`` (the cohort's own, or None: all)."""
+        counted up to the cohort's ``clip`` (``clipped``, where it has one) or all."""
         count = len(self.ids)
-        if clip is None:
+        clip = self.clip
+        if not clipped or clip is None:
             return self.end_sum - count * step
-        if clip != self.clip:
-            raise ValueError(f"remaining outputs clipped at {clip}, tracked at {self.clip}")
         heap, far = self._far_heap, self._far
         while heap and heap[0][0] <= step:  # within clip from here on
             _, req_id, end = heappop(heap)

@@ -42,8 +42,7 @@ class OutputReserve:
     def blocks(self, scheduler: "Scheduler", state: "RequestState", allocated_tokens: int) -> float:
         """KV blocks the running requests and ``state`` (admitted with blocks for
         ``allocated_tokens`` of its tokens) are expected to take beyond what they hold."""
-        step = scheduler.step
-        tokens = self.ratio * scheduler.cohort.remaining_outputs(step, self.clip)
+        tokens = self.ratio * scheduler.cohort.remaining_outputs(scheduler.step)
         for other in scheduler._others.values():
             tokens += self._still_to_take(other, len(other.block_table) * scheduler.block_size)
         return (tokens + self._still_to_take(state, allocated_tokens)) / scheduler.block_size
@@ -75,7 +74,7 @@ class OutputReserve:
         cohort = scheduler.cohort
         count = len(cohort.ids)
         limits = cohort.output_sum
-        generated = limits - cohort.remaining_outputs(scheduler.step, None)
+        generated = limits - cohort.remaining_outputs(scheduler.step, clipped=False)
         for state in scheduler._others.values():
             if state.request is not None:
                 count += 1

@@ -107,9 +107,10 @@ def test_cohort_counts_the_answers_to_come_as_a_sum_over_the_running(requests, n
         scheduler.sync()
         step = scheduler.step
         states = scheduler.cohort.states
-        assert scheduler.cohort.remaining_outputs(step, clip) == sum(
+        assert scheduler.cohort.remaining_outputs(step) == sum(
             min(s.output_len - s.num_output_tokens, clip) for s in states)
-        assert scheduler.cohort.remaining_outputs(step, None) == sum(s.output_len - s.num_output_tokens for s in states)
+        assert scheduler.cohort.remaining_outputs(step, clipped=False) == sum(
+            s.output_len - s.num_output_tokens for s in states)
     lazy = _plans(clipped(Scheduler(config, need + spare, BLOCK), clip), requests, False)
     eager = _plans(clipped(Scheduler(config, need + spare, BLOCK, lazy_decodes=False), clip), requests, False)
     assert lazy == eager
