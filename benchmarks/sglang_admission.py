@@ -1,14 +1,16 @@
-"""SGLang's admission (``schedule.overrides.new_token_ratio``, scheduler/reserve.py) against
-vLLM's on the README's cases: makespan, preemptions and the slowest times between tokens of each
-schedule, without and with the room SGLang keeps for the answers still to come.
+"""SGLang's admission (``schedule.overrides.new_token_ratio``, scheduler/reserve.py) and its
+retraction (``schedule.overrides.preemption=sglang``, scheduler/retract.py) against vLLM's
+preemption on the README's cases: makespan, preemptions and the slowest times to the first token
+and between tokens of each schedule, as vLLM schedules it, with the room SGLang keeps for the
+answers still to come, and with SGLang's retraction besides.
 
 Run: python benchmarks/sglang_admission.py [--ratio 0.7] [--cases default,long_answers,rollouts,
                                             rollouts_lru,mooncake]
 
-Each case is a ``batchlab simulate`` run (Llama-3.1-8B on an H100, roofline profile) twice, the
-second with ``schedule.overrides.new_token_ratio=RATIO``; the figures are read back from the
-runs' summary.json. Mooncake's trace is read from ../shared/traces (skipped, and said so, where
-it is absent).
+Each case is three ``batchlab simulate`` runs (Llama-3.1-8B on an H100, roofline profile): as
+given, with ``schedule.overrides.new_token_ratio=RATIO``, and with that and
+``schedule.overrides.preemption=sglang``; the figures are read back from the runs' summary.json.
+Mooncake's trace is read from ../shared/traces (skipped, and said so, where it is absent).
 """
 from __future__ import annotations
 
@@ -49,23 +51,24 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.7)
     parser.add_argument("--cases", default=",".join(CASES))
     options = parser.parse_args()
-    print("| workload | schedule | makespan s without / with | preemptions without / with "
-          "| TPOT p99 ms without / with |")
-    print("|---|---|---|---|---|")
+    print("| workload | schedule | makespan s vLLM / reserve / + retraction | preemptions | TTFT p99 s | "
+          "TPOT p99 ms |")
+    print("|---|---|---|---|---|---|")
+    variants = {"vllm": (), "reserve": (f"schedule.overrides.new_token_ratio={options.ratio}",)}
+    variants["retract"] = variants["reserve"] + ("schedule.overrides.preemption=sglang",)
     with tempfile.TemporaryDirectory() as tmp:
         for key in options.cases.split(","):
             title, args = CASES[key]
             if key == "mooncake" and not (ROOT.parent / "shared" / "traces" / "mooncake").exists():
-                print(f"| {title} | skipped: ../shared/traces/mooncake is absent | | | |")
+                print(f"| {title} | skipped: ../shared/traces/mooncake is absent | | | | |")
                 continue
-            plain = run(args, Path(tmp) / f"{key}-plain")
-            kept = run(args + (f"schedule.overrides.new_token_ratio={options.ratio}",), Path(tmp) / f"{key}-kept")
-            for name, a in plain.items():
-                b = kept[name]
-                print(f"| {title} | {name} | {a['makespan_s']:,.1f} / {b['makespan_s']:,.1f} | "
-                      f"{a['num_preemptions']:,} / {b['num_preemptions']:,} | "
-                      f"{a['tpot_s_p99'] * 1e3:.1f} / {b['tpot_s_p99'] * 1e3:.1f} |", flush=True)
-
+            runs = [run(args + extra, Path(tmp) / f"{key}-{name}") for name, extra in variants.items()]
+            for name in runs[0]:
+                rows = [r[name] for r in runs]
+                cell = lambda field, fmt: " / ".join(format(r[field], fmt) for r in rows)  # noqa: E731
+                tpot = " / ".join(f"{r['tpot_s_p99'] * 1e3:,.1f}" for r in rows)
+                print(f"| {title} | {name} | {cell('makespan_s', ',.1f')} | {cell('num_preemptions', ',')} | "
+                      f"{cell('ttft_s_p99', ',.1f')} | {tpot} |", flush=True)
 
 if __name__ == "__main__":
     main()

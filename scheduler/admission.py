@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .contract import ScheduledChunk
+from .contract import ScheduledChunk, new_chunk
 from .errors import WorkloadError
 from .group_state import GroupState
 from .host_tier import as_ints
@@ -74,9 +74,16 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
         if isinstance(unit, GroupState):
             unit.started = True
             scheduler._active_groups[unit.group_id] = unit
-        chunks.append(scheduler._chunk(state, count))
+        chunks.append(_chunk(scheduler, state, count))
         tokens_left -= count
     return tokens_left
+
+
+def _chunk(scheduler: "Scheduler", state: RequestState, count: int) -> ScheduledChunk:
+    start = state.num_computed_tokens
+    samples = start + count == state.num_tokens and state.request is not None
+    blocks = tuple(state.block_table) if scheduler.emit_block_ids else ()
+    return new_chunk(state.req_id, start, count, blocks, samples, state.prompt_len)
 
 
 def beyond_prefix(scheduler: "Scheduler", state: RequestState, group) -> bool:

@@ -11,6 +11,7 @@ from .errors import ConfigError
 from .kv_blocks import CACHING_MODES
 
 ORDERS = ("fcfs", "decode_ratio", "lpm", "prompt", "blend", "priority")
+PREEMPTIONS = ("vllm", "sglang")
 RANKS_WHOLE_QUEUE = ("lpm", "blend")  # orders that rank the whole waiting queue before each step
 
 
@@ -35,6 +36,8 @@ class ScheduleConfig:
                                         # where prefix_aware_attention is on, its groups instead
     new_token_ratio: float | None = None  # SGLang's admission (reserve.py): room kept for this share of
                                         # every running answer still to come (SGLang's start: 0.7); None: none
+    preemption: str = "vllm"            # vllm: a decode short of a block preempts the newest running request,
+                                        # back to the queue's front; sglang: SGLang's retraction (retract.py)
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
     host_cache_blocks: int = 0          # KV blocks a host-memory tier keeps behind the LRU cache
                                         # (host_tier.py); 0: none. Idle where caching is off
@@ -73,6 +76,9 @@ class ScheduleConfig:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
             raise ConfigError(f"schedule {self.name!r}: new_token_ratio is {ratio!r}; expected a share of the answers "
                               f"still to come in (0, 1] (SGLang starts at 0.7), or null for no reserve")
+        if self.preemption not in PREEMPTIONS:
+            raise ConfigError(f"schedule {self.name!r}: preemption is {self.preemption!r}; expected one of "
+                              f"{PREEMPTIONS} (whose running requests give way when decodes run short of KV blocks)")
         if self.kv_threshold is not None and not (0.0 < self.kv_threshold <= 1.0):
             raise ConfigError(f"schedule {self.name!r}: kv_threshold must be in (0, 1] or None")
         interval = self.retention_interval

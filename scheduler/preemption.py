@@ -91,7 +91,12 @@ def preempt(scheduler: "Scheduler", state: RequestState) -> None:
     state.num_computed_tokens = 0
     state.num_preemptions += 1
     scheduler.stats.num_preemptions += 1
-    scheduler.waiting.push_front(state)
+    if scheduler.config.preemption == "vllm" or state.request is None:
+        scheduler.waiting.push_front(state)
+    elif state.group is not None:  # SGLang's (retract.py), a started group's member: behind its ready members
+        scheduler.waiting.ready([state])
+    else:  # SGLang's: appended to the queue
+        scheduler.waiting.push(state, scheduler.now)
 
 
 def preempt_idle_group(scheduler: "Scheduler") -> bool:

@@ -12,9 +12,9 @@ max_new_tokens + 1), at most 1. Here a request's ``output_len`` is its max_new_t
 run to their limit, as batchlab generates them), and a step with any decode is a decode step.
 Constants from SGLang (``global_config``/``envs``: SGLANG_INIT_NEW_TOKEN_RATIO 0.7,
 SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR 0.14, SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS 600,
-SGLANG_RETRACT_DECODE_STEPS 20, SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION 4096). What is not
-SGLang's here: preemption stays vLLM's (the newest running request, recomputed), where SGLang
-retracts from the longest answers until the rest can decode 20 more steps.
+SGLANG_RETRACT_DECODE_STEPS 20, SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION 4096). Which requests
+give way when the answers outgrow the cache anyway is ``ScheduleConfig.preemption``: vLLM's
+newest-first by default, SGLang's retraction with "sglang" (retract.py).
 """
 from __future__ import annotations
 

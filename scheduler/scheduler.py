@@ -2,7 +2,8 @@
 
 Per step (Sarathi-style fill under one token budget): running decodes, then running partial
 prefills, then new admissions from the waiting queue. A running request that cannot get a KV
-block preempts (recompute) the most recently admitted request not yet scheduled this step.
+block preempts (recompute) the most recently admitted request not yet scheduled this step
+(vLLM), or, under SGLang's preemption, requests are retracted before the step (retract.py).
 
 Running decodes live in a decode cohort (cohort.py) that advances them all at once, so a step
 costs O(what changes); where the decodes due a block outnumber the free blocks, those members
@@ -25,6 +26,7 @@ from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule
 from .prompt import ChainIndex
 from .request import Request, RequestState
 from .reserve import OutputReserve
+from .retract import retract_for_decodes
 from .window_pages import window_pages
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
@@ -71,6 +73,7 @@ class Scheduler:
         self.waiting = WaitingQueue(config)
         self.stats = SchedulerStats()
         self.step = 0
+        self.now = 0.0  # the time schedule() was last called at
         self._ungrouped: list[RequestState] = []
         self._active_groups: dict[int, GroupState] = {}  # started, in start order
         self._num_groups = 0
@@ -131,6 +134,9 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         scheduled: set[int] = set()
         preempted: list[int] = []
+        self.now = now
+        if cfg.preemption == "sglang":
+            retract_for_decodes(self, preempted)
         size = self.block_size
         emit = self.emit_block_ids
         step = self.step
@@ -269,12 +275,6 @@ class Scheduler:
         keys = self.chains.full_block_keys(request.prompt + ((request.output_segment, request.output_len),))
         upto = min(len(keys), (state.prompt_len + request.output_len - 1) // self.block_size, len(state.block_table))
         self._register_blocks(state, keys, upto)
-
-    def _chunk(self, state: RequestState, count: int) -> ScheduledChunk:
-        start = state.num_computed_tokens
-        samples = start + count == state.num_tokens and state.request is not None
-        blocks = tuple(state.block_table) if self.emit_block_ids else ()
-        return new_chunk(state.req_id, start, count, blocks, samples, state.prompt_len)
 
     def _shared_prefix_groups(self, chunks: list[ScheduledChunk]) -> tuple[SharedPrefixGroup, ...]:
         states = self.states

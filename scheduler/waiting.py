@@ -1,6 +1,6 @@
 """The waiting queue: units (requests, or not-yet-started prefix groups) in policy order.
 
-Preempted requests go to the very front (vLLM); the members of a group whose prefix just
+Preempted requests go to the very front (vLLM), or behind what waits (SGLang); the members of a group whose prefix just
 finished go ahead of everything not yet started (the BatchLLM prototype), in group order. Admission only ever looks at
 the head (it stops at the first unit that does not fit), so the ordered part is a heap.
 """
@@ -57,10 +57,13 @@ class WaitingQueue:
             return -(unit.output_tokens if aware else 1) / unit.prefill_tokens
         return -(unit.expected_output_len if aware else 1) / unit.prompt_len  # Eq. 3
 
-    def push(self, unit: Unit) -> None:
+    def push(self, unit: Unit, arrival_s: float | None = None) -> None:
+        """Into the ordered part; ``arrival_s`` (default the unit's own) ranks it among units
+        the policy ranks equal: SGLang appends a retracted request to its queue (retract.py)."""
         self._seq += 1
         primary = self._primary(unit)
-        heapq.heappush(self._heap, [primary, unit.arrival_s, self._seq, unit])
+        arrival = unit.arrival_s if arrival_s is None else arrival_s
+        heapq.heappush(self._heap, [primary, arrival, self._seq, unit])
         self.ordered_requests += _size(unit)
         self._unranked += primary is _UNRANKED
 
