@@ -36,6 +36,8 @@ class ScheduleConfig:
                                         # where prefix_aware_attention is on, its groups instead
     new_token_ratio: float | None = None  # SGLang's admission (reserve.py): room kept for this share of
                                         # every running answer still to come (SGLang's start: 0.7); None: none
+    mixed_batches: bool = True          # decodes and prompt chunks in one step (vLLM, Sarathi); False: SGLang's
+                                        # default, a step of prompt chunks where there are any (unmixed.py)
     preemption: str = "vllm"            # vllm: a decode short of a block preempts the newest running request,
                                         # back to the queue's front; sglang: SGLang's retraction (retract.py)
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
@@ -69,6 +71,9 @@ class ScheduleConfig:
         if not isinstance(self.cascade_attention, bool):
             raise ConfigError(f"schedule {self.name!r}: cascade_attention is {self.cascade_attention!r}; expected "
                               f"true or false (where prefix_aware_attention is on, its groups read prefixes instead)")
+        if not isinstance(self.mixed_batches, bool):
+            raise ConfigError(f"schedule {self.name!r}: mixed_batches is {self.mixed_batches!r}; expected true (decodes "
+                              f"and prompt chunks share a step, as vLLM) or false (apart, as SGLang by default)")
         if self.host_load_async and not self.host_cache_blocks:
             raise ConfigError(f"schedule {self.name!r}: host_load_async=true times loads from a host tier, and there "
                               f"is none: give host_kv_gb=N (or host_cache_blocks)")

@@ -1,4 +1,4 @@
-"""Steps that preempt: decodes scheduled one request at a time (a decode short of a KV block
+"""A step's decodes, and steps that preempt: decodes scheduled one request at a time (a decode short of a KV block
 preempts, recompute, the newest running request not yet scheduled this step), the cohort's
 decodes short of blocks doing the same in turn, idle group prefixes dropped, and a stuck queue
 unblocked. Functions of the ``Scheduler``, split out of scheduler.py.
@@ -8,12 +8,39 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .admission import admit
+from .cohort import ADMISSION
 from .contract import ScheduledChunk, new_chunk
 from .errors import SchedulerStuck
 from .request import RequestState
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
+
+
+def schedule_decodes(scheduler: "Scheduler", tokens_left: int, chunks: list, scheduled: set[int],
+                     preempted: list[int]) -> tuple[int, list]:
+    """A step's decodes: the cohort's (a block for each member due one, taken in turn, preempting,
+    where they outnumber the free blocks), or request by request where the cohort cannot take
+    them; returns the tokens left and the running requests still to schedule."""
+    step, cohort = scheduler.step, scheduler.cohort
+    if scheduler.lazy_decodes and scheduler._join_decodes() and len(cohort) <= tokens_left:
+        due = cohort.due.get(step)
+        if due and len(due) > scheduler.kv.num_free_blocks:  # someone gets preempted
+            # blocks taken in turn while the members still sit in this step's bucket (a victim
+            # leaves the cohort from there), then the survivors re-bucketed
+            decode_blocks_preempting(scheduler, sorted(due, key=ADMISSION), preempted)
+            cohort.take_due(step)
+        else:
+            due = cohort.take_due(step)
+            if due:
+                for state, block in zip(due, scheduler.kv.allocate(len(due))):
+                    state.block_table.append(block)
+        return tokens_left - len(cohort), list(scheduler._others.values())
+    if cohort.states:
+        cohort.dissolve(step)
+        scheduler._others = dict(scheduler.running)
+    partial = schedule_decodes_one_by_one(scheduler, chunks, scheduled, preempted)
+    return tokens_left - len(chunks), partial
 
 
 def schedule_decodes_one_by_one(scheduler: "Scheduler", chunks: list, scheduled: set[int],

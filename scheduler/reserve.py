@@ -42,7 +42,9 @@ class OutputReserve:
     def blocks(self, scheduler: "Scheduler", state: "RequestState", allocated_tokens: int) -> float:
         """KV blocks the running requests and ``state`` (admitted with blocks for
         ``allocated_tokens`` of its tokens) are expected to take beyond what they hold."""
-        tokens = self.ratio * scheduler.cohort.remaining_outputs(scheduler.step)
+        cohort = scheduler.cohort
+        # (a member due a block in this step, asked before the decodes take theirs: its next token)
+        tokens = self.ratio * cohort.remaining_outputs(scheduler.step) + len(cohort.due.get(scheduler.step, ()))
         for other in scheduler._others.values():
             tokens += self._still_to_take(other, len(other.block_table) * scheduler.block_size)
         return (tokens + self._still_to_take(state, allocated_tokens)) / scheduler.block_size

@@ -16,17 +16,18 @@ from __future__ import annotations
 from .admission import admit, cached_tokens_of, check_fits, loads_done
 from .cascade import cascade_groups
 from .config import RANKS_WHOLE_QUEUE, ScheduleConfig
-from .cohort import ADMISSION, DecodeCohort
+from .cohort import DecodeCohort
 from .contract import NO_DECODES, BatchPlan, ScheduledChunk, SharedPrefixGroup, StepResult, new_chunk, new_plan
 from .errors import WorkloadError
 from .group_state import GroupState, regroup_waiting, shared_prefix_groups
 from .host_tier import HostTier, write_through
 from .kv_blocks import BlockManager
-from .preemption import break_deadlock, decode_blocks_preempting, grow, schedule_decodes_one_by_one
+from .preemption import break_deadlock, grow, schedule_decodes
 from .prompt import ChainIndex
 from .request import Request, RequestState
 from .reserve import OutputReserve
 from .retract import retract_for_decodes
+from .unmixed import prefill_step
 from .window_pages import window_pages
 from .stats import SchedulerStats
 from .stretch import apply_decode_stretch, find_decode_stretch
@@ -135,45 +136,22 @@ class Scheduler:
         scheduled: set[int] = set()
         preempted: list[int] = []
         self.now = now
-        if cfg.preemption == "sglang":
-            retract_for_decodes(self, preempted)
-        size = self.block_size
-        emit = self.emit_block_ids
-        step = self.step
-        cohort = self.cohort
-        steady = self.lazy_decodes and self._join_decodes() and len(cohort) <= tokens_left
-        if steady:
-            due = cohort.due.get(step)
-            if due and len(due) > self.kv.num_free_blocks:  # someone gets preempted
-                # blocks taken in turn while the members still sit in this step's bucket (a victim
-                # leaves the cohort from there), then the survivors re-bucketed
-                decode_blocks_preempting(self, sorted(due, key=ADMISSION), preempted)
-                cohort.take_due(step)
-            else:
-                due = cohort.take_due(step)
-                if due:
-                    for state, block in zip(due, self.kv.allocate(len(due))):
-                        state.block_table.append(block)
-            tokens_left -= len(cohort)
-            partial = list(self._others.values())
-        else:
-            if cohort.states:
-                cohort.dissolve(step)
-                self._others = dict(self.running)
-            partial = schedule_decodes_one_by_one(self, chunks, scheduled, preempted)
-            tokens_left -= len(chunks)
-        for state in partial:
-            if tokens_left <= 0:
-                break
-            count = min(state.num_tokens - state.num_computed_tokens, tokens_left)
-            tokens_left -= self._schedule_running(state, count, chunks, scheduled, preempted, size, emit)
-
-        # vLLM admits nothing in a step that preempted; an empty step helps no one
-        if not preempted or not (chunks or cohort.ids):
-            if tokens_left > 0:
+        size, emit, step, cohort = self.block_size, self.emit_block_ids, self.step, self.cohort
+        # SGLang's steps (unmixed.py): prompt chunks alone where there are any, else the decodes
+        if cfg.mixed_batches or not prefill_step(self, now, tokens_left, chunks, scheduled):
+            if cfg.preemption == "sglang":
+                retract_for_decodes(self, preempted)
+            tokens_left, partial = schedule_decodes(self, tokens_left, chunks, scheduled, preempted)
+            for state in partial if cfg.mixed_batches or not (chunks or cohort.ids) else ():  # (apart: none decodes)
+                if tokens_left <= 0:
+                    break
+                count = min(state.num_tokens - state.num_computed_tokens, tokens_left)
+                tokens_left -= self._schedule_running(state, count, chunks, scheduled, preempted, size, emit)
+            # vLLM admits nothing in a step that preempted; an empty step helps no one
+            if cfg.mixed_batches and tokens_left > 0 and (not preempted or not (chunks or cohort.ids)):
                 tokens_left = admit(self, now, tokens_left, chunks)
-            if not chunks and self.num_waiting and not self.running and not self._loading:
-                break_deadlock(self, now, tokens_left, chunks)
+        if not chunks and self.num_waiting and not self.running and not self._loading:
+            break_deadlock(self, now, tokens_left, chunks)
 
         groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else cascade_groups(self, chunks)
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES

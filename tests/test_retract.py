@@ -10,7 +10,7 @@ from sim.cost_model import CostModel
 from sim.simulator import simulate
 from traces.synthetic import system_prompt_workload
 
-from test_scheduler_properties import BLOCK, _plans, drive, most_held, online, workloads
+from test_scheduler_properties import BLOCK, _plans, drive, most_held, workloads
 
 
 def three_running_and_one_waiting(preemption: str) -> tuple[Scheduler, list]:

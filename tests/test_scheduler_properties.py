@@ -217,7 +217,6 @@ def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeyp
     member is the newest itself, an idle group's prefix. This workload (found by a random
     search) takes the idle-prefix branch in such a step; plans must equal one-by-one scheduling."""
     import scheduler.preemption as preemption
-    import scheduler.scheduler as scheduler_module
 
     prompts = [((0, 3), (31, 4), (2, 1)), ((0, 3),), ((20, 1),), ((20, 1), (11, 3), (22, 2), (13, 2)),
                ((30, 3), (21, 3), (22, 1)), ((30, 3), (1, 1), (12, 3)), ((20, 3), (11, 2)),
@@ -228,7 +227,7 @@ def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeyp
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
     config = schedule_config("prefix_grouped", max_num_batched_tokens=64)
     in_walk, idle_in_walk = [False], []
-    walk, idle = scheduler_module.decode_blocks_preempting, preemption.preempt_idle_group
+    walk, idle = preemption.decode_blocks_preempting, preemption.preempt_idle_group
 
     def watched_walk(*args):
         in_walk[0] = True
@@ -241,7 +240,7 @@ def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeyp
         dropped = idle(scheduler)
         idle_in_walk.append(dropped and in_walk[0])
         return dropped
-    monkeypatch.setattr(scheduler_module, "decode_blocks_preempting", watched_walk)
+    monkeypatch.setattr(preemption, "decode_blocks_preempting", watched_walk)
     monkeypatch.setattr(preemption, "preempt_idle_group", watched_idle)
     lazy = _plans(Scheduler(config, need, BLOCK), requests, False)
     assert any(idle_in_walk)

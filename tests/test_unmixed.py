@@ -1,0 +1,119 @@
+"""SGLang's steps: prompt chunks and decodes apart (``mixed_batches=False``, unmixed.py)."""
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from scheduler import Request, Scheduler, StepResult, schedule_config
+from scheduler.errors import ConfigError
+from scheduler.model_spec import WindowBlocks
+from sim.cost_model import CostModel
+from sim.simulator import simulate
+from traces.synthetic import system_prompt_workload
+
+from test_scheduler_properties import BLOCK, _plans, drive, most_held, workloads
+
+
+def test_a_prompt_waits_for_no_decode_and_the_decodes_wait_for_it():
+    """A (prompt 8, answer 6) runs alone; B (prompt 40, answer 2) arrives at t=2.5. Budget 16:
+    B's prompt takes three steps of 16, 16 and 8 tokens. Mixed (vLLM), A decodes in each of them
+    beside B's chunk of 15 tokens, 15 and 10; apart (SGLang), A waits three steps."""
+    def run(mixed: bool) -> list:
+        config = schedule_config("fcfs", max_num_batched_tokens=16, mixed_batches=mixed)
+        scheduler = Scheduler(config, 64, 4)
+        pending = [Request(0, 0.0, ((1, 8),), 6), Request(1, 2.5, ((2, 40),), 2)]
+        steps = []
+        now = 0.0
+        while scheduler.has_unfinished or pending:
+            while pending and pending[0].arrival_s <= now:
+                scheduler.add(pending.pop(0))
+            plan = scheduler.schedule(now)
+            steps.append(sorted((c.req_id, c.num_tokens) for c in plan.chunks))
+            now += 1.0
+            scheduler.update(plan, StepResult(plan.step, 1.0), now)
+        return steps
+
+    apart = run(False)
+    assert apart[:7] == [[(0, 8)], [(0, 1)], [(0, 1)], [(1, 16)], [(1, 16)], [(1, 8)], [(0, 1), (1, 1)]]
+    assert apart[7:] == [[(0, 1)], [(0, 1)]]  # A's sixth token two steps after B's second
+    mixed = run(True)
+    assert mixed[:6] == [[(0, 8)], [(0, 1)], [(0, 1)], [(0, 1), (1, 15)], [(0, 1), (1, 15)], [(0, 1), (1, 10)]]
+    assert mixed[6:] == [[(1, 1)]]
+
+
+def test_bad_mixed_batches_is_refused():
+    with pytest.raises(ConfigError, match="mixed_batches is 'no'"):
+        schedule_config("fcfs", mixed_batches="no")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), st.sampled_from(["fcfs", "batchllm", "prefix_grouped", "lpm", "decode_first", "sorted"]),
+       st.integers(0, 12), st.sampled_from([1, 3, 8, 64]), st.sampled_from([(None, "vllm"), (0.7, "sglang"),
+                                                                             (None, "sglang"), (0.2, "vllm")]),
+       st.sampled_from([0, 0, 2, WindowBlocks(2, 3, 1)]))
+def test_steps_apart_keep_the_invariants_and_the_cohort_equals_one_by_one(requests, name, spare, budget, sglang,
+                                                                          window):
+    """No step runs a prompt chunk beside a decode; a step of decodes comes only where no prompt
+    chunk could run; every request finishes, no block leaks, the tokens computed add up; plans
+    (block ids included) equal one-by-one scheduling's."""
+    ratio, preemption = sglang
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
+    config = schedule_config(name, max_num_batched_tokens=budget, new_token_ratio=ratio, preemption=preemption,
+                             mixed_batches=False)
+    scheduler = Scheduler(config, need + spare, BLOCK, window_blocks=window)
+    computed, skipped, discarded, finished = drive(scheduler, requests)
+    assert sorted(finished) == sorted(r.req_id for r in requests)
+    assert scheduler.kv.num_used_blocks == 0
+    for r in requests:
+        assert computed[r.req_id] == r.prompt_len + r.output_len - 1 - skipped[r.req_id] + discarded[r.req_id]
+    lazy = _plans(Scheduler(config, need + spare, BLOCK, window_blocks=window), requests, False)
+    eager = _plans(Scheduler(config, need + spare, BLOCK, lazy_decodes=False, window_blocks=window), requests, False)
+    assert lazy == eager
+    apart = Scheduler(config, need + spare, BLOCK, window_blocks=window)
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    now = 0.0
+    while apart.has_unfinished or pending:
+        while pending and pending[0].arrival_s <= now:
+            apart.add(pending.pop(0))
+        apart.sync()
+        decoding = {s.req_id for s in apart.running.values() if s.request is not None
+                    and s.num_tokens - s.num_computed_tokens == 1 and s.num_computed_tokens >= s.prompt_len}
+        plan = apart.schedule(now)
+        ran = {c.req_id for c in plan.chunks}
+        assert ran <= decoding or not ran & decoding, plan.chunks  # decodes, or prompt chunks (recomputed too)
+        now = now + 1.0 if not plan.is_empty else pending[0].arrival_s
+        if not plan.is_empty:
+            apart.update(plan, StepResult(plan.step, 1.0), now)
+
+
+@pytest.mark.parametrize("schedule,ratio,preemption", [("fcfs", None, "vllm"), ("fcfs", 0.7, "sglang"),
+                                                       ("batchllm", None, "vllm"), ("lpm", 0.7, "sglang")])
+def test_fast_forward_is_identical_to_step_by_step_with_steps_apart(schedule, ratio, preemption):
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+    from scheduler.model_spec import model_spec
+    from test_sim_timeline import _records
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    workload = system_prompt_workload(2, 120, 20, 80, 60, 300, 40, seed=3)
+    config = schedule_config(schedule, max_num_batched_tokens=256, new_token_ratio=ratio, preemption=preemption,
+                             mixed_batches=False)
+    slow = simulate(workload, config, cost, 150, 16, fast_forward=False)
+    fast = simulate(workload, config, cost, 150, 16, fast_forward=True)
+    assert fast.num_events < slow.num_events
+    for a, b in zip(_records(slow, schedule), _records(fast, schedule)):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert slow.scheduler.stats == fast.scheduler.stats
+
+
+def test_the_engine_computes_the_same_tokens_with_steps_apart():
+    from test_engine import tokens_of
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(24, 8, 40, 3, 12, seed=4)
+    baseline, _ = tokens_of(workload, "fcfs", max_num_batched_tokens=512)
+    for schedule, ratio, preemption, blocks in (("fcfs", None, "vllm", 256), ("batchllm", None, "vllm", 14),
+                                                ("fcfs", 0.7, "sglang", 12), ("lpm", None, "sglang", 12)):
+        tokens, outcome = tokens_of(workload, schedule, blocks=blocks, max_num_batched_tokens=64,
+                                    new_token_ratio=ratio, preemption=preemption, mixed_batches=False)
+        assert tokens == baseline, schedule
