@@ -113,6 +113,13 @@ SCHEDULES: dict[str, ScheduleConfig] = {
     # sorted keeps them, compute-heavy and memory-heavy prompts taken in turns; reads output
     # lengths (BlendServe estimates them), as the order needs a request's shape.
     "blend": ScheduleConfig("blend", order="blend", use_output_lengths=True),
+    # SGLang's scheduler with its defaults (unmixed.py, reserve.py, retract.py): its queue in arrival
+    # order (--schedule-policy fcfs), a radix cache (LRU), prompt chunks and decodes in separate steps,
+    # prompts of up to 8,192 tokens a step (--chunked-prefill-size on GPUs of 35-160 GB), at most
+    # 2,048 running (the least of its default, 2,048-4,096 by KV pool and context length), room
+    # kept for 0.7 of every running answer, and its retraction.
+    "sglang": ScheduleConfig("sglang", max_num_batched_tokens=8192, max_num_seqs=2048, mixed_batches=False,
+                             new_token_ratio=0.7, preemption="sglang"),
     # vLLM's --scheduling-policy priority: waiting requests by Request.priority (lower first),
     # then arrival. Agents' turns carry their session's index: the oldest session's turn first.
     "priority": ScheduleConfig("priority", order="priority"),

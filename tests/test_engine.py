@@ -244,7 +244,8 @@ def test_scheduling_never_changes_greedy_tokens():
     assert outcome.scheduler.stats.num_group_preemptions > 0 and tokens == baseline
 
 
-@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority"])
+@pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend",
+                                      "priority", "sglang"])
 def test_engine_executes_exactly_the_simulators_plans(schedule):
     workload = prefix_tree_workload((2, 3), (40, 20), 10, 2, 5, shuffle=True, seed=6)
     config = schedule_config(schedule, max_num_batched_tokens=48)

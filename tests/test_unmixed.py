@@ -117,3 +117,7 @@ def test_the_engine_computes_the_same_tokens_with_steps_apart():
         tokens, outcome = tokens_of(workload, schedule, blocks=blocks, max_num_batched_tokens=64,
                                     new_token_ratio=ratio, preemption=preemption, mixed_batches=False)
         assert tokens == baseline, schedule
+    for blocks in (256, 12):  # the sglang schedule as it is, and short of blocks
+        tokens, outcome = tokens_of(workload, "sglang", blocks=blocks)
+        assert tokens == baseline, blocks
+    assert outcome.scheduler.stats.num_preemptions > 0
