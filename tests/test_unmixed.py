@@ -121,3 +121,19 @@ def test_the_engine_computes_the_same_tokens_with_steps_apart():
         tokens, outcome = tokens_of(workload, "sglang", blocks=blocks)
         assert tokens == baseline, blocks
     assert outcome.scheduler.stats.num_preemptions > 0
+
+
+def test_simulate_says_what_keeps_more_room_where_a_schedule_with_the_reserve_preempts_often(tmp_path):
+    from cli_runs import batchlab
+
+    result = batchlab("simulate", "workload=system_prompts", "workload.params.num_system_prompts=1",
+                      "workload.params.system_len=200", "workload.params.user_len_min=100",
+                      "workload.params.user_len_max=500", "workload.params.output_len_min=500",
+                      "workload.params.output_len_max=4000", "workload.params.num_requests=600",
+                      "schedule.names=[fcfs,sglang]", "report=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " preempted " in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("fcfs preempted ") and "schedule.overrides.new_token_ratio=0.7" in lines[0]
+    assert lines[1].startswith("sglang preempted ") and "with room kept" in lines[1]
+    assert "new_token_ratio=1.0" in lines[1] and "max_num_seqs=256" in lines[1]
