@@ -1,7 +1,7 @@
-"""A step's decodes, and steps that preempt: decodes scheduled one request at a time (a decode short of a KV block
-preempts, recompute, the newest running request not yet scheduled this step), the cohort's
-decodes short of blocks doing the same in turn, idle group prefixes dropped, and a stuck queue
-unblocked. Functions of the ``Scheduler``, split out of scheduler.py.
+"""A step's decodes, and the steps that preempt: decodes scheduled one request at a time (a
+decode short of a KV block preempts, recompute, the newest running request not yet scheduled
+this step), the cohort's decodes short of blocks doing the same in turn, idle group prefixes
+dropped, and a stuck queue unblocked. Functions of the ``Scheduler``, split out of scheduler.py.
 """
 from __future__ import annotations
 

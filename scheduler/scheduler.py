@@ -1,9 +1,10 @@
 """The scheduler: decides each step's batch, knows nothing of clocks, devices or SimPy.
 
 Per step (Sarathi-style fill under one token budget): running decodes, then running partial
-prefills, then new admissions from the waiting queue. A running request that cannot get a KV
+prefills, then new admissions from the waiting queue; or, as SGLang steps (unmixed.py), prompt
+chunks alone where there are any, else the decodes. A running request that cannot get a KV
 block preempts (recompute) the most recently admitted request not yet scheduled this step
-(vLLM), or, under SGLang's preemption, requests are retracted before the step (retract.py).
+(vLLM), or, under SGLang's preemption, requests are retracted before the decodes (retract.py).
 
 Running decodes live in a decode cohort (cohort.py) that advances them all at once, so a step
 costs O(what changes); where the decodes due a block outnumber the free blocks, those members
