@@ -308,7 +308,7 @@ def preemption_hint(cfg: DictConfig, summaries: dict) -> str | None:
     many = {name: entry["num_preemptions"] for name, entry in summaries.items() if preempts_often(entry)}
     if not many:
         return None
-    overrides = {k: v for k, v in (cfg.schedule.get("overrides") or {}).items() if v is not None}
+    overrides = dict(cfg.schedule.get("overrides") or {})
     kept = {name for name in many if schedule_config(name, **overrides).new_token_ratio is not None}
     said = lambda names: (f"{', '.join(names)} preempted {', '.join(f'{many[n]:,}' for n in names)} times"  # noqa: E731
                           f"{' with room kept for the answers to come' if names[0] in kept else ''}")
@@ -323,7 +323,8 @@ def preemption_hint(cfg: DictConfig, summaries: dict) -> str | None:
         hints.append(f"{said([name for name in many if name in kept])}: the share kept falls to 0.14 of its start "
                      f"within 600 decode steps and the batch outgrows the cache again; a larger start "
                      f"(schedule.overrides.new_token_ratio=1.0, SGLang's --schedule-conservativeness 1.43) or fewer "
-                     f"running requests (schedule.overrides.max_num_seqs=256, its --max-running-requests) keep more room")
+                     f"running requests (a smaller schedule.overrides.max_num_seqs, its --max-running-requests) keep "
+                     f"more room")
     return "\n".join(hints)
 
 

@@ -149,11 +149,45 @@ def with_overrides(kind: str, spec, overrides: dict):
 
 
 def schedule_config(name: str, **overrides: object) -> ScheduleConfig:
-    """A preset by name, with fields overridden (``None`` values leave the preset's)."""
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+    """A preset by name, with fields overridden (``None`` too: no request cap, no reserve). A name may
+    carry its own fields after a colon, ``"sglang:max_num_seqs=256,order=lpm"``: that preset with
+    those (over ``overrides``), under the whole name, to compare variants side by side."""
+    base, _, spec = name.partition(":")
+    if base not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {base!r}{f' in {name!r}' if spec else ''}; expected one of "
+                          f"{sorted(SCHEDULES)}, optionally with fields after a colon (fcfs:new_token_ratio=0.7)")
+    overrides = {**overrides, **_variant_fields(name, spec)}
     known = {f.name for f in fields(ScheduleConfig)} - {"name"}
     unknown = set(overrides) - known
     if unknown:
         raise ConfigError(f"schedule {name!r}: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}")
-    return replace(SCHEDULES[name], **overrides)
+    return replace(SCHEDULES[base], name=name, **overrides)
+
+
+def _variant_fields(name: str, spec: str) -> dict:
+    """``field=value`` pairs, comma separated; values read as YAML reads them (numbers, true,
+    false, null, else text)."""
+    if not spec:
+        return {}
+    found = {}
+    for pair in spec.split(","):
+        key, equals, text = (part.strip() for part in pair.partition("="))
+        if not key or not equals or not text:
+            raise ConfigError(f"schedule {name!r}: expected field=value pairs after the colon, separated by commas "
+                              f"(fcfs:new_token_ratio=0.7,preemption=sglang), got {pair!r}")
+        found[key] = _value(text)
+    return found
+
+
+def _value(text: str) -> object:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -147,7 +147,9 @@ class CostModel:
         return base if self._schedule_extra is None else base + self._schedule_extra(batch)
 
     def for_schedule(self, schedule: str) -> "CostModel":
-        """This cost model for ``schedule``'s steps (itself where nothing differs)."""
+        """This cost model for ``schedule``'s steps (itself where nothing differs); a variant
+        (``sglang:max_num_seqs=256``) is charged its preset's scheduler work."""
+        schedule = schedule.partition(":")[0]
         wanted = schedule if f"{SCHEDULE_OVERHEAD}{schedule}" in self.profile.tables else None
         have = self.schedule if self._schedule_extra is not None else None
         return self if wanted == have else CostModel(self.profile, self.model, wanted)

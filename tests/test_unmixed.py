@@ -136,4 +136,4 @@ def test_simulate_says_what_keeps_more_room_where_a_schedule_with_the_reserve_pr
     assert len(lines) == 2
     assert lines[0].startswith("fcfs preempted ") and "schedule.overrides.new_token_ratio=0.7" in lines[0]
     assert lines[1].startswith("sglang preempted ") and "with room kept" in lines[1]
-    assert "new_token_ratio=1.0" in lines[1] and "max_num_seqs=256" in lines[1]
+    assert "new_token_ratio=1.0" in lines[1] and "smaller schedule.overrides.max_num_seqs" in lines[1]
