@@ -308,8 +308,9 @@ def preemption_hint(cfg: DictConfig, summaries: dict) -> str | None:
     many = {name: entry["num_preemptions"] for name, entry in summaries.items() if preempts_often(entry)}
     if not many:
         return None
-    overrides = dict(cfg.schedule.get("overrides") or {})
-    kept = {name for name in many if schedule_config(name, **overrides).new_token_ratio is not None}
+    # (the ratio only: the other overrides may need what run_simulation adds, a host tier's size)
+    ratio = {k: v for k, v in (cfg.schedule.get("overrides") or {}).items() if k == "new_token_ratio"}
+    kept = {name for name in many if schedule_config(name, **ratio).new_token_ratio is not None}
     said = lambda names: (f"{', '.join(names)} preempted {', '.join(f'{many[n]:,}' for n in names)} times"  # noqa: E731
                           f"{' with room kept for the answers to come' if names[0] in kept else ''}")
     hints = []

@@ -137,3 +137,19 @@ def test_simulate_says_what_keeps_more_room_where_a_schedule_with_the_reserve_pr
     assert lines[0].startswith("fcfs preempted ") and "schedule.overrides.new_token_ratio=0.7" in lines[0]
     assert lines[1].startswith("sglang preempted ") and "with room kept" in lines[1]
     assert "new_token_ratio=1.0" in lines[1] and "smaller schedule.overrides.max_num_seqs" in lines[1]
+
+
+def test_the_preemption_hint_reads_only_the_ratio_from_the_overrides():
+    """A host tier's options are complete only once simulate sizes the tier from host_kv_gb: the
+    hint, which runs after, must not build schedules from them (it raised on host_load_async)."""
+    from omegaconf import OmegaConf
+
+    from batchlab.simulate import preemption_hint
+
+    summaries = {name: {"num_preemptions": 50, "num_requests": 100} for name in ("fcfs", "sglang", "fcfs:max_num_seqs=8")}
+    cfg = OmegaConf.create({"schedule": {"overrides": {"host_load_async": True}}})
+    lines = preemption_hint(cfg, summaries).splitlines()
+    assert lines[0].startswith("fcfs, fcfs:max_num_seqs=8 preempted 50, 50 times:")
+    assert lines[1].startswith("sglang preempted 50 times with room kept")
+    cfg = OmegaConf.create({"schedule": {"overrides": {"new_token_ratio": 0.5, "host_load_async": True}}})
+    assert preemption_hint(cfg, summaries).startswith("fcfs, sglang, fcfs:max_num_seqs=8 preempted 50, 50, 50 times with")
