@@ -1,5 +1,4 @@
 """SGLang's admission with room for the answers still to come (``new_token_ratio``, reserve.py)."""
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -12,6 +11,7 @@ from sim.simulator import simulate
 from traces.synthetic import system_prompt_workload
 
 from test_scheduler_properties import BLOCK, _plans, drive, online, workloads
+from test_sim_timeline import fast_forward_identical
 
 
 def step_once(scheduler, now=0.0):
@@ -124,23 +124,9 @@ def test_cohort_counts_the_answers_to_come_as_a_sum_over_the_running(requests, n
 
 @pytest.mark.parametrize("schedule", ["fcfs", "batchllm"])
 def test_fast_forward_is_identical_to_step_by_step_with_the_reserve(schedule):
-    from sim.hardware import hardware_spec
-    from sim.roofline import build_roofline_profile
-    from scheduler.model_spec import model_spec
-    from test_sim_timeline import _records
-
-    model = model_spec("llama-3.1-8b")
-    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
-    workload = system_prompt_workload(2, 120, 20, 80, 60, 300, 40, seed=3)
     config = schedule_config(schedule, max_num_batched_tokens=256, new_token_ratio=0.7)
-    slow = simulate(workload, config, cost, 300, 16, fast_forward=False)
-    fast = simulate(workload, config, cost, 300, 16, fast_forward=True)
-    assert fast.num_events < slow.num_events  # stretches were used (where nothing waits)
+    slow = fast_forward_identical(config, 300)  # (stretches where nothing waits)
     assert slow.scheduler.stats.num_preemptions < 40  # (a reserve that holds most of the time)
-    for a, b in zip(_records(slow, schedule), _records(fast, schedule)):
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert slow.scheduler.stats == fast.scheduler.stats
-    assert slow.scheduler.reserve.ratio == fast.scheduler.reserve.ratio
 
 
 def test_long_answers_preempt_less_with_room_kept_for_them():

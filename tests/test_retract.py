@@ -1,16 +1,13 @@
 """SGLang's retraction (``preemption="sglang"``, retract.py) against vLLM's preemption."""
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scheduler import Request, Scheduler, StepResult, schedule_config
 from scheduler.errors import ConfigError
 from scheduler.model_spec import WindowBlocks
-from sim.cost_model import CostModel
-from sim.simulator import simulate
-from traces.synthetic import system_prompt_workload
 
-from test_scheduler_properties import BLOCK, _plans, drive, most_held, workloads
+from test_scheduler_properties import BLOCK, holds_and_equals_one_by_one, most_held, watched, workloads
+from test_sim_timeline import fast_forward_identical
 
 
 def three_running_and_one_waiting(preemption: str) -> tuple[Scheduler, list]:
@@ -51,13 +48,6 @@ def test_bad_preemption_is_refused():
         schedule_config("fcfs", preemption="sglang2")
 
 
-def decoding(scheduler):
-    scheduler.sync()
-    return [s for s in scheduler.running.values()
-            if s.request is not None and s.num_tokens - s.num_computed_tokens == 1
-            and s.num_computed_tokens >= s.prompt_len]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(["fcfs", "batchllm", "prefix_grouped", "lpm", "decode_first"]),
        st.integers(0, 12), st.sampled_from([1, 3, 8, 64]), st.sampled_from([None, 0.7, 0.2]),
@@ -69,53 +59,21 @@ def test_retraction_keeps_the_invariants_and_the_cohort_equals_one_by_one(reques
     retracted come first in SGLang's order before every one kept."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
     config = schedule_config(name, max_num_batched_tokens=budget, new_token_ratio=ratio, preemption="sglang")
+    holds_and_equals_one_by_one(config, requests, need + spare, window)
     scheduler = Scheduler(config, need + spare, BLOCK, window_blocks=window)
-    computed, skipped, discarded, finished = drive(scheduler, requests)
-    assert sorted(finished) == sorted(r.req_id for r in requests)
-    assert scheduler.kv.num_used_blocks == 0
-    for r in requests:
-        assert computed[r.req_id] == r.prompt_len + r.output_len - 1 - skipped[r.req_id] + discarded[r.req_id]
-    lazy = _plans(Scheduler(config, need + spare, BLOCK, window_blocks=window), requests, False)
-    eager = _plans(Scheduler(config, need + spare, BLOCK, lazy_decodes=False, window_blocks=window), requests, False)
-    assert lazy == eager
-    ordered = Scheduler(config, need + spare, BLOCK, window_blocks=window)
-    pending = sorted(requests, key=lambda r: r.arrival_s)
-    now = 0.0
-    while ordered.has_unfinished or pending:
-        while pending and pending[0].arrival_s <= now:
-            ordered.add(pending.pop(0))
-        before = decoding(ordered)
+    for before, all_decoding, plan in watched(scheduler, requests):
         # SGLang's order, spelled out here: fewest sampled, then longest prompt, then newest
         keys = {s.req_id: (s.num_output_tokens, -s.prompt_len, -s.admit_seq) for s in before}
-        all_decode = len(before) == len(ordered.running)
-        plan = ordered.schedule(now)
         victims = [r for r in plan.preempted if r in keys]
-        kept = [r for r in keys if r in ordered.running]
-        if all_decode and victims and kept:
+        kept = [r for r in keys if r in scheduler.running]
+        if all_decoding and victims and kept:
             assert max(keys[r] for r in victims) < min(keys[r] for r in kept)
-        now = now + 1.0 if not plan.is_empty else pending[0].arrival_s
-        if not plan.is_empty:
-            ordered.update(plan, StepResult(plan.step, 1.0), now)
 
 
 @pytest.mark.parametrize("schedule,ratio", [("fcfs", None), ("fcfs", 0.7), ("batchllm", 0.7), ("lpm", None)])
 def test_fast_forward_is_identical_to_step_by_step_with_retraction(schedule, ratio):
-    from sim.hardware import hardware_spec
-    from sim.roofline import build_roofline_profile
-    from scheduler.model_spec import model_spec
-    from test_sim_timeline import _records
-
-    model = model_spec("llama-3.1-8b")
-    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
-    workload = system_prompt_workload(2, 120, 20, 80, 60, 300, 40, seed=3)
     config = schedule_config(schedule, max_num_batched_tokens=256, new_token_ratio=ratio, preemption="sglang")
-    slow = simulate(workload, config, cost, 150, 16, fast_forward=False)
-    fast = simulate(workload, config, cost, 150, 16, fast_forward=True)
-    assert fast.num_events < slow.num_events
-    assert slow.scheduler.stats.num_preemptions > 0  # retractions happened
-    for a, b in zip(_records(slow, schedule), _records(fast, schedule)):
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert slow.scheduler.stats == fast.scheduler.stats
+    assert fast_forward_identical(config, 150).scheduler.stats.num_preemptions > 0  # retractions happened
 
 
 def test_the_engine_computes_the_same_tokens_with_retraction():

@@ -75,6 +75,40 @@ def drive(scheduler: Scheduler, requests: list[Request]):
     return computed, skipped, discarded, finished
 
 
+def holds_and_equals_one_by_one(config, requests: list[Request], num_blocks: int, window=0) -> None:
+    """``drive``'s invariants (every request finishes, no block leaks, the tokens computed add
+    up) and the lazy decode cohort's plans equal to one-by-one scheduling's."""
+    scheduler = Scheduler(config, num_blocks, BLOCK, window_blocks=window)
+    computed, skipped, discarded, finished = drive(scheduler, requests)
+    assert sorted(finished) == sorted(r.req_id for r in requests)
+    assert scheduler.kv.num_used_blocks == 0
+    for r in requests:
+        assert computed[r.req_id] == r.prompt_len + r.output_len - 1 - skipped[r.req_id] + discarded[r.req_id]
+    lazy = _plans(Scheduler(config, num_blocks, BLOCK, window_blocks=window), requests, False)
+    eager = _plans(Scheduler(config, num_blocks, BLOCK, lazy_decodes=False, window_blocks=window), requests, False)
+    assert lazy == eager
+
+
+def watched(scheduler: Scheduler, requests: list[Request]):
+    """Drives ``scheduler`` online as ``online`` does; yields, for each step, the running
+    requests in steady decode before it (counters brought up to date), whether they were all
+    that ran, and its plan, before the update."""
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    now = 0.0
+    while scheduler.has_unfinished or pending:
+        while pending and pending[0].arrival_s <= now:
+            scheduler.add(pending.pop(0))
+        scheduler.sync()
+        decoding = [s for s in scheduler.running.values() if s.request is not None
+                    and s.num_tokens - s.num_computed_tokens == 1 and s.num_computed_tokens >= s.prompt_len]
+        all_decoding = len(decoding) == len(scheduler.running)
+        plan = scheduler.schedule(now)
+        yield decoding, all_decoding, plan
+        now = now + 1.0 if not plan.is_empty else pending[0].arrival_s
+        if not plan.is_empty:
+            scheduler.update(plan, StepResult(plan.step, 1.0), now)
+
+
 def most_held(window) -> int:
     """The most window blocks a running request holds."""
     return window if isinstance(window, int) else window.held(1 << 30)

@@ -69,6 +69,27 @@ def _records(outcome, name):
     return requests_frame(outcome.scheduler, name), outcome.steps.all_steps()
 
 
+def fast_forward_identical(config, num_blocks: int):
+    """Simulates a small system-prompts workload (Llama-3.1-8B, A100 roofline) under ``config``
+    step by step and with decode stretches, asserts the records and statistics identical and
+    that stretches were taken; returns the step-by-step outcome."""
+    from sim.hardware import hardware_spec
+    from sim.roofline import build_roofline_profile
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    workload = system_prompt_workload(2, 120, 20, 80, 60, 300, 40, seed=3)
+    slow = simulate(workload, config, cost, num_blocks, 16, fast_forward=False)
+    fast = simulate(workload, config, cost, num_blocks, 16, fast_forward=True)
+    assert fast.num_events < slow.num_events
+    for a, b in zip(_records(slow, config.name), _records(fast, config.name)):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert slow.scheduler.stats == fast.scheduler.stats
+    if slow.scheduler.reserve is not None:
+        assert slow.scheduler.reserve.ratio == fast.scheduler.reserve.ratio
+    return slow
+
+
 WORKLOADS = {
     "micro-offline": lambda: batchllm_microbenchmark(400, 40, 30, 4, 96, seed=1),
     "system-poisson": lambda: with_arrivals(system_prompt_workload(4, 300, 10, 80, 5, 60, 150, seed=2),

@@ -1,16 +1,13 @@
 """SGLang's steps: prompt chunks and decodes apart (``mixed_batches=False``, unmixed.py)."""
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scheduler import Request, Scheduler, StepResult, schedule_config
 from scheduler.errors import ConfigError
 from scheduler.model_spec import WindowBlocks
-from sim.cost_model import CostModel
-from sim.simulator import simulate
-from traces.synthetic import system_prompt_workload
 
-from test_scheduler_properties import BLOCK, _plans, drive, most_held, workloads
+from test_scheduler_properties import BLOCK, holds_and_equals_one_by_one, most_held, watched, workloads
+from test_sim_timeline import fast_forward_identical
 
 
 def test_a_prompt_waits_for_no_decode_and_the_decodes_wait_for_it():
@@ -59,51 +56,17 @@ def test_steps_apart_keep_the_invariants_and_the_cohort_equals_one_by_one(reques
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
     config = schedule_config(name, max_num_batched_tokens=budget, new_token_ratio=ratio, preemption=preemption,
                              mixed_batches=False)
-    scheduler = Scheduler(config, need + spare, BLOCK, window_blocks=window)
-    computed, skipped, discarded, finished = drive(scheduler, requests)
-    assert sorted(finished) == sorted(r.req_id for r in requests)
-    assert scheduler.kv.num_used_blocks == 0
-    for r in requests:
-        assert computed[r.req_id] == r.prompt_len + r.output_len - 1 - skipped[r.req_id] + discarded[r.req_id]
-    lazy = _plans(Scheduler(config, need + spare, BLOCK, window_blocks=window), requests, False)
-    eager = _plans(Scheduler(config, need + spare, BLOCK, lazy_decodes=False, window_blocks=window), requests, False)
-    assert lazy == eager
-    apart = Scheduler(config, need + spare, BLOCK, window_blocks=window)
-    pending = sorted(requests, key=lambda r: r.arrival_s)
-    now = 0.0
-    while apart.has_unfinished or pending:
-        while pending and pending[0].arrival_s <= now:
-            apart.add(pending.pop(0))
-        apart.sync()
-        decoding = {s.req_id for s in apart.running.values() if s.request is not None
-                    and s.num_tokens - s.num_computed_tokens == 1 and s.num_computed_tokens >= s.prompt_len}
-        plan = apart.schedule(now)
-        ran = {c.req_id for c in plan.chunks}
+    holds_and_equals_one_by_one(config, requests, need + spare, window)
+    for decoding, _, plan in watched(Scheduler(config, need + spare, BLOCK, window_blocks=window), requests):
+        ran, decoding = {c.req_id for c in plan.chunks}, {s.req_id for s in decoding}
         assert ran <= decoding or not ran & decoding, plan.chunks  # decodes, or prompt chunks (recomputed too)
-        now = now + 1.0 if not plan.is_empty else pending[0].arrival_s
-        if not plan.is_empty:
-            apart.update(plan, StepResult(plan.step, 1.0), now)
 
 
 @pytest.mark.parametrize("schedule,ratio,preemption", [("fcfs", None, "vllm"), ("fcfs", 0.7, "sglang"),
                                                        ("batchllm", None, "vllm"), ("lpm", 0.7, "sglang")])
 def test_fast_forward_is_identical_to_step_by_step_with_steps_apart(schedule, ratio, preemption):
-    from sim.hardware import hardware_spec
-    from sim.roofline import build_roofline_profile
-    from scheduler.model_spec import model_spec
-    from test_sim_timeline import _records
-
-    model = model_spec("llama-3.1-8b")
-    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
-    workload = system_prompt_workload(2, 120, 20, 80, 60, 300, 40, seed=3)
-    config = schedule_config(schedule, max_num_batched_tokens=256, new_token_ratio=ratio, preemption=preemption,
-                             mixed_batches=False)
-    slow = simulate(workload, config, cost, 150, 16, fast_forward=False)
-    fast = simulate(workload, config, cost, 150, 16, fast_forward=True)
-    assert fast.num_events < slow.num_events
-    for a, b in zip(_records(slow, schedule), _records(fast, schedule)):
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert slow.scheduler.stats == fast.scheduler.stats
+    fast_forward_identical(schedule_config(schedule, max_num_batched_tokens=256, new_token_ratio=ratio,
+                                           preemption=preemption, mixed_batches=False), 150)
 
 
 def test_the_engine_computes_the_same_tokens_with_steps_apart():
