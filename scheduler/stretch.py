@@ -51,7 +51,7 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     cfg = scheduler.config
     if cfg.max_num_seqs is not None and batch >= cfg.max_num_seqs:
         return True
-    tokens_left = cfg.max_num_batched_tokens - batch
+    tokens_left = cfg.max_num_batched_tokens - (batch if cfg.mixed_batches else 0)  # (apart: a step of prompts)
     if tokens_left <= 0:
         return True
     if scheduler.reserve is not None:

@@ -116,3 +116,21 @@ def test_the_preemption_hint_reads_only_the_ratio_from_the_overrides():
     assert lines[1].startswith("sglang preempted 50 times with room kept")
     cfg = OmegaConf.create({"schedule": {"overrides": {"new_token_ratio": 0.5, "host_load_async": True}}})
     assert preemption_hint(cfg, summaries).startswith("fcfs, sglang, fcfs:max_num_seqs=8 preempted 50, 50, 50 times with")
+
+
+def test_a_decode_stretch_asks_the_head_with_a_whole_step_of_prompts():
+    """Apart, a prompt is admitted in a step of its own, with the whole token budget: without
+    chunked prefill, a head of 14 tokens fits a budget of 16, not the 13 beside three decodes,
+    and a decode stretch must not take it as blocked."""
+    config = schedule_config("fcfs", max_num_batched_tokens=16, enable_chunked_prefill=False, mixed_batches=False)
+    scheduler = Scheduler(config, 64, 4)
+    for req_id in range(3):
+        scheduler.add(Request(req_id, 0.0, ((req_id, 4),), 30))
+    for now in range(3):  # their prompts, then decodes
+        plan = scheduler.schedule(float(now))
+        scheduler.update(plan, StepResult(plan.step, 1.0), now + 1.0)
+    assert scheduler.decode_stretch() is not None  # nothing waits: decodes ahead
+    scheduler.add(Request(3, 3.0, ((9, 14),), 2))
+    assert scheduler.decode_stretch() is None
+    plan = scheduler.schedule(3.0)
+    assert [(c.req_id, c.num_tokens) for c in plan.chunks] == [(3, 14)]
