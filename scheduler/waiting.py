@@ -1,8 +1,9 @@
 """The waiting queue: units (requests, or not-yet-started prefix groups) in policy order.
 
-Preempted requests go to the very front (vLLM), or behind what waits (SGLang); the members of a group whose prefix just
-finished go ahead of everything not yet started (the BatchLLM prototype), in group order. Admission only ever looks at
-the head (it stops at the first unit that does not fit), so the ordered part is a heap.
+Preempted requests go to the very front (vLLM), or behind what waits (SGLang); the members of
+a group whose prefix just finished go ahead of everything not yet started (the BatchLLM
+prototype), in group order. Admission only ever looks at the head (it stops at the first unit
+that does not fit), so the ordered part is a heap.
 """
 from __future__ import annotations
 
