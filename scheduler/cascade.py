@@ -27,11 +27,12 @@ MIN_PREFIX_TOKENS = 256  # vLLM's thresholds
 MIN_REQUESTS = 8
 
 
-def cascade_groups(scheduler: "Scheduler", chunks: "list[ScheduledChunk]" = ()) -> "tuple[SharedPrefixGroup, ...]":
+def cascade_groups(scheduler: "Scheduler", chunks: "list[ScheduledChunk]" = (),
+                   cohort=None) -> "tuple[SharedPrefixGroup, ...]":
     """The step's one shared-prefix group under cascade attention (its decodes: the cohort's,
-    then those among ``chunks``), or none."""
+    then those among ``chunks``), or none. ``cohort``: the decoding one, where not the scheduler's."""
     running = scheduler.running
-    cohort = scheduler.cohort
+    cohort = scheduler.cohort if cohort is None else cohort
     if (not scheduler.config.cascade_attention or scheduler.window_blocks or not running
             or len(chunks) + len(cohort.ids) < MIN_REQUESTS):
         return ()

@@ -58,6 +58,7 @@ class DecodeCohort:
         self.stale_groups: set[int] = set()
         self.shared_groups: tuple[SharedPrefixGroup, ...] | None = ()  # group_values' groups; None: stale
         self._frozen: tuple | None = None  # (ids, offsets, prompt_lens) as tuples; None: stale
+        self.paused_at = -1  # a step its members skip (a step of prompts alone: unmixed.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -199,6 +200,27 @@ class DecodeCohort:
         self._far, self._far_heap = {}, []
         self.due, self.ends, self._tables, self.by_group, self._group_ids = {}, {}, {}, {}, {}
         self.group_keys, self.group_values, self.stale_groups, self.shared_groups = [], [], set(), ()
+        self._frozen = None
+
+    def pause(self, step: int) -> None:
+        """Its members do not decode in ``step``: each computes in the next step what it would
+        have in this one (offsets one lower, every event a step later). O(members), in list
+        operations, where leaving and joining again costs a bisect and buckets a member."""
+        self.paused_at = step
+        count = len(self.ids)
+        if not count:
+            return
+        for state in self.states:
+            state.cohort_offset -= 1
+        self.offsets = [offset - 1 for offset in self.offsets]
+        self.offset_sum -= count
+        self.end_sum += count
+        self.due = {key + 1: members for key, members in self.due.items()}
+        self.ends = {key + 1: members for key, members in self.ends.items()}
+        if self._far_heap:
+            self._far = {req_id: end + 1 for req_id, end in self._far.items()}
+            self._far_sum += len(self._far)
+            self._far_heap = [(near + 1, req_id, end + 1) for near, req_id, end in self._far_heap]  # (order kept)
         self._frozen = None
 
     def remaining_outputs(self, step: int, clipped: bool = True) -> int:

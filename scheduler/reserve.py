@@ -64,7 +64,8 @@ class OutputReserve:
             self._start, self._decays = self.init, 0
         elif preempted:
             self._start, self._decays = self._estimate(scheduler), 0
-        elif scheduler.cohort.ids or any(c.start >= c.prompt_len for c in chunks):  # a decode step
+        elif (scheduler.cohort.ids and scheduler.cohort.paused_at != scheduler.step) or any(
+                c.start >= c.prompt_len for c in chunks):  # a decode step
             self._decays += steps  # (counted, so that a stretch of k steps ends where k single steps do)
         else:
             return

@@ -71,6 +71,7 @@ class Scheduler:
         ratio = config.new_token_ratio  # SGLang's admission: room for the answers to come (reserve.py)
         self.reserve = None if ratio is None else OutputReserve(ratio)
         self.cohort = DecodeCohort(block_size, None if ratio is None else self.reserve.clip)  # running, steady decode
+        self._no_cohort = DecodeCohort(block_size)  # stands in for a paused cohort (unmixed.py)
         self._others: dict[int, RequestState] = {}      # the rest of running, in admission order
         self.waiting = WaitingQueue(config)
         self.stats = SchedulerStats()
@@ -153,8 +154,10 @@ class Scheduler:
                 tokens_left = admit(self, now, tokens_left, chunks)
         if not chunks and self.num_waiting and not self.running and not self._loading:
             break_deadlock(self, now, tokens_left, chunks)
-
-        groups = self._shared_prefix_groups(chunks) if cfg.prefix_aware_attention else cascade_groups(self, chunks)
+        if cohort.paused_at == step:  # a step of prompts: its members wait
+            cohort = self._no_cohort
+        groups = self._shared_prefix_groups(chunks, cohort) if cfg.prefix_aware_attention else \
+            cascade_groups(self, chunks, cohort)
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         if self.reserve is not None:
             self.reserve.after_step(self, bool(preempted), chunks)
@@ -255,10 +258,11 @@ class Scheduler:
         upto = min(len(keys), (state.prompt_len + request.output_len - 1) // self.block_size, len(state.block_table))
         self._register_blocks(state, keys, upto)
 
-    def _shared_prefix_groups(self, chunks: list[ScheduledChunk]) -> tuple[SharedPrefixGroup, ...]:
+    def _shared_prefix_groups(self, chunks: list[ScheduledChunk],
+                              cohort: DecodeCohort) -> tuple[SharedPrefixGroup, ...]:
         states = self.states
         # a listed chunk decodes when it is one token past the prompt (cost_model.py's test)
-        return shared_prefix_groups(self, self.cohort, [
+        return shared_prefix_groups(self, cohort, [
             (states[c.req_id], c.num_tokens == 1 and c.start >= c.prompt_len) for c in chunks])
 
     def _cohort_shared_prefix_groups(self) -> tuple[SharedPrefixGroup, ...]:

@@ -6,12 +6,12 @@ batch whenever it has prompt work it can admit (the chunked request under way, t
 from the queue, within ``--chunked-prefill-size``), and the decodes only in the steps between:
 its ``get_next_batch_to_run`` tries ``get_new_batch_prefill`` first and updates the running
 (decode) batch only where that finds nothing. A step of prompt chunks here is the same: the
-decoding requests wait, their decode cohort dissolved (they join it again in the next decode
-step). A running request's prompt chunk short of KV blocks waits for the decodes to free some
-(SGLang admits a prompt only where all its blocks are free, so its chunks never wait; vLLM's
-admission, which looks at the first chunk only, needs the wait: preempting for the chunk would
-readmit the victim in the next step of prompts, and the decodes would never run). Where no
-decode can run either, the chunks preempt as vLLM's do (the caller's decode step).
+decoding requests wait, their decode cohort paused (``DecodeCohort.pause``). A running
+request's prompt chunk short of KV blocks waits for the decodes to free some (SGLang admits a
+prompt only where all its blocks are free, so its chunks never wait; vLLM's admission, which
+looks at the first chunk only, needs the wait: preempting for the chunk would readmit the
+victim in the next step of prompts, and the decodes would never run). Where no decode can run
+either, the chunks preempt as vLLM's do (the caller's decode step).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ def prefill_step(scheduler: "Scheduler", now: float, tokens_left: int, chunks: l
     then admissions) where there are any, and answers whether it did; else the step is left to
     the decodes."""
     size, emit, kv = scheduler.block_size, scheduler.emit_block_ids, scheduler.kv
-    running = scheduler.running
     for state in list(scheduler._others.values()):
         if tokens_left <= 0:
             break
@@ -53,8 +52,5 @@ def prefill_step(scheduler: "Scheduler", now: float, tokens_left: int, chunks: l
         admit(scheduler, now, tokens_left, chunks)
     if not chunks:
         return False
-    cohort = scheduler.cohort
-    if cohort.states:  # its members do not decode in this step
-        cohort.dissolve(scheduler.step)
-        scheduler._others = dict(running)
+    scheduler.cohort.pause(scheduler.step)  # its members do not decode in this step
     return True

@@ -95,13 +95,16 @@ def clipped(scheduler, clip):
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads(), st.sampled_from(["fcfs", "batchllm", "prefix_grouped", "lpm"]), st.integers(0, 12),
-       st.sampled_from([1, 3, 8, 64]), st.sampled_from([0.7, 0.3, 1.0]), st.sampled_from([1, 2, 3, 4096]))
-def test_cohort_counts_the_answers_to_come_as_a_sum_over_the_running(requests, name, spare, budget, ratio, clip):
+       st.sampled_from([1, 3, 8, 64]), st.sampled_from([0.7, 0.3, 1.0]), st.sampled_from([1, 2, 3, 4096]),
+       st.booleans())
+def test_cohort_counts_the_answers_to_come_as_a_sum_over_the_running(requests, name, spare, budget, ratio, clip,
+                                                                      mixed):
     """The cohort's running sum of the tokens its members still sample (each up to ``clip``)
     equals the sum over them step by step, and the lazy cohort's plans equal one-by-one
-    scheduling's with the reserve on; every request finishes and no block leaks."""
+    scheduling's with the reserve on; every request finishes and no block leaks. Also where
+    steps of prompts pause the cohort (``mixed``: False)."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests)
-    config = schedule_config(name, max_num_batched_tokens=budget, new_token_ratio=ratio)
+    config = schedule_config(name, max_num_batched_tokens=budget, new_token_ratio=ratio, mixed_batches=mixed)
     scheduler = clipped(Scheduler(config, need + spare, BLOCK), clip)
     for plan, _ in online(scheduler, requests):
         scheduler.sync()
