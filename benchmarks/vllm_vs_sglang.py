@@ -28,6 +28,7 @@ LADDER = (  # (what the row adds, its override), cumulative
     ("+ SGLang's retraction", "preemption=sglang"),
     ("+ prompt chunks and decodes in separate steps", "mixed_batches=false"),
     ("+ 8,192 prompt tokens a step", "max_num_batched_tokens=8192"),
+    ("+ blocks cached after their step", "cache_in_step=false"),
     ("+ up to 2,048 running (= sglang)", "max_num_seqs=2048"),
 )
 LADDER_CASES = {

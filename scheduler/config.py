@@ -38,6 +38,9 @@ class ScheduleConfig:
                                         # every running answer still to come (SGLang's start: 0.7); None: none
     mixed_batches: bool = True          # decodes and prompt chunks in one step (vLLM, Sarathi); False: SGLang's
                                         # default, a step of prompt chunks where there are any (unmixed.py)
+    cache_in_step: bool = True          # a step's blocks are in the prefix cache as it is scheduled: a later
+                                        # request in the same step reads them (vLLM); False: after the step,
+                                        # so each computes its own (SGLang inserts into its radix tree then)
     preemption: str = "vllm"            # vllm: a decode short of a block preempts the newest running request,
                                         # back to the queue's front; sglang: SGLang's retraction (retract.py)
     lpm_fallback_queue: int = 128       # SGLang: LPM falls back to FCFS above this queue size
@@ -71,6 +74,9 @@ class ScheduleConfig:
         if not isinstance(self.cascade_attention, bool):
             raise ConfigError(f"schedule {self.name!r}: cascade_attention is {self.cascade_attention!r}; expected "
                               f"true or false (where prefix_aware_attention is on, its groups read prefixes instead)")
+        if not isinstance(self.cache_in_step, bool):
+            raise ConfigError(f"schedule {self.name!r}: cache_in_step is {self.cache_in_step!r}; expected true (a "
+                              f"step's blocks are found by requests later in the step, as vLLM) or false (SGLang)")
         if not isinstance(self.mixed_batches, bool):
             raise ConfigError(f"schedule {self.name!r}: mixed_batches is {self.mixed_batches!r}; expected true (decodes "
                               f"and prompt chunks share a step, as vLLM) or false (apart, as SGLang by default)")
@@ -117,9 +123,9 @@ SCHEDULES: dict[str, ScheduleConfig] = {
     # order (--schedule-policy fcfs), a radix cache (LRU), prompt chunks and decodes in separate steps,
     # prompts of up to 8,192 tokens a step (--chunked-prefill-size on GPUs of 35-160 GB), at most
     # 2,048 running (the least of its default, 2,048-4,096 by KV pool and context length), room
-    # kept for 0.7 of every running answer, and its retraction.
+    # kept for 0.7 of every running answer, its retraction, and blocks cached after their step.
     "sglang": ScheduleConfig("sglang", max_num_batched_tokens=8192, max_num_seqs=2048, mixed_batches=False,
-                             new_token_ratio=0.7, preemption="sglang"),
+                             cache_in_step=False, new_token_ratio=0.7, preemption="sglang"),
     # vLLM's --scheduling-policy priority: waiting requests by Request.priority (lower first),
     # then arrival. Agents' turns carry their session's index: the oldest session's turn first.
     "priority": ScheduleConfig("priority", order="priority"),

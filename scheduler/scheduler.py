@@ -77,6 +77,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self.step = 0
         self.now = 0.0  # the time schedule() was last called at
+        self._uncached: list[tuple[RequestState, int]] = []  # blocks computed in this step, to cache after it
         self._ungrouped: list[RequestState] = []
         self._active_groups: dict[int, GroupState] = {}  # started, in start order
         self._num_groups = 0
@@ -230,9 +231,12 @@ class Scheduler:
             state.num_keys = len(keys)
         return keys
 
-    def _register(self, state: RequestState, end: int) -> None:
+    def _register(self, state: RequestState, end: int, now: bool = False) -> None:
         if self.kv.caching == "off" or (not self.members_cache and state.group is not None
                                         and state.request is not None):  # (members: members_cache)
+            return
+        if not (now or self.config.cache_in_step):  # SGLang: into the cache after the step (update)
+            self._uncached.append((state, end))
             return
         keys = self._keys(state)
         self._register_blocks(state, keys, min(end // self.block_size, state.num_keys))
@@ -286,6 +290,10 @@ class Scheduler:
 
     # --- results in ---------------------------------------------------------------------------
     def update(self, plan: BatchPlan, result: StepResult, now: float) -> None:
+        if self._uncached:  # the step's blocks, cached now that it ran (cache_in_step=False)
+            uncached, self._uncached = self._uncached, []
+            for state, end in uncached:
+                self._register(state, end, now=True)
         finished: list[int] = []
         sampled = result.sampled_tokens
         stats = self.stats

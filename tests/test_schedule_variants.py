@@ -26,6 +26,7 @@ def test_a_variant_is_its_preset_with_its_fields_over_the_common_overrides():
     ("fcfs:bogus=1", r"unknown option\(s\) \['bogus'\]"),
     ("fcfs:new_token_ratio=2", "new_token_ratio is 2"),
     ("fcfs:preemption=sglang2", "preemption is 'sglang2'"),
+    ("fcfs:cache_in_step=maybe", "cache_in_step is 'maybe'"),
 ])
 def test_a_bad_variant_is_refused_naming_it(name, message):
     with pytest.raises(ConfigError, match=message):

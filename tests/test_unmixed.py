@@ -80,6 +80,8 @@ def test_the_engine_computes_the_same_tokens_with_steps_apart():
         tokens, outcome = tokens_of(workload, schedule, blocks=blocks, max_num_batched_tokens=64,
                                     new_token_ratio=ratio, preemption=preemption, mixed_batches=False)
         assert tokens == baseline, schedule
+    tokens, _ = tokens_of(workload, "fcfs", max_num_batched_tokens=64, cache_in_step=False)
+    assert tokens == baseline
     for blocks in (256, 12):  # the sglang schedule as it is, and short of blocks
         tokens, outcome = tokens_of(workload, "sglang", blocks=blocks)
         assert tokens == baseline, blocks
@@ -134,3 +136,35 @@ def test_a_decode_stretch_asks_the_head_with_a_whole_step_of_prompts():
     assert scheduler.decode_stretch() is None
     plan = scheduler.schedule(3.0)
     assert [(c.req_id, c.num_tokens) for c in plan.chunks] == [(3, 14)]
+
+
+def test_blocks_cached_after_their_step_are_not_shared_within_it():
+    """A and B share 8 prompt tokens (two blocks of 4) and start in one step; C, with the same 8,
+    starts in the next. vLLM caches a step's blocks as it schedules them: B reads A's two blocks
+    in that very step. SGLang inserts them into its radix tree after the step: B computes its
+    own, and only C finds them."""
+    def first_chunks(cache_in_step: bool) -> dict:
+        scheduler = Scheduler(schedule_config("fcfs", cache_in_step=cache_in_step), 64, 4)
+        scheduler.add(Request(0, 0.0, ((1, 8), (2, 4)), 3))
+        scheduler.add(Request(1, 0.0, ((1, 8), (3, 4)), 3))
+        starts = {}
+        for now in range(2):
+            if now == 1:
+                scheduler.add(Request(2, 1.0, ((1, 8), (4, 4)), 3))
+            plan = scheduler.schedule(float(now))
+            starts.update({c.req_id: (plan.step, c.start) for c in plan.chunks if c.req_id not in starts})
+            scheduler.update(plan, StepResult(plan.step, 1.0), now + 1.0)
+        return starts
+
+    assert first_chunks(True) == {0: (0, 0), 1: (0, 8), 2: (1, 8)}
+    assert first_chunks(False) == {0: (0, 0), 1: (0, 0), 2: (1, 8)}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), st.sampled_from(["fcfs", "batchllm", "lpm", "sorted", "sglang"]), st.integers(0, 12),
+       st.sampled_from([1, 3, 8, 64]), st.booleans(), st.sampled_from([0, 0, 2, WindowBlocks(2, 3, 1)]))
+def test_caching_after_the_step_keeps_the_invariants_and_the_cohort_equals_one_by_one(requests, name, spare, budget,
+                                                                                     mixed, window):
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
+    config = schedule_config(name, max_num_batched_tokens=budget, mixed_batches=mixed, cache_in_step=False)
+    holds_and_equals_one_by_one(config, requests, need + spare, window)
