@@ -68,18 +68,16 @@ class ScheduleConfig:
                 or self.host_cache_blocks < 0:
             raise ConfigError(f"schedule {self.name!r}: host_cache_blocks is {self.host_cache_blocks!r}; expected "
                               f"a whole number of blocks >= 0")
-        if not isinstance(self.host_load_async, bool):
-            raise ConfigError(f"schedule {self.name!r}: host_load_async is {self.host_load_async!r}; expected true "
-                              f"or false")
-        if not isinstance(self.cascade_attention, bool):
-            raise ConfigError(f"schedule {self.name!r}: cascade_attention is {self.cascade_attention!r}; expected "
-                              f"true or false (where prefix_aware_attention is on, its groups read prefixes instead)")
-        if not isinstance(self.cache_in_step, bool):
-            raise ConfigError(f"schedule {self.name!r}: cache_in_step is {self.cache_in_step!r}; expected true (a "
-                              f"step's blocks are found by requests later in the step, as vLLM) or false (SGLang)")
-        if not isinstance(self.mixed_batches, bool):
-            raise ConfigError(f"schedule {self.name!r}: mixed_batches is {self.mixed_batches!r}; expected true (decodes "
-                              f"and prompt chunks share a step, as vLLM) or false (apart, as SGLang by default)")
+        for field, meaning in (
+                ("host_load_async", "true or false"),
+                ("cascade_attention", "true or false (where prefix_aware_attention is on, its groups read prefixes "
+                                      "instead)"),
+                ("cache_in_step", "true (a step's blocks are found by requests later in the step, as vLLM) or false "
+                                  "(SGLang)"),
+                ("mixed_batches", "true (decodes and prompt chunks share a step, as vLLM) or false (apart, as SGLang "
+                                  "by default)")):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"schedule {self.name!r}: {field} is {getattr(self, field)!r}; expected {meaning}")
         if self.host_load_async and not self.host_cache_blocks:
             raise ConfigError(f"schedule {self.name!r}: host_load_async=true times loads from a host tier, and there "
                               f"is none: give host_kv_gb=N (or host_cache_blocks)")
