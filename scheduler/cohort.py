@@ -58,7 +58,6 @@ class DecodeCohort:
         self.stale_groups: set[int] = set()
         self.shared_groups: tuple[SharedPrefixGroup, ...] | None = ()  # group_values' groups; None: stale
         self._frozen: tuple | None = None  # (ids, offsets, prompt_lens) as tuples; None: stale
-        self.paused_at = -1  # a step its members skip (a step of prompts alone: unmixed.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -202,11 +201,11 @@ class DecodeCohort:
         self.group_keys, self.group_values, self.stale_groups, self.shared_groups = [], [], set(), ()
         self._frozen = None
 
-    def pause(self, step: int) -> None:
-        """Its members do not decode in ``step``: each computes in the next step what it would
-        have in this one (offsets one lower, every event a step later). O(members), in list
-        operations, where leaving and joining again costs a bisect and buckets a member."""
-        self.paused_at = step
+    def pause(self) -> None:
+        """Its members do not decode in this step (a step of prompts alone: unmixed.py): each
+        computes in the next step what it would have in this one (offsets one lower, every event
+        a step later). O(members), in list operations, where leaving and joining again costs a
+        bisect and buckets a member."""
         count = len(self.ids)
         if not count:
             return

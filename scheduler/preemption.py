@@ -74,17 +74,20 @@ def schedule_decodes_one_by_one(scheduler: "Scheduler", chunks: list, scheduled:
 
 
 def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[int] | frozenset[int],
-         preempted: list[int], members_unscheduled: bool = False) -> bool:
+         preempted: list[int], members_unscheduled: bool = False, waits: bool = False) -> bool:
     """Blocks for ``end`` tokens. While short, preempt (recompute) the newest running request
     not yet scheduled this step; failing that an idle group's prefix; failing that ``state``.
     The cohort's members count as scheduled (they all decode in the step), unless
-    ``members_unscheduled``: while the cohort's own decodes take their blocks in turn."""
+    ``members_unscheduled``: while the cohort's own decodes take their blocks in turn.
+    ``waits``: short, take nothing and answer False (a step of prompts: unmixed.py)."""
     need = scheduler.kv.blocks_for(end) - len(state.block_table)
     while need > 0:
         blocks = scheduler.kv.allocate(need)
         if blocks is not None:
             state.block_table.extend(blocks)
             break
+        if waits:
+            return False
         victim = next(s for s in reversed(scheduler.running.values())
                       if s.req_id not in scheduled and (members_unscheduled or s.cohort_offset is None))
         if victim is state and preempt_idle_group(scheduler):

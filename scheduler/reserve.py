@@ -57,15 +57,15 @@ class OutputReserve:
             return to_compute
         return to_compute + self.ratio * min(state.output_len - state.num_output_tokens, self.clip)
 
-    def after_step(self, scheduler: "Scheduler", preempted: bool, chunks, steps: int = 1) -> None:
-        """The share after a step that listed ``chunks`` besides the cohort's decodes, or after
-        ``steps`` steps of a decode stretch (none preempting)."""
+    def after_step(self, scheduler: "Scheduler", preempted: bool, chunks, cohort_decoded: bool,
+                   steps: int = 1) -> None:
+        """The share after a step that listed ``chunks`` besides the cohort's decodes (where
+        ``cohort_decoded``), or after ``steps`` steps of a decode stretch (none preempting)."""
         if not scheduler.running:
             self._start, self._decays = self.init, 0
         elif preempted:
             self._start, self._decays = self._estimate(scheduler), 0
-        elif (scheduler.cohort.ids and scheduler.cohort.paused_at != scheduler.step) or any(
-                c.start >= c.prompt_len for c in chunks):  # a decode step
+        elif cohort_decoded or any(c.start >= c.prompt_len for c in chunks):  # a decode step
             self._decays += steps  # (counted, so that a stretch of k steps ends where k single steps do)
         else:
             return

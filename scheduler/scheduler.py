@@ -141,7 +141,8 @@ class Scheduler:
         self.now = now
         size, emit, step, cohort = self.block_size, self.emit_block_ids, self.step, self.cohort
         # SGLang's steps (unmixed.py): prompt chunks alone where there are any, else the decodes
-        if cfg.mixed_batches or not prefill_step(self, now, tokens_left, chunks, scheduled):
+        prompts_only = not cfg.mixed_batches and prefill_step(self, now, tokens_left, chunks, scheduled)
+        if not prompts_only:
             if cfg.preemption == "sglang":
                 retract_for_decodes(self, preempted)
             tokens_left, partial = schedule_decodes(self, tokens_left, chunks, scheduled, preempted)
@@ -155,13 +156,13 @@ class Scheduler:
                 tokens_left = admit(self, now, tokens_left, chunks)
         if not chunks and self.num_waiting and not self.running and not self._loading:
             break_deadlock(self, now, tokens_left, chunks)
-        if cohort.paused_at == step:  # a step of prompts: its members wait
+        if prompts_only:  # its members wait, their cohort paused
             cohort = self._no_cohort
         groups = self._shared_prefix_groups(chunks, cohort) if cfg.prefix_aware_attention else \
             cascade_groups(self, chunks, cohort)
         decodes = cohort.batch(step, emit) if cohort.ids else NO_DECODES
         if self.reserve is not None:
-            self.reserve.after_step(self, bool(preempted), chunks)
+            self.reserve.after_step(self, bool(preempted), chunks, bool(cohort.ids))
         plan = new_plan(step, tuple(chunks), groups, tuple(preempted), self._finished_last_update, decodes,
                         self._loaded_blocks * size, self._stored_blocks * size,
                         tuple((block, key) for key, block in stores.items()), tuple(self._host_loads),
@@ -203,8 +204,9 @@ class Scheduler:
         return ok
 
     def _schedule_running(self, state: RequestState, count: int, chunks: list, scheduled: set[int],
-                          preempted: list[int], size: int, emit: bool) -> int:
-        """Schedules ``count`` more tokens of a running request; returns the tokens taken."""
+                          preempted: list[int], size: int, emit: bool, waits: bool = False) -> int:
+        """Schedules ``count`` more tokens of a running request; returns the tokens taken.
+        ``waits``: short of blocks, it takes none this step and preempts no one (unmixed.py)."""
         req_id = state.req_id
         if req_id not in self.running:
             return 0  # preempted earlier in this step
@@ -212,7 +214,7 @@ class Scheduler:
         end = start + count
         # Fast path: most decodes need neither a new block nor a key registration.
         if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
-            if not grow(self, state, end, scheduled, preempted):
+            if not grow(self, state, end, scheduled, preempted, waits=waits):
                 return 0
         chunks.append(new_chunk(req_id, start, count, tuple(state.block_table) if emit else (),
                                 end == state.num_tokens and state.request is not None, state.prompt_len))
@@ -231,11 +233,11 @@ class Scheduler:
             state.num_keys = len(keys)
         return keys
 
-    def _register(self, state: RequestState, end: int, now: bool = False) -> None:
+    def _register(self, state: RequestState, end: int, at_once: bool = False) -> None:
         if self.kv.caching == "off" or (not self.members_cache and state.group is not None
                                         and state.request is not None):  # (members: members_cache)
             return
-        if not (now or self.config.cache_in_step):  # SGLang: into the cache after the step (update)
+        if not (at_once or self.config.cache_in_step):  # SGLang: into the cache after the step (update)
             self._uncached.append((state, end))
             return
         keys = self._keys(state)
@@ -293,7 +295,7 @@ class Scheduler:
         if self._uncached:  # the step's blocks, cached now that it ran (cache_in_step=False)
             uncached, self._uncached = self._uncached, []
             for state, end in uncached:
-                self._register(state, end, now=True)
+                self._register(state, end, at_once=True)
         finished: list[int] = []
         sampled = result.sampled_tokens
         stats = self.stats

@@ -120,7 +120,7 @@ def apply_decode_stretch(scheduler: "Scheduler", stretch: DecodeStretch, num_ste
     last = scheduler.step + num_steps - 1
     scheduler.stats.computed_tokens += num_steps * len(states)
     if scheduler.reserve is not None:
-        scheduler.reserve.after_step(scheduler, False, (), num_steps)
+        scheduler.reserve.after_step(scheduler, False, (), True, num_steps)
     scheduler.step += num_steps  # the members' counters follow lazily
     if events:
         cohort.rebucket_due()

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .admission import admit
-from .contract import new_chunk
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -28,29 +27,18 @@ def prefill_step(scheduler: "Scheduler", now: float, tokens_left: int, chunks: l
     """Schedules a step of prompt chunks (the running requests' next ones, in admission order,
     then admissions) where there are any, and answers whether it did; else the step is left to
     the decodes."""
-    size, emit, kv = scheduler.block_size, scheduler.emit_block_ids, scheduler.kv
+    size, emit = scheduler.block_size, scheduler.emit_block_ids
     for state in list(scheduler._others.values()):
         if tokens_left <= 0:
             break
         computed = state.num_computed_tokens
         if state.num_tokens - computed == 1 and computed >= state.prompt_len:
             continue  # decoding
-        count = min(state.num_tokens - computed, tokens_left)
-        end = computed + count
-        if end > len(state.block_table) * size or state.num_registered_blocks < state.num_keys:
-            need = kv.blocks_for(end) - len(state.block_table)
-            blocks = kv.allocate(need) if need > 0 else []
-            if blocks is None:
-                continue  # it waits for the decodes to free blocks
-            state.block_table.extend(blocks)
-            scheduler._register(state, end)
-        chunks.append(new_chunk(state.req_id, computed, count, tuple(state.block_table) if emit else (),
-                                end == state.num_tokens and state.request is not None, state.prompt_len))
-        scheduled.add(state.req_id)
-        tokens_left -= count
+        count = min(state.num_tokens - computed, tokens_left)  # (short of blocks, it waits for the decodes)
+        tokens_left -= scheduler._schedule_running(state, count, chunks, scheduled, [], size, emit, waits=True)
     if tokens_left > 0:
         admit(scheduler, now, tokens_left, chunks)
     if not chunks:
         return False
-    scheduler.cohort.pause(scheduler.step)  # its members do not decode in this step
+    scheduler.cohort.pause()  # its members do not decode in this step
     return True
