@@ -53,7 +53,6 @@ def main(argv: list[str]) -> int:
     bench = timed_once if dry else do_bench  # a dry run: one call is enough to exercise the code
 
     from kernels.paged_decode import paged_decode_attention
-    from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
 
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
     heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)
@@ -61,6 +60,18 @@ def main(argv: list[str]) -> int:
                "triton": triton.__version__, "python": platform.python_version(), "date": date.today().isoformat()}
     copy_bw = copy_bandwidth(device, bench, 1 << 12 if dry else 1 << 30)
     results["hbm_copy_bandwidth_gb_s"] = copy_bw / 1e9
+    out = Path(__file__).resolve().parent / "results"
+    path = out / f"kernels-{results['device'].replace(' ', '-')}-{results['date']}.json"
+
+    def save(headline: str) -> None:
+        """Prints a figure as soon as it is measured and keeps everything so far (a GPU stage's
+        time may end before the sweeps do)."""
+        print(headline, flush=True)
+        if not dry:
+            out.mkdir(exist_ok=True)
+            path.write_text(json.dumps(results, indent=2))
+
+    save(f"device-to-device copy: {copy_bw / 1e9:.0f} GB/s (read + write)")
 
     seqs, context = (2, 64) if dry else (64, 4096)
     blocks_per_seq = context // block_size
@@ -77,6 +88,11 @@ def main(argv: list[str]) -> int:
     results["paged_decode"] = {"seqs": seqs, "context": context, "ms": decode_ms,
                                "bandwidth_gb_s": kv_bytes / (decode_ms / 1e3) / 1e9,
                                "fraction_of_copy_bandwidth": kv_bytes / (decode_ms / 1e3) / copy_bw}
+    save(f"paged decode ({seqs} x {context} tokens): {decode_ms:.3f} ms, "
+         f"{results['paged_decode']['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth")
+    decode_inputs = (query, key, value, tables, contexts, context, kv_bytes)
+    shared_prefix_results(bench, device, dtype, dry, results, save, (heads, kv_heads, head_dim, block_size))
+    query, key, value, tables, contexts, context, kv_bytes = decode_inputs
     # the launch options and split length the defaults above fix, swept (one GPU call finds the
     # best; a dry run tries two of each)
     sweep = []
@@ -87,6 +103,7 @@ def main(argv: list[str]) -> int:
         sweep.append({"num_warps": warps, "num_stages": stages, "blocks_per_split": split, "ms": ms,
                       "fraction_of_copy_bandwidth": kv_bytes / (ms / 1e3) / copy_bw})
     results["paged_decode_sweep"] = sorted(sweep, key=lambda row: row["ms"])
+    save(f"paged decode sweep: best {results['paged_decode_sweep'][0]}")
     # gpt-oss's sliding layers: the same decodes over a 128-token window (8 in a dry run), with
     # sinks; bandwidth over the blocks the window touches
     window = 8 if dry else 128
@@ -104,6 +121,46 @@ def main(argv: list[str]) -> int:
                                       "ms": window_ms, "speedup_over_full_context": decode_ms / window_ms,
                                       "fraction_of_copy_bandwidth": window_bytes / (window_ms / 1e3) / copy_bw}
 
+    save(f"windowed decode: {window_ms:.3f} ms")
+    from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
+    results["fused_moe"] = moe_results(bench, device, dry, results["device"])
+    save("fused MoE: done")
+    results["delta_step"] = delta_step_results(bench, device, dry, copy_bw)
+    save("DeltaNet step: done")
+    results["gemma4_full_decode"] = gemma4_decode_results(bench, device, dry, copy_bw)
+    if dry:
+        print(json.dumps(results, indent=2))
+        return 0
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    best_decode, best_shared = results["paged_decode_sweep"][0], results["shared_prefix_sweep"][0]
+    print(f"paged decode: {results['paged_decode']['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the "
+          f"defaults, {best_decode['fraction_of_copy_bandwidth']:.1%} at best ({best_decode})")
+    print(f"shared prefix: {results['shared_prefix']['speedup']:.2f}x over per-request attention with the defaults, "
+          f"{best_shared['speedup']:.2f}x at best ({best_shared})")
+    for row in results["fused_moe"]["rows"]:
+        print(f"fused MoE {row['model']} batch {row['batch']}: {row['kernel_us']:.1f} us, torch loop "
+              f"{row['torch_loop_us']:.1f} us, roofline {row['roofline_us']:.1f} us, vLLM on an H100 "
+              f"{row['vllm_h100_published_us']} us")
+    delta = results["delta_step"]
+    print(f"DeltaNet decode step (batch {delta['batch']}, {delta['heads']} heads of {delta['key_dim']} x "
+          f"{delta['value_dim']}): {delta['kernel_ms']:.3f} ms fused, {delta['torch_ms']:.3f} ms in torch "
+          f"({delta['speedup']:.2f}x), {delta['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth")
+    gemma4 = results["gemma4_full_decode"]
+    print(f"paged decode at Gemma 4 31B's full layers ({gemma4['heads']} heads, {gemma4['kv_heads']} kv heads of "
+          f"{gemma4['head_dim']}): {gemma4['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the defaults, "
+          f"{gemma4['best']['fraction_of_copy_bandwidth']:.1%} at best ({gemma4['best']})")
+    print(f"written: {path}")
+    return 0
+
+
+def shared_prefix_results(bench, device: str, dtype, dry: bool, results: dict, save, shape: tuple) -> None:
+    """Shared-prefix attention against per-request paged decode attention (issue 6's second
+    figure), then its launch options swept; into ``results``."""
+    from kernels.paged_decode import paged_decode_attention
+    from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
+
+    heads, kv_heads, head_dim, block_size = shape
     prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
     seqs = per_group * groups
     prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
@@ -138,6 +195,11 @@ def main(argv: list[str]) -> int:
             torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
     shared_ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                                 head_dim ** -0.5, layout=layout))
+    results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
+                                "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
+                                "speedup": per_request_ms / shared_ms, "layout_per_step_ms": layout_ms}
+    save(f"shared prefix (prefix {prefix}, suffix {suffix}, {per_group} a prefix, {groups} prefixes): "
+         f"{shared_ms:.3f} ms against {per_request_ms:.3f} ms per request, {per_request_ms / shared_ms:.2f}x")
     sweep = []
     shared_options = ((4,), (3,), (1, 2)) if dry else ((2, 4, 8), (2, 3, 4), (8, 16, 32, 128))
     for warps, stages, split in product(*shared_options):
@@ -147,42 +209,7 @@ def main(argv: list[str]) -> int:
         sweep.append({"num_warps": warps, "num_stages": stages, "prefix_blocks_per_split": split, "ms": ms,
                       "speedup": per_request_ms / ms})
     results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["ms"])
-    results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
-                                "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
-                                "speedup": per_request_ms / shared_ms, "layout_per_step_ms": layout_ms}
-    out = Path(__file__).resolve().parent / "results"
-    path = out / f"kernels-{results['device'].replace(' ', '-')}-{results['date']}.json"
-    if not dry:  # the attention figures kept before the MoE benchmark runs (a stage's time may end)
-        out.mkdir(exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
-    from bench_moe_kernel import moe_results  # the fused MoE kernel against the torch loop, roofline and vLLM
-    results["fused_moe"] = moe_results(bench, device, dry, results["device"])
-    results["delta_step"] = delta_step_results(bench, device, dry, copy_bw)
-    results["gemma4_full_decode"] = gemma4_decode_results(bench, device, dry, copy_bw)
-    if dry:
-        print(json.dumps(results, indent=2))
-        return 0
-    path.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    best_decode, best_shared = results["paged_decode_sweep"][0], results["shared_prefix_sweep"][0]
-    print(f"paged decode: {results['paged_decode']['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the "
-          f"defaults, {best_decode['fraction_of_copy_bandwidth']:.1%} at best ({best_decode})")
-    print(f"shared prefix: {results['shared_prefix']['speedup']:.2f}x over per-request attention with the defaults, "
-          f"{best_shared['speedup']:.2f}x at best ({best_shared})")
-    for row in results["fused_moe"]["rows"]:
-        print(f"fused MoE {row['model']} batch {row['batch']}: {row['kernel_us']:.1f} us, torch loop "
-              f"{row['torch_loop_us']:.1f} us, roofline {row['roofline_us']:.1f} us, vLLM on an H100 "
-              f"{row['vllm_h100_published_us']} us")
-    delta = results["delta_step"]
-    print(f"DeltaNet decode step (batch {delta['batch']}, {delta['heads']} heads of {delta['key_dim']} x "
-          f"{delta['value_dim']}): {delta['kernel_ms']:.3f} ms fused, {delta['torch_ms']:.3f} ms in torch "
-          f"({delta['speedup']:.2f}x), {delta['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth")
-    gemma4 = results["gemma4_full_decode"]
-    print(f"paged decode at Gemma 4 31B's full layers ({gemma4['heads']} heads, {gemma4['kv_heads']} kv heads of "
-          f"{gemma4['head_dim']}): {gemma4['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth with the defaults, "
-          f"{gemma4['best']['fraction_of_copy_bandwidth']:.1%} at best ({gemma4['best']})")
-    print(f"written: {path}")
-    return 0
+    save(f"shared prefix sweep: best {results['shared_prefix_sweep'][0]}")
 
 
 def gemma4_decode_results(bench, device: str, dry: bool, copy_bw: float) -> dict:

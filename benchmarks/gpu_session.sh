@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU work owed to issues 6 and 7, in stages that each fit one call of a lent GPU machine
-# (10 minutes a call, 30 minutes a session; the machine has PyTorch and Triton but no PyPI).
+# (10 minutes a call, 15 minutes of device time a task; the machine has PyTorch and Triton but no PyPI).
 #
 # On the development machine, once (pure-Python wheels of what the GPU image lacks):
 #   bash benchmarks/gpu_session.sh wheels
 # Then, each through the device tool with carry [".whl"], results under $OUT:
-#   bash benchmarks/gpu_session.sh kernels           # kernel tests on CUDA (Triton backend gives
+#   bash benchmarks/gpu_session.sh tests             # kernel tests on CUDA (Triton backend gives
 #                                                    # the torch backend's tokens, tiny-moe's experts
-#                                                    # through the fused MoE kernel), bench_kernels.py
-#                                                    # (attention, then the fused MoE kernel)
+#                                                    # through the fused MoE kernel)
+#   bash benchmarks/gpu_session.sh bench             # bench_kernels.py (attention, then the fused
+#                                                    # MoE kernel); `kernels`: tests, then bench
 #   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
 #   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
 #   bash benchmarks/gpu_session.sh all               # the three above in one call, each time-limited,
@@ -77,13 +78,24 @@ case "$stage" in
       antlr4-python3-runtime==4.9.3 hydra-joblib-launcher==1.2.0
     ls -l .whl
     ;;
-  kernels)
+  tests)
     setup
-    set +e
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_gemma4.py 2>&1 \
-      | tee "$OUT/kernel_tests.log"
-    "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log"
+    # on the GPU's 16 cores, 8 workers compiling kernels side by side; each result printed as it
+    # comes (a stage's time may end). Left out there: the sm_90 compile check and the benchmark's
+    # dry run, guards for machines without a GPU (the latter needs Triton >= 3.9's interpreter)
+    "$PY" -m pytest -vv -p no:cacheprovider -n 8 tests/test_kernels.py tests/test_kernels_gemma4.py \
+      --deselect tests/test_kernels.py::test_kernels_compile_for_sm90 \
+      --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run 2>&1 | tee "$OUT/kernel_tests.log"
+    ;;
+  bench)
+    setup
+    # each figure printed and saved as it is measured (benchmarks/results/kernels-<device>-<date>.json)
+    "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log" || true
     cp benchmarks/results/*.json "$OUT/" 2>/dev/null || echo "no benchmark results (no CUDA device?)"
+    ;;
+  kernels)
+    bash "$0" tests || true
+    bash "$0" bench
     ;;
   profile)
     setup
@@ -100,7 +112,7 @@ case "$stage" in
     "$PY" -m batchlab.cli validate model="$MODEL" device="$DEVICE" dtype="$DTYPE" backend="$BACKEND" \
       profile="$PROFILE" kv_blocks=2048 roofline="$roofline" \
       workload.params.prefix_len=2048 workload.params.distinct_len=128 workload.params.output_len=32 \
-      workload.params.share_degree=16 workload.params.num_requests=256 \
+      workload.params.share_degree=16 workload.params.num_requests=128 \
       hydra.run.dir="$run_dir" "$@" 2>&1 | tee "$OUT/validate.log"
     mkdir -p "$OUT/validate" && cp "$run_dir"/validation.* "$run_dir"/validation_scatter.png "$run_dir"/report.md "$OUT/validate/"
     ;;
@@ -108,20 +120,26 @@ case "$stage" in
     # Everything owed in ONE call (a task's device time is 15 minutes, the machine's start
     # included): each stage under its own time limit, in order of what is owed most, each
     # stage's files gathered into one archive ($OUT returns at most 8 files). Run as
-    #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=570)
+    #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=595)
     work="$OUT/work"
     mkdir -p "$work"
-    for stage_limit in kernels:170 profile:200 validate:170; do
+    for stage_limit in tests:90 bench:110 profile:170 validate:170; do
       name="${stage_limit%%:*}" limit="${stage_limit##*:}"
       echo "== $name (at most ${limit} s) $(date +%T)"
       OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
         || echo "== $name ended with status $? (124: out of time)"
     done
     tar czf "$OUT/gpu_results.tar.gz" -C "$work" . && rm -rf "$work"
+    cp benchmarks/results/*.json "$OUT/" 2>/dev/null || true
     ls -l "$OUT"
+    echo "== summary"  # the figures owed, last (the tool returns the output's end)
+    set +e
+    tar xzf "$OUT/gpu_results.tar.gz" -O ./tests/kernel_tests.log 2>/dev/null | grep -E "passed|failed|error" | tail -3
+    tar xzf "$OUT/gpu_results.tar.gz" -O ./bench/bench_kernels.log 2>/dev/null | grep -E "^(device-to|paged|shared|windowed)"
+    tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|kernels|profile|validate|all [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|kernels|profile|validate|all [hydra overrides]" >&2
     exit 2
     ;;
 esac

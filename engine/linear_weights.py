@@ -39,14 +39,17 @@ def shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 def random_linear(spec: ModelSpec, generator: torch.Generator, dtype, device) -> LinearWeights:
     """Projections large enough that every part shows in the logits; decays between 0.5 % and 50 %
     a token (A in [0.01, 1)), so that a state carries far, and a gate, beta and decay that vary."""
+    def draw(*shape, uniform=False):  # where the generator lives (random_weights: on a GPU there)
+        return (torch.rand if uniform else torch.randn)(*shape, generator=generator, device=generator.device)
+
     def normal(*shape, std):
-        return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
+        return (draw(*shape) * std).to(dtype=dtype, device=device)
     table = shapes(spec)
     tensors = {name: normal(*table[name], std=0.125) for name in ("qkv", "z", "b", "a", "out")}
-    a = 0.01 + 0.99 * torch.rand(table["a_log"], generator=generator)
+    a = 0.01 + 0.99 * draw(table["a_log"], uniform=True)
     return LinearWeights(**tensors, conv=normal(*table["conv"], std=0.5), dt_bias=normal(*table["dt_bias"], std=0.5),
                          a_log=a.log().to(dtype=dtype, device=device),
-                         norm=(1.0 + 0.1 * torch.randn(table["norm"], generator=generator)).to(dtype=dtype, device=device))
+                         norm=(1.0 + 0.1 * draw(table["norm"])).to(dtype=dtype, device=device))
 
 
 # transformers' names under "linear_attn." (Qwen3.5's; Qwen3-Next fuses qkv with z and b with a)

@@ -198,15 +198,18 @@ EXPERT_NAMES = {"qwen": ("mlp.gate.weight", "mlp.experts.{e}.", ("gate_proj", "u
 
 def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> Weights:
-    generator = torch.Generator().manual_seed(seed)
+    # drawn where the weights live: on a GPU in milliseconds (an 8B model's 8e9 normal numbers
+    # take about a minute on one CPU thread), other numbers than the CPU's for the same seed
+    generator = torch.Generator(torch.device(device) if torch.device(device).type == "cuda" else "cpu")
+    generator.manual_seed(seed)
 
     def normal(*shape, std=0.02):
-        return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
+        return (torch.randn(*shape, generator=generator, device=generator.device) * std).to(dtype=dtype, device=device)
 
     def norm(size):  # not all ones, so that a mix-up of norm weights shows in the tests (Gemma's: 1 + w)
         one_plus_w = (spec.gemma and not spec.gemma4) or spec.zero_centered_norms
-        return ((0.0 if one_plus_w else 1.0) + 0.1 * torch.randn(size, generator=generator)).to(dtype=dtype,
-                                                                                             device=device)
+        noise = torch.randn(size, generator=generator, device=generator.device)
+        return ((0.0 if one_plus_w else 1.0) + 0.1 * noise).to(dtype=dtype, device=device)
 
     layers = []
     dense = {"gate": None, "up": None, "down": None, "v": None}
@@ -225,7 +228,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
         if spec.qk_norm:
             tensors.update(q_norm=norm(shapes["q_norm"][0]), k_norm=norm(shapes["k_norm"][0]))
         if spec.gemma4:  # away from 1, so that a dropped scalar shows
-            tensors.update(layer_scalar=(0.5 + torch.rand(1, generator=generator)).to(dtype=dtype, device=device))
+            scalar = 0.5 + torch.rand(1, generator=generator, device=generator.device)
+            tensors.update(layer_scalar=scalar.to(dtype=dtype, device=device))
         if spec.gemma4 and spec.num_experts:  # the router's scale undoing its 1 / sqrt(hidden): choices clear-cut
             tensors.update(router_scale=norm(spec.hidden_size) * spec.hidden_size ** 0.5,
                            expert_scale=1.0 + normal(spec.num_experts, std=0.3), dense_out_norm=norm(spec.hidden_size),
