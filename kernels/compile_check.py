@@ -59,8 +59,9 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "parts_ptr": "*fp32", "lse_ptr": "*fp32", "num_groups": i32, "prefix_splits": i32, "split_blocks": i32,
           "kv_heads": i32, "heads": i32,
           "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32, "stride_g": i32,
-          "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c},
-         {**attention, "BLOCK_G": 16, "BLOCK_M": 64}),
+          "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c,
+          "PAGES": c},
+         {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1}),
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
@@ -139,6 +140,12 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     return variants
 
 
+def pages_variants(dtype: str) -> list[tuple[object, dict, dict]]:
+    """The shared-prefix kernel reading four KV blocks a loop iteration (its ``pages`` option)."""
+    return [(kernel, signature, {**constants, "PAGES": 4}) for kernel, signature, constants in signatures(dtype)
+            if kernel.__name__ == "_shared_prefix_kernel"]
+
+
 def fp32_only() -> list[tuple[object, dict, dict]]:
     """Kernels whose data are fp32 whatever the model's dtype: the DeltaNet decode step (its
     states), at Qwen3.5's head sizes (128 x 128)."""
@@ -163,7 +170,7 @@ def main(arch: int = 90) -> int:
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
         for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + gemma4_variants(dtype) + \
-                (fp32_only() if dtype == "fp32" else []):
+                pages_variants(dtype) + (fp32_only() if dtype == "fp32" else []):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
             compiled = triton.compile(source, target=target)
@@ -172,7 +179,7 @@ def main(arch: int = 90) -> int:
                 print(f"FAILED {kernel.__name__} {dtype}: no cubin")
                 return 1
             mix = load_mix(compiled.asm["ptx"])
-            label = kernel.__name__ + ("+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
+            label = kernel.__name__ + ("+pages4" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
                                        or constants.get("GELU")
                                        else "+gemma" if constants.get("GEMMA") else "")

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, attend_blocks, dot_precision, launch_options, merge_partials
+from .common import LOG2E, attend_blocks, attend_pages, dot_precision, launch_options, merge_partials
 
 
 @triton.jit
@@ -36,7 +36,8 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                           parts_ptr, lse_ptr, num_groups, prefix_splits, split_blocks, kv_heads, heads,
                           stride_qs, stride_kb, stride_ks, stride_kh, stride_t, stride_g, scale,
                           GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
-                          HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                          PAGES: tl.constexpr = 1):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
@@ -57,9 +58,15 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
         first_seq_p = tl.load(group_seq_ptr + group_p).to(tl.int64)  # its table holds the prefix blocks
         first_p = split_p * split_blocks  # a split past a short prefix is empty: its partial weighs 0
         end_p = tl.minimum(prefix_p, (first_p + split_blocks) * BLOCK_SIZE)
-        acc_p, m_i_p, l_i_p = attend_blocks(q_p, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
-                                      tables_ptr + first_seq_p * stride_t, first_p, end_p, rows_p, stride_kb,
-                                      stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_M, DOT_PRECISION, False)
+        if PAGES == 1:
+            acc_p, m_i_p, l_i_p = attend_blocks(q_p, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
+                                                tables_ptr + first_seq_p * stride_t, first_p, end_p, rows_p,
+                                                stride_kb, stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_M, DOT_PRECISION,
+                                                False)
+        else:
+            acc_p, m_i_p, l_i_p = attend_pages(q_p, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
+                                               tables_ptr + first_seq_p * stride_t, first_p, end_p, stride_kb,
+                                               stride_ks, BLOCK_SIZE, PAGES, HEAD_DIM, BLOCK_M, DOT_PRECISION)
         # each branch stores its own partial: the two tiles have different row counts
         _store_partial(acc_p, m_i_p, l_i_p, seq_p * heads + head_p, live_p, 1 + split_p, num_slots, parts_ptr,
                        lse_ptr, HEAD_DIM)
@@ -73,10 +80,24 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                     mask=live[:, None], other=0.0).to(tl.float32) * (scale * LOG2E)
         context = tl.load(context_ptr + seq)
         skip = tl.load(skip_ptr + seq)
-        acc, m_i, l_i = attend_blocks(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
-                                      tables_ptr + seq * stride_t, skip // BLOCK_SIZE, context, rows, stride_kb,
-                                      stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_G, DOT_PRECISION, False)
+        if PAGES == 1:
+            acc, m_i, l_i = attend_blocks(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
+                                          tables_ptr + seq * stride_t, skip // BLOCK_SIZE, context, rows, stride_kb,
+                                          stride_ks, BLOCK_SIZE, HEAD_DIM, BLOCK_G, DOT_PRECISION, False)
+        else:
+            acc, m_i, l_i = attend_pages(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
+                                         tables_ptr + seq * stride_t, skip // BLOCK_SIZE, context, stride_kb,
+                                         stride_ks, BLOCK_SIZE, PAGES, HEAD_DIM, BLOCK_G, DOT_PRECISION)
         _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
+        if skip == 0:  # in no group: its prefix slots weigh nothing (the buffers come uncleared)
+            nothing = tl.full([BLOCK_G], float("-inf"), tl.float32)
+            for split in range(prefix_splits):
+                tl.store(lse_ptr + (seq * heads + head) * num_slots + 1 + split, nothing, mask=live)
+
+
+def scratch(shape: tuple, device) -> torch.Tensor:
+    """fp32 working memory that the kernel writes before the merge reads it (tests poison it)."""
+    return torch.empty(shape, device=device, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -123,13 +144,14 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    out: torch.Tensor | None = None,
                                    layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
                                    num_warps: int | None = None, num_stages: int | None = None,
-                                   sinks: torch.Tensor | None = None) -> torch.Tensor:
+                                   sinks: torch.Tensor | None = None, pages: int = 1) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
     step's ``shared_prefix_layout``, built once for all layers (built here otherwise).
     ``prefix_blocks_per_split``: KV blocks of a prefix one program reads.
     ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None).
+    ``pages``: KV blocks a program reads per loop iteration (a power of two; 1: block by block).
     ``sinks`` [heads]: a logit per head in the softmax's denominator (gpt-oss; no sliding window
     here: the backend sends a windowed layer's decodes to paged decode)."""
     seqs, heads, head_dim = query.shape
@@ -142,10 +164,14 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         layout = shared_prefix_layout(block_tables.tolist(), context_lens.tolist(), groups, block_size, query.device)
     if prefix_blocks_per_split < 1:
         raise ValueError(f"prefix_blocks_per_split is {prefix_blocks_per_split}; expected >= 1")
+    if pages < 1 or pages & (pages - 1):
+        raise ValueError(f"pages is {pages}; expected a power of two")
     group = heads // kv_heads
     splits = max(1, triton.cdiv(triton.cdiv(layout.max_prefix, block_size), prefix_blocks_per_split))
-    parts = torch.zeros((seqs * heads, 1 + splits, head_dim), device=query.device, dtype=torch.float32)
-    lse = torch.full((seqs * heads, 1 + splits), float("-inf"), device=query.device, dtype=torch.float32)
+    # every slot written by the kernel (a partial, or -inf where a row has no prefix): no fill
+    # kernels (two launches, and 19 MB cleared at 128 requests x 32 heads x 9 slots x 128 dims)
+    parts = scratch((seqs * heads, 1 + splits, head_dim), query.device)
+    lse = scratch((seqs * heads, 1 + splits), query.device)
     _shared_prefix_kernel[(layout.num_groups * splits + seqs, kv_heads)](
         query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
         layout.prefixes, layout.first_seq, parts, lse, layout.num_groups, splits, prefix_blocks_per_split,
@@ -153,7 +179,8 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
         scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), **launch_options(num_warps, num_stages))
+        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages,
+        **launch_options(num_warps, num_stages))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():

@@ -117,12 +117,17 @@ def test_paged_prefill_matches_reference(dtype, window, sinks):
     assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
 
 
-@pytest.mark.parametrize("dtype, blocks_per_split, sinks", [(torch.float32, 32, False), (torch.bfloat16, 32, False),
-                                                            (torch.float32, 2, False), (torch.float32, 1, False),
-                                                            (torch.bfloat16, 2, True)])
-def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks):
+@pytest.mark.parametrize("dtype, blocks_per_split, sinks, pages", [
+    (torch.float32, 32, False, 1), (torch.bfloat16, 32, False, 1), (torch.float32, 2, False, 1),
+    (torch.float32, 1, False, 1), (torch.bfloat16, 2, True, 1),
+    (torch.float32, 32, False, 2), (torch.bfloat16, 3, False, 4), (torch.float32, 1, True, 2)])
+def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks, pages, monkeypatch):
     # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
-    # prefix are then empty and must weigh nothing in the merge)
+    # prefix are then empty and must weigh nothing in the merge); the kernel's working memory
+    # comes poisoned, so that a slot it leaves unwritten shows
+    import kernels.shared_prefix as module
+
+    monkeypatch.setattr(module, "scratch", lambda shape, device: torch.full(shape, float("nan"), device=device))
     block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
     key, value, generator = caches(30, block_size, kv_heads, head_dim, dtype, seed=11)
     prefix = [7, 3]  # two shared blocks, 32 tokens
@@ -134,11 +139,13 @@ def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, si
     out = torch.full_like(query, float("nan"))
     # two groups (prefix 32 and 48 tokens) and one request in no group
     shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (48, [4, 5])], 0.25,
-                                   out=out, prefix_blocks_per_split=blocks_per_split, sinks=sink)
+                                   out=out, prefix_blocks_per_split=blocks_per_split, sinks=sink, pages=pages)
     ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
     assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
     with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
         shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 3])], 0.25)
+    with pytest.raises(ValueError, match="pages is 3; expected a power of two"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1])], 0.25, pages=3)
 
 
 def test_host_wrappers_check_their_inputs():
@@ -208,15 +215,18 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    # (9 kernels + 5 gpt-oss variants + Gemma's norm) x (bf16, fp32), the fp32 DeltaNet step, and
-    # Gemma 4's 7 in bf16 (the attention kernels at its full layers' head size of 512, its norm, its
-    # GeGLU experts)
-    assert result.stdout.count("ok ") == 38
+    # (9 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four blocks a step) x (bf16,
+    # fp32), the fp32 DeltaNet step, and Gemma 4's 7 in bf16 (the attention kernels at its full
+    # layers' head size of 512, its norm, its GeGLU experts)
+    import re
+
+    assert result.stdout.count("ok ") == 40
+    # the shared-prefix kernel reading four blocks a step, in both dtypes, 16 bytes a thread in bf16
+    assert re.search(r"ok _shared_prefix_kernel\+pages4 +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,", result.stdout)
+    assert re.search(r"ok _shared_prefix_kernel\+pages4 +fp32 ", result.stdout)
     # compiled as the launcher specialises them for a real model, bf16 kernels read device memory
     # 16 bytes a thread (vector loads or pipelined async copies), never element by element; the
     # gpt-oss variants read one 2-byte sink a program besides
-    import re
-
     bf16 = re.findall(r"ok (\w+) +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
     assert len(bf16) == 9 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in bf16), bf16
     oss = re.findall(r"ok (\w+)\+gpt-oss +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)

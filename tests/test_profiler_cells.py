@@ -241,6 +241,31 @@ def test_a_profile_measured_before_the_tier_tables_refuses_a_tier():
         cost.step(new_plan(0, chunk, (), (), (), NO_DECODES, 64, 0, (), (), (), 0, ()))
 
 
+def test_later_chunks_are_measured_k_at_a_time():
+    """warm_chunks prompt chunks in one step (2 on a CPU, where they run one after another; 8 on
+    a GPU, where one launch takes them all): a later chunk costs their time beyond one's, per
+    chunk, clipped to 1/k to all of one's."""
+    from engine.profiler import Profiler
+
+    torch.set_num_threads(1)
+    runner = ModelRunner(model_spec("tiny"), 64, 16)
+    assert Profiler(runner).warm_chunks == 2
+    with pytest.raises(ValueError, match="warm_chunks is 1; expected at least 2"):
+        Profiler(runner, warm_chunks=1)
+    profiler = Profiler(runner, repeats=1, grids=SMALL_GRIDS, warm_chunks=4)
+    cells = profiler.cells()
+    assert cells["prefill_k", 8, 16] == [(16, 8, False)] * 4 and cells["prefill", 8, 16] == [(16, 8, False)]
+    tables = profiler.run()
+    first, warm = tables["attn_prefill"][2], tables["attn_prefill_warm"][2]
+    assert np.all(warm >= first / 4 - 1e-12) and np.all(warm <= first + 1e-12)
+    measured = profiler.medians()
+    for i, q in enumerate(SMALL_GRIDS["queries"]):
+        for j, c in enumerate(SMALL_GRIDS["contexts"]):
+            alone, four = measured["prefill", q, c]["attention"], measured["prefill_k", q, c]["attention"]
+            expected = min(max((four - alone) / 3, alone / 4), alone)
+            assert warm[i, j] == pytest.approx(expected / runner.spec.num_layers)
+
+
 def test_a_steps_chunks_after_its_first_cost_what_they_measure_warm(tmp_path):
     """The profile measures each prefill cell alone and twice in one step: the second chunk's
     cost (attn_prefill_warm, within half to all of one alone) is what a step's later chunks are
