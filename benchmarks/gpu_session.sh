@@ -10,6 +10,8 @@
 #                                                    # through the fused MoE kernel)
 #   bash benchmarks/gpu_session.sh bench             # bench_kernels.py (attention, then the fused
 #                                                    # MoE kernel); `kernels`: tests, then bench
+#   bash benchmarks/gpu_session.sh parts             # shared_prefix_parts.py: the shared-prefix
+#                                                    # kernel's device time, part by part
 #   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
 #   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
 #   bash benchmarks/gpu_session.sh all               # the three above in one call, each time-limited,
@@ -93,6 +95,12 @@ case "$stage" in
     "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log" || true
     cp benchmarks/results/*.json "$OUT/" 2>/dev/null || echo "no benchmark results (no CUDA device?)"
     ;;
+  parts)
+    setup
+    # where the shared-prefix kernel's device time goes (prefix programs, distinct ones, merge)
+    "$PY" benchmarks/shared_prefix_parts.py 2>&1 | tee "$OUT/parts.log" || true
+    cp benchmarks/results/shared-prefix-parts-*.json "$OUT/" 2>/dev/null || true
+    ;;
   kernels)
     bash "$0" tests || true
     bash "$0" bench
@@ -142,7 +150,7 @@ case "$stage" in
     tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|kernels|profile|validate|all [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|all [hydra overrides]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,136 @@
+"""Where the shared-prefix kernel's time goes (issue 6): device time (CUDA graphs) of the fused
+call, of its prefix programs alone, of its distinct programs alone and of the merge, each with
+the bytes it must move as a fraction of the copy bandwidth, over the kernel's tile options
+(KV blocks a loop iteration, rows of a distinct program's tile). bench_kernels.py's shape:
+prefix 2048, suffix 128, 16 requests a prefix, 8 prefixes, Llama-3.1-8B's heads, bf16.
+
+    python benchmarks/shared_prefix_parts.py            # on a GPU; prints a table, writes
+                                                        # benchmarks/results/shared-prefix-parts-<device>-<date>.json
+    TRITON_INTERPRET=1 python benchmarks/shared_prefix_parts.py --dry-run   # tiny, on CPU
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str]) -> int:
+    dry = "--dry-run" in argv
+    if not dry and not torch.cuda.is_available():
+        print("shared_prefix_parts: no CUDA device here")
+        return 0
+    import triton
+
+    from kernels.common import dot_precision, merge_partials
+    from kernels.paged_decode import paged_decode_attention
+    from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
+
+    device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
+    heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)
+    prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
+
+    def timed(function) -> float:
+        if dry:
+            started = time.perf_counter()
+            function()
+            return (time.perf_counter() - started) * 1e3
+        from triton.testing import do_bench_cudagraph
+        return do_bench_cudagraph(function, return_mode="median")
+
+    def bandwidth(source_elements: int = 1 << 30) -> float:
+        source = torch.randn(source_elements // 2, device=device).to(dtype)
+        target = torch.empty_like(source)
+        return 2 * source.numel() * source.element_size() / (timed(lambda: target.copy_(source)) / 1e3)
+
+    copy_bw = bandwidth(1 << 12 if dry else 1 << 30)
+    seqs = per_group * groups
+    prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
+    num_blocks = groups * prefix_blocks + seqs * suffix_blocks
+    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
+    value = torch.randn_like(key)
+    order = torch.randperm(num_blocks, device=device).to(torch.int32)
+    tables = torch.empty((seqs, prefix_blocks + suffix_blocks), dtype=torch.int32, device=device)
+    for g in range(groups):
+        for m in range(per_group):
+            s = g * per_group + m
+            own = order[groups * prefix_blocks + s * suffix_blocks: groups * prefix_blocks + (s + 1) * suffix_blocks]
+            tables[s] = torch.cat([order[g * prefix_blocks:(g + 1) * prefix_blocks], own])
+    contexts = torch.full((seqs,), prefix + suffix, dtype=torch.int32, device=device)
+    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype)
+    group_list = [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]
+    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), group_list, block_size, device)
+    scale, group = head_dim ** -0.5, heads // kv_heads
+    kv_row = kv_heads * head_dim * key.element_size() * 2  # a token's keys and values, bytes
+    rows = {"device": "dry run" if dry else torch.cuda.get_device_name(), "date": date.today().isoformat(),
+            "torch": torch.__version__, "triton": triton.__version__, "copy_bandwidth_gb_s": copy_bw / 1e9,
+            "per_request_ms": timed(lambda: paged_decode_attention(query, key, value, tables, contexts, scale,
+                                                                   max_context=prefix + suffix)),
+            "parts": []}
+    reference = paged_decode_attention(query, key, value, tables, contexts, scale)
+
+    def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages):
+        _shared_prefix_kernel[grid](
+            query, key, value, tables, contexts, layout.skip, layout.rows, layout.sizes, layout.prefixes,
+            layout.first_seq, parts, lse, num_groups, splits, split_blocks, kv_heads, heads, query.stride(0),
+            key.stride(0), key.stride(1), key.stride(2), tables.stride(0), layout.rows.stride(0), scale,
+            GROUP=group, BLOCK_G=block_g, BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)),
+            HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
+            num_warps=warps, num_stages=stages)
+
+    options = [(16, 2, 16, 4, 2), (16, 2, 32, 4, 2), (16, 4, 16, 4, 2), (16, 8, 16, 4, 2), (32, 2, 16, 4, 2),
+               (16, 2, 16, 8, 2), (16, 4, 16, 8, 2), (16, 2, 16, 2, 2), (16, 1, 16, 4, 2), (64, 2, 16, 4, 2)]
+    for split_blocks, pages, block_g, warps, stages in options[:2] if dry else options:
+        splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
+        parts = torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32)
+        lse = torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32)
+        settings = (splits, split_blocks, parts, lse, pages, block_g, warps, stages)
+        both = lambda: launch((groups * splits + seqs, kv_heads), groups, *settings)  # noqa: E731
+        prefix_only = lambda: launch((groups * splits, kv_heads), groups, *settings)  # noqa: E731
+        # every program a distinct one: num_groups 0 (the layout's skips still start them past the prefix)
+        distinct_only = lambda: launch((seqs, kv_heads), 0, *settings)  # noqa: E731
+        out = torch.empty_like(query)
+        merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim))  # noqa: E731
+        both()
+        merge()
+        error = ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+        fused = lambda: shared_prefix_decode_attention(  # noqa: E731
+            query, key, value, tables, contexts, group_list, scale, layout=layout, prefix_blocks_per_split=split_blocks,
+            pages=pages, num_warps=warps, num_stages=stages) if block_g == 16 else None
+        partial_bytes = seqs * heads * (1 + splits) * (head_dim + 1) * 4
+        prefix_bytes = groups * prefix * kv_row + seqs * heads * splits * (head_dim + 1) * 4
+        distinct_bytes = seqs * suffix * kv_row + seqs * heads * (head_dim + 1) * 4
+        merge_bytes = partial_bytes + seqs * heads * head_dim * query.element_size()
+        row = {"split_blocks": split_blocks, "pages": pages, "block_g": block_g, "num_warps": warps,
+               "num_stages": stages, "relative_error": error,
+               "fused_ms": timed(fused) if block_g == 16 else None, "kernel_ms": timed(both),
+               "prefix_ms": timed(prefix_only), "distinct_ms": timed(distinct_only), "merge_ms": timed(merge)}
+        for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes)):
+            row[f"{part}_of_copy_bandwidth"] = moved / (row[f"{part}_ms"] / 1e3) / copy_bw
+        rows["parts"].append(row)
+        print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} warps {warps} stages {stages}: fused "
+              f"{row['fused_ms'] or float('nan'):.4f} ms = kernel {row['kernel_ms']:.4f} (prefix {row['prefix_ms']:.4f}, "
+              f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
+              f"{row['distinct_of_copy_bandwidth']:.0%} bw) + merge {row['merge_ms']:.4f} "
+              f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
+    ideal = (groups * prefix + seqs * suffix) * kv_row / copy_bw * 1e3
+    rows["ideal_kv_read_ms"] = ideal
+    print(f"per request {rows['per_request_ms']:.4f} ms; the KV read once at the copy bandwidth: {ideal:.4f} ms "
+          f"({rows['per_request_ms'] / ideal:.1f}x at most)")
+    if not dry:
+        out_dir = Path(__file__).resolve().parent / "results"
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / f"shared-prefix-parts-{rows['device'].replace(' ', '-')}-{rows['date']}.json"
+        path.write_text(json.dumps(rows, indent=2))
+        print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
