@@ -47,6 +47,9 @@
 # on the attention kernels (`range()` over loaded bounds: "only 0-dimensional arrays can be
 # converted to Python scalars"), which is why the CPU tests need Triton >= 3.9; on a GPU the
 # kernels are compiled, not interpreted.
+# Ran on an H200 on 2026-12-04 (torch 2.11.0+cu130, Triton 3.6.0, Python 3.12.3): `all` in 257-263 s
+# of a call (the machine's start about 30 s more), then `parts` and an online `validate` in 127 s;
+# the figures are in the README (Triton kernels; the real engine) and benchmarks/results/.
 # Commit what comes back: benchmarks/results/*.json, profiles/<model>-cuda-bfloat16-triton/,
 # and the validation figures in the README and the issue notes.
 set -euo pipefail
