@@ -186,23 +186,10 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
 
     heads, kv_heads, head_dim, block_size = shape
-    prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
-    seqs = per_group * groups
-    prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
-    num_blocks = groups * prefix_blocks + seqs * suffix_blocks
-    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
-    value = torch.randn_like(key)
-    order = torch.randperm(num_blocks, device=device).to(torch.int32)
-    tables = torch.empty((seqs, prefix_blocks + suffix_blocks), dtype=torch.int32, device=device)
-    for g in range(groups):
-        shared = order[g * prefix_blocks:(g + 1) * prefix_blocks]
-        for m in range(per_group):
-            s = g * per_group + m
-            own = order[groups * prefix_blocks + s * suffix_blocks: groups * prefix_blocks + (s + 1) * suffix_blocks]
-            tables[s] = torch.cat([shared, own])
-    contexts = torch.full((seqs,), prefix + suffix, dtype=torch.int32, device=device)
-    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype)
-    group_list = [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]
+    case = shared_prefix_case(shape, dtype, device, dry)
+    prefix, suffix, per_group, groups = case["prefix"], case["suffix"], case["per_group"], case["groups"]
+    key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
+                                                                         "group_list"))
     per_request_ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
                                                              max_context=prefix + suffix))
     # the engine builds a step's group layout once on the host and reuses it in every layer;
@@ -246,6 +233,30 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
                       "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None})
     results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["device_ms"] or row["ms"])
     save(f"shared prefix sweep: best {results['shared_prefix_sweep'][0]}")
+
+
+def shared_prefix_case(shape: tuple, dtype, device: str, dry: bool) -> dict:
+    """Issue 6's shared-prefix shape (prefix 2048, suffix 128, 16 requests a prefix, 8 prefixes;
+    tiny in a dry run): caches, block tables (each group's prefix blocks, then each member's own,
+    all scattered), contexts, queries and the groups."""
+    heads, kv_heads, head_dim, block_size = shape
+    prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
+    seqs = per_group * groups
+    prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
+    num_blocks = groups * prefix_blocks + seqs * suffix_blocks
+    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
+    order = torch.randperm(num_blocks, device=device).to(torch.int32)
+    tables = torch.empty((seqs, prefix_blocks + suffix_blocks), dtype=torch.int32, device=device)
+    for g in range(groups):
+        for m in range(per_group):
+            own = groups * prefix_blocks + (g * per_group + m) * suffix_blocks
+            tables[g * per_group + m] = torch.cat([order[g * prefix_blocks:(g + 1) * prefix_blocks],
+                                                   order[own:own + suffix_blocks]])
+    return {"prefix": prefix, "suffix": suffix, "per_group": per_group, "groups": groups, "key": key,
+            "value": torch.randn_like(key), "tables": tables,
+            "contexts": torch.full((seqs,), prefix + suffix, dtype=torch.int32, device=device),
+            "query": torch.randn((seqs, heads, head_dim), device=device, dtype=dtype),
+            "group_list": [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]}
 
 
 def gemma4_decode_results(bench, device: str, dry: bool, copy_bw: float) -> dict:

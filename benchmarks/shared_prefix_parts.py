@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: kernels/
 
 
 def main(argv: list[str]) -> int:
@@ -32,9 +32,10 @@ def main(argv: list[str]) -> int:
     from kernels.paged_decode import paged_decode_attention
     from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
 
+    from bench_kernels import shared_prefix_case  # the same shape, tables and inputs as bench_kernels.py
+
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
     heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)
-    prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
 
     def timed(function) -> float:
         if dry:
@@ -50,21 +51,11 @@ def main(argv: list[str]) -> int:
         return 2 * source.numel() * source.element_size() / (timed(lambda: target.copy_(source)) / 1e3)
 
     copy_bw = bandwidth(1 << 12 if dry else 1 << 30)
-    seqs = per_group * groups
-    prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
-    num_blocks = groups * prefix_blocks + seqs * suffix_blocks
-    key = torch.randn((num_blocks, block_size, kv_heads, head_dim), device=device, dtype=dtype)
-    value = torch.randn_like(key)
-    order = torch.randperm(num_blocks, device=device).to(torch.int32)
-    tables = torch.empty((seqs, prefix_blocks + suffix_blocks), dtype=torch.int32, device=device)
-    for g in range(groups):
-        for m in range(per_group):
-            s = g * per_group + m
-            own = order[groups * prefix_blocks + s * suffix_blocks: groups * prefix_blocks + (s + 1) * suffix_blocks]
-            tables[s] = torch.cat([order[g * prefix_blocks:(g + 1) * prefix_blocks], own])
-    contexts = torch.full((seqs,), prefix + suffix, dtype=torch.int32, device=device)
-    query = torch.randn((seqs, heads, head_dim), device=device, dtype=dtype)
-    group_list = [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]
+    case = shared_prefix_case((heads, kv_heads, head_dim, block_size), dtype, device, dry)
+    prefix, suffix, per_group, groups = case["prefix"], case["suffix"], case["per_group"], case["groups"]
+    key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
+                                                                         "group_list"))
+    seqs, prefix_blocks = per_group * groups, prefix // block_size
     layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), group_list, block_size, device)
     scale, group = head_dim ** -0.5, heads // kv_heads
     kv_row = kv_heads * head_dim * key.element_size() * 2  # a token's keys and values, bytes
@@ -119,6 +110,25 @@ def main(argv: list[str]) -> int:
               f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
               f"{row['distinct_of_copy_bandwidth']:.0%} bw) + merge {row['merge_ms']:.4f} "
               f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
+    # the merge over several rows a program and warps (the partials of the first option's kernel)
+    split_blocks, pages = options[0][:2]
+    splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
+    parts = torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32)
+    lse = torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32)
+    launch((groups * splits + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4, 2)
+    merge_bytes = seqs * heads * ((1 + splits) * (head_dim + 1) * 4 + head_dim * query.element_size())
+    rows["merge_sweep"] = []
+    for rows_per_program, warps in ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]:
+        out = torch.full_like(query, float("nan"))
+        merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim),  # noqa: E731
+                                       rows_per_program=rows_per_program, num_warps=warps)
+        merge()
+        error = ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+        ms = timed(merge)
+        rows["merge_sweep"].append({"rows_per_program": rows_per_program, "num_warps": warps, "ms": ms,
+                                    "of_copy_bandwidth": merge_bytes / (ms / 1e3) / copy_bw, "relative_error": error})
+        print(f"merge, {rows_per_program:>2} rows a program, {warps} warps: {ms:.4f} ms, "
+              f"{rows['merge_sweep'][-1]['of_copy_bandwidth']:.0%} of the copy bandwidth; error {error:.1e}", flush=True)
     ideal = (groups * prefix + seqs * suffix) * kv_row / copy_bw * 1e3
     rows["ideal_kv_read_ms"] = ideal
     print(f"per request {rows['per_request_ms']:.4f} ms; the KV read once at the copy bandwidth: {ideal:.4f} ms "

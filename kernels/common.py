@@ -48,15 +48,21 @@ def attend_blocks(q, k_base, v_base, table_ptr, first_block, end_token, position
             keep = keep & (tokens[None, :] <= positions[:, None])
         if WINDOW:
             keep = keep & (tokens[None, :] > positions[:, None] - window)
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(tl.where(keep, s, float("-inf")), v, acc, m_i, l_i, DOT_PRECISION)
     return acc, m_i, l_i
+
+
+@triton.jit
+def online_softmax_step(s, v, acc, m_i, l_i, DOT_PRECISION: tl.constexpr):
+    """One tile of scores ``s`` (base 2, masked to -inf) and its values folded into the running
+    (unnormalised output, max, sum): the online softmax both attention loops share."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION)
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -79,13 +85,7 @@ def attend_pages(q, k_base, v_base, table_ptr, first_block, end_token, stride_kb
         k = tl.load(k_base + address, mask=valid[:, None], other=0.0)
         v = tl.load(v_base + address, mask=valid[:, None], other=0.0)
         s = tl.where(valid[None, :], dot(q.to(k.dtype), tl.trans(k), DOT_PRECISION), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(s, v, acc, m_i, l_i, DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -113,17 +113,56 @@ def _merge_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_parts, heads, HEAD
     tl.store(out_ptr + row * HEAD_DIM + dims, merged.to(out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_parts, heads,
+                       HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, SINKS: tl.constexpr, ROWS: tl.constexpr):
+    """``_merge_kernel`` over ``ROWS`` rows a program: on an H200 one row a program (4,096
+    programs of 4.6 KB for 128 requests x 32 heads) read the partials at 53 % of the copy
+    bandwidth."""
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = row < num_rows
+    p = tl.arange(0, BLOCK_P)
+    dims = tl.arange(0, HEAD_DIM)
+    slots = live[:, None] & (p[None, :] < num_parts)
+    lse = tl.load(lse_ptr + row[:, None] * num_parts + p[None, :], mask=slots, other=float("-inf"))
+    top = tl.max(lse, 1)
+    if SINKS:
+        sink = tl.load(sinks_ptr + row % heads, mask=live, other=0.0).to(tl.float32) * LOG2E
+        top = tl.maximum(top, sink)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp2(lse - top[:, None])
+    address = (row[:, None, None] * num_parts + p[None, :, None]) * HEAD_DIM + dims[None, None, :]
+    parts = tl.load(parts_ptr + address, mask=(slots & (weight > 0.0))[:, :, None], other=0.0)
+    total = tl.sum(weight, 1)
+    if SINKS:
+        total += tl.exp2(sink - top)
+    merged = tl.sum(parts * weight[:, :, None], 1) / tl.where(total == 0.0, 1.0, total)[:, None]
+    tl.store(out_ptr + row[:, None] * HEAD_DIM + dims[None, :], merged.to(out_ptr.dtype.element_ty),
+             mask=live[:, None])
+
+
 def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
-                   sinks: torch.Tensor | None = None) -> torch.Tensor:
+                   sinks: torch.Tensor | None = None, rows_per_program: int = 1,
+                   num_warps: int | None = None) -> torch.Tensor:
     """``parts`` [rows, P, D] fp32, ``lse`` [rows, P] fp32 (base 2) -> ``out`` [rows, D];
     ``sinks`` [heads] (natural-log logits; rows are sequence x heads + head): each head's sink
-    joins the softmax's denominator (gpt-oss)."""
+    joins the softmax's denominator (gpt-oss). ``rows_per_program`` (a power of two) rows a
+    program; ``num_warps``: Triton's launch option."""
     rows, num_parts, head_dim = parts.shape
     assert lse.shape == (rows, num_parts) and parts.dtype == lse.dtype == torch.float32
     assert parts.is_contiguous() and lse.is_contiguous() and out.is_contiguous() and out.shape == (rows, head_dim)
+    if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
+        raise ValueError(f"rows_per_program is {rows_per_program}; expected a power of two")
     heads = 1 if sinks is None else check_sinks(sinks, rows)
+    if rows_per_program > 1:
+        _merge_rows_kernel[(triton.cdiv(rows, rows_per_program),)](
+            parts, lse, out, lse if sinks is None else sinks, rows, num_parts, heads, HEAD_DIM=head_dim,
+            BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None, ROWS=rows_per_program,
+            **launch_options(num_warps, None))
+        return out
     _merge_kernel[(rows,)](parts, lse, out, lse if sinks is None else sinks, num_parts, heads, HEAD_DIM=head_dim,
-                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None)
+                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None,
+                           **launch_options(num_warps, None))
     return out
 
 

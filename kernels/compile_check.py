@@ -34,7 +34,7 @@ def aligned_attrs(kernel, signature: dict) -> dict:
 
 
 def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
-    from .common import _merge_kernel
+    from .common import _merge_kernel, _merge_rows_kernel
     from .fused_moe import _down_kernel, _gate_up_kernel
     from .kv_store import _kv_store_kernel
     from .paged_decode import _paged_decode_kernel
@@ -72,6 +72,10 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
          {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_parts": i32, "heads": i32,
           "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c},
          {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False}),
+        (_merge_rows_kernel,
+         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_rows": i32, "num_parts": i32,
+          "heads": i32, "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c, "ROWS": c},
+         {"HEAD_DIM": 128, "BLOCK_P": 16, "SINKS": False, "ROWS": 8}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
           "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c, "OFFSET": c},

@@ -1,0 +1,67 @@
+"""The log-sum-exp merge of partial attentions (kernels/common.py), one row a program and several,
+against a torch reference in float64; slots of weight 0 hold NaN, which must never be read."""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.common import merge_partials  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference(parts, lse, sinks, heads):
+    lse = lse.double() * torch.log(torch.tensor(2.0, dtype=torch.float64))  # base 2 -> natural
+    if sinks is not None:
+        sink = sinks.double()[torch.arange(lse.shape[0]) % heads].to(lse.device)[:, None]
+        lse = torch.cat([lse, sink], 1)
+        parts = torch.cat([parts, torch.zeros_like(parts[:, :1])], 1)
+    weight = torch.softmax(lse, 1).nan_to_num(0.0)
+    return (torch.where(weight[:, :, None] > 0, parts.double(), 0.0) * weight[:, :, None]).sum(1)
+
+
+@pytest.mark.parametrize("rows_per_program", [1, 4, 8])
+@pytest.mark.parametrize("dtype, sinks", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
+def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_program, dtype, sinks):
+    generator = torch.Generator().manual_seed(rows_per_program)
+    rows, num_parts, head_dim, heads = 12, 5, 16, 4  # 12 rows: 8 a program leaves a last one half empty
+    parts = torch.randn((rows, num_parts, head_dim), generator=generator)
+    lse = 3 * torch.randn((rows, num_parts), generator=generator)
+    empty = torch.rand((rows, num_parts), generator=generator) < 0.3  # slots no program wrote
+    empty[0] = True  # a row with no partial at all: zeros (or the sink alone)
+    lse[empty] = float("-inf")
+    parts[empty] = float("nan")
+    sink = torch.randn(heads, generator=generator) if sinks else None
+    out = torch.full((rows, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    merge_partials(parts.to(DEVICE), lse.to(DEVICE), out, None if sink is None else sink.to(DEVICE),
+                   rows_per_program=rows_per_program)
+    assert not torch.isnan(out).any()
+    expected = reference(parts, lse, sink, heads)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert (out.double().cpu() - expected).abs().max() <= tolerance * expected.abs().max()
+    assert out[0].abs().max() == 0.0
+
+
+def test_rows_per_program_must_be_a_power_of_two():
+    parts, lse = torch.zeros((2, 2, 16)), torch.zeros((2, 2))
+    with pytest.raises(ValueError, match="rows_per_program is 3; expected a power of two"):
+        merge_partials(parts.to(DEVICE), lse.to(DEVICE), torch.empty((2, 16), device=DEVICE), rows_per_program=3)
+
+
+def test_shared_prefix_parts_benchmark_dry_run():
+    # benchmarks/shared_prefix_parts.py, which a GPU session runs, at tiny shapes in the
+    # interpreter: each part's launch, the merge sweep, each result checked against per-request
+    # attention (a broken launch shows here, not in scarce GPU time)
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "benchmarks/shared_prefix_parts.py", "--dry-run"],
+                            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    errors = [float(e) for e in re.findall(r"error (\S+)\n", result.stdout)]
+    assert len(errors) == 4 and max(errors) < 1e-5, result.stdout  # two kernel options, two merges
