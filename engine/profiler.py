@@ -15,7 +15,6 @@ round-trip is tested.
 """
 from __future__ import annotations
 
-import json
 import platform
 import random
 import statistics
@@ -32,6 +31,7 @@ from scheduler import BatchPlan, DecodeBatch, Request, ScheduledChunk, SharedPre
 from scheduler.config import SCHEDULES
 
 from .profile_host import forget_host, host_cells, host_tables
+from .profile_write import write_profile
 from .profile_scheduler import fresh_prompts_scheduler, steady_scheduler, timed_scheduler_step
 from .runner import ModelRunner
 
@@ -378,22 +378,6 @@ class Profiler:
             tables["attn_shared_prefix"] = (("queries", "prefix_len"), (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
                                             np.zeros((2, 2)))
         return tables
-
-
-def write_profile(directory: str | Path, tables: dict[str, tuple], model: str, dtype: str,
-                  provenance: dict) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name, (axes, grids, values) in tables.items():
-        arrays[f"{name}.values"] = values
-        for axis, grid in zip(axes, grids):
-            arrays[f"{name}.grid.{axis}"] = grid
-    np.savez(directory / "tables.npz", **arrays)
-    meta = {"kind": "measured", "model": model, "dtype": dtype, "provenance": provenance,
-            "axes": {name: list(axes) for name, (axes, _, _) in tables.items()}}
-    (directory / "profile.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return directory
 
 
 def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backend: str, repeats: int = 5,
