@@ -14,7 +14,7 @@
 #                                                    # kernel's device time, part by part
 #   bash benchmarks/gpu_session.sh profile [k=v...]  # batchlab profile, Triton backend, bf16
 #   bash benchmarks/gpu_session.sh validate [k=v...] # batchlab validate with that profile
-#   bash benchmarks/gpu_session.sh all               # the three above in one call, each time-limited,
+#   bash benchmarks/gpu_session.sh all               # tests, bench, parts, profile, validate in one call, each time-limited,
 #                                                    # results in $OUT/gpu_results.tar.gz (preferred:
 #                                                    # a task's device time is 15 minutes in all)
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
@@ -137,7 +137,7 @@ case "$stage" in
     #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=595)
     work="$OUT/work"
     mkdir -p "$work"
-    for stage_limit in tests:50 bench:140 profile:150 validate:140; do
+    for stage_limit in tests:50 bench:140 parts:80 profile:150 validate:140; do
       name="${stage_limit%%:*}" limit="${stage_limit##*:}"
       echo "== $name (at most ${limit} s) $(date +%T)"
       OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
@@ -150,6 +150,7 @@ case "$stage" in
     set +e
     tar xzf "$OUT/gpu_results.tar.gz" -O ./tests/kernel_tests.log 2>/dev/null | grep -E "passed|failed|error" | tail -3
     tar xzf "$OUT/gpu_results.tar.gz" -O ./bench/bench_kernels.log 2>/dev/null | grep -E "^(device-to|paged|shared|windowed)"
+    tar xzf "$OUT/gpu_results.tar.gz" -O ./parts/parts.log 2>/dev/null | grep -E "^(split|merge|per request)"
     tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
     ;;
   *)
