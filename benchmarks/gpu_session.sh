@@ -117,6 +117,7 @@ case "$stage" in
   validate)
     setup
     run_dir=/tmp/batchlab-validate
+    rm -rf "$run_dir"  # a run before this one on the same machine leaves its files there
     # 1,280 blocks (20,480 tokens) hold 8 prefixes of 2,048 tokens but not their groups' requests
     # beside them: fcfs's LRU cache loses prefixes, and the schedules differ (predicted with the
     # H200 profile: fcfs 5.6 s, prefix_grouped 3.4 s; at 2,048 blocks all four 3.2-3.4 s)
@@ -128,7 +129,12 @@ case "$stage" in
       workload.params.prefix_len=2048 workload.params.distinct_len=128 workload.params.output_len=32 \
       workload.params.share_degree=16 workload.params.num_requests=128 \
       hydra.run.dir="$run_dir" "$@" 2>&1 | tee "$OUT/validate.log"
-    mkdir -p "$OUT/validate" && cp "$run_dir"/validation.* "$run_dir"/validation_scatter.png "$run_dir"/report.md "$OUT/validate/"
+    mkdir -p "$OUT/validate" && cp "$run_dir"/validation.* "$run_dir"/report.md "$OUT/validate/"
+    # the run records (online, where plans differ, they are what shows why a prediction missed)
+    for mode in simulated measured; do
+      for file in steps requests; do cp "$run_dir/$mode/$file.parquet" "$OUT/validate/${mode}_$file.parquet"; done
+    done
+    cp "$run_dir"/validation_scatter.png "$OUT/validate/" 2>/dev/null || true  # offline only
     ;;
   all)
     # Everything owed in ONE call (a task's device time is 15 minutes, the machine's start
