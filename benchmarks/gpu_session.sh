@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU work owed to issues 6 and 7, in stages that each fit one call of a lent GPU machine
+# The GPU work of issues 6 and 7, in stages that each fit one call of a lent GPU machine
 # (10 minutes a call, 15 minutes of device time a task; the machine has PyTorch and Triton but no PyPI).
 #
 # On the development machine, once (pure-Python wheels of what the GPU image lacks):
