@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
             HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
             num_warps=warps, num_stages=stages)
 
+    # (prefix blocks a split, KV blocks a loop iteration, rows of a distinct tile, warps, stages)
     options = [(16, 2, 16, 4, 2), (16, 2, 32, 4, 2), (16, 4, 16, 4, 2), (16, 8, 16, 4, 2), (32, 2, 16, 4, 2),
                (16, 2, 16, 8, 2), (16, 4, 16, 8, 2), (16, 2, 16, 2, 2), (16, 1, 16, 4, 2), (64, 2, 16, 4, 2)]
     for split_blocks, pages, block_g, warps, stages in options[:2] if dry else options:
