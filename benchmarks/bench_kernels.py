@@ -110,10 +110,8 @@ def main(argv: list[str]) -> int:
     save(f"paged decode ({seqs} x {context} tokens): {decode_ms:.3f} ms, "
          f"{results['paged_decode']['fraction_of_copy_bandwidth']:.1%} of the copy bandwidth; "
          f"device time (CUDA graph) {results['paged_decode']['device_ms']} ms")
-    decode_inputs = (query, key, value, tables, contexts, context, kv_bytes)
     shared_prefix_results((bench, device_ms), device, dtype, dry, results, save,
                           (heads, kv_heads, head_dim, block_size))
-    query, key, value, tables, contexts, context, kv_bytes = decode_inputs
     # the launch options and split length the defaults above fix, swept (one GPU call finds the
     # best; a dry run tries two of each)
     sweep = []

@@ -75,13 +75,23 @@ def main(argv: list[str]) -> int:
             HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
             num_warps=warps, num_stages=stages)
 
+    def buffers(split_blocks: int):
+        """The prefix's splits and the kernel's fp32 partials and their log-sum-exps."""
+        splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
+        return (splits, torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32),
+                torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32))
+
+    def merge_bytes(splits: int) -> int:  # the partials read, the output written
+        return seqs * heads * ((1 + splits) * (head_dim + 1) * 4 + head_dim * query.element_size())
+
+    def error_of(out) -> float:
+        return ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
     # (prefix blocks a split, KV blocks a loop iteration, rows of a distinct tile, warps, stages)
     options = [(16, 2, 16, 4, 2), (16, 2, 32, 4, 2), (16, 4, 16, 4, 2), (16, 8, 16, 4, 2), (32, 2, 16, 4, 2),
                (16, 2, 16, 8, 2), (16, 4, 16, 8, 2), (16, 2, 16, 2, 2), (16, 1, 16, 4, 2), (64, 2, 16, 4, 2)]
     for split_blocks, pages, block_g, warps, stages in options[:2] if dry else options:
-        splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
-        parts = torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32)
-        lse = torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32)
+        splits, parts, lse = buffers(split_blocks)
         settings = (splits, split_blocks, parts, lse, pages, block_g, warps, stages)
         both = lambda: launch((groups * splits + seqs, kv_heads), groups, *settings)  # noqa: E731
         prefix_only = lambda: launch((groups * splits, kv_heads), groups, *settings)  # noqa: E731
@@ -91,19 +101,18 @@ def main(argv: list[str]) -> int:
         merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim))  # noqa: E731
         both()
         merge()
-        error = ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+        error = error_of(out)
         fused = lambda: shared_prefix_decode_attention(  # noqa: E731
             query, key, value, tables, contexts, group_list, scale, layout=layout, prefix_blocks_per_split=split_blocks,
-            pages=pages, num_warps=warps, num_stages=stages) if block_g == 16 else None
-        partial_bytes = seqs * heads * (1 + splits) * (head_dim + 1) * 4
+            pages=pages, num_warps=warps, num_stages=stages)
         prefix_bytes = groups * prefix * kv_row + seqs * heads * splits * (head_dim + 1) * 4
         distinct_bytes = seqs * suffix * kv_row + seqs * heads * (head_dim + 1) * 4
-        merge_bytes = partial_bytes + seqs * heads * head_dim * query.element_size()
         row = {"split_blocks": split_blocks, "pages": pages, "block_g": block_g, "num_warps": warps,
                "num_stages": stages, "relative_error": error,
+               # the library call tiles a distinct program's rows in 16 (4 query heads a kv head here)
                "fused_ms": timed(fused) if block_g == 16 else None, "kernel_ms": timed(both),
                "prefix_ms": timed(prefix_only), "distinct_ms": timed(distinct_only), "merge_ms": timed(merge)}
-        for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes)):
+        for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes(splits))):
             row[f"{part}_of_copy_bandwidth"] = moved / (row[f"{part}_ms"] / 1e3) / copy_bw
         rows["parts"].append(row)
         print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} warps {warps} stages {stages}: fused "
@@ -113,21 +122,19 @@ def main(argv: list[str]) -> int:
               f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
     # the merge over several rows a program and warps (the partials of the first option's kernel)
     split_blocks, pages = options[0][:2]
-    splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
-    parts = torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32)
-    lse = torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32)
+    splits, parts, lse = buffers(split_blocks)
     launch((groups * splits + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4, 2)
-    merge_bytes = seqs * heads * ((1 + splits) * (head_dim + 1) * 4 + head_dim * query.element_size())
     rows["merge_sweep"] = []
     for rows_per_program, warps in ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]:
         out = torch.full_like(query, float("nan"))
         merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim),  # noqa: E731
                                        rows_per_program=rows_per_program, num_warps=warps)
         merge()
-        error = ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+        error = error_of(out)
         ms = timed(merge)
         rows["merge_sweep"].append({"rows_per_program": rows_per_program, "num_warps": warps, "ms": ms,
-                                    "of_copy_bandwidth": merge_bytes / (ms / 1e3) / copy_bw, "relative_error": error})
+                                    "of_copy_bandwidth": merge_bytes(splits) / (ms / 1e3) / copy_bw,
+                                    "relative_error": error})
         print(f"merge, {rows_per_program:>2} rows a program, {warps} warps: {ms:.4f} ms, "
               f"{rows['merge_sweep'][-1]['of_copy_bandwidth']:.0%} of the copy bandwidth; error {error:.1e}", flush=True)
     ideal = (groups * prefix + seqs * suffix) * kv_row / copy_bw * 1e3

@@ -68,7 +68,8 @@ class Profiler:
         # first: on a CPU they run one after another, two tell it; on a GPU one launch takes them
         # all, and two chunks of a few queries leave most multiprocessors idle (batchllm's prompt
         # steps' attention, an 8B model on an H200: 0.61 s measured, 0.99 s from two-chunk cells)
-        self.warm_chunks = warm_chunks or (WARM_CHUNKS_GPU if runner.device.type == "cuda" else 2)
+        default = WARM_CHUNKS_GPU if runner.device.type == "cuda" else 2
+        self.warm_chunks = default if warm_chunks is None else warm_chunks
         if self.warm_chunks < 2:
             raise ValueError(f"warm_chunks is {self.warm_chunks}; expected at least 2")
         if runner.states is not None:  # its requests start mid-sequence: zero states, the same work

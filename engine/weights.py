@@ -200,8 +200,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.fl
                    device: str | torch.device = "cpu") -> Weights:
     # drawn where the weights live: on a GPU in milliseconds (an 8B model's 8e9 normal numbers
     # take about a minute on one CPU thread), other numbers than the CPU's for the same seed
-    generator = torch.Generator(torch.device(device) if torch.device(device).type == "cuda" else "cpu")
-    generator.manual_seed(seed)
+    place = torch.device(device)
+    generator = torch.Generator(place if place.type == "cuda" else "cpu").manual_seed(seed)
 
     def normal(*shape, std=0.02):
         return (torch.randn(*shape, generator=generator, device=generator.device) * std).to(dtype=dtype, device=device)

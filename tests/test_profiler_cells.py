@@ -250,8 +250,9 @@ def test_later_chunks_are_measured_k_at_a_time():
     torch.set_num_threads(1)
     runner = ModelRunner(model_spec("tiny"), 64, 16)
     assert Profiler(runner).warm_chunks == 2
-    with pytest.raises(ValueError, match="warm_chunks is 1; expected at least 2"):
-        Profiler(runner, warm_chunks=1)
+    for few in (0, 1):  # 0 is refused too, not taken for "the default"
+        with pytest.raises(ValueError, match=f"warm_chunks is {few}; expected at least 2"):
+            Profiler(runner, warm_chunks=few)
     profiler = Profiler(runner, repeats=1, grids=SMALL_GRIDS, warm_chunks=4)
     cells = profiler.cells()
     assert cells["prefill_k", 8, 16] == [(16, 8, False)] * 4 and cells["prefill", 8, 16] == [(16, 8, False)]
