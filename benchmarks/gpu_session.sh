@@ -89,8 +89,10 @@ case "$stage" in
     # comes (a stage's time may end). Left out there: the sm_90 compile check and the benchmark's
     # dry run, guards for machines without a GPU (the latter needs Triton >= 3.9's interpreter)
     "$PY" -m pytest -vv -p no:cacheprovider -n 8 tests/test_kernels.py tests/test_kernels_gemma4.py \
+      tests/test_kernel_shared_prefix.py tests/test_kernel_merge.py \
       --deselect tests/test_kernels.py::test_kernels_compile_for_sm90 \
-      --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run 2>&1 | tee "$OUT/kernel_tests.log"
+      --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run \
+      --deselect tests/test_kernel_merge.py::test_shared_prefix_parts_benchmark_dry_run 2>&1 | tee "$OUT/kernel_tests.log"
     ;;
   bench)
     setup

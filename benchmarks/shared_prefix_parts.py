@@ -27,12 +27,13 @@ def main(argv: list[str]) -> int:
         print("shared_prefix_parts: no CUDA device here")
         return 0
     import triton
+    import triton.testing
 
     from kernels.common import dot_precision, merge_partials
     from kernels.paged_decode import paged_decode_attention
     from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
 
-    from bench_kernels import shared_prefix_case  # the same shape, tables and inputs as bench_kernels.py
+    from bench_kernels import copy_bandwidth, shared_prefix_case  # bench_kernels.py's shape, tables, inputs
 
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
     heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)
@@ -45,12 +46,11 @@ def main(argv: list[str]) -> int:
         from triton.testing import do_bench_cudagraph
         return do_bench_cudagraph(function, return_mode="median")
 
-    def bandwidth(source_elements: int = 1 << 30) -> float:
-        source = torch.randn(source_elements // 2, device=device).to(dtype)
-        target = torch.empty_like(source)
-        return 2 * source.numel() * source.element_size() / (timed(lambda: target.copy_(source)) / 1e3)
-
-    copy_bw = bandwidth(1 << 12 if dry else 1 << 30)
+    # the copy bandwidth as bench_kernels.py measures it (a plain launch, 2 GiB): the same copy
+    # captured in a CUDA graph read only 2,770 GB/s against 4,244 on the H200 (2026-12-04; a
+    # graph's memcpy node, it seems, is not the copy kernel), and kernels beat that (paged decode
+    # 3,390 GB/s), so the graph figure is no ceiling; the 2026-12-04 parts file is against it
+    copy_bw = copy_bandwidth(device, timed if dry else triton.testing.do_bench, 1 << 12 if dry else 1 << 30)
     case = shared_prefix_case((heads, kv_heads, head_dim, block_size), dtype, device, dry)
     prefix, suffix, per_group, groups = case["prefix"], case["suffix"], case["per_group"], case["groups"]
     key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
@@ -69,7 +69,8 @@ def main(argv: list[str]) -> int:
     def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages):
         _shared_prefix_kernel[grid](
             query, key, value, tables, contexts, layout.skip, layout.rows, layout.sizes, layout.prefixes,
-            layout.first_seq, parts, lse, num_groups, splits, split_blocks, kv_heads, heads, query.stride(0),
+            layout.first_seq, parts, lse, parts, lse, lse, seqs, num_groups, splits, split_blocks, kv_heads, heads,
+            query.stride(0),
             key.stride(0), key.stride(1), key.stride(2), tables.stride(0), layout.rows.stride(0), scale,
             GROUP=group, BLOCK_G=block_g, BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)),
             HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
@@ -102,9 +103,11 @@ def main(argv: list[str]) -> int:
         both()
         merge()
         error = error_of(out)
-        fused = lambda: shared_prefix_decode_attention(  # noqa: E731
-            query, key, value, tables, contexts, group_list, scale, layout=layout, prefix_blocks_per_split=split_blocks,
-            pages=pages, num_warps=warps, num_stages=stages)
+        def fused(fused_merge: bool = False, prefix_first: bool = True):
+            return shared_prefix_decode_attention(
+                query, key, value, tables, contexts, group_list, scale, layout=layout,
+                prefix_blocks_per_split=split_blocks, pages=pages, num_warps=warps, num_stages=stages,
+                fused_merge=fused_merge, prefix_first=prefix_first)
         prefix_bytes = groups * prefix * kv_row + seqs * heads * splits * (head_dim + 1) * 4
         distinct_bytes = seqs * suffix * kv_row + seqs * heads * (head_dim + 1) * 4
         row = {"split_blocks": split_blocks, "pages": pages, "block_g": block_g, "num_warps": warps,
@@ -112,6 +115,11 @@ def main(argv: list[str]) -> int:
                # the library call tiles a distinct program's rows in 16 (4 query heads a kv head here)
                "fused_ms": timed(fused) if block_g == 16 else None, "kernel_ms": timed(both),
                "prefix_ms": timed(prefix_only), "distinct_ms": timed(distinct_only), "merge_ms": timed(merge)}
+        if block_g == 16:  # the merge in the kernel's launch, prefixes' programs first or last
+            for prefix_first in (True, False):
+                name = "fused_merge_ms" if prefix_first else "fused_merge_distinct_first_ms"
+                row[name] = timed(lambda: fused(True, prefix_first))
+                row[name.replace("_ms", "_error")] = error_of(fused(True, prefix_first))
         for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes(splits))):
             row[f"{part}_of_copy_bandwidth"] = moved / (row[f"{part}_ms"] / 1e3) / copy_bw
         rows["parts"].append(row)
@@ -120,6 +128,11 @@ def main(argv: list[str]) -> int:
               f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
               f"{row['distinct_of_copy_bandwidth']:.0%} bw) + merge {row['merge_ms']:.4f} "
               f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
+        if "fused_merge_ms" in row:
+            print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} warps {warps} stages {stages}: merge fused "
+                  f"{row['fused_merge_ms']:.4f} ms (error {row['fused_merge_error']:.1e}), the sequences' programs "
+                  f"first {row['fused_merge_distinct_first_ms']:.4f} ms (error {row['fused_merge_distinct_first_error']:.1e})",
+                  flush=True)
     # the merge over several rows a program and warps (the partials of the first option's kernel)
     split_blocks, pages = options[0][:2]
     splits, parts, lse = buffers(split_blocks)

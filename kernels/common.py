@@ -120,11 +120,21 @@ def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_par
     programs of 4.6 KB for 128 requests x 32 heads) read the partials at 53 % of the copy
     bandwidth."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    live = row < num_rows
+    merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, row < num_rows, num_parts, heads, HEAD_DIM, BLOCK_P,
+               SINKS, "")
+
+
+@triton.jit
+def merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, live, num_parts, heads, HEAD_DIM: tl.constexpr,
+               BLOCK_P: tl.constexpr, SINKS: tl.constexpr, CACHE: tl.constexpr):
+    """The merge of the rows ``row`` (where ``live``), their partials read with the cache
+    modifier ``CACHE`` ("": the default; ".cg": from L2, past a multiprocessor's L1, for
+    partials that other programs of the same launch wrote)."""
     p = tl.arange(0, BLOCK_P)
     dims = tl.arange(0, HEAD_DIM)
     slots = live[:, None] & (p[None, :] < num_parts)
-    lse = tl.load(lse_ptr + row[:, None] * num_parts + p[None, :], mask=slots, other=float("-inf"))
+    lse = tl.load(lse_ptr + row[:, None] * num_parts + p[None, :], mask=slots, other=float("-inf"),
+                  cache_modifier=CACHE)
     top = tl.max(lse, 1)
     if SINKS:
         sink = tl.load(sinks_ptr + row % heads, mask=live, other=0.0).to(tl.float32) * LOG2E
@@ -132,7 +142,7 @@ def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_par
     top = tl.where(top == float("-inf"), 0.0, top)
     weight = tl.exp2(lse - top[:, None])
     address = (row[:, None, None] * num_parts + p[None, :, None]) * HEAD_DIM + dims[None, None, :]
-    parts = tl.load(parts_ptr + address, mask=(slots & (weight > 0.0))[:, :, None], other=0.0)
+    parts = tl.load(parts_ptr + address, mask=(slots & (weight > 0.0))[:, :, None], other=0.0, cache_modifier=CACHE)
     total = tl.sum(weight, 1)
     if SINKS:
         total += tl.exp2(sink - top)

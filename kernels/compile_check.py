@@ -21,6 +21,8 @@ import time
 ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "blocks_per_split", "hidden", "width"}
 WIDE = re.compile(r"ld\.global(?:\.nc)?\.v4\.|cp\.async\.cg\.shared\.global")  # 16 bytes a thread
 NARROW = re.compile(r"ld\.global(?:\.nc)?\.b16\b")  # one bf16 element a thread
+ACQ_REL = re.compile(r"atom\.global\.(?:gpu\.)?acq_rel|atom\.acq_rel\.gpu|atom\.global\.acq_rel")  # the fused merge's counts
+BARRIER = re.compile(r"\bbar\.sync\b|\bbarrier\.sync\b")
 
 
 def load_mix(ptx: str) -> dict[str, int]:
@@ -56,12 +58,13 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
         (_shared_prefix_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "skip_ptr": "*i32",
           "group_rows_ptr": "*i32", "group_size_ptr": "*i32", "group_prefix_ptr": "*i32", "group_seq_ptr": "*i32",
-          "parts_ptr": "*fp32", "lse_ptr": "*fp32", "num_groups": i32, "prefix_splits": i32, "split_blocks": i32,
-          "kv_heads": i32, "heads": i32,
+          "parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "arrivals_ptr": "*i32",
+          "num_seqs": i32, "num_groups": i32, "prefix_splits": i32, "split_blocks": i32, "kv_heads": i32, "heads": i32,
           "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32, "stride_g": i32,
           "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c,
-          "PAGES": c},
-         {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1}),
+          "PAGES": c, "FUSED_MERGE": c, "PREFIX_FIRST": c, "MEMBERS": c, "BLOCK_R": c, "BLOCK_P": c, "SINKS": c},
+         {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1, "FUSED_MERGE": False, "PREFIX_FIRST": True,
+          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False}),
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
@@ -144,10 +147,15 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     return variants
 
 
-def pages_variants(dtype: str) -> list[tuple[object, dict, dict]]:
-    """The shared-prefix kernel reading four KV blocks a loop iteration (its ``pages`` option)."""
-    return [(kernel, signature, {**constants, "PAGES": 4}) for kernel, signature, constants in signatures(dtype)
-            if kernel.__name__ == "_shared_prefix_kernel"]
+def shared_prefix_variants(dtype: str) -> list[tuple[object, dict, dict]]:
+    """The shared-prefix kernel reading four KV blocks a loop iteration (its ``pages`` option),
+    and with its merge fused into the launch (arrivals counted by atomics: prefix 2,048 in 16
+    splits, 16 requests a prefix), at Llama's shapes and at gpt-oss's with sinks."""
+    fused = {"PAGES": 2, "FUSED_MERGE": True, "BLOCK_P": 32}
+    return [variant for kernel, signature, constants in signatures(dtype) if kernel.__name__ == "_shared_prefix_kernel"
+            for variant in ((kernel, signature, {**constants, "PAGES": 4}), (kernel, signature, {**constants, **fused}),
+                            (kernel, signature, {**constants, **fused, "GROUP": 8, "HEAD_DIM": 64, "BLOCK_M": 128,
+                                                 "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False}))]
 
 
 def fp32_only() -> list[tuple[object, dict, dict]]:
@@ -174,7 +182,7 @@ def main(arch: int = 90) -> int:
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
         for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + gemma4_variants(dtype) + \
-                pages_variants(dtype) + (fp32_only() if dtype == "fp32" else []):
+                shared_prefix_variants(dtype) + (fp32_only() if dtype == "fp32" else []):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
             compiled = triton.compile(source, target=target)
@@ -183,13 +191,17 @@ def main(arch: int = 90) -> int:
                 print(f"FAILED {kernel.__name__} {dtype}: no cubin")
                 return 1
             mix = load_mix(compiled.asm["ptx"])
-            label = kernel.__name__ + ("+pages4" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
+            label = kernel.__name__ + ("+fused-merge" + ("+gpt-oss" if constants["SINKS"] else "")
+                                       if constants.get("FUSED_MERGE") else
+                                       "+pages4" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
                                        or constants.get("GELU")
                                        else "+gemma" if constants.get("GEMMA") else "")
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
-                  f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages")
+                  f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages"
+                  + (f", acq_rel atomics {len(ACQ_REL.findall(compiled.asm['ptx']))}, barriers "
+                     f"{len(BARRIER.findall(compiled.asm['ptx']))}" if constants.get("FUSED_MERGE") else ""))
     return 0
 
 

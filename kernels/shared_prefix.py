@@ -12,13 +12,14 @@ whole prefix (8 groups x 8 kv heads are 64 programs on an H100's 132 multiproces
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, attend_blocks, attend_pages, dot_precision, launch_options, merge_partials
+from .common import (LOG2E, attend_blocks, attend_pages, check_sinks, dot_precision, launch_options, merge_partials,
+                     merge_rows)
 
 
 @triton.jit
@@ -33,19 +34,26 @@ def _store_partial(acc, m_i, l_i, out_rows, live, slot, num_slots, parts_ptr, ls
 @triton.jit
 def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr,
                           group_rows_ptr, group_size_ptr, group_prefix_ptr, group_seq_ptr,
-                          parts_ptr, lse_ptr, num_groups, prefix_splits, split_blocks, kv_heads, heads,
+                          parts_ptr, lse_ptr, out_ptr, sinks_ptr, arrivals_ptr, num_seqs, num_groups, prefix_splits,
+                          split_blocks, kv_heads, heads,
                           stride_qs, stride_kb, stride_ks, stride_kh, stride_t, stride_g, scale,
                           GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
                           HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          PAGES: tl.constexpr = 1):
+                          PAGES: tl.constexpr = 1, FUSED_MERGE: tl.constexpr = False, PREFIX_FIRST: tl.constexpr = True,
+                          MEMBERS: tl.constexpr = 1, BLOCK_R: tl.constexpr = 1, BLOCK_P: tl.constexpr = 2,
+                          SINKS: tl.constexpr = False):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
     num_slots = prefix_splits + 1  # per query row: its own tokens' partial, then one per prefix split
-    if program < num_groups * prefix_splits:
+    if PREFIX_FIRST:  # program ids: the prefixes' splits, then the sequences
+        prefix_program, distinct_program = program, program - num_groups * prefix_splits
+    else:  # the sequences, then the prefixes' splits
+        prefix_program, distinct_program = program - num_seqs, program
+    if (prefix_program >= 0) & (prefix_program < num_groups * prefix_splits):
         # a split of a prefix: every member's query heads of this kv head, stacked (_p: this branch's names)
-        group_p = program // prefix_splits
-        split_p = program % prefix_splits
+        group_p = prefix_program // prefix_splits
+        split_p = prefix_program % prefix_splits
         size_p = tl.load(group_size_ptr + group_p)
         rows_p = tl.arange(0, BLOCK_M)
         member_p = rows_p // GROUP
@@ -70,9 +78,22 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
         # each branch stores its own partial: the two tiles have different row counts
         _store_partial(acc_p, m_i_p, l_i_p, seq_p * heads + head_p, live_p, 1 + split_p, num_slots, parts_ptr,
                        lse_ptr, HEAD_DIM)
-    else:
+        if FUSED_MERGE:  # one arrival a member; a member's last arrival merges its rows
+            tl.debug_barrier()  # every thread's partials stored before the arrivals count them
+            members = tl.arange(0, MEMBERS)
+            joined = members < size_p
+            seqs = tl.load(group_rows_ptr + group_p * stride_g + members, mask=joined, other=0).to(tl.int64)
+            arrived = tl.atomic_add(arrivals_ptr + seqs * kv_heads + kv_head, 1, mask=joined, sem="acq_rel",
+                                    scope="gpu")
+            tl.debug_barrier()
+            for member in range(size_p):
+                if tl.sum(tl.where(members == member, arrived, 0), 0) == prefix_splits:
+                    _merge_sequence(tl.sum(tl.where(members == member, seqs, 0), 0), kv_head, parts_ptr, lse_ptr,
+                                    out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads, GROUP, BLOCK_R,
+                                    BLOCK_P, HEAD_DIM, SINKS)
+    elif (distinct_program >= 0) & (distinct_program < num_seqs):
         # distinct part: one sequence's own tokens after its shared prefix
-        seq = (program - num_groups * prefix_splits).to(tl.int64)
+        seq = distinct_program.to(tl.int64)
         rows = tl.arange(0, BLOCK_G)
         live = rows < GROUP
         head = kv_head * GROUP + rows
@@ -88,11 +109,50 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
             acc, m_i, l_i = attend_pages(q, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_kh,
                                          tables_ptr + seq * stride_t, skip // BLOCK_SIZE, context, stride_kb,
                                          stride_ks, BLOCK_SIZE, PAGES, HEAD_DIM, BLOCK_G, DOT_PRECISION)
-        _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
-        if skip == 0:  # in no group: its prefix slots weigh nothing (the buffers come uncleared)
-            nothing = tl.full([BLOCK_G], float("-inf"), tl.float32)
-            for split in range(prefix_splits):
-                tl.store(lse_ptr + (seq * heads + head) * num_slots + 1 + split, nothing, mask=live)
+        if FUSED_MERGE:
+            if skip == 0:  # in no group: its own tokens are all it attends to
+                sink = tl.full([BLOCK_G], float("-inf"), tl.float32)
+                if SINKS:
+                    sink = tl.load(sinks_ptr + head, mask=live, other=0.0).to(tl.float32) * LOG2E
+                tl.store(out_ptr + (seq * heads + head)[:, None] * HEAD_DIM + dims[None, :],
+                         _normalise(acc, m_i, l_i, sink).to(out_ptr.dtype.element_ty), mask=live[:, None])
+            else:
+                _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
+                tl.debug_barrier()  # every thread's partial stored before the arrival counts it
+                counter = arrivals_ptr + seq * kv_heads + kv_head
+                if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == prefix_splits:
+                    _merge_sequence(seq, kv_head, parts_ptr, lse_ptr, out_ptr, sinks_ptr, arrivals_ptr, kv_heads,
+                                    num_slots, heads, GROUP, BLOCK_R, BLOCK_P, HEAD_DIM, SINKS)
+        else:
+            _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
+            if skip == 0:  # in no group: its prefix slots weigh nothing (the buffers come uncleared)
+                nothing = tl.full([BLOCK_G], float("-inf"), tl.float32)
+                for split in range(prefix_splits):
+                    tl.store(lse_ptr + (seq * heads + head) * num_slots + 1 + split, nothing, mask=live)
+
+
+@triton.jit
+def _merge_sequence(seq, kv_head, parts_ptr, lse_ptr, out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads,
+                    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    SINKS: tl.constexpr):
+    """The fused merge of one sequence's query heads of ``kv_head``, by the program whose arrival
+    was the last of its ``num_slots`` partials (read from L2: other multiprocessors wrote
+    them); its arrival count goes back to 0 for the next call."""
+    r = tl.arange(0, BLOCK_R)
+    merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, seq * heads + kv_head * GROUP + r, r < GROUP, num_slots, heads,
+               HEAD_DIM, BLOCK_P, SINKS, ".cg")
+    tl.store(arrivals_ptr + seq * kv_heads + kv_head, 0)
+
+
+@triton.jit
+def _normalise(acc, m_i, l_i, sink):
+    """The output of one partial (unnormalised ``acc``, base-2 running max and sum) whose
+    softmax's denominator also takes each row's ``sink`` (base-2; -inf: none)."""
+    top = tl.maximum(m_i, sink)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp2(m_i - top)
+    total = l_i * weight + tl.exp2(sink - top)
+    return acc * weight[:, None] / tl.where(total == 0.0, 1.0, total)[:, None]
 
 
 def scratch(shape: tuple, device) -> torch.Tensor:
@@ -111,6 +171,14 @@ class SharedPrefixLayout:
     sizes: torch.Tensor      # [groups] int32
     prefixes: torch.Tensor   # [groups] int32: prefix tokens
     first_seq: torch.Tensor  # [groups] int32: a member whose table holds the prefix blocks
+    counters: dict = field(default_factory=dict, repr=False, compare=False)  # kv heads -> arrivals()
+
+    def arrivals(self, kv_heads: int) -> torch.Tensor:
+        """[sequences, kv_heads] int32 arrival counts for the fused merge, zero between calls
+        (the last arrival of each resets its count): made once for all the step's layers."""
+        if kv_heads not in self.counters:
+            self.counters[kv_heads] = torch.zeros((len(self.skip), kv_heads), dtype=torch.int32, device=self.skip.device)
+        return self.counters[kv_heads]
 
 
 def shared_prefix_layout(block_tables, context_lens, groups: list[tuple[int, list[int]]], block_size: int,
@@ -144,7 +212,8 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    out: torch.Tensor | None = None,
                                    layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
                                    num_warps: int | None = None, num_stages: int | None = None,
-                                   sinks: torch.Tensor | None = None, pages: int = 1) -> torch.Tensor:
+                                   sinks: torch.Tensor | None = None, pages: int = 1, fused_merge: bool = False,
+                                   prefix_first: bool = True) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
@@ -153,7 +222,11 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     ``num_warps``, ``num_stages``: Triton's launch options (its defaults where None).
     ``pages``: KV blocks a program reads per loop iteration (a power of two; 1: block by block).
     ``sinks`` [heads]: a logit per head in the softmax's denominator (gpt-oss; no sliding window
-    here: the backend sends a windowed layer's decodes to paged decode)."""
+    here: the backend sends a windowed layer's decodes to paged decode).
+    ``fused_merge``: the merge in the same launch, by whichever program brings a sequence's
+    last partial (counted by atomics; a sequence in no group writes its output directly)
+    instead of a second launch. ``prefix_first``: program ids give the prefixes' splits first
+    (they are the long programs), else the sequences' own parts first."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -166,24 +239,31 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         raise ValueError(f"prefix_blocks_per_split is {prefix_blocks_per_split}; expected >= 1")
     if pages < 1 or pages & (pages - 1):
         raise ValueError(f"pages is {pages}; expected a power of two")
-    group = heads // kv_heads
-    splits = max(1, triton.cdiv(triton.cdiv(layout.max_prefix, block_size), prefix_blocks_per_split))
-    # every slot written by the kernel (a partial, or -inf where a row has no prefix): no fill
-    # kernels (two launches, and 19 MB cleared at 128 requests x 32 heads x 9 slots x 128 dims)
-    parts = scratch((seqs * heads, 1 + splits, head_dim), query.device)
-    lse = scratch((seqs * heads, 1 + splits), query.device)
-    _shared_prefix_kernel[(layout.num_groups * splits + seqs, kv_heads)](
-        query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
-        layout.prefixes, layout.first_seq, parts, lse, layout.num_groups, splits, prefix_blocks_per_split,
-        kv_heads, heads, query.stride(0),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
-        scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages,
-        **launch_options(num_warps, num_stages))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor shaped and typed like query")
-    merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
+    if sinks is not None and check_sinks(sinks, seqs * heads) != heads:
+        raise ValueError(f"sinks must be a [heads] tensor of {heads} logits, got {tuple(sinks.shape)}")
+    group = heads // kv_heads
+    splits = max(1, triton.cdiv(triton.cdiv(layout.max_prefix, block_size), prefix_blocks_per_split))
+    # every slot that a merge reads is written by the kernel (a partial, or -inf where a row has
+    # no prefix): no fill kernels (two launches, and 19 MB cleared at 128 requests x 32 heads x 9
+    # slots x 128 dims)
+    parts = scratch((seqs * heads, 1 + splits, head_dim), query.device)
+    lse = scratch((seqs * heads, 1 + splits), query.device)
+    _shared_prefix_kernel[(layout.num_groups * splits + seqs, kv_heads)](
+        query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
+        layout.prefixes, layout.first_seq, parts, lse, out, lse if sinks is None else sinks,
+        layout.arrivals(kv_heads) if fused_merge else lse, seqs, layout.num_groups, splits, prefix_blocks_per_split,
+        kv_heads, heads, query.stride(0),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
+        scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages, FUSED_MERGE=fused_merge,
+        PREFIX_FIRST=prefix_first, MEMBERS=triton.next_power_of_2(layout.max_members),
+        BLOCK_R=triton.next_power_of_2(group), BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
+        SINKS=sinks is not None, **launch_options(num_warps, num_stages))
+    if not fused_merge:
+        merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
     return out

@@ -13,7 +13,6 @@ triton = pytest.importorskip("triton")
 from engine.attention import softmax_with_sinks  # noqa: E402
 from kernels.paged_decode import paged_decode_attention, paged_decode_reference  # noqa: E402
 from kernels.paged_prefill import paged_prefill_attention  # noqa: E402
-from kernels.shared_prefix import shared_prefix_decode_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -117,37 +116,6 @@ def test_paged_prefill_matches_reference(dtype, window, sinks):
     assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
 
 
-@pytest.mark.parametrize("dtype, blocks_per_split, sinks, pages", [
-    (torch.float32, 32, False, 1), (torch.bfloat16, 32, False, 1), (torch.float32, 2, False, 1),
-    (torch.float32, 1, False, 1), (torch.bfloat16, 2, True, 1),
-    (torch.float32, 32, False, 2), (torch.bfloat16, 3, False, 4), (torch.float32, 1, True, 2)])
-def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks, pages, monkeypatch):
-    # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
-    # prefix are then empty and must weigh nothing in the merge); the kernel's working memory
-    # comes poisoned, so that a slot it leaves unwritten shows
-    import kernels.shared_prefix as module
-
-    monkeypatch.setattr(module, "scratch", lambda shape, device: torch.full(shape, float("nan"), device=device))
-    block_size, head_dim, heads, kv_heads = 16, 16, 4, 2
-    key, value, generator = caches(30, block_size, kv_heads, head_dim, dtype, seed=11)
-    prefix = [7, 3]  # two shared blocks, 32 tokens
-    tables = torch.tensor([prefix + [1, 0, 0], prefix + [2, 0, 0], prefix + [4, 5, 6], [9, 8, 0, 0, 0],
-                           [12, 13, 14, 16, 0], [12, 13, 14, 15, 0]], dtype=torch.int32, device=DEVICE)
-    contexts = torch.tensor([40, 33, 77, 21, 55, 63], dtype=torch.int32, device=DEVICE)
-    query = torch.randn((6, heads, head_dim), generator=generator).to(DEVICE, dtype)
-    sink = (4.0 + torch.randn(heads, generator=generator)).to(DEVICE, dtype) if sinks else None
-    out = torch.full_like(query, float("nan"))
-    # two groups (prefix 32 and 48 tokens) and one request in no group
-    shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (48, [4, 5])], 0.25,
-                                   out=out, prefix_blocks_per_split=blocks_per_split, sinks=sink, pages=pages)
-    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
-    assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
-    with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
-        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 3])], 0.25)
-    with pytest.raises(ValueError, match="pages is 3; expected a power of two"):
-        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1])], 0.25, pages=3)
-
-
 def test_host_wrappers_check_their_inputs():
     key, value, _ = caches(4, 16, 2, 16, torch.float32, seed=1)
     query = torch.zeros((1, 4, 16), device=DEVICE)
@@ -215,12 +183,19 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    # (10 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four blocks a step) x (bf16,
-    # fp32), the fp32 DeltaNet step, and Gemma 4's 8 in bf16 (the attention kernels and merges at
-    # its full layers' head size of 512, its norm, its GeGLU experts)
+    # (10 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four blocks a step, and its
+    # merge fused at Llama's and gpt-oss's shapes) x (bf16, fp32), the fp32 DeltaNet step, and Gemma
+    # 4's 8 in bf16 (the attention kernels and merges at its full layers' head size of 512, its
+    # norm, its GeGLU experts)
     import re
 
-    assert result.stdout.count("ok ") == 43
+    assert result.stdout.count("ok ") == 47
+    # the fused merge: each side's arrival an acquire-release atomic at GPU scope, after a barrier
+    fused = re.findall(r"ok _shared_prefix_kernel\+fused-merge\S* +(\w+) .*acq_rel atomics (\d+), barriers (\d+)",
+                       result.stdout)
+    assert len(fused) == 4 and all(int(atomics) == 2 and int(barriers) > 0 for _, atomics, barriers in fused), fused
+    assert re.search(r"ok _shared_prefix_kernel\+fused-merge +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,",
+                     result.stdout)
     # the shared-prefix kernel reading four blocks a step, in both dtypes, 16 bytes a thread in bf16
     assert re.search(r"ok _shared_prefix_kernel\+pages4 +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,", result.stdout)
     assert re.search(r"ok _shared_prefix_kernel\+pages4 +fp32 ", result.stdout)

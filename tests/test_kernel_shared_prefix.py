@@ -1,0 +1,122 @@
+"""The shared-prefix decode kernel (kernels/shared_prefix.py) against per-request attention (on
+CPU: Triton's interpreter), its working memory poisoned with NaN: with the merge as a second
+launch, and fused into the kernel's launch (the last program to bring a sequence's partial
+merges it). The interpreter runs programs in id order, so ``prefix_first`` decides which side
+merges there: the sequences' own programs (prefixes first) or the prefix programs (last)."""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.paged_decode import paged_decode_reference  # noqa: E402
+from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout  # noqa: E402
+from test_kernels import DEVICE, attention_tolerance, caches, relative_error  # noqa: E402
+
+BLOCK_SIZE, HEAD_DIM, HEADS, KV_HEADS = 16, 16, 4, 2
+GROUPS = [(32, [0, 1, 2]), (48, [4, 5])]  # two groups (prefix 32 and 48 tokens); sequence 3 in none
+
+
+def inputs(dtype, sinks):
+    key, value, generator = caches(30, BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype, seed=11)
+    prefix = [7, 3]  # two shared blocks, 32 tokens
+    tables = torch.tensor([prefix + [1, 0, 0], prefix + [2, 0, 0], prefix + [4, 5, 6], [9, 8, 0, 0, 0],
+                           [12, 13, 14, 16, 0], [12, 13, 14, 15, 0]], dtype=torch.int32, device=DEVICE)
+    contexts = torch.tensor([40, 33, 77, 21, 55, 63], dtype=torch.int32, device=DEVICE)
+    query = torch.randn((6, HEADS, HEAD_DIM), generator=generator).to(DEVICE, dtype)
+    sink = (4.0 + torch.randn(HEADS, generator=generator)).to(DEVICE, dtype) if sinks else None
+    return query, key, value, tables, contexts, sink
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """The kernel's working memory comes full of NaN, so that a slot read unwritten shows."""
+    import kernels.shared_prefix as module
+
+    monkeypatch.setattr(module, "scratch", lambda shape, device: torch.full(shape, float("nan"), device=device))
+
+
+@pytest.mark.parametrize("dtype, blocks_per_split, sinks, pages, fused_merge, prefix_first", [
+    (torch.float32, 32, False, 1, False, True), (torch.bfloat16, 32, False, 1, False, True),
+    (torch.float32, 2, False, 1, False, True), (torch.float32, 1, False, 1, False, False),
+    (torch.bfloat16, 2, True, 1, False, True), (torch.float32, 32, False, 2, False, True),
+    (torch.bfloat16, 3, False, 4, False, True), (torch.float32, 1, True, 2, False, True),
+    (torch.float32, 32, False, 1, True, True), (torch.float32, 1, False, 2, True, False),
+    (torch.float32, 2, True, 1, True, True), (torch.float32, 1, True, 1, True, False),
+    (torch.bfloat16, 3, True, 2, True, False), (torch.bfloat16, 2, False, 1, True, True)])
+def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks, pages, fused_merge, prefix_first,
+                                                     poisoned):
+    # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
+    # prefix are then empty and must weigh nothing in the merge)
+    query, key, value, tables, contexts, sink = inputs(dtype, sinks)
+    out = torch.full_like(query, float("nan"))
+    shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, out=out,
+                                   prefix_blocks_per_split=blocks_per_split, sinks=sink, pages=pages,
+                                   fused_merge=fused_merge, prefix_first=prefix_first)
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
+    assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
+
+
+@pytest.mark.parametrize("prefix_first", [True, False])
+def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, poisoned):
+    """One layout serves every layer of a step: each call's arrival counts go back to zero, so a
+    second call (another layer's inputs) merges as the first did."""
+    query, key, value, tables, contexts, _ = inputs(torch.float32, False)
+    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), GROUPS, BLOCK_SIZE, DEVICE)
+    ref = paged_decode_reference(query, key, value, tables, contexts, 0.25)
+    for layer in range(2):
+        out = shared_prefix_decode_attention(query * (1 + layer), key, value, tables, contexts, GROUPS, 0.25,
+                                             out=torch.full_like(query, float("nan")), layout=layout,
+                                             prefix_blocks_per_split=1, fused_merge=True, prefix_first=prefix_first)
+        expected = ref if layer == 0 else paged_decode_reference(query * 2, key, value, tables, contexts, 0.25)
+        assert relative_error(out, expected) <= 1e-5
+        assert layout.arrivals(KV_HEADS).eq(0).all(), layout.arrivals(KV_HEADS)
+
+
+def test_shared_prefix_refuses_bad_inputs():
+    query, key, value, tables, contexts, _ = inputs(torch.float32, False)
+    with pytest.raises(ValueError, match="does not start with its group's prefix blocks"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 3])], 0.25)
+    with pytest.raises(ValueError, match="pages is 3; expected a power of two"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1])], 0.25, pages=3)
+    with pytest.raises(ValueError, match="out must be"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, out=query[:, :2])
+    with pytest.raises(ValueError, match="sinks must be"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, fused_merge=True,
+                                       sinks=torch.zeros(3, device=DEVICE))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the merge's atomics race only on a GPU (the interpreter "
+                    "runs one program at a time)")
+@pytest.mark.parametrize("prefix_first", [True, False])
+def test_fused_merge_under_real_concurrency(prefix_first, poisoned):
+    """Llama-3.1-8B's heads, 8 prefixes of 512 tokens with 16 requests each and 8 requests in no
+    group, in bf16, on a GPU: 20 calls with the working memory poisoned each time must all give
+    the same bits, and match the reference. A merge that read a partial before it was written
+    (an arrival counted too early, a stale cache line) would show as NaN or as a call that
+    differs from the others."""
+    heads, kv_heads, head_dim, prefix, own, per_group, groups = 32, 8, 128, 512, 64, 16, 8
+    generator = torch.Generator().manual_seed(3)
+    seqs = per_group * groups + 8
+    prefix_blocks, own_blocks = prefix // BLOCK_SIZE, (prefix + own) // BLOCK_SIZE
+    num_blocks = groups * prefix_blocks + seqs * own_blocks
+    key, value = (torch.randn((num_blocks, BLOCK_SIZE, kv_heads, head_dim), generator=generator).to(DEVICE, torch.bfloat16)
+                  for _ in range(2))
+    order = torch.randperm(num_blocks, generator=generator).to(torch.int32)
+    tables = order[groups * prefix_blocks:].view(seqs, own_blocks).clone()  # each request's own blocks
+    for g in range(groups):  # a group's members start with its prefix blocks
+        tables[g * per_group:(g + 1) * per_group, :prefix_blocks] = order[g * prefix_blocks:(g + 1) * prefix_blocks]
+    tables = tables.to(DEVICE)
+    contexts = torch.randint(prefix + 1, prefix + own + 1, (seqs,), generator=generator, dtype=torch.int32).to(DEVICE)
+    query = torch.randn((seqs, heads, head_dim), generator=generator).to(DEVICE, torch.bfloat16)
+    group_list = [(prefix, list(range(g * per_group, (g + 1) * per_group))) for g in range(groups)]
+    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), group_list, BLOCK_SIZE, DEVICE)
+    outs = [shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
+                                           layout=layout, prefix_blocks_per_split=4, pages=2, fused_merge=True,
+                                           prefix_first=prefix_first) for _ in range(20)]
+    launched = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
+                                              layout=layout, prefix_blocks_per_split=4, pages=2)
+    assert relative_error(outs[0], launched) <= 1e-2  # the same partials merged: a bf16 rounding apart at most
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, head_dim ** -0.5)
+    assert relative_error(outs[0], ref) <= 2e-2  # 1.7 % where the interpreter ran it (its truncating bf16 casts)
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
+    assert layout.arrivals(kv_heads).eq(0).all()
