@@ -199,9 +199,10 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     layout_ms = (time.perf_counter() - started) * 1e3
     if dry:  # the shared-prefix kernel must agree with per-request attention
         reference = paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5)
-        for split in (32, 1):
+        for split, fused_merge in ((32, False), (1, False), (1, True)):
             shared = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                    head_dim ** -0.5, layout=layout, prefix_blocks_per_split=split)
+                                                    head_dim ** -0.5, layout=layout, prefix_blocks_per_split=split,
+                                                    fused_merge=fused_merge)
             torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
     shared_ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                                 head_dim ** -0.5, layout=layout))
@@ -219,10 +220,16 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
          f"{shared_ms:.3f} ms against {per_request_ms:.3f} ms per request, {per_request_ms / shared_ms:.2f}x; "
          f"device time {shared_device} ms against {per_request_device} ms, {device_speedup}x")
     sweep = []
-    # launch options x split length x KV blocks a loop iteration reads (``pages``)
-    shared_options = ((4,), (3,), (1, 2), (1, 2)) if dry else ((4, 8), (2, 3), (8, 16, 32), (1, 2, 4))
-    for warps, stages, split, pages in product(*shared_options):
-        options = dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages)
+    # launch options x split length x KV blocks a loop iteration reads (``pages``) x where the
+    # merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first).
+    # 2026-12-04's H200 sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4 pages: best 4 warps,
+    # 2 stages, split 16, 2 pages; all 18 with 8 warps behind all with 4, 1 page behind 2 and 4
+    # (13th at best), split 8 9th at best; 2 warps untried (the distinct part's best in the parts)
+    merges = ((False, True), (True, True), (True, False))
+    shared_options = ((4,), (3,), (1, 2), (1, 2), merges) if dry else ((2, 4), (2, 3), (16, 32), (2, 4), merges)
+    for warps, stages, split, pages, (fused_merge, prefix_first) in product(*shared_options):
+        options = dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
+                       fused_merge=fused_merge, prefix_first=prefix_first)
         ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                           head_dim ** -0.5, layout=layout, **options))
         graph_ms = device_ms(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
@@ -231,6 +238,11 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
                       "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None})
     results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["device_ms"] or row["ms"])
     save(f"shared prefix sweep: best {results['shared_prefix_sweep'][0]}")
+    for fused_merge, prefix_first in merges:  # the best of each way of merging
+        best = next(row for row in results["shared_prefix_sweep"]
+                    if (row["fused_merge"], row["prefix_first"]) == (fused_merge, prefix_first))
+        save(f"shared prefix sweep, merge {'fused' if fused_merge else 'launched'}"
+             f"{'' if prefix_first else ', sequences first'}: best {best}")
 
 
 def shared_prefix_case(shape: tuple, dtype, device: str, dry: bool) -> dict:
