@@ -117,8 +117,8 @@ def _merge_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_parts, heads, HEAD
 def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_parts, heads,
                        HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, SINKS: tl.constexpr, ROWS: tl.constexpr):
     """``_merge_kernel`` over ``ROWS`` rows a program: on an H200 one row a program (4,096
-    programs of 4.6 KB for 128 requests x 32 heads) read the partials at 53 % of the copy
-    bandwidth."""
+    programs of 4.6 KB for 128 requests x 32 heads) read the partials at 35 % of the copy
+    bandwidth (0.014 ms; 0.013 ms with a third of the bytes)."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, row < num_rows, num_parts, heads, HEAD_DIM, BLOCK_P,
                SINKS, "")
