@@ -221,15 +221,18 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
          f"device time {shared_device} ms against {per_request_device} ms, {device_speedup}x")
     sweep = []
     # launch options x split length x KV blocks a loop iteration reads (``pages``) x where the
-    # merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first).
-    # 2026-12-04's H200 sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4 pages: best 4 warps,
-    # 2 stages, split 16, 2 pages; all 18 with 8 warps behind all with 4, 1 page behind 2 and 4
-    # (13th at best), split 8 9th at best; 2 warps untried (the distinct part's best in the parts)
+    # merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first) x
+    # members a prefix program stacks (None: a whole group; fewer: fewer registers, more programs
+    # a multiprocessor). 2026-12-04's H200 sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4
+    # pages: best 4 warps, 2 stages, split 16, 2 pages; all 18 with 8 warps behind all with 4, 1
+    # page behind 2 and 4 (13th at best), split 8 9th at best, 3 stages within 1 % of 2 at the top;
+    # 2 warps untried (the distinct part's best in the parts)
     merges = ((False, True), (True, True), (True, False))
-    shared_options = ((4,), (3,), (1, 2), (1, 2), merges) if dry else ((2, 4), (2, 3), (16, 32), (2, 4), merges)
-    for warps, stages, split, pages, (fused_merge, prefix_first) in product(*shared_options):
+    shared_options = (((4,), (3,), (1, 2), (1, 2), merges, (None, 1)) if dry else
+                      ((2, 4), (2,), (16, 32), (2, 4), merges, (None, 8, 4)))
+    for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*shared_options):
         options = dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
-                       fused_merge=fused_merge, prefix_first=prefix_first)
+                       fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
         ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
                                                           head_dim ** -0.5, layout=layout, **options))
         graph_ms = device_ms(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,

@@ -17,6 +17,12 @@
 #   bash benchmarks/gpu_session.sh all               # tests, bench, parts, profile, validate in one call, each time-limited,
 #                                                    # results in $OUT/gpu_results.tar.gz (preferred:
 #                                                    # a task's device time is 15 minutes in all)
+#   bash benchmarks/gpu_session.sh sweep             # tests, bench, parts (wider time limits); then, with
+#   bash benchmarks/gpu_session.sh measure           # the defaults the sweep picks set: profile, validate
+# The next GPU session (issue 6): `sweep` (about 7 minutes: the shared-prefix sweep is 72 settings,
+# 36 of them compiled anew), set the shared-prefix defaults it finds best (fused_merge,
+# prefix_first, members_per_program, pages, prefix_blocks_per_split, launch options), commit, then
+# `measure` (about 5 minutes) so that the committed profile and validation run those defaults.
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command.
 # With device time left after `all`, the mixture-of-experts path (the fused MoE kernel in the
@@ -138,14 +144,22 @@ case "$stage" in
     done
     cp "$run_dir"/validation_scatter.png "$OUT/validate/" 2>/dev/null || true  # offline only
     ;;
-  all)
+  all|sweep|measure)
     # Everything owed in ONE call (a task's device time is 15 minutes, the machine's start
     # included): each stage under its own time limit, in order of what is owed most, each
     # stage's files gathered into one archive ($OUT returns at most 8 files). Run as
     #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=595)
+    # `sweep` (tests, then the kernel benchmarks with their wider sweeps) and `measure` (profile,
+    # then validate) split it in two calls: sweep, set the kernel defaults its figures pick,
+    # then measure, so that the profile and the validation describe the engine as it will run
+    case "$stage" in
+      all) stages="tests:50 bench:140 parts:80 profile:150 validate:140" ;;
+      sweep) stages="tests:70 bench:300 parts:150" ;;
+      measure) stages="tests:70 profile:200 validate:200" ;;
+    esac
     work="$OUT/work"
     mkdir -p "$work"
-    for stage_limit in tests:50 bench:140 parts:80 profile:150 validate:140; do
+    for stage_limit in $stages; do
       name="${stage_limit%%:*}" limit="${stage_limit##*:}"
       echo "== $name (at most ${limit} s) $(date +%T)"
       OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
@@ -162,7 +176,7 @@ case "$stage" in
     tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|all [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|all|sweep|measure [hydra overrides]" >&2
     exit 2
     ;;
 esac

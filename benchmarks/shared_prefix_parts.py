@@ -66,15 +66,19 @@ def main(argv: list[str]) -> int:
             "parts": []}
     reference = paged_decode_attention(query, key, value, tables, contexts, scale)
 
-    def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages):
+    def tiles(members: int) -> int:  # a group's prefix programs a split (members_per_program)
+        return triton.cdiv(layout.max_members, members)
+
+    def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages, members):
+        members = min(members, triton.next_power_of_2(layout.max_members))
         _shared_prefix_kernel[grid](
             query, key, value, tables, contexts, layout.skip, layout.rows, layout.sizes, layout.prefixes,
             layout.first_seq, parts, lse, parts, lse, lse, seqs, num_groups, splits, split_blocks, kv_heads, heads,
             query.stride(0),
             key.stride(0), key.stride(1), key.stride(2), tables.stride(0), layout.rows.stride(0), scale,
-            GROUP=group, BLOCK_G=block_g, BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)),
+            GROUP=group, BLOCK_G=block_g, BLOCK_M=max(16, triton.next_power_of_2(members * group)),
             HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
-            num_warps=warps, num_stages=stages)
+            MEMBERS=members, MEMBER_TILES=tiles(members), num_warps=warps, num_stages=stages)
 
     def buffers(split_blocks: int):
         """The prefix's splits and the kernel's fp32 partials and their log-sum-exps."""
@@ -88,14 +92,19 @@ def main(argv: list[str]) -> int:
     def error_of(out) -> float:
         return ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
-    # (prefix blocks a split, KV blocks a loop iteration, rows of a distinct tile, warps, stages)
-    options = [(16, 2, 16, 4, 2), (16, 2, 32, 4, 2), (16, 4, 16, 4, 2), (16, 8, 16, 4, 2), (32, 2, 16, 4, 2),
-               (16, 2, 16, 8, 2), (16, 4, 16, 8, 2), (16, 2, 16, 2, 2), (16, 1, 16, 4, 2), (64, 2, 16, 4, 2)]
-    for split_blocks, pages, block_g, warps, stages in options[:2] if dry else options:
+    # (prefix blocks a split, KV blocks a loop iteration, rows of a distinct tile, warps, stages,
+    # members a prefix program stacks). 2026-12-04 (the first six columns' sweep): 8 warps and 8
+    # pages slowest, 1 page behind 2; fewer members a program (new) hold fewer registers: on sm_90
+    # 160 a thread at 16 members (3 programs a multiprocessor), 101 at 8 (4), 96 at 4 (5)
+    options = [(16, 2, 16, 4, 2, 16), (16, 2, 32, 4, 2, 16), (16, 4, 16, 4, 2, 16), (32, 2, 16, 4, 2, 16),
+               (16, 2, 16, 2, 2, 16), (16, 2, 16, 4, 2, 8), (16, 2, 16, 4, 2, 4), (32, 2, 16, 4, 2, 4),
+               (32, 4, 16, 4, 2, 4), (16, 2, 16, 2, 2, 4), (64, 2, 16, 4, 2, 4), (32, 2, 16, 4, 2, 8)]
+    for split_blocks, pages, block_g, warps, stages, members in options[:1] + [(1, 2, 32, 4, 2, 1)] if dry else options:
         splits, parts, lse = buffers(split_blocks)
-        settings = (splits, split_blocks, parts, lse, pages, block_g, warps, stages)
-        both = lambda: launch((groups * splits + seqs, kv_heads), groups, *settings)  # noqa: E731
-        prefix_only = lambda: launch((groups * splits, kv_heads), groups, *settings)  # noqa: E731
+        settings = (splits, split_blocks, parts, lse, pages, block_g, warps, stages, members)
+        prefix_programs = groups * splits * tiles(members)
+        both = lambda: launch((prefix_programs + seqs, kv_heads), groups, *settings)  # noqa: E731
+        prefix_only = lambda: launch((prefix_programs, kv_heads), groups, *settings)  # noqa: E731
         # every program a distinct one: num_groups 0 (the layout's skips still start them past the prefix)
         distinct_only = lambda: launch((seqs, kv_heads), 0, *settings)  # noqa: E731
         out = torch.empty_like(query)
@@ -107,10 +116,10 @@ def main(argv: list[str]) -> int:
             return shared_prefix_decode_attention(
                 query, key, value, tables, contexts, group_list, scale, layout=layout,
                 prefix_blocks_per_split=split_blocks, pages=pages, num_warps=warps, num_stages=stages,
-                fused_merge=fused_merge, prefix_first=prefix_first)
+                fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
         prefix_bytes = groups * prefix * kv_row + seqs * heads * splits * (head_dim + 1) * 4
         distinct_bytes = seqs * suffix * kv_row + seqs * heads * (head_dim + 1) * 4
-        row = {"split_blocks": split_blocks, "pages": pages, "block_g": block_g, "num_warps": warps,
+        row = {"split_blocks": split_blocks, "pages": pages, "block_g": block_g, "members": members, "num_warps": warps,
                "num_stages": stages, "relative_error": error,
                # the library call tiles a distinct program's rows in 16 (4 query heads a kv head here)
                "fused_ms": timed(fused) if block_g == 16 else None, "kernel_ms": timed(both),
@@ -123,20 +132,20 @@ def main(argv: list[str]) -> int:
         for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes(splits))):
             row[f"{part}_of_copy_bandwidth"] = moved / (row[f"{part}_ms"] / 1e3) / copy_bw
         rows["parts"].append(row)
-        print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} warps {warps} stages {stages}: fused "
+        print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} members {members:>2} warps {warps} stages {stages}: fused "
               f"{row['fused_ms'] or float('nan'):.4f} ms = kernel {row['kernel_ms']:.4f} (prefix {row['prefix_ms']:.4f}, "
               f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
               f"{row['distinct_of_copy_bandwidth']:.0%} bw) + merge {row['merge_ms']:.4f} "
               f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
         if "fused_merge_ms" in row:
-            print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} warps {warps} stages {stages}: merge fused "
+            print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} members {members:>2} warps {warps} stages {stages}: merge fused "
                   f"{row['fused_merge_ms']:.4f} ms (error {row['fused_merge_error']:.1e}), the sequences' programs "
                   f"first {row['fused_merge_distinct_first_ms']:.4f} ms (error {row['fused_merge_distinct_first_error']:.1e})",
                   flush=True)
     # the merge over several rows a program and warps (the partials of the first option's kernel)
     split_blocks, pages = options[0][:2]
     splits, parts, lse = buffers(split_blocks)
-    launch((groups * splits + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4, 2)
+    launch((groups * splits * tiles(16) + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4, 2, 16)
     rows["merge_sweep"] = []
     for rows_per_program, warps in ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]:
         out = torch.full_like(query, float("nan"))

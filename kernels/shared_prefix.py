@@ -41,23 +41,27 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                           HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           PAGES: tl.constexpr = 1, FUSED_MERGE: tl.constexpr = False, PREFIX_FIRST: tl.constexpr = True,
                           MEMBERS: tl.constexpr = 1, BLOCK_R: tl.constexpr = 1, BLOCK_P: tl.constexpr = 2,
-                          SINKS: tl.constexpr = False):
+                          SINKS: tl.constexpr = False, MEMBER_TILES: tl.constexpr = 1):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
     num_slots = prefix_splits + 1  # per query row: its own tokens' partial, then one per prefix split
+    prefix_programs = num_groups * prefix_splits * MEMBER_TILES
     if PREFIX_FIRST:  # program ids: the prefixes' splits, then the sequences
-        prefix_program, distinct_program = program, program - num_groups * prefix_splits
+        prefix_program, distinct_program = program, program - prefix_programs
     else:  # the sequences, then the prefixes' splits
         prefix_program, distinct_program = program - num_seqs, program
-    if (prefix_program >= 0) & (prefix_program < num_groups * prefix_splits):
-        # a split of a prefix: every member's query heads of this kv head, stacked (_p: this branch's names)
-        group_p = prefix_program // prefix_splits
-        split_p = prefix_program % prefix_splits
+    if (prefix_program >= 0) & (prefix_program < prefix_programs):
+        # a split of a prefix: ``MEMBERS`` members' query heads of this kv head, stacked (_p: this
+        # branch's names); a group's member tiles of one split have neighbouring ids (their KV
+        # blocks read together: once from memory, the rest from L2)
+        group_p = prefix_program // (prefix_splits * MEMBER_TILES)
+        split_p = prefix_program // MEMBER_TILES % prefix_splits
+        tile_p = prefix_program % MEMBER_TILES  # (a constant: 26 registers fewer on sm_90 than an argument)
         size_p = tl.load(group_size_ptr + group_p)
         rows_p = tl.arange(0, BLOCK_M)
-        member_p = rows_p // GROUP
-        live_p = member_p < size_p
+        member_p = tile_p * MEMBERS + rows_p // GROUP
+        live_p = (rows_p < MEMBERS * GROUP) & (member_p < size_p)
         seq_p = tl.load(group_rows_ptr + group_p * stride_g + member_p, mask=live_p, other=0).to(tl.int64)
         head_p = kv_head * GROUP + rows_p % GROUP
         q_p = tl.load(q_ptr + seq_p[:, None] * stride_qs + head_p[:, None] * HEAD_DIM + dims[None, :],
@@ -80,13 +84,14 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                        lse_ptr, HEAD_DIM)
         if FUSED_MERGE:  # one arrival a member; a member's last arrival merges its rows
             tl.debug_barrier()  # every thread's partials stored before the arrivals count them
-            members = tl.arange(0, MEMBERS)
+            members = tile_p * MEMBERS + tl.arange(0, MEMBERS)
             joined = members < size_p
             seqs = tl.load(group_rows_ptr + group_p * stride_g + members, mask=joined, other=0).to(tl.int64)
             arrived = tl.atomic_add(arrivals_ptr + seqs * kv_heads + kv_head, 1, mask=joined, sem="acq_rel",
                                     scope="gpu")
+            arrived = tl.where(joined, arrived, -1)  # (what a masked atomic returns is not defined)
             tl.debug_barrier()
-            for member in range(size_p):
+            for member in range(tile_p * MEMBERS, tile_p * MEMBERS + MEMBERS):
                 if tl.sum(tl.where(members == member, arrived, 0), 0) == prefix_splits:
                     _merge_sequence(tl.sum(tl.where(members == member, seqs, 0), 0), kv_head, parts_ptr, lse_ptr,
                                     out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads, GROUP, BLOCK_R,
@@ -213,7 +218,7 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
                                    num_warps: int | None = None, num_stages: int | None = None,
                                    sinks: torch.Tensor | None = None, pages: int = 1, fused_merge: bool = False,
-                                   prefix_first: bool = True) -> torch.Tensor:
+                                   prefix_first: bool = True, members_per_program: int | None = None) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
@@ -226,7 +231,11 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     ``fused_merge``: the merge in the same launch, by whichever program brings a sequence's
     last partial (counted by atomics; a sequence in no group writes its output directly)
     instead of a second launch. ``prefix_first``: program ids give the prefixes' splits first
-    (they are the long programs), else the sequences' own parts first."""
+    (they are the long programs), else the sequences' own parts first. ``members_per_program``
+    (a power of two; None: a whole group): members whose queries one prefix program stacks; a
+    group's prefix split is then read by several programs side by side (the rest from L2), and
+    each holds fewer rows: on sm_90 the kernel takes 160 registers a thread at 64 rows (3
+    programs a multiprocessor), 96 at 16 (5), which its sequences' programs share."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -239,6 +248,10 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         raise ValueError(f"prefix_blocks_per_split is {prefix_blocks_per_split}; expected >= 1")
     if pages < 1 or pages & (pages - 1):
         raise ValueError(f"pages is {pages}; expected a power of two")
+    members = triton.next_power_of_2(layout.max_members) if members_per_program is None else members_per_program
+    if members < 1 or members & (members - 1):
+        raise ValueError(f"members_per_program is {members_per_program}; expected a power of two or None")
+    members = min(members, triton.next_power_of_2(layout.max_members))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
@@ -252,18 +265,19 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     # slots x 128 dims)
     parts = scratch((seqs * heads, 1 + splits, head_dim), query.device)
     lse = scratch((seqs * heads, 1 + splits), query.device)
-    _shared_prefix_kernel[(layout.num_groups * splits + seqs, kv_heads)](
+    tiles = triton.cdiv(layout.max_members, members)
+    _shared_prefix_kernel[(layout.num_groups * splits * tiles + seqs, kv_heads)](
         query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
         layout.prefixes, layout.first_seq, parts, lse, out, lse if sinks is None else sinks,
         layout.arrivals(kv_heads) if fused_merge else lse, seqs, layout.num_groups, splits, prefix_blocks_per_split,
         kv_heads, heads, query.stride(0),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
         scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_M=max(16, triton.next_power_of_2(layout.max_members * group)), HEAD_DIM=head_dim,
+        BLOCK_M=max(16, triton.next_power_of_2(members * group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages, FUSED_MERGE=fused_merge,
-        PREFIX_FIRST=prefix_first, MEMBERS=triton.next_power_of_2(layout.max_members),
+        PREFIX_FIRST=prefix_first, MEMBERS=members,
         BLOCK_R=triton.next_power_of_2(group), BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
-        SINKS=sinks is not None, **launch_options(num_warps, num_stages))
+        SINKS=sinks is not None, MEMBER_TILES=tiles, **launch_options(num_warps, num_stages))
     if not fused_merge:
         merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
     return out

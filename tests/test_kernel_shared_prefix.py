@@ -35,29 +35,39 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(module, "scratch", lambda shape, device: torch.full(shape, float("nan"), device=device))
 
 
-@pytest.mark.parametrize("dtype, blocks_per_split, sinks, pages, fused_merge, prefix_first", [
+CASES = [  # dtype, prefix blocks a split, sinks, pages, fused merge, prefixes' programs first
     (torch.float32, 32, False, 1, False, True), (torch.bfloat16, 32, False, 1, False, True),
     (torch.float32, 2, False, 1, False, True), (torch.float32, 1, False, 1, False, False),
     (torch.bfloat16, 2, True, 1, False, True), (torch.float32, 32, False, 2, False, True),
     (torch.bfloat16, 3, False, 4, False, True), (torch.float32, 1, True, 2, False, True),
     (torch.float32, 32, False, 1, True, True), (torch.float32, 1, False, 2, True, False),
     (torch.float32, 2, True, 1, True, True), (torch.float32, 1, True, 1, True, False),
-    (torch.bfloat16, 3, True, 2, True, False), (torch.bfloat16, 2, False, 1, True, True)])
+    (torch.bfloat16, 3, True, 2, True, False), (torch.bfloat16, 2, False, 1, True, True)]
+# members a prefix program stacks (None: a whole group, 3 here): 1 and 2 give a group several
+# member tiles, the last of the 2-member group's empty at 2
+MEMBERS = [None] * len(CASES)
+CASES += [(torch.float32, 1, False, 1, False, True), (torch.bfloat16, 2, True, 2, True, False),
+          (torch.float32, 2, False, 1, True, True), (torch.float32, 1, True, 2, True, False)]
+MEMBERS += [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("dtype, blocks_per_split, sinks, pages, fused_merge, prefix_first, members",
+                         [case + (members,) for case, members in zip(CASES, MEMBERS)])
 def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, sinks, pages, fused_merge, prefix_first,
-                                                     poisoned):
+                                                     members, poisoned):
     # blocks_per_split 2 and 1 split the prefixes over programs (some splits of the shorter
     # prefix are then empty and must weigh nothing in the merge)
     query, key, value, tables, contexts, sink = inputs(dtype, sinks)
     out = torch.full_like(query, float("nan"))
     shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, out=out,
                                    prefix_blocks_per_split=blocks_per_split, sinks=sink, pages=pages,
-                                   fused_merge=fused_merge, prefix_first=prefix_first)
+                                   fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
     ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
     assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
 
 
-@pytest.mark.parametrize("prefix_first", [True, False])
-def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, poisoned):
+@pytest.mark.parametrize("prefix_first, members", [(True, None), (False, None), (False, 1)])
+def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, members, poisoned):
     """One layout serves every layer of a step: each call's arrival counts go back to zero, so a
     second call (another layer's inputs) merges as the first did."""
     query, key, value, tables, contexts, _ = inputs(torch.float32, False)
@@ -66,7 +76,8 @@ def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, 
     for layer in range(2):
         out = shared_prefix_decode_attention(query * (1 + layer), key, value, tables, contexts, GROUPS, 0.25,
                                              out=torch.full_like(query, float("nan")), layout=layout,
-                                             prefix_blocks_per_split=1, fused_merge=True, prefix_first=prefix_first)
+                                             prefix_blocks_per_split=1, fused_merge=True, prefix_first=prefix_first,
+                                             members_per_program=members)
         expected = ref if layer == 0 else paged_decode_reference(query * 2, key, value, tables, contexts, 0.25)
         assert relative_error(out, expected) <= 1e-5
         assert layout.arrivals(KV_HEADS).eq(0).all(), layout.arrivals(KV_HEADS)
@@ -80,6 +91,8 @@ def test_shared_prefix_refuses_bad_inputs():
         shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1])], 0.25, pages=3)
     with pytest.raises(ValueError, match="out must be"):
         shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, out=query[:, :2])
+    with pytest.raises(ValueError, match="members_per_program is 3; expected a power of two or None"):
+        shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, members_per_program=3)
     with pytest.raises(ValueError, match="sinks must be"):
         shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, fused_merge=True,
                                        sinks=torch.zeros(3, device=DEVICE))
