@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import sys
 import time
 
@@ -28,6 +29,43 @@ BARRIER = re.compile(r"\bbar\.sync\b|\bbarrier\.sync\b")
 def load_mix(ptx: str) -> dict[str, int]:
     """Global loads in ``ptx``: 16 bytes a thread (vector or async copies) and 2 bytes a thread."""
     return {"wide": len(WIDE.findall(ptx)), "narrow": len(NARROW.findall(ptx))}
+
+
+def cubin_registers(cubin: bytes) -> int:
+    """Registers a thread of the cubin's kernel takes, from its ELF's ``.nv.info`` attributes
+    (EIATTR_REGCOUNT), as ``ptxas -v`` prints them; 0 if none is found."""
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def section(index: int) -> tuple[int, int, int]:  # name offset, file offset, size
+        name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", cubin, shoff + index * shentsize)
+        return name, offset, size
+
+    strings = section(shstrndx)[1]
+    for index in range(shnum):
+        name, offset, size = section(index)
+        if not cubin[strings + name:].startswith(b".nv.info"):
+            continue
+        position = offset
+        while position < offset + size:
+            kind, attribute = cubin[position], cubin[position + 1]
+            if kind == 0x04:  # a value of the length its next two bytes give
+                length, = struct.unpack_from("<H", cubin, position + 2)
+                if attribute == 0x2F:  # EIATTR_REGCOUNT: (symbol, registers)
+                    return struct.unpack_from("<II", cubin, position + 4)[1]
+                position += 4 + length
+            elif kind in (0x01, 0x02, 0x03):  # no value, one byte, two bytes
+                position += (2, 4, 4)[kind - 1]
+            else:
+                break
+    return 0
+
+
+def programs_per_multiprocessor(registers: int, warps: int, shared: int) -> int:
+    """Programs of a kernel resident on one Hopper multiprocessor at once: 65,536 registers
+    (given out 256 a warp), 64 warps, 32 blocks, 228 KB of shared memory (1 KB of it a block)."""
+    by_registers = 65536 // (-(-registers * 32 // 256) * 256) // warps if registers else 32
+    return min(by_registers, 64 // warps, 32, 233472 // (shared + 1024))
 
 
 def aligned_attrs(kernel, signature: dict) -> dict:
@@ -150,12 +188,17 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
 
 
 def shared_prefix_variants(dtype: str) -> list[tuple[object, dict, dict]]:
-    """The shared-prefix kernel reading four KV blocks a loop iteration (its ``pages`` option),
-    and with its merge fused into the launch (arrivals counted by atomics: prefix 2,048 in 16
-    splits, 16 requests a prefix), at Llama's shapes and at gpt-oss's with sinks."""
+    """The shared-prefix kernel reading four and two KV blocks a loop iteration (its ``pages``
+    option); with its merge fused into the launch (arrivals counted by atomics: prefix 2,048 in
+    16 splits, 16 requests a prefix), at Llama's shapes and at gpt-oss's with sinks; and with a
+    group's 16 members stacked 4 a program (``members_per_program``), whose fewer registers let
+    more programs share a multiprocessor."""
     fused = {"PAGES": 2, "FUSED_MERGE": True, "BLOCK_P": 32}
+    members4 = {"PAGES": 2, "MEMBERS": 4, "MEMBER_TILES": 4, "BLOCK_M": 16}  # 16 members in 4 programs
     return [variant for kernel, signature, constants in signatures(dtype) if kernel.__name__ == "_shared_prefix_kernel"
             for variant in ((kernel, signature, {**constants, "PAGES": 4}), (kernel, signature, {**constants, **fused}),
+                            (kernel, signature, {**constants, "PAGES": 2}),
+                            (kernel, signature, {**constants, **members4}),
                             (kernel, signature, {**constants, **fused, "GROUP": 8, "HEAD_DIM": 64, "BLOCK_M": 128,
                                                  "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False}))]
 
@@ -195,13 +238,17 @@ def main(arch: int = 90) -> int:
             mix = load_mix(compiled.asm["ptx"])
             label = kernel.__name__ + ("+fused-merge" + ("+gpt-oss" if constants["SINKS"] else "")
                                        if constants.get("FUSED_MERGE") else
-                                       "+pages4" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
+                                       "+members4" if constants.get("MEMBERS") == 4 else
+                                       f"+pages{constants['PAGES']}" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
                                        or constants.get("GELU")
                                        else "+gemma" if constants.get("GEMMA") else "")
+            registers, warps, shared = cubin_registers(compiled.asm["cubin"]), compiled.metadata.num_warps, \
+                compiled.metadata.shared
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
-                  f"{compiled.metadata.shared:,} B, {compiled.metadata.num_warps} warps, {compiled.metadata.num_stages} stages"
+                  f"{shared:,} B, {warps} warps, {compiled.metadata.num_stages} stages, {registers} registers, "
+                  f"{programs_per_multiprocessor(registers, warps, shared)} programs a multiprocessor"
                   + (f", acq_rel atomics {len(ACQ_REL.findall(compiled.asm['ptx']))}, barriers "
                      f"{len(BARRIER.findall(compiled.asm['ptx']))}" if constants.get("FUSED_MERGE") else ""))
     return 0

@@ -20,11 +20,12 @@ def reference(parts, lse, sinks, heads):
     return (torch.where(weight[:, :, None] > 0, parts.double(), 0.0) * weight[:, :, None]).sum(1)
 
 
-@pytest.mark.parametrize("rows_per_program", [1, 4, 8])
+@pytest.mark.parametrize("rows_per_program, num_parts, head_dim", [(1, 5, 16), (4, 5, 16), (8, 5, 16), (8, 9, 128)])
 @pytest.mark.parametrize("dtype, sinks", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
-def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_program, dtype, sinks):
+def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_program, num_parts, head_dim, dtype, sinks):
+    # 8 rows of 128 load 2 slots at a time: 9 slots in five loads, the last half empty
     generator = torch.Generator().manual_seed(rows_per_program)
-    rows, num_parts, head_dim, heads = 12, 5, 16, 4  # 12 rows: 8 a program leaves a last one half empty
+    rows, heads = 12, 4  # 12 rows: 8 a program leaves a last one half empty
     parts = torch.randn((rows, num_parts, head_dim), generator=generator)
     lse = 3 * torch.randn((rows, num_parts), generator=generator)
     empty = torch.rand((rows, num_parts), generator=generator) < 0.3  # slots no program wrote

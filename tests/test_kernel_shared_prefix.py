@@ -20,8 +20,8 @@ def inputs(dtype, sinks):
     key, value, generator = caches(30, BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype, seed=11)
     prefix = [7, 3]  # two shared blocks, 32 tokens
     tables = torch.tensor([prefix + [1, 0, 0], prefix + [2, 0, 0], prefix + [4, 5, 6], [9, 8, 0, 0, 0],
-                           [12, 13, 14, 16, 0], [12, 13, 14, 15, 0]], dtype=torch.int32, device=DEVICE)
-    contexts = torch.tensor([40, 33, 77, 21, 55, 63], dtype=torch.int32, device=DEVICE)
+                           [12, 13, 14, 16, 17], [12, 13, 14, 16, 15]], dtype=torch.int32, device=DEVICE)
+    contexts = torch.tensor([40, 33, 77, 21, 70, 75], dtype=torch.int32, device=DEVICE)
     query = torch.randn((6, HEADS, HEAD_DIM), generator=generator).to(DEVICE, dtype)
     sink = (4.0 + torch.randn(HEADS, generator=generator)).to(DEVICE, dtype) if sinks else None
     return query, key, value, tables, contexts, sink
@@ -81,6 +81,18 @@ def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, 
         expected = ref if layer == 0 else paged_decode_reference(query * 2, key, value, tables, contexts, 0.25)
         assert relative_error(out, expected) <= 1e-5
         assert layout.arrivals(KV_HEADS).eq(0).all(), layout.arrivals(KV_HEADS)
+
+
+@pytest.mark.parametrize("prefix_first", [True, False])
+def test_fused_merge_over_more_slots_than_it_loads_at_once(prefix_first, poisoned):
+    """The fused merge loads 4 slots at a time: a 64-token prefix in splits of one block makes
+    5 slots a row (its own part and 4 splits), so the merge takes two loads."""
+    query, key, value, tables, contexts, sink = inputs(torch.float32, True)
+    out = shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (64, [4, 5])], 0.25,
+                                         out=torch.full_like(query, float("nan")), prefix_blocks_per_split=1,
+                                         sinks=sink, fused_merge=True, prefix_first=prefix_first)
+    ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
+    assert relative_error(out, ref) <= 1e-5
 
 
 def test_shared_prefix_refuses_bad_inputs():

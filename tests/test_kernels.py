@@ -183,13 +183,20 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    # (10 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four blocks a step, and its
-    # merge fused at Llama's and gpt-oss's shapes) x (bf16, fp32), the fp32 DeltaNet step, and Gemma
-    # 4's 8 in bf16 (the attention kernels and merges at its full layers' head size of 512, its
-    # norm, its GeGLU experts)
+    # (10 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four and two blocks a step,
+    # 4 members a program, and its merge fused at Llama's and gpt-oss's shapes) x (bf16, fp32), the
+    # fp32 DeltaNet step, and Gemma 4's 8 in bf16 (the attention kernels and merges at its full
+    # layers' head size of 512, its norm, its GeGLU experts)
     import re
 
-    assert result.stdout.count("ok ") == 47
+    assert result.stdout.count("ok ") == 51
+    # programs a multiprocessor (registers and shared memory, read from the cubins): 4 members a
+    # prefix program hold fewer registers than 16 at two blocks a step, and merging in the
+    # launch (4 slots a load) costs the kernel no program a multiprocessor
+    resident = {name: (int(registers), int(programs)) for name, registers, programs in re.findall(
+        r"ok _shared_prefix_kernel(\S*) +bf16 .* (\d+) registers, (\d+) programs a multiprocessor", result.stdout)}
+    assert resident["+members4"][1] > resident["+pages2"][1], resident
+    assert resident["+fused-merge"][1] >= resident["+pages2"][1], resident
     # the fused merge: each side's arrival an acquire-release atomic at GPU scope, after a barrier
     fused = re.findall(r"ok _shared_prefix_kernel\+fused-merge\S* +(\w+) .*acq_rel atomics (\d+), barriers (\d+)",
                        result.stdout)
