@@ -101,3 +101,21 @@ def _engine_can_run(spec, costs_only: bool):
     if not costs_only:
         spec.check_engine_runs()
     return spec
+
+
+def kernel_options_of(cfg) -> dict:
+    """The Triton kernels' options the config sets (conf/kernels/default.yaml), by kernel, the
+    unset (null) ones left out: {} when none is set."""
+    from omegaconf import OmegaConf
+
+    from scheduler.errors import ConfigError
+
+    given = OmegaConf.to_container(cfg.kernels, resolve=True) if "kernels" in cfg else {}
+    options = {}
+    for kernel, values in (given or {}).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"kernels.{kernel} is {values!r}; expected its options (e.g. kernels.{kernel}.pages=2)")
+        chosen = {name: value for name, value in values.items() if value is not None}
+        if chosen:
+            options[kernel] = chosen
+    return options

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 
-from .command import CONF_DIR, guarded, model_of, say, workload_of
+from .command import CONF_DIR, guarded, kernel_options_of, model_of, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
@@ -71,12 +71,15 @@ def load_weights(cfg: DictConfig, model, base_dir: str):
 def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import torch
 
+    from engine.attention import make_backend
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from engine.runner import ModelRunner
 
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}")
+    kernel_options = kernel_options_of(cfg)
+    options_in_force = make_backend(cfg.backend, kernel_options).options  # a bad one refused here, before the weights
     model = model_of(cfg, base_dir)
     device_name, free = device_memory(cfg.device)
     weight_bytes = model.num_params * DTYPES[cfg.dtype]
@@ -97,6 +100,7 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     weights = load_weights(cfg, model, base_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     provenance = {"device": device_name, "backend": cfg.backend, "dtype": cfg.dtype, "torch": torch.__version__,
+                  "kernel_options": options_in_force,
                   "weights": cfg.weights or f"random(seed={cfg.seed})",
                   "host_memory": host_memory_for(cfg.device)}
     writer = RunWriter(run_dir, run_meta(
@@ -107,7 +111,8 @@ def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     say(f"model {model.name} ({model.num_params / 1e6:.1f}M parameters, {cfg.dtype}) on {device_name}, "
          f"{cfg.backend} attention, {cfg.kv_blocks} KV blocks")
     for config in configs:
-        runner = ModelRunner(model, int(cfg.kv_blocks), block_size, cfg.device, dtype, cfg.backend, weights)
+        runner = ModelRunner(model, int(cfg.kv_blocks), block_size, cfg.device, dtype, cfg.backend, weights,
+                             kernel_options=kernel_options)
         started = time.perf_counter()
         outcome = run_engine(workload, config, runner, int(cfg.kv_blocks), block_size, cfg.online,
                              writer.step_dir(config.name), say if cfg.progress else None)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 
-from .command import CONF_DIR, guarded, model_of, say, workload_of
+from .command import CONF_DIR, guarded, kernel_options_of, model_of, say, workload_of
 from .records import RunWriter, finite_json, requests_frame, run_meta
 from .run import device_memory, load_weights
 
@@ -23,7 +23,15 @@ def _runner(cfg: DictConfig, model, kv_blocks: int, weights):
     from engine.runner import ModelRunner
 
     block_size = cfg.schedule.block_size if "schedule" in cfg else cfg.block_size
-    return ModelRunner(model, kv_blocks, model.vllm_block_size(int(block_size)), cfg.device, getattr(torch, cfg.dtype), cfg.backend, weights)
+    return ModelRunner(model, kv_blocks, model.vllm_block_size(int(block_size)), cfg.device, getattr(torch, cfg.dtype),
+                       cfg.backend, weights, kernel_options=kernel_options_of(cfg))
+
+
+def run_kernel_options(cfg: DictConfig) -> dict:
+    """Every option of the kernels the run's backend will run with (refused if one is bad)."""
+    from engine.attention import make_backend
+
+    return make_backend(cfg.backend, kernel_options_of(cfg)).options
 
 
 def measure_profile(cfg: DictConfig, out: Path, weights=None) -> Path:
@@ -31,6 +39,7 @@ def measure_profile(cfg: DictConfig, out: Path, weights=None) -> Path:
     from engine.profiler import profile_engine
 
     device_memory(cfg.device)
+    run_kernel_options(cfg)  # a bad kernel option refused before the weights load
     model = model_of(cfg, get_original_cwd())
     # the shapes are measured in a KV cache of the run's size (validate) or profile.yaml's
     weights = weights if weights is not None else load_weights(cfg, model, get_original_cwd())
@@ -67,7 +76,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile
         profile = Profile.load(profile_dir)
-        check_profile_matches(profile, model, cfg.dtype)
+        check_profile_matches(profile, model, cfg.dtype, run_kernel_options(cfg))
     weights = load_weights(cfg, model, base_dir)
     # the profile first, then every schedule once, then every schedule again: the noise floor
     # then spans the whole validation, so the machine slowing down for a minute shows as noise

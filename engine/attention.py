@@ -43,6 +43,7 @@ class AttentionBackend:
     # does experts() take gpt-oss's biases and clamped SwiGLU, and Gemma 4's GeGLU (the reference here does)?
     gpt_oss_experts = True
     gelu_experts = True
+    options: dict = {}  # its kernels' options as it runs them, every one (a profile records them)
 
     def forward(self, layer: int, query: torch.Tensor, cache, meta: AttentionMetadata, window: int | None = None,
                 sinks: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,7 +146,9 @@ def _kernels_shadowed() -> str:
             f"which transformers >= 5.25 installs, shadows it; run batchlab in an environment without it)")
 
 
-def make_backend(name: str) -> AttentionBackend:
+def make_backend(name: str, options: dict | None = None) -> AttentionBackend:
+    """The backend ``name``; ``options``: its kernels' options by kernel (the Triton backend's:
+    ``{"shared_prefix": {"pages": 2, ...}}``), refused by a backend that has none."""
     if name == "triton" and "triton" not in BACKENDS:
         try:
             import kernels.backend  # noqa: F401  (registers "triton")
@@ -153,4 +156,6 @@ def make_backend(name: str) -> AttentionBackend:
             raise ConfigError(f"attention backend 'triton' is not available: {error}{_kernels_shadowed()}") from None
     if name not in BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; expected one of {sorted(BACKENDS)}")
-    return BACKENDS[name]()
+    if options and name == "torch":
+        raise ConfigError(f"kernel options {options} are the Triton kernels'; backend=torch has none (backend=triton)")
+    return BACKENDS[name](options) if options else BACKENDS[name]()

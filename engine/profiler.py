@@ -394,7 +394,7 @@ def profile_engine(runner: ModelRunner, directory: str | Path, dtype: str, backe
                   "repeats": repeats, "statistic": "median over passes",
                   "spread_p90_over_median_max": max(profiler.spread), "spread_p90_over_median_median":
                   statistics.median(profiler.spread), "prefix_aware_attention": profiler.prefix_aware,
-                  "warm_chunks": profiler.warm_chunks,
+                  "warm_chunks": profiler.warm_chunks, "kernel_options": runner.model.backend.options,
                   "threads": torch.get_num_threads(), "host_memory": runner.host_memory,
                   "kv_blocks": runner.cache.num_blocks, "block_layout": "scattered", "seconds": round(time.perf_counter() - started, 1)}
     return write_profile(directory, tables, runner.spec.name, dtype, provenance)

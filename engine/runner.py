@@ -27,7 +27,8 @@ from .weights import Weights, random_weights
 class ModelRunner:
     def __init__(self, spec: ModelSpec, num_kv_blocks: int, block_size: int = 16, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, backend: str = "torch", weights: Weights | None = None,
-                 seed: int = 0, keep_logits: bool = False, time_kernels: bool = True) -> None:
+                 seed: int = 0, keep_logits: bool = False, time_kernels: bool = True,
+                 kernel_options: dict | None = None) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda requested but no CUDA device is available")
@@ -36,7 +37,8 @@ class ModelRunner:
         self.host_memory = host_memory_for(self.device.type)
         self.spec = spec
         self.block_size = block_size
-        self.model = LlamaModel(spec, weights or random_weights(spec, seed, dtype, self.device), make_backend(backend))
+        self.model = LlamaModel(spec, weights or random_weights(spec, seed, dtype, self.device),
+                                make_backend(backend, kernel_options))
         self.cache = PagedKVCache(spec, num_kv_blocks, block_size, dtype, self.device)
         self.states = LinearStates(spec, block_size, dtype, self.device) if spec.linear_layers else None
         self.requests: dict[int, Request] = {}

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from engine.attention import BACKENDS, AttentionBackend
+from scheduler.errors import ConfigError
 
 from .delta_rule import delta_rule_step
 from .paged_decode import paged_decode_attention
@@ -18,7 +19,7 @@ from .kv_store import store_kv
 from .paged_prefill import paged_prefill_attention
 from .rmsnorm import rms_norm
 from .rope import apply_rope_
-from .shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
+from .shared_prefix import effective_options, shared_prefix_decode_attention, shared_prefix_layout
 
 
 def _table(tables: list, device) -> torch.Tensor:
@@ -35,6 +36,18 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     prefix_aware = True
     windows_and_sinks = True
+
+    def __init__(self, options: dict | None = None) -> None:
+        """``options``: by kernel, the options its call takes; only ``shared_prefix`` has any
+        (``shared_prefix_decode_attention``'s launch and tiling options)."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"shared_prefix"})
+        if unknown:
+            raise ConfigError(f"kernel options for {unknown}: only the shared_prefix kernel takes options")
+        try:
+            self.options = {"shared_prefix": effective_options(dict(options.get("shared_prefix") or {}))}
+        except ValueError as error:
+            raise ConfigError(f"kernels.shared_prefix: {error}") from None
 
     def rms_norm(self, x, weight, eps, gemma=False, offset=1.0):
         return rms_norm(x.contiguous(), weight, eps, gemma=gemma, offset=offset)
@@ -65,7 +78,7 @@ class TritonAttentionBackend(AttentionBackend):
             queries = query[rows].contiguous()
             if groups and not window:
                 result = shared_prefix_decode_attention(queries, key, value, tables, contexts, groups, meta.scale,
-                                                        layout=layout, sinks=sinks)
+                                                        layout=layout, sinks=sinks, **self.options["shared_prefix"])
             else:
                 result = paged_decode_attention(queries, key, value, tables, contexts, meta.scale,
                                                 max_context=max_context, window=window, sinks=sinks)

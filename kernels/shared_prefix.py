@@ -244,14 +244,11 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         raise ValueError("block_tables and context_lens must be contiguous int32")
     if layout is None:
         layout = shared_prefix_layout(block_tables.tolist(), context_lens.tolist(), groups, block_size, query.device)
-    if prefix_blocks_per_split < 1:
-        raise ValueError(f"prefix_blocks_per_split is {prefix_blocks_per_split}; expected >= 1")
-    if pages < 1 or pages & (pages - 1):
-        raise ValueError(f"pages is {pages}; expected a power of two")
-    members = triton.next_power_of_2(layout.max_members) if members_per_program is None else members_per_program
-    if members < 1 or members & (members - 1):
-        raise ValueError(f"members_per_program is {members_per_program}; expected a power of two or None")
-    members = min(members, triton.next_power_of_2(layout.max_members))
+    check_options(dict(prefix_blocks_per_split=prefix_blocks_per_split, pages=pages, fused_merge=fused_merge,
+                       prefix_first=prefix_first, members_per_program=members_per_program, num_warps=num_warps,
+                       num_stages=num_stages))
+    members = min(members_per_program or layout.max_members, triton.next_power_of_2(layout.max_members))
+    members = triton.next_power_of_2(members)
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
@@ -281,3 +278,38 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     if not fused_merge:
         merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
     return out
+
+
+def _power_of_two(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and not value & (value - 1)
+
+
+# the launch and tiling options of shared_prefix_decode_attention: what each must be
+OPTIONS = {
+    "prefix_blocks_per_split": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "pages": ("a power of two", _power_of_two),
+    "members_per_program": ("a power of two or None", lambda v: v is None or _power_of_two(v)),
+    "fused_merge": ("true or false", lambda v: isinstance(v, bool)),
+    "prefix_first": ("true or false", lambda v: isinstance(v, bool)),
+    "num_warps": ("a power of two up to 32, or None", lambda v: v is None or (_power_of_two(v) and v <= 32)),
+    "num_stages": ("an integer >= 1, or None", lambda v: v is None or (isinstance(v, int) and v >= 1)),
+}
+
+
+def check_options(options: dict) -> None:
+    """A ValueError naming the option for an unknown option or a value it cannot take."""
+    for name, value in options.items():
+        if name not in OPTIONS:
+            raise ValueError(f"unknown shared-prefix kernel option {name!r}; expected one of {', '.join(OPTIONS)}")
+        expected, valid = OPTIONS[name]
+        if not valid(value):
+            raise ValueError(f"{name} is {value!r}; expected {expected}")
+
+
+def effective_options(options: dict) -> dict:
+    """Every option's value for a call given ``options`` (checked): theirs, else the defaults."""
+    import inspect
+
+    check_options(options)
+    defaults = inspect.signature(shared_prefix_decode_attention).parameters
+    return {name: options.get(name, defaults[name].default) for name in OPTIONS}

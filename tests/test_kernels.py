@@ -133,9 +133,15 @@ def test_host_wrappers_check_their_inputs():
 # tiny-gemma4: a full layer of its own head size and kv heads (keys as values, values normalised)
 # beside a sliding one, Gemma 4's norms (times w) through the RMSNorm kernel; tiny-gemma4-moe: its
 # GeGLU experts through the fused MoE kernel
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "tiny-gemma4",
-                                    "tiny-gemma4-moe"])
-def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
+PRESETS = ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "tiny-gemma4", "tiny-gemma4-moe"]
+# the shared-prefix kernel's options as a run's config sets them (kernels.shared_prefix.*)
+FUSED = {"shared_prefix": {"fused_merge": True, "members_per_program": 1, "pages": 2, "prefix_blocks_per_split": 1}}
+
+
+@pytest.mark.parametrize("preset, options", [(preset, None) for preset in PRESETS] +
+                         [("tiny", FUSED), ("tiny-gpt-oss", {"shared_prefix": {**FUSED["shared_prefix"],
+                                                                               "prefix_first": False}})])
+def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset, options):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
     from engine.weights import random_weights
@@ -168,7 +174,8 @@ def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset):
 
     tokens = {}
     for backend in ("torch", "triton"):  # on CPU, Triton's interpreter; on a GPU, the kernels
-        runner = ModelRunner(spec, 64, 16, device=DEVICE, weights=weights, backend=backend)
+        runner = ModelRunner(spec, 64, 16, device=DEVICE, weights=weights, backend=backend,
+                             kernel_options=options if backend == "triton" else None)
         if backend == "triton":
             runner.model.backend._prepare = recording
         run_engine(workload, schedule_config("batchllm", max_num_batched_tokens=24), runner, 64, 16)

@@ -37,6 +37,7 @@ def test_profile_round_trips_into_the_simulator(profile_dir, tmp_path):
     provenance = profile.provenance
     assert provenance["backend"] == "torch" and provenance["torch"] == torch.__version__
     assert provenance["spread_p90_over_median_max"] >= 1.0 and provenance["prefix_aware_attention"] is False
+    assert provenance["kernel_options"] == {}  # the torch backend runs no Triton kernel
     profile.save(tmp_path / "copy")
     again = Profile.load(tmp_path / "copy")
     for name in profile.tables:
@@ -54,6 +55,10 @@ def test_mismatched_profiles_are_refused(profile_dir):
         check_profile_matches(profile, model_spec("tiny", num_layers=3))
     with pytest.raises(ConfigError, match="profile dtype 'float32' does not match the requested 'bfloat16'"):
         check_profile_matches(profile, model_spec("tiny"), "bfloat16")
+    # measured with the torch backend: no kernel options; a run with the Triton kernels' is refused
+    check_profile_matches(profile, model_spec("tiny"), "float32", {})
+    with pytest.raises(ConfigError, match=r"other kernel options \(shared_prefix.pages: None there, 2 here\)"):
+        check_profile_matches(profile, model_spec("tiny"), "float32", {"shared_prefix": {"pages": 2}})
     meta = json.loads((profile_dir / "profile.json").read_text())
     (profile_dir / "tables.npz").rename(profile_dir / "moved.npz")
     try:

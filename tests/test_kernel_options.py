@@ -1,0 +1,41 @@
+"""The Triton kernels' options as a config sets them (conf/kernels/default.yaml): checked when
+the backend is made, every option in force recorded, refused by the torch backend. (That the
+engine gives the same tokens with them: tests/test_kernels.py.)"""
+import pytest
+from omegaconf import OmegaConf
+
+pytest.importorskip("triton")
+
+from batchlab.command import kernel_options_of  # noqa: E402
+from engine.attention import make_backend  # noqa: E402
+from scheduler.errors import ConfigError  # noqa: E402
+
+
+def test_the_triton_backend_takes_the_shared_prefix_kernels_options_and_records_them_all():
+    defaults = make_backend("triton").options["shared_prefix"]
+    assert defaults["pages"] == 1 and defaults["fused_merge"] is False and defaults["members_per_program"] is None
+    chosen = make_backend("triton", {"shared_prefix": {"pages": 2, "fused_merge": True}}).options["shared_prefix"]
+    assert chosen == {**defaults, "pages": 2, "fused_merge": True}
+    assert make_backend("torch").options == {}
+
+
+@pytest.mark.parametrize("backend, options, message", [
+    ("torch", {"shared_prefix": {"pages": 2}}, "backend=torch has none"),
+    ("triton", {"shared_prefix": {"pages": 3}}, "kernels.shared_prefix: pages is 3; expected a power of two"),
+    ("triton", {"shared_prefix": {"fused_merge": "yes"}}, "fused_merge is 'yes'; expected true or false"),
+    ("triton", {"shared_prefix": {"page": 2}}, "unknown shared-prefix kernel option 'page'; expected one of"),
+    ("triton", {"paged_decode": {"pages": 2}}, r"kernel options for \['paged_decode'\]"),
+    ("triton", {"shared_prefix": {"num_warps": 3}}, "num_warps is 3; expected a power of two up to 32, or None")])
+def test_bad_kernel_options_are_refused(backend, options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_backend(backend, options)
+
+
+def test_a_config_sets_only_the_options_it_names():
+    assert kernel_options_of(OmegaConf.create({})) == {}
+    unset = {"kernels": {"shared_prefix": {"pages": None, "fused_merge": None}}}
+    assert kernel_options_of(OmegaConf.create(unset)) == {}
+    given = {"kernels": {"shared_prefix": {"pages": 2, "fused_merge": None, "members_per_program": 4}}}
+    assert kernel_options_of(OmegaConf.create(given)) == {"shared_prefix": {"pages": 2, "members_per_program": 4}}
+    with pytest.raises(ConfigError, match="kernels.shared_prefix is 3; expected its options"):
+        kernel_options_of(OmegaConf.create({"kernels": {"shared_prefix": 3}}))
