@@ -20,9 +20,12 @@
 #   bash benchmarks/gpu_session.sh sweep             # tests, bench, parts (wider time limits); then, with
 #   bash benchmarks/gpu_session.sh measure           # the defaults the sweep picks set: profile, validate
 # The next GPU session (issue 6): `sweep` (about 7 minutes: the shared-prefix sweep is 72 settings,
-# 36 of them compiled anew), set the shared-prefix defaults it finds best (fused_merge,
-# prefix_first, members_per_program, pages, prefix_blocks_per_split, launch options), commit, then
-# `measure` (about 5 minutes) so that the committed profile and validation run those defaults.
+# 36 of them compiled anew); commit the results; then `measure` with the sweep's best setting as
+# config overrides (the profile records them; validate runs the engine with them):
+#   bash benchmarks/gpu_session.sh measure $(python3 benchmarks/best_shared_prefix.py \
+#     benchmarks/results/kernels-NVIDIA-H200-<date>.json)
+# (about 5 minutes); then make that setting kernels/shared_prefix.py's defaults, so that the
+# committed profile describes the engine as it runs by default.
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command.
 # With device time left after `all`, the mixture-of-experts path (the fused MoE kernel in the

@@ -39,3 +39,29 @@ def test_a_config_sets_only_the_options_it_names():
     assert kernel_options_of(OmegaConf.create(given)) == {"shared_prefix": {"pages": 2, "members_per_program": 4}}
     with pytest.raises(ConfigError, match="kernels.shared_prefix is 3; expected its options"):
         kernel_options_of(OmegaConf.create({"kernels": {"shared_prefix": 3}}))
+
+
+def test_the_sweeps_best_setting_comes_back_as_overrides_the_config_takes():
+    """benchmarks/best_shared_prefix.py on the committed H200 results: its overrides, merged into
+    conf/kernels/default.yaml as Hydra would, make a backend running that setting."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("best_shared_prefix", root / "benchmarks" / "best_shared_prefix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((root / "benchmarks/results/kernels-NVIDIA-H200-2026-12-04.json").read_text())
+    overrides = module.best_overrides(results)
+    # that day's best by device time: 4 warps, 2 stages, 16 blocks a split, 2 blocks a loop iteration
+    assert overrides == ["kernels.shared_prefix.num_warps=4", "kernels.shared_prefix.num_stages=2",
+                         "kernels.shared_prefix.prefix_blocks_per_split=16", "kernels.shared_prefix.pages=2"]
+    config = OmegaConf.create({"kernels": OmegaConf.load(root / "conf/kernels/default.yaml")})
+    OmegaConf.set_struct(config, True)  # as Hydra composes it: an unknown key would be refused
+    config = OmegaConf.merge(config, OmegaConf.from_dotlist(overrides + ["kernels.shared_prefix.fused_merge=true"]))
+    options = make_backend("triton", kernel_options_of(config)).options["shared_prefix"]
+    assert (options["num_warps"], options["num_stages"], options["prefix_blocks_per_split"], options["pages"],
+            options["fused_merge"], options["members_per_program"]) == (4, 2, 16, 2, True, None)
+    with pytest.raises(ValueError, match="no shared_prefix_sweep"):
+        module.best_overrides({})
