@@ -58,8 +58,8 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from engine.host_load import copy_ms, cpu_counters, stolen_share, yardstick_ms
-    from reports.validation import (compare_runs, discordant_pairs, kernel_errors, ranking, run_noise, scatter,
-                                    step_errors)
+    from reports.validation import (compare_runs, discordant_pairs, kernel_errors, own_plan_errors, ranking,
+                                    run_noise, scatter, step_errors)
     from sim.cost_model import CostModel
     from sim.profile import Profile
     from sim.profile_check import check_profile_matches
@@ -144,6 +144,10 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
                 entry["step_error"] = step_errors(sim_steps["duration_s"], meas_steps["duration_s"])
                 entry["kernels"] = kernel_errors(sim_steps, meas_steps)
                 points[config.name] = (sim_steps["duration_s"].to_numpy(), meas_steps["duration_s"].to_numpy())
+        if not entry.get("plans_identical"):  # the cost model on the plans the engine ran instead
+            step_cost = cost.for_schedule(config.name)
+            entry["own_plans"] = own_plan_errors([step_cost.step(plan)[0] for plan in measured[0].batch_plans],
+                                                 meas_steps["duration_s"])
         if len(measured) == 2:
             again = measured[1].steps.all_steps()
             entry["noise_makespan"] = abs(measured[1].makespan_s - measured[0].makespan_s) / measured[0].makespan_s
@@ -212,7 +216,7 @@ def roofline_errors(workload, config, cost, kv_blocks: int, block_size: int, pla
 def validate_main(cfg: DictConfig) -> None:
     import torch
 
-    from reports.validation import kernel_table, latency_table, roofline_table, validation_table
+    from reports.validation import kernel_table, latency_table, own_plans_table, roofline_table, validation_table
 
     torch.set_num_threads(1)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -222,6 +226,8 @@ def validate_main(cfg: DictConfig) -> None:
         table += "\n\n" + roofline_table(result)
     if not result["offline"]:  # arrivals: plans differ, latencies are what is compared
         table += "\n\n" + latency_table(result["schedules"])
+    if any("own_plans" in e for e in result["schedules"].values()):
+        table += "\n\n" + own_plans_table(result["schedules"])
     print(table)
     kernels = "\n\n".join(kernel_table(n, e["kernels"]) for n, e in result["schedules"].items() if "kernels" in e)
     (run_dir / "validation.md").write_text("# batchlab validation\n\n```\n" + table + "\n```\n\n"

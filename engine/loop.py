@@ -30,6 +30,7 @@ class EngineOutcome:
     steps: StepLog
     makespan_s: float
     plans: list = field(default_factory=list)  # (step, ((req_id, start, num_tokens), ...)) per step
+    batch_plans: list = field(default_factory=list)  # the plans themselves, one a logged step (keep_plans)
 
 
 def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, num_kv_blocks: int,
@@ -51,7 +52,7 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
         scheduler.check_fits(request)
         runner.add_request(request)
     log = StepLog(KERNELS, step_dir)
-    plans = []
+    plans, batch_plans = [], []
     index, total = 0, len(workload.requests)
     started = time.perf_counter()
     last_report = started
@@ -97,9 +98,10 @@ def run_engine(workload: Workload, config: ScheduleConfig, runner: ModelRunner, 
                      kernels)
         if keep_plans:
             plans.append(plan.outline())
+            batch_plans.append(plan)  # a frozen value: priced after the run (batchlab validate)
         if progress is not None and time.perf_counter() - last_report > 2.0:
             last_report = time.perf_counter()
             progress(f"{config.name}: step {plan.step:,}, {end - started:,.1f} s, "
                      f"{scheduler.num_finished:,}/{total:,} requests finished")
     makespan = max((s.finish_s for s in scheduler.states.values() if s.request is not None and s.finish_s), default=0.0)
-    return EngineOutcome(config.name, scheduler, log, makespan, plans)
+    return EngineOutcome(config.name, scheduler, log, makespan, plans, batch_plans)

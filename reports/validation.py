@@ -17,6 +17,19 @@ def step_errors(predicted: pd.Series, measured: pd.Series) -> dict:
             "mape": float(np.mean(ape))}
 
 
+def own_plan_errors(predicted: list[float], measured: pd.Series) -> dict:
+    """The cost model's price of each plan the engine ran, against its measured step: the
+    cost model's own error, apart from where the engine's plans left the simulation's (online,
+    where arrivals fall between steps differently). Offline with the same plans it is the
+    step error itself."""
+    out = step_errors(predicted, measured)
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    out.update({"ratio_median": float(np.median(predicted / measured)), "busy_s_predicted": float(predicted.sum()),
+                "busy_s_measured": float(measured.sum()),
+                "busy_error": relative_error(float(predicted.sum()), float(measured.sum()))})
+    return out
+
+
 # the simulator's kernels and the engine's, grouped where they name the same work
 KERNEL_GROUPS = {
     "projections, MLP": (("linear_qkv", "linear_o", "mlp"), ("linear_qkv", "linear_o", "mlp")),
@@ -203,3 +216,19 @@ def scatter(points: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def own_plans_table(schedules: dict) -> str:
+    """Each measured step priced by the cost model for the plan the engine ran: whether a miss
+    online is the cost model's or the plans'."""
+    lines = ["the cost model on the engine's own plans (each measured step priced as the engine ran it):",
+             "schedule        steps  step MAPE  step APE p90  predicted/measured (median)  busy s pred / meas (error)",
+             "--------------  -----  ---------  ------------  ---------------------------  --------------------------"]
+    for name, e in schedules.items():
+        own = e.get("own_plans")
+        if own is None:
+            continue
+        busy = f"{own['busy_s_predicted']:.3f} / {own['busy_s_measured']:.3f} ({_pct(own['busy_error'])})"
+        lines.append(f"{name:<14}  {own['steps']:>5}  {_pct(own['mape']):>9}  {_pct(own['ape_p90']):>12}  "
+                     f"{own['ratio_median']:>27.3f}  {busy:>26}")
+    return "\n".join(lines)

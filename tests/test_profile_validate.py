@@ -97,7 +97,7 @@ def test_validation_numbers_match_the_records(profile_dir, tmp_path):
     predicted = pd.read_parquet(tmp_path / "simulated" / "steps.parquet")
     measured = pd.read_parquet(tmp_path / "measured" / "steps.parquet")
     for name, entry in validation["schedules"].items():
-        assert entry["plans_identical"] is True
+        assert entry["plans_identical"] is True and "own_plans" not in entry  # the step error is that
         p = predicted[predicted["schedule"] == name]["duration_s"].to_numpy()
         m = measured[measured["schedule"] == name]["duration_s"].to_numpy()
         ape = np.abs(p - m) / m
@@ -159,6 +159,13 @@ def test_online_validation_compares_latencies_with_their_noise_floor(profile_dir
     assert all(v >= 0 for v in entry["noise"].values())
     text = (tmp_path / "validation.md").read_text()
     assert "TTFT p50 ms" in text and f"{1e3 * entry['ttft_s_p50_measured']:.1f}" in text
+    # each measured step priced by the cost model for the plan the engine ran: one price a step
+    steps = pd.read_parquet(tmp_path / "measured" / "steps.parquet")
+    durations = steps[steps["schedule"] == "fcfs"]["duration_s"].to_numpy()
+    own = entry["own_plans"]
+    assert own["steps"] == len(durations) and own["busy_s_measured"] == pytest.approx(durations.sum(), rel=1e-9)
+    assert 0 < own["ratio_median"] < 10 and own["busy_s_predicted"] > 0
+    assert "the cost model on the engine's own plans" in text
 
 
 def test_damaged_profile_names_the_directory_and_kernel(profile_dir, tmp_path):
@@ -309,3 +316,28 @@ def test_stolen_cpu_share_is_read_from_proc_stat(tmp_path, monkeypatch):
     assert host_load.stolen_share(before, host_load.cpu_counters()) == pytest.approx(30 / 100)
     stat.write_text("intr 1 2 3\n")
     assert host_load.cpu_counters() is None and host_load.stolen_share(before, None) is None
+
+
+def test_own_plan_prices_are_the_simulators_step_durations():
+    """What `validate` prices the engine's own plans with is what the simulator charges a step:
+    on the simulator's own plans (online, shared-prefix groups, the H200 profile) the two agree
+    to the last bit, so an online miss the table shows is the engine's, not this pricing's."""
+    from pathlib import Path
+
+    from reports.validation import own_plan_errors
+    from scheduler import schedule_config
+    from sim.simulator import simulate
+    from traces.arrivals import with_arrivals
+    from traces.synthetic import batchllm_microbenchmark
+
+    profile = Profile.load(Path(__file__).resolve().parents[1] / "profiles/llama-3.1-8b-cuda-bfloat16-triton")
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(profile, model)
+    workload = with_arrivals(batchllm_microbenchmark(2048, 128, 32, 16, 64, seed=1), "poisson", rate=30.0, seed=1)
+    plans = []
+    outcome = simulate(workload, schedule_config("batchllm"), cost, 1280, 16, fast_forward=False,
+                       on_plan=plans.append)
+    own = own_plan_errors([cost.for_schedule("batchllm").step(plan)[0] for plan in plans],
+                          outcome.steps.all_steps()["duration_s"])
+    assert any(plan.shared_prefix_groups for plan in plans)
+    assert (own["mape"], own["ratio_median"], own["busy_error"]) == (0.0, 1.0, 0.0) and own["steps"] == len(plans)
