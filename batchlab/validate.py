@@ -147,7 +147,7 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
         if not entry.get("plans_identical"):  # the cost model on the plans the engine ran instead
             step_cost = cost.for_schedule(config.name)
             entry["own_plans"] = own_plan_errors([step_cost.step(plan)[0] for plan in measured[0].batch_plans],
-                                                 meas_steps["duration_s"])
+                                                 meas_steps)
         if len(measured) == 2:
             again = measured[1].steps.all_steps()
             entry["noise_makespan"] = abs(measured[1].makespan_s - measured[0].makespan_s) / measured[0].makespan_s

@@ -17,16 +17,26 @@ def step_errors(predicted: pd.Series, measured: pd.Series) -> dict:
             "mape": float(np.mean(ape))}
 
 
-def own_plan_errors(predicted: list[float], measured: pd.Series) -> dict:
-    """The cost model's price of each plan the engine ran, against its measured step: the
-    cost model's own error, apart from where the engine's plans left the simulation's (online,
-    where arrivals fall between steps differently). Offline with the same plans it is the
-    step error itself."""
-    out = step_errors(predicted, measured)
-    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
-    out.update({"ratio_median": float(np.median(predicted / measured)), "busy_s_predicted": float(predicted.sum()),
+IDLE_S = 1e-3  # an idle spell before a step at least this long (a GPU may lower its clocks in one)
+
+
+def own_plan_errors(predicted: list[float], steps: pd.DataFrame) -> dict:
+    """The cost model's price of each plan the engine ran, against its measured step (``steps``:
+    the run's step records, in order): the cost model's own error, apart from where the
+    engine's plans left the simulation's (online, where arrivals fall between steps
+    differently). Offline with the same plans it is the step error itself. The steps right
+    after an idle spell of ``IDLE_S`` or more, and the rest, apart: a device that slows down
+    while it waits for arrivals shows as a lower ratio after idle spells."""
+    out = step_errors(predicted, steps["duration_s"])
+    predicted, measured = np.asarray(predicted, float), steps["duration_s"].to_numpy(float)
+    start = steps["start_s"].to_numpy(float)
+    idle = np.concatenate([[np.inf], start[1:] - (start[:-1] + measured[:-1])]) >= IDLE_S  # the first: after none
+    ratio = predicted / measured
+    out.update({"ratio_median": float(np.median(ratio)), "busy_s_predicted": float(predicted.sum()),
                 "busy_s_measured": float(measured.sum()),
                 "busy_error": relative_error(float(predicted.sum()), float(measured.sum()))})
+    for key, mask in (("after_idle", idle), ("back_to_back", ~idle)):
+        out[key] = {"steps": int(mask.sum()), "ratio_median": float(np.median(ratio[mask])) if mask.any() else None}
     return out
 
 
@@ -222,13 +232,16 @@ def own_plans_table(schedules: dict) -> str:
     """Each measured step priced by the cost model for the plan the engine ran: whether a miss
     online is the cost model's or the plans'."""
     lines = ["the cost model on the engine's own plans (each measured step priced as the engine ran it):",
-             "schedule        steps  step MAPE  step APE p90  predicted/measured (median)  busy s pred / meas (error)",
-             "--------------  -----  ---------  ------------  ---------------------------  --------------------------"]
+             "schedule        steps  step MAPE  step APE p90  predicted/measured (median)  busy s pred / meas (error)"
+             "  after idle (steps, median)  back to back",
+             "--------------  -----  ---------  ------------  ---------------------------  --------------------------"
+             "  --------------------------  ------------"]
     for name, e in schedules.items():
         own = e.get("own_plans")
         if own is None:
             continue
         busy = f"{own['busy_s_predicted']:.3f} / {own['busy_s_measured']:.3f} ({_pct(own['busy_error'])})"
+        idle, packed = (f"{own[k]['steps']}, {_shown(own[k]['ratio_median'], '{:.3f}')}" for k in ("after_idle", "back_to_back"))
         lines.append(f"{name:<14}  {own['steps']:>5}  {_pct(own['mape']):>9}  {_pct(own['ape_p90']):>12}  "
-                     f"{own['ratio_median']:>27.3f}  {busy:>26}")
+                     f"{own['ratio_median']:>27.3f}  {busy:>26}  {idle:>26}  {packed:>12}")
     return "\n".join(lines)
