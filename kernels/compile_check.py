@@ -31,9 +31,10 @@ def load_mix(ptx: str) -> dict[str, int]:
     return {"wide": len(WIDE.findall(ptx)), "narrow": len(NARROW.findall(ptx))}
 
 
-def cubin_registers(cubin: bytes) -> int:
-    """Registers a thread of the cubin's kernel takes, from its ELF's ``.nv.info`` attributes
-    (EIATTR_REGCOUNT), as ``ptxas -v`` prints them; 0 if none is found."""
+def cubin_resources(cubin: bytes) -> dict[str, int]:
+    """Registers a thread of the cubin's kernel takes and its stack frame in bytes (local memory:
+    registers spilled, mostly), from its ELF's ``.nv.info`` attributes (EIATTR_REGCOUNT,
+    EIATTR_FRAME_SIZE), as ``ptxas -v`` prints them; 0 where one is not found."""
     shoff, = struct.unpack_from("<Q", cubin, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
 
@@ -41,6 +42,7 @@ def cubin_registers(cubin: bytes) -> int:
         name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", cubin, shoff + index * shentsize)
         return name, offset, size
 
+    found = {"registers": 0, "stack_frame": 0}
     strings = section(shstrndx)[1]
     for index in range(shnum):
         name, offset, size = section(index)
@@ -51,14 +53,15 @@ def cubin_registers(cubin: bytes) -> int:
             kind, attribute = cubin[position], cubin[position + 1]
             if kind == 0x04:  # a value of the length its next two bytes give
                 length, = struct.unpack_from("<H", cubin, position + 2)
-                if attribute == 0x2F:  # EIATTR_REGCOUNT: (symbol, registers)
-                    return struct.unpack_from("<II", cubin, position + 4)[1]
+                if attribute in (0x2F, 0x11):  # EIATTR_REGCOUNT, EIATTR_FRAME_SIZE: (symbol, value)
+                    found["registers" if attribute == 0x2F else "stack_frame"] = \
+                        struct.unpack_from("<II", cubin, position + 4)[1]
                 position += 4 + length
             elif kind in (0x01, 0x02, 0x03):  # no value, one byte, two bytes
                 position += (2, 4, 4)[kind - 1]
             else:
                 break
-    return 0
+    return found
 
 
 def programs_per_multiprocessor(registers: int, warps: int, shared: int) -> int:
@@ -110,7 +113,7 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
           "stride_kh": i32, "stride_t": i32, "scale": f32, "window": i32, "sinks_ptr": ptr, "GROUP": c,
           "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c, "WINDOW": c, "SINKS": c},
-         {**attention, "BLOCK_M": 64, "WINDOW": False, "SINKS": False}),
+         {**attention, "BLOCK_M": 16, "WINDOW": False, "SINKS": False}),  # the wrapper's block_m
         (_merge_kernel,
          {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_parts": i32, "heads": i32,
           "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c},
@@ -175,7 +178,9 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
         return []
     variants = []
     for kernel, signature, constants in signatures(dtype):
-        if "HEAD_DIM" in constants:
+        if kernel.__name__ == "_shared_prefix_kernel":  # 2 members a prefix program, as stacked_members gives
+            constants = {**constants, "HEAD_DIM": 512, "GROUP": 8, "BLOCK_M": 16, "MEMBERS": 2, "MEMBER_TILES": 8}
+        elif "HEAD_DIM" in constants:
             constants = {**constants, "HEAD_DIM": 512, **({"GROUP": 8} if "GROUP" in constants else {})}
         elif kernel.__name__ == "_rmsnorm_kernel":
             constants = {**constants, "BLOCK": 8192, "GEMMA": True, "OFFSET": 0.0}
@@ -243,12 +248,14 @@ def main(arch: int = 90) -> int:
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
                                        or constants.get("GELU")
                                        else "+gemma" if constants.get("GEMMA") else "")
-            registers, warps, shared = cubin_registers(compiled.asm["cubin"]), compiled.metadata.num_warps, \
+            resources, warps, shared = cubin_resources(compiled.asm["cubin"]), compiled.metadata.num_warps, \
                 compiled.metadata.shared
+            registers = resources["registers"]
             print(f"ok {label:<32} {dtype} sm_{arch}: cubin {size:,} bytes in {time.perf_counter() - started:.1f} s, "
                   f"16-byte loads {mix['wide']}, 2-byte loads {mix['narrow']}, shared memory "
                   f"{shared:,} B, {warps} warps, {compiled.metadata.num_stages} stages, {registers} registers, "
                   f"{programs_per_multiprocessor(registers, warps, shared)} programs a multiprocessor"
+                  + (f", stack frame {resources['stack_frame']:,} B (local memory: spills)" if resources["stack_frame"] else "")
                   + (f", acq_rel atomics {len(ACQ_REL.findall(compiled.asm['ptx']))}, barriers "
                      f"{len(BARRIER.findall(compiled.asm['ptx']))}" if constants.get("FUSED_MERGE") else ""))
     return 0

@@ -232,10 +232,10 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     last partial (counted by atomics; a sequence in no group writes its output directly)
     instead of a second launch. ``prefix_first``: program ids give the prefixes' splits first
     (they are the long programs), else the sequences' own parts first. ``members_per_program``
-    (a power of two; None: a whole group): members whose queries one prefix program stacks; a
-    group's prefix split is then read by several programs side by side (the rest from L2), and
-    each holds fewer rows: on sm_90 the kernel takes 160 registers a thread at 64 rows (3
-    programs a multiprocessor), 96 at 16 (5), which its sequences' programs share."""
+    (a power of two; None: ``stacked_members``): members whose queries one prefix program
+    stacks; a group's prefix split is then read by several programs side by side (the rest from
+    L2), and each holds fewer rows: on sm_90 the kernel takes 160 registers a thread at 64 rows
+    of 128 (3 programs a multiprocessor), 96 at 16 (5), which its sequences' programs share."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -247,15 +247,14 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     check_options(dict(prefix_blocks_per_split=prefix_blocks_per_split, pages=pages, fused_merge=fused_merge,
                        prefix_first=prefix_first, members_per_program=members_per_program, num_warps=num_warps,
                        num_stages=num_stages))
-    members = min(members_per_program or layout.max_members, triton.next_power_of_2(layout.max_members))
-    members = triton.next_power_of_2(members)
+    group = heads // kv_heads
+    members = min(members_per_program or stacked_members(group, head_dim), triton.next_power_of_2(layout.max_members))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor shaped and typed like query")
     if sinks is not None and check_sinks(sinks, seqs * heads) != heads:
         raise ValueError(f"sinks must be a [heads] tensor of {heads} logits, got {tuple(sinks.shape)}")
-    group = heads // kv_heads
     splits = max(1, triton.cdiv(triton.cdiv(layout.max_prefix, block_size), prefix_blocks_per_split))
     # every slot that a merge reads is written by the kernel (a partial, or -inf where a row has
     # no prefix): no fill kernels (two launches, and 19 MB cleared at 128 requests x 32 heads x 9
@@ -278,6 +277,19 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     if not fused_merge:
         merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
     return out
+
+
+STACKED = 8192  # query elements (rows x head size) a prefix program stacks at most by default
+
+
+def stacked_members(group: int, head_dim: int) -> int:
+    """Members a prefix program stacks by default: the most (a power of two) whose query heads
+    of one kv head keep the tile within ``STACKED`` elements, 64 rows of 128. Llama's 16 members
+    of 4 heads fit (the H200 figures' setting); 32 would take 250 registers a thread on sm_90 (2
+    programs a multiprocessor), and Gemma 4's 8 heads of 512 stacked 8 members spill (255
+    registers and 1.6 KB of local memory a thread; 2 members: 180, none)."""
+    fits = max(1, STACKED // (group * head_dim))
+    return 1 << (fits.bit_length() - 1)
 
 
 def _power_of_two(value) -> bool:

@@ -145,3 +145,13 @@ def test_fused_merge_under_real_concurrency(prefix_first, poisoned):
     assert relative_error(outs[0], ref) <= 2e-2  # 1.7 % where the interpreter ran it (its truncating bf16 casts)
     assert all(torch.equal(out, outs[0]) for out in outs[1:])
     assert layout.arrivals(kv_heads).eq(0).all()
+
+
+def test_a_prefix_program_stacks_at_most_64_rows_of_128_by_default():
+    from kernels.shared_prefix import stacked_members
+
+    assert stacked_members(4, 128) == 16   # Llama-3.1-8B: a whole group of 16 (the H200 runs')
+    assert stacked_members(8, 512) == 2    # Gemma 4's full layers: 8 members would spill
+    assert stacked_members(8, 64) == 16    # gpt-oss
+    assert stacked_members(6, 128) == 8    # 10 would fit: a power of two
+    assert stacked_members(16, 1024) == 1  # never none

@@ -204,6 +204,8 @@ def test_kernels_compile_for_sm90():
         r"ok _shared_prefix_kernel(\S*) +bf16 .* (\d+) registers, (\d+) programs a multiprocessor", result.stdout)}
     assert resident["+members4"][1] > resident["+pages2"][1], resident
     assert resident["+fused-merge"][1] >= resident["+pages2"][1], resident
+    # no bf16 kernel, as launched for a real model, spills registers to local memory
+    assert not [line for line in result.stdout.splitlines() if " bf16 " in line and "stack frame" in line]
     # the fused merge: each side's arrival an acquire-release atomic at GPU scope, after a barrier
     fused = re.findall(r"ok _shared_prefix_kernel\+fused-merge\S* +(\w+) .*acq_rel atomics (\d+), barriers (\d+)",
                        result.stdout)
