@@ -17,15 +17,16 @@
 #   bash benchmarks/gpu_session.sh all               # tests, bench, parts, profile, validate in one call, each time-limited,
 #                                                    # results in $OUT/gpu_results.tar.gz (preferred:
 #                                                    # a task's device time is 15 minutes in all)
+#   bash benchmarks/gpu_session.sh online [k=v...]   # validate with Poisson arrivals, fcfs against batchllm
 #   bash benchmarks/gpu_session.sh sweep             # tests, bench, parts (wider time limits); then, with
-#   bash benchmarks/gpu_session.sh measure           # the defaults the sweep picks set: profile, validate
+#   bash benchmarks/gpu_session.sh measure [k=v...]  # the sweep's best as overrides: profile, validate, online
 # The next GPU session (issue 6): `sweep` (about 7 minutes: the shared-prefix sweep is 72 settings,
 # 36 of them compiled anew); commit the results; then `measure` with the sweep's best setting as
 # config overrides (the profile records them; validate runs the engine with them):
 #   bash benchmarks/gpu_session.sh measure $(python3 benchmarks/best_shared_prefix.py \
 #     benchmarks/results/kernels-NVIDIA-H200-<date>.json)
-# (about 5 minutes); then make that setting kernels/shared_prefix.py's defaults, so that the
-# committed profile describes the engine as it runs by default.
+# (about 7 minutes: profile, validate, online); then make that setting kernels/shared_prefix.py's
+# defaults, so that the committed profile describes the engine as it runs by default.
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command.
 # With device time left after `all`, the mixture-of-experts path (the fused MoE kernel in the
@@ -119,6 +120,14 @@ case "$stage" in
     bash "$0" tests || true
     bash "$0" bench
     ;;
+  online)
+    # the validate stage's workload arriving as a Poisson process (30 requests/s), fcfs against
+    # batchllm: on 2026-12-04 batchllm measured 11.98 s for 7.36 s predicted; the run records and
+    # validation.json's own_plans (each measured step priced for the plan the engine ran, steps
+    # after idle spells apart) say whether the cost model or the plans miss
+    bash "$0" validate 'schedule.names=[fcfs,batchllm]' workload.arrivals.process=poisson \
+      workload.arrivals.rate=30 "$@"
+    ;;
   profile)
     setup
     "$PY" -m batchlab.cli profile model="$MODEL" device="$DEVICE" dtype="$DTYPE" backend="$BACKEND" \
@@ -153,12 +162,12 @@ case "$stage" in
     # stage's files gathered into one archive ($OUT returns at most 8 files). Run as
     #   run(command="bash benchmarks/gpu_session.sh all", carry=[".whl"], timeout_s=595)
     # `sweep` (tests, then the kernel benchmarks with their wider sweeps) and `measure` (profile,
-    # then validate) split it in two calls: sweep, set the kernel defaults its figures pick,
-    # then measure, so that the profile and the validation describe the engine as it will run
+    # then validate offline and online) split it in two calls: sweep, then measure with the
+    # kernel options its figures pick as overrides (the profile records them)
     case "$stage" in
       all) stages="tests:50 bench:140 parts:80 profile:150 validate:140" ;;
       sweep) stages="tests:70 bench:300 parts:150" ;;
-      measure) stages="tests:70 profile:200 validate:200" ;;
+      measure) stages="profile:150 validate:150 online:150" ;;
     esac
     work="$OUT/work"
     mkdir -p "$work"
@@ -177,9 +186,13 @@ case "$stage" in
     tar xzf "$OUT/gpu_results.tar.gz" -O ./bench/bench_kernels.log 2>/dev/null | grep -E "^(device-to|paged|shared|windowed)"
     tar xzf "$OUT/gpu_results.tar.gz" -O ./parts/parts.log 2>/dev/null | grep -E "^(split|merge|per request)"
     tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
+    for run in validate online; do  # each schedule's makespan error, and the cost model on its own plans
+      tar xzf "$OUT/gpu_results.tar.gz" -O ./$run/validate.log 2>/dev/null \
+        | grep -E "makespan predicted|^(fcfs|batchllm|prefix_grouped|decode_first) +[0-9]+ " | sed "s/^/$run: /"
+    done
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|all|sweep|measure [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|online|all|sweep|measure [hydra overrides]" >&2
     exit 2
     ;;
 esac
