@@ -3,6 +3,8 @@ CPU: Triton's interpreter), its working memory poisoned with NaN: with the merge
 launch, and fused into the kernel's launch (the last program to bring a sequence's partial
 merges it). The interpreter runs programs in id order, so ``prefix_first`` decides which side
 merges there: the sequences' own programs (prefixes first) or the prefix programs (last)."""
+import os
+
 import pytest
 import torch
 
@@ -93,6 +95,50 @@ def test_fused_merge_over_more_slots_than_it_loads_at_once(prefix_first, poisone
                                          sinks=sink, fused_merge=True, prefix_first=prefix_first)
     ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
     assert relative_error(out, ref) <= 1e-5
+
+
+@pytest.fixture
+def shuffled_programs(monkeypatch):
+    """Triton's interpreter runs a launch's programs one after another in id order; this hands
+    them out in a random order instead (a new one each launch, seeded): on a GPU they finish in
+    any order, and the fused merge's arrival counts must merge every sequence whichever program
+    comes last."""
+    import itertools
+    import random
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("programs run in the interpreter's order only there")
+    from triton.runtime import interpreter
+
+    builder, rng, state = interpreter.interpreter_builder, random.Random(7), {}
+    set_dim, set_index = builder.set_grid_dim, builder.set_grid_idx
+
+    def shuffled_dim(nx, ny, nz):
+        set_dim(nx, ny, nz)
+        state["order"] = list(itertools.product(range(nx), range(ny), range(nz)))
+        rng.shuffle(state["order"])
+
+    def shuffled_index(x, y, z):
+        _, ny, nz = builder.grid_dim
+        set_index(*state["order"][(x * ny + y) * nz + z])
+
+    monkeypatch.setattr(builder, "set_grid_dim", shuffled_dim)
+    monkeypatch.setattr(builder, "set_grid_idx", shuffled_index)
+
+
+@pytest.mark.parametrize("members", [None, 1])
+def test_fused_merge_whatever_order_the_programs_run_in(members, shuffled_programs, poisoned):
+    query, key, value, tables, contexts, sink = inputs(torch.float32, True)
+    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), [(32, [0, 1, 2]), (64, [4, 5])], BLOCK_SIZE,
+                                  DEVICE)
+    ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
+    for prefix_first in (True, False, True):  # three launches, three orders
+        out = shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (64, [4, 5])],
+                                             0.25, out=torch.full_like(query, float("nan")), layout=layout,
+                                             prefix_blocks_per_split=1, sinks=sink, fused_merge=True,
+                                             prefix_first=prefix_first, members_per_program=members)
+        assert relative_error(out, ref) <= 1e-5
+        assert layout.arrivals(KV_HEADS).eq(0).all()
 
 
 def test_shared_prefix_refuses_bad_inputs():
