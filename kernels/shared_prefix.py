@@ -9,6 +9,11 @@ distinct parts (horizontal fusion). A long prefix is split over several programs
 in paged decode), each a partial merged by the same log-sum-exp: a few groups would otherwise
 leave most of a GPU's multiprocessors idle while one program per group and kv head streams the
 whole prefix (8 groups x 8 kv heads are 64 programs on an H100's 132 multiprocessors).
+The merge is a second launch, or, with ``fused_merge``, the work of whichever program brings a
+sequence's last partial: each program counts its arrival per sequence and kv head with an
+atomic (acquire-release, GPU scope, after a barrier so that all its threads' stores come
+first), and the last reads the partials back from L2 (they were written on other
+multiprocessors) and resets the count for the next layer's call.
 """
 from __future__ import annotations
 
