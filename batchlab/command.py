@@ -119,3 +119,11 @@ def kernel_options_of(cfg) -> dict:
         if chosen:
             options[kernel] = chosen
     return options
+
+
+def kernel_options_in_force(cfg) -> dict:
+    """Every option of the kernels the config's backend runs with, the kernels' defaults filled
+    in (what a profile and a run record); a bad one refused here, before anything loads."""
+    from engine.attention import make_backend
+
+    return make_backend(cfg.backend, kernel_options_of(cfg)).options

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 
-from .command import CONF_DIR, guarded, kernel_options_of, model_of, say, workload_of
+from .command import CONF_DIR, guarded, kernel_options_in_force, kernel_options_of, model_of, say, workload_of
 from .records import RunWriter, request_columns, run_meta
 from .table import comparison_table
 
@@ -71,15 +71,13 @@ def load_weights(cfg: DictConfig, model, base_dir: str):
 def run_measured(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     import torch
 
-    from engine.attention import make_backend
     from engine.host_memory import for_device as host_memory_for
     from engine.loop import run_engine
     from engine.runner import ModelRunner
 
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}")
-    kernel_options = kernel_options_of(cfg)
-    options_in_force = make_backend(cfg.backend, kernel_options).options  # a bad one refused here, before the weights
+    kernel_options, options_in_force = kernel_options_of(cfg), kernel_options_in_force(cfg)  # before the weights
     model = model_of(cfg, base_dir)
     device_name, free = device_memory(cfg.device)
     weight_bytes = model.num_params * DTYPES[cfg.dtype]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 
-from .command import CONF_DIR, guarded, kernel_options_of, model_of, say, workload_of
+from .command import CONF_DIR, guarded, kernel_options_in_force, kernel_options_of, model_of, say, workload_of
 from .records import RunWriter, finite_json, requests_frame, run_meta
 from .run import device_memory, load_weights
 
@@ -27,19 +27,12 @@ def _runner(cfg: DictConfig, model, kv_blocks: int, weights):
                        cfg.backend, weights, kernel_options=kernel_options_of(cfg))
 
 
-def run_kernel_options(cfg: DictConfig) -> dict:
-    """Every option of the kernels the run's backend will run with (refused if one is bad)."""
-    from engine.attention import make_backend
-
-    return make_backend(cfg.backend, kernel_options_of(cfg)).options
-
-
 def measure_profile(cfg: DictConfig, out: Path, weights=None) -> Path:
     """A profile measured into ``out`` (with ``weights``, or those ``cfg`` names)."""
     from engine.profiler import profile_engine
 
     device_memory(cfg.device)
-    run_kernel_options(cfg)  # a bad kernel option refused before the weights load
+    kernel_options_in_force(cfg)  # a bad kernel option refused before the weights load
     model = model_of(cfg, get_original_cwd())
     # the shapes are measured in a KV cache of the run's size (validate) or profile.yaml's
     weights = weights if weights is not None else load_weights(cfg, model, get_original_cwd())
@@ -72,11 +65,11 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     configs = [schedule_config(n, **OmegaConf.to_container(cfg.schedule.overrides, resolve=True))
                for n in cfg.schedule.names]
     kv_blocks, block_size = int(cfg.kv_blocks), model.vllm_block_size(int(cfg.schedule.block_size))
-    profile = None
+    profile, kernel_options = None, kernel_options_in_force(cfg)  # a bad kernel option refused before anything runs
     if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile
         profile = Profile.load(profile_dir)
-        check_profile_matches(profile, model, cfg.dtype, run_kernel_options(cfg))
+        check_profile_matches(profile, model, cfg.dtype, kernel_options)
     weights = load_weights(cfg, model, base_dir)
     # the profile first, then every schedule once, then every schedule again: the noise floor
     # then spans the whole validation, so the machine slowing down for a minute shows as noise

@@ -22,7 +22,7 @@ import time
 ALIGNED = {"stride_qs", "stride_qt", "stride_kb", "stride_ks", "stride_kh", "blocks_per_split", "hidden", "width"}
 WIDE = re.compile(r"ld\.global(?:\.nc)?\.v4\.|cp\.async\.cg\.shared\.global")  # 16 bytes a thread
 NARROW = re.compile(r"ld\.global(?:\.nc)?\.b16\b")  # one bf16 element a thread
-ACQ_REL = re.compile(r"atom\.global\.(?:gpu\.)?acq_rel|atom\.acq_rel\.gpu|atom\.global\.acq_rel")  # the fused merge's counts
+ACQ_REL = re.compile(r"\batom\.[\w.]*\bacq_rel\b")  # the fused merge's counts (qualifiers in any order)
 BARRIER = re.compile(r"\bbar\.sync\b|\bbarrier\.sync\b")
 
 

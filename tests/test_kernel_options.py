@@ -65,3 +65,14 @@ def test_the_sweeps_best_setting_comes_back_as_overrides_the_config_takes():
             options["fused_merge"], options["members_per_program"]) == (4, 2, 16, 2, True, None)
     with pytest.raises(ValueError, match="no shared_prefix_sweep"):
         module.best_overrides({})
+
+
+@pytest.mark.parametrize("command", ["run", "profile", "validate"])
+def test_each_engine_command_refuses_a_bad_kernel_option_before_it_loads_anything(command, tmp_path):
+    from cli_runs import batchlab
+
+    out = [f"out={tmp_path / 'profile'}"] if command == "profile" else [f"hydra.run.dir={tmp_path}"]
+    result = batchlab(command, "backend=triton", "kernels.shared_prefix.members_per_program=3", *out)
+    assert result.returncode != 0
+    assert "kernels.shared_prefix: members_per_program is 3; expected a power of two or None" in result.stderr
+    assert not (tmp_path / "profile" / "profile.json").exists() and not (tmp_path / "config.yaml").exists()
