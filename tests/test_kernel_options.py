@@ -76,3 +76,27 @@ def test_each_engine_command_refuses_a_bad_kernel_option_before_it_loads_anythin
     assert result.returncode != 0
     assert "kernels.shared_prefix: members_per_program is 3; expected a power of two or None" in result.stderr
     assert not (tmp_path / "profile" / "profile.json").exists() and not (tmp_path / "config.yaml").exists()
+
+
+def test_a_run_with_kernel_options_runs_its_kernels_with_them_and_records_them(tmp_path):
+    """`batchlab run backend=triton kernels.shared_prefix...` end to end (on CPU the kernels run in
+    Triton's interpreter): every request finishes and the run records every option in force.
+    (That the tokens are the torch backend's with such options: tests/test_kernels.py.)"""
+    import json
+
+    from cli_runs import batchlab
+
+    small = ["backend=triton", "workload.params.num_requests=8", "workload.params.share_degree=4",
+             "workload.params.prefix_len=32", "workload.params.distinct_len=16", "workload.params.output_len=4",
+             "schedule.names=[batchllm]", "report=false", "progress=false"]
+    for name, options in (("default", []), ("fused", ["kernels.shared_prefix.fused_merge=true",
+                                                      "kernels.shared_prefix.members_per_program=1",
+                                                      "kernels.shared_prefix.prefix_blocks_per_split=1"])):
+        result = batchlab("run", *small, *options, f"hydra.run.dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["schedules"]["batchllm"]["num_requests"] == 8
+        recorded = summary["profile_provenance"]["kernel_options"]["shared_prefix"]
+        assert recorded["fused_merge"] is (name == "fused") and recorded["pages"] == 1
+        assert recorded["members_per_program"] == (1 if name == "fused" else None)
+        assert recorded["prefix_blocks_per_split"] == (1 if name == "fused" else 32)
