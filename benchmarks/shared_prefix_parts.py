@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
 
     def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages, members):
         members = min(members, triton.next_power_of_2(layout.max_members))
-        _shared_prefix_kernel[grid](
+        return _shared_prefix_kernel[grid](  # the compiled kernel (None in the interpreter)
             query, key, value, tables, contexts, layout.skip, layout.rows, layout.sizes, layout.prefixes,
             layout.first_seq, parts, lse, parts, lse, lse, seqs, num_groups, splits, split_blocks, kv_heads, heads,
             query.stride(0),
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         distinct_only = lambda: launch((seqs, kv_heads), 0, *settings)  # noqa: E731
         out = torch.empty_like(query)
         merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim))  # noqa: E731
-        both()
+        compiled = both()
         merge()
         error = error_of(out)
         def fused(fused_merge: bool = False, prefix_first: bool = True):
@@ -123,7 +123,9 @@ def main(argv: list[str]) -> int:
                "num_stages": stages, "relative_error": error,
                # the library call tiles a distinct program's rows in 16 (4 query heads a kv head here)
                "fused_ms": timed(fused) if block_g == 16 else None, "kernel_ms": timed(both),
-               "prefix_ms": timed(prefix_only), "distinct_ms": timed(distinct_only), "merge_ms": timed(merge)}
+               "prefix_ms": timed(prefix_only), "distinct_ms": timed(distinct_only), "merge_ms": timed(merge),
+               # as the device's compiler gave them (kernels.compile_check counts them without a GPU)
+               "registers": getattr(compiled, "n_regs", None), "spills": getattr(compiled, "n_spills", None)}
         if block_g == 16:  # the merge in the kernel's launch, prefixes' programs first or last
             for prefix_first in (True, False):
                 name = "fused_merge_ms" if prefix_first else "fused_merge_distinct_first_ms"
@@ -136,7 +138,8 @@ def main(argv: list[str]) -> int:
               f"{row['fused_ms'] or float('nan'):.4f} ms = kernel {row['kernel_ms']:.4f} (prefix {row['prefix_ms']:.4f}, "
               f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
               f"{row['distinct_of_copy_bandwidth']:.0%} bw) + merge {row['merge_ms']:.4f} "
-              f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}", flush=True)
+              f"({row['merge_of_copy_bandwidth']:.0%} bw); error {error:.1e}; registers {row['registers']}, "
+              f"spills {row['spills']}", flush=True)
         if "fused_merge_ms" in row:
             print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} members {members:>2} warps {warps} stages {stages}: merge fused "
                   f"{row['fused_merge_ms']:.4f} ms (error {row['fused_merge_error']:.1e}), the sequences' programs "
