@@ -188,8 +188,16 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     prefix, suffix, per_group, groups = case["prefix"], case["suffix"], case["per_group"], case["groups"]
     key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
                                                                          "group_list"))
-    per_request_ms = bench(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
-                                                             max_context=prefix + suffix))
+
+    def per_request(**options):  # the per-request kernel over every request's whole context
+        return paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
+                                      max_context=prefix + suffix, **options)
+
+    def shared(**options):  # the shared-prefix kernel with the step's layout (built below)
+        return shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
+                                              layout=layout, **options)
+
+    per_request_ms = bench(per_request)
     # the engine builds a step's group layout once on the host and reuses it in every layer;
     # timed apart (host work, once per step), the kernel with it
     started = time.perf_counter()
@@ -200,16 +208,11 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     if dry:  # the shared-prefix kernel must agree with per-request attention
         reference = paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5)
         for split, fused_merge in ((32, False), (1, False), (1, True)):
-            shared = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                    head_dim ** -0.5, layout=layout, prefix_blocks_per_split=split,
-                                                    fused_merge=fused_merge)
-            torch.testing.assert_close(shared, reference, rtol=1e-4, atol=1e-5)
-    shared_ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                                head_dim ** -0.5, layout=layout))
-    per_request_device = device_ms(lambda: paged_decode_attention(query, key, value, tables, contexts,
-                                                                  head_dim ** -0.5, max_context=prefix + suffix))
-    shared_device = device_ms(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                                     head_dim ** -0.5, layout=layout))
+            torch.testing.assert_close(shared(prefix_blocks_per_split=split, fused_merge=fused_merge), reference,
+                                       rtol=1e-4, atol=1e-5)
+    shared_ms = bench(shared)
+    per_request_device = device_ms(per_request)
+    shared_device = device_ms(shared)
     device_speedup = per_request_device / shared_device if per_request_device and shared_device else None
     results["shared_prefix"] = {"prefix": prefix, "suffix": suffix, "requests_per_prefix": per_group,
                                 "prefixes": groups, "per_request_ms": per_request_ms, "shared_ms": shared_ms,
@@ -233,10 +236,8 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*shared_options):
         options = dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
                        fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
-        ms = bench(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                          head_dim ** -0.5, layout=layout, **options))
-        graph_ms = device_ms(lambda: shared_prefix_decode_attention(query, key, value, tables, contexts, group_list,
-                                                                    head_dim ** -0.5, layout=layout, **options))
+        ms = bench(lambda: shared(**options))
+        graph_ms = device_ms(lambda: shared(**options))
         sweep.append({**options, "ms": ms, "speedup": per_request_ms / ms, "device_ms": graph_ms,
                       "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None})
     results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["device_ms"] or row["ms"])
@@ -245,8 +246,7 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     baseline = []
     for warps, split in product((2, 4), (16, 32, 64)) if not dry else ((4, 1),):
         options = dict(num_warps=warps, num_stages=2, blocks_per_split=split)
-        graph_ms = device_ms(lambda: paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
-                                                            max_context=prefix + suffix, **options))
+        graph_ms = device_ms(lambda: per_request(**options))
         baseline.append({**options, "device_ms": graph_ms})
     best_baseline = min(baseline, key=lambda row: row["device_ms"] or float("inf"))
     best_shared = results["shared_prefix_sweep"][0]

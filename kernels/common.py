@@ -90,37 +90,14 @@ def attend_pages(q, k_base, v_base, table_ptr, first_block, end_token, stride_kb
 
 
 @triton.jit
-def _merge_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_parts, heads, HEAD_DIM: tl.constexpr,
-                  BLOCK_P: tl.constexpr, SINKS: tl.constexpr):
-    """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p]);
-    with ``SINKS``, the denominator also takes e^sink of the row's head (r mod ``heads``)."""
-    row = tl.program_id(0).to(tl.int64)
-    p = tl.arange(0, BLOCK_P)
-    dims = tl.arange(0, HEAD_DIM)
-    lse = tl.load(lse_ptr + row * num_parts + p, mask=p < num_parts, other=float("-inf"))
-    top = tl.max(lse, 0)
-    if SINKS:
-        sink = tl.load(sinks_ptr + row % heads).to(tl.float32) * LOG2E
-        top = tl.maximum(top, sink)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    weight = tl.exp2(lse - top)
-    parts = tl.load(parts_ptr + row * num_parts * HEAD_DIM + p[:, None] * HEAD_DIM + dims[None, :],
-                    mask=(p[:, None] < num_parts) & (weight[:, None] > 0.0), other=0.0)  # none read at weight 0
-    total = tl.sum(weight, 0)
-    if SINKS:
-        total += tl.exp2(sink - top)
-    merged = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + row * HEAD_DIM + dims, merged.to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
 def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_parts, heads,
                        HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, SINKS: tl.constexpr, ROWS: tl.constexpr):
-    """``_merge_kernel`` over ``ROWS`` rows a program: on an H200 one row a program (4,096
-    programs of 4.6 KB for 128 requests x 32 heads) read the partials at 35 % of the copy
-    bandwidth (0.014 ms; 0.013 ms with a third of the bytes). At most 2,048 partial elements (16
-    slots of 128) are loaded at once: all of 8 rows' 16 slots took 198 registers a thread on
-    sm_90 (2 programs a multiprocessor), 2 slots at a time 71 (7)."""
+    """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p])
+    (with ``SINKS``, the denominator also takes e^sink of the row's head, r mod ``heads``), ``ROWS``
+    rows a program. On an H200 one row a program (4,096 programs of 4.6 KB for 128 requests x 32
+    heads) read the partials at 35 % of the copy bandwidth (0.014 ms; 0.013 ms with a third of the
+    bytes). At most 2,048 partial elements (16 slots of 128) are loaded at once: all of 8 rows' 16
+    slots took 198 registers a thread on sm_90 (2 programs a multiprocessor), 2 slots at a time 71 (7)."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, row < num_rows, num_parts, heads, HEAD_DIM, BLOCK_P,
                SINKS, "", min(BLOCK_P, max(2048 // (ROWS * HEAD_DIM), 1)))  # 2,048 fp32 in flight at most
@@ -173,15 +150,10 @@ def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
     if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
         raise ValueError(f"rows_per_program is {rows_per_program}; expected a power of two")
     heads = 1 if sinks is None else check_sinks(sinks, rows)
-    if rows_per_program > 1:
-        _merge_rows_kernel[(triton.cdiv(rows, rows_per_program),)](
-            parts, lse, out, lse if sinks is None else sinks, rows, num_parts, heads, HEAD_DIM=head_dim,
-            BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None, ROWS=rows_per_program,
-            **launch_options(num_warps, None))
-        return out
-    _merge_kernel[(rows,)](parts, lse, out, lse if sinks is None else sinks, num_parts, heads, HEAD_DIM=head_dim,
-                           BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None,
-                           **launch_options(num_warps, None))
+    _merge_rows_kernel[(triton.cdiv(rows, rows_per_program),)](
+        parts, lse, out, lse if sinks is None else sinks, rows, num_parts, heads, HEAD_DIM=head_dim,
+        BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None, ROWS=rows_per_program,
+        **launch_options(num_warps, None))
     return out
 
 

@@ -77,7 +77,7 @@ def aligned_attrs(kernel, signature: dict) -> dict:
 
 
 def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
-    from .common import _merge_kernel, _merge_rows_kernel
+    from .common import _merge_rows_kernel
     from .fused_moe import _down_kernel, _gate_up_kernel
     from .kv_store import _kv_store_kernel
     from .paged_decode import _paged_decode_kernel
@@ -89,6 +89,8 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
     ptr, precision = f"*{dtype}", "ieee" if dtype == "fp32" else "tf32"
     i32, f32, c = "i32", "fp32", "constexpr"
     attention = {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "DOT_PRECISION": precision}
+    merge = {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_rows": i32,
+             "num_parts": i32, "heads": i32, "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c, "ROWS": c}
     return [
         (_paged_decode_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "parts_ptr": "*fp32",
@@ -114,14 +116,8 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "stride_kh": i32, "stride_t": i32, "scale": f32, "window": i32, "sinks_ptr": ptr, "GROUP": c,
           "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c, "WINDOW": c, "SINKS": c},
          {**attention, "BLOCK_M": 16, "WINDOW": False, "SINKS": False}),  # the wrapper's block_m
-        (_merge_kernel,
-         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_parts": i32, "heads": i32,
-          "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c},
-         {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False}),
-        (_merge_rows_kernel,
-         {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_rows": i32, "num_parts": i32,
-          "heads": i32, "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c, "ROWS": c},
-         {"HEAD_DIM": 128, "BLOCK_P": 16, "SINKS": False, "ROWS": 8}),
+        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False, "ROWS": 1}),  # the default
+        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 16, "SINKS": False, "ROWS": 8}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
           "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c, "OFFSET": c},
@@ -159,7 +155,7 @@ def gpt_oss_variants(dtype: str) -> list[tuple[object, dict, dict]]:
         name = kernel.__name__
         if name in ("_paged_decode_kernel", "_paged_prefill_kernel"):
             constants = {**constants, **oss, "WINDOW": True, **({"SINKS": True} if "SINKS" in constants else {})}
-        elif name == "_merge_kernel":
+        elif name == "_merge_rows_kernel" and constants["ROWS"] == 1:
             constants = {**constants, "HEAD_DIM": 64, "SINKS": True}
         elif name in ("_gate_up_kernel", "_down_kernel"):
             constants = {**constants, "BIAS": True, **({"CLAMP": True} if "CLAMP" in constants else {})}

@@ -78,7 +78,7 @@ def test_each_engine_command_refuses_a_bad_kernel_option_before_it_loads_anythin
     assert not (tmp_path / "profile" / "profile.json").exists() and not (tmp_path / "config.yaml").exists()
 
 
-def test_a_run_with_kernel_options_runs_its_kernels_with_them_and_records_them(tmp_path):
+def test_a_run_with_kernel_options_finishes_and_records_every_option_in_force(tmp_path):
     """`batchlab run backend=triton kernels.shared_prefix...` end to end (on CPU the kernels run in
     Triton's interpreter): every request finishes and the run records every option in force.
     (That the tokens are the torch backend's with such options: tests/test_kernels.py.)"""
