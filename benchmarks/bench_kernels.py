@@ -8,12 +8,15 @@ interpreter on CPU, nothing written). Writes ``benchmarks/results/kernels-<devic
 2. Shared-prefix attention vs per-request paged decode attention: prefix 2048, suffix 128,
    16 requests per prefix, 8 prefixes (goal >= 5x; FlashInfer reports up to 31x for cascade).
 3. The fused MoE kernel at Mixtral's and Qwen3-30B-A3B's expert shapes (bench_moe_kernel.py).
+``--shared-prefix-only``: 1 and 2 alone (``kernels-shared-prefix-<device>-<date>.json``), the
+figures issue 6 still owes. The sweeps' kernels are compiled first by worker processes side by
+side (benchmarks/precompile.py), each figure printed and saved as it is measured.
 Timed as called (``do_bench``: the host's launch work included where it exceeds the device's)
 and, for the attention kernels, as device time (``do_bench_cudagraph``: replayed from a CUDA graph).
 Each also swept over Triton's launch options and its split length (decode: num_warps 2/4/8 x
-num_stages 2/3/4 x 16/32/64 blocks; shared prefix: 4/8 warps x 2/3 stages x 8/16/32 prefix blocks
-x 1/2/4 blocks a loop iteration), sorted fastest first, so that one GPU call says
-whether the defaults should change.
+num_stages 2/3/4 x 16/32/64 blocks; shared prefix: ``shared_sweep``, with the merge's place and
+the members a program stacks too), sorted fastest first, so that one GPU call says whether the
+defaults should change.
 """
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ def main(argv: list[str]) -> int:
     # --dry-run: every call of the benchmark at tiny shapes on the CPU, in Triton's interpreter
     # (set TRITON_INTERPRET=1), nothing written: catches a broken benchmark before GPU time
     dry = "--dry-run" in argv
+    # --shared-prefix-only: the copy bandwidth, paged decode and the shared-prefix figures and
+    # sweeps alone (what issue 6 still owes), into kernels-shared-prefix-<device>-<date>.json
+    only = "--shared-prefix-only" in argv
     if not dry and not torch.cuda.is_available():
         print("bench_kernels: no CUDA device here; the GPU figures need a machine with one")
         return 0
@@ -78,7 +84,8 @@ def main(argv: list[str]) -> int:
     copy_bw = copy_bandwidth(device, bench, 1 << 12 if dry else 1 << 30)
     results["hbm_copy_bandwidth_gb_s"] = copy_bw / 1e9
     out = Path(__file__).resolve().parent / "results"
-    path = out / f"kernels-{results['device'].replace(' ', '-')}-{results['date']}.json"
+    name = f"{'shared-prefix-' if only else ''}{results['device'].replace(' ', '-')}-{results['date']}"
+    path = out / f"kernels-{name}.json"
 
     def save(headline: str) -> None:
         """Prints a figure as soon as it is measured and keeps everything so far (a GPU stage's
@@ -112,6 +119,9 @@ def main(argv: list[str]) -> int:
          f"device time (CUDA graph) {results['paged_decode']['device_ms']} ms")
     shared_prefix_results((bench, device_ms), device, dtype, dry, results, save,
                           (heads, kv_heads, head_dim, block_size))
+    if only:
+        print(json.dumps(results, indent=2) if dry else f"written: {path}")
+        return 0
     # the launch options and split length the defaults above fix, swept (one GPU call finds the
     # best; a dry run tries two of each)
     sweep = []
@@ -181,7 +191,7 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     two), then its launch options swept; into ``results``."""
     bench, device_ms = timers
     from kernels.paged_decode import paged_decode_attention
-    from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout
+    from kernels.shared_prefix import shared_prefix_layout
 
     heads, kv_heads, head_dim, block_size = shape
     case = shared_prefix_case(shape, dtype, device, dry)
@@ -189,15 +199,6 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
                                                                          "group_list"))
 
-    def per_request(**options):  # the per-request kernel over every request's whole context
-        return paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
-                                      max_context=prefix + suffix, **options)
-
-    def shared(**options):  # the shared-prefix kernel with the step's layout (built below)
-        return shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
-                                              layout=layout, **options)
-
-    per_request_ms = bench(per_request)
     # the engine builds a step's group layout once on the host and reuses it in every layer;
     # timed apart (host work, once per step), the kernel with it
     started = time.perf_counter()
@@ -205,6 +206,13 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     if not dry:
         torch.cuda.synchronize()
     layout_ms = (time.perf_counter() - started) * 1e3
+    per_request, shared = sweep_calls(case, head_dim, layout)
+    # the sweeps' kernels compiled side by side in worker processes first (Triton's on-disk cache
+    # then serves the timings here): ptxas takes seconds a variant, the timing a fraction of one
+    from precompile import precompile
+    precompile([("per_request", {}), ("shared", {})] + [("shared", options) for options in shared_sweep(dry)]
+               + [("per_request", options) for options in per_request_sweep(dry)], shape, dry)
+    per_request_ms = bench(per_request)
     if dry:  # the shared-prefix kernel must agree with per-request attention
         reference = paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5)
         for split, fused_merge in ((32, False), (1, False), (1, True)):
@@ -223,29 +231,19 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
          f"{shared_ms:.3f} ms against {per_request_ms:.3f} ms per request, {per_request_ms / shared_ms:.2f}x; "
          f"device time {shared_device} ms against {per_request_device} ms, {device_speedup}x")
     sweep = []
-    # launch options x split length x KV blocks a loop iteration reads (``pages``) x where the
-    # merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first) x
-    # members a prefix program stacks (None: a whole group; fewer: fewer registers, more programs
-    # a multiprocessor). 2026-12-04's H200 sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4
-    # pages: best 4 warps, 2 stages, split 16, 2 pages; all 18 with 8 warps behind all with 4, 1
-    # page behind 2 and 4 (13th at best), split 8 9th at best, 3 stages within 1 % of 2 at the top;
-    # 2 warps untried (the distinct part's best in the parts)
-    merges = ((False, True), (True, True), (True, False))
-    shared_options = (((4,), (3,), (1, 2), (1, 2), merges, (None, 1)) if dry else
-                      ((2, 4), (2,), (16, 32), (2, 4), merges, (None, 8, 4)))
-    for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*shared_options):
-        options = dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
-                       fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
+    settings = shared_sweep(dry)
+    for number, options in enumerate(settings, 1):
         ms = bench(lambda: shared(**options))
         graph_ms = device_ms(lambda: shared(**options))
         sweep.append({**options, "ms": ms, "speedup": per_request_ms / ms, "device_ms": graph_ms,
                       "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None})
-    results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["device_ms"] or row["ms"])
+        results["shared_prefix_sweep"] = sorted(sweep, key=lambda row: row["device_ms"] or row["ms"])
+        save(f"shared prefix sweep {number}/{len(settings)}: device {graph_ms} ms, as called {ms:.4f} ms, "
+             f"{options}")  # kept as it goes
     save(f"shared prefix sweep: best {results['shared_prefix_sweep'][0]}")
     # the per-request kernel at its own best for this shape too: the ratio against a tuned baseline
     baseline = []
-    for warps, split in product((2, 4), (16, 32, 64)) if not dry else ((4, 1),):
-        options = dict(num_warps=warps, num_stages=2, blocks_per_split=split)
+    for options in per_request_sweep(dry):
         graph_ms = device_ms(lambda: per_request(**options))
         baseline.append({**options, "device_ms": graph_ms})
     best_baseline = min(baseline, key=lambda row: row["device_ms"] or float("inf"))
@@ -256,11 +254,58 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
         else None)
     save(f"shared prefix, each kernel at its best (device time): {best_shared['device_ms']} ms against per-request "
          f"{best_baseline['device_ms']} ms ({best_baseline}), {results['shared_prefix']['best_over_best_device_speedup']}x")
-    for fused_merge, prefix_first in merges:  # the best of each way of merging
+    for fused_merge, prefix_first in dict.fromkeys((row["fused_merge"], row["prefix_first"]) for row in settings):
+        # the best of each way of merging
         best = next(row for row in results["shared_prefix_sweep"]
                     if (row["fused_merge"], row["prefix_first"]) == (fused_merge, prefix_first))
         save(f"shared prefix sweep, merge {'fused' if fused_merge else 'launched'}"
              f"{'' if prefix_first else ', sequences first'}: best {best}")
+
+
+def shared_sweep(dry: bool) -> list[dict]:
+    """The shared-prefix kernel's settings the sweep times: launch options x split length x KV
+    blocks a loop iteration reads (``pages``) x where the merge runs (a second launch; fused,
+    prefixes' programs first; fused, sequences' first) x members a prefix program stacks (None:
+    a whole group; fewer: fewer registers, more programs a multiprocessor). 2026-12-04's H200
+    sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4 pages: best 4 warps, 2 stages, split 16,
+    2 pages; all 18 with 8 warps behind all with 4, 1 page behind 2 and 4 (13th at best), split 8
+    9th at best, 3 stages within 1 % of 2 at the top; 2 warps untried (the distinct part's best
+    in the parts)."""
+    merges = ((False, True), (True, True), (True, False))
+    grid = (((4,), (3,), (1, 2), (1, 2), merges, (None, 1)) if dry else
+            ((2, 4), (2,), (16, 32), (2, 4), merges, (None, 8, 4)))
+    # and 3 stages where fewer members leave registers for them (sm_90: 4 members 83 registers at
+    # 3 stages against 96 at 2), 4 warps, the merge fused
+    deeper = () if dry else ((4,), (3,), (16, 32), (2, 4), merges[1:], (8, 4))
+    return [dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
+                 fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
+            for options in (grid, deeper) if options
+            for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*options)]
+
+
+def per_request_sweep(dry: bool) -> list[dict]:
+    """The per-request kernel's settings timed at the shared-prefix shape (its own best)."""
+    return [dict(num_warps=warps, num_stages=2, blocks_per_split=split)
+            for warps, split in (((4, 1),) if dry else product((2, 4), (16, 32, 64)))]
+
+
+def sweep_calls(case: dict, head_dim: int, layout) -> tuple:
+    """The per-request kernel over every request's whole context and the shared-prefix kernel
+    with the step's ``layout``, on ``case`` (shared_prefix_case), each taking its options."""
+    from kernels.paged_decode import paged_decode_attention
+    from kernels.shared_prefix import shared_prefix_decode_attention
+
+    query, key, value, tables, contexts = (case[k] for k in ("query", "key", "value", "tables", "contexts"))
+
+    def per_request(**options):
+        return paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5,
+                                      max_context=case["prefix"] + case["suffix"], **options)
+
+    def shared(**options):
+        return shared_prefix_decode_attention(query, key, value, tables, contexts, case["group_list"],
+                                              head_dim ** -0.5, layout=layout, **options)
+
+    return per_request, shared
 
 
 def shared_prefix_case(shape: tuple, dtype, device: str, dry: bool) -> dict:

@@ -20,13 +20,13 @@
 #   bash benchmarks/gpu_session.sh online [k=v...]   # validate with Poisson arrivals, fcfs against batchllm
 #   bash benchmarks/gpu_session.sh sweep             # tests, bench, parts (wider time limits); then, with
 #   bash benchmarks/gpu_session.sh measure [k=v...]  # the sweep's best as overrides: profile, validate, online
-# The next GPU session (issue 6): `sweep` (about 7 minutes: the shared-prefix sweep is 72 settings,
-# 36 of them compiled anew); commit the results; then `measure` with the sweep's best setting as
-# config overrides (the profile records them; validate runs the engine with them):
-#   bash benchmarks/gpu_session.sh measure $(python3 benchmarks/best_shared_prefix.py \
-#     benchmarks/results/kernels-NVIDIA-H200-<date>.json)
-# (about 7 minutes: profile, validate, online); then make that setting kernels/shared_prefix.py's
-# defaults, so that the committed profile describes the engine as it runs by default.
+#   bash benchmarks/gpu_session.sh tune [k=v...]     # issue 6 in one call under one deadline: tests,
+#                                                    # the shared-prefix sweep, then profile, validate,
+#                                                    # parts and online at the sweep's best setting
+# The next GPU session (issue 6): `tune` (about 9 minutes of its 15), then make the setting it
+# printed ("the fastest setting of the sweep") kernels/shared_prefix.py's defaults, so that the
+# committed profile (measured with it) describes the engine as it runs by default; commit the
+# JSON, the profile and the validation figures.
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command.
 # With device time left after `all`, the mixture-of-experts path (the fused MoE kernel in the
@@ -86,6 +86,28 @@ setup() {
   "$PY" -c "import torch, triton, simpy, hydra; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
 }
 
+finish() {  # work-folder marker: the stages' files in one archive ($OUT returns at most 8 files),
+  # the result files this call wrote (newer than the marker) beside it, then the figures owed,
+  # last (the tool returns the output's end)
+  local work=$1 marker=$2
+  tar czf "$OUT/gpu_results.tar.gz" -C "$work" . && rm -rf "$work"
+  find benchmarks/results -name '*.json' -newer "$marker" -exec cp {} "$OUT/" \;
+  rm -f "$marker"
+  ls -l "$OUT"
+  echo "== summary"
+  set +e
+  tar xzf "$OUT/gpu_results.tar.gz" -O ./tests/kernel_tests.log 2>/dev/null | grep -E "passed|failed|error" | tail -3
+  tar xzf "$OUT/gpu_results.tar.gz" -O ./best.txt 2>/dev/null
+  tar xzf "$OUT/gpu_results.tar.gz" -O ./bench/bench_kernels.log 2>/dev/null \
+    | grep -E "^(device-to|paged|shared|windowed|precompile)" | grep -v "^shared prefix sweep [0-9]"
+  tar xzf "$OUT/gpu_results.tar.gz" -O ./parts/parts.log 2>/dev/null | grep -E "^(split|merge|per request)"
+  tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
+  for run in validate online; do  # each schedule's makespan error, and the cost model on its own plans
+    tar xzf "$OUT/gpu_results.tar.gz" -O ./$run/validate.log 2>/dev/null \
+      | grep -E "makespan predicted|^(fcfs|batchllm|prefix_grouped|decode_first) +[0-9]+ " | sed "s/^/$run: /"
+  done
+}
+
 case "$stage" in
   wheels)
     # .whl/ is in .gitignore: it travels only when a call carries it
@@ -106,15 +128,20 @@ case "$stage" in
     ;;
   bench)
     setup
-    # each figure printed and saved as it is measured (benchmarks/results/kernels-<device>-<date>.json)
-    "$PY" benchmarks/bench_kernels.py 2>&1 | tee "$OUT/bench_kernels.log" || true
-    cp benchmarks/results/*.json "$OUT/" 2>/dev/null || echo "no benchmark results (no CUDA device?)"
+    # each figure printed and saved as it is measured (benchmarks/results/kernels-<device>-<date>.json);
+    # arguments go to bench_kernels.py (--shared-prefix-only: issue 6's figures alone)
+    touch "$OUT/.started"
+    "$PY" benchmarks/bench_kernels.py "$@" 2>&1 | tee "$OUT/bench_kernels.log" || true
+    find benchmarks/results -name 'kernels-*.json' -newer "$OUT/.started" -exec cp {} "$OUT/" \; -printf "written: %p\n"
+    rm -f "$OUT/.started"
     ;;
   parts)
     setup
     # where the shared-prefix kernel's device time goes (prefix programs, distinct ones, merge)
+    touch "$OUT/.started"
     "$PY" benchmarks/shared_prefix_parts.py 2>&1 | tee "$OUT/parts.log" || true
-    cp benchmarks/results/shared-prefix-parts-*.json "$OUT/" 2>/dev/null || true
+    find benchmarks/results -name 'shared-prefix-parts-*.json' -newer "$OUT/.started" -exec cp {} "$OUT/" \;
+    rm -f "$OUT/.started"
     ;;
   kernels)
     bash "$0" tests || true
@@ -156,6 +183,40 @@ case "$stage" in
     done
     cp "$run_dir"/validation_scatter.png "$OUT/validate/" 2>/dev/null || true  # offline only
     ;;
+  tune)
+    # Issue 6 in ONE call (a task's device time is 15 minutes, the machine's start included, and
+    # a second start needs 4 of them): the kernel tests, the shared-prefix sweep (its kernels
+    # compiled side by side first), then the engine profiled and validated offline at the
+    # sweep's fastest setting (best_shared_prefix.py's overrides, recorded in the profile), the
+    # parts, and last the online validation (issue 7's lead, the least owed). Each stage under
+    # its own limit, all under one deadline (TUNE_SECONDS, default 560): a stage gets at most
+    # what is left, and one with under 30 s left is skipped. Arguments: Hydra overrides for
+    # profile, validate and online, after the sweep's.
+    #   run(command="bash benchmarks/gpu_session.sh tune", carry=[".whl"], timeout_s=600)
+    deadline=$(( $(date +%s) + ${TUNE_SECONDS:-560} ))
+    work="$OUT/work" marker="$OUT/.started"
+    mkdir -p "$work" && touch "$marker"
+    tune_stage() {  # name limit [arguments]
+      local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
+      shift 2
+      [ "$left" -lt "$limit" ] && limit=$left
+      if [ "$limit" -lt 30 ]; then echo "== $name skipped: ${left} s left"; return 0; fi
+      echo "== $name (at most ${limit} s) $(date +%T)"
+      OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
+        || echo "== $name ended with status $? (124: out of time)"
+    }
+    tune_stage tests 70
+    tune_stage bench 200 --shared-prefix-only
+    sweep_file=$(find benchmarks/results -name 'kernels-shared-prefix-*.json' -newer "$marker" | head -1)
+    best=$([ -n "$sweep_file" ] && "$PY" benchmarks/best_shared_prefix.py "$sweep_file") || best=""
+    echo "== the fastest setting of the sweep: ${best:-none, the defaults of the kernel}" | tee "$work/best.txt"
+    # shellcheck disable=SC2086  # the overrides are words
+    tune_stage profile 150 $best "$@"
+    tune_stage validate 120 $best "$@"
+    tune_stage parts 80
+    tune_stage online 100 $best "$@"
+    finish "$work" "$marker"
+    ;;
   all|sweep|measure)
     # Everything owed in ONE call (a task's device time is 15 minutes, the machine's start
     # included): each stage under its own time limit, in order of what is owed most, each
@@ -170,29 +231,17 @@ case "$stage" in
       measure) stages="profile:150 validate:150 online:150" ;;
     esac
     work="$OUT/work"
-    mkdir -p "$work"
+    mkdir -p "$work" && touch "$OUT/.started"
     for stage_limit in $stages; do
       name="${stage_limit%%:*}" limit="${stage_limit##*:}"
       echo "== $name (at most ${limit} s) $(date +%T)"
       OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
         || echo "== $name ended with status $? (124: out of time)"
     done
-    tar czf "$OUT/gpu_results.tar.gz" -C "$work" . && rm -rf "$work"
-    cp benchmarks/results/*.json "$OUT/" 2>/dev/null || true
-    ls -l "$OUT"
-    echo "== summary"  # the figures owed, last (the tool returns the output's end)
-    set +e
-    tar xzf "$OUT/gpu_results.tar.gz" -O ./tests/kernel_tests.log 2>/dev/null | grep -E "passed|failed|error" | tail -3
-    tar xzf "$OUT/gpu_results.tar.gz" -O ./bench/bench_kernels.log 2>/dev/null | grep -E "^(device-to|paged|shared|windowed)"
-    tar xzf "$OUT/gpu_results.tar.gz" -O ./parts/parts.log 2>/dev/null | grep -E "^(split|merge|per request)"
-    tar xzf "$OUT/gpu_results.tar.gz" -O ./profile/profile.log 2>/dev/null | grep -E "^(pass|profile)" | tail -3
-    for run in validate online; do  # each schedule's makespan error, and the cost model on its own plans
-      tar xzf "$OUT/gpu_results.tar.gz" -O ./$run/validate.log 2>/dev/null \
-        | grep -E "makespan predicted|^(fcfs|batchllm|prefix_grouped|decode_first) +[0-9]+ " | sed "s/^/$run: /"
-    done
+    finish "$work" "$OUT/.started"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|online|all|sweep|measure [hydra overrides]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh wheels|tests|bench|parts|kernels|profile|validate|online|all|sweep|measure|tune [hydra overrides]" >&2
     exit 2
     ;;
 esac

@@ -100,3 +100,27 @@ def test_a_run_with_kernel_options_finishes_and_records_every_option_in_force(tm
         assert recorded["fused_merge"] is (name == "fused") and recorded["pages"] == 1
         assert recorded["members_per_program"] == (1 if name == "fused" else None)
         assert recorded["prefix_blocks_per_split"] == (1 if name == "fused" else 32)
+
+
+def test_the_sweeps_settings_are_the_kernels_and_precompiling_says_what_failed(monkeypatch):
+    """bench_kernels.py's sweeps take only options the kernels accept (a GPU call would meet a
+    misspelt one late), and benchmarks/precompile.py's worker, run here in the interpreter,
+    calls each task once and says which failed rather than raising."""
+    from pathlib import Path
+
+    from kernels.shared_prefix import check_options
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_kernels import per_request_sweep, shared_sweep
+    from precompile import warm
+
+    gpu_settings = shared_sweep(dry=False)
+    assert len(gpu_settings) == len({tuple(sorted(o.items(), key=str)) for o in gpu_settings}) == 88
+    for options in gpu_settings:
+        check_options(options)
+    shape = (4, 2, 16, 16)  # the dry run's heads, kv heads, head size, block size
+    failed = warm([("shared", shared_sweep(dry=True)[3]), ("shared", {"pages": 3}),
+                   ("per_request", per_request_sweep(dry=True)[0]), ("per_request", {"blocks": 2})], shape, dry=True)
+    assert len(failed) == 2
+    assert failed[0].startswith("shared {'pages': 3}: ValueError: pages is 3; expected a power of two")
+    assert failed[1].startswith("per_request {'blocks': 2}: TypeError")

@@ -305,6 +305,7 @@ def test_gpu_kernel_benchmark_dry_run():
     assert '"speedup_over_full_context"' in result.stdout  # gpt-oss's windowed decode
     assert '"delta_step"' in result.stdout  # the fused DeltaNet decode step against the torch step
     assert '"gemma4_full_decode"' in result.stdout  # paged decode at Gemma 4's head size of 512 (32 here)
+    assert "precompile: 2 of 2 kernel calls compiled by 2 processes" in result.stdout  # spawned workers
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
