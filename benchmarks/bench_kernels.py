@@ -263,24 +263,26 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
 
 
 def shared_sweep(dry: bool) -> list[dict]:
-    """The shared-prefix kernel's settings the sweep times: launch options x split length x KV
-    blocks a loop iteration reads (``pages``) x where the merge runs (a second launch; fused,
-    prefixes' programs first; fused, sequences' first) x members a prefix program stacks (None:
-    a whole group; fewer: fewer registers, more programs a multiprocessor). 2026-12-04's H200
-    sweep of 4/8 warps, 2/3 stages, splits 8/16/32, 1/2/4 pages: best 4 warps, 2 stages, split 16,
-    2 pages; all 18 with 8 warps behind all with 4, 1 page behind 2 and 4 (13th at best), split 8
-    9th at best, 3 stages within 1 % of 2 at the top; 2 warps untried (the distinct part's best
-    in the parts)."""
+    """The shared-prefix settings timed, the likeliest first (a stage cut short keeps the rows
+    timed): warps x stages x split length x KV blocks a loop iteration (``pages``) x where the
+    merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first) x
+    members a prefix program stacks (None: a whole group). 2026-12-04's H200 sweep (4/8 warps,
+    2/3 stages, splits 8/16/32, 1/2/4 pages): best 4 warps, 2 stages, split 16, 2 pages; 8 warps
+    all behind. Registers a thread (Triton 3.9, sm_90, 2 pages; README): a whole group of 16 at 4
+    warps 160 (fused merge: 193 at 2 stages, 160 at 3), at 2 warps 255 and spilled, not swept;
+    8 members 101-180, 4 members 83-166 (5-9 programs a multiprocessor)."""
     merges = ((False, True), (True, True), (True, False))
-    grid = (((4,), (3,), (1, 2), (1, 2), merges, (None, 1)) if dry else
-            ((2, 4), (2,), (16, 32), (2, 4), merges, (None, 8, 4)))
-    # and 3 stages where fewer members leave registers for them (sm_90: 4 members 83 registers at
-    # 3 stages against 96 at 2), 4 warps, the merge fused
-    deeper = () if dry else ((4,), (3,), (16, 32), (2, 4), merges[1:], (8, 4))
+    if dry:
+        grids = [((4,), (3,), (1, 2), (1, 2), merges, (None, 1))]
+    else:
+        grids = [((4,), (2,), (16, 32), (2, 4), merges, (None, 8, 4)),  # 2026-12-04's best region
+                 ((4,), (3,), (16, 32), (2, 4), merges[1:], (None,)),  # the fused merge's registers at 3 stages
+                 ((2,), (2,), (16, 32), (2, 4), merges, (8, 4)),
+                 ((2, 4), (3,), (16, 32), (2, 4), merges[1:], (8, 4))]
     return [dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
                  fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
-            for options in (grid, deeper) if options
-            for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*options)]
+            for grid in grids
+            for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*grid)]
 
 
 def per_request_sweep(dry: bool) -> list[dict]:

@@ -216,6 +216,36 @@ def fp32_only() -> list[tuple[object, dict, dict]]:
              {"KEY_DIM": 128, "VALUE_DIM": 128, "BLOCK_K": 128, "BLOCK_V": 32})]
 
 
+def shared_prefix_registers(arch: int = 90) -> list[dict]:
+    """The shared-prefix kernel's registers a thread and programs a multiprocessor over the
+    settings bench_kernels.py sweeps (bf16, Llama's heads, 2 pages, 16 members a group): members
+    a program x merge launched or fused x warps x stages; prints the table the README gives."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel, signature, base = next(v for v in signatures("bf16") if v[0].__name__ == "_shared_prefix_kernel")
+    rows = []
+    for members in (16, 8, 4):
+        line = []
+        for fused in (False, True):
+            for warps, stages in ((4, 2), (4, 3), (2, 2), (2, 3)):
+                constants = {**base, "PAGES": 2, "MEMBERS": members, "MEMBER_TILES": 16 // members,
+                             "BLOCK_M": max(16, 4 * members), "FUSED_MERGE": fused, "BLOCK_P": 16}
+                compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
+                                                    attrs=aligned_attrs(kernel, signature)),
+                                          target=GPUTarget("cuda", arch, 32),
+                                          options={"num_warps": warps, "num_stages": stages})
+                used = cubin_resources(compiled.asm["cubin"])
+                programs = programs_per_multiprocessor(used["registers"], warps, compiled.metadata.shared)
+                rows.append({"members": members, "fused_merge": fused, "num_warps": warps, "num_stages": stages,
+                             **used, "programs": programs})
+                line.append(f"{used['registers']}, spills" if used["stack_frame"] else
+                            f"{used['registers']} ({programs})")
+        print(f"| {members} | " + " | ".join(line) + " |", flush=True)
+    return rows
+
+
 def main(arch: int = 90) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_check: unset TRITON_INTERPRET first (interpreted kernels cannot be compiled)")
@@ -258,4 +288,10 @@ def main(arch: int = 90) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))
+    # python -m kernels.compile_check [arch] [--shared-prefix-registers]
+    numbers = [int(arg) for arg in sys.argv[1:] if arg.isdigit()]
+    if "--shared-prefix-registers" in sys.argv:
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # as main() compiles
+        shared_prefix_registers(*numbers)
+        sys.exit(0)
+    sys.exit(main(*numbers))
