@@ -117,10 +117,10 @@ case "$stage" in
     ;;
   tests)
     setup
-    # on the GPU's 16 cores, 8 workers compiling kernels side by side; each result printed as it
+    # on the GPU's 16 cores, 12 workers compiling kernels side by side; each result printed as it
     # comes (a stage's time may end). Left out there: the sm_90 compile check and the benchmark's
     # dry run, guards for machines without a GPU (the latter needs Triton >= 3.9's interpreter)
-    "$PY" -m pytest -vv -p no:cacheprovider -n 8 tests/test_kernels.py tests/test_kernels_gemma4.py \
+    "$PY" -m pytest -vv -p no:cacheprovider -n 12 tests/test_kernels.py tests/test_kernels_gemma4.py \
       tests/test_kernel_shared_prefix.py tests/test_kernel_merge.py \
       --deselect tests/test_kernels.py::test_kernels_compile_for_sm90 \
       --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run \
@@ -205,7 +205,7 @@ case "$stage" in
       OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
         || echo "== $name ended with status $? (124: out of time)"
     }
-    tune_stage tests 70
+    tune_stage tests 90
     tune_stage bench 200 --shared-prefix-only
     sweep_file=$(find benchmarks/results -name 'kernels-shared-prefix-*.json' -newer "$marker" | head -1)
     best=$([ -n "$sweep_file" ] && "$PY" benchmarks/best_shared_prefix.py "$sweep_file") || best=""
