@@ -23,10 +23,12 @@
 #   bash benchmarks/gpu_session.sh tune [k=v...]     # issue 6 in one call under one deadline: tests,
 #                                                    # the shared-prefix sweep, then profile, validate,
 #                                                    # parts and online at the sweep's best setting
-# The next GPU session (issue 6): `tune` (about 9 minutes of its 15), then make the setting it
-# printed ("the fastest setting of the sweep") kernels/shared_prefix.py's defaults, so that the
-# committed profile (measured with it) describes the engine as it runs by default; commit the
-# JSON, the profile and the validation figures.
+# The next GPU session (issue 6): `tune` (about 9 minutes of its 15); then here
+# `python benchmarks/take_gpu_results.py <files_at>` files what came back (kernel JSONs, the
+# profile, both validations) and prints the figures; make the setting it printed ("the fastest
+# setting of the sweep") kernels/shared_prefix.py's defaults, so that the committed profile
+# (measured with it) describes the engine as it runs by default; point
+# tests/test_h200_profile.py at the new offline validation; commit.
 # MODEL picks the preset (default llama-3.1-8b: 16 GB of bf16 weights, a realistic share of an
 # H100's 80 GB); extra arguments are Hydra overrides for the batchlab command.
 # With device time left after `all`, the mixture-of-experts path (the fused MoE kernel in the
