@@ -13,10 +13,9 @@ figures issue 6 still owes. The sweeps' kernels are compiled first by worker pro
 side (benchmarks/precompile.py), each figure printed and saved as it is measured.
 Timed as called (``do_bench``: the host's launch work included where it exceeds the device's)
 and, for the attention kernels, as device time (``do_bench_cudagraph``: replayed from a CUDA graph).
-Each also swept over Triton's launch options and its split length (decode: num_warps 2/4/8 x
-num_stages 2/3/4 x 16/32/64 blocks; shared prefix: ``shared_sweep``, with the merge's place and
-the members a program stacks too), sorted fastest first, so that one GPU call says whether the
-defaults should change.
+Each also swept over its launch options and split length (decode: num_warps 2/4/8 x num_stages
+2/3/4 x 16/32/64 blocks; shared prefix: ``shared_sweep``), sorted fastest first: one GPU call
+says whether the defaults should change.
 """
 from __future__ import annotations
 
@@ -268,17 +267,18 @@ def shared_sweep(dry: bool) -> list[dict]:
     merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first) x
     members a prefix program stacks (None: a whole group). 2026-12-04's H200 sweep (4/8 warps,
     2/3 stages, splits 8/16/32, 1/2/4 pages): best 4 warps, 2 stages, split 16, 2 pages; 8 warps
-    all behind. Registers a thread (Triton 3.9, sm_90, 2 pages; README): a whole group of 16 at 4
-    warps 160 (fused merge: 193 at 2 stages, 160 at 3), at 2 warps 255 and spilled, not swept;
-    8 members 101-180, 4 members 83-166 (5-9 programs a multiprocessor)."""
+    all behind. Registers (Triton 3.9, sm_90; README): a whole group of 16 at 4 warps 160 (fused
+    merge: 193 at 2 stages), at 2 warps spilled (not swept); 8 members 101-180, 4 members 83-166."""
     merges = ((False, True), (True, True), (True, False))
     if dry:
         grids = [((4,), (3,), (1, 2), (1, 2), merges, (None, 1))]
     else:
+        # fewer members a program: parallelism that costs no partials (splits do), so 64 blocks a split too
         grids = [((4,), (2,), (16, 32), (2, 4), merges, (None, 8, 4)),  # 2026-12-04's best region
-                 ((4,), (3,), (16, 32), (2, 4), merges[1:], (None,)),  # the fused merge's registers at 3 stages
-                 ((2,), (2,), (16, 32), (2, 4), merges, (8, 4)),
-                 ((2, 4), (3,), (16, 32), (2, 4), merges[1:], (8, 4))]
+                 ((4,), (2, 3), (64,), (2, 4), merges, (8, 4)),
+                 ((4,), (3,), (16, 32), (2, 4), merges, (8, 4)),
+                 ((2,), (2,), (16, 32, 64), (2, 4), merges, (4,)),
+                 ((4,), (3,), (16, 32), (2, 4), merges[1:], (None,))]  # the fused merge's registers at 3 stages
     return [dict(num_warps=warps, num_stages=stages, prefix_blocks_per_split=split, pages=pages,
                  fused_merge=fused_merge, prefix_first=prefix_first, members_per_program=members)
             for grid in grids

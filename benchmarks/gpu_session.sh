@@ -208,7 +208,7 @@ case "$stage" in
         || echo "== $name ended with status $? (124: out of time)"
     }
     tune_stage tests 90
-    tune_stage bench 200 --shared-prefix-only
+    tune_stage bench 220 --shared-prefix-only
     sweep_file=$(find benchmarks/results -name 'kernels-shared-prefix-*.json' -newer "$marker" | head -1)
     best=$([ -n "$sweep_file" ] && "$PY" benchmarks/best_shared_prefix.py "$sweep_file") || best=""
     echo "== the fastest setting of the sweep: ${best:-none, the defaults of the kernel}" | tee "$work/best.txt"
