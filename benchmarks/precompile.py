@@ -16,11 +16,11 @@ from multiprocessing import get_context
 
 
 def warm(tasks: list[tuple[str, dict]], shape: tuple, dry: bool) -> list[str]:
-    """(In a worker) each (kernel, options) of ``tasks`` called once on bench_kernels' shared-
+    """(In a worker) each (kernel, options) of ``tasks`` called once on the benchmarks' shared-
     prefix case; what failed, said."""
     import torch
 
-    from bench_kernels import shared_prefix_case, sweep_calls
+    from shared_prefix_case import shared_prefix_case, sweep_calls
     from kernels.shared_prefix import shared_prefix_layout
 
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)

@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
     from kernels.paged_decode import paged_decode_attention
     from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
 
-    from bench_kernels import copy_bandwidth, shared_prefix_case  # bench_kernels.py's shape, tables, inputs
+    from bench_kernels import copy_bandwidth
+    from shared_prefix_case import shared_prefix_case  # bench_kernels.py's shape, tables, inputs
 
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
     heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)

@@ -111,7 +111,7 @@ def test_the_sweeps_settings_are_the_kernels_and_precompiling_says_what_failed(m
     from kernels.shared_prefix import check_options
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from bench_kernels import per_request_sweep, shared_sweep
+    from shared_prefix_case import per_request_sweep, shared_sweep
     from precompile import warm
 
     gpu_settings = shared_sweep(dry=False)
