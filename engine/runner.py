@@ -5,6 +5,7 @@ the workload), so that decodes and recomputation after preemption feed the same 
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -32,6 +33,11 @@ class ModelRunner:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda requested but no CUDA device is available")
+        if backend == "triton" and self.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            # (else Triton fails at the first kernel: "0 active drivers ... There should only be one")
+            raise ConfigError("backend=triton runs its kernels on a GPU (device=cuda); on a CPU only in Triton's "
+                              "interpreter, which TRITON_INTERPRET=1 set before the command starts selects (slow: "
+                              "tiny models); backend=torch is the CPU's engine path")
         # CPU steps allocate and free large tensors; without this, glibc maps and unmaps them
         # every step and the step times measure the allocator (engine/host_memory.py)
         self.host_memory = host_memory_for(self.device.type)

@@ -32,3 +32,17 @@ def test_another_package_named_kernels_is_named_when_the_triton_backend_cannot_l
     with pytest.raises(ConfigError, match="backend 'triton' is not available") as refused:
         attention.make_backend("triton")
     assert "the package named 'kernels'" not in str(refused.value)
+
+
+def test_the_triton_backend_on_a_cpu_without_the_interpreter_says_what_to_set(monkeypatch):
+    """Triton's own failure there is "0 active drivers ([]). There should only be one", at the
+    first kernel; the engine refuses first, before any weights are made."""
+    pytest.importorskip("triton")
+    from engine.runner import ModelRunner
+    from scheduler.model_spec import model_spec
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="on a CPU only in Triton's interpreter, which TRITON_INTERPRET=1 set"):
+        ModelRunner(model_spec("tiny"), 16, device="cpu", backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ModelRunner(model_spec("tiny"), 16, device="cpu", backend="triton").model is not None
