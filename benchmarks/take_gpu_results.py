@@ -44,7 +44,7 @@ def take(files_at: Path, root: Path, model: str = "llama-3.1-8b") -> list[Path]:
         written.append(Path(shutil.copy(path, results / path.name)))
     with tempfile.TemporaryDirectory() as work:
         with tarfile.open(archive) as tar:
-            tar.extractall(work, filter="data")
+            tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         work = Path(work)
         profile = work / "profile" / "profile"
         if (profile / "profile.json").is_file():
