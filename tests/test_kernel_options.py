@@ -65,6 +65,12 @@ def test_the_sweeps_best_setting_comes_back_as_overrides_the_config_takes():
             options["fused_merge"], options["members_per_program"]) == (4, 2, 16, 2, True, None)
     with pytest.raises(ValueError, match="no shared_prefix_sweep"):
         module.best_overrides({})
+    # a faster row whose output was not the per-request kernel's is passed over, and none right is said
+    fast_wrong = {"pages": 4, "ms": 0.05, "device_ms": 0.04, "relative_error": 0.6}
+    slow_right = {"pages": 2, "ms": 0.09, "device_ms": 0.08, "relative_error": 0.004}
+    assert module.best_overrides({"shared_prefix_sweep": [fast_wrong, slow_right]}) == ["kernels.shared_prefix.pages=2"]
+    with pytest.raises(ValueError, match="no setting of the sweep matched the per-request output"):
+        module.best_overrides({"shared_prefix_sweep": [fast_wrong]})
 
 
 @pytest.mark.parametrize("command", ["run", "profile", "validate"])

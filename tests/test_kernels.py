@@ -1,5 +1,6 @@
 """Triton kernels against their torch references (on CPU: Triton's interpreter, tiny shapes),
 outputs poisoned with NaN before each call; and every kernel compiled for sm_90 without a GPU."""
+import json
 import os
 import subprocess
 import sys
@@ -306,6 +307,10 @@ def test_gpu_kernel_benchmark_dry_run():
     assert '"delta_step"' in result.stdout  # the fused DeltaNet decode step against the torch step
     assert '"gemma4_full_decode"' in result.stdout  # paged decode at Gemma 4's head size of 512 (32 here)
     assert "precompile: 2 of 2 kernel calls compiled by 2 processes" in result.stdout  # spawned workers
+    lines = result.stdout.splitlines()
+    results = json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))  # the JSON printed last
+    errors = [row["relative_error"] for row in results["shared_prefix_sweep"]]  # each setting against per-request
+    assert len(errors) == 24 and max(errors) < 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
