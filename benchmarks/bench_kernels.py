@@ -189,20 +189,17 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     figure), timed as called (host launch work included) and as device time (``timers``: the
     two), then its launch options swept; into ``results``."""
     bench, device_ms = timers
-    from kernels.paged_decode import paged_decode_attention
     from kernels.shared_prefix import shared_prefix_layout
-    from shared_prefix_case import per_request_sweep, shared_prefix_case, shared_sweep, sweep_calls
+    from shared_prefix_case import per_request_sweep, relative_error, shared_prefix_case, shared_sweep, sweep_calls
 
-    heads, kv_heads, head_dim, block_size = shape
+    head_dim, block_size = shape[2:]
     case = shared_prefix_case(shape, dtype, device, dry)
     prefix, suffix, per_group, groups = case["prefix"], case["suffix"], case["per_group"], case["groups"]
-    key, value, tables, contexts, query, group_list = (case[k] for k in ("key", "value", "tables", "contexts", "query",
-                                                                         "group_list"))
-
     # the engine builds a step's group layout once on the host and reuses it in every layer;
     # timed apart (host work, once per step), the kernel with it
     started = time.perf_counter()
-    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), group_list, block_size, device)
+    layout = shared_prefix_layout(case["tables"].tolist(), case["contexts"].tolist(), case["group_list"], block_size,
+                                  device)
     if not dry:
         torch.cuda.synchronize()
     layout_ms = (time.perf_counter() - started) * 1e3
@@ -213,8 +210,8 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     precompile([("per_request", {}), ("shared", {})] + [("shared", options) for options in shared_sweep(dry)]
                + [("per_request", options) for options in per_request_sweep(dry)], shape, dry)
     per_request_ms = bench(per_request)
+    reference = per_request()  # each shared-prefix output is checked against it
     if dry:  # the shared-prefix kernel must agree with per-request attention
-        reference = paged_decode_attention(query, key, value, tables, contexts, head_dim ** -0.5)
         for split, fused_merge in ((32, False), (1, False), (1, True)):
             torch.testing.assert_close(shared(prefix_blocks_per_split=split, fused_merge=fused_merge), reference,
                                        rtol=1e-4, atol=1e-5)
@@ -236,11 +233,6 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     # that computes something else (a race in the fused merge, say) is marked and never the best
     from best_shared_prefix import TOLERANCE  # the rule that picks the best takes the same bound
 
-    expected = per_request().float()
-
-    def error_of(out) -> float:
-        return ((out.float() - expected).abs().max() / expected.abs().max()).item()
-
     ranked = lambda row: (row["relative_error"] > TOLERANCE, row["device_ms"] or row["ms"])  # noqa: E731
     for number, options in enumerate(settings, 1):
         try:
@@ -252,7 +244,7 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
         graph_ms = device_ms(lambda: shared(**options))
         sweep.append({**options, "ms": ms, "speedup": per_request_ms / ms, "device_ms": graph_ms,
                       "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None,
-                      "relative_error": error_of(shared(**options))})
+                      "relative_error": relative_error(shared(**options), reference)})
         results["shared_prefix_sweep"] = sorted(sweep, key=ranked)
         save(f"shared prefix sweep {number}/{len(settings)}: device {graph_ms} ms, as called {ms:.4f} ms, "
              f"error {sweep[-1]['relative_error']:.1e}, {options}")  # kept as it goes

@@ -1,12 +1,12 @@
 """The shared-prefix kernel's fastest setting in a kernel benchmark's results (bench_kernels.py's
 ``shared_prefix_sweep``, by device time), as the config overrides that run it:
 
-    python benchmarks/best_shared_prefix.py benchmarks/results/kernels-NVIDIA-H200-<date>.json
+    python benchmarks/best_shared_prefix.py benchmarks/results/kernels-shared-prefix-NVIDIA-H200-<date>.json
     kernels.shared_prefix.num_warps=4 kernels.shared_prefix.num_stages=2 ...
 
-so that a GPU session can profile and validate the engine with it
-(``bash benchmarks/gpu_session.sh measure $(python benchmarks/best_shared_prefix.py FILE)``)
-before making it the kernel's default.
+so that a GPU session can profile and validate the engine with it (gpu_session.sh's ``tune``
+does, or ``measure $(python benchmarks/best_shared_prefix.py FILE)``) before making it the
+kernel's default.
 """
 from __future__ import annotations
 

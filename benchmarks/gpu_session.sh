@@ -88,6 +88,17 @@ setup() {
   "$PY" -c "import torch, triton, simpy, hydra; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
 }
 
+tune_stage() {  # name limit [arguments]: the stage into $work/<name> under its limit, cut to what is
+  # left before $deadline (skipped with under 30 s left)
+  local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
+  shift 2
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 30 ]; then echo "== $name skipped: ${left} s left"; return 0; fi
+  echo "== $name (at most ${limit} s) $(date +%T)"
+  OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
+    || echo "== $name ended with status $? (124: out of time)"
+}
+
 finish() {  # work-folder marker: the stages' files in one archive ($OUT returns at most 8 files),
   # the result files this call wrote (newer than the marker) beside it, then the figures owed,
   # last (the tool returns the output's end)
@@ -198,15 +209,6 @@ case "$stage" in
     deadline=$(( $(date +%s) + ${TUNE_SECONDS:-560} ))
     work="$OUT/work" marker="$OUT/.started"
     mkdir -p "$work" && touch "$marker"
-    tune_stage() {  # name limit [arguments]
-      local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
-      shift 2
-      [ "$left" -lt "$limit" ] && limit=$left
-      if [ "$limit" -lt 30 ]; then echo "== $name skipped: ${left} s left"; return 0; fi
-      echo "== $name (at most ${limit} s) $(date +%T)"
-      OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
-        || echo "== $name ended with status $? (124: out of time)"
-    }
     tune_stage tests 90
     tune_stage bench 220 --shared-prefix-only
     sweep_file=$(find benchmarks/results -name 'kernels-shared-prefix-*.json' -newer "$marker" | head -1)
@@ -232,13 +234,10 @@ case "$stage" in
       sweep) stages="tests:70 bench:300 parts:150" ;;
       measure) stages="profile:150 validate:150 online:150" ;;
     esac
-    work="$OUT/work"
+    work="$OUT/work" deadline=$(( $(date +%s) + 100000 ))  # (no deadline but the stages' own)
     mkdir -p "$work" && touch "$OUT/.started"
     for stage_limit in $stages; do
-      name="${stage_limit%%:*}" limit="${stage_limit##*:}"
-      echo "== $name (at most ${limit} s) $(date +%T)"
-      OUT="$work/$name" timeout --signal=INT --kill-after=10 "$limit" bash "$0" "$name" "$@" \
-        || echo "== $name ended with status $? (124: out of time)"
+      tune_stage "${stage_limit%%:*}" "${stage_limit##*:}" "$@"
     done
     finish "$work" "$OUT/.started"
     ;;

@@ -8,6 +8,12 @@ from itertools import product
 import torch
 
 
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest difference of ``out`` from ``reference`` over the largest value of the latter
+    (best_shared_prefix.TOLERANCE bounds it for a sweep row)."""
+    return ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
 def shared_sweep(dry: bool) -> list[dict]:
     """The shared-prefix settings timed, the likeliest first (a stage cut short keeps the rows
     timed): warps x stages x split length x KV blocks a loop iteration (``pages``) x where the

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
 
     from bench_kernels import copy_bandwidth
-    from shared_prefix_case import shared_prefix_case  # bench_kernels.py's shape, tables, inputs
+    from shared_prefix_case import relative_error, shared_prefix_case  # bench_kernels.py's shape, inputs
 
     device, dtype = ("cpu", torch.float32) if dry else ("cuda", torch.bfloat16)
     heads, kv_heads, head_dim, block_size = (4, 2, 16, 16) if dry else (32, 8, 128, 16)
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
         return seqs * heads * ((1 + splits) * (head_dim + 1) * 4 + head_dim * query.element_size())
 
     def error_of(out) -> float:
-        return ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+        return relative_error(out, reference)
 
     # (prefix blocks a split, KV blocks a loop iteration, rows of a distinct tile, warps, stages,
     # members a prefix program stacks). 2026-12-04 (the first six columns' sweep): 8 warps and 8

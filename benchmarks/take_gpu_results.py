@@ -83,8 +83,8 @@ def summary(files_at: Path) -> list[str]:
             if name in names:
                 lines += pick(tar.extractfile(name).read().decode(errors="replace"))
     for path in sorted(files_at.glob("kernels-*.json")):
-        shared = json.loads(path.read_text()).get("shared_prefix", {})
-        sweep = json.loads(path.read_text()).get("shared_prefix_sweep") or [{}]
+        results = json.loads(path.read_text())
+        shared, sweep = results.get("shared_prefix", {}), results.get("shared_prefix_sweep") or [{}]
         lines.append(f"{path.name}: shared prefix {shared.get('device_speedup')}x at the defaults (device time), "
                      f"{sweep[0].get('device_speedup')}x at the sweep's best, "
                      f"{shared.get('best_over_best_device_speedup')}x against the per-request kernel at its best")
