@@ -14,7 +14,8 @@ side (benchmarks/precompile.py), each figure printed and saved as it is measured
 Timed as called (``do_bench``: the host's launch work included where it exceeds the device's)
 and, for the attention kernels, as device time (``do_bench_cudagraph``: replayed from a CUDA graph).
 Each also swept over its launch options and split length (decode: num_warps 2/4/8 x num_stages
-2/3/4 x 16/32/64 blocks; shared prefix: shared_prefix_case.py's ``shared_sweep``), sorted fastest first: one GPU call
+2/3/4 x 16/32/64 blocks; shared prefix: shared_prefix_case.py's ``shared_sweep``, and its
+``merge_sweep``: the merge's options on the best settings), sorted fastest first: one GPU call
 says whether the defaults should change.
 """
 from __future__ import annotations
@@ -190,7 +191,8 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     two), then its launch options swept; into ``results``."""
     bench, device_ms = timers
     from kernels.shared_prefix import shared_prefix_layout
-    from shared_prefix_case import per_request_sweep, relative_error, shared_prefix_case, shared_sweep, sweep_calls
+    from shared_prefix_case import (merge_sweep, merge_warmups, per_request_sweep, relative_error, shared_prefix_case,
+                                    shared_sweep, sweep_calls)
 
     head_dim, block_size = shape[2:]
     case = shared_prefix_case(shape, dtype, device, dry)
@@ -208,7 +210,8 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
     # then serves the timings here): ptxas takes seconds a variant, the timing a fraction of one
     from precompile import precompile
     precompile([("per_request", {}), ("shared", {})] + [("shared", options) for options in shared_sweep(dry)]
-               + [("per_request", options) for options in per_request_sweep(dry)], shape, dry)
+               + [("per_request", options) for options in per_request_sweep(dry)]
+               + [("shared", options) for options in merge_warmups(dry)], shape, dry)
     per_request_ms = bench(per_request)
     reference = per_request()  # each shared-prefix output is checked against it
     if dry:  # the shared-prefix kernel must agree with per-request attention
@@ -228,26 +231,36 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
          f"{shared_ms:.3f} ms against {per_request_ms:.3f} ms per request, {per_request_ms / shared_ms:.2f}x; "
          f"device time {shared_device} ms against {per_request_device} ms, {device_speedup}x")
     sweep = []
-    settings = shared_sweep(dry)
     # each setting's output, after its timings, against the per-request kernel's: a fast setting
     # that computes something else (a race in the fused merge, say) is marked and never the best
     from best_shared_prefix import TOLERANCE  # the rule that picks the best takes the same bound
 
     ranked = lambda row: (row["relative_error"] > TOLERANCE, row["device_ms"] or row["ms"])  # noqa: E731
-    for number, options in enumerate(settings, 1):
-        try:
-            ms = bench(lambda: shared(**options))
-        except Exception as error:  # noqa: BLE001 - one setting that fails (resources, say) ends no sweep
-            results.setdefault("shared_prefix_sweep_errors", []).append({**options, "error": str(error)[:300]})
-            save(f"shared prefix sweep {number}/{len(settings)}: failed, {str(error)[:120]}, {options}")
-            continue
-        graph_ms = device_ms(lambda: shared(**options))
-        sweep.append({**options, "ms": ms, "speedup": per_request_ms / ms, "device_ms": graph_ms,
-                      "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None,
-                      "relative_error": relative_error(shared(**options), reference)})
-        results["shared_prefix_sweep"] = sorted(sweep, key=ranked)
-        save(f"shared prefix sweep {number}/{len(settings)}: device {graph_ms} ms, as called {ms:.4f} ms, "
-             f"error {sweep[-1]['relative_error']:.1e}, {options}")  # kept as it goes
+
+    def timed_sweep(settings: list[dict], label: str) -> None:
+        for number, options in enumerate(settings, 1):
+            try:
+                ms = bench(lambda: shared(**options))
+            except Exception as error:  # noqa: BLE001 - one setting that fails (resources, say) ends no sweep
+                results.setdefault("shared_prefix_sweep_errors", []).append({**options, "error": str(error)[:300]})
+                save(f"{label} {number}/{len(settings)}: failed, {str(error)[:120]}, {options}")
+                continue
+            graph_ms = device_ms(lambda: shared(**options))
+            sweep.append({**options, "ms": ms, "speedup": per_request_ms / ms, "device_ms": graph_ms,
+                          "device_speedup": per_request_device / graph_ms if per_request_device and graph_ms else None,
+                          "relative_error": relative_error(shared(**options), reference)})
+            results["shared_prefix_sweep"] = sorted(sweep, key=ranked)
+            save(f"{label} {number}/{len(settings)}: device {graph_ms} ms, as called {ms:.4f} ms, "
+                 f"error {sweep[-1]['relative_error']:.1e}, {options}")  # kept as it goes
+
+    # the kernel sweep's likeliest 12 settings (2026-12-04's best region, each way of merging),
+    # then the merge's options (partials' dtype, one trip or two, rows and warps a merge program)
+    # on the best of those, then the rest of the kernel sweep: a stage cut short keeps the likeliest
+    # rows of both; all rows join one sweep, so the best of all is picked
+    settings = shared_sweep(dry)
+    timed_sweep(settings[:12], "shared prefix sweep")
+    timed_sweep(merge_sweep(results["shared_prefix_sweep"], dry), "shared prefix merge sweep")
+    timed_sweep(settings[12:], "shared prefix sweep (the rest)")
     save(f"shared prefix sweep: best {results['shared_prefix_sweep'][0]}")
     # the per-request kernel at its own best for this shape too: the ratio against a tuned baseline
     baseline = []

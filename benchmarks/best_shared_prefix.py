@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: kernels/
 
 OPTIONS = ("num_warps", "num_stages", "prefix_blocks_per_split", "pages", "fused_merge", "prefix_first",
-           "members_per_program")
+           "members_per_program", "fp32_partials", "merge_eager", "merge_rows", "merge_warps")
 
 
 # a sweep row whose output is further than this from the per-request kernel's (largest difference

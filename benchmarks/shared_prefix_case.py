@@ -38,6 +38,50 @@ def shared_sweep(dry: bool) -> list[dict]:
             for warps, stages, split, pages, (fused_merge, prefix_first), members in product(*grid)]
 
 
+# the merge's options at their defaults: a merge sweep row with these is the kernel sweep's own
+MERGE_DEFAULTS = {"fp32_partials": True, "merge_eager": False, "merge_rows": 1, "merge_warps": None}
+
+
+def merge_options(dry: bool) -> list[dict]:
+    """The merge's settings: partials in fp32 or the query's dtype x read in one trip to memory
+    (``merge_eager``) or two x rows a merge program and its warps (Triton's default 4 where
+    None). 2026-12-04's H200 parts: the launched merge took 0.013-0.014 ms of the best call's
+    0.070 whether it read 9 slots a row or 3, a latency and not a bandwidth (35 % of the copy's)."""
+    launches = ((1, None), (2, 2)) if dry else ((1, 1), (1, 2), (1, None), (4, 1), (4, 2), (4, 4), (8, 2), (8, 4),
+                                                 (16, 4))
+    return [{"fp32_partials": fp32, "merge_eager": eager, "merge_rows": rows, "merge_warps": warps}
+            for fp32, eager in product((True, False), (False, True)) for rows, warps in launches]
+
+
+def merge_sweep(rows: list[dict], dry: bool) -> list[dict]:
+    """Whole-call settings that time the merge's options after the kernel sweep (``rows``, best
+    first): its fastest launched-merge setting with each merge option but the defaults (which it
+    was timed with), and its fastest fused-merge setting with each partials' dtype and way of
+    reading (rows and warps are a launched merge's)."""
+    from best_shared_prefix import TOLERANCE  # only settings whose output was right
+
+    settings = []
+    for fused in (False, True):
+        best = next((row for row in rows if row["fused_merge"] is fused and row["relative_error"] <= TOLERANCE), None)
+        if best is None:
+            continue
+        kernel = {name: best[name] for name in shared_sweep(dry)[0]}
+        settings += [{**kernel, **merge} for merge in merge_options(dry) if merge != MERGE_DEFAULTS
+                     and not (fused and (merge["merge_rows"], merge["merge_warps"]) != (1, None))]
+    return settings
+
+
+def merge_warmups(dry: bool) -> list[dict]:
+    """merge_sweep's likely settings, for precompile.py, before the kernel sweep says which are
+    best: the merge's variants differ by the slots a row (the split length), so merge_sweep on the
+    first launched-merge setting of each split length and on the first fused one."""
+    firsts = {}
+    for options in shared_sweep(dry):
+        firsts.setdefault((options["fused_merge"], None if options["fused_merge"] else options["prefix_blocks_per_split"]),
+                          options)
+    return [setting for options in firsts.values() for setting in merge_sweep([{**options, "relative_error": 0.0}], dry)]
+
+
 def per_request_sweep(dry: bool) -> list[dict]:
     """The per-request kernel's settings timed at the shared-prefix shape (its own best)."""
     return [dict(num_warps=warps, num_stages=2, blocks_per_split=split)

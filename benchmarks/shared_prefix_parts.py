@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from datetime import date
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -81,14 +82,14 @@ def main(argv: list[str]) -> int:
             HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
             MEMBERS=members, MEMBER_TILES=tiles(members), num_warps=warps, num_stages=stages)
 
-    def buffers(split_blocks: int):
-        """The prefix's splits and the kernel's fp32 partials and their log-sum-exps."""
+    def buffers(split_blocks: int, partials=torch.float32):
+        """The prefix's splits and the kernel's partials (fp32 unless said) and their fp32 log-sum-exps."""
         splits = max(1, triton.cdiv(prefix_blocks, split_blocks))
-        return (splits, torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=torch.float32),
+        return (splits, torch.empty((seqs * heads, 1 + splits, head_dim), device=device, dtype=partials),
                 torch.empty((seqs * heads, 1 + splits), device=device, dtype=torch.float32))
 
-    def merge_bytes(splits: int) -> int:  # the partials read, the output written
-        return seqs * heads * ((1 + splits) * (head_dim + 1) * 4 + head_dim * query.element_size())
+    def merge_bytes(splits: int, partial_bytes: int = 4) -> int:  # the partials read, the output written
+        return seqs * heads * ((1 + splits) * (head_dim * partial_bytes + 4) + head_dim * query.element_size())
 
     def error_of(out) -> float:
         return relative_error(out, reference)
@@ -146,22 +147,27 @@ def main(argv: list[str]) -> int:
                   f"{row['fused_merge_ms']:.4f} ms (error {row['fused_merge_error']:.1e}), the sequences' programs "
                   f"first {row['fused_merge_distinct_first_ms']:.4f} ms (error {row['fused_merge_distinct_first_error']:.1e})",
                   flush=True)
-    # the merge over several rows a program and warps (the partials of the first option's kernel)
+    # the merge over several rows a program and warps, reading in two trips or one (eager), of
+    # partials in fp32 or the query's dtype (the first option's kernel's partials, so written)
     split_blocks, pages = options[0][:2]
-    splits, parts, lse = buffers(split_blocks)
-    launch((groups * splits * tiles(16) + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4, 2, 16)
     rows["merge_sweep"] = []
-    for rows_per_program, warps in ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]:
+    launches = ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]
+    for partials, eager, (rows_per_program, warps) in product((torch.float32, dtype), (False, True), launches):
+        splits, parts, lse = buffers(split_blocks, partials)
+        launch((groups * splits * tiles(16) + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4,
+               2, 16)
         out = torch.full_like(query, float("nan"))
         merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim),  # noqa: E731
-                                       rows_per_program=rows_per_program, num_warps=warps)
+                                       rows_per_program=rows_per_program, num_warps=warps, eager=eager)
         merge()
         error = error_of(out)
         ms = timed(merge)
-        rows["merge_sweep"].append({"rows_per_program": rows_per_program, "num_warps": warps, "ms": ms,
-                                    "of_copy_bandwidth": merge_bytes(splits) / (ms / 1e3) / copy_bw,
-                                    "relative_error": error})
-        print(f"merge, {rows_per_program:>2} rows a program, {warps} warps: {ms:.4f} ms, "
+        rows["merge_sweep"].append({"rows_per_program": rows_per_program, "num_warps": warps, "eager": eager,
+                                    "partials": str(partials).removeprefix("torch."), "ms": ms,
+                                    "of_copy_bandwidth": merge_bytes(splits, parts.element_size()) / (ms / 1e3)
+                                    / copy_bw, "relative_error": error})
+        print(f"merge, {rows_per_program:>2} rows a program, {warps} warps, {'one trip' if eager else 'two trips'}, "
+              f"{rows['merge_sweep'][-1]['partials']} partials: {ms:.4f} ms, "
               f"{rows['merge_sweep'][-1]['of_copy_bandwidth']:.0%} of the copy bandwidth; error {error:.1e}", flush=True)
     ideal = (groups * prefix + seqs * suffix) * kv_row / copy_bw * 1e3
     rows["ideal_kv_read_ms"] = ideal

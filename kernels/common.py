@@ -91,47 +91,80 @@ def attend_pages(q, k_base, v_base, table_ptr, first_block, end_token, stride_kb
 
 @triton.jit
 def _merge_rows_kernel(parts_ptr, lse_ptr, out_ptr, sinks_ptr, num_rows, num_parts, heads,
-                       HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, SINKS: tl.constexpr, ROWS: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, SINKS: tl.constexpr, ROWS: tl.constexpr,
+                       EAGER: tl.constexpr = False):
     """Row r: out[r] = sum_p w_p * parts[r, p] / sum_p w_p with w_p = 2^(lse[r, p] - max_p lse[r, p])
     (with ``SINKS``, the denominator also takes e^sink of the row's head, r mod ``heads``), ``ROWS``
     rows a program. On an H200 one row a program (4,096 programs of 4.6 KB for 128 requests x 32
     heads) read the partials at 35 % of the copy bandwidth (0.014 ms; 0.013 ms with a third of the
     bytes). At most 2,048 partial elements (16 slots of 128) are loaded at once: all of 8 rows' 16
-    slots took 198 registers a thread on sm_90 (2 programs a multiprocessor), 2 slots at a time 71 (7)."""
+    slots took 198 registers a thread on sm_90 (2 programs a multiprocessor), 2 slots at a time 71 (7).
+    ``EAGER``: merge_rows's one-round-trip form."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, row < num_rows, num_parts, heads, HEAD_DIM, BLOCK_P,
-               SINKS, "", min(BLOCK_P, max(2048 // (ROWS * HEAD_DIM), 1)))  # 2,048 fp32 in flight at most
+               SINKS, "", min(BLOCK_P, max(2048 // (ROWS * HEAD_DIM), 1)), EAGER)  # 2,048 fp32 in flight at most
 
 
 @triton.jit
 def merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, live, num_parts, heads, HEAD_DIM: tl.constexpr,
-               BLOCK_P: tl.constexpr, SINKS: tl.constexpr, CACHE: tl.constexpr, CHUNK: tl.constexpr):
-    """The merge of the rows ``row`` (where ``live``), their partials read ``CHUNK`` slots at a
-    time (all at once with ``CHUNK`` = ``BLOCK_P``; fewer hold fewer registers) with the cache
-    modifier ``CACHE`` ("": the default; ".cg": from L2, past a multiprocessor's L1, for
-    partials that other programs of the same launch wrote)."""
-    p = tl.arange(0, BLOCK_P)
+               BLOCK_P: tl.constexpr, SINKS: tl.constexpr, CACHE: tl.constexpr, CHUNK: tl.constexpr,
+               EAGER: tl.constexpr = False):
+    """The merge of the rows ``row`` (where ``live``), their partials (fp32, or bf16/fp16: merged
+    in fp32 either way) read ``CHUNK`` slots at a time (all at once with ``CHUNK`` = ``BLOCK_P``;
+    fewer hold fewer registers) with the cache modifier ``CACHE`` ("": the default; ".cg": from
+    L2, past a multiprocessor's L1, for partials that other programs of the same launch wrote).
+    By default the log-sum-exps are read first, then only the partials of weight > 0: two trips
+    to memory one after the other, the fewest bytes. ``EAGER``: each chunk's partials and
+    log-sum-exps read together and merged by a running maximum (an online softmax over the
+    slots): one trip a chunk; a slot of weight 0 is read too (unwritten memory: anything, NaN
+    included) and dropped by a select, never multiplied."""
     dims = tl.arange(0, HEAD_DIM)
-    lse = tl.load(lse_ptr + row[:, None] * num_parts + p[None, :], mask=live[:, None] & (p[None, :] < num_parts),
-                  other=float("-inf"), cache_modifier=CACHE)
-    top = tl.max(lse, 1)
-    if SINKS:
-        sink = tl.load(sinks_ptr + row % heads, mask=live, other=0.0).to(tl.float32) * LOG2E
-        top = tl.maximum(top, sink)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.sum(tl.exp2(lse - top[:, None]), 1)
-    if SINKS:
-        total += tl.exp2(sink - top)
     merged = tl.zeros([row.shape[0], HEAD_DIM], tl.float32)
-    for start in range(0, num_parts, CHUNK):
-        slot = start + tl.arange(0, CHUNK)
-        slots = live[:, None] & (slot[None, :] < num_parts)
-        weight = tl.exp2(tl.load(lse_ptr + row[:, None] * num_parts + slot[None, :], mask=slots, other=float("-inf"),
-                                 cache_modifier=CACHE) - top[:, None])
-        address = (row[:, None, None] * num_parts + slot[None, :, None]) * HEAD_DIM + dims[None, None, :]
-        parts = tl.load(parts_ptr + address, mask=(slots & (weight > 0.0))[:, :, None], other=0.0,
-                        cache_modifier=CACHE)  # none read at weight 0
-        merged += tl.sum(parts * weight[:, :, None], 1)
+    if EAGER:
+        top = tl.full([row.shape[0]], float("-inf"), tl.float32)
+        total = tl.zeros([row.shape[0]], tl.float32)
+        for start in range(0, num_parts, CHUNK):
+            slot = start + tl.arange(0, CHUNK)
+            slots = live[:, None] & (slot[None, :] < num_parts)
+            address = (row[:, None, None] * num_parts + slot[None, :, None]) * HEAD_DIM + dims[None, None, :]
+            parts = tl.load(parts_ptr + address, mask=slots[:, :, None], other=0.0, cache_modifier=CACHE)
+            lse = tl.load(lse_ptr + row[:, None] * num_parts + slot[None, :], mask=slots, other=float("-inf"),
+                          cache_modifier=CACHE)
+            new_top = tl.maximum(top, tl.max(lse, 1))
+            safe = tl.where(new_top == float("-inf"), 0.0, new_top)
+            rescale = tl.exp2(top - safe)
+            weight = tl.exp2(lse - safe[:, None])
+            kept = tl.where((weight > 0.0)[:, :, None], parts.to(tl.float32), 0.0)
+            total = total * rescale + tl.sum(weight, 1)
+            merged = merged * rescale[:, None] + tl.sum(kept * weight[:, :, None], 1)
+            top = new_top
+        if SINKS:
+            sink = tl.load(sinks_ptr + row % heads, mask=live, other=0.0).to(tl.float32) * LOG2E
+            new_top = tl.maximum(top, sink)
+            rescale = tl.exp2(top - new_top)  # top -inf (no partial): 0
+            total = total * rescale + tl.exp2(sink - new_top)
+            merged = merged * rescale[:, None]
+    else:
+        p = tl.arange(0, BLOCK_P)
+        lse = tl.load(lse_ptr + row[:, None] * num_parts + p[None, :],
+                      mask=live[:, None] & (p[None, :] < num_parts), other=float("-inf"), cache_modifier=CACHE)
+        top = tl.max(lse, 1)
+        if SINKS:
+            sink = tl.load(sinks_ptr + row % heads, mask=live, other=0.0).to(tl.float32) * LOG2E
+            top = tl.maximum(top, sink)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.exp2(lse - top[:, None]), 1)
+        if SINKS:
+            total += tl.exp2(sink - top)
+        for start in range(0, num_parts, CHUNK):
+            slot = start + tl.arange(0, CHUNK)
+            slots = live[:, None] & (slot[None, :] < num_parts)
+            weight = tl.exp2(tl.load(lse_ptr + row[:, None] * num_parts + slot[None, :], mask=slots,
+                                     other=float("-inf"), cache_modifier=CACHE) - top[:, None])
+            address = (row[:, None, None] * num_parts + slot[None, :, None]) * HEAD_DIM + dims[None, None, :]
+            parts = tl.load(parts_ptr + address, mask=(slots & (weight > 0.0))[:, :, None], other=0.0,
+                            cache_modifier=CACHE)  # none read at weight 0
+            merged += tl.sum(parts.to(tl.float32) * weight[:, :, None], 1)
     merged = merged / tl.where(total == 0.0, 1.0, total)[:, None]
     tl.store(out_ptr + row[:, None] * HEAD_DIM + dims[None, :], merged.to(out_ptr.dtype.element_ty),
              mask=live[:, None])
@@ -139,13 +172,15 @@ def merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, row, live, num_parts, hea
 
 def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
                    sinks: torch.Tensor | None = None, rows_per_program: int = 1,
-                   num_warps: int | None = None) -> torch.Tensor:
-    """``parts`` [rows, P, D] fp32, ``lse`` [rows, P] fp32 (base 2) -> ``out`` [rows, D];
-    ``sinks`` [heads] (natural-log logits; rows are sequence x heads + head): each head's sink
-    joins the softmax's denominator (gpt-oss). ``rows_per_program`` (a power of two) rows a
-    program; ``num_warps``: Triton's launch option."""
+                   num_warps: int | None = None, eager: bool = False) -> torch.Tensor:
+    """``parts`` [rows, P, D] (fp32, or bf16/fp16: merged in fp32 either way), ``lse`` [rows, P]
+    fp32 (base 2) -> ``out`` [rows, D]; ``sinks`` [heads] (natural-log logits; rows are sequence x
+    heads + head): each head's sink joins the softmax's denominator (gpt-oss).
+    ``rows_per_program`` (a power of two) rows a program; ``num_warps``: Triton's launch option;
+    ``eager``: partials and log-sum-exps read in one trip to memory (merge_rows)."""
     rows, num_parts, head_dim = parts.shape
-    assert lse.shape == (rows, num_parts) and parts.dtype == lse.dtype == torch.float32
+    assert lse.shape == (rows, num_parts) and lse.dtype == torch.float32
+    assert parts.dtype in (torch.float32, torch.bfloat16, torch.float16), parts.dtype
     assert parts.is_contiguous() and lse.is_contiguous() and out.is_contiguous() and out.shape == (rows, head_dim)
     if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
         raise ValueError(f"rows_per_program is {rows_per_program}; expected a power of two")
@@ -153,7 +188,7 @@ def merge_partials(parts: torch.Tensor, lse: torch.Tensor, out: torch.Tensor,
     _merge_rows_kernel[(triton.cdiv(rows, rows_per_program),)](
         parts, lse, out, lse if sinks is None else sinks, rows, num_parts, heads, HEAD_DIM=head_dim,
         BLOCK_P=max(triton.next_power_of_2(num_parts), 2), SINKS=sinks is not None, ROWS=rows_per_program,
-        **launch_options(num_warps, None))
+        EAGER=eager, **launch_options(num_warps, None))
     return out
 
 

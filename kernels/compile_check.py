@@ -90,7 +90,7 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
     i32, f32, c = "i32", "fp32", "constexpr"
     attention = {"GROUP": 4, "HEAD_DIM": 128, "BLOCK_SIZE": 16, "DOT_PRECISION": precision}
     merge = {"parts_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": ptr, "sinks_ptr": ptr, "num_rows": i32,
-             "num_parts": i32, "heads": i32, "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c, "ROWS": c}
+             "num_parts": i32, "heads": i32, "HEAD_DIM": c, "BLOCK_P": c, "SINKS": c, "ROWS": c, "EAGER": c}
     return [
         (_paged_decode_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "tables_ptr": "*i32", "context_ptr": "*i32", "parts_ptr": "*fp32",
@@ -107,17 +107,17 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32, "stride_g": i32,
           "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c,
           "PAGES": c, "FUSED_MERGE": c, "PREFIX_FIRST": c, "MEMBERS": c, "BLOCK_R": c, "BLOCK_P": c, "SINKS": c,
-          "MEMBER_TILES": c},
+          "MEMBER_TILES": c, "MERGE_EAGER": c},
          {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1, "FUSED_MERGE": False, "PREFIX_FIRST": True,
-          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False, "MEMBER_TILES": 1}),
+          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False, "MEMBER_TILES": 1, "MERGE_EAGER": False}),
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
           "stride_kh": i32, "stride_t": i32, "scale": f32, "window": i32, "sinks_ptr": ptr, "GROUP": c,
           "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c, "WINDOW": c, "SINKS": c},
          {**attention, "BLOCK_M": 16, "WINDOW": False, "SINKS": False}),  # the wrapper's block_m
-        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False, "ROWS": 1}),  # the default
-        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 16, "SINKS": False, "ROWS": 8}),
+        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 4, "SINKS": False, "ROWS": 1, "EAGER": False}),
+        (_merge_rows_kernel, merge, {"HEAD_DIM": 128, "BLOCK_P": 16, "SINKS": False, "ROWS": 8, "EAGER": False}),
         (_rmsnorm_kernel,
          {"x_ptr": ptr, "residual_ptr": ptr, "weight_ptr": ptr, "out_ptr": ptr, "new_residual_ptr": ptr,
           "hidden": i32, "eps": f32, "HAS_RESIDUAL": c, "BLOCK": c, "GEMMA": c, "OFFSET": c},
@@ -204,6 +204,21 @@ def shared_prefix_variants(dtype: str) -> list[tuple[object, dict, dict]]:
                                                  "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False}))]
 
 
+def eager_merge_variants(dtype: str) -> list[tuple[object, dict, dict]]:
+    """The merge's options as bench_kernels.py's merge sweep runs them: partials kept in the
+    model's dtype (``fp32_partials=False``) merged in one trip to memory (``merge_eager``), 4 rows
+    a program, as a second launch and fused into the shared-prefix kernel's."""
+    variants = []
+    for kernel, signature, constants in signatures(dtype):
+        narrow = {**signature, "parts_ptr": f"*{dtype}"}
+        if kernel.__name__ == "_merge_rows_kernel" and constants["ROWS"] == 8:
+            variants.append((kernel, narrow, {**constants, "ROWS": 4, "EAGER": True}))
+        elif kernel.__name__ == "_shared_prefix_kernel":
+            variants.append((kernel, narrow, {**constants, "PAGES": 2, "FUSED_MERGE": True, "BLOCK_P": 16,
+                                              "MERGE_EAGER": True}))
+    return variants
+
+
 def fp32_only() -> list[tuple[object, dict, dict]]:
     """Kernels whose data are fp32 whatever the model's dtype: the DeltaNet decode step (its
     states), at Qwen3.5's head sizes (128 x 128)."""
@@ -258,7 +273,7 @@ def main(arch: int = 90) -> int:
     target = GPUTarget("cuda", arch, 32)
     for dtype in ("bf16", "fp32"):
         for kernel, signature, constants in signatures(dtype) + gpt_oss_variants(dtype) + gemma4_variants(dtype) + \
-                shared_prefix_variants(dtype) + (fp32_only() if dtype == "fp32" else []):
+                shared_prefix_variants(dtype) + eager_merge_variants(dtype) + (fp32_only() if dtype == "fp32" else []):
             started = time.perf_counter()
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned_attrs(kernel, signature))
             compiled = triton.compile(source, target=target)
@@ -273,7 +288,8 @@ def main(arch: int = 90) -> int:
                                        f"+pages{constants['PAGES']}" if constants.get("PAGES", 1) > 1 else "+gpt-oss" if any(constants.get(k) for k in ("WINDOW", "SINKS", "BIAS")) else
                                        "+gemma4" if constants.get("HEAD_DIM") == 512 or constants.get("OFFSET") == 0
                                        or constants.get("GELU")
-                                       else "+gemma" if constants.get("GEMMA") else "")
+                                       else "+gemma" if constants.get("GEMMA") else "") \
+                + ("+eager" if constants.get("EAGER") or constants.get("MERGE_EAGER") else "")
             resources, warps, shared = cubin_resources(compiled.asm["cubin"]), compiled.metadata.num_warps, \
                 compiled.metadata.shared
             registers = resources["registers"]

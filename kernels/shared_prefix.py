@@ -32,7 +32,8 @@ def _store_partial(acc, m_i, l_i, out_rows, live, slot, num_slots, parts_ptr, ls
     dims = tl.arange(0, HEAD_DIM)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(parts_ptr + (out_rows[:, None] * num_slots + slot) * HEAD_DIM + dims[None, :], out, mask=live[:, None])
+    tl.store(parts_ptr + (out_rows[:, None] * num_slots + slot) * HEAD_DIM + dims[None, :],
+             out.to(parts_ptr.dtype.element_ty), mask=live[:, None])
     tl.store(lse_ptr + out_rows * num_slots + slot, lse, mask=live)
 
 
@@ -46,7 +47,8 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                           HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           PAGES: tl.constexpr = 1, FUSED_MERGE: tl.constexpr = False, PREFIX_FIRST: tl.constexpr = True,
                           MEMBERS: tl.constexpr = 1, BLOCK_R: tl.constexpr = 1, BLOCK_P: tl.constexpr = 2,
-                          SINKS: tl.constexpr = False, MEMBER_TILES: tl.constexpr = 1):
+                          SINKS: tl.constexpr = False, MEMBER_TILES: tl.constexpr = 1,
+                          MERGE_EAGER: tl.constexpr = False):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
@@ -100,7 +102,7 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                 if tl.sum(tl.where(members == member, arrived, 0), 0) == prefix_splits:
                     _merge_sequence(tl.sum(tl.where(members == member, seqs, 0), 0), kv_head, parts_ptr, lse_ptr,
                                     out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads, GROUP, BLOCK_R,
-                                    BLOCK_P, HEAD_DIM, SINKS)
+                                    BLOCK_P, HEAD_DIM, SINKS, MERGE_EAGER)
     elif (distinct_program >= 0) & (distinct_program < num_seqs):
         # distinct part: one sequence's own tokens after its shared prefix
         seq = distinct_program.to(tl.int64)
@@ -132,7 +134,7 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                 counter = arrivals_ptr + seq * kv_heads + kv_head
                 if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == prefix_splits:
                     _merge_sequence(seq, kv_head, parts_ptr, lse_ptr, out_ptr, sinks_ptr, arrivals_ptr, kv_heads,
-                                    num_slots, heads, GROUP, BLOCK_R, BLOCK_P, HEAD_DIM, SINKS)
+                                    num_slots, heads, GROUP, BLOCK_R, BLOCK_P, HEAD_DIM, SINKS, MERGE_EAGER)
         else:
             _store_partial(acc, m_i, l_i, seq * heads + head, live, 0, num_slots, parts_ptr, lse_ptr, HEAD_DIM)
             if skip == 0:  # in no group: its prefix slots weigh nothing (the buffers come uncleared)
@@ -144,13 +146,13 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
 @triton.jit
 def _merge_sequence(seq, kv_head, parts_ptr, lse_ptr, out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads,
                     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    SINKS: tl.constexpr):
+                    SINKS: tl.constexpr, EAGER: tl.constexpr):
     """The fused merge of one sequence's query heads of ``kv_head``, by the program whose arrival
     was the last of its ``num_slots`` partials (read from L2: other multiprocessors wrote
     them); its arrival count goes back to 0 for the next call."""
     r = tl.arange(0, BLOCK_R)
     merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, seq * heads + kv_head * GROUP + r, r < GROUP, num_slots, heads,
-               HEAD_DIM, BLOCK_P, SINKS, ".cg", 4)  # 4 slots at a time: all at once took 28 registers more
+               HEAD_DIM, BLOCK_P, SINKS, ".cg", 4, EAGER)  # 4 slots at a time: all at once took 28 registers more
     tl.store(arrivals_ptr + seq * kv_heads + kv_head, 0)
 
 
@@ -165,9 +167,9 @@ def _normalise(acc, m_i, l_i, sink):
     return acc * weight[:, None] / tl.where(total == 0.0, 1.0, total)[:, None]
 
 
-def scratch(shape: tuple, device) -> torch.Tensor:
-    """fp32 working memory that the kernel writes before the merge reads it (tests poison it)."""
-    return torch.empty(shape, device=device, dtype=torch.float32)
+def scratch(shape: tuple, device, dtype=torch.float32) -> torch.Tensor:
+    """Working memory (fp32 unless said) that the kernel writes before the merge reads it (tests poison it)."""
+    return torch.empty(shape, device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,9 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                                    layout: SharedPrefixLayout | None = None, prefix_blocks_per_split: int = 32,
                                    num_warps: int | None = None, num_stages: int | None = None,
                                    sinks: torch.Tensor | None = None, pages: int = 1, fused_merge: bool = False,
-                                   prefix_first: bool = True, members_per_program: int | None = None) -> torch.Tensor:
+                                   prefix_first: bool = True, members_per_program: int | None = None,
+                                   fp32_partials: bool = True, merge_rows: int = 1, merge_warps: int | None = None,
+                                   merge_eager: bool = False) -> torch.Tensor:
     """Decode attention where ``groups`` lists (prefix length, sequence indices) of requests
     whose block tables start with the same ``prefix length / block size`` blocks. Sequences in
     no group attend normally (their "distinct" part is their whole context). ``layout``: the
@@ -240,7 +244,12 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     (a power of two; None: ``stacked_members``): members whose queries one prefix program
     stacks; a group's prefix split is then read by several programs side by side (the rest from
     L2), and each holds fewer rows: on sm_90 the kernel takes 160 registers a thread at 64 rows
-    of 128 (3 programs a multiprocessor), 96 at 16 (5), which its sequences' programs share."""
+    of 128 (3 programs a multiprocessor), 96 at 16 (5), which its sequences' programs share.
+    ``fp32_partials``: False keeps the partial outputs in the query's dtype (bf16: half the bytes
+    written and merged; their log-sum-exps and the merge's arithmetic stay fp32, as FlashInfer's
+    ``merge_state`` takes its partial values). The merge's launch: ``merge_rows`` (a power of two)
+    rows a program, ``merge_warps`` (None: Triton's default); ``merge_eager``: partials and
+    log-sum-exps read in one trip to memory (kernels/common.py's merge_rows), the fused merge's too."""
     seqs, heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     if heads % kv_heads or key_cache.shape[-1] != head_dim or value_cache.shape != key_cache.shape:
@@ -251,7 +260,8 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         layout = shared_prefix_layout(block_tables.tolist(), context_lens.tolist(), groups, block_size, query.device)
     check_options(dict(prefix_blocks_per_split=prefix_blocks_per_split, pages=pages, fused_merge=fused_merge,
                        prefix_first=prefix_first, members_per_program=members_per_program, num_warps=num_warps,
-                       num_stages=num_stages))
+                       num_stages=num_stages, fp32_partials=fp32_partials, merge_rows=merge_rows,
+                       merge_warps=merge_warps, merge_eager=merge_eager))
     group = heads // kv_heads
     members = min(members_per_program or stacked_members(group, head_dim), triton.next_power_of_2(layout.max_members))
     if out is None:
@@ -264,7 +274,7 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     # every slot that a merge reads is written by the kernel (a partial, or -inf where a row has
     # no prefix): no fill kernels (two launches, and 19 MB cleared at 128 requests x 32 heads x 9
     # slots x 128 dims)
-    parts = scratch((seqs * heads, 1 + splits, head_dim), query.device)
+    parts = scratch((seqs * heads, 1 + splits, head_dim), query.device, torch.float32 if fp32_partials else query.dtype)
     lse = scratch((seqs * heads, 1 + splits), query.device)
     tiles = triton.cdiv(layout.max_members, members)
     _shared_prefix_kernel[(layout.num_groups * splits * tiles + seqs, kv_heads)](
@@ -278,9 +288,11 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages, FUSED_MERGE=fused_merge,
         PREFIX_FIRST=prefix_first, MEMBERS=members,
         BLOCK_R=triton.next_power_of_2(group), BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
-        SINKS=sinks is not None, MEMBER_TILES=tiles, **launch_options(num_warps, num_stages))
+        SINKS=sinks is not None, MEMBER_TILES=tiles, MERGE_EAGER=merge_eager,
+        **launch_options(num_warps, num_stages))
     if not fused_merge:
-        merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks)
+        merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks, rows_per_program=merge_rows,
+                       num_warps=merge_warps, eager=merge_eager)
     return out
 
 
@@ -301,6 +313,7 @@ def _power_of_two(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and not value & (value - 1)
 
 
+_WARPS = ("a power of two up to 32, or None", lambda v: v is None or (_power_of_two(v) and v <= 32))
 # the launch and tiling options of shared_prefix_decode_attention: what each must be
 OPTIONS = {
     "prefix_blocks_per_split": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
@@ -308,8 +321,12 @@ OPTIONS = {
     "members_per_program": ("a power of two or None", lambda v: v is None or _power_of_two(v)),
     "fused_merge": ("true or false", lambda v: isinstance(v, bool)),
     "prefix_first": ("true or false", lambda v: isinstance(v, bool)),
-    "num_warps": ("a power of two up to 32, or None", lambda v: v is None or (_power_of_two(v) and v <= 32)),
+    "num_warps": _WARPS,
     "num_stages": ("an integer >= 1, or None", lambda v: v is None or (isinstance(v, int) and v >= 1)),
+    "fp32_partials": ("true or false", lambda v: isinstance(v, bool)),
+    "merge_rows": ("a power of two", _power_of_two),
+    "merge_warps": _WARPS,
+    "merge_eager": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 

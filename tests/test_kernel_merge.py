@@ -22,8 +22,11 @@ def reference(parts, lse, sinks, heads):
 
 @pytest.mark.parametrize("rows_per_program, num_parts, head_dim", [(1, 5, 16), (4, 5, 16), (8, 5, 16), (8, 9, 128)])
 @pytest.mark.parametrize("dtype, sinks", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
-def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_program, num_parts, head_dim, dtype, sinks):
-    # 8 rows of 128 load 2 slots at a time: 9 slots in five loads, the last half empty
+@pytest.mark.parametrize("eager", [False, True])
+def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_program, num_parts, head_dim, dtype, sinks,
+                                                                 eager):
+    # 8 rows of 128 load 2 slots at a time: 9 slots in five loads, the last half empty (eager:
+    # five steps of the running maximum, NaN read from the empty slots and dropped)
     generator = torch.Generator().manual_seed(rows_per_program)
     rows, heads = 12, 4  # 12 rows: 8 a program leaves a last one half empty
     parts = torch.randn((rows, num_parts, head_dim), generator=generator)
@@ -35,12 +38,31 @@ def test_merge_matches_the_reference_however_many_rows_a_program(rows_per_progra
     sink = torch.randn(heads, generator=generator) if sinks else None
     out = torch.full((rows, head_dim), float("nan"), dtype=dtype, device=DEVICE)
     merge_partials(parts.to(DEVICE), lse.to(DEVICE), out, None if sink is None else sink.to(DEVICE),
-                   rows_per_program=rows_per_program)
+                   rows_per_program=rows_per_program, eager=eager)
     assert not torch.isnan(out).any()
     expected = reference(parts, lse, sink, heads)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     assert (out.double().cpu() - expected).abs().max() <= tolerance * expected.abs().max()
     assert out[0].abs().max() == 0.0
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_merge_of_bf16_partials_is_within_bf16_of_the_fp32_merge(eager):
+    # partial outputs kept in bf16 (FlashInfer's merge_state takes them so; the log-sum-exps stay
+    # fp32): the merge still computes in fp32, and differs from the fp32 partials' merge by the
+    # partials' rounding alone
+    generator = torch.Generator().manual_seed(7)
+    rows, num_parts, head_dim = 12, 9, 128
+    parts = torch.randn((rows, num_parts, head_dim), generator=generator)
+    lse = 3 * torch.randn((rows, num_parts), generator=generator)
+    empty = torch.rand((rows, num_parts), generator=generator) < 0.3
+    lse[empty], parts[empty] = float("-inf"), float("nan")
+    out = torch.full((rows, head_dim), float("nan"), device=DEVICE)
+    merge_partials(parts.to(torch.bfloat16).to(DEVICE), lse.to(DEVICE), out, rows_per_program=4, eager=eager)
+    expected = reference(parts, lse, None, 1)
+    error = ((out.double().cpu() - expected).abs().max() / expected.abs().max()).item()
+    assert error <= 1e-2, error
+    assert error > 1e-6, error  # the partials were rounded to bf16, so the output must show it
 
 
 def test_rows_per_program_must_be_a_power_of_two():
@@ -65,5 +87,6 @@ def test_shared_prefix_parts_benchmark_dry_run():
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     errors = [float(e) for e in re.findall(r"error ([-+.e0-9]+)", result.stdout)]
-    # two kernel options, the first's merge fused (prefixes' programs first, then last), two merges
-    assert len(errors) == 6 and max(errors) < 1e-5, result.stdout
+    # two kernel options, the first's merge fused (prefixes' programs first, then last), and 8
+    # merges (2 launches x two trips or one x partials in fp32 or the query's dtype, fp32 here)
+    assert len(errors) == 12 and max(errors) < 1e-5, result.stdout

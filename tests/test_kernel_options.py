@@ -71,6 +71,17 @@ def test_the_sweeps_best_setting_comes_back_as_overrides_the_config_takes():
     assert module.best_overrides({"shared_prefix_sweep": [fast_wrong, slow_right]}) == ["kernels.shared_prefix.pages=2"]
     with pytest.raises(ValueError, match="no setting of the sweep matched the per-request output"):
         module.best_overrides({"shared_prefix_sweep": [fast_wrong]})
+    # a merge sweep row's options come back too, and the config takes them
+    merged = {**slow_right, "device_ms": 0.07, "fp32_partials": False, "merge_eager": True, "merge_rows": 4,
+              "merge_warps": None}
+    overrides = module.best_overrides({"shared_prefix_sweep": [slow_right, merged]})
+    assert overrides == ["kernels.shared_prefix.pages=2", "kernels.shared_prefix.fp32_partials=false",
+                         "kernels.shared_prefix.merge_eager=true", "kernels.shared_prefix.merge_rows=4",
+                         "kernels.shared_prefix.merge_warps=null"]
+    config = OmegaConf.merge(OmegaConf.create({"kernels": OmegaConf.load(root / "conf/kernels/default.yaml")}),
+                             OmegaConf.from_dotlist(overrides))
+    options = make_backend("triton", kernel_options_of(config)).options["shared_prefix"]
+    assert (options["fp32_partials"], options["merge_eager"], options["merge_rows"]) == (False, True, 4)
 
 
 @pytest.mark.parametrize("command", ["run", "profile", "validate"])
@@ -117,13 +128,28 @@ def test_the_sweeps_settings_are_the_kernels_and_precompiling_says_what_failed(m
     from kernels.shared_prefix import check_options
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from shared_prefix_case import per_request_sweep, shared_sweep
+    from shared_prefix_case import MERGE_DEFAULTS, merge_sweep, merge_warmups, per_request_sweep, shared_sweep
     from precompile import warm
 
     gpu_settings = shared_sweep(dry=False)
     assert len(gpu_settings) == len({tuple(sorted(o.items(), key=str)) for o in gpu_settings}) == 110
     for options in gpu_settings:
         check_options(options)
+    # the merge's options, timed on the kernel sweep's best right settings: a wrong faster row is
+    # passed over; the launched merge's best gets every merge option but the defaults, the fused
+    # one's only the partials' dtype and the one-trip read
+    rows = [{**options, "relative_error": 0.0} for options in gpu_settings]
+    launched = [row for row in rows if not row["fused_merge"]]
+    wrong = {**launched[0], "relative_error": 0.5}
+    merges = merge_sweep([wrong] + launched[1:] + [row for row in rows if row["fused_merge"]], dry=False)
+    assert len(merges) == 4 * 9 - 1 + 3
+    for options in merges + merge_warmups(dry=False):
+        check_options(options)
+    kernels = {tuple((name, options[name]) for name in gpu_settings[0]) for options in merges}
+    first_fused = next(row for row in rows if row["fused_merge"])
+    assert kernels == {tuple((name, row[name]) for name in gpu_settings[0]) for row in (launched[1], first_fused)}
+    assert not [options for options in merges if {k: options[k] for k in MERGE_DEFAULTS} == MERGE_DEFAULTS]
+    assert {(o["merge_rows"], o["merge_warps"]) for o in merges if o["fused_merge"]} == {(1, None)}
     shape = (4, 2, 16, 16)  # the dry run's heads, kv heads, head size, block size
     failed = warm([("shared", shared_sweep(dry=True)[3]), ("shared", {"pages": 3}),
                    ("per_request", per_request_sweep(dry=True)[0]), ("per_request", {"blocks": 2})], shape, dry=True)

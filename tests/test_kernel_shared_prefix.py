@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 from kernels.paged_decode import paged_decode_reference  # noqa: E402
 from kernels.shared_prefix import shared_prefix_decode_attention, shared_prefix_layout  # noqa: E402
-from test_kernels import DEVICE, attention_tolerance, caches, relative_error  # noqa: E402
+from test_kernels import DEVICE, ELEMENTWISE_BF16, attention_tolerance, caches, relative_error  # noqa: E402
 
 BLOCK_SIZE, HEAD_DIM, HEADS, KV_HEADS = 16, 16, 4, 2
 GROUPS = [(32, [0, 1, 2]), (48, [4, 5])]  # two groups (prefix 32 and 48 tokens); sequence 3 in none
@@ -34,7 +34,14 @@ def poisoned(monkeypatch):
     """The kernel's working memory comes full of NaN, so that a slot read unwritten shows."""
     import kernels.shared_prefix as module
 
-    monkeypatch.setattr(module, "scratch", lambda shape, device: torch.full(shape, float("nan"), device=device))
+    asked = []  # the dtypes of the working memory asked for
+
+    def nan_filled(shape, device, dtype=torch.float32):
+        asked.append(dtype)
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(module, "scratch", nan_filled)
+    return asked
 
 
 CASES = [  # dtype, prefix blocks a split, sinks, pages, fused merge, prefixes' programs first
@@ -68,6 +75,34 @@ def test_shared_prefix_matches_per_request_attention(dtype, blocks_per_split, si
     assert relative_error(out, ref) <= attention_tolerance(dtype, sinks)
 
 
+@pytest.mark.parametrize("dtype, blocks_per_split, sinks, fused_merge, prefix_first, merge", [
+    (torch.bfloat16, 1, True, False, True, dict(fp32_partials=False, merge_rows=4, merge_eager=True)),
+    (torch.bfloat16, 2, False, False, True, dict(fp32_partials=False, merge_rows=2, merge_warps=2)),
+    (torch.bfloat16, 1, True, True, False, dict(fp32_partials=False, merge_eager=True)),
+    (torch.bfloat16, 2, False, True, True, dict(fp32_partials=False)),
+    (torch.float32, 1, True, False, True, dict(merge_rows=8, merge_warps=1, merge_eager=True)),
+    (torch.float32, 1, False, True, True, dict(merge_eager=True)),
+    (torch.float32, 2, True, False, False, dict(fp32_partials=False, merge_eager=True))])
+def test_shared_prefix_with_the_merges_options(dtype, blocks_per_split, sinks, fused_merge, prefix_first, merge,
+                                               poisoned):
+    # partials in the query's dtype, several rows a merge program, the one-trip (eager) merge:
+    # the same attention (split 1: the 48-token prefix in 3 splits, 4 slots a row; the fused
+    # merge's eager running maximum over 4 at a time is stepped twice in
+    # test_fused_merge_over_more_slots_than_it_loads_at_once's 5)
+    query, key, value, tables, contexts, sink = inputs(dtype, sinks)
+    out = torch.full_like(query, float("nan"))
+    shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, out=out,
+                                   prefix_blocks_per_split=blocks_per_split, sinks=sink, fused_merge=fused_merge,
+                                   prefix_first=prefix_first, **merge)
+    ref = paged_decode_reference(query.float(), key.float(), value.float(), tables, contexts, 0.25, sinks=sink)
+    narrow = merge.get("fp32_partials") is False
+    # bf16 partials round twice (the partials, then the output): the interpreter's truncating
+    # casts get its elementwise allowance for that, a GPU's rounding the 1e-2 of the rest
+    rounded_twice = narrow and dtype == torch.bfloat16
+    assert relative_error(out, ref) <= (ELEMENTWISE_BF16 if rounded_twice else attention_tolerance(dtype, sinks))
+    assert poisoned == [dtype if narrow else torch.float32, torch.float32]  # the partials, their log-sum-exps
+
+
 @pytest.mark.parametrize("prefix_first, members", [(True, None), (False, None), (False, 1)])
 def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, members, poisoned):
     """One layout serves every layer of a step: each call's arrival counts go back to zero, so a
@@ -85,14 +120,15 @@ def test_fused_merge_leaves_its_counts_at_zero_for_the_next_layer(prefix_first, 
         assert layout.arrivals(KV_HEADS).eq(0).all(), layout.arrivals(KV_HEADS)
 
 
-@pytest.mark.parametrize("prefix_first", [True, False])
-def test_fused_merge_over_more_slots_than_it_loads_at_once(prefix_first, poisoned):
+@pytest.mark.parametrize("prefix_first, eager", [(True, False), (False, False), (True, True), (False, True)])
+def test_fused_merge_over_more_slots_than_it_loads_at_once(prefix_first, eager, poisoned):
     """The fused merge loads 4 slots at a time: a 64-token prefix in splits of one block makes
-    5 slots a row (its own part and 4 splits), so the merge takes two loads."""
+    5 slots a row (its own part and 4 splits), so the merge takes two loads (eager: two steps of
+    its running maximum)."""
     query, key, value, tables, contexts, sink = inputs(torch.float32, True)
     out = shared_prefix_decode_attention(query, key, value, tables, contexts, [(32, [0, 1, 2]), (64, [4, 5])], 0.25,
                                          out=torch.full_like(query, float("nan")), prefix_blocks_per_split=1,
-                                         sinks=sink, fused_merge=True, prefix_first=prefix_first)
+                                         sinks=sink, fused_merge=True, prefix_first=prefix_first, merge_eager=eager)
     ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
     assert relative_error(out, ref) <= 1e-5
 

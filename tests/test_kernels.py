@@ -193,11 +193,12 @@ def test_kernels_compile_for_sm90():
     assert result.returncode == 0, result.stdout + result.stderr
     # (10 kernels + 5 gpt-oss variants + Gemma's norm + shared prefix four and two blocks a step,
     # 4 members a program, and its merge fused at Llama's and gpt-oss's shapes) x (bf16, fp32), the
-    # fp32 DeltaNet step, and Gemma 4's 8 in bf16 (the attention kernels and merges at its full
-    # layers' head size of 512, its norm, its GeGLU experts)
+    # fp32 DeltaNet step, Gemma 4's 8 in bf16 (the attention kernels and merges at its full
+    # layers' head size of 512, its norm, its GeGLU experts), and the merge's one-trip (eager)
+    # form over partials in the model's dtype, launched and fused (x 2 dtypes)
     import re
 
-    assert result.stdout.count("ok ") == 51
+    assert result.stdout.count("ok ") == 55
     # programs a multiprocessor (registers and shared memory, read from the cubins): 4 members a
     # prefix program hold fewer registers than 16 at two blocks a step, and merging in the
     # launch (4 slots a load) costs the kernel no program a multiprocessor
@@ -210,9 +211,12 @@ def test_kernels_compile_for_sm90():
     # the fused merge: each side's arrival an acquire-release atomic at GPU scope, after a barrier
     fused = re.findall(r"ok _shared_prefix_kernel\+fused-merge\S* +(\w+) .*acq_rel atomics (\d+), barriers (\d+)",
                        result.stdout)
-    assert len(fused) == 4 and all(int(atomics) == 2 and int(barriers) > 0 for _, atomics, barriers in fused), fused
+    assert len(fused) == 6 and all(int(atomics) == 2 and int(barriers) > 0 for _, atomics, barriers in fused), fused
     assert re.search(r"ok _shared_prefix_kernel\+fused-merge +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,",
                      result.stdout)
+    # bf16 partials (written by the kernel, read by either merge) move 16 bytes a thread too
+    eager = re.findall(r"ok (\w+)\S*\+eager +bf16 .*16-byte loads (\d+), 2-byte loads (\d+)", result.stdout)
+    assert len(eager) == 2 and all(int(wide) > 0 and int(narrow) == 0 for _, wide, narrow in eager), eager
     # the shared-prefix kernel reading four blocks a step, in both dtypes, 16 bytes a thread in bf16
     assert re.search(r"ok _shared_prefix_kernel\+pages4 +bf16 .*16-byte loads [1-9]\d*, 2-byte loads 0,", result.stdout)
     assert re.search(r"ok _shared_prefix_kernel\+pages4 +fp32 ", result.stdout)
@@ -310,7 +314,11 @@ def test_gpu_kernel_benchmark_dry_run():
     lines = result.stdout.splitlines()
     results = json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))  # the JSON printed last
     errors = [row["relative_error"] for row in results["shared_prefix_sweep"]]  # each setting against per-request
-    assert len(errors) == 24 and max(errors) < 1e-4
+    # the kernel sweep's 24, then the merge's options on its best launched and fused settings:
+    # 7 (partials x eager x 2 launches, less the defaults) and 3 (partials x eager, less the defaults)
+    assert len(errors) == 34 and max(errors) < 1e-4
+    merges = [row for row in results["shared_prefix_sweep"] if "merge_eager" in row]
+    assert sorted(row["fused_merge"] for row in merges) == [False] * 7 + [True] * 3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
