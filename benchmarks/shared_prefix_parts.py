@@ -67,6 +67,14 @@ def main(argv: list[str]) -> int:
                                                                    max_context=prefix + suffix)),
             "parts": []}
     reference = paged_decode_attention(query, key, value, tables, contexts, scale)
+    path = Path(__file__).resolve().parent / "results" / \
+        f"shared-prefix-parts-{rows['device'].replace(' ', '-')}-{rows['date']}.json"
+
+    def save() -> None:
+        """Everything so far written (a GPU stage's time may end before the sweeps do)."""
+        if not dry:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(rows, indent=2))
 
     def tiles(members: int) -> int:  # a group's prefix programs a split (members_per_program)
         return triton.cdiv(layout.max_members, members)
@@ -136,6 +144,7 @@ def main(argv: list[str]) -> int:
         for part, moved in (("prefix", prefix_bytes), ("distinct", distinct_bytes), ("merge", merge_bytes(splits))):
             row[f"{part}_of_copy_bandwidth"] = moved / (row[f"{part}_ms"] / 1e3) / copy_bw
         rows["parts"].append(row)
+        save()
         print(f"split {split_blocks:>3} pages {pages} rows {block_g:>2} members {members:>2} warps {warps} stages {stages}: fused "
               f"{row['fused_ms'] or float('nan'):.4f} ms = kernel {row['kernel_ms']:.4f} (prefix {row['prefix_ms']:.4f}, "
               f"{row['prefix_of_copy_bandwidth']:.0%} bw; distinct {row['distinct_ms']:.4f}, "
@@ -169,15 +178,13 @@ def main(argv: list[str]) -> int:
         print(f"merge, {rows_per_program:>2} rows a program, {warps} warps, {'one trip' if eager else 'two trips'}, "
               f"{rows['merge_sweep'][-1]['partials']} partials: {ms:.4f} ms, "
               f"{rows['merge_sweep'][-1]['of_copy_bandwidth']:.0%} of the copy bandwidth; error {error:.1e}", flush=True)
+        save()
     ideal = (groups * prefix + seqs * suffix) * kv_row / copy_bw * 1e3
     rows["ideal_kv_read_ms"] = ideal
     print(f"per request {rows['per_request_ms']:.4f} ms; the KV read once at the copy bandwidth: {ideal:.4f} ms "
           f"({rows['per_request_ms'] / ideal:.1f}x at most)")
+    save()
     if not dry:
-        out_dir = Path(__file__).resolve().parent / "results"
-        out_dir.mkdir(exist_ok=True)
-        path = out_dir / f"shared-prefix-parts-{rows['device'].replace(' ', '-')}-{rows['date']}.json"
-        path.write_text(json.dumps(rows, indent=2))
         print(f"written: {path}")
     return 0
 
