@@ -121,6 +121,21 @@ def kernel_options_of(cfg) -> dict:
     return options
 
 
+def recorded_kernel_options(recorded: dict | None) -> dict | None:
+    """A profile's recorded kernel options (None: from before they were recorded) with the options
+    added to its kernels since filled in at their defaults, as the kernels it was measured with
+    ran; as recorded where it names an option the kernels no longer take (then it differs)."""
+    from engine.attention import make_backend
+    from scheduler.errors import ConfigError
+
+    if not recorded:
+        return recorded
+    try:
+        return make_backend("triton", recorded).options
+    except ConfigError:
+        return recorded
+
+
 def kernel_options_in_force(cfg) -> dict:
     """Every option of the kernels the config's backend runs with, the kernels' defaults filled
     in (what a profile and a run record); a bad one refused here, before anything loads."""

@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from scheduler import schedule_config
 from scheduler.errors import ConfigError
 
-from .command import CONF_DIR, guarded, kernel_options_in_force, kernel_options_of, model_of, say, workload_of
+from .command import (CONF_DIR, guarded, kernel_options_in_force, kernel_options_of, model_of,
+                      recorded_kernel_options, say, workload_of)
 from .records import RunWriter, finite_json, requests_frame, run_meta
 from .run import device_memory, load_weights
 
@@ -69,6 +70,9 @@ def run_validation(cfg: DictConfig, run_dir: Path, base_dir: str) -> dict:
     if cfg.profile:  # refused before anything runs if it is not this model's
         profile_dir = Path(base_dir) / cfg.profile
         profile = Profile.load(profile_dir)
+        # an option added to a kernel after the profile was measured ran then as its default does
+        if profile.provenance.get("kernel_options"):
+            profile.provenance["kernel_options"] = recorded_kernel_options(profile.provenance["kernel_options"])
         check_profile_matches(profile, model, cfg.dtype, kernel_options)
     weights = load_weights(cfg, model, base_dir)
     # the profile first, then every schedule once, then every schedule again: the noise floor

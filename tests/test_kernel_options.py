@@ -84,6 +84,32 @@ def test_the_sweeps_best_setting_comes_back_as_overrides_the_config_takes():
     assert (options["fp32_partials"], options["merge_eager"], options["merge_rows"]) == (False, True, 4)
 
 
+def test_a_profile_from_before_an_option_existed_is_taken_as_measured_at_its_default():
+    """A profile records every kernel option in force; options added to the kernel later ran, when
+    it was measured, as their defaults do: filled in so, the run at the defaults takes it, and one
+    with a new option set elsewhere is refused naming it."""
+    from pathlib import Path
+
+    from batchlab.command import recorded_kernel_options
+    from sim.profile import Profile
+    from sim.profile_check import check_profile_matches
+    from scheduler.model_spec import model_spec
+
+    in_force = make_backend("triton").options
+    older = {"shared_prefix": {name: value for name, value in in_force["shared_prefix"].items()
+                               if name not in ("fp32_partials", "merge_eager", "merge_rows", "merge_warps")}}
+    assert recorded_kernel_options(older) == in_force
+    assert recorded_kernel_options(None) is None and recorded_kernel_options({}) == {}
+    renamed = {"shared_prefix": {**older["shared_prefix"], "blocks": 2}}  # an option since removed: as recorded
+    assert recorded_kernel_options(renamed) == renamed
+    profile = Profile.load(Path(__file__).resolve().parents[1] / "profiles/tiny-cpu-float32-torch")
+    profile.provenance["kernel_options"] = recorded_kernel_options(older)
+    check_profile_matches(profile, model_spec("tiny"), "float32", in_force)
+    narrow = make_backend("triton", {"shared_prefix": {"fp32_partials": False}}).options
+    with pytest.raises(ConfigError, match=r"shared_prefix.fp32_partials: True there, False here"):
+        check_profile_matches(profile, model_spec("tiny"), "float32", narrow)
+
+
 @pytest.mark.parametrize("command", ["run", "profile", "validate"])
 def test_each_engine_command_refuses_a_bad_kernel_option_before_it_loads_anything(command, tmp_path):
     from cli_runs import batchlab
