@@ -275,12 +275,42 @@ def shared_prefix_results(timers, device: str, dtype, dry: bool, results: dict, 
         else None)
     save(f"shared prefix, each kernel at its best (device time): {best_shared['device_ms']} ms against per-request "
          f"{best_baseline['device_ms']} ms ({best_baseline}), {results['shared_prefix']['best_over_best_device_speedup']}x")
+    results["shared_prefix_batch"] = batch_scaling(timers, shape, dtype, device, dry, best_shared, best_baseline)
+    save(f"shared prefix at more prefixes (16 requests each; device time, each kernel at its best): "
+         f"{results['shared_prefix_batch']}")
     for fused_merge, prefix_first in dict.fromkeys((row["fused_merge"], row["prefix_first"]) for row in settings):
         # the best of each way of merging
         best = next((row for row in results["shared_prefix_sweep"]
                      if (row["fused_merge"], row["prefix_first"]) == (fused_merge, prefix_first)), None)
         save(f"shared prefix sweep, merge {'fused' if fused_merge else 'launched'}"
              f"{'' if prefix_first else ', sequences first'}: best {best}")
+
+
+def batch_scaling(timers, shape: tuple, dtype, device: str, dry: bool, best_shared: dict, best_baseline: dict) -> list:
+    """The issue's shape at 8, 16 and 32 prefixes of 16 requests (128 to 512 decodes a step; 2 and
+    4 in a dry run), each kernel at the sweep's best setting for 8: a launch's fixed costs (its
+    ramp, its tail, the merge's launch) weigh less in a larger batch, so the figure at 8 prefixes
+    alone understates an offline job's batches. Device time; rows with the speed-up."""
+    from kernels.shared_prefix import OPTIONS, shared_prefix_layout
+    from shared_prefix_case import relative_error, shared_prefix_case, sweep_calls
+
+    _, device_ms = timers
+    shared_options = {name: best_shared[name] for name in OPTIONS if name in best_shared}
+    per_request_options = {name: value for name, value in best_baseline.items() if name != "device_ms"}
+    rows = []
+    for groups in (2, 4) if dry else (8, 16, 32):
+        case = shared_prefix_case(shape, dtype, device, dry, groups)
+        layout = shared_prefix_layout(case["tables"].tolist(), case["contexts"].tolist(), case["group_list"], shape[3],
+                                      device)
+        per_request, shared = sweep_calls(case, shape[2], layout)
+        per_request_ms = device_ms(lambda: per_request(**per_request_options))
+        shared_ms = device_ms(lambda: shared(**shared_options))
+        rows.append({"prefixes": groups, "decodes": groups * case["per_group"], "per_request_device_ms": per_request_ms,
+                     "shared_device_ms": shared_ms,
+                     "device_speedup": per_request_ms / shared_ms if per_request_ms and shared_ms else None,
+                     "relative_error": relative_error(shared(**shared_options), per_request(**per_request_options))})
+        del case, layout
+    return rows
 
 
 def gemma4_decode_results(bench, device: str, dry: bool, copy_bw: float) -> dict:

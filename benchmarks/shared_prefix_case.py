@@ -107,12 +107,13 @@ def sweep_calls(case: dict, head_dim: int, layout) -> tuple:
     return per_request, shared
 
 
-def shared_prefix_case(shape: tuple, dtype, device: str, dry: bool) -> dict:
-    """Issue 6's shared-prefix shape (prefix 2048, suffix 128, 16 requests a prefix, 8 prefixes;
-    tiny in a dry run): caches, block tables (each group's prefix blocks, then each member's own,
-    all scattered), contexts, queries and the groups."""
+def shared_prefix_case(shape: tuple, dtype, device: str, dry: bool, groups: int | None = None) -> dict:
+    """Issue 6's shared-prefix shape (prefix 2048, suffix 128, 16 requests a prefix, 8 prefixes
+    unless ``groups`` says; tiny in a dry run): caches, block tables (each group's prefix blocks,
+    then each member's own, all scattered), contexts, queries and the groups."""
     heads, kv_heads, head_dim, block_size = shape
-    prefix, suffix, per_group, groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
+    prefix, suffix, per_group, default_groups = (32, 16, 2, 2) if dry else (2048, 128, 16, 8)
+    groups = groups or default_groups
     seqs = per_group * groups
     prefix_blocks, suffix_blocks = prefix // block_size, suffix // block_size
     num_blocks = groups * prefix_blocks + seqs * suffix_blocks

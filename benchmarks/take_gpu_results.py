@@ -73,7 +73,7 @@ def take(files_at: Path, root: Path, model: str = "llama-3.1-8b") -> list[Path]:
 
 def summary(files_at: Path) -> list[str]:
     """The figures owed, from what the call brought back: the kernel tests' last line, the
-    sweep's fastest setting, the shared-prefix speed-ups."""
+    sweep's fastest setting, the shared-prefix speed-ups (at more prefixes too)."""
     lines = []
     with tarfile.open(files_at / "gpu_results.tar.gz") as tar:
         names = tar.getnames()
@@ -88,6 +88,8 @@ def summary(files_at: Path) -> list[str]:
         lines.append(f"{path.name}: shared prefix {shared.get('device_speedup')}x at the defaults (device time), "
                      f"{sweep[0].get('device_speedup')}x at the sweep's best, "
                      f"{shared.get('best_over_best_device_speedup')}x against the per-request kernel at its best")
+        lines += [f"  at {row['prefixes']} prefixes ({row['decodes']} decodes): {row['device_speedup']}x"
+                  for row in results.get("shared_prefix_batch") or []]
     return lines
 
 

@@ -40,7 +40,7 @@ def call_output(folder: Path) -> Path:
     sweep = [{"pages": 2, "device_ms": 0.05, "device_speedup": 6.0}]
     (folder / "kernels-shared-prefix-NVIDIA-H200-2026-12-09.json").write_text(json.dumps(
         {"date": "2026-12-09", "shared_prefix": {"device_speedup": 3.2, "best_over_best_device_speedup": 5.5},
-         "shared_prefix_sweep": sweep}))
+         "shared_prefix_sweep": sweep, "shared_prefix_batch": [{"prefixes": 32, "decodes": 512, "device_speedup": 7.5}]}))
     return folder
 
 
@@ -63,6 +63,7 @@ def test_a_calls_results_are_filed_under_their_names_and_the_figures_printed(tmp
     printed = capsys.readouterr().out
     assert "120 passed in 61.2s" in printed and "kernels.shared_prefix.pages=2" in printed
     assert "3.2x at the defaults (device time), 6.0x at the sweep's best, 5.5x against" in printed
+    assert "at 32 prefixes (512 decodes): 7.5x" in printed
 
 
 def test_a_folder_without_the_archive_is_refused(tmp_path, capsys):

@@ -319,6 +319,10 @@ def test_gpu_kernel_benchmark_dry_run():
     assert len(errors) == 34 and max(errors) < 1e-4
     merges = [row for row in results["shared_prefix_sweep"] if "merge_eager" in row]
     assert sorted(row["fused_merge"] for row in merges) == [False] * 7 + [True] * 3
+    # the best setting at more prefixes of the same shape (here 2 and 4), each against per-request
+    batch = results["shared_prefix_batch"]
+    assert [(row["prefixes"], row["decodes"]) for row in batch] == [(2, 4), (4, 8)]
+    assert max(row["relative_error"] for row in batch) < 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
