@@ -77,6 +77,8 @@ def test_simulate_errors_are_one_clear_line(tmp_path, overrides, message):
 def test_missing_trace_file_is_named(tmp_path):
     result = batchlab("simulate", "workload=file", "workload.path=nowhere.jsonl", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and "nowhere.jsonl: no such file" in result.stderr
+    # and how to give one: a replay's default trace is a shared copy that a machine may lack
+    assert "(workload.path is 'nowhere.jsonl'; set workload.path=FILE to your workload file)" in result.stderr
 
 
 def test_interrupt_keeps_finished_schedules(tmp_path):

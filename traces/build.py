@@ -34,8 +34,13 @@ def _path(spec: Mapping, kind: str, base_dir: str | Path | None) -> Path:
     path = spec.get("path")
     if not path or path == "???":
         raise ConfigError(f"workload kind {kind!r} needs a path (workload.path=...)")
-    path = Path(path)
-    return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+    given = Path(path)
+    path = given if given.is_absolute() or base_dir is None else Path(base_dir) / given
+    if not path.exists():  # where a default path (a shared trace's) is missing, say how to give one
+        from .errors import TraceError
+        what = {"file": "your workload file", "prompts": "your prompts file"}.get(kind, f"your copy of the {kind} trace")
+        raise TraceError(path, None, f"no such file (workload.path is {str(given)!r}; set workload.path=FILE to {what})")
+    return path
 
 
 def build_workload(spec: Mapping, base_dir: str | Path | None = None) -> Workload:
