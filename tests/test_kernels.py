@@ -139,9 +139,14 @@ PRESETS = ["tiny", "tiny-moe", "tiny-gpt-oss", "tiny-gemma3", "tiny-qwen3.5", "t
 FUSED = {"shared_prefix": {"fused_merge": True, "members_per_program": 1, "pages": 2, "prefix_blocks_per_split": 1}}
 
 
+# the merge's options: launched over 4 rows a program in one trip to memory; fused, in one trip
+MERGE = {"shared_prefix": {"merge_eager": True, "merge_rows": 4, "merge_warps": 2, "prefix_blocks_per_split": 1}}
+
+
 @pytest.mark.parametrize("preset, options", [(preset, None) for preset in PRESETS] +
-                         [("tiny", FUSED), ("tiny-gpt-oss", {"shared_prefix": {**FUSED["shared_prefix"],
-                                                                               "prefix_first": False}})])
+                         [("tiny", FUSED), ("tiny", MERGE),
+                          ("tiny-gpt-oss", {"shared_prefix": {**FUSED["shared_prefix"], "prefix_first": False,
+                                                              "merge_eager": True}})])
 def test_engine_with_triton_backend_gives_the_torch_backends_tokens(preset, options):
     from engine.loop import run_engine
     from engine.runner import ModelRunner
