@@ -20,8 +20,9 @@ def shared_sweep(dry: bool) -> list[dict]:
     merge runs (a second launch; fused, prefixes' programs first; fused, sequences' first) x
     members a prefix program stacks (None: a whole group). 2026-12-04's H200 sweep (4/8 warps,
     2/3 stages, splits 8/16/32, 1/2/4 pages): best 4 warps, 2 stages, split 16, 2 pages; 8 warps
-    all behind. Registers (Triton 3.9, sm_90; README): a whole group of 16 at 4 warps 160 (fused
-    merge: 193 at 2 stages), at 2 warps spilled (not swept); 8 members 101-180, 4 members 83-166."""
+    all behind. Registers (sm_90, Triton 3.6 as on the GPU; README): a whole group of 16 at 4 warps
+    158-162 (3 programs a multiprocessor; fused merge too), at 2 warps spilled (not swept); 8
+    members 99-216, 4 members 94-168."""
     merges = ((False, True), (True, True), (True, False))
     if dry:
         grids = [((4,), (3,), (1, 2), (1, 2), merges, (None, 1))]

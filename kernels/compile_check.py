@@ -107,9 +107,10 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "stride_qs": i32, "stride_kb": i32, "stride_ks": i32, "stride_kh": i32, "stride_t": i32, "stride_g": i32,
           "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c,
           "PAGES": c, "FUSED_MERGE": c, "PREFIX_FIRST": c, "MEMBERS": c, "BLOCK_R": c, "BLOCK_P": c, "SINKS": c,
-          "MEMBER_TILES": c, "MERGE_EAGER": c},
+          "MEMBER_TILES": c, "MERGE_EAGER": c, "MERGE_MEMBERS": c, "PREFIX_CHUNK": c},
          {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1, "FUSED_MERGE": False, "PREFIX_FIRST": True,
-          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False, "MEMBER_TILES": 1, "MERGE_EAGER": False}),
+          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False, "MEMBER_TILES": 1, "MERGE_EAGER": False,
+          "MERGE_MEMBERS": 4, "PREFIX_CHUNK": 1}),
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
@@ -201,7 +202,8 @@ def shared_prefix_variants(dtype: str) -> list[tuple[object, dict, dict]]:
                             (kernel, signature, {**constants, "PAGES": 2}),
                             (kernel, signature, {**constants, **members4}),
                             (kernel, signature, {**constants, **fused, "GROUP": 8, "HEAD_DIM": 64, "BLOCK_M": 128,
-                                                 "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False}))]
+                                                 "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False,
+                                                 "MERGE_MEMBERS": 2, "PREFIX_CHUNK": 2}))]
 
 
 def eager_merge_variants(dtype: str) -> list[tuple[object, dict, dict]]:

@@ -13,7 +13,9 @@ The merge is a second launch, or, with ``fused_merge``, the work of whichever pr
 sequence's last partial: each program counts its arrival per sequence and kv head with an
 atomic (acquire-release, GPU scope, after a barrier so that all its threads' stores come
 first), and the last reads the partials back from L2 (they were written on other
-multiprocessors) and resets the count for the next layer's call.
+multiprocessors) and resets the count for the next layer's call. A prefix split that ends after
+its group's own parts is the last for all the members it stacks: it merges them 16 rows a pass
+(4 of Llama's members), not one member after another (a serial tail of 16 merges).
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
                           PAGES: tl.constexpr = 1, FUSED_MERGE: tl.constexpr = False, PREFIX_FIRST: tl.constexpr = True,
                           MEMBERS: tl.constexpr = 1, BLOCK_R: tl.constexpr = 1, BLOCK_P: tl.constexpr = 2,
                           SINKS: tl.constexpr = False, MEMBER_TILES: tl.constexpr = 1,
-                          MERGE_EAGER: tl.constexpr = False):
+                          MERGE_EAGER: tl.constexpr = False, MERGE_MEMBERS: tl.constexpr = 1,
+                          PREFIX_CHUNK: tl.constexpr = 1):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
@@ -89,20 +92,28 @@ def _shared_prefix_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, context_ptr, skip_ptr
         # each branch stores its own partial: the two tiles have different row counts
         _store_partial(acc_p, m_i_p, l_i_p, seq_p * heads + head_p, live_p, 1 + split_p, num_slots, parts_ptr,
                        lse_ptr, HEAD_DIM)
-        if FUSED_MERGE:  # one arrival a member; a member's last arrival merges its rows
+        if FUSED_MERGE:  # one arrival a member; the members whose arrival was the last merged together
             tl.debug_barrier()  # every thread's partials stored before the arrivals count them
             members = tile_p * MEMBERS + tl.arange(0, MEMBERS)
             joined = members < size_p
             seqs = tl.load(group_rows_ptr + group_p * stride_g + members, mask=joined, other=0).to(tl.int64)
             arrived = tl.atomic_add(arrivals_ptr + seqs * kv_heads + kv_head, 1, mask=joined, sem="acq_rel",
                                     scope="gpu")
-            arrived = tl.where(joined, arrived, -1)  # (what a masked atomic returns is not defined)
+            last = joined & (arrived == prefix_splits)  # (what a masked atomic returns is not defined)
             tl.debug_barrier()
-            for member in range(tile_p * MEMBERS, tile_p * MEMBERS + MEMBERS):
-                if tl.sum(tl.where(members == member, arrived, 0), 0) == prefix_splits:
-                    _merge_sequence(tl.sum(tl.where(members == member, seqs, 0), 0), kv_head, parts_ptr, lse_ptr,
-                                    out_ptr, sinks_ptr, arrivals_ptr, kv_heads, num_slots, heads, GROUP, BLOCK_R,
-                                    BLOCK_P, HEAD_DIM, SINKS, MERGE_EAGER)
+            # the rows of members whose arrival was the last are merged here, MERGE_MEMBERS members a
+            # pass (16 rows: a pass's loads hold as many registers as the distinct side's merge):
+            # a prefix split that ends after its group's own parts is the last for every member
+            r = tl.arange(0, MERGE_MEMBERS * BLOCK_R)
+            head_r = r % BLOCK_R
+            for first in tl.static_range(0, MEMBERS, MERGE_MEMBERS):  # (unrolled: fewer registers on sm_90)
+                picked = ((first + r // BLOCK_R)[:, None] == tl.arange(0, MEMBERS)[None, :]) & last[None, :]
+                merged_r = (tl.sum(picked.to(tl.int32), 1) > 0) & (head_r < GROUP)
+                if tl.sum(merged_r.to(tl.int32), 0) > 0:
+                    seq_r = tl.sum(tl.where(picked, seqs[None, :], 0), 1)
+                    merge_rows(parts_ptr, lse_ptr, out_ptr, sinks_ptr, seq_r * heads + kv_head * GROUP + head_r,
+                               merged_r, num_slots, heads, HEAD_DIM, BLOCK_P, SINKS, ".cg", PREFIX_CHUNK, MERGE_EAGER)
+            tl.store(arrivals_ptr + seqs * kv_heads + kv_head, 0, mask=last)  # for the next layer's call
     elif (distinct_program >= 0) & (distinct_program < num_seqs):
         # distinct part: one sequence's own tokens after its shared prefix
         seq = distinct_program.to(tl.int64)
@@ -277,6 +288,8 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     parts = scratch((seqs * heads, 1 + splits, head_dim), query.device, torch.float32 if fp32_partials else query.dtype)
     lse = scratch((seqs * heads, 1 + splits), query.device)
     tiles = triton.cdiv(layout.max_members, members)
+    block_m, block_r = max(16, triton.next_power_of_2(members * group)), triton.next_power_of_2(group)
+    merge_members = max(1, min(members, 16 // block_r))  # a prefix program's fused merge: members a pass
     _shared_prefix_kernel[(layout.num_groups * splits * tiles + seqs, kv_heads)](
         query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
         layout.prefixes, layout.first_seq, parts, lse, out, lse if sinks is None else sinks,
@@ -284,16 +297,23 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
         kv_heads, heads, query.stride(0),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
         scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_M=max(16, triton.next_power_of_2(members * group)), HEAD_DIM=head_dim,
+        BLOCK_M=block_m, HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages, FUSED_MERGE=fused_merge,
         PREFIX_FIRST=prefix_first, MEMBERS=members,
-        BLOCK_R=triton.next_power_of_2(group), BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
+        BLOCK_R=block_r, BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
         SINKS=sinks is not None, MEMBER_TILES=tiles, MERGE_EAGER=merge_eager,
+        MERGE_MEMBERS=merge_members, PREFIX_CHUNK=prefix_chunk(merge_members * block_r, head_dim, splits),
         **launch_options(num_warps, num_stages))
     if not fused_merge:
         merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks, rows_per_program=merge_rows,
                        num_warps=merge_warps, eager=merge_eager)
     return out
+
+
+def prefix_chunk(rows: int, head_dim: int, splits: int) -> int:
+    """Slots a prefix program's fused merge loads at once for a pass of ``rows`` rows: 2,048
+    elements at most, as the launched merge (at least one slot)."""
+    return max(1, min(triton.next_power_of_2(1 + splits), 2048 // (rows * head_dim)))
 
 
 STACKED = 8192  # query elements (rows x head size) a prefix program stacks at most by default

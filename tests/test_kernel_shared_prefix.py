@@ -133,6 +133,27 @@ def test_fused_merge_over_more_slots_than_it_loads_at_once(prefix_first, eager, 
     assert relative_error(out, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("eager", [False, True])
+@pytest.mark.parametrize("members", [None, 1])
+def test_prefix_programs_fused_merge_one_slot_at_a_time(eager, members, monkeypatch, poisoned):
+    """A prefix program that brings its members' last partials merges all their rows at once,
+    as many slots at a time as keep the tile's size (one at Llama's 64 rows of 128): at the tests'
+    tiny tiles that is every slot, so here it is held to one, the loop a GPU runs. The prefix
+    programs come last (the interpreter runs them in id order), so they merge every row."""
+    import kernels.shared_prefix as module
+
+    monkeypatch.setattr(module, "prefix_chunk", lambda block_m, head_dim, splits: 1)
+    query, key, value, tables, contexts, sink = inputs(torch.float32, True)
+    layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), GROUPS, BLOCK_SIZE, DEVICE)
+    out = shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, layout=layout,
+                                         out=torch.full_like(query, float("nan")), prefix_blocks_per_split=1,
+                                         sinks=sink, fused_merge=True, prefix_first=False, members_per_program=members,
+                                         merge_eager=eager)
+    ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
+    assert relative_error(out, ref) <= 1e-5
+    assert layout.arrivals(KV_HEADS).eq(0).all()
+
+
 @pytest.fixture
 def shuffled_programs(monkeypatch):
     """Triton's interpreter runs a launch's programs one after another in id order; this hands
