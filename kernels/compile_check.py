@@ -241,14 +241,17 @@ def shared_prefix_registers(arch: int = 90) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel, signature, base = next(v for v in signatures("bf16") if v[0].__name__ == "_shared_prefix_kernel")
+    import torch
+
+    from .shared_prefix import launch_constants
+
+    kernel, signature, _ = next(v for v in signatures("bf16") if v[0].__name__ == "_shared_prefix_kernel")
     rows = []
     for members in (16, 8, 4):
         line = []
         for fused in (False, True):
-            for warps, stages in ((4, 2), (4, 3), (2, 2), (2, 3)):
-                constants = {**base, "PAGES": 2, "MEMBERS": members, "MEMBER_TILES": 16 // members,
-                             "BLOCK_M": max(16, 4 * members), "FUSED_MERGE": fused, "BLOCK_P": 16}
+            for warps, stages in ((4, 2), (4, 3), (2, 2), (2, 3)):  # a 2,048-token prefix in 8 splits
+                constants = launch_constants(torch.bfloat16, 4, 128, 16, 16, 8, members, pages=2, fused_merge=fused)
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
                                                     attrs=aligned_attrs(kernel, signature)),
                                           target=GPUTarget("cuda", arch, 32),

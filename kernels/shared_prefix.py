@@ -273,8 +273,6 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
                        prefix_first=prefix_first, members_per_program=members_per_program, num_warps=num_warps,
                        num_stages=num_stages, fp32_partials=fp32_partials, merge_rows=merge_rows,
                        merge_warps=merge_warps, merge_eager=merge_eager))
-    group = heads // kv_heads
-    members = min(members_per_program or stacked_members(group, head_dim), triton.next_power_of_2(layout.max_members))
     if out is None:
         out = torch.empty_like(query)
     if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
@@ -287,27 +285,37 @@ def shared_prefix_decode_attention(query: torch.Tensor, key_cache: torch.Tensor,
     # slots x 128 dims)
     parts = scratch((seqs * heads, 1 + splits, head_dim), query.device, torch.float32 if fp32_partials else query.dtype)
     lse = scratch((seqs * heads, 1 + splits), query.device)
-    tiles = triton.cdiv(layout.max_members, members)
-    block_m, block_r = max(16, triton.next_power_of_2(members * group)), triton.next_power_of_2(group)
-    merge_members = max(1, min(members, 16 // block_r))  # a prefix program's fused merge: members a pass
-    _shared_prefix_kernel[(layout.num_groups * splits * tiles + seqs, kv_heads)](
+    constants = launch_constants(query.dtype, heads // kv_heads, head_dim, block_size, layout.max_members, splits,
+                                 members_per_program, pages, fused_merge, prefix_first, sinks is not None, merge_eager)
+    _shared_prefix_kernel[(layout.num_groups * splits * constants["MEMBER_TILES"] + seqs, kv_heads)](
         query, key_cache, value_cache, block_tables, context_lens, layout.skip, layout.rows, layout.sizes,
         layout.prefixes, layout.first_seq, parts, lse, out, lse if sinks is None else sinks,
         layout.arrivals(kv_heads) if fused_merge else lse, seqs, layout.num_groups, splits, prefix_blocks_per_split,
         kv_heads, heads, query.stride(0),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0), layout.rows.stride(0),
-        scale, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_M=block_m, HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(query.dtype), PAGES=pages, FUSED_MERGE=fused_merge,
-        PREFIX_FIRST=prefix_first, MEMBERS=members,
-        BLOCK_R=block_r, BLOCK_P=max(2, triton.next_power_of_2(1 + splits)),
-        SINKS=sinks is not None, MEMBER_TILES=tiles, MERGE_EAGER=merge_eager,
-        MERGE_MEMBERS=merge_members, PREFIX_CHUNK=prefix_chunk(merge_members * block_r, head_dim, splits),
-        **launch_options(num_warps, num_stages))
+        scale, **constants, **launch_options(num_warps, num_stages))
     if not fused_merge:
         merge_partials(parts, lse, out.view(seqs * heads, head_dim), sinks, rows_per_program=merge_rows,
                        num_warps=merge_warps, eager=merge_eager)
     return out
+
+
+def launch_constants(dtype, group: int, head_dim: int, block_size: int, max_members: int, splits: int,
+                     members_per_program: int | None = None, pages: int = 1, fused_merge: bool = False,
+                     prefix_first: bool = True, sinks: bool = False, merge_eager: bool = False) -> dict:
+    """The kernel's compile-time constants for a call: ``group`` query heads a kv head, a step's
+    largest group of ``max_members`` and its prefixes in ``splits`` splits, with the call's
+    options (the wrapper launches with them; kernels.compile_check and
+    benchmarks/compile_sweep.py compile with them, without a GPU)."""
+    members = min(members_per_program or stacked_members(group, head_dim), triton.next_power_of_2(max_members))
+    block_r = triton.next_power_of_2(group)
+    merge_members = max(1, min(members, 16 // block_r))  # a prefix program's fused merge: members a pass
+    return dict(GROUP=group, BLOCK_G=max(16, block_r), BLOCK_M=max(16, triton.next_power_of_2(members * group)),
+                HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
+                FUSED_MERGE=fused_merge, PREFIX_FIRST=prefix_first, MEMBERS=members, BLOCK_R=block_r,
+                BLOCK_P=max(2, triton.next_power_of_2(1 + splits)), SINKS=sinks,
+                MEMBER_TILES=triton.cdiv(max_members, members), MERGE_EAGER=merge_eager, MERGE_MEMBERS=merge_members,
+                PREFIX_CHUNK=prefix_chunk(merge_members * block_r, head_dim, splits))
 
 
 def prefix_chunk(rows: int, head_dim: int, splits: int) -> int:

@@ -243,6 +243,20 @@ def test_kernels_compile_for_sm90():
     assert all(int(wide) > 0 for name, wide, _ in oss if name != "_merge_rows_kernel"), oss
 
 
+def test_the_shared_prefix_sweeps_variants_compile_for_sm90():
+    # benchmarks/compile_sweep.py compiles what the GPU's sweep would launch, with the constants
+    # the wrapper derives (launch_constants); here its first two settings: the kernel at 16 and 8
+    # members a program, and the launched merge they share (compiled once)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "benchmarks/compile_sweep.py", "--first", "2"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compile_sweep: 3 variants compiled for sm_90" in result.stdout and ", 0 failed" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
+    assert [line.split()[1] for line in lines] == ["_shared_prefix_kernel", "_merge_rows_kernel", "_shared_prefix_kernel"]
+    assert "'MEMBERS': 16" in lines[0] and "'MEMBERS': 8" in lines[2]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
 def test_rmsnorm_with_and_without_residual(dtype, gemma):
