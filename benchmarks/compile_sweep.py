@@ -43,7 +43,7 @@ def variants(first: int | None = None):
         if not options["fused_merge"]:
             found.append(("_merge_rows_kernel", {"HEAD_DIM": SHAPE["head_dim"], "BLOCK_P": constants["BLOCK_P"],
                                                  "SINKS": False, "ROWS": options.get("merge_rows", 1),
-                                                 "EAGER": constants["MERGE_EAGER"], "parts": partials},
+                                                 "EAGER": options.get("merge_eager", False), "parts": partials},
                           {"num_warps": options.get("merge_warps") or 4}))
     for name, constants, launch in found:
         key = (name, tuple(sorted(constants.items())), tuple(sorted(launch.items())))

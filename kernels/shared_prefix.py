@@ -314,7 +314,8 @@ def launch_constants(dtype, group: int, head_dim: int, block_size: int, max_memb
                 HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
                 FUSED_MERGE=fused_merge, PREFIX_FIRST=prefix_first, MEMBERS=members, BLOCK_R=block_r,
                 BLOCK_P=max(2, triton.next_power_of_2(1 + splits)), SINKS=sinks,
-                MEMBER_TILES=triton.cdiv(max_members, members), MERGE_EAGER=merge_eager, MERGE_MEMBERS=merge_members,
+                MEMBER_TILES=triton.cdiv(max_members, members), MERGE_MEMBERS=merge_members,
+                MERGE_EAGER=merge_eager and fused_merge,  # (the kernel's own merge only: one compile less else)
                 PREFIX_CHUNK=prefix_chunk(merge_members * block_r, head_dim, splits))
 
 
