@@ -137,6 +137,7 @@ case "$stage" in
       tests/test_kernel_shared_prefix.py tests/test_kernel_merge.py \
       --deselect tests/test_kernels.py::test_kernels_compile_for_sm90 \
       --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run \
+      --deselect tests/test_kernels.py::test_the_shared_prefix_sweeps_variants_compile_for_sm90 \
       --deselect tests/test_kernel_merge.py::test_shared_prefix_parts_benchmark_dry_run 2>&1 | tee "$OUT/kernel_tests.log"
     ;;
   bench)

@@ -215,13 +215,15 @@ def test_shared_prefix_refuses_bad_inputs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the merge's atomics race only on a GPU (the interpreter "
                     "runs one program at a time)")
-@pytest.mark.parametrize("prefix_first", [True, False])
-def test_fused_merge_under_real_concurrency(prefix_first, poisoned):
+@pytest.mark.parametrize("prefix_first, merge", [(True, {}), (False, {}),
+                                                  (True, {"merge_eager": True, "fp32_partials": False}),
+                                                  (False, {"merge_eager": True, "fp32_partials": False})])
+def test_fused_merge_under_real_concurrency(prefix_first, merge, poisoned):
     """Llama-3.1-8B's heads, 8 prefixes of 512 tokens with 16 requests each and 8 requests in no
     group, in bf16, on a GPU: 20 calls with the working memory poisoned each time must all give
     the same bits, and match the reference. A merge that read a partial before it was written
     (an arrival counted too early, a stale cache line) would show as NaN or as a call that
-    differs from the others."""
+    differs from the others. Also with the one-trip merge over bf16 partials (``merge``)."""
     heads, kv_heads, head_dim, prefix, own, per_group, groups = 32, 8, 128, 512, 64, 16, 8
     generator = torch.Generator().manual_seed(3)
     seqs = per_group * groups + 8
@@ -240,7 +242,7 @@ def test_fused_merge_under_real_concurrency(prefix_first, poisoned):
     layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), group_list, BLOCK_SIZE, DEVICE)
     outs = [shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
                                            layout=layout, prefix_blocks_per_split=4, pages=2, fused_merge=True,
-                                           prefix_first=prefix_first) for _ in range(20)]
+                                           prefix_first=prefix_first, **merge) for _ in range(20)]
     launched = shared_prefix_decode_attention(query, key, value, tables, contexts, group_list, head_dim ** -0.5,
                                               layout=layout, prefix_blocks_per_split=4, pages=2)
     assert relative_error(outs[0], launched) <= 1e-2  # the same partials merged: a bf16 rounding apart at most
