@@ -131,13 +131,11 @@ case "$stage" in
   tests)
     setup
     # on the GPU's 16 cores, 12 workers compiling kernels side by side; each result printed as it
-    # comes (a stage's time may end). Left out there: the sm_90 compile check and the benchmark's
-    # dry run, guards for machines without a GPU (the latter needs Triton >= 3.9's interpreter)
+    # comes (a stage's time may end). Left out there: tests/test_kernels_offline.py (the sm_90
+    # compile checks and the benchmark's dry run) and the parts benchmark's dry run, guards for
+    # machines without a GPU (the dry runs need Triton >= 3.9's interpreter)
     "$PY" -m pytest -vv -p no:cacheprovider -n 12 tests/test_kernels.py tests/test_kernels_gemma4.py \
       tests/test_kernel_shared_prefix.py tests/test_kernel_merge.py \
-      --deselect tests/test_kernels.py::test_kernels_compile_for_sm90 \
-      --deselect tests/test_kernels.py::test_gpu_kernel_benchmark_dry_run \
-      --deselect tests/test_kernels.py::test_the_shared_prefix_sweeps_variants_compile_for_sm90 \
       --deselect tests/test_kernel_merge.py::test_shared_prefix_parts_benchmark_dry_run 2>&1 | tee "$OUT/kernel_tests.log"
     ;;
   bench)

@@ -161,10 +161,13 @@ def main(argv: list[str]) -> int:
     split_blocks, pages = options[0][:2]
     rows["merge_sweep"] = []
     launches = ((1, 4), (4, 4)) if dry else [(r, w) for r in (1, 2, 4, 8, 16) for w in (1, 2, 4)]
+    written = {}  # partials' dtype -> the kernel's splits, partials and log-sum-exps, written once
     for partials, eager, (rows_per_program, warps) in product((torch.float32, dtype), (False, True), launches):
-        splits, parts, lse = buffers(split_blocks, partials)
-        launch((groups * splits * tiles(16) + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16, 4,
-               2, 16)
+        if partials not in written:
+            written[partials] = splits, parts, lse = buffers(split_blocks, partials)
+            launch((groups * splits * tiles(16) + seqs, kv_heads), groups, splits, split_blocks, parts, lse, pages, 16,
+                   4, 2, 16)
+        splits, parts, lse = written[partials]
         out = torch.full_like(query, float("nan"))
         merge = lambda: merge_partials(parts, lse, out.view(seqs * heads, head_dim),  # noqa: E731
                                        rows_per_program=rows_per_program, num_warps=warps, eager=eager)
