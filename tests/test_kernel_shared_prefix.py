@@ -142,7 +142,8 @@ def test_prefix_programs_fused_merge_one_slot_at_a_time(eager, members, monkeypa
     programs come last (the interpreter runs them in id order), so they merge every row."""
     import kernels.shared_prefix as module
 
-    monkeypatch.setattr(module, "prefix_chunk", lambda block_m, head_dim, splits: 1)
+    asked = []  # the slots a pass would load at once (all 4 here), held to one
+    monkeypatch.setattr(module, "prefix_chunk", lambda rows, head_dim, splits: asked.append(1 + splits) or 1)
     query, key, value, tables, contexts, sink = inputs(torch.float32, True)
     layout = shared_prefix_layout(tables.tolist(), contexts.tolist(), GROUPS, BLOCK_SIZE, DEVICE)
     out = shared_prefix_decode_attention(query, key, value, tables, contexts, GROUPS, 0.25, layout=layout,
@@ -152,6 +153,7 @@ def test_prefix_programs_fused_merge_one_slot_at_a_time(eager, members, monkeypa
     ref = paged_decode_reference(query, key, value, tables, contexts, 0.25, sinks=sink)
     assert relative_error(out, ref) <= 1e-5
     assert layout.arrivals(KV_HEADS).eq(0).all()
+    assert asked == [4]  # the 48-token prefix in 3 splits and the sequences' own parts
 
 
 @pytest.fixture
