@@ -56,8 +56,16 @@ def main(argv: list[str]) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_sweep: unset TRITON_INTERPRET first (interpreted kernels cannot be compiled)")
         return 2
-    arch = int(argv[argv.index("--arch") + 1]) if "--arch" in argv else 90
-    first = int(argv[argv.index("--first") + 1]) if "--first" in argv else None
+    values = {"--arch": "90", "--first": None}
+    args = list(argv)
+    while args:
+        flag = args.pop(0)
+        if flag not in values or not args or not args[0].isdigit():
+            print("usage: python benchmarks/compile_sweep.py [--arch 90] [--first N]  (N, the arch: whole numbers; "
+                  f"got {' '.join(argv)!r})", file=sys.stderr)
+            return 2
+        values[flag] = args.pop(0)
+    arch, first = int(values["--arch"]), values["--first"] and int(values["--first"])
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # as kernels.compile_check compiles
     import triton
     from triton.backends.compiler import GPUTarget

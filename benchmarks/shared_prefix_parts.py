@@ -30,9 +30,10 @@ def main(argv: list[str]) -> int:
     import triton
     import triton.testing
 
-    from kernels.common import dot_precision, merge_partials
+    from kernels.common import merge_partials
     from kernels.paged_decode import paged_decode_attention
-    from kernels.shared_prefix import _shared_prefix_kernel, shared_prefix_decode_attention, shared_prefix_layout
+    from kernels.shared_prefix import (_shared_prefix_kernel, launch_constants, shared_prefix_decode_attention,
+                                       shared_prefix_layout)
 
     from bench_kernels import copy_bandwidth
     from shared_prefix_case import relative_error, shared_prefix_case  # bench_kernels.py's shape, inputs
@@ -77,18 +78,17 @@ def main(argv: list[str]) -> int:
             path.write_text(json.dumps(rows, indent=2))
 
     def tiles(members: int) -> int:  # a group's prefix programs a split (members_per_program)
-        return triton.cdiv(layout.max_members, members)
+        return launch_constants(dtype, group, head_dim, block_size, layout.max_members, 1, members)["MEMBER_TILES"]
 
     def launch(grid, num_groups, splits, split_blocks, parts, lse, pages, block_g, warps, stages, members):
-        members = min(members, triton.next_power_of_2(layout.max_members))
+        # the wrapper's constants (the same compiled kernel), but for the distinct tile's rows
+        constants = launch_constants(dtype, group, head_dim, block_size, layout.max_members, splits, members, pages)
         return _shared_prefix_kernel[grid](  # the compiled kernel (None in the interpreter)
             query, key, value, tables, contexts, layout.skip, layout.rows, layout.sizes, layout.prefixes,
             layout.first_seq, parts, lse, parts, lse, lse, seqs, num_groups, splits, split_blocks, kv_heads, heads,
             query.stride(0),
             key.stride(0), key.stride(1), key.stride(2), tables.stride(0), layout.rows.stride(0), scale,
-            GROUP=group, BLOCK_G=block_g, BLOCK_M=max(16, triton.next_power_of_2(members * group)),
-            HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DOT_PRECISION=dot_precision(dtype), PAGES=pages,
-            MEMBERS=members, MEMBER_TILES=tiles(members), num_warps=warps, num_stages=stages)
+            **{**constants, "BLOCK_G": block_g}, num_warps=warps, num_stages=stages)
 
     def buffers(split_blocks: int, partials=torch.float32):
         """The prefix's splits and the kernel's partials (fp32 unless said) and their fp32 log-sum-exps."""

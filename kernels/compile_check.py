@@ -76,6 +76,18 @@ def aligned_attrs(kernel, signature: dict) -> dict:
             if kind.startswith("*") or name in ALIGNED}
 
 
+def shared_prefix_constants(dtype: str, group: int = 4, head_dim: int = 128, splits: int = 7, **options) -> dict:
+    """The shared-prefix kernel's constants as its wrapper derives them (``launch_constants``) for
+    a group of 16 requests over a prefix in ``splits`` splits, 16-token blocks: by default
+    Llama's heads (4 query heads a kv head, 128 wide) and a whole group a program."""
+    import torch
+
+    from .shared_prefix import launch_constants
+
+    return launch_constants({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], group, head_dim, 16, 16, splits,
+                            **options)
+
+
 def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
     from .common import _merge_rows_kernel
     from .fused_moe import _down_kernel, _gate_up_kernel
@@ -108,9 +120,7 @@ def signatures(dtype: str) -> list[tuple[object, dict, dict]]:
           "scale": f32, "GROUP": c, "BLOCK_G": c, "BLOCK_M": c, "HEAD_DIM": c, "BLOCK_SIZE": c, "DOT_PRECISION": c,
           "PAGES": c, "FUSED_MERGE": c, "PREFIX_FIRST": c, "MEMBERS": c, "BLOCK_R": c, "BLOCK_P": c, "SINKS": c,
           "MEMBER_TILES": c, "MERGE_EAGER": c, "MERGE_MEMBERS": c, "PREFIX_CHUNK": c},
-         {**attention, "BLOCK_G": 16, "BLOCK_M": 64, "PAGES": 1, "FUSED_MERGE": False, "PREFIX_FIRST": True,
-          "MEMBERS": 16, "BLOCK_R": 4, "BLOCK_P": 8, "SINKS": False, "MEMBER_TILES": 1, "MERGE_EAGER": False,
-          "MERGE_MEMBERS": 4, "PREFIX_CHUNK": 1}),
+         shared_prefix_constants(dtype)),
         (_paged_prefill_kernel,
          {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "out_ptr": ptr, "tables_ptr": "*i32", "query_start_ptr": "*i32",
           "query_len_ptr": "*i32", "context_ptr": "*i32", "stride_qt": i32, "stride_kb": i32, "stride_ks": i32,
@@ -176,7 +186,7 @@ def gemma4_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     variants = []
     for kernel, signature, constants in signatures(dtype):
         if kernel.__name__ == "_shared_prefix_kernel":  # 2 members a prefix program, as stacked_members gives
-            constants = {**constants, "HEAD_DIM": 512, "GROUP": 8, "BLOCK_M": 16, "MEMBERS": 2, "MEMBER_TILES": 8}
+            constants = shared_prefix_constants(dtype, group=8, head_dim=512)
         elif "HEAD_DIM" in constants:
             constants = {**constants, "HEAD_DIM": 512, **({"GROUP": 8} if "GROUP" in constants else {})}
         elif kernel.__name__ == "_rmsnorm_kernel":
@@ -195,15 +205,12 @@ def shared_prefix_variants(dtype: str) -> list[tuple[object, dict, dict]]:
     16 splits, 16 requests a prefix), at Llama's shapes and at gpt-oss's with sinks; and with a
     group's 16 members stacked 4 a program (``members_per_program``), whose fewer registers let
     more programs share a multiprocessor."""
-    fused = {"PAGES": 2, "FUSED_MERGE": True, "BLOCK_P": 32}
-    members4 = {"PAGES": 2, "MEMBERS": 4, "MEMBER_TILES": 4, "BLOCK_M": 16}  # 16 members in 4 programs
-    return [variant for kernel, signature, constants in signatures(dtype) if kernel.__name__ == "_shared_prefix_kernel"
-            for variant in ((kernel, signature, {**constants, "PAGES": 4}), (kernel, signature, {**constants, **fused}),
-                            (kernel, signature, {**constants, "PAGES": 2}),
-                            (kernel, signature, {**constants, **members4}),
-                            (kernel, signature, {**constants, **fused, "GROUP": 8, "HEAD_DIM": 64, "BLOCK_M": 128,
-                                                 "BLOCK_R": 8, "SINKS": True, "PREFIX_FIRST": False,
-                                                 "MERGE_MEMBERS": 2, "PREFIX_CHUNK": 2}))]
+    fused = {"splits": 16, "pages": 2, "fused_merge": True}
+    kernel, signature, _ = next(v for v in signatures(dtype) if v[0].__name__ == "_shared_prefix_kernel")
+    return [(kernel, signature, shared_prefix_constants(dtype, **options))
+            for options in ({"pages": 4}, fused, {"pages": 2},
+                            {"pages": 2, "members_per_program": 4},  # 16 members in 4 programs
+                            {**fused, "group": 8, "head_dim": 64, "sinks": True, "prefix_first": False})]
 
 
 def eager_merge_variants(dtype: str) -> list[tuple[object, dict, dict]]:
@@ -216,8 +223,8 @@ def eager_merge_variants(dtype: str) -> list[tuple[object, dict, dict]]:
         if kernel.__name__ == "_merge_rows_kernel" and constants["ROWS"] == 8:
             variants.append((kernel, narrow, {**constants, "ROWS": 4, "EAGER": True}))
         elif kernel.__name__ == "_shared_prefix_kernel":
-            variants.append((kernel, narrow, {**constants, "PAGES": 2, "FUSED_MERGE": True, "BLOCK_P": 16,
-                                              "MERGE_EAGER": True}))
+            variants.append((kernel, narrow, shared_prefix_constants(dtype, splits=8, pages=2, fused_merge=True,
+                                                                     merge_eager=True)))
     return variants
 
 
@@ -241,17 +248,14 @@ def shared_prefix_registers(arch: int = 90) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    import torch
-
-    from .shared_prefix import launch_constants
-
     kernel, signature, _ = next(v for v in signatures("bf16") if v[0].__name__ == "_shared_prefix_kernel")
     rows = []
     for members in (16, 8, 4):
         line = []
         for fused in (False, True):
             for warps, stages in ((4, 2), (4, 3), (2, 2), (2, 3)):  # a 2,048-token prefix in 8 splits
-                constants = launch_constants(torch.bfloat16, 4, 128, 16, 16, 8, members, pages=2, fused_merge=fused)
+                constants = shared_prefix_constants("bf16", splits=8, members_per_program=members, pages=2,
+                                                    fused_merge=fused)
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
                                                     attrs=aligned_attrs(kernel, signature)),
                                           target=GPUTarget("cuda", arch, 32),

@@ -76,6 +76,10 @@ def test_the_shared_prefix_sweeps_variants_compile_for_sm90():
     lines = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
     assert [line.split()[1] for line in lines] == ["_shared_prefix_kernel", "_merge_rows_kernel", "_shared_prefix_kernel"]
     assert "'MEMBERS': 16" in lines[0] and "'MEMBERS': 8" in lines[2]
+    wrong = subprocess.run([sys.executable, "benchmarks/compile_sweep.py", "--first", "two"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "usage: python benchmarks/compile_sweep.py" in wrong.stderr
+    assert "got '--first two'" in wrong.stderr
 
 
 def test_gpu_kernel_benchmark_dry_run():
