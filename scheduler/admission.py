@@ -31,6 +31,13 @@ def check_fits(scheduler: "Scheduler", request: "Request") -> None:
             f"request {request.req_id}: needs {kv.blocks_for(tokens)} KV blocks ({request.prompt_len} prompt + "
             f"{request.output_len} output tokens, block size {scheduler.block_size}) but the KV cache holds only "
             f"{kv.num_blocks} blocks{held}")
+    config = scheduler.config
+    if not config.enable_chunked_prefill and request.prompt_len > config.max_num_batched_tokens:
+        # (vLLM refuses such a configuration outright: max_num_batched_tokens >= max_model_len)
+        raise WorkloadError(
+            f"request {request.req_id}: its prompt of {request.prompt_len} tokens goes into one step without "
+            f"chunked prefill, and schedule {config.name!r} takes at most {config.max_num_batched_tokens} tokens a "
+            f"step: set enable_chunked_prefill=true or max_num_batched_tokens >= {request.prompt_len}")
 
 
 def window_blocks_of(scheduler: "Scheduler", tokens: int, shared: int = 0) -> int:

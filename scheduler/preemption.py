@@ -90,7 +90,10 @@ def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[i
             return False
         victim = next(s for s in reversed(scheduler.running.values())
                       if s.req_id not in scheduled and (members_unscheduled or s.cohort_offset is None))
-        if victim is state and preempt_idle_group(scheduler):
+        # a prefix short of blocks yields to an idle group (whose members wait at the queue's front,
+        # ahead of it) rather than dropping that group's finished prefix: dropped, the two prefixes
+        # took turns at being computed and neither group's members ever ran (a livelock)
+        if victim is state and state.request is not None and preempt_idle_group(scheduler):
             continue
         preempt(scheduler, victim)
         preempted.append(victim.req_id)
@@ -121,7 +124,9 @@ def preempt(scheduler: "Scheduler", state: RequestState) -> None:
     state.num_computed_tokens = 0
     state.num_preemptions += 1
     scheduler.stats.num_preemptions += 1
-    if scheduler.config.preemption == "vllm" or state.request is None:
+    if state.request is None:  # a group's prefix, being computed: its group back into the ordered queue
+        _requeue_group(scheduler, state.group)
+    elif scheduler.config.preemption == "vllm":
         scheduler.waiting.push_front(state)
     elif state.group is not None:  # SGLang's (retract.py), a started group's member: behind its ready members
         scheduler.waiting.ready([state])
@@ -139,19 +144,24 @@ def preempt_idle_group(scheduler: "Scheduler") -> bool:
         return False
     scheduler.kv.release(group.holder_blocks)
     group.holder_blocks = []
-    group.prefix_done = False
-    group.started = False
-    del scheduler._active_groups[group.group_id]
     scheduler.waiting.remove_front_where(lambda unit: getattr(unit, "group", None) is group)
     prefix = group.prefix
     prefix.num_computed_tokens = 0
     prefix.num_registered_blocks = 0
     prefix.num_preemptions += 1
     scheduler.stats.num_group_preemptions += 1
-    # back into the ordered queue, not the front: pushed to the front it would be admitted
-    # again at once, ahead of the blocked work it was dropped for (a livelock)
-    scheduler.waiting.push(group)
+    _requeue_group(scheduler, group)
     return True
+
+
+def _requeue_group(scheduler: "Scheduler", group) -> None:
+    """``group``, its prefix dropped, back into the ordered queue, not the front: pushed to the
+    front it would be admitted again at once, ahead of the blocked work it was dropped for (a
+    livelock), and ahead of the members of groups whose prefixes are done."""
+    group.prefix_done = False
+    group.started = False
+    del scheduler._active_groups[group.group_id]
+    scheduler.waiting.push(group)
 
 
 def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
@@ -159,7 +169,21 @@ def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks:
     memory. Preempt them, newest first, until something fits."""
     while not chunks and not scheduler._loading:  # (a request admitted to load its blocks waits)
         if not preempt_idle_group(scheduler):
-            raise SchedulerStuck(
-                f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and the head "
-                f"of the queue does not fit in {scheduler.kv.num_free_blocks} free KV blocks")
+            raise SchedulerStuck(f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and "
+                                 f"{_why_the_head_waits(scheduler)}")
         admit(scheduler, now, tokens_left, chunks)
+
+
+def _why_the_head_waits(scheduler: "Scheduler") -> str:
+    """The end of a SchedulerStuck message: what keeps the queue's head out."""
+    unit = scheduler.waiting.peek()
+    state = getattr(unit, "prefix", unit)  # (a group: its prefix)
+    config = scheduler.config
+    if not config.enable_chunked_prefill and state.num_tokens > config.max_num_batched_tokens:
+        # its prompt fitted (check_fits); preempted, it recomputes its answer so far with it
+        return (f"request {state.req_id}, preempted after {state.num_output_tokens} output tokens, must recompute its "
+                f"{state.num_tokens} tokens in one step without chunked prefill, and schedule {config.name!r} takes at "
+                f"most {config.max_num_batched_tokens} tokens a step: set enable_chunked_prefill=true or "
+                f"max_num_batched_tokens >= {state.prompt_len + state.output_len - 1} (vLLM asks for "
+                f"max_num_batched_tokens >= max_model_len without chunked prefill)")
+    return f"the head of the queue does not fit in {scheduler.kv.num_free_blocks} free KV blocks"

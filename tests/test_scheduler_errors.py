@@ -98,3 +98,36 @@ def test_prompt_check_fast_path_agrees_with_the_segment_loop():
 
     agree()
     assert validate_prompt(((3, 4), (9, MAX_SEGMENT_LEN)), "r") == 4 + MAX_SEGMENT_LEN
+
+
+def test_a_prompt_over_the_step_budget_without_chunked_prefill_is_refused_before_any_work():
+    """Without chunked prefill a prompt goes into one step: one longer than the budget could never
+    start (the run used to stop mid-way blaming the KV cache: "the head of the queue does not fit
+    in N free KV blocks")."""
+    config = schedule_config("fcfs", max_num_batched_tokens=32, enable_chunked_prefill=False)
+    scheduler = Scheduler(config, num_kv_blocks=64, block_size=4)
+    scheduler.add(Request(1, 0.0, ((1, 32),), 40))  # the prompt fits the step; its answer needs no budget
+    with pytest.raises(WorkloadError, match=r"request 2: its prompt of 33 tokens goes into one step without chunked "
+                                            r"prefill, and schedule 'fcfs' takes at most 32 tokens a step: set "
+                                            r"enable_chunked_prefill=true or max_num_batched_tokens >= 33"):
+        scheduler.add(Request(2, 0.0, ((1, 33),), 1))
+    chunked = Scheduler(schedule_config("fcfs", max_num_batched_tokens=32), num_kv_blocks=64, block_size=4)
+    chunked.add(Request(2, 0.0, ((1, 33),), 1))  # in chunks it runs
+
+
+def test_a_preempted_request_too_long_to_recompute_in_one_step_says_so():
+    """Its prompt fits a step, but preempted (recompute, caching off) it must compute its answer
+    so far with it in one step: without chunked prefill it never can. The run stops saying that,
+    not that the KV cache is short (it has room: nothing runs)."""
+    from fake_executor import run_to_completion
+    from scheduler import SchedulerStuck
+
+    config = schedule_config("fcfs", max_num_batched_tokens=32, enable_chunked_prefill=False, caching="off")
+    scheduler = Scheduler(config, num_kv_blocks=20, block_size=4)
+    for req_id in range(3):
+        scheduler.add(Request(req_id, 0.0, ((req_id + 1, 30),), 40))
+    with pytest.raises(SchedulerStuck, match=r"request 1, preempted after 10 output tokens, must recompute its 40 "
+                                             r"tokens in one step without chunked prefill, .* at most 32 tokens a "
+                                             r"step: set enable_chunked_prefill=true or max_num_batched_tokens >= 69"):
+        run_to_completion(scheduler, max_steps=1000)
+    assert scheduler.stats.num_preemptions == 1

@@ -143,6 +143,26 @@ def test_idle_groups_holding_memory_do_not_livelock():
         assert len({c.req_id for p in plans for c in p.chunks if c.req_id >= 0}) == 18
 
 
+@pytest.mark.parametrize("name, prefix_len, blocks, budget", [("prefix_grouped", 24, 10, 8), ("batchllm", 24, 11, 4),
+                                                              ("batchllm", 40, 16, 8)])
+def test_a_prefix_being_computed_yields_to_a_finished_group_whose_members_wait(name, prefix_len, blocks, budget):
+    """Group A's prefix finishes in the step that admits B's prefix with what the budget leaves;
+    B's prefix runs ahead of A's waiting members, and the cache holds only one prefix beside
+    a member. B's prefix, short of blocks, used to drop A's finished prefix, then C's B's, ...:
+    the prefixes took turns and no member ever ran (found by a random engine soak). Now B's
+    prefix yields, back into the ordered queue behind A's members."""
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = batchllm_microbenchmark(prefix_len, 6, 3, 2, 6, seed=1)
+    scheduler = make(name, list(workload.requests), blocks=blocks, block_size=4, budget=budget)
+    plans = run_to_completion(scheduler, max_steps=3000)
+    assert scheduler.stats.num_preemptions == 1 and scheduler.stats.num_group_preemptions == 0
+    assert len(plans) < 40 and scheduler.kv.num_used_blocks == 0
+    assert all(scheduler.states[r.req_id].finished and scheduler.states[r.req_id].num_output_tokens == r.output_len
+               for r in workload.requests)
+
+
+
 def test_shared_prefix_groups_count_their_decoding_members():
     # a step's groups carry how many members decode in it (the simulator's cost model reads
     # that instead of looking every member up); it must be the count a lookup gives, in steps
