@@ -131,3 +131,22 @@ def test_a_preempted_request_too_long_to_recompute_in_one_step_says_so():
                                              r"step: set enable_chunked_prefill=true or max_num_batched_tokens >= 69"):
         run_to_completion(scheduler, max_steps=1000)
     assert scheduler.stats.num_preemptions == 1
+
+
+def test_the_simulator_refuses_a_late_prompt_over_the_budget_before_simulating_anything():
+    """The simulator checks the longest request (prompt + answer) up front; without chunked
+    prefill the longest prompt, which need not be it, is checked too: arriving late, it stopped the
+    simulation where it arrived."""
+    from scheduler.model_spec import model_spec
+    from sim.cost_model import CostModel
+    from sim.profile import constant_profile
+    from sim.simulator import simulate
+    from traces.workload import Workload
+
+    requests = (Request(0, 0.0, ((1, 10),), 200), Request(1, 50.0, ((2, 40),), 1))  # 209 tokens; a prompt of 40
+    config = schedule_config("fcfs", max_num_batched_tokens=32, enable_chunked_prefill=False)
+    plans = []
+    with pytest.raises(WorkloadError, match=r"request 1: its prompt of 40 tokens goes into one step"):
+        simulate(Workload("late", requests), config, CostModel(constant_profile(), model_spec("tiny")), 64, 16,
+                 on_plan=plans.append)
+    assert plans == []
