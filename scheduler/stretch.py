@@ -66,6 +66,8 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     # every running request must be a cohort member (steady decode); joining changes nothing
     if not scheduler.lazy_decodes or not scheduler._join_decodes() or scheduler._others:
         return None
+    if scheduler._stored_blocks:  # the next plan copies blocks to the host tier (write-through), at a cost
+        return None
     cohort = scheduler.cohort
     batch = len(cohort)
     if not batch or batch > scheduler.config.max_num_batched_tokens:

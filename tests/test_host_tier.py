@@ -242,3 +242,24 @@ def test_the_report_shows_the_host_share_only_where_a_tier_loaded_something():
     assert "from host" not in formatted_rows(pd.DataFrame([row]))[0]
     header, first, second = formatted_rows(pd.DataFrame([row | {"host_loaded_share": 0.25}, row | {"schedule": "x"}]))
     assert "from host" in header and "**0.250**" in first and "0.000" in second
+
+
+def test_decode_stretches_with_a_host_tier_are_identical_to_step_by_step():
+    """Where a step's blocks are cached after it (SGLang's way), the next step copies them to the
+    tier (write-through), at a cost: a decode stretch starting there dropped the copy's time from its first step and charged
+    it to the step after the stretch, so a request arriving during the stretch started that much
+    later (found by a random soak of fast-forward against step by step)."""
+    import pandas as pd
+
+    from batchlab.records import requests_frame
+
+    model = model_spec("llama-3.1-8b")
+    cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    requests = (Request(0, 0.0, ((1, 18),), 40), Request(1, 0.1, ((2, 18),), 5))
+    config = schedule_config("fcfs", host_cache_blocks=8, cache_in_step=False)
+    slow, fast = (simulate(Workload("late", requests), config, cost, 64, 4, fast_forward=ff) for ff in (False, True))
+    assert fast.num_events < slow.num_events  # a stretch was taken
+    pd.testing.assert_frame_equal(requests_frame(slow.scheduler, "fcfs"), requests_frame(fast.scheduler, "fcfs"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(slow.steps.all_steps(), fast.steps.all_steps(), check_exact=True)
+    assert len(slow.scheduler.host) == 8  # request 0's prompt written through (4 blocks), then 1's
