@@ -166,7 +166,10 @@ def _requeue_group(scheduler: "Scheduler", group) -> None:
 
 def break_deadlock(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[ScheduledChunk]) -> None:
     """Nothing runs, yet the head of the queue does not fit: idle group prefixes hold the
-    memory. Preempt them, newest first, until something fits."""
+    memory. Preempt them, newest first, until something fits; first, what this step's own
+    preemptions freed may let the head in (a step of decodes apart from prompts admits nothing:
+    unmixed.py), and an idle group dropped then would be one whose members could run."""
+    admit(scheduler, now, tokens_left, chunks)
     while not chunks and not scheduler._loading:  # (a request admitted to load its blocks waits)
         if not preempt_idle_group(scheduler):
             raise SchedulerStuck(f"step {scheduler.step}: {scheduler.num_waiting} requests wait, none runs, and "

@@ -163,6 +163,22 @@ def test_a_prefix_being_computed_yields_to_a_finished_group_whose_members_wait(n
 
 
 
+def test_a_step_of_decodes_apart_that_preempts_a_prefix_admits_before_dropping_an_idle_group():
+    """SGLang's steps apart (mixed_batches=false): a prefix whose chunk waits for blocks in the
+    step of prompts, then yields in the step of decodes, frees blocks that step admits nothing
+    into; the deadlock breaker then dropped the finished group whose members now fit, and the
+    next prefixes did the same forever. It admits first (found by a random fast-forward soak)."""
+    from traces.samples import with_samples
+    from traces.synthetic import batchllm_microbenchmark
+
+    workload = with_samples(batchllm_microbenchmark(11, 17, 5, 3, 6, seed=319), 3, seed=319)  # 18 requests
+    scheduler = make("batchllm", list(workload.requests), blocks=10, block_size=4, budget=17, mixed_batches=False)
+    plans = run_to_completion(scheduler, max_steps=3000)
+    assert len(plans) < 100 and scheduler.stats.num_preemptions > 0 and scheduler.kv.num_used_blocks == 0
+    assert all(scheduler.states[r.req_id].num_output_tokens == r.output_len for r in workload.requests)
+
+
+
 def test_shared_prefix_groups_count_their_decoding_members():
     # a step's groups carry how many members decode in it (the simulator's cost model reads
     # that instead of looking every member up); it must be the count a lookup gives, in steps
