@@ -1,0 +1,254 @@
+"""Random soak of the scheduler's invariants, over workloads, schedules, their options and KV
+cache sizes drawn at random (each case reproducible from its seed and index):
+
+  tokens     the engine's greedy tokens (a tiny model, seeded random weights, on this CPU) under
+             the drawn schedule, options and KV cache equal those of fcfs with room for all,
+             chunks of 512 tokens: scheduling, chunking, sharing and preemption never change
+             what the model computes;
+  stretches  the simulator with decode stretches (fast_forward) gives the same request and step
+             records, to the bit, and the same statistics as step by step.
+
+A case that fails, raises, or takes longer than --limit seconds (a livelock) is printed with
+what reproduces it; the exit status is 1 if any did.
+
+    python benchmarks/soak.py tokens --cases 300 [--seed 1] [--model tiny-gpt-oss]
+    python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b]
+    python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
+
+On 2026-12-04 it found three bugs (each now a test): a group prefix being computed that ran short
+of blocks dropped an older group's finished prefix whose members waited, and the prefixes took
+turns forever; the fix's first version let SGLang-style steps apart drop a group whose members
+fit, forever; and a decode stretch starting where blocks were due to the host tier moved the
+copy's time past the stretch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scheduler import WorkloadError, schedule_config  # noqa: E402
+from scheduler.errors import ConfigError  # noqa: E402
+
+SCHEDULES = ("fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority", "sglang")
+
+
+class Hang(Exception):
+    """A case ran past its time limit."""
+
+
+def draw_workload(rng: random.Random, arrivals: bool):
+    """(kind, workload): a BatchLLM microbenchmark, a prefix tree or a mixed batch, small and
+    with lengths not multiples of a block, sometimes several completions a prompt; with
+    ``arrivals``, sometimes Poisson, gamma or a closed loop of clients, or agents' sessions."""
+    from traces.arrivals import with_arrivals
+    from traces.samples import with_samples
+    from traces.synthetic import agent_sessions, batchllm_microbenchmark, mixed_batch, prefix_tree_workload
+
+    seed = rng.randrange(1000)
+    kind = rng.choice(("micro", "tree", "mixed", "agents") if arrivals else ("micro", "tree", "mixed"))
+    if kind == "micro":
+        workload = batchllm_microbenchmark(rng.randint(5, 60), rng.randint(1, 30), rng.randint(1, 12),
+                                           rng.randint(1, 5), rng.randint(4, 24), seed=seed)
+    elif kind == "tree":
+        workload = prefix_tree_workload((rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(3, 40), rng.randint(1, 25)),
+                                        rng.randint(1, 20), rng.randint(1, 3), rng.randint(1, 10), seed=seed)
+    elif kind == "mixed":
+        workload = mixed_batch((rng.randint(30, 80), rng.randint(12, 24)), (rng.randint(1, 4), rng.randint(5, 15)),
+                               (rng.randint(2, 8), rng.randint(2, 8)), shared=rng.choice((0.0, 0.35)),
+                               share_degree=rng.randint(1, 4), template_len=rng.randint(1, 8), seed=seed)
+    else:
+        workload = agent_sessions(rng.randint(1, 6), rng.randint(1, 4), rng.choice((0, 8, 30)), rng.randint(1, 20),
+                                  rng.randint(1, 20), rng.randint(1, 12))
+    if kind != "agents" and rng.random() < 0.3:
+        workload = with_samples(workload, rng.randint(2, 4), output_cv=rng.choice((0.0, 0.5)), seed=seed)
+    if arrivals:
+        process = rng.choice(("closed", "poisson", "gamma", None) if kind != "agents" else ("closed", "poisson"))
+        if process == "closed":
+            workload = with_arrivals(workload, "closed", clients=rng.randint(1, 4), think_s=rng.choice((0.0, 0.05)),
+                                     think_cv=rng.choice((0.0, 1.0)), seed=seed)
+        elif process is not None:
+            workload = with_arrivals(workload, process, rate=rng.choice((0.5, 5.0, 50.0)), seed=seed,
+                                     think_s=0.05 if kind == "agents" else 0.0)
+    return kind, workload
+
+
+def draw_options(rng: random.Random, workload) -> dict:
+    """Schedule options, each set at random or left at the schedule's own."""
+    options = {"max_num_batched_tokens": rng.choice((8, 16, 17, 33, 64, 512))}
+    for name, values, chance in (("caching", ("lru", "off"), 0.4), ("max_num_seqs", (1, 2, 5, None), 0.3),
+                                 ("kv_threshold", (0.5, 0.9, None), 0.3), ("new_token_ratio", (0.3, 0.7, 1.0, None), 0.3),
+                                 ("mixed_batches", (True, False), 0.25), ("cache_in_step", (True, False), 0.25),
+                                 ("preemption", ("vllm", "sglang"), 0.3), ("host_cache_blocks", (4, 32), 0.25),
+                                 ("cascade_attention", (True,), 0.2), ("enable_chunked_prefill", (False,), 0.2)):
+        if rng.random() < chance:
+            options[name] = rng.choice(values)
+    if options.get("enable_chunked_prefill") is False:  # a whole prompt must fit a step, and so must one
+        # recomputed after a preemption with its answer so far (vLLM: max_num_batched_tokens >= max_model_len)
+        longest = max(r.prompt_len + r.output_len - 1 for r in workload.requests)
+        options["max_num_batched_tokens"] = longest + rng.randint(0, 40)
+    return options
+
+
+def draw_case(seed: int, index: int, arrivals: bool, sliding: bool):
+    """(kind, workload, schedule, options, KV blocks, block size) of case ``seed:index``."""
+    rng = random.Random(seed * 100_000 + index)
+    kind, workload = draw_workload(rng, arrivals)
+    block_size = 16 if sliding else rng.choice((4, 16))
+    need = max(-(-(r.prompt_len + r.output_len) // block_size) for r in workload.requests) + 1
+    schedule = rng.choice(SCHEDULES)
+    options = draw_options(rng, workload)
+    # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
+    blocks = rng.choice((need, need, need + 1, need + 2, need + 3, need * 2, 4096))
+    return kind, workload, schedule, options, blocks, block_size
+
+
+def tokens_case(model, weights, workload, schedule: str, options: dict, blocks: int, block_size: int) -> str | None:
+    """None where the engine's tokens equal the roomy fcfs baseline's, else what differed."""
+    from engine.loop import run_engine
+    from engine.runner import ModelRunner
+
+    def tokens(name, num_blocks, **overrides):
+        runner = ModelRunner(model, num_blocks, block_size, weights=weights)
+        outcome = run_engine(workload, schedule_config(name, **overrides), runner, num_blocks, block_size)
+        return {r: tuple(t) for r, t in runner.outputs.items()}, outcome
+
+    baseline, _ = tokens("fcfs", 4096, max_num_batched_tokens=512)
+    got, outcome = tokens(schedule, blocks, **options)
+    differ = sorted(r for r in baseline if got.get(r) != baseline[r])
+    if differ:
+        return f"tokens differ for {len(differ)} of {len(baseline)} requests (first: {differ[:5]})"
+    return None
+
+
+def stretches_case(cost, workload, schedule: str, options: dict, blocks: int, block_size: int) -> str | None:
+    """None where fast-forward's records and statistics equal step by step's, else the first difference."""
+    import pandas as pd
+
+    from batchlab.records import requests_frame
+    from sim.simulator import simulate
+
+    config = schedule_config(schedule, **options)
+    slow, fast = (simulate(workload, config, cost, blocks, block_size, fast_forward=ff) for ff in (False, True))
+    try:
+        pd.testing.assert_frame_equal(requests_frame(slow.scheduler, schedule), requests_frame(fast.scheduler, schedule),
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(slow.steps.all_steps(), fast.steps.all_steps(), check_exact=True)
+    except AssertionError as error:
+        return " ".join(str(error).split())[:300]
+    if slow.scheduler.stats != fast.scheduler.stats:
+        return f"statistics differ: {slow.scheduler.stats} against {fast.scheduler.stats}"
+    return None
+
+
+def on_alarm(signum, frame):
+    raise Hang()
+
+
+def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, verbose: bool) -> dict:
+    """Runs ``cases`` ((seed, index) each); returns counts of ok, refused (the draw asked for
+    what the scheduler refuses up front, as it should), failed and hung."""
+    from scheduler.model_spec import model_spec
+
+    model = model_spec(model_name)
+    if mode == "tokens":
+        import torch
+
+        from engine.weights import random_weights
+
+        torch.set_num_threads(1)
+        weights = random_weights(model, seed=2)
+    else:
+        from sim.cost_model import CostModel
+        from sim.hardware import hardware_spec
+        from sim.roofline import build_roofline_profile
+
+        cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
+    counts = dict.fromkeys(("ok", "refused", "failed", "hung"), 0)
+    signal.signal(signal.SIGALRM, on_alarm)
+    for seed, index in cases:
+        try:
+            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches",
+                                                                        bool(model.sliding_window))
+        except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
+            continue
+        label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
+                f"block_size={size}"
+        if verbose:
+            print(label, [(r.prompt, r.output_len, round(r.arrival_s, 3)) for r in workload.requests])
+        started = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            if mode == "tokens":
+                problem = tokens_case(model, weights, workload, schedule, options, blocks, size)
+            else:
+                problem = stretches_case(cost, workload, schedule, options, blocks, size)
+        except (ConfigError, WorkloadError) as error:
+            counts["refused"] += 1
+            if verbose:
+                print(f"  refused: {error}")
+            continue
+        except Hang:
+            counts["hung"] += 1
+            print(f"HUNG (over {limit:g} s) {label}", flush=True)
+            continue
+        except Exception:  # noqa: BLE001 (a soak reports every failure and goes on)
+            counts["failed"] += 1
+            print(f"RAISED {label}\n{traceback.format_exc()}", flush=True)
+            continue
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if problem is None:
+            counts["ok"] += 1
+            if verbose:
+                print(f"  ok in {time.perf_counter() - started:.2f} s")
+        else:
+            counts["failed"] += 1
+            print(f"FAILED {label}: {problem}", flush=True)
+    return counts
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/soak.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("tokens", "stretches"))
+    parser.add_argument("--cases", type=int, default=100, help="cases to draw (default 100)")
+    parser.add_argument("--seed", type=int, default=1, help="the draw's seed (default 1)")
+    parser.add_argument("--case", help="one case again, as SEED:INDEX (from a report)")
+    parser.add_argument("--model", help="the model preset (default: tiny for tokens, llama-3.1-8b for stretches)")
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds a case may take (default 60)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every case, its workload and outcome")
+    args = parser.parse_args(argv)
+    if args.case is not None:
+        try:
+            seed, index = (int(part) for part in args.case.split(":"))
+        except ValueError:
+            parser.error(f"--case {args.case!r}: expected SEED:INDEX, e.g. 2:77")
+        args.cases_list = [(seed, index)]
+    else:
+        if args.cases < 1:
+            parser.error(f"--cases {args.cases}: expected at least 1")
+        args.cases_list = [(args.seed, index) for index in range(args.cases)]
+    args.model = args.model or ("tiny" if args.mode == "tokens" else "llama-3.1-8b")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose)
+    print(f"{args.mode} ({args.model}): {counts['ok']} ok, {counts['refused']} refused up front, {counts['failed']} "
+          f"failed, {counts['hung']} hung, in {time.perf_counter() - started:.0f} s")
+    return 1 if counts["failed"] or counts["hung"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

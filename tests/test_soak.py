@@ -1,0 +1,60 @@
+"""benchmarks/soak.py: random schedules, options and KV cache sizes hold the scheduler's
+invariants (a short draw of each kind here; longer ones by hand, figures in the README), and the
+harness reports what fails."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def soak():
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "benchmarks" / "soak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_fast_forward_equals_step_by_step_over_random_cases(soak, capsys):
+    # 5:3757 and 5:3846 hung (livelocks) before the two preemption fixes of 2026-12-04
+    assert soak.main(["stretches", "--case", "5:3757", "--limit", "20"]) == 0
+    assert soak.main(["stretches", "--case", "5:3846", "--limit", "20"]) == 0
+    assert soak.main(["stretches", "--cases", "150", "--seed", "7", "--limit", "20"]) == 0
+    line = summary(capsys)
+    ok = int(line.split(": ")[1].split(" ok")[0])
+    assert ok >= 140 and "0 failed, 0 hung" in line, line
+
+
+def test_the_engines_tokens_never_depend_on_the_schedule_over_random_cases(soak, capsys):
+    assert soak.main(["tokens", "--cases", "12", "--seed", "7", "--limit", "30"]) == 0
+    line = summary(capsys)
+    assert int(line.split(": ")[1].split(" ok")[0]) >= 10 and "0 failed, 0 hung" in line, line
+
+
+def test_the_harness_reports_a_difference_an_error_and_a_hang(soak, capsys, monkeypatch):
+    monkeypatch.setattr(soak, "stretches_case", lambda *args: "steps differ")
+    assert soak.main(["stretches", "--case", "1:0"]) == 1
+    assert "FAILED [1:0]" in capsys.readouterr().out
+
+    def raising(*args):
+        raise ZeroDivisionError("boom")
+    monkeypatch.setattr(soak, "stretches_case", raising)
+    assert soak.main(["stretches", "--case", "1:0"]) == 1
+    out = capsys.readouterr().out
+    assert "RAISED [1:0]" in out and "ZeroDivisionError: boom" in out
+
+    def spinning(*args):
+        while True:
+            pass
+    monkeypatch.setattr(soak, "stretches_case", spinning)
+    assert soak.main(["stretches", "--case", "1:0", "--limit", "0.5"]) == 1
+    assert "HUNG (over 0.5 s) [1:0]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        soak.main(["stretches", "--case", "1-0"])
+    assert exit_info.value.code == 2 and "expected SEED:INDEX" in capsys.readouterr().err
