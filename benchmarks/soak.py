@@ -99,17 +99,34 @@ def draw_options(rng: random.Random, workload) -> dict:
     return options
 
 
-def draw_case(seed: int, index: int, arrivals: bool, sliding: bool):
-    """(kind, workload, schedule, options, KV blocks, block size) of case ``seed:index``."""
+def draw_case(seed: int, index: int, arrivals: bool, model):
+    """(kind, workload, schedule, options, KV blocks, block size) of case ``seed:index`` for
+    ``model`` (its sliding windows' or linear layers' blocks held beside a request's own)."""
     rng = random.Random(seed * 100_000 + index)
     kind, workload = draw_workload(rng, arrivals)
-    block_size = 16 if sliding else rng.choice((4, 16))
-    need = max(-(-(r.prompt_len + r.output_len) // block_size) for r in workload.requests) + 1
+    block_size = 16 if model.sliding_window else rng.choice((4, 16))
     schedule = rng.choice(SCHEDULES)
     options = draw_options(rng, workload)
+    need = smallest_cache(schedule_config(schedule, **options), workload, block_size, model.window_blocks(block_size))
     # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
-    blocks = rng.choice((need, need, need + 1, need + 2, need + 3, need * 2, 4096))
+    blocks = rng.choice((need + 1, need + 1, need + 2, need + 3, need + 4, need * 2, 4096))
     return kind, workload, schedule, options, blocks, block_size
+
+
+def smallest_cache(config, workload, block_size: int, window_blocks) -> int:
+    """The fewest KV blocks that hold the workload's longest request (with what it holds for
+    its model's sliding windows or linear layers' state)."""
+    from scheduler import Scheduler
+
+    longest = max(workload.requests, key=lambda r: r.prompt_len + r.output_len)
+    blocks = -(-(longest.prompt_len + longest.output_len - 1) // block_size)
+    for blocks in range(blocks, blocks + 4096):
+        try:
+            Scheduler(config, blocks, block_size, window_blocks=window_blocks).check_fits(longest)
+            return blocks
+        except WorkloadError:
+            continue
+    raise WorkloadError(f"no KV cache up to {blocks} blocks holds request {longest.req_id}")
 
 
 def tokens_case(model, weights, workload, schedule: str, options: dict, blocks: int, block_size: int) -> str | None:
@@ -177,8 +194,7 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
     signal.signal(signal.SIGALRM, on_alarm)
     for seed, index in cases:
         try:
-            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches",
-                                                                        bool(model.sliding_window))
+            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model)
         except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
             continue
         label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
