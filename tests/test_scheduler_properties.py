@@ -279,3 +279,34 @@ def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeyp
     lazy = _plans(Scheduler(config, need, BLOCK), requests, False)
     assert any(idle_in_walk)
     assert lazy == _plans(Scheduler(config, need, BLOCK, lazy_decodes=False), requests, False)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_invariants_hold_with_the_schedules_options_drawn_too(data):
+    """Every schedule with its options drawn as well (the tests above take the presets as they
+    are; two livelocks of grouped schedules, 2026-12-04, needed SGLang's steps apart or small
+    budgets): ``drive``'s invariants, and the cohort's plans equal to one-by-one scheduling's."""
+    from hypothesis import assume
+
+    from scheduler.errors import ConfigError
+
+    requests = data.draw(workloads())
+    name = data.draw(st.sampled_from(sorted(SCHEDULES)))
+    draws = {"max_num_batched_tokens": st.sampled_from([1, 3, 8, 64]), "caching": st.sampled_from(["lru", "off"]),
+             "max_num_seqs": st.sampled_from([1, 2, None]), "kv_threshold": st.sampled_from([0.5, None]),
+             "new_token_ratio": st.sampled_from([0.3, 1.0, None]), "mixed_batches": st.booleans(),
+             "cache_in_step": st.booleans(), "preemption": st.sampled_from(["vllm", "sglang"]),
+             "host_cache_blocks": st.sampled_from([2, 16]), "cascade_attention": st.booleans(),
+             "enable_chunked_prefill": st.booleans()}
+    chosen = data.draw(st.sets(st.sampled_from(sorted(draws))))
+    overrides = {option: data.draw(draws[option], label=option) for option in sorted(chosen)}
+    if overrides.get("enable_chunked_prefill") is False:  # a prompt and a recomputed answer fit a step
+        overrides["max_num_batched_tokens"] = max(r.prompt_len + r.output_len - 1 for r in requests)
+    window = data.draw(st.sampled_from([0, 0, 2, WindowBlocks(2, 3, 1), StateBlocks(1, 3, 1)]))
+    try:
+        config = schedule_config(name, **overrides)
+    except ConfigError:
+        assume(False)
+    need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + most_held(window)
+    holds_and_equals_one_by_one(config, requests, need + data.draw(st.integers(0, 6), label="spare"), window)
