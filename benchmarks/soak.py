@@ -12,7 +12,7 @@ A case that fails, raises, or takes longer than --limit seconds (a livelock) is 
 what reproduces it; the exit status is 1 if any did.
 
     python benchmarks/soak.py tokens --cases 300 [--seed 1] [--model tiny-gpt-oss]
-    python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b]
+    python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b] [--replicas 3]
     python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
 
 On 2026-12-04 it found three bugs (each now a test): a group prefix being computed that ran short
@@ -147,23 +147,33 @@ def tokens_case(model, weights, workload, schedule: str, options: dict, blocks: 
     return None
 
 
-def stretches_case(cost, workload, schedule: str, options: dict, blocks: int, block_size: int) -> str | None:
-    """None where fast-forward's records and statistics equal step by step's, else the first difference."""
+def stretches_case(cost, workload, schedule: str, options: dict, blocks: int, block_size: int,
+                   cluster: tuple | None = None) -> str | None:
+    """None where fast-forward's records and statistics equal step by step's, else the first
+    difference. ``cluster``: (replicas, router policy, a host tier the replicas share), the
+    requests routed over that many engines (sim/cluster.py)."""
     import pandas as pd
 
     from batchlab.records import requests_frame
+    from sim.cluster import RouterConfig, simulate_cluster
     from sim.simulator import simulate
 
     config = schedule_config(schedule, **options)
-    slow, fast = (simulate(workload, config, cost, blocks, block_size, fast_forward=ff) for ff in (False, True))
-    try:
-        pd.testing.assert_frame_equal(requests_frame(slow.scheduler, schedule), requests_frame(fast.scheduler, schedule),
-                                      check_exact=True)
-        pd.testing.assert_frame_equal(slow.steps.all_steps(), fast.steps.all_steps(), check_exact=True)
-    except AssertionError as error:
-        return " ".join(str(error).split())[:300]
-    if slow.scheduler.stats != fast.scheduler.stats:
-        return f"statistics differ: {slow.scheduler.stats} against {fast.scheduler.stats}"
+    if cluster is None:
+        runs = [[simulate(workload, config, cost, blocks, block_size, fast_forward=ff)] for ff in (False, True)]
+    else:
+        replicas, policy, shared = cluster
+        runs = [simulate_cluster(workload, config, cost, blocks, block_size, replicas, RouterConfig(policy),
+                                 fast_forward=ff, shared_host=shared) for ff in (False, True)]
+    for replica, (slow, fast) in enumerate(zip(*runs)):
+        try:
+            pd.testing.assert_frame_equal(requests_frame(slow.scheduler, schedule),
+                                          requests_frame(fast.scheduler, schedule), check_exact=True)
+            pd.testing.assert_frame_equal(slow.steps.all_steps(), fast.steps.all_steps(), check_exact=True)
+        except AssertionError as error:
+            return f"replica {replica}: " + " ".join(str(error).split())[:300]
+        if slow.scheduler.stats != fast.scheduler.stats:
+            return f"replica {replica}: statistics differ: {slow.scheduler.stats} against {fast.scheduler.stats}"
     return None
 
 
@@ -171,7 +181,8 @@ def on_alarm(signum, frame):
     raise Hang()
 
 
-def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, verbose: bool) -> dict:
+def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, verbose: bool,
+        replicas: int = 1) -> dict:
     """Runs ``cases`` ((seed, index) each); returns counts of ok, refused (the draw asked for
     what the scheduler refuses up front, as it should), failed and hung."""
     from scheduler.model_spec import model_spec
@@ -197,8 +208,12 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
             kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model)
         except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
             continue
+        cluster = None
+        if replicas > 1:  # a router, and a shared host tier where there is one, drawn from the case's own seed
+            draw = random.Random(f"{seed}:{index}:cluster")
+            cluster = (replicas, draw.choice(("least_loaded", "cache_aware")), draw.random() < 0.5)
         label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
-                f"block_size={size}"
+                f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "")
         if verbose:
             print(label, [(r.prompt, r.output_len, round(r.arrival_s, 3)) for r in workload.requests])
         started = time.perf_counter()
@@ -207,7 +222,7 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
             if mode == "tokens":
                 problem = tokens_case(model, weights, workload, schedule, options, blocks, size)
             else:
-                problem = stretches_case(cost, workload, schedule, options, blocks, size)
+                problem = stretches_case(cost, workload, schedule, options, blocks, size, cluster)
         except (ConfigError, WorkloadError) as error:
             counts["refused"] += 1
             if verbose:
@@ -241,6 +256,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--case", help="one case again, as SEED:INDEX (from a report)")
     parser.add_argument("--model", help="the model preset (default: tiny for tokens, llama-3.1-8b for stretches)")
     parser.add_argument("--limit", type=float, default=60.0, help="seconds a case may take (default 60)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="stretches: engines the requests are routed over (sim/cluster.py; default 1)")
     parser.add_argument("-v", "--verbose", action="store_true", help="every case, its workload and outcome")
     args = parser.parse_args(argv)
     if args.case is not None:
@@ -253,6 +270,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         if args.cases < 1:
             parser.error(f"--cases {args.cases}: expected at least 1")
         args.cases_list = [(args.seed, index) for index in range(args.cases)]
+    if args.replicas < 1 or (args.replicas > 1 and args.mode != "stretches"):
+        parser.error(f"--replicas {args.replicas}: expected at least 1, and more only with stretches")
     args.model = args.model or ("tiny" if args.mode == "tokens" else "llama-3.1-8b")
     return args
 
@@ -260,7 +279,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose)
+    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas)
     print(f"{args.mode} ({args.model}): {counts['ok']} ok, {counts['refused']} refused up front, {counts['failed']} "
           f"failed, {counts['hung']} hung, in {time.perf_counter() - started:.0f} s")
     return 1 if counts["failed"] or counts["hung"] else 0
