@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 class GroupState:
     __slots__ = ("group_id", "prefix", "members", "num_unfinished", "holder_blocks",
-                 "started", "prefix_done", "arrival_s", "prefill_tokens", "output_tokens")
+                 "started", "prefix_done", "done_seq", "arrival_s", "prefill_tokens", "output_tokens")
 
     def __init__(self, group_id: int, prefix_len: int, members: list[RequestState]) -> None:
         self.group_id = group_id
@@ -27,6 +27,7 @@ class GroupState:
         self.holder_blocks: list[int] = []
         self.started = False
         self.prefix_done = False
+        self.done_seq = 0  # the scheduler's admission count when its prefix was last done
         self.arrival_s = self.prefix.arrival_s
         # the prefix once, then each member's own part
         self.prefill_tokens = prefix_len + sum(map(_PROMPT_LEN, members)) - prefix_len * len(members)

@@ -90,12 +90,15 @@ def grow(scheduler: "Scheduler", state: RequestState, end: int, scheduled: set[i
             return False
         victim = next(s for s in reversed(scheduler.running.values())
                       if s.req_id not in scheduled and (members_unscheduled or s.cohort_offset is None))
-        # a prefix short of blocks yields to an idle group (whose members wait at the queue's front,
-        # ahead of it) rather than dropping that group's finished prefix: dropped, the two prefixes
-        # took turns at being computed and neither group's members ever ran (a livelock)
-        if victim is state and state.request is not None and preempt_idle_group(scheduler):
+        # a group's prefix short of blocks drops an idle group's prefix done since it started (whose
+        # members, at the queue's front, only its chunks kept out) once at most: then it yields.
+        # Dropping such prefixes every time, the prefixes took turns and no member ran (a livelock)
+        since = state.admit_seq if state.request is None else None
+        if victim is state and preempt_idle_group(scheduler, done_since=since):
             continue
-        preempt(scheduler, victim)
+        # a prefix that yields goes back into the ordered queue, behind the members at its front:
+        # pushed to the front, it would take the next step's budget again ahead of them
+        preempt(scheduler, victim, requeue=victim is state)
         preempted.append(victim.req_id)
         if victim is state:
             return False
@@ -116,7 +119,9 @@ def decode_blocks_preempting(scheduler: "Scheduler", due: list[RequestState], pr
                  members_unscheduled=True)
 
 
-def preempt(scheduler: "Scheduler", state: RequestState) -> None:
+def preempt(scheduler: "Scheduler", state: RequestState, requeue: bool = False) -> None:
+    """Drops ``state``'s KV (recompute later) and puts it back in the queue: at its front (vLLM),
+    or as SGLang retracts; a group's prefix with ``requeue``, its group into the ordered part."""
     scheduler._leave_running(state)
     scheduler.kv.release(state.block_table)
     state.block_table = []
@@ -124,9 +129,9 @@ def preempt(scheduler: "Scheduler", state: RequestState) -> None:
     state.num_computed_tokens = 0
     state.num_preemptions += 1
     scheduler.stats.num_preemptions += 1
-    if state.request is None:  # a group's prefix, being computed: its group back into the ordered queue
+    if requeue and state.request is None:
         _requeue_group(scheduler, state.group)
-    elif scheduler.config.preemption == "vllm":
+    elif scheduler.config.preemption == "vllm" or state.request is None:
         scheduler.waiting.push_front(state)
     elif state.group is not None:  # SGLang's (retract.py), a started group's member: behind its ready members
         scheduler.waiting.ready([state])
@@ -134,11 +139,14 @@ def preempt(scheduler: "Scheduler", state: RequestState) -> None:
         scheduler.waiting.push(state, scheduler.now)
 
 
-def preempt_idle_group(scheduler: "Scheduler") -> bool:
+def preempt_idle_group(scheduler: "Scheduler", done_since: int | None = None) -> bool:
     """Drops the held prefix of the newest group none of whose members runs; the prefix is
-    recomputed later and its members wait for it again. False if there is no such group."""
+    recomputed later and its members wait for it again. False if there is no such group.
+    ``done_since`` (an admission number): not a group whose prefix was done since then and has
+    been dropped before."""
     for group in reversed(scheduler._active_groups.values()):
-        if group.prefix_done and not any(m.req_id in scheduler.running for m in group.members):
+        if group.prefix_done and not any(m.req_id in scheduler.running for m in group.members) \
+                and (done_since is None or group.done_seq < done_since or not group.prefix.num_preemptions):
             break
     else:
         return False

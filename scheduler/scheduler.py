@@ -354,6 +354,7 @@ class Scheduler:
         group.holder_blocks = prefix.block_table
         prefix.block_table = []
         group.prefix_done = True
+        group.done_seq = self._admit_counter
         self.waiting.ready([m for m in group.members if not m.finished])
 
     def _leave_running(self, state: RequestState) -> None:

@@ -149,15 +149,17 @@ def test_a_prefix_being_computed_yields_to_a_finished_group_whose_members_wait(n
     """Group A's prefix finishes in the step that admits B's prefix with what the budget leaves;
     B's prefix runs ahead of A's waiting members, and the cache holds only one prefix beside
     a member. B's prefix, short of blocks, used to drop A's finished prefix, then C's B's, ...:
-    the prefixes took turns and no member ever ran (found by a random engine soak). Now B's
-    prefix yields, back into the ordered queue behind A's members."""
+    the prefixes took turns and no member ever ran (found by a random engine soak). Now a
+    prefix done since the short one started is dropped once at most; then the short one yields,
+    back into the ordered queue behind the members."""
     from traces.synthetic import batchllm_microbenchmark
 
     workload = batchllm_microbenchmark(prefix_len, 6, 3, 2, 6, seed=1)
     scheduler = make(name, list(workload.requests), blocks=blocks, block_size=4, budget=budget)
     plans = run_to_completion(scheduler, max_steps=3000)
-    assert scheduler.stats.num_preemptions == 1 and scheduler.stats.num_group_preemptions == 0
-    assert len(plans) < 40 and scheduler.kv.num_used_blocks == 0
+    # the yield (a preemption), after one drop of each of the two finished prefixes in its way
+    assert scheduler.stats.num_preemptions == 1 and scheduler.stats.num_group_preemptions == 2
+    assert len(plans) < 60 and scheduler.kv.num_used_blocks == 0
     assert all(scheduler.states[r.req_id].finished and scheduler.states[r.req_id].num_output_tokens == r.output_len
                for r in workload.requests)
 

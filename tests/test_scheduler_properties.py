@@ -270,8 +270,8 @@ def test_cohort_decodes_short_of_blocks_preempt_as_one_by_one_scheduling(monkeyp
         finally:
             in_walk[0] = False
 
-    def watched_idle(scheduler):
-        dropped = idle(scheduler)
+    def watched_idle(scheduler, **kwargs):
+        dropped = idle(scheduler, **kwargs)
         idle_in_walk.append(dropped and in_walk[0])
         return dropped
     monkeypatch.setattr(preemption, "decode_blocks_preempting", watched_walk)
