@@ -119,8 +119,10 @@ def simulate(workload: Workload, config: ScheduleConfig, cost: CostModel, num_kv
                           window_blocks=cost.model.window_blocks(block_size, cost.tensor_parallel))
     # the requests arrived or due, by arrival time; a closed loop's clients send them as they go
     closed, ordered, requests = arrival_order(workload)
-    if ordered:  # fail before simulating anything if one cannot ever fit: if the longest (and the
-        try:       # longest prompt, which a step without chunked prefill takes whole) does
+    # fail before simulating anything if one cannot ever fit: if the longest does, and the longest
+    # prompt (which a step without chunked prefill takes whole)
+    if ordered:
+        try:
             scheduler.check_fits(max(ordered, key=lambda r: r.prompt_len + r.output_len))
             scheduler.check_fits(max(ordered, key=lambda r: r.prompt_len))
         except WorkloadError:
