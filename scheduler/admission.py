@@ -133,7 +133,7 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
                 num_hits, free_hits = kv.match_count(keys, cut)
         host = scheduler.host
         if host is not None and num_hits < limit and (group is None or state.request is None):
-            loaded = host.count(keys, num_hits, limit)
+            loaded = host.count(keys, num_hits, limit, scheduler._fresh_host)
     else:
         hits, num_hits, free_hits = [], 0, 0
     computed = (num_hits + loaded) * size

@@ -52,14 +52,15 @@ class HostTier:
         drop = held.popitem
         return new, [drop(False)[0] for _ in range(excess)]
 
-    def count(self, keys, begin: int, end: int) -> int:
-        """How many of ``keys[begin:end]`` are held, from ``begin`` on without a gap."""
+    def count(self, keys, begin: int, end: int, fresh=()) -> int:
+        """How many of ``keys[begin:end]`` are held, from ``begin`` on without a gap; ``fresh``:
+        identities stored in the step being scheduled, whose KV that step computes (not there yet)."""
         held = self._keys
         if begin >= end or int(keys[begin]) not in held:  # the common answer, without a slice
             return 0
         found = 0
         for key in as_ints(keys[begin:end]):
-            if key not in held:
+            if key not in held or key in fresh:
                 break
             found += 1
         return found
@@ -97,6 +98,7 @@ def write_through(scheduler: "Scheduler", state: "RequestState", keys, upto: int
             drops[:] = [key for key in drops if key not in again]
             stored = [key for key in stored if key not in again]
     scheduler._stored_blocks += len(stored)
+    scheduler._fresh_host.update(stored)  # (scheduling a step: computed by it, not loadable in it)
     if scheduler._transfers:
         pending = scheduler._host_stores  # identity -> block, for the next plan
         if len(stored) == len(keys):

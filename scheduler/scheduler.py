@@ -57,6 +57,10 @@ class Scheduler:
         # (their blocks are computed by this one), loads go in this one
         self._transfers = self.host is not None and emit_block_ids
         self._host_stores: dict[int, int] = {}  # identity -> block
+        # identities written through since this step began to be scheduled: its own chunks compute
+        # their KV, so none of its admissions loads them (a GPU hit cut short by a linear model's
+        # states, say, counted them, and the engine had no copy to load)
+        self._fresh_host: set[int] = set()
         self._host_loads: list[tuple[int, int]] = []
         self._host_drops: list[int] = []
         self._loading: dict[int, RequestState] = {}  # admitted, blocks loading (host_load_async)
@@ -130,6 +134,7 @@ class Scheduler:
     def schedule(self, now: float) -> BatchPlan:
         cfg = self.config
         stores, self._host_stores = self._host_stores, {}  # filled before this step
+        self._fresh_host.clear()
         if cfg.grouping:
             regroup_waiting(self)  # online: regroup what waits, amortised
         if cfg.order in RANKS_WHOLE_QUEUE:

@@ -247,6 +247,23 @@ def test_a_host_tier_carries_the_states_with_the_blocks():
         LinearStates.host_transfers = original
 
 
+def test_a_step_loads_nothing_from_the_host_tier_that_it_writes_there_itself():
+    """Prompts sharing 35 tokens, all admitted in one step (the budget takes them): the first
+    writes its blocks through to the tier as it is scheduled, and the GPU hit of the others, cut
+    to none by the linear layers' states (none at that point yet), let them load those very blocks
+    from the tier in the same step, before anything had computed them: the engine had no copy
+    (KeyError; found by benchmarks/soak.py). Blocks written through while a step is scheduled are
+    not loadable in it."""
+    from test_host_tier import engine_logits
+    from traces.synthetic import prefix_tree_workload
+
+    workload = prefix_tree_workload((2, 3), (25, 10), 7, 1, 3, seed=895)  # 6 prompts of 42 tokens
+    baseline, _ = engine_logits(workload, 4096, spec=TINY, max_num_batched_tokens=512)
+    logits, outcome = engine_logits(workload, 4096, spec=TINY, host_cache_blocks=32)
+    assert outcome.scheduler.stats.host_loaded_blocks == 0  # nothing else was ever in the tier to load
+    assert max((logits[r] - baseline[r]).abs().max().item() for r in baseline) < 3e-4
+
+
 def test_a_profile_of_a_linear_attention_model_keeps_no_states(tmp_path):
     """The profiler's synthetic requests start mid-sequence: from zero states, doing the work a
     run does (states kept at block ends, each request's kept), then none kept; the profile loads
