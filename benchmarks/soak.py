@@ -15,11 +15,12 @@ what reproduces it; the exit status is 1 if any did.
     python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b] [--replicas 3]
     python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
 
-On 2026-12-04 it found three bugs (each now a test): a group prefix being computed that ran short
+On 2026-12-04 it found four bugs (each now a test): a group prefix being computed that ran short
 of blocks dropped an older group's finished prefix whose members waited, and the prefixes took
 turns forever; the fix's first version let SGLang-style steps apart drop a group whose members
-fit, forever; and a decode stretch starting where blocks were due to the host tier moved the
-copy's time past the stretch.
+fit, forever; a decode stretch starting where blocks were due to the host tier moved the copy's
+time past the stretch; and with a linear-attention model, admissions loaded from the host tier
+blocks their own step had just written there, before anything computed them.
 """
 from __future__ import annotations
 
