@@ -17,8 +17,19 @@ def soak():
     return module
 
 
-def summary(capsys) -> str:
-    return capsys.readouterr().out.strip().splitlines()[-1]
+def ok_cases(capsys) -> int:
+    """The cases the last run passed, from its summary line, which must say none failed or hung."""
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "0 failed, 0 hung" in line, line
+    return int(line.split(": ")[1].split(" ok")[0])
+
+
+def test_the_soak_draws_every_schedule(soak):
+    # (its own tuple, in the order its recorded cases were drawn in; a schedule added to the
+    # scheduler and not to it would never be soaked)
+    from scheduler import SCHEDULES
+
+    assert sorted(soak.SCHEDULES) == sorted(SCHEDULES)
 
 
 def test_fast_forward_equals_step_by_step_over_random_cases(soak, capsys):
@@ -26,19 +37,15 @@ def test_fast_forward_equals_step_by_step_over_random_cases(soak, capsys):
     assert soak.main(["stretches", "--case", "5:3757", "--limit", "20"]) == 0
     assert soak.main(["stretches", "--case", "7:1267", "--limit", "20"]) == 0
     assert soak.main(["stretches", "--cases", "150", "--seed", "7", "--limit", "20"]) == 0
-    line = summary(capsys)
-    ok = int(line.split(": ")[1].split(" ok")[0])
-    assert ok >= 140 and "0 failed, 0 hung" in line, line
+    assert ok_cases(capsys) >= 140
     # routed over 3 engines (sim/cluster.py), a router and sometimes a shared host tier drawn
     assert soak.main(["stretches", "--cases", "60", "--seed", "31", "--replicas", "3", "--limit", "20"]) == 0
-    line = summary(capsys)
-    assert int(line.split(": ")[1].split(" ok")[0]) >= 55 and "0 failed, 0 hung" in line, line
+    assert ok_cases(capsys) >= 55
 
 
 def test_the_engines_tokens_never_depend_on_the_schedule_over_random_cases(soak, capsys):
     assert soak.main(["tokens", "--cases", "12", "--seed", "7", "--limit", "30"]) == 0
-    line = summary(capsys)
-    assert int(line.split(": ")[1].split(" ok")[0]) >= 10 and "0 failed, 0 hung" in line, line
+    assert ok_cases(capsys) >= 10
 
 
 def test_the_harness_reports_a_difference_an_error_and_a_hang(soak, capsys, monkeypatch):
