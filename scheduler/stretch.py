@@ -10,6 +10,11 @@ Why a blocked head stays blocked (for the policies here, LPM and SGLang's reserv
 decode-only step frees nothing and only takes free blocks (evicting cached ones), so the head's
 cache hits can only shrink and its needs only grow; the token budget and request count stay the
 same. (The room SGLang's admission keeps for the answers shrinks as they decode: reserve.py.)
+Except with a hybrid model's pages in the prefix cache (window_pages.py): a hit is cut back to
+where its last blocks' pages are cached, so losing one block can cut it to nothing, and the head,
+computing from its start, then takes only its first chunk's blocks, fewer than the hit's pages
+and reserve took. There a stretch ends before its decodes could evict a block of the head's hit
+or of its pages (``_safe_allocations``).
 """
 from __future__ import annotations
 
@@ -62,6 +67,36 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     return admission(scheduler, state, tokens_left) is None
 
 
+def _safe_allocations(scheduler: "Scheduler") -> int | None:
+    """How many blocks decode steps may take before one could evict a block the queue's head
+    would hit (or its hit's sets), with a hybrid model's pages in the prefix cache
+    (window_pages.py); None: any number. Without those pages a head that loses hits only needs
+    more (module doc). With them, a hit is cut back to where its last blocks' sets are cached:
+    losing one block can cut it to nothing, and the head, computing from its start, may then
+    take fewer blocks than it would have with the hit and its sets."""
+    pages, head = scheduler.pages, scheduler.waiting.peek()
+    if pages is None or head is None:
+        return None
+    state = head.prefix if hasattr(head, "prefix") else head
+    group = state.group
+    if group is not None and group.prefix_done and state.request is not None:
+        return None  # a member reads its group's prefix, held for it (admission.py)
+    kv = scheduler.kv
+    keys = scheduler._keys(state)
+    hits = kv.lookup(keys, min(len(keys), (state.num_tokens - 1) // scheduler.block_size))
+    if not hits:
+        return None
+    at_risk = pages.free_blocks(keys[:len(hits)])
+    at_risk.update(block for block in hits if kv.ref_count(block) == 0)
+    if not at_risk:
+        return None
+    plain = kv.num_free_blocks - kv.num_cached_free_blocks  # taken before any cached block is evicted
+    for position, block in enumerate(kv.cached_free_blocks()):  # the eviction order
+        if block in at_risk:
+            return plain + position
+    raise AssertionError("a free cached block is not in the LRU queue")
+
+
 def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch | None:
     # every running request must be a cohort member (steady decode); joining changes nothing
     if not scheduler.lazy_decodes or not scheduler._join_decodes() or scheduler._others:
@@ -86,7 +121,11 @@ def find_decode_stretch(scheduler: "Scheduler", max_steps: int) -> DecodeStretch
     counts = np.array([len(m) for _, m in buckets], dtype=np.int64)
     steps = np.arange(1, limit + 1, dtype=np.int64)
     allocated = (np.maximum((steps[:, None] - first[None, :]) // size + 1, 0) * counts[None, :]).sum(axis=1)
-    fits = int(np.searchsorted(allocated, scheduler.kv.num_free_blocks, side="right"))
+    room = scheduler.kv.num_free_blocks
+    safe = _safe_allocations(scheduler)
+    if safe is not None:
+        room = min(room, safe)
+    fits = int(np.searchsorted(allocated, room, side="right"))
     if fits < 2:
         return None
     steps, allocated = steps[:fits], allocated[:fits]

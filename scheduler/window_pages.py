@@ -115,6 +115,18 @@ class WindowPages:
             end = begin + count // size
         return 0, 0
 
+    def free_blocks(self, keys) -> set[int]:
+        """The free (cached, evictable) blocks of the sets of the KV blocks ``keys`` that are
+        cached, each set up to its first missing block (``hit`` counts no further). Interns no
+        identities: a KV block with none yet has no set cached."""
+        kv_keys = np.asarray(keys, dtype=np.int64)
+        firsts = self._first[kv_keys[kv_keys < len(self._first)]]
+        free = set()
+        for first in firsts[firsts >= 0].tolist():
+            free.update(block for block in self.kv.lookup(first + self._offsets, self.size)
+                        if self.kv.ref_count(block) == 0)
+        return free
+
     def hits(self, keys, num_hits: int) -> int:
         return self.hit(keys, num_hits)[0]
 

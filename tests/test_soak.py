@@ -43,6 +43,16 @@ def test_fast_forward_equals_step_by_step_over_random_cases(soak, capsys):
     assert ok_cases(capsys) >= 55
 
 
+def test_a_stretch_stops_before_evicting_what_a_hybrid_models_waiting_head_hits(soak, capsys):
+    # Qwen3-Next (linear attention; its state pages cached with the KV): a stretch's decodes
+    # evicted the block a blocked head's hit ended at, which cut the hit to nothing (no state
+    # page before it) and let the head in a step earlier than fast-forward had counted on.
+    # Each failed before scheduler/stretch.py's _safe_allocations (2026-12-04)
+    for case in ("43:878", "44:307", "44:2014"):
+        assert soak.main(["stretches", "--case", case, "--model", "qwen3-next-80b-a3b", "--limit", "20"]) == 0
+        assert ok_cases(capsys) == 1
+
+
 def test_the_engines_tokens_never_depend_on_the_schedule_over_random_cases(soak, capsys):
     assert soak.main(["tokens", "--cases", "12", "--seed", "7", "--limit", "30"]) == 0
     assert ok_cases(capsys) >= 10
