@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from scheduler import WorkloadError, schedule_config  # noqa: E402
 from scheduler.errors import ConfigError  # noqa: E402
+from scheduler.model_spec import WindowBlocks  # noqa: E402
 
 SCHEDULES = ("fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority", "sglang")
 
@@ -108,7 +109,13 @@ def draw_case(seed: int, index: int, arrivals: bool, model):
     block_size = 16 if model.sliding_window else rng.choice((4, 16))
     schedule = rng.choice(SCHEDULES)
     options = draw_options(rng, workload)
-    need = smallest_cache(schedule_config(schedule, **options), workload, block_size, model.window_blocks(block_size))
+    window = model.window_blocks(block_size)
+    if isinstance(window, WindowBlocks):  # a hybrid model: vLLM's retention interval for its pages too,
+        # from a stream of its own (the cases recorded before keep their draws)
+        extra = random.Random(f"{seed}:{index}:retention")
+        if extra.random() < 0.5:
+            options["retention_interval"] = extra.choice((None, block_size, 3 * block_size))
+    need = smallest_cache(schedule_config(schedule, **options), workload, block_size, window)
     # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
     blocks = rng.choice((need + 1, need + 1, need + 2, need + 3, need + 4, need * 2, 4096))
     return kind, workload, schedule, options, blocks, block_size
