@@ -102,16 +102,35 @@ WORKLOADS = {
 @pytest.mark.parametrize("workload_name", sorted(WORKLOADS))
 @pytest.mark.parametrize("schedule", ["fcfs", "prefix_grouped", "decode_first", "batchllm", "lpm", "sorted", "blend", "priority"])
 def test_fast_forward_is_identical_to_step_by_step(workload_name, schedule):
+    # a small KV cache so that allocation limits and preemption cut stretches too
+    config = schedule_config(schedule, max_num_batched_tokens=256)
+    assert_fast_forward_is_step_by_step("llama-3.1-8b", workload_name, config, 220, 16)
+
+
+@pytest.mark.parametrize("model_name, workload_name, schedule, num_blocks, retention", [
+    # each differed before scheduler/stretch.py's _safe_allocations (2026-12-04): a stretch's
+    # decodes evicted the block a waiting request's hit ended at, which cut its hit back to
+    # where its sliding pages (Gemma 3) or state (Qwen3.5) are cached, and let it in sooner
+    ("tiny-gemma3", "tree-gamma", "fcfs", 400, 0),
+    ("tiny-gemma3", "tree-gamma", "sorted", 220, None),
+    ("tiny-qwen3.5", "micro-offline", "sorted", 220, 0),
+])
+def test_fast_forward_is_identical_to_step_by_step_with_a_hybrid_models_pages(model_name, workload_name, schedule,
+                                                                             num_blocks, retention):
+    config = schedule_config(schedule, max_num_batched_tokens=256, retention_interval=retention)
+    assert_fast_forward_is_step_by_step(model_name, workload_name, config, num_blocks, 4)
+
+
+def assert_fast_forward_is_step_by_step(model_name: str, workload_name: str, config, num_blocks: int, block_size: int):
     from sim.hardware import hardware_spec
     from sim.roofline import build_roofline_profile
 
-    model = model_spec("llama-3.1-8b")
+    model = model_spec(model_name)
     cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
     workload = WORKLOADS[workload_name]()
-    # a small KV cache so that allocation limits and preemption cut stretches too
-    config = schedule_config(schedule, max_num_batched_tokens=256)
-    slow = simulate(workload, config, cost, 220, 16, fast_forward=False)
-    fast = simulate(workload, config, cost, 220, 16, fast_forward=True)
+    schedule = config.name
+    slow = simulate(workload, config, cost, num_blocks, block_size, fast_forward=False)
+    fast = simulate(workload, config, cost, num_blocks, block_size, fast_forward=True)
     assert fast.num_events < slow.num_events  # the stretches were really used
     slow_requests, slow_steps = _records(slow, schedule)
     fast_requests, fast_steps = _records(fast, schedule)
