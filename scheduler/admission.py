@@ -76,11 +76,11 @@ def admit(scheduler: "Scheduler", now: float, tokens_left: int, chunks: list[Sch
         if not count:
             break
         waiting.pop()
+        if isinstance(unit, GroupState):  # (started while its prefix's blocks load, too: its
+            unit.started = True           # members find it among the active groups once it is done)
+            scheduler._active_groups[unit.group_id] = unit
         if count < 0:  # its blocks are loading from the host tier: it computes once they are in
             continue
-        if isinstance(unit, GroupState):
-            unit.started = True
-            scheduler._active_groups[unit.group_id] = unit
         chunks.append(_chunk(scheduler, state, count))
         tokens_left -= count
     return tokens_left
@@ -213,11 +213,12 @@ def start_running(scheduler: "Scheduler", state: RequestState) -> None:
 
 
 def loads_done(scheduler: "Scheduler", req_ids) -> None:
-    """These requests' blocks are in from the host tier: registered in the GPU cache (held by the
-    tier already: nothing written through), and running from the next step."""
+    """These requests' blocks are in from the host tier: registered in the GPU cache now, as
+    they are there whether or not a step's blocks are cached only after it (``cache_in_step``;
+    held by the tier already: nothing written through), and running from the next step."""
     for req_id in req_ids:
         state = scheduler._loading.pop(req_id)
-        scheduler._register(state, state.num_computed_tokens)
+        scheduler._register(state, state.num_computed_tokens, at_once=True)
         start_running(scheduler, state)
 
 

@@ -75,16 +75,40 @@ def test_the_engine_computes_the_same_when_loads_wait():
         assert max((logits[r] - baseline[r]).abs().max().item() for r in baseline) < 1e-4, (chunk, tier)
 
 
+@pytest.mark.parametrize("workload_name", ["system-poisson", "tree-gamma"])
+@pytest.mark.parametrize("name", ["prefix_grouped", "batchllm"])
+def test_a_groups_prefix_loading_from_the_tier_starts_its_group(workload_name, name):
+    """Grouped schedules with the LRU cache and a tier: a group's prefix found in the tier loads
+    beside the steps, and its group is started then, as one computed is (before, its members
+    decoding raised KeyError, the group missing from the active ones, or the deadlock breaker
+    found no group to drop and the run stopped)."""
+    from test_sim_timeline import WORKLOADS
+
+    workload = WORKLOADS[workload_name]()
+    config = schedule_config(name, caching="lru", host_cache_blocks=256, host_load_async=True)
+    for blocks in (120, 220):
+        outcome = simulate(workload, config, SLOW, blocks, 4)
+        assert outcome.scheduler.num_finished == len(workload.requests)
+        assert outcome.scheduler.stats.host_loaded_blocks > 0
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted", "blend"]), st.integers(0, 6), st.integers(1, 12),
-       st.sampled_from([1, 3, 8, 64]), st.integers(0, 3), st.sampled_from([0, 0, 2]))
+@given(workloads(), st.sampled_from(["fcfs", "lpm", "decode_first", "sorted", "blend", "sglang", "prefix_grouped",
+                                      "batchllm"]),
+       st.integers(0, 6), st.integers(1, 12), st.sampled_from([1, 3, 8, 64]), st.integers(0, 3), st.sampled_from([0, 0, 2]),
+       st.sampled_from([{}, {"cache_in_step": False}]))
 def test_transfers_stay_consistent_when_loads_take_steps(requests, name, spare_blocks, host_blocks, budget, delay,
-                                                         window):
+                                                         window, options):
     """Random workloads; each load is reported done ``delay`` steps after it started (0: at
-    once, as the engine does); ``window``: blocks a running request holds for a sliding window.
-    The shadow executor's checks hold, and everything finishes."""
+    once, as the engine does); ``window``: blocks a running request holds for a sliding window;
+    ``options``: a step's blocks cached only after it (SGLang's; the sglang schedule's own).
+    The grouped schedules with the LRU cache (their groups' prefixes load from the tier). The
+    shadow executor's checks hold, and everything finishes."""
     need = max(-(-(r.prompt_len + r.output_len - 1) // BLOCK) for r in requests) + window
-    config = schedule_config(name, max_num_batched_tokens=budget, host_cache_blocks=host_blocks, host_load_async=True)
+    if name in ("prefix_grouped", "batchllm"):
+        options = {**options, "caching": "lru"}
+    config = schedule_config(name, max_num_batched_tokens=budget, host_cache_blocks=host_blocks, host_load_async=True,
+                             **options)
     scheduler = Scheduler(config, need + spare_blocks, BLOCK, window_blocks=window)
     shadow = Shadow(scheduler, requests)
     pending = sorted(requests, key=lambda r: r.arrival_s)

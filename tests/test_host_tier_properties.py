@@ -14,13 +14,17 @@ class Shadow:
     would have it (None: KV no prompt block identity names, e.g. decoded tokens)."""
 
     def __init__(self, scheduler: Scheduler, requests) -> None:
+        self.scheduler = scheduler
         self.keys = {r.req_id: [int(k) for k in scheduler.chains.full_block_keys(r.prompt)] for r in requests}
         self.gpu: dict[int, int | None] = {}
         self.host: set[int] = set()
         self.loads = 0
 
     def identity(self, req_id: int, index: int) -> int | None:
-        keys = self.keys[req_id]
+        keys = self.keys.get(req_id)
+        if keys is None:  # a group's prefix (grouped schedules): its first member's prompt's
+            state = self.scheduler.states[req_id]
+            keys = self.keys[req_id] = [int(k) for k in self.scheduler.chains.full_block_keys(state.prompt)]
         return keys[index] if index < len(keys) else None
 
     def apply(self, plan, progress: dict[int, int]) -> None:
@@ -36,8 +40,6 @@ class Shadow:
             self.host.discard(key)
         assert plan.loaded_tokens == BLOCK * len(plan.host_loads)
         for chunk in plan.chunks:
-            if chunk.req_id < 0:
-                continue
             if chunk.start != progress.get(chunk.req_id, 0):  # admitted with blocks already there
                 for index in range(chunk.start // BLOCK):
                     key = self.identity(chunk.req_id, index)
