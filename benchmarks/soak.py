@@ -115,6 +115,8 @@ def draw_case(seed: int, index: int, arrivals: bool, model):
         extra = random.Random(f"{seed}:{index}:retention")
         if extra.random() < 0.5:
             options["retention_interval"] = extra.choice((None, block_size, 3 * block_size))
+    if "host_cache_blocks" in options and random.Random(f"{seed}:{index}:async").random() < 0.4:
+        options["host_load_async"] = True  # loads beside the steps (vLLM's asynchronous connectors)
     need = smallest_cache(schedule_config(schedule, **options), workload, block_size, window)
     # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
     blocks = rng.choice((need + 1, need + 1, need + 2, need + 3, need + 4, need * 2, 4096))
