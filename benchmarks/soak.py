@@ -14,13 +14,20 @@ what reproduces it; the exit status is 1 if any did.
     python benchmarks/soak.py tokens --cases 300 [--seed 1] [--model tiny-gpt-oss]
     python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b] [--replicas 3]
     python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
+    python benchmarks/soak.py stretches --scale medium --cases 300 --model tiny-gemma3
 
 On 2026-12-04 it found four bugs (each now a test): a group prefix being computed that ran short
 of blocks dropped an older group's finished prefix whose members waited, and the prefixes took
 turns forever; the fix's first version let SGLang-style steps apart drop a group whose members
 fit, forever; a decode stretch starting where blocks were due to the host tier moved the copy's
 time past the stretch; and with a linear-attention model, admissions loaded from the host tier
-blocks their own step had just written there, before anything computed them.
+blocks their own step had just written there, before anything computed them. Later that day,
+five more: with a hybrid model a stretch's decodes evicted the block a waiting request's hit
+ended at, which let it in sooner; a group's prefix loading from the tier asynchronously never
+started its group; blocks so loaded were cached too late where a step's blocks are cached after
+it; a stretch began where the next step would rank new arrivals (blend); and a dropped group,
+regrouped with new arrivals, took its finished members along and never finished (a livelock;
+found by --scale medium).
 """
 from __future__ import annotations
 
@@ -84,9 +91,38 @@ def draw_workload(rng: random.Random, arrivals: bool):
     return kind, workload
 
 
-def draw_options(rng: random.Random, workload) -> dict:
+def draw_medium_workload(rng: random.Random, arrivals: bool):
+    """(kind, workload) of ``--scale medium``: 100-400 requests with prompts of a few hundred
+    tokens (a sliding window or a linear layer's state pages then matter, and a stretch's
+    decodes evict cached blocks others would hit), sometimes several completions a prompt and
+    Poisson or gamma arrivals."""
+    from traces.arrivals import with_arrivals
+    from traces.samples import with_samples
+    from traces.synthetic import batchllm_microbenchmark, prefix_tree_workload, system_prompt_workload
+
+    seed = rng.randrange(1000)
+    kind = rng.choice(("micro", "system", "tree"))
+    if kind == "micro":
+        workload = batchllm_microbenchmark(rng.randint(100, 400), rng.randint(10, 60), rng.randint(10, 60),
+                                           rng.randint(2, 8), rng.randint(60, 200), seed=seed)
+    elif kind == "system":
+        workload = system_prompt_workload(rng.randint(2, 6), rng.randint(100, 300), 10, 80, 5, 60,
+                                          rng.randint(60, 200), seed=seed)
+    else:
+        workload = prefix_tree_workload((rng.randint(2, 4), rng.randint(1, 3)), (rng.randint(100, 200),
+                                        rng.randint(20, 60)), rng.randint(5, 20), rng.randint(1, 3),
+                                        rng.randint(10, 40), seed=seed)
+    if rng.random() < 0.2:
+        workload = with_samples(workload, rng.randint(2, 4), output_cv=0.5, seed=seed)
+    process = rng.choice(("poisson", "gamma", None)) if arrivals else None
+    if process is not None:
+        workload = with_arrivals(workload, process, rate=rng.choice((20.0, 50.0)), cv=3.0, seed=seed)
+    return kind, workload
+
+
+def draw_options(rng: random.Random, workload, budgets=(8, 16, 17, 33, 64, 512)) -> dict:
     """Schedule options, each set at random or left at the schedule's own."""
-    options = {"max_num_batched_tokens": rng.choice((8, 16, 17, 33, 64, 512))}
+    options = {"max_num_batched_tokens": rng.choice(budgets)}
     for name, values, chance in (("caching", ("lru", "off"), 0.4), ("max_num_seqs", (1, 2, 5, None), 0.3),
                                  ("kv_threshold", (0.5, 0.9, None), 0.3), ("new_token_ratio", (0.3, 0.7, 1.0, None), 0.3),
                                  ("mixed_batches", (True, False), 0.25), ("cache_in_step", (True, False), 0.25),
@@ -101,14 +137,15 @@ def draw_options(rng: random.Random, workload) -> dict:
     return options
 
 
-def draw_case(seed: int, index: int, arrivals: bool, model):
+def draw_case(seed: int, index: int, arrivals: bool, model, scale: str = "small"):
     """(kind, workload, schedule, options, KV blocks, block size) of case ``seed:index`` for
     ``model`` (its sliding windows' or linear layers' blocks held beside a request's own)."""
     rng = random.Random(seed * 100_000 + index)
-    kind, workload = draw_workload(rng, arrivals)
+    medium = scale == "medium"
+    kind, workload = draw_medium_workload(rng, arrivals) if medium else draw_workload(rng, arrivals)
     block_size = 16 if model.sliding_window else rng.choice((4, 16))
     schedule = rng.choice(SCHEDULES)
-    options = draw_options(rng, workload)
+    options = draw_options(rng, workload, (16, 64, 256, 1024)) if medium else draw_options(rng, workload)
     window = model.window_blocks(block_size)
     if isinstance(window, WindowBlocks):  # a hybrid model: vLLM's retention interval for its pages too,
         # from a stream of its own (the cases recorded before keep their draws)
@@ -120,6 +157,8 @@ def draw_case(seed: int, index: int, arrivals: bool, model):
     need = smallest_cache(schedule_config(schedule, **options), workload, block_size, window)
     # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
     blocks = rng.choice((need + 1, need + 1, need + 2, need + 3, need + 4, need * 2, 4096))
+    if medium:  # a few requests' worth up to a few dozen
+        blocks = rng.choice((need + 1, need + 8, need + 32, need * 2, need * 4, need * 8))
     return kind, workload, schedule, options, blocks, block_size
 
 
@@ -192,7 +231,7 @@ def on_alarm(signum, frame):
 
 
 def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, verbose: bool,
-        replicas: int = 1) -> dict:
+        replicas: int = 1, scale: str = "small") -> dict:
     """Runs ``cases`` ((seed, index) each); returns counts of ok, refused (the draw asked for
     what the scheduler refuses up front, as it should), failed and hung."""
     from scheduler.model_spec import model_spec
@@ -215,7 +254,7 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
     signal.signal(signal.SIGALRM, on_alarm)
     for seed, index in cases:
         try:
-            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model)
+            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model, scale)
         except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
             continue
         cluster = None
@@ -268,6 +307,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--limit", type=float, default=60.0, help="seconds a case may take (default 60)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="stretches: engines the requests are routed over (sim/cluster.py; default 1)")
+    parser.add_argument("--scale", choices=("small", "medium"), default="small",
+                        help="stretches: small workloads (default: 5-60 requests of tens of tokens) or medium "
+                             "(100-400 requests of a few hundred tokens; about 0.2 s a case)")
     parser.add_argument("-v", "--verbose", action="store_true", help="every case, its workload and outcome")
     args = parser.parse_args(argv)
     if args.case is not None:
@@ -282,6 +324,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.cases_list = [(args.seed, index) for index in range(args.cases)]
     if args.replicas < 1 or (args.replicas > 1 and args.mode != "stretches"):
         parser.error(f"--replicas {args.replicas}: expected at least 1, and more only with stretches")
+    if args.scale == "medium" and args.mode != "stretches":
+        parser.error("--scale medium: only with stretches (the engine would take minutes a case on a CPU)")
     args.model = args.model or ("tiny" if args.mode == "tokens" else "llama-3.1-8b")
     return args
 
@@ -289,7 +333,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas)
+    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas, args.scale)
     print(f"{args.mode} ({args.model}): {counts['ok']} ok, {counts['refused']} refused up front, {counts['failed']} "
           f"failed, {counts['hung']} hung, in {time.perf_counter() - started:.0f} s")
     return 1 if counts["failed"] or counts["hung"] else 0

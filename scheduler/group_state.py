@@ -51,8 +51,9 @@ def regroup_waiting(scheduler: "Scheduler") -> None:
     pending: list[RequestState] = []
     states = scheduler.states
     for unit in waiting.take_ordered():
-        if isinstance(unit, GroupState):  # dissolved: it never started, so its prefix is nowhere
-            pending.extend(unit.members)
+        if isinstance(unit, GroupState):  # dissolved: not started (or dropped: preemption.py), so its
+            # prefix is nowhere; a dropped group's finished members stay finished
+            pending.extend(member for member in unit.members if not member.finished)
             del states[unit.prefix.req_id]
             unit.prefix.group = None  # no cycle left for the collector (the event loop pauses it)
         else:

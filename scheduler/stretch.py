@@ -48,8 +48,8 @@ class DecodeStretch:
 
 
 def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
-    if scheduler._ungrouped:
-        return False
+    if scheduler._ungrouped or scheduler.waiting.stale:  # the next step groups or ranks new arrivals
+        return False  # first, whatever blocks admission: when it does changes the order (blend's)
     head = scheduler.waiting.peek()
     if head is None:
         return True
@@ -61,8 +61,8 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
         return True
     if scheduler.reserve is not None:
         return False  # the room kept for the answers shrinks as they decode (reserve.py): the head may fit
-    if cfg.order == "lpm" or scheduler.waiting.stale:
-        return False  # the head may change as evictions change cache matches, or new units are ranked
+    if cfg.order == "lpm":
+        return False  # the head may change as evictions change cache matches
     state = head.prefix if hasattr(head, "prefix") else head
     return admission(scheduler, state, tokens_left) is None
 

@@ -53,6 +53,24 @@ def test_a_stretch_stops_before_evicting_what_a_hybrid_models_waiting_head_hits(
         assert ok_cases(capsys) == 1
 
 
+def test_medium_workloads_hold_fast_forward_to_step_by_step(soak, capsys):
+    # --scale medium: hundreds of requests of a few hundred tokens, where a hybrid model's pages
+    # matter. Each of these failed before its fix of 2026-12-04: 1:174 differed on the old
+    # stretches; 1:145 raised KeyError before a loading group's prefix started its group; 2:180
+    # (blend) admitted another request than step by step, a stretch having begun where the next
+    # step would rank new arrivals; 2:123 livelocked: a dropped group, regrouped, took its
+    # finished members along and never finished, holding its prefix's blocks
+    for case, model in (("1:174", "tiny-qwen3.5"), ("1:145", "tiny-qwen3.5"), ("2:180", "llama-3.1-8b"),
+                        ("2:123", "llama-3.1-8b")):
+        assert soak.main(["stretches", "--scale", "medium", "--case", case, "--model", model, "--limit", "20"]) == 0
+        assert ok_cases(capsys) == 1
+    assert soak.main(["stretches", "--scale", "medium", "--cases", "8", "--seed", "3", "--model", "tiny-gemma3"]) == 0
+    assert ok_cases(capsys) >= 7
+    with pytest.raises(SystemExit) as exit_info:
+        soak.main(["tokens", "--scale", "medium", "--cases", "1"])
+    assert exit_info.value.code == 2 and "only with stretches" in capsys.readouterr().err
+
+
 def test_the_engines_tokens_never_depend_on_the_schedule_over_random_cases(soak, capsys):
     assert soak.main(["tokens", "--cases", "12", "--seed", "7", "--limit", "30"]) == 0
     assert ok_cases(capsys) >= 10
