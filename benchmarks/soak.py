@@ -14,7 +14,7 @@ what reproduces it; the exit status is 1 if any did.
     python benchmarks/soak.py tokens --cases 300 [--seed 1] [--model tiny-gpt-oss]
     python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b] [--replicas 3]
     python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
-    python benchmarks/soak.py stretches --scale medium --cases 300 --model tiny-gemma3
+    python benchmarks/soak.py stretches --scale medium --cases 300 --model tiny-gemma3  # 100-400 requests a case
 
 On 2026-12-04 it found four bugs (each now a test): a group prefix being computed that ran short
 of blocks dropped an older group's finished prefix whose members waited, and the prefixes took
