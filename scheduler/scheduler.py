@@ -51,6 +51,7 @@ class Scheduler:
         own = HostTier(config.host_cache_blocks) if config.host_cache_blocks and host is None else None
         self.host = (host if host is not None else own) if config.caching != "off" else None
         self.replica = replica
+        self.shared_host = host is not None and self.host is host  # other engines write to it too
         # this step's blocks loaded from the host tier (of them, another engine's), written through
         self._loaded_blocks = self._remote_blocks = self._stored_blocks = 0
         # (block id, identity) pairs for an executor's host tier: stores wait for the next plan

@@ -64,7 +64,21 @@ def _admission_blocked(scheduler: "Scheduler", batch: int) -> bool:
     if cfg.order == "lpm":
         return False  # the head may change as evictions change cache matches
     state = head.prefix if hasattr(head, "prefix") else head
+    if scheduler.shared_host and _loads_from_the_tier(scheduler, state):
+        return False  # other engines' writes may evict those blocks meanwhile: it then needs fewer
     return admission(scheduler, state, tokens_left) is None
+
+
+def _loads_from_the_tier(scheduler: "Scheduler", state) -> bool:
+    """Whether admitting ``state`` now would load blocks from the host tier (admission.py)."""
+    if state.group is not None and state.request is not None:
+        return False  # a member reads its group's prefix
+    keys = scheduler._keys(state)
+    limit = min(len(keys), (state.num_tokens - 1) // scheduler.block_size)
+    hits = scheduler.kv.match_count(keys, limit)[0]
+    if scheduler.pages is not None and hits:
+        hits = scheduler.pages.hits(keys, hits)
+    return scheduler.host.count(keys, hits, limit) > 0
 
 
 def _safe_allocations(scheduler: "Scheduler") -> int | None:
