@@ -178,6 +178,16 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 continue  # the next arrival again: a client may have sent one due earlier
             deliver(env.now)
 
+    def wake(k: int, delay: float) -> simpy.Event:
+        """A replica's step (or stretch) ends: at one instant, replicas go in index order, after
+        whatever else is due then, however their events were made (a decode stretch makes one
+        where step by step made many; which replica writes to a shared tier first must not
+        depend on that)."""
+        event = simpy.Event(env)
+        event._ok, event._value = True, None
+        env.schedule(event, 2 + k, delay)
+        return event
+
     def engine(k: int):
         """The simulator's loop, a step or a decode stretch at a time, on the replica's own clock (``now``: the
         same additions as ``sim/simulator.py``, which SimPy's clock follows)."""
@@ -208,7 +218,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                 if stretch is not None:  # its steps that start before the next event, in one event
                     count, ends, decode_s[k] = record_stretch(scheduler, log, cost, stretch, now, horizon)
                     end = float(ends[count - 1])
-                    yield env.timeout(max(end - env.now, 0.0))
+                    yield wake(k, max(end - env.now, 0.0))
                     scheduler.advance_decodes(stretch, count, ends)
                     now = end
                     continue
@@ -237,7 +247,7 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
                          scheduler.kv.num_used_blocks, waiting, len(plan.preempted), plan.loaded_tokens),
                         kernels)  # STEP_COLUMNS
             end = now + duration
-            yield env.timeout(max(end - env.now, 0.0))
+            yield wake(k, max(end - env.now, 0.0))
             scheduler.update(plan, new_step_result(plan.step, duration), end)
             now = end
             if closed is not None:
