@@ -184,8 +184,8 @@ def simulate_cluster(workload: Workload, config: ScheduleConfig, cost: CostModel
         where step by step made many; which replica writes to a shared tier first must not
         depend on that)."""
         event = simpy.Event(env)
-        event._ok, event._value = True, None
-        env.schedule(event, 2 + k, delay)
+        event._ok, event._value = True, None  # triggered, as simpy's Timeout makes itself, but due
+        env.schedule(event, 2 + k, delay)     # behind its NORMAL (1) events at that instant, by replica
         return event
 
     def engine(k: int):
