@@ -157,7 +157,8 @@ def draw_case(seed: int, index: int, arrivals: bool, model, scale: str = "small"
     need = smallest_cache(schedule_config(schedule, **options), workload, block_size, window)
     # mostly a cache barely larger than the largest request: preemption, groups dropped, deadlocks broken
     blocks = rng.choice((need + 1, need + 1, need + 2, need + 3, need + 4, need * 2, 4096))
-    if medium:  # a few requests' worth up to a few dozen
+    if medium:  # a few requests' worth up to a few dozen (drawn after the small draw, which the
+        # recorded medium cases were drawn with too)
         blocks = rng.choice((need + 1, need + 8, need + 32, need * 2, need * 4, need * 8))
     return kind, workload, schedule, options, blocks, block_size
 

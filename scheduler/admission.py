@@ -99,8 +99,27 @@ def beyond_prefix(scheduler: "Scheduler", state: RequestState, group) -> bool:
     first, as the group holds them."""
     keys = scheduler._keys(state)
     held = len(group.holder_blocks)
-    limit = min(len(keys), (state.num_tokens - 1) // scheduler.block_size)
-    return limit > held and scheduler.kv.match_count(keys, held + 1)[0] == held + 1
+    return hit_limit(scheduler, state, keys) > held and scheduler.kv.match_count(keys, held + 1)[0] == held + 1
+
+
+def hit_limit(scheduler: "Scheduler", state: RequestState, keys) -> int:
+    """The most of ``state``'s blocks (``keys``) a cache hit covers: it stops a token short of
+    the prompt, whose last token the request computes to sample."""
+    return min(len(keys), (state.num_tokens - 1) // scheduler.block_size)
+
+
+def lru_hits(scheduler: "Scheduler", keys, limit: int) -> tuple[int, int, int]:
+    """(hits, how many of them are free, free blocks of their pages): the LRU cache's blocks of
+    ``keys`` up to ``limit``, cut back to where a hybrid model's pages of the last ones are
+    cached (window_pages.py)."""
+    kv = scheduler.kv
+    num_hits, free_hits = kv.match_count(keys, limit)
+    free_pages = 0
+    if scheduler.pages is not None and num_hits:  # with its last blocks' sliding or state pages
+        cut, free_pages = scheduler.pages.hit(keys, num_hits)
+        if cut < num_hits:
+            num_hits, free_hits = kv.match_count(keys, cut)
+    return num_hits, free_hits, free_pages
 
 
 def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
@@ -124,13 +143,8 @@ def admission(scheduler: "Scheduler", state: RequestState, tokens_left: int):
     elif kv.caching != "off":  # (a member whose siblings left blocks past the prefix: those too)
         keys = scheduler._keys(state)
         hits = None
-        limit = min(len(keys), (num_tokens - 1) // size)
-        num_hits, free_hits = kv.match_count(keys, limit)
-        free_pages = 0
-        if scheduler.pages is not None and num_hits:  # with its last blocks' sliding or state pages
-            cut, free_pages = scheduler.pages.hit(keys, num_hits)
-            if cut < num_hits:
-                num_hits, free_hits = kv.match_count(keys, cut)
+        limit = hit_limit(scheduler, state, keys)
+        num_hits, free_hits, free_pages = lru_hits(scheduler, keys, limit)
         host = scheduler.host
         if host is not None and num_hits < limit and (group is None or state.request is None):
             loaded = host.count(keys, num_hits, limit, scheduler._fresh_host)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .admission import admission
+from .admission import admission, hit_limit, lru_hits
 
 if TYPE_CHECKING:
     from .request import RequestState
@@ -74,11 +74,8 @@ def _loads_from_the_tier(scheduler: "Scheduler", state) -> bool:
     if state.group is not None and state.request is not None:
         return False  # a member reads its group's prefix
     keys = scheduler._keys(state)
-    limit = min(len(keys), (state.num_tokens - 1) // scheduler.block_size)
-    hits = scheduler.kv.match_count(keys, limit)[0]
-    if scheduler.pages is not None and hits:
-        hits = scheduler.pages.hits(keys, hits)
-    return scheduler.host.count(keys, hits, limit) > 0
+    limit = hit_limit(scheduler, state, keys)
+    return scheduler.host.count(keys, lru_hits(scheduler, keys, limit)[0], limit) > 0
 
 
 def _safe_allocations(scheduler: "Scheduler") -> int | None:
@@ -97,7 +94,7 @@ def _safe_allocations(scheduler: "Scheduler") -> int | None:
         return None  # a member reads its group's prefix, held for it (admission.py)
     kv = scheduler.kv
     keys = scheduler._keys(state)
-    hits = kv.lookup(keys, min(len(keys), (state.num_tokens - 1) // scheduler.block_size))
+    hits = kv.lookup(keys, hit_limit(scheduler, state, keys))
     if not hits:
         return None
     at_risk = pages.free_blocks(keys[:len(hits)])
