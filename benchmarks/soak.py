@@ -12,6 +12,7 @@ A case that fails, raises, or takes longer than --limit seconds (a livelock) is 
 what reproduces it; the exit status is 1 if any did.
 
     python benchmarks/soak.py tokens --cases 300 [--seed 1] [--model tiny-gpt-oss]
+    python benchmarks/soak.py tokens --backend triton --cases 40   # the Triton kernels (interpreter on a CPU)
     python benchmarks/soak.py stretches --cases 500 [--seed 1] [--model llama-3.1-8b] [--replicas 3]
     python benchmarks/soak.py stretches --case 2:77 -v      # one case again, its workload shown
     python benchmarks/soak.py stretches --scale medium --cases 300 --model tiny-gemma3  # 100-400 requests a case
@@ -179,18 +180,35 @@ def smallest_cache(config, workload, block_size: int, window_blocks) -> int:
     raise WorkloadError(f"no KV cache up to {blocks} blocks holds request {longest.req_id}")
 
 
-def tokens_case(model, weights, workload, schedule: str, options: dict, blocks: int, block_size: int) -> str | None:
-    """None where the engine's tokens equal the roomy fcfs baseline's, else what differed."""
+def draw_kernel_options(seed: int, index: int) -> dict:
+    """The shared-prefix kernel's options (``kernels.shared_prefix.*``), each set at random or
+    left at its default, from a stream of the case's own (the torch backend's cases keep their draws)."""
+    rng = random.Random(f"{seed}:{index}:kernels")
+    options = {}
+    for name, values in (("prefix_blocks_per_split", (1, 2, 3)), ("pages", (1, 2, 4)),
+                         ("members_per_program", (None, 1, 2, 4)), ("fused_merge", (True, False)),
+                         ("prefix_first", (True, False)), ("fp32_partials", (True, False)),
+                         ("merge_rows", (1, 2, 4)), ("merge_eager", (True, False))):
+        if rng.random() < 0.5:
+            options[name] = rng.choice(values)
+    return {"shared_prefix": options}
+
+
+def tokens_case(model, weights, workload, schedule: str, options: dict, blocks: int, block_size: int,
+                backend: str = "torch", kernel_options: dict | None = None) -> str | None:
+    """None where the engine's tokens (with ``backend``'s kernels) equal the roomy fcfs
+    baseline's on the torch backend, else what differed."""
     from engine.loop import run_engine
     from engine.runner import ModelRunner
 
-    def tokens(name, num_blocks, **overrides):
-        runner = ModelRunner(model, num_blocks, block_size, weights=weights)
+    def tokens(name, num_blocks, backend="torch", kernel_options=None, **overrides):
+        runner = ModelRunner(model, num_blocks, block_size, weights=weights, backend=backend,
+                             kernel_options=kernel_options, device=weights.embed.device)
         outcome = run_engine(workload, schedule_config(name, **overrides), runner, num_blocks, block_size)
         return {r: tuple(t) for r, t in runner.outputs.items()}, outcome
 
     baseline, _ = tokens("fcfs", 4096, max_num_batched_tokens=512)
-    got, outcome = tokens(schedule, blocks, **options)
+    got, outcome = tokens(schedule, blocks, backend, kernel_options, **options)
     differ = sorted(r for r in baseline if got.get(r) != baseline[r])
     if differ:
         return f"tokens differ for {len(differ)} of {len(baseline)} requests (first: {differ[:5]})"
@@ -232,7 +250,7 @@ def on_alarm(signum, frame):
 
 
 def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, verbose: bool,
-        replicas: int = 1, scale: str = "small") -> dict:
+        replicas: int = 1, scale: str = "small", backend: str = "torch") -> dict:
     """Runs ``cases`` ((seed, index) each); returns counts of ok, refused (the draw asked for
     what the scheduler refuses up front, as it should), failed and hung."""
     from scheduler.model_spec import model_spec
@@ -244,14 +262,26 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
         from engine.weights import random_weights
 
         torch.set_num_threads(1)
-        weights = random_weights(model, seed=2)
+        device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+        weights = random_weights(model, seed=2, device=device)
     else:
         from sim.cost_model import CostModel
         from sim.hardware import hardware_spec
         from sim.roofline import build_roofline_profile
 
         cost = CostModel(build_roofline_profile(model, hardware_spec("a100-80gb")), model)
-    counts = dict.fromkeys(("ok", "refused", "failed", "hung"), 0)
+    counts = dict.fromkeys(("ok", "refused", "failed", "hung", "shared-prefix kernel"), 0)
+    shared = [0]  # triton: shared-prefix kernel calls (a soak that never ran it would say nothing of it)
+    if backend == "triton":
+        import kernels.backend as kernel_backend
+
+        kernel = kernel_backend.shared_prefix_decode_attention
+
+        def counted(*args, **kwargs):
+            shared[0] += 1
+            return kernel(*args, **kwargs)
+
+        kernel_backend.shared_prefix_decode_attention = counted
     signal.signal(signal.SIGALRM, on_alarm)
     for seed, index in cases:
         try:
@@ -262,15 +292,25 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
         if replicas > 1:  # a router, and a shared host tier where there is one, drawn from the case's own seed
             draw = random.Random(f"{seed}:{index}:cluster")
             cluster = (replicas, draw.choice(("least_loaded", "cache_aware")), draw.random() < 0.5)
+        kernel_options = None
+        if backend == "triton":
+            kernel_options = draw_kernel_options(seed, index)
+            # mostly a schedule whose plans name shared-prefix groups, which the kernel reads once for
+            # all their decodes (of the other draws, about 1 in 30 ran it: cascade attention needs 256
+            # tokens and 8 requests)
+            grouped = random.Random(f"{seed}:{index}:grouped")
+            if grouped.random() < 0.6:
+                schedule = grouped.choice(("prefix_grouped", "batchllm"))
         label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
-                f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "")
+                f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "") + \
+                (f" kernels={kernel_options}" if kernel_options else "")
         if verbose:
             print(label, [(r.prompt, r.output_len, round(r.arrival_s, 3)) for r in workload.requests])
-        started = time.perf_counter()
+        started, calls = time.perf_counter(), shared[0]
         signal.setitimer(signal.ITIMER_REAL, limit)
         try:
             if mode == "tokens":
-                problem = tokens_case(model, weights, workload, schedule, options, blocks, size)
+                problem = tokens_case(model, weights, workload, schedule, options, blocks, size, backend, kernel_options)
             else:
                 problem = stretches_case(cost, workload, schedule, options, blocks, size, cluster)
         except (ConfigError, WorkloadError) as error:
@@ -288,6 +328,7 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
             continue
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        counts["shared-prefix kernel"] += shared[0] > calls
         if problem is None:
             counts["ok"] += 1
             if verbose:
@@ -311,6 +352,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scale", choices=("small", "medium"), default="small",
                         help="stretches: small workloads (default: 5-60 requests of tens of tokens) or medium "
                              "(100-400 requests of a few hundred tokens; about 0.2 s a case)")
+    parser.add_argument("--backend", choices=("torch", "triton"), default="torch",
+                        help="tokens: the engine's attention backend for the drawn schedule (the baseline stays on "
+                             "torch); triton draws the shared-prefix kernel's options too and, without a GPU, "
+                             "runs in Triton's interpreter (seconds a case)")
     parser.add_argument("-v", "--verbose", action="store_true", help="every case, its workload and outcome")
     args = parser.parse_args(argv)
     if args.case is not None:
@@ -325,6 +370,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.cases_list = [(args.seed, index) for index in range(args.cases)]
     if args.replicas < 1 or (args.replicas > 1 and args.mode != "stretches"):
         parser.error(f"--replicas {args.replicas}: expected at least 1, and more only with stretches")
+    if args.backend != "torch" and args.mode != "tokens":
+        parser.error(f"--backend {args.backend}: only with tokens (stretches run the simulator, no kernels)")
     if args.scale == "medium" and args.mode != "stretches":
         parser.error("--scale medium: only with stretches (the engine would take minutes a case on a CPU)")
     args.model = args.model or ("tiny" if args.mode == "tokens" else "llama-3.1-8b")
@@ -334,9 +381,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas, args.scale)
-    print(f"{args.mode} ({args.model}): {counts['ok']} ok, {counts['refused']} refused up front, {counts['failed']} "
-          f"failed, {counts['hung']} hung, in {time.perf_counter() - started:.0f} s")
+    if args.backend == "triton":  # read when triton is first imported: its interpreter unless there is a GPU
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas, args.scale,
+                 args.backend)
+    kernel = f" ({counts['shared-prefix kernel']} cases ran the shared-prefix kernel)" if args.backend == "triton" else ""
+    print(f"{args.mode} ({args.model}{', ' + args.backend if args.backend != 'torch' else ''}): {counts['ok']} ok"
+          f"{kernel}, {counts['refused']} refused up front, {counts['failed']} failed, {counts['hung']} hung, in "
+          f"{time.perf_counter() - started:.0f} s")
     return 1 if counts["failed"] or counts["hung"] else 0
 
 
