@@ -283,59 +283,64 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
 
         kernel_backend.shared_prefix_decode_attention = counted
     signal.signal(signal.SIGALRM, on_alarm)
-    for seed, index in cases:
-        try:
-            kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model, scale)
-        except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
-            continue
-        cluster = None
-        if replicas > 1:  # a router, and a shared host tier where there is one, drawn from the case's own seed
-            draw = random.Random(f"{seed}:{index}:cluster")
-            cluster = (replicas, draw.choice(("least_loaded", "cache_aware")), draw.random() < 0.5)
-        kernel_options = None
-        if backend == "triton":
-            kernel_options = draw_kernel_options(seed, index)
-            # mostly a schedule whose plans name shared-prefix groups, which the kernel reads once for
-            # all their decodes (of the other draws, about 1 in 30 ran it: cascade attention needs 256
-            # tokens and 8 requests)
-            grouped = random.Random(f"{seed}:{index}:grouped")
-            if grouped.random() < 0.6:
-                schedule = grouped.choice(("prefix_grouped", "batchllm"))
-        label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
-                f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "") + \
-                (f" kernels={kernel_options}" if kernel_options else "")
-        if verbose:
-            print(label, [(r.prompt, r.output_len, round(r.arrival_s, 3)) for r in workload.requests])
-        started, calls = time.perf_counter(), shared[0]
-        signal.setitimer(signal.ITIMER_REAL, limit)
-        try:
-            if mode == "tokens":
-                problem = tokens_case(model, weights, workload, schedule, options, blocks, size, backend, kernel_options)
+    try:
+        for seed, index in cases:
+            try:
+                kind, workload, schedule, options, blocks, size = draw_case(seed, index, mode == "stretches", model, scale)
+            except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
+                continue
+            cluster = None
+            if replicas > 1:  # a router, and a shared host tier where there is one, drawn from the case's own seed
+                draw = random.Random(f"{seed}:{index}:cluster")
+                cluster = (replicas, draw.choice(("least_loaded", "cache_aware")), draw.random() < 0.5)
+            kernel_options = None
+            if backend == "triton":
+                kernel_options = draw_kernel_options(seed, index)
+                # mostly a schedule whose plans name shared-prefix groups, which the kernel reads once for
+                # all their decodes (of the other draws, about 1 in 30 ran it: cascade attention needs 256
+                # tokens and 8 requests)
+                grouped = random.Random(f"{seed}:{index}:grouped")
+                if grouped.random() < 0.6:
+                    schedule = grouped.choice(("prefix_grouped", "batchllm"))
+            label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
+                    f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "") + \
+                    (f" kernels={kernel_options}" if kernel_options else "")
+            if verbose:
+                print(label, [(r.prompt, r.output_len, round(r.arrival_s, 3)) for r in workload.requests])
+            started, calls = time.perf_counter(), shared[0]
+            signal.setitimer(signal.ITIMER_REAL, limit)
+            try:
+                if mode == "tokens":
+                    problem = tokens_case(model, weights, workload, schedule, options, blocks, size, backend, kernel_options)
+                else:
+                    problem = stretches_case(cost, workload, schedule, options, blocks, size, cluster)
+            except (ConfigError, WorkloadError) as error:
+                counts["refused"] += 1
+                if verbose:
+                    print(f"  refused: {error}")
+                continue
+            except Hang:
+                counts["hung"] += 1
+                print(f"HUNG (over {limit:g} s) {label}", flush=True)
+                continue
+            except Exception:  # noqa: BLE001 (a soak reports every failure and goes on)
+                counts["failed"] += 1
+                print(f"RAISED {label}\n{traceback.format_exc()}", flush=True)
+                continue
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            counts["shared-prefix kernel"] += shared[0] > calls
+            if problem is None:
+                counts["ok"] += 1
+                if verbose:
+                    print(f"  ok in {time.perf_counter() - started:.2f} s" +
+                          (f" ({shared[0] - calls} shared-prefix kernel calls)" if backend == "triton" else ""))
             else:
-                problem = stretches_case(cost, workload, schedule, options, blocks, size, cluster)
-        except (ConfigError, WorkloadError) as error:
-            counts["refused"] += 1
-            if verbose:
-                print(f"  refused: {error}")
-            continue
-        except Hang:
-            counts["hung"] += 1
-            print(f"HUNG (over {limit:g} s) {label}", flush=True)
-            continue
-        except Exception:  # noqa: BLE001 (a soak reports every failure and goes on)
-            counts["failed"] += 1
-            print(f"RAISED {label}\n{traceback.format_exc()}", flush=True)
-            continue
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        counts["shared-prefix kernel"] += shared[0] > calls
-        if problem is None:
-            counts["ok"] += 1
-            if verbose:
-                print(f"  ok in {time.perf_counter() - started:.2f} s")
-        else:
-            counts["failed"] += 1
-            print(f"FAILED {label}: {problem}", flush=True)
+                counts["failed"] += 1
+                print(f"FAILED {label}: {problem}", flush=True)
+    finally:  # (the kernel as it was, for whoever imported the module: the tests)
+        if backend == "triton":
+            kernel_backend.shared_prefix_decode_attention = kernel
     return counts
 
 
@@ -388,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TRITON_INTERPRET", "1")
     counts = run(args.mode, args.model, args.cases_list, args.limit, args.verbose, args.replicas, args.scale,
                  args.backend)
-    kernel = f" ({counts['shared-prefix kernel']} cases ran the shared-prefix kernel)" if args.backend == "triton" else ""
+    kernel = f" ({counts['shared-prefix kernel']} of them ran the shared-prefix kernel)" if args.backend == "triton" else ""
     print(f"{args.mode} ({args.model}{', ' + args.backend if args.backend != 'torch' else ''}): {counts['ok']} ok"
           f"{kernel}, {counts['refused']} refused up front, {counts['failed']} failed, {counts['hung']} hung, in "
           f"{time.perf_counter() - started:.0f} s")

@@ -104,3 +104,23 @@ def test_the_harness_reports_a_difference_an_error_and_a_hang(soak, capsys, monk
     with pytest.raises(SystemExit) as exit_info:
         soak.main(["stretches", "--case", "1-0"])
     assert exit_info.value.code == 2 and "expected SEED:INDEX" in capsys.readouterr().err
+
+
+def test_the_triton_backend_gives_the_torch_engines_tokens_in_a_drawn_case(soak, capsys):
+    # --backend triton: the engine's Triton kernels (Triton's interpreter here) under a drawn
+    # schedule, options and shared-prefix kernel options against fcfs on torch with room for all.
+    # Case 6:0 (a prefix tree of 6 requests, prefix_grouped with SGLang's steps apart, 16-token
+    # blocks; the kernel's fused merge, 4 pages, 2 prefix blocks a split) calls the shared-prefix
+    # kernel 12 times; about 6 s here
+    pytest.importorskip("triton")
+    import kernels.backend
+
+    kernel = kernels.backend.shared_prefix_decode_attention
+    assert soak.main(["tokens", "--backend", "triton", "--case", "6:0", "--limit", "300"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("tokens (tiny, triton): 1 ok (1 of them ran the shared-prefix kernel), 0 refused"), line
+    assert "0 failed, 0 hung" in line
+    assert kernels.backend.shared_prefix_decode_attention is kernel  # the soak's counter taken off again
+    with pytest.raises(SystemExit):
+        soak.main(["stretches", "--backend", "triton", "--case", "6:0"])
+    assert "--backend triton: only with tokens" in capsys.readouterr().err
