@@ -29,7 +29,7 @@ def test_the_soak_draws_every_schedule(soak):
     # scheduler and not to it would never be soaked)
     from scheduler import SCHEDULES
 
-    assert sorted(soak.SCHEDULES) == sorted(SCHEDULES)
+    assert sorted(soak.draws.SCHEDULES) == sorted(SCHEDULES)
 
 
 def test_fast_forward_equals_step_by_step_over_random_cases(soak, capsys):
