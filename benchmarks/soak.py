@@ -146,22 +146,15 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
     try:
         for seed, index in cases:
             try:
-                kind, workload, schedule, options, blocks, size = draws.draw_case(seed, index, mode == "stretches", model, scale)
+                kind, workload, schedule, options, blocks, size = draws.draw_case(
+                    seed, index, mode == "stretches", model, scale, grouped=backend == "triton")
             except (ConfigError, WorkloadError):  # a generator's parameters that do not go together
                 continue
             cluster = None
             if replicas > 1:  # a router, and a shared host tier where there is one, drawn from the case's own seed
                 draw = random.Random(f"{seed}:{index}:cluster")
                 cluster = (replicas, draw.choice(("least_loaded", "cache_aware")), draw.random() < 0.5)
-            kernel_options = None
-            if backend == "triton":
-                kernel_options = draws.draw_kernel_options(seed, index)
-                # mostly a schedule whose plans name shared-prefix groups, which the kernel reads once for
-                # all their decodes (of the other draws, about 1 in 30 ran it: cascade attention needs 256
-                # tokens and 8 requests)
-                grouped = random.Random(f"{seed}:{index}:grouped")
-                if grouped.random() < 0.6:
-                    schedule = grouped.choice(("prefix_grouped", "batchllm"))
+            kernel_options = draws.draw_kernel_options(seed, index) if backend == "triton" else None
             label = f"[{seed}:{index}] {kind} ({len(workload.requests)} requests) {schedule} {options} blocks={blocks} " \
                     f"block_size={size}" + (f" replicas, router, shared tier={cluster}" if cluster else "") + \
                     (f" kernels={kernel_options}" if kernel_options else "")
@@ -189,9 +182,9 @@ def run(mode: str, model_name: str, cases: list[tuple[int, int]], limit: float, 
                 continue
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            counts["shared-prefix kernel"] += shared[0] > calls
             if problem is None:
                 counts["ok"] += 1
+                counts["shared-prefix kernel"] += shared[0] > calls  # (of the cases ok)
                 if verbose:
                     print(f"  ok in {time.perf_counter() - started:.2f} s" +
                           (f" ({shared[0] - calls} shared-prefix kernel calls)" if backend == "triton" else ""))

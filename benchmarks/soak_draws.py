@@ -94,14 +94,20 @@ def draw_options(rng: random.Random, workload, budgets=(8, 16, 17, 33, 64, 512))
     return options
 
 
-def draw_case(seed: int, index: int, arrivals: bool, model, scale: str = "small"):
+def draw_case(seed: int, index: int, arrivals: bool, model, scale: str = "small", grouped: bool = False):
     """(kind, workload, schedule, options, KV blocks, block size) of case ``seed:index`` for
-    ``model`` (its sliding windows' or linear layers' blocks held beside a request's own)."""
+    ``model`` (its sliding windows' or linear layers' blocks held beside a request's own).
+    ``grouped``: mostly a schedule whose plans name shared-prefix groups (the Triton backend's
+    soak, for its shared-prefix kernel; of the plain draws about 1 in 30 ran it, cascade
+    attention needing 256 tokens and 8 requests), from a stream of the case's own."""
     rng = random.Random(seed * 100_000 + index)
     medium = scale == "medium"
     kind, workload = draw_medium_workload(rng, arrivals) if medium else draw_workload(rng, arrivals)
     block_size = 16 if model.sliding_window else rng.choice((4, 16))
     schedule = rng.choice(SCHEDULES)
+    swap = random.Random(f"{seed}:{index}:grouped")
+    if grouped and swap.random() < 0.6:  # (before the cache size, drawn for the schedule that runs)
+        schedule = swap.choice(("prefix_grouped", "batchllm"))
     options = draw_options(rng, workload, (16, 64, 256, 1024)) if medium else draw_options(rng, workload)
     window = model.window_blocks(block_size)
     if isinstance(window, WindowBlocks):  # a hybrid model: vLLM's retention interval for its pages too,
