@@ -84,6 +84,12 @@ def test_token_ids_text_counts_and_generated_outputs(tmp_path, tokenizer_dir):
     ({"input_ids": [1, 2]}, "no output length"),
     ({"input_ids": [1, 2], "max_tokens": 0}, "max_tokens is 0"),
     ({"input_ids": [1, -2], "output_len": 3}, "token ids must lie"),
+    ({"prompt_token_ids": [1, 2, "x"], "output_len": 3},
+     r"prompt_token_ids has item 2 'x'; expected a non-empty list of integer token ids"),
+    ({"input_ids": [], "output_len": 3}, "input_ids is empty; expected"),
+    ({"body": {"token_ids": "1 2 3"}, "output_len": 3}, "token_ids is str '1 2 3'; expected"),
+    ({"prompt": [1, 2.0], "output_len": 3}, "prompt has item 1 2.0; expected"),
+    ({"input_ids": [1], "output_token_ids": [4, None]}, "output_token_ids has item 1 None; expected"),
     ({"input_ids": [1, 2], "output_len": 3, "arrival_s": -1}, "arrival_s is -1"),
     ({"prompt": "some text", "output_len": 3}, "tokenizer directory"),
     ({"input_ids": [1, 2], "output_len": 3, "priority": "high"}, "priority is 'high'; expected a finite number"),
@@ -93,6 +99,15 @@ def test_bad_lines_name_the_file_line_and_what_was_expected(tmp_path, line, mess
     with pytest.raises(TraceError, match=message) as raised:
         list(read_prompt_records(path))
     assert raised.value.line == 2 and str(raised.value).startswith(f"{path}:2: ")
+
+
+def test_malformed_generated_token_ids_are_an_error_not_the_default_length(tmp_path):
+    """A default output length stands in only where a line gives none, not for one it gives wrong."""
+    path = write_lines(tmp_path / "bad.jsonl", [{"input_ids": [1], "completion_token_ids": "7 8 9"}])
+    with pytest.raises(TraceError, match="completion_token_ids is str '7 8 9'; expected"):
+        list(read_prompt_records(path, output_len=5))
+    good = write_lines(tmp_path / "good.jsonl", [{"input_ids": [1], "completion_token_ids": [7, 8, 9]}, {"input_ids": [2]}])
+    assert [r.output_len for r in read_prompt_records(good, output_len=5)] == [3, 5]
 
 
 def test_a_lines_priority_reaches_its_request(tmp_path):

@@ -145,8 +145,35 @@ def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple["list[
     found = _first(scopes, TEXT_FIELDS, lambda v: isinstance(v, str) and bool(v))
     if found:
         return tokenizer.text(found[1], path, line), f"text ({found[0]})"
+    _bad_token_list(scopes, path, line)
     raise TraceError(path, line, "no prompt: expected token ids (" + ", ".join(TOKEN_FIELDS[:-1]) +
                      "), text (prompt, text) or chat messages, at the top level or under 'body'")
+
+
+def _bad_token_list(scopes, path: Path, line: int) -> None:
+    """A token field that is there but is no list of token ids (``prompt`` may be text) names
+    itself and its first wrong item, rather than reading as no prompt at all."""
+    found = _first(scopes, tuple(f for f in TOKEN_FIELDS if f not in TEXT_FIELDS), lambda v: True)
+    found = found or _first(scopes, TOKEN_FIELDS, lambda v: not isinstance(v, str))
+    if found is not None:
+        raise TraceError(path, line, _not_token_ids(*found))
+
+
+def _not_token_ids(name: str, value) -> str:
+    """What is wrong with ``value``, a field ``name`` meant as a list of token ids."""
+    if not isinstance(value, list):
+        wrong = f"is {type(value).__name__} {_short(value)}"
+    elif not value:
+        wrong = "is empty"
+    else:
+        i = next(i for i, v in enumerate(value) if type(v) is not int)
+        wrong = f"has item {i} {_short(value[i])}"
+    return f"{name} {wrong}; expected a non-empty list of integer token ids"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, line: int) -> tuple["int | Text", str]:
@@ -161,6 +188,9 @@ def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, l
         if found:
             value = length(found[1])  # a Text is counted once its batch is tokenized
             return (value if isinstance(value, Text) else max(1, value)), f"{kind} ({found[0]})"
+    bad = _first(scopes, OUTPUT_TOKEN_FIELDS, lambda v: True)  # not read as a default
+    if bad:
+        raise TraceError(path, line, _not_token_ids(*bad))
     bad = _first(scopes, COUNT_FIELDS + LIMIT_FIELDS, lambda v: True)
     if bad:
         raise TraceError(path, line, f"{bad[0]} is {bad[1]!r}; expected an integer >= 1")
