@@ -153,10 +153,10 @@ def _prompt(scopes, tokenizer: Tokenizer, path: Path, line: int) -> tuple["list[
 def _bad_token_list(scopes, path: Path, line: int) -> None:
     """A token field that is there but is no list of token ids (``prompt`` may be text) names
     itself and its first wrong item, rather than reading as no prompt at all."""
-    found = _first(scopes, tuple(f for f in TOKEN_FIELDS if f not in TEXT_FIELDS), lambda v: True)
-    found = found or _first(scopes, TOKEN_FIELDS, lambda v: not isinstance(v, str))
-    if found is not None:
-        raise TraceError(path, line, _not_token_ids(*found))
+    for scope in scopes:
+        for name in TOKEN_FIELDS:
+            if name in scope and not (name in TEXT_FIELDS and isinstance(scope[name], str)):
+                raise TraceError(path, line, _not_token_ids(name, scope[name]))
 
 
 def _not_token_ids(name: str, value) -> str:
