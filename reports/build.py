@@ -10,7 +10,7 @@ from batchlab import __version__
 
 from . import plots
 from .run_records import RunRecords, load_run
-from .tables import comparison_frame, formatted_rows
+from .tables import column_legend, comparison_frame, formatted_rows
 from .timeline import write_timeline
 
 
@@ -71,10 +71,14 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         table = comparison_frame(group)
         rows = formatted_rows(table)
         workload = group[0].summary.get("workload")
+        legend = column_legend(table)
         md += [f"## Workload {index}: {workload}", "", _markdown_table(rows), "",
                "Best value per column in **bold**; speedup is over fcfs of the same run.", ""]
+        md += [f"- *{heading}*: {meaning}" for heading, meaning in legend] + [""]
         body += [f"<h2>Workload {index}: {html.escape(str(workload))}</h2>", _html_table(rows),
-                 "<p>Best value per column highlighted; speedup is over fcfs of the same run.</p>"]
+                 "<p>Best value per column highlighted; speedup is over fcfs of the same run.</p>",
+                 "<dl class='legend'>" + "".join(f"<dt>{html.escape(h)}</dt><dd>{html.escape(m)}</dd>"
+                                                 for h, m in legend) + "</dl>"]
         multi = table["run"].nunique() > 1
         series = [(plots._series_name(run.path.name, s, multi), run, s) for run in group for s in run.schedules()]
         req_groups = [(n, r.requests[r.requests["schedule"] == s]) for n, r, s in series]
@@ -108,7 +112,8 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}td:first-child,th:first-child{text-align:left}td.best{background:#d7f5d7;"
-             "font-weight:bold}img{max-width:100%}.warn{background:#fff3cd;padding:8px}")
+             "font-weight:bold}img{max-width:100%}.legend{font-size:13px}.legend dt{font-weight:bold}"
+             ".legend dd{margin:0 0 4px 16px}.warn{background:#fff3cd;padding:8px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>batchlab report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     (out_dir / "report.html").write_text(page)

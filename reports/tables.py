@@ -24,6 +24,28 @@ COLUMNS = (
     ("num_preemptions", "preemptions", False, "{:,}"),
 )
 
+# summary key -> what its column means, under the table of a report
+MEANINGS = {
+    "makespan_s": "first arrival to last finish",
+    "throughput_tokens_per_s": "prompt and output tokens over the makespan",
+    "speedup_vs_fcfs": "throughput over fcfs's in the same run",
+    "prefill_token_saving": "share of the prompts' tokens not computed (1 - prompt tokens computed / prompt tokens): "
+                            "cache hits and a group's prefix computed once save, preempted requests computed again "
+                            "cost, so it falls below 0 where they cost more than the cache saved",
+    "host_loaded_share": "share of the prompts' tokens loaded from host-memory KV instead of computed",
+    "session_s_mean": "mean time from a session's (agent job's) first arrival to its last finish",
+    "ttft_s_p50": "time to first token from arrival, median (p99: 99th percentile)",
+    "tpot_ms_p50": "time per output token after the first, a request's mean, median over requests (p99 likewise)",
+    "peak_kv_gb": "most KV cache in use at once",
+    "num_preemptions": "times a running request lost its KV blocks (computed again, or reloaded, later)",
+}
+
+
+def column_legend(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(heading, meaning) of each column the tables of ``frame`` show; a p99 column goes with
+    its p50."""
+    return [(heading, MEANINGS[key]) for key, heading, _, _ in shown_columns(frame) if key in MEANINGS]
+
 
 def comparison_frame(runs: list[RunRecords]) -> pd.DataFrame:
     """Metrics recomputed from each run's requests and steps (not copied from summary.json)."""

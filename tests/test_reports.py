@@ -65,6 +65,18 @@ def test_report_files_and_cross_run_comparison(runs, tmp_path):
     assert {e["ph"] for e in events if e.get("cat") == "request"} >= {"b", "e"}
 
 
+def test_every_column_of_a_reports_table_is_explained_under_it(runs, tmp_path):
+    page = build_report([runs["h100"]], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    headings = formatted_rows(comparison_frame([load_run(runs["h100"])]))[0]
+    explained = [h for h in headings[1:] if "p99" not in h]  # a p99 column goes with its p50
+    assert len(explained) >= 8
+    for heading in explained:
+        assert f"- *{heading}*: " in md
+        assert f"<dt>{heading}</dt><dd>" in page.read_text()
+    assert "falls below 0 where they cost more than the cache saved" in md
+
+
 def test_different_workloads_are_not_compared(runs, tmp_path):
     build_report([runs["h100"], runs["other"]], tmp_path)
     md = (tmp_path / "report.md").read_text()
