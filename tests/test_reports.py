@@ -9,7 +9,7 @@ import pytest
 
 from reports.build import build_report
 from reports.run_records import RunRecordError, load_run
-from reports.tables import comparison_frame, formatted_rows
+from reports.tables import COLUMNS, MEANINGS, comparison_frame, formatted_rows
 
 from test_cli_simulate import batchlab
 
@@ -75,6 +75,8 @@ def test_every_column_of_a_reports_table_is_explained_under_it(runs, tmp_path):
         assert f"- *{heading}*: " in md
         assert f"<dt>{heading}</dt><dd>" in page.read_text()
     assert "falls below 0 where they cost more than the cache saved" in md
+    # and the columns this run does not show (a host tier's share, sessions' times)
+    assert {key for key, *_ in COLUMNS if not key.endswith("_p99")} == set(MEANINGS)
 
 
 def test_different_workloads_are_not_compared(runs, tmp_path):
