@@ -18,6 +18,7 @@ under ``body``, is looked into as well):
 """
 from __future__ import annotations
 
+import reprlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,18 +163,13 @@ def _bad_token_list(scopes, path: Path, line: int) -> None:
 def _not_token_ids(name: str, value) -> str:
     """What is wrong with ``value``, a field ``name`` meant as a list of token ids."""
     if not isinstance(value, list):
-        wrong = f"is {type(value).__name__} {_short(value)}"
+        wrong = f"is {type(value).__name__} {reprlib.repr(value)}"
     elif not value:
         wrong = "is empty"
     else:
         i = next(i for i, v in enumerate(value) if type(v) is not int)
-        wrong = f"has item {i} {_short(value[i])}"
+        wrong = f"has item {i} {reprlib.repr(value[i])}"
     return f"{name} {wrong}; expected a non-empty list of integer token ids"
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _output_len(scopes, tokenizer: Tokenizer, default: int | None, path: Path, line: int) -> tuple["int | Text", str]:
